@@ -5,7 +5,13 @@ import { defineConfig } from "vitest/config";
 // each test gets its own database and stream names from the test kit.
 export default defineConfig({
   test: {
-    include: ["packages/*/src/**/*.test.ts", "services/*/src/**/*.test.ts", "services/*/test/**/*.test.ts", "gateway/**/*.test.ts", "scripts/**/*.test.ts"],
+    include: [
+      "packages/*/src/**/*.test.ts",
+      "services/*/src/**/*.test.ts",
+      "services/*/test/**/*.test.ts",
+      "gateway/**/*.test.ts",
+      "scripts/**/*.test.ts",
+    ],
     exclude: ["**/node_modules/**", "**/dist/**"],
     globalSetup: ["./packages/testkit/dist/global-setup.js"],
     testTimeout: 30_000,
