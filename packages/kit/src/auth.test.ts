@@ -61,7 +61,7 @@ async function mint(opts: MintOptions = {}): Promise<string> {
     ...opts.claims,
   })
     .setProtectedHeader({ alg: "ES256", kid: k.kid })
-    .setSubject((opts.claims?.sub) ?? "u1")
+    .setSubject(opts.claims?.sub ?? "u1")
     .setIssuer(opts.issuer ?? ISSUER)
     .setAudience(opts.audience ?? AUDIENCE)
     .setIssuedAt()
