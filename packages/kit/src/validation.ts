@@ -1,0 +1,49 @@
+// Input rules live in the contract (protovalidate annotations); this is the one place that
+// checks them. Bad input is INVALID_ARGUMENT with the field path in the message and the full
+// list of violations as a `buf.validate.Violations` error detail, never an INTERNAL.
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
+import { pathToString } from "@bufbuild/protobuf/reflect";
+import { createValidator, violationsToProto, type Violation } from "@bufbuild/protovalidate";
+import { Code, ConnectError } from "@connectrpc/connect";
+
+// The validator caches compiled rules per message type, so one per process.
+const validator = createValidator();
+
+/** "name: value length must be at least 1 characters" (no rule id: that is for machines). */
+export function describeViolation(violation: Violation): string {
+  const path = pathToString(violation.field);
+  return path.length > 0 ? `${path}: ${violation.message}` : violation.message;
+}
+
+/**
+ * Checks a request against its contract's rules. Returns undefined when valid, else the error
+ * to send. Rules that fail to compile are a bug in the contract: INTERNAL, with the cause kept
+ * for the log.
+ */
+export function validateMessage<Desc extends DescMessage>(
+  schema: Desc,
+  message: MessageShape<Desc>,
+): ConnectError | undefined {
+  const result = validator.validate(schema, message);
+  switch (result.kind) {
+    case "valid":
+      return undefined;
+    case "invalid": {
+      const [first, ...rest] = result.violations.map(describeViolation);
+      const text =
+        rest.length === 0
+          ? (first ?? "invalid request")
+          : `${first}, and ${rest.length} more violation${rest.length > 1 ? "s" : ""}`;
+      const [value, desc] = violationsToProto(result.violations);
+      return new ConnectError(
+        text,
+        Code.InvalidArgument,
+        undefined,
+        [{ desc, value }],
+        result.error,
+      );
+    }
+    case "error":
+      return new ConnectError("internal error", Code.Internal, undefined, undefined, result.error);
+  }
+}
