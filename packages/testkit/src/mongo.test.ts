@@ -1,0 +1,51 @@
+import { MongoClient } from "mongodb";
+import { afterAll, describe, expect, it } from "vitest";
+import { mongoUrl } from "./context.js";
+import { startMongo, type RunningMongo } from "./mongo.js";
+import { uniqueName } from "./names.js";
+
+describe("startMongo", () => {
+  let server: RunningMongo | undefined;
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it("startMongo - stores and finds documents, and enforces a unique index", async () => {
+    server = await startMongo();
+    expect(server.url).toMatch(/^mongodb:\/\/127\.0\.0\.1:\d+$/);
+    const client = await new MongoClient(server.url).connect();
+    try {
+      const things = client
+        .db(uniqueName("startmongo"))
+        .collection<{ name: string; n: number }>("things");
+      await things.createIndex({ name: 1 }, { unique: true });
+      await things.insertMany([
+        { name: "a", n: 1 },
+        { name: "b", n: 2 },
+      ]);
+      const found = await things.find({ n: { $gt: 1 } }, { projection: { _id: 0 } }).toArray();
+      expect(found).toEqual([{ name: "b", n: 2 }]);
+      await expect(things.insertOne({ name: "a", n: 3 })).rejects.toThrow(/duplicate key/i);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("startMongo - stop() ends the server", async () => {
+    const other = await startMongo();
+    await other.stop();
+    expect(other.process.running).toBe(false);
+    const client = new MongoClient(other.url, { serverSelectionTimeoutMS: 500 });
+    await expect(client.connect()).rejects.toThrow();
+    await client.close();
+  });
+
+  it("mongoUrl - the global setup's server answers ping", async () => {
+    const client = await new MongoClient(mongoUrl(), { serverSelectionTimeoutMS: 5_000 }).connect();
+    try {
+      expect(await client.db("admin").command({ ping: 1 })).toMatchObject({ ok: 1 });
+    } finally {
+      await client.close();
+    }
+  });
+});
