@@ -8,3 +8,7 @@ export * from "./validation.js";
 export * from "./metadata.js";
 export * from "./server.js";
 export * from "./client.js";
+export * from "./config.js";
+export * from "./nats.js";
+export * from "./mongo.js";
+export * from "./lifecycle.js";
