@@ -336,12 +336,16 @@ describe("kit rpc", () => {
 
   it("deadline - an expired deadline is DEADLINE_EXCEEDED (not CANCELLED) and fires the handler's signal", async () => {
     observed.slowAbortReason = undefined;
+    let handlerStarted = false;
+    observed.slowStarted = () => (handlerStarted = true);
     const started = Date.now();
     await expectCode(
-      client.echoSlow({ sleepMs: 5000 }, { ...auth(userToken), timeoutMs: 200 }),
+      client.echoSlow({ sleepMs: 5000 }, { ...auth(userToken), timeoutMs: 400 }),
       Code.DeadlineExceeded,
     );
+    delete observed.slowStarted;
     expect(Date.now() - started).toBeLessThan(2000);
+    expect(handlerStarted).toBe(true);
     await expect
       .poll(() => observed.slowAbortReason, { timeout: 2000 })
       .toBeInstanceOf(ConnectError);
@@ -489,6 +493,20 @@ describe("kit rpc", () => {
     } finally {
       raw.close();
     }
+  });
+
+  it("registration - a client-streaming method is refused with a clear error", () => {
+    const [first] = EchoService.methods;
+    const streamingIn = { ...EchoService, methods: [{ ...first, methodKind: "client_streaming" }] };
+    expect(() =>
+      createServer({
+        name: "bad",
+        version: "test",
+        logger: createRootLogger({ service: "bad", version: "test", level: "silent" }),
+        verifier: createJwksVerifier({ jwksUrl: issuer.jwksUrl }),
+        services: [{ service: streamingIn as unknown as typeof EchoService, impl: {} }],
+      }),
+    ).toThrow(/EchoPublic: client_streaming methods are not supported/);
   });
 
   it("shutdown - health says NOT_SERVING at once while an in-flight slow call still finishes", async () => {

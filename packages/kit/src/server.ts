@@ -385,6 +385,8 @@ function startCall(
 
             const invalid = validateMessage(binding.method.input, call.request);
             if (invalid !== undefined) throw invalid;
+            // Token verification may have taken the rest of the caller's time.
+            if (ctx.signal.aborted) throw toConnectError(ctx.signal.reason);
             return await body(ctx);
           }),
         );
