@@ -6,4 +6,5 @@ export * from "./gen/ensemble/common/v1/common_pb.js";
 export * from "./gen/ensemble/modelproxy/v1/modelproxy_pb.js";
 export * from "./gen/ensemble/registry/v1/registry_pb.js";
 export * from "./gen/ensemble/testing/v1/echo_pb.js";
+export * from "./gen/ensemble/vectorsearch/v1/vectorsearch_pb.js";
 export * from "./gen/grpc/health/v1/health_pb.js";
