@@ -4,6 +4,7 @@ export * from "./gen/ensemble/categorizer/v1/categorizer_pb.js";
 export * from "./gen/ensemble/common/v1/access_pb.js";
 export * from "./gen/ensemble/common/v1/common_pb.js";
 export * from "./gen/ensemble/modelproxy/v1/modelproxy_pb.js";
+export * from "./gen/ensemble/plugin/v1/plugin_pb.js";
 export * from "./gen/ensemble/registry/v1/registry_pb.js";
 export * from "./gen/ensemble/testing/v1/echo_pb.js";
 export * from "./gen/ensemble/vectorsearch/v1/vectorsearch_pb.js";
