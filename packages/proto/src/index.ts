@@ -3,6 +3,7 @@ export * from "./gen/ensemble/auth/v1/auth_pb.js";
 export * from "./gen/ensemble/categorizer/v1/categorizer_pb.js";
 export * from "./gen/ensemble/common/v1/access_pb.js";
 export * from "./gen/ensemble/common/v1/common_pb.js";
+export * from "./gen/ensemble/events/v1/events_pb.js";
 export * from "./gen/ensemble/modelproxy/v1/modelproxy_pb.js";
 export * from "./gen/ensemble/plugin/v1/plugin_pb.js";
 export * from "./gen/ensemble/registry/v1/registry_pb.js";
