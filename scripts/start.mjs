@@ -1,0 +1,325 @@
+#!/usr/bin/env node
+// The local launcher (`npm start`, which builds first): NATS with JetStream and a MongoDB-wire
+// server (unless NATS_URL / MONGODB_URL point at running ones), the dev token issuer, then every
+// service in SERVICES in order, each waited for until grpc.health.v1 says SERVING. Ctrl-C or
+// SIGTERM stops the services first, then the infrastructure, and exits 0; a child that dies on
+// its own stops everything with exit 1. `--infra-only` starts only NATS and MongoDB.
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { join, relative } from "node:path";
+import { parseArgs, parseEnv } from "node:util";
+import { ensureDevIssuer } from "./lib/dev-issuer.mjs";
+import { waitForServing } from "./lib/health.mjs";
+import { ensureMongoServer } from "./lib/mongo-server.mjs";
+import { ensureNatsServer } from "./lib/nats-server.mjs";
+import { assertPortFree, canConnect } from "./lib/net.mjs";
+import { Child, describeExit } from "./lib/proc.mjs";
+import { ToolError, repoRoot } from "./lib/tools.mjs";
+
+/**
+ * One row per service, started in this order (a service's peers come before it). Each gets the
+ * shared environment (NATS_URL, MONGODB_URL, JWKS_URL, JWT_*, LOG_LEVEL, every <NAME>_ADDR) plus
+ * METRICS_PORT and its own port variable.
+ * @typedef {object} ServiceSpec
+ * @property {string} name        also the prefix of its log lines
+ * @property {string} main        built entry point, relative to the repository root
+ * @property {string} portVar     env var holding its gRPC port (also read here to override the default)
+ * @property {number} port        default gRPC port
+ * @property {string} metricsVar  env var overriding its metrics port here (passed to it as METRICS_PORT)
+ * @property {number} metricsPort default metrics port (9100 + last two digits of the gRPC port)
+ * @property {string} [example]   a method to show in the "call it" hint
+ */
+/** @type {ServiceSpec[]} */
+const SERVICES = [
+  {
+    name: "registry",
+    main: "services/registry/dist/src/main.js",
+    portVar: "REGISTRY_PORT",
+    port: 50052,
+    metricsVar: "REGISTRY_METRICS_PORT",
+    metricsPort: 9152,
+    example: "ensemble.registry.v1.RegistryService/ListModels",
+  },
+];
+
+const HOST = "127.0.0.1";
+
+/** Values from .env (when present) fill in what the environment does not set. */
+function loadDotEnv() {
+  const path = join(repoRoot, ".env");
+  if (!existsSync(path)) return;
+  for (const [key, value] of Object.entries(parseEnv(readFileSync(path, "utf8")))) {
+    if (process.env[key] === undefined) process.env[key] = value;
+  }
+}
+
+/**
+ * @param {string} name @param {number} fallback
+ * @returns {number}
+ */
+function intEnv(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0)
+    throw new ToolError(`${name}=${raw} is not a valid number`);
+  return value;
+}
+
+/** @type {{ name: string; child: Child; kind: "infra" | "service" }[]} */
+const running = [];
+let stopping = false;
+/** Services that reached SERVING. */
+const started = new Set();
+
+/**
+ * Stops services (reverse order) then infrastructure, and exits with `code`.
+ * @param {number} code
+ */
+async function shutdown(code) {
+  if (stopping) return;
+  stopping = true;
+  const timeoutMs = intEnv("SHUTDOWN_TIMEOUT_MS", 10_000) + 5_000;
+  for (const kind of /** @type {const} */ (["service", "infra"])) {
+    const group = running.filter((entry) => entry.kind === kind && entry.child.running).reverse();
+    for (const entry of group) {
+      process.stderr.write(`stopping ${entry.name}…\n`);
+      await entry.child.stop(timeoutMs);
+    }
+  }
+  process.exit(code);
+}
+
+/**
+ * Adds a child to the set the launcher watches: if it exits while we are not stopping, say
+ * which one and stop everything else with a non-zero exit.
+ * @param {string} name @param {Child} child @param {"infra" | "service"} kind
+ */
+function watch(name, child, kind) {
+  running.push({ name, child, kind });
+  void child.exited.then((status) => {
+    if (stopping) return;
+    process.stderr.write(
+      `\n${name} exited ${kind === "service" && !started.has(name) ? "before it was healthy" : "unexpectedly"} (${describeExit(status)}); its last lines:\n${child.lastLines()}\nstopping everything.\n`,
+    );
+    void shutdown(1);
+  });
+}
+
+/** Thrown when a child's exit was already reported by watch(), which is stopping everything. */
+class AlreadyReported extends Error {}
+
+/**
+ * Fails with the reason and the child's last lines; main's catch stops what runs and exits 1.
+ * @param {string} message @param {Child} [child]
+ * @returns {never}
+ */
+function fail(message, child) {
+  if (child && !child.running) throw new AlreadyReported();
+  throw new ToolError(child ? `${message}; its last lines:\n${child.lastLines()}` : message);
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      "infra-only": { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(
+      "usage: node scripts/start.mjs [--infra-only]   (npm start builds first)\nVariables: see .env.example\n",
+    );
+    return;
+  }
+  loadDotEnv();
+  const dataDir = process.env.ENSEMBLE_DATA_DIR || join(repoRoot, ".data");
+  const startupTimeoutMs = intEnv("STARTUP_TIMEOUT_MS", 60_000);
+  const services = values["infra-only"] ? [] : SERVICES;
+  const show = (/** @type {string} */ path) => {
+    const rel = relative(process.cwd(), path);
+    return rel.startsWith("..") ? path : rel || ".";
+  };
+
+  process.on("SIGINT", () => void onSignal("SIGINT"));
+  process.on("SIGTERM", () => void onSignal("SIGTERM"));
+
+  // Everything that can be checked before starting anything: builds and ports.
+  for (const svc of services) {
+    if (!existsSync(join(repoRoot, svc.main))) {
+      fail(
+        `${svc.name}: ${svc.main} does not exist: build it first (npm run build; npm start builds for you)`,
+      );
+    }
+  }
+  const natsPort = intEnv("NATS_PORT", 4222);
+  const mongoPort = intEnv("MONGODB_PORT", 27017);
+  const wanted = services.map((svc) => ({
+    ...svc,
+    port: intEnv(svc.portVar, svc.port),
+    metricsPort: intEnv(svc.metricsVar, svc.metricsPort),
+  }));
+  if (!process.env.NATS_URL)
+    await assertPortFree(
+      HOST,
+      natsPort,
+      "NATS",
+      "set NATS_PORT, or NATS_URL to use a running server",
+    );
+  if (!process.env.MONGODB_URL) {
+    await assertPortFree(
+      HOST,
+      mongoPort,
+      "MongoDB",
+      "set MONGODB_PORT, or MONGODB_URL to use a running server",
+    );
+  }
+  for (const svc of wanted) {
+    await assertPortFree(HOST, svc.port, `${svc.name} gRPC`, `set ${svc.portVar}`);
+    await assertPortFree(HOST, svc.metricsPort, `${svc.name} metrics`, `set ${svc.metricsVar}`);
+  }
+
+  // Infrastructure.
+  let natsUrl = process.env.NATS_URL;
+  let natsNote = "from NATS_URL";
+  if (!natsUrl) {
+    const binary = await ensureNatsServer();
+    const store = join(dataDir, "nats");
+    await mkdir(store, { recursive: true });
+    const nats = new Child("nats", binary, [
+      "-js",
+      "-sd",
+      store,
+      "-p",
+      String(natsPort),
+      "-a",
+      HOST,
+    ]);
+    watch("nats", nats, "infra");
+    await nats
+      .waitForLine(/Server is ready/, startupTimeoutMs)
+      .catch((/** @type {Error} */ err) => fail(err.message, nats));
+    natsUrl = `nats://${HOST}:${natsPort}`;
+    natsNote = `nats-server with JetStream, data in ${show(store)}`;
+  }
+
+  let mongoUrl = process.env.MONGODB_URL;
+  let mongoNote = "from MONGODB_URL";
+  if (!mongoUrl) {
+    const server = await ensureMongoServer();
+    const store = join(dataDir, server.kind === "mongod" ? "mongod" : "mongo");
+    await mkdir(store, { recursive: true });
+    const args =
+      server.kind === "mongod"
+        ? ["--bind_ip", HOST, "--port", String(mongoPort), "--dbpath", store, "--quiet"]
+        : ["-listen-addr", `${HOST}:${mongoPort}`, "-sqlite-dir", store, "-log-level", "warn"];
+    const mongo = new Child(server.kind, server.path, args);
+    watch(server.kind, mongo, "infra");
+    const deadline = Date.now() + startupTimeoutMs;
+    while (!(await canConnect(HOST, mongoPort))) {
+      if (!mongo.running) fail(`${server.kind} exited before it was ready`, mongo);
+      if (Date.now() > deadline)
+        fail(`${server.kind} did not accept connections within ${startupTimeoutMs} ms`, mongo);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    mongoUrl = `mongodb://${HOST}:${mongoPort}`;
+    mongoNote = `${server.kind === "mongod" ? "mongod" : "FerretDB on SQLite"}, data in ${show(store)}`;
+  }
+
+  let jwksUrl = process.env.JWKS_URL;
+  let jwksNote = "from JWKS_URL";
+  if (!jwksUrl) {
+    const issuer = await ensureDevIssuer({ dir: join(dataDir, "dev-issuer") });
+    jwksUrl = issuer.jwksUrl;
+    jwksNote = `dev issuer, key in ${show(issuer.dir)}`;
+  }
+
+  // Services.
+  /** @type {NodeJS.ProcessEnv} */
+  const shared = {
+    ...process.env,
+    NATS_URL: natsUrl,
+    MONGODB_URL: mongoUrl,
+    JWKS_URL: jwksUrl,
+    LOG_LEVEL: process.env.LOG_LEVEL || "info",
+  };
+  for (const svc of SERVICES)
+    shared[`${svc.name.toUpperCase().replaceAll("-", "_")}_ADDR`] =
+      `${HOST}:${intEnv(svc.portVar, svc.port)}`;
+  for (const svc of wanted) {
+    const env = {
+      ...shared,
+      [svc.portVar]: String(svc.port),
+      METRICS_PORT: String(svc.metricsPort),
+    };
+    const child = new Child(
+      svc.name,
+      process.execPath,
+      ["--enable-source-maps", join(repoRoot, svc.main)],
+      { env, cwd: repoRoot },
+    );
+    watch(svc.name, child, "service");
+    try {
+      await waitForServing(`${HOST}:${svc.port}`, startupTimeoutMs, () => child.running);
+      started.add(svc.name);
+    } catch (err) {
+      fail(`${svc.name} on ${HOST}:${svc.port} is ${/** @type {Error} */ (err).message}`, child);
+    }
+  }
+
+  const rows = [
+    ...wanted.map((svc) => [
+      svc.name,
+      `grpc ${HOST}:${svc.port}`,
+      `metrics http://${HOST}:${svc.metricsPort}/metrics`,
+    ]),
+    ["NATS", natsUrl, natsNote],
+    ["MongoDB", mongoUrl, mongoNote],
+    ["JWKS", jwksUrl, jwksNote],
+  ];
+  const width = Math.max(...rows.map((row) => (row[1] ?? "").length));
+  const lines = [
+    "",
+    wanted.length > 0 ? "Ensemble is running:" : "Infrastructure is running (--infra-only):",
+  ];
+  for (const [name = "", where = "", note = ""] of rows)
+    lines.push(`  ${name.padEnd(10)} ${where.padEnd(width)}  ${note}`);
+  const first = wanted[0];
+  if (first) {
+    const target = `http://${HOST}:${first.port}`;
+    lines.push(
+      "",
+      "Call it:",
+      "  TOKEN=$(node scripts/mint-token.mjs --tenant acme --user alice --role admin)",
+      `  npx buf curl --protocol grpc --http2-prior-knowledge --list-methods ${target}`,
+      `  npx buf curl --protocol grpc --http2-prior-knowledge -H "authorization: Bearer $TOKEN" -d '{}' ${target}/${first.example ?? "grpc.health.v1.Health/Check"}`,
+    );
+  }
+  lines.push("", "Ctrl-C stops everything.", "");
+  process.stdout.write(lines.join("\n") + "\n");
+}
+
+let signals = 0;
+/** @param {NodeJS.Signals} signal */
+async function onSignal(signal) {
+  signals += 1;
+  if (signals > 1) {
+    process.stderr.write(`${signal} again: killing everything now\n`);
+    for (const entry of running) entry.child.process.kill("SIGKILL");
+    process.exit(130);
+  }
+  process.stderr.write(`\n${signal}: stopping services, then infrastructure…\n`);
+  await shutdown(0);
+}
+
+main().catch(async (/** @type {unknown} */ err) => {
+  if (err instanceof AlreadyReported) return;
+  const message =
+    err instanceof ToolError
+      ? err.message
+      : err instanceof Error
+        ? (err.stack ?? err.message)
+        : String(err);
+  process.stderr.write(`\nnpm start failed: ${message}\n`);
+  await shutdown(1);
+});
