@@ -9,4 +9,6 @@ export * from "./gen/ensemble/plugin/v1/plugin_pb.js";
 export * from "./gen/ensemble/registry/v1/registry_pb.js";
 export * from "./gen/ensemble/testing/v1/echo_pb.js";
 export * from "./gen/ensemble/vectorsearch/v1/vectorsearch_pb.js";
+export * from "./gen/ensemble/workflow/v1/run_pb.js";
+export * from "./gen/ensemble/workflow/v1/session_pb.js";
 export * from "./gen/grpc/health/v1/health_pb.js";
