@@ -706,9 +706,10 @@ export const SessionService: GenService<{
   },
   /**
    * Stores the user's message and streams the reply: first `user_message` (stored), then the
-   * reply run's events (token deltas included), last `assistant_message` (stored). If the reply
-   * fails, the assistant message is stored with status FAILED, sent, and the stream ends with
-   * the error status.
+   * reply run's events (token deltas included), last `assistant_message` (stored). As with
+   * RunService.Run, a reply that fails is data, not a broken call: the assistant message is
+   * stored and sent with status FAILED and its error, and the stream ends normally. Errors before
+   * the reply starts (bad input, unknown session) are status errors.
    *
    * @generated from rpc ensemble.workflow.v1.SessionService.SendMessage
    */
