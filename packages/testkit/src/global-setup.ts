@@ -11,6 +11,7 @@
 //   3. Local binaries: nats-server and mongod/FerretDB, found or built by scripts/install-*.mjs.
 import { spawn } from "node:child_process";
 import type { TestProject } from "vitest/node";
+import { installedBinary } from "./binaries.js";
 import { startMongo } from "./mongo.js";
 import { startNats } from "./nats.js";
 
@@ -66,6 +67,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
       }
     }
 
+    // Install one after the other (each build uses every core), then start both at once.
+    if (!nats) await installedBinary("install-nats.mjs");
+    if (!mongo) await installedBinary("install-ferretdb.mjs");
     const local = await Promise.all([
       nats ? undefined : startNats(),
       mongo ? undefined : startMongo(),

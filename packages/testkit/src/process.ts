@@ -12,7 +12,7 @@ let exitHookInstalled = false;
 // A watchdog per child covers the case no handler in this process can: being SIGKILLed (a
 // crashed or killed vitest worker). It polls our pid and terminates the child once we are gone.
 const WATCHDOG =
-  'while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -TERM "$2" 2>/dev/null; sleep 5; kill -KILL "$2" 2>/dev/null';
+  'while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -TERM "$2" 2>/dev/null; sleep 5; kill -0 "$2" 2>/dev/null && kill -KILL "$2"';
 
 function installExitHook(): void {
   if (exitHookInstalled) return;
@@ -34,7 +34,7 @@ export class ServerProcess {
   readonly exited: Promise<ExitStatus>;
   private text = "";
   private exitStatus: ExitStatus | undefined;
-  private readonly watchdog: ChildProcess;
+  private readonly watchdog: ChildProcess | undefined;
   private readonly lineListeners = new Set<(line: string) => void>();
 
   constructor(name: string, command: string, args: string[], env?: NodeJS.ProcessEnv) {
@@ -45,10 +45,8 @@ export class ServerProcess {
       env: env ?? process.env,
     });
     const pid = this.child.pid;
-    if (pid === undefined) {
-      // spawn failed synchronously (ENOENT is reported through "error" right after).
-      this.watchdog = spawn("true");
-    } else {
+    // No pid: the spawn failed (ENOENT etc.), reported through "error" below.
+    if (pid !== undefined) {
       live.add(this.child);
       this.watchdog = spawn("sh", ["-c", WATCHDOG, "sh", String(process.pid), String(pid)], {
         detached: true,
@@ -70,7 +68,7 @@ export class ServerProcess {
         if (this.exitStatus) return;
         this.exitStatus = status;
         live.delete(this.child);
-        this.watchdog.kill("SIGKILL");
+        this.watchdog?.kill("SIGKILL");
         resolve(status);
       };
       this.child.once("exit", (code, signal) => done({ code, signal }));
