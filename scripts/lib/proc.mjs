@@ -36,12 +36,16 @@ export function prettyLine(line) {
   }
   if (typeof parsed !== "object" || parsed === null || !("level" in parsed)) return line;
   const record = /** @type {Record<string, unknown>} */ (parsed);
+  // pino writes numeric levels and epoch-ms times by default; services may log labels and ISO times.
   const level =
     typeof record.level === "number"
       ? (LEVELS[record.level] ?? String(record.level))
-      : String(record.level);
-  const time =
-    typeof record.time === "number" ? new Date(record.time).toTimeString().slice(0, 8) : "";
+      : String(record.level).toUpperCase();
+  const when =
+    typeof record.time === "number" || typeof record.time === "string"
+      ? new Date(record.time)
+      : undefined;
+  const time = when && !Number.isNaN(when.getTime()) ? when.toTimeString().slice(0, 8) : "";
   const extra = Object.fromEntries(
     Object.entries(record).filter(([key]) => !QUIET_FIELDS.has(key)),
   );
