@@ -156,9 +156,14 @@ export class InstanceStore {
         yield { type: InstanceEventType.ADDED, instance };
       }
       yield { type: InstanceEventType.SYNCED };
-      for await (const entry of watcher) {
-        const event = toEvent(entry, known);
-        if (event !== undefined) yield event;
+      try {
+        for await (const entry of watcher) {
+          const event = toEvent(entry, known);
+          if (event !== undefined) yield event;
+        }
+      } catch (err) {
+        // The consumer behind the watch failed (e.g. the bucket was removed): the client may retry.
+        throw new UnavailableError("instance watch failed; watch again", { cause: err });
       }
       if (!signal.aborted) {
         // The watcher ended without being asked to (NATS connection closed or draining).
