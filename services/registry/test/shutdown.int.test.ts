@@ -42,7 +42,7 @@ describe("registry process", () => {
       METRICS_PORT: "0",
       INSTANCE_BUCKET: bucket,
       LOG_LEVEL: "info",
-      SHUTDOWN_TIMEOUT_MS: "15000",
+      SHUTDOWN_TIMEOUT_MS: "60000",
     });
     try {
       await proc.waitForLine(/"msg":"registry listening"/, 60_000);
@@ -63,7 +63,7 @@ describe("registry process", () => {
       expect(statuses).toEqual([HealthCheckResponse_ServingStatus.SERVING]);
 
       // A burst of catalog reads (the whole seeded catalog each), then SIGTERM while they run.
-      const calls = Array.from({ length: 200 }, () =>
+      const calls = Array.from({ length: 100 }, () =>
         client.listAddons({ page: { pageSize: 500 } }).then(
           (r) => ({ ok: true as const, count: r.addons.length }),
           (err: unknown) => ({ ok: false as const, err }),
