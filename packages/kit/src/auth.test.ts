@@ -35,6 +35,8 @@ async function newKey(kid: string): Promise<SigningKey> {
 }
 
 const b64url = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+const decodePayload = (part: string | undefined) =>
+  JSON.parse(Buffer.from(part ?? "", "base64url").toString()) as Record<string, unknown>;
 
 interface MintOptions {
   key?: SigningKey;
@@ -211,6 +213,25 @@ describe("auth verifier", () => {
       kind: "service",
       service: "workflow-engine",
     });
+  });
+
+  it("auth - a verified token is reused until it expires, then is refused as expired", async () => {
+    const verifier = createJwksVerifier({ jwksUrl, clockToleranceSec: 0 });
+    const exp = Math.floor(Date.now() / 1000) + 1;
+    const token = await mint({ expiresIn: exp });
+    const first = await verifier.verify(token);
+    // A caller changing its principal must not change what the next call with the token gets.
+    first.roles.push("admin");
+    const second = await verifier.verify(token);
+    expect(second.roles).toEqual(["user"]);
+    expect(second.expiresAt.getTime()).toBe(exp * 1000);
+    await new Promise((r) => setTimeout(r, exp * 1000 - Date.now() + 50));
+    expect((await failureOf(verifier.verify(token))).message).toBe("token expired");
+    // A tampered copy of a token that verified before is still checked on its own.
+    const [h, p, sig] = (await mint()).split(".");
+    await verifier.verify(`${h}.${p}.${sig}`);
+    const forged = `${h}.${b64url({ ...decodePayload(p), roles: ["admin"] })}.${sig}`;
+    expect((await failureOf(verifier.verify(forged))).message).toBe("invalid signature");
   });
 
   it("auth - issuer and audience are configurable", async () => {

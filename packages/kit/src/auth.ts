@@ -60,6 +60,25 @@ export const ALLOWED_JWT_ALGORITHMS = ["ES256", "RS256", "EdDSA"] as const;
 /** Tokens are a few hundred bytes; anything huge is not ours and not worth parsing. */
 const MAX_TOKEN_LENGTH = 16 * 1024;
 
+/**
+ * Verified tokens remembered per verifier. A caller sends the same token on every call until it
+ * refreshes it, and the signature check (WebCrypto ECDSA/RSA, on the libuv thread pool) is by far
+ * the most expensive step of a call; a token string is immutable and its check deterministic, so
+ * a success can be reused until the token expires. Only successes are cached: every failure is
+ * checked (and reported) afresh. An entry is also re-verified after VERIFIED_CACHE_TTL_MS, so a
+ * key withdrawn from the JWKS stops being honoured after at most that long once the set reloads.
+ */
+const VERIFIED_CACHE_MAX_ENTRIES = 4096;
+const VERIFIED_CACHE_TTL_MS = 60_000;
+
+interface VerifiedToken {
+  principal: Principal;
+  /** `exp`, in seconds since the epoch. */
+  exp: number;
+  /** Date.now() after which the token is verified again. */
+  recheckAt: number;
+}
+
 /** Makes a verifier that checks signature, algorithm, issuer, audience and time claims. */
 export function createJwksVerifier(opts: JwksVerifierOptions): TokenVerifier {
   const issuer = opts.issuer ?? DEFAULT_JWT_ISSUER;
@@ -82,10 +101,24 @@ export function createJwksVerifier(opts: JwksVerifierOptions): TokenVerifier {
     throw new Error(`JWKS_URL must be an http(s):// or file:// URL, got ${url.protocol}`);
   }
 
+  // Insertion order is recency order: a hit is moved to the end, the oldest entry evicted first.
+  const verified = new Map<string, VerifiedToken>();
+
   return {
     async verify(token: string): Promise<Principal> {
       if (typeof token !== "string" || token.length === 0 || token.length > MAX_TOKEN_LENGTH) {
         throw new UnauthenticatedError("malformed token");
+      }
+      const now = Date.now();
+      const hit = verified.get(token);
+      if (hit !== undefined) {
+        verified.delete(token);
+        // The same test as jose's: expired once exp <= now - tolerance (whole seconds).
+        if (hit.exp > Math.floor(now / 1000) - clockTolerance && now < hit.recheckAt) {
+          verified.set(token, hit);
+          return copyPrincipal(hit.principal);
+        }
+        // Expired or due for a recheck: verify it again below, which also gives the right error.
       }
       let payload: JWTPayload;
       try {
@@ -99,9 +132,24 @@ export function createJwksVerifier(opts: JwksVerifierOptions): TokenVerifier {
       } catch (err) {
         throw toUnauthenticated(err);
       }
-      return principalFromClaims(payload);
+      const principal = principalFromClaims(payload);
+      if (verified.size >= VERIFIED_CACHE_MAX_ENTRIES) {
+        const oldest = verified.keys().next();
+        if (oldest.done !== true) verified.delete(oldest.value);
+      }
+      verified.set(token, {
+        principal: copyPrincipal(principal),
+        exp: principal.expiresAt.getTime() / 1000,
+        recheckAt: now + VERIFIED_CACHE_TTL_MS,
+      });
+      return principal;
     },
   };
+}
+
+/** Callers get their own copy, so nothing they change can leak into the cache. */
+function copyPrincipal(p: Principal): Principal {
+  return { ...p, roles: [...p.roles], expiresAt: new Date(p.expiresAt.getTime()) };
 }
 
 /** A JWKS read from disk; re-read on an unknown kid, at most once per cooldown. */
