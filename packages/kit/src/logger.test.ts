@@ -67,6 +67,25 @@ describe("logger", () => {
     expect(line.user.name).toBe("ada");
   });
 
+  it("logger - secrets in child bindings, error fields and interpolated objects are redacted", () => {
+    const { logger, lines } = memoryLogger();
+    const child = logger.child({ requestId: "r1", token: "tok-binding" });
+    const err = Object.assign(new Error("boom"), { apiKey: "ak-on-error" });
+    child.child({ creds: { password: "pw-grandchild" } }).error({ err }, "failed");
+    logger.info("payload %o", { secret: "s-interpolated", id: "ok-1" });
+    const logged = { user: { password: "pw-original" } };
+    logger.info(logged, "not mutated");
+    const out = lines.join("");
+    for (const leaked of ["tok-binding", "ak-on-error", "pw-grandchild", "s-interpolated"]) {
+      expect(out).not.toContain(leaked);
+    }
+    expect(out).toContain("r1");
+    expect(out).toContain("ok-1");
+    expect(out).toContain("boom");
+    // What the caller passed in is left as it was.
+    expect(logged.user.password).toBe("pw-original");
+  });
+
   it("logger - the level option filters lines", () => {
     const { logger, lines } = memoryLogger("warn");
     logger.info("dropped");
