@@ -1,0 +1,175 @@
+// Forwarding: a generic Connect implementation for every routed method, which calls the owning
+// service through the kit's grpc-js client and re-creates its errors for the client.
+import { getOption, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  type CallOptions,
+  type HandlerContext,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import type { GrpcClient, Logger } from "@ensemble/kit";
+import { Access, access as accessOption } from "@ensemble/proto";
+import type { Caller } from "./authn.js";
+
+export const callerKey = createContextKey<Caller | undefined>(undefined, {
+  description: "authenticated caller",
+});
+export const clientAddressKey = createContextKey<string>("", {
+  description: "x-forwarded-for value for the upstream",
+});
+
+/** The method's access level; UNSPECIFIED (nobody decided) counts as INTERNAL. */
+export function accessOf(method: DescMethod): Access {
+  const access = getOption(method, accessOption);
+  return access === Access.UNSPECIFIED ? Access.INTERNAL : access;
+}
+
+/** Methods the gateway exposes: everything not INTERNAL, unary or server streaming. */
+export function routedMethods(service: DescService): DescMethod[] {
+  return service.methods.filter(
+    (m) =>
+      accessOf(m) !== Access.INTERNAL &&
+      (m.methodKind === "unary" || m.methodKind === "server_streaming"),
+  );
+}
+
+/** Headers the gateway never copies from a client to the upstream (hop-by-hop or its own). */
+function upstreamOptions(ctx: HandlerContext): CallOptions {
+  const headers = new Headers();
+  const caller = ctx.values.get(callerKey);
+  if (caller !== undefined) headers.set("authorization", `Bearer ${caller.token}`);
+  const requestId = ctx.requestHeader.get("x-request-id");
+  if (requestId !== null) headers.set("x-request-id", requestId);
+  const forwardedFor = ctx.values.get(clientAddressKey);
+  if (forwardedFor !== "") headers.set("x-forwarded-for", forwardedFor);
+  const timeoutMs = ctx.timeoutMs();
+  return {
+    headers,
+    signal: ctx.signal,
+    ...(timeoutMs !== undefined ? { timeoutMs: Math.max(1, timeoutMs) } : {}),
+  };
+}
+
+/** Trailers of the upstream call that carry information the client needs. */
+const PASSED_TRAILERS = ["retry-after-ms", "x-invalid-field"];
+
+/**
+ * A fresh error for the client from an upstream failure: code, message and typed details;
+ * never the upstream error object itself. Messages that can carry peer addresses or driver
+ * text (transport failures, INTERNAL, UNKNOWN) are replaced; the original goes to the log.
+ * When our own caller's deadline passed or it went away, that is the answer, so a deadline is
+ * never reported as a cancellation.
+ */
+export function upstreamError(
+  err: unknown,
+  ctx: HandlerContext,
+  trailers: Headers | undefined,
+  logger: Logger,
+): ConnectError {
+  if (ctx.signal.aborted) {
+    const reason: unknown = ctx.signal.reason;
+    if (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) {
+      return new ConnectError("deadline exceeded", Code.DeadlineExceeded);
+    }
+    return new ConnectError("cancelled", Code.Canceled);
+  }
+  const upstream = ConnectError.from(err);
+  let message: string;
+  let keepDetails = true;
+  switch (upstream.code) {
+    case Code.Unavailable:
+      message = "service unavailable";
+      keepDetails = false;
+      break;
+    case Code.Internal:
+    case Code.Unknown:
+    case Code.DataLoss:
+      message = "internal error";
+      keepDetails = false;
+      break;
+    case Code.DeadlineExceeded:
+      message = "deadline exceeded";
+      keepDetails = false;
+      break;
+    case Code.Canceled:
+      message = "cancelled";
+      keepDetails = false;
+      break;
+    default:
+      message = upstream.rawMessage;
+  }
+  if (!keepDetails || upstream.code === Code.Unknown) {
+    logger.warn(
+      { code: Code[upstream.code], upstreamMessage: upstream.rawMessage },
+      "upstream call failed",
+    );
+  }
+  const metadata = new Headers();
+  for (const name of PASSED_TRAILERS) {
+    const value = trailers?.get(name);
+    if (value !== null && value !== undefined) metadata.set(name, value);
+  }
+  const retryAfterMs = Number(metadata.get("retry-after-ms"));
+  if (
+    upstream.code === Code.ResourceExhausted &&
+    Number.isFinite(retryAfterMs) &&
+    retryAfterMs > 0
+  ) {
+    metadata.set("retry-after", String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
+  }
+  const fresh = new ConnectError(message, upstream.code, metadata);
+  if (keepDetails) fresh.details = [...upstream.details];
+  return fresh;
+}
+
+type UnaryFn = (req: unknown, opts: CallOptions) => Promise<unknown>;
+type StreamFn = (req: unknown, opts: CallOptions) => AsyncIterable<unknown>;
+
+export interface ForwardHooks {
+  logger: Logger;
+  /** Called after a successful unary call (e.g. RevokeApiKey invalidates the key cache). */
+  afterUnary?: (method: DescMethod, req: unknown, res: unknown) => void;
+}
+
+/** The Connect implementation of `service` that forwards every routed method to `client`. */
+export function forwardingImpl(
+  service: DescService,
+  client: GrpcClient<DescService>,
+  hooks: ForwardHooks,
+): Partial<ServiceImpl<DescService>> {
+  const impl: Record<string, unknown> = {};
+  const calls = client as unknown as Record<string, UnaryFn | StreamFn>;
+  for (const method of routedMethods(service)) {
+    const call = calls[method.localName];
+    if (call === undefined) continue;
+    if (method.methodKind === "unary") {
+      const unary = call as UnaryFn;
+      impl[method.localName] = async (req: unknown, ctx: HandlerContext) => {
+        let trailers: Headers | undefined;
+        try {
+          const res = await unary(req, {
+            ...upstreamOptions(ctx),
+            onTrailer: (t) => (trailers = t),
+          });
+          hooks.afterUnary?.(method, req, res);
+          return res;
+        } catch (err) {
+          throw upstreamError(err, ctx, trailers, hooks.logger);
+        }
+      };
+    } else {
+      const stream = call as StreamFn;
+      impl[method.localName] = async function* (req: unknown, ctx: HandlerContext) {
+        let trailers: Headers | undefined;
+        try {
+          yield* stream(req, { ...upstreamOptions(ctx), onTrailer: (t) => (trailers = t) });
+        } catch (err) {
+          throw upstreamError(err, ctx, trailers, hooks.logger);
+        }
+      };
+    }
+  }
+  return impl as Partial<ServiceImpl<DescService>>;
+}

@@ -1,0 +1,105 @@
+// Start-up only: config -> logger -> tracing -> metrics -> verifier -> NATS (rate limit state)
+// -> build -> listen -> shutdown wiring.
+import {
+  ConfigError,
+  connectNats,
+  createJwksVerifier,
+  createMetrics,
+  createRootLogger,
+  handleShutdown,
+  initTracing,
+  startMetricsServer,
+  type Logger,
+} from "@ensemble/kit";
+import { loadGatewayConfig, type GatewayConfig } from "./config.js";
+import { openKvRateLimiter } from "./rate-limit.js";
+import { build } from "./server.js";
+import { configuredUpstreams } from "./services.js";
+import { VERSION } from "./version.js";
+
+const SERVICE_NAME = "gateway";
+
+async function main(config: GatewayConfig, logger: Logger): Promise<void> {
+  const tracing = initTracing({
+    service: SERVICE_NAME,
+    version: VERSION,
+    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+      ? {}
+      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+  });
+  const metrics = createMetrics({ service: SERVICE_NAME });
+  const metricsServer =
+    config.METRICS_PORT === undefined
+      ? undefined
+      : await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
+  const verifier = createJwksVerifier({
+    jwksUrl: config.JWKS_URL,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+  });
+  const nc = await connectNats({ url: config.NATS_URL, name: SERVICE_NAME, logger });
+  const rateLimiter = await openKvRateLimiter(nc, config.GATEWAY_RATE_LIMIT_BUCKET, {
+    rate: config.GATEWAY_RATE_LIMIT_RPS,
+    burst: config.GATEWAY_RATE_LIMIT_BURST,
+    ...(config.GATEWAY_RATE_LIMIT_LEASE > 0 ? { lease: config.GATEWAY_RATE_LIMIT_LEASE } : {}),
+    logger,
+  });
+  const upstreams = configuredUpstreams(config);
+  if (upstreams.length === 0) logger.warn("no upstream address configured: nothing is routed");
+  if (config.SERVICE_TOKEN === undefined) {
+    logger.warn("SERVICE_TOKEN is not set: API keys are refused (access tokens still work)");
+  }
+
+  const gateway = build({
+    version: VERSION,
+    logger,
+    verifier,
+    metrics,
+    upstreams,
+    rateLimiter,
+    ...(config.SERVICE_TOKEN !== undefined ? { serviceToken: config.SERVICE_TOKEN } : {}),
+    corsOrigins: config.GATEWAY_CORS_ORIGINS,
+    development: config.NODE_ENV === "development",
+    behindTls: config.GATEWAY_BEHIND_TLS,
+    maxMessageBytes: config.GATEWAY_MAX_MESSAGE_BYTES,
+    maxTimeoutMs: config.GATEWAY_MAX_TIMEOUT_MS,
+    apiKeyCacheMs: config.GATEWAY_API_KEY_CACHE_MS,
+  });
+  const port = await gateway.listen(config.GATEWAY_PORT, config.GATEWAY_HOST);
+  logger.info(
+    { host: config.GATEWAY_HOST, port, services: upstreams.map((u) => u.name) },
+    "gateway listening",
+  );
+
+  handleShutdown({
+    logger,
+    timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    steps: [
+      {
+        name: "http server",
+        run: () => gateway.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      { name: "nats drain", run: () => nc.drain() },
+      { name: "metrics server", run: () => metricsServer?.close() ?? Promise.resolve() },
+      { name: "tracing", run: () => tracing.shutdown() },
+    ],
+  });
+}
+
+let config: GatewayConfig;
+try {
+  config = loadGatewayConfig();
+} catch (err) {
+  process.stderr.write(`gateway: ${err instanceof ConfigError ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+const logger = createRootLogger({
+  service: SERVICE_NAME,
+  version: VERSION,
+  level: config.LOG_LEVEL,
+});
+main(config, logger).catch((err: unknown) => {
+  logger.fatal({ err }, "gateway failed to start");
+  logger.flush();
+  process.exit(1);
+});

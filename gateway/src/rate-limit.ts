@@ -1,0 +1,229 @@
+// Token buckets per caller (user or API key) that hold across gateway replicas without a
+// network round trip per request.
+//
+// The shared state is one NATS KV entry per caller: the global bucket `{ t: tokens, ts: ms }`.
+// A replica never asks KV per request: it takes a *lease* of up to `lease` tokens from the
+// global bucket with a compare-and-set (kv.update with the revision it read), and spends them
+// locally. Leased tokens are valid for `leaseTtlMs` only, then dropped: a replica that stops
+// getting traffic strands at most one lease per caller for that long. Because every token a
+// replica spends was first taken from the global bucket under CAS, all replicas together never
+// exceed `burst + rate * t`; the price of fewer round trips is that a caller may be refused
+// slightly early while another replica still holds unspent leased tokens.
+//
+// When a replica was refused it remembers until when (the time the global bucket needs for one
+// token), so a caller hammering over the limit costs no KV traffic either. If KV is unreachable
+// the replica falls back to a local bucket with the full rate (the limit then holds per replica
+// instead of globally) rather than refusing every call.
+import { createHash } from "node:crypto";
+import type { Logger } from "@ensemble/kit";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+
+export type RateDecision = { ok: true } | { ok: false; retryAfterMs: number };
+
+export interface RateLimiter {
+  take(key: string): Promise<RateDecision>;
+  /** KV reads and writes so far (tests and metrics: how often the shared state was touched). */
+  readonly kvOperations: number;
+}
+
+export interface RateLimitOptions {
+  /** Tokens per second added to each caller's bucket. */
+  rate: number;
+  /** Bucket size (the largest burst). */
+  burst: number;
+  /** Tokens a replica takes per KV round trip; default max(1, floor(burst / 5)). */
+  lease?: number;
+  /** How long leased tokens stay spendable; default 2 s. */
+  leaseTtlMs?: number;
+  logger: Logger;
+  now?: () => number;
+}
+
+interface LocalState {
+  tokens: number;
+  leaseExpiresAt: number;
+  refusedUntil: number;
+  pending: Promise<void> | undefined;
+  lastUsed: number;
+}
+
+interface Stored {
+  t: number;
+  ts: number;
+}
+
+const MAX_LOCAL_ENTRIES = 50_000;
+const CAS_ATTEMPTS = 8;
+
+/** Opens (or creates) the KV bucket and returns a limiter backed by it. */
+export async function openKvRateLimiter(
+  nc: NatsConnection,
+  bucket: string,
+  opts: RateLimitOptions,
+): Promise<RateLimiter> {
+  const kvm = new Kvm(nc);
+  // Idle callers' entries expire: a full bucket is the same as no entry.
+  const ttl = Math.ceil((opts.burst / opts.rate) * 1000) + 60_000;
+  const kv = await kvm.create(bucket, { history: 1, ttl });
+  return new KvRateLimiter(kv, opts);
+}
+
+class KvRateLimiter implements RateLimiter {
+  readonly #kv: KV;
+  readonly #rate: number;
+  readonly #burst: number;
+  readonly #lease: number;
+  readonly #leaseTtlMs: number;
+  readonly #logger: Logger;
+  readonly #now: () => number;
+  readonly #local = new Map<string, LocalState>();
+  readonly #fallback: LocalBuckets;
+  #kvOps = 0;
+  #kvDownUntil = 0;
+
+  constructor(kv: KV, opts: RateLimitOptions) {
+    this.#kv = kv;
+    this.#rate = opts.rate;
+    this.#burst = opts.burst;
+    this.#lease = Math.max(1, Math.min(opts.burst, opts.lease ?? Math.floor(opts.burst / 5)));
+    this.#leaseTtlMs = opts.leaseTtlMs ?? 2_000;
+    this.#logger = opts.logger;
+    this.#now = opts.now ?? Date.now;
+    this.#fallback = new LocalBuckets(opts.rate, opts.burst, this.#now);
+  }
+
+  get kvOperations(): number {
+    return this.#kvOps;
+  }
+
+  async take(key: string): Promise<RateDecision> {
+    const id = kvKey(key);
+    for (let round = 0; round < 3; round++) {
+      const now = this.#now();
+      if (now < this.#kvDownUntil) return this.#fallback.take(id);
+      const state = this.#state(id, now);
+      if (state.tokens >= 1 && now < state.leaseExpiresAt) {
+        state.tokens -= 1;
+        return { ok: true };
+      }
+      if (now < state.refusedUntil) return { ok: false, retryAfterMs: state.refusedUntil - now };
+      // One lease request per caller at a time; concurrent calls wait for it and try again.
+      state.pending ??= this.#acquire(id, state).finally(() => (state.pending = undefined));
+      await state.pending;
+    }
+    const now = this.#now();
+    const state = this.#state(id, now);
+    return { ok: false, retryAfterMs: Math.max(1, state.refusedUntil - now) };
+  }
+
+  #state(id: string, now: number): LocalState {
+    let state = this.#local.get(id);
+    if (state === undefined) {
+      if (this.#local.size >= MAX_LOCAL_ENTRIES) this.#evict(now);
+      state = { tokens: 0, leaseExpiresAt: 0, refusedUntil: 0, pending: undefined, lastUsed: now };
+      this.#local.set(id, state);
+    }
+    state.lastUsed = now;
+    return state;
+  }
+
+  #evict(now: number): void {
+    for (const [k, s] of this.#local) {
+      if (
+        s.pending === undefined &&
+        (now >= s.leaseExpiresAt || this.#local.size > MAX_LOCAL_ENTRIES)
+      )
+        this.#local.delete(k);
+      if (this.#local.size < MAX_LOCAL_ENTRIES * 0.9) return;
+    }
+  }
+
+  async #acquire(id: string, state: LocalState): Promise<void> {
+    try {
+      for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+        this.#kvOps += 1;
+        const entry = await this.#kv.get(id);
+        const now = this.#now();
+        let stored: Stored = { t: this.#burst, ts: now };
+        if (entry !== null && entry.operation === "PUT") {
+          const parsed = entry.json<Partial<Stored>>();
+          if (typeof parsed.t === "number" && typeof parsed.ts === "number") {
+            stored = { t: parsed.t, ts: parsed.ts };
+          }
+        }
+        const available = Math.min(
+          this.#burst,
+          stored.t + (Math.max(0, now - stored.ts) / 1000) * this.#rate,
+        );
+        const granted = Math.min(this.#lease, Math.floor(available));
+        if (granted < 1) {
+          state.tokens = 0;
+          state.refusedUntil = now + Math.max(1, Math.ceil(((1 - available) / this.#rate) * 1000));
+          return;
+        }
+        const next = JSON.stringify({ t: available - granted, ts: now } satisfies Stored);
+        this.#kvOps += 1;
+        try {
+          if (entry === null) await this.#kv.create(id, next);
+          else await this.#kv.update(id, next, entry.revision);
+        } catch (err) {
+          if (isCasConflict(err)) continue; // another replica won; read again
+          throw err;
+        }
+        state.tokens = granted;
+        state.leaseExpiresAt = now + this.#leaseTtlMs;
+        state.refusedUntil = 0;
+        return;
+      }
+      // Heavy contention on one caller: refuse briefly rather than spin.
+      state.refusedUntil = this.#now() + 50;
+    } catch (err) {
+      this.#kvDownUntil = this.#now() + 5_000;
+      this.#logger.warn(
+        { err },
+        "rate limit state unavailable; limiting per replica for the next 5 s",
+      );
+    }
+  }
+}
+
+function isCasConflict(err: unknown): boolean {
+  const text = err instanceof Error ? `${err.name} ${err.message}` : String(err);
+  return /wrong last sequence|key exists|10071|10164/i.test(text);
+}
+
+/** A KV-safe key that does not reveal the caller (user id or API key id). */
+function kvKey(key: string): string {
+  return `rl.${createHash("sha256").update(key).digest("hex").slice(0, 40)}`;
+}
+
+/** Plain in-memory token buckets (the fallback, and a limiter for a gateway without NATS). */
+export class LocalBuckets {
+  readonly #buckets = new Map<string, Stored>();
+  constructor(
+    readonly rate: number,
+    readonly burst: number,
+    readonly now: () => number = Date.now,
+  ) {}
+
+  take(key: string): RateDecision {
+    const now = this.now();
+    const b = this.#buckets.get(key) ?? { t: this.burst, ts: now };
+    const available = Math.min(this.burst, b.t + (Math.max(0, now - b.ts) / 1000) * this.rate);
+    if (available >= 1) {
+      this.#buckets.delete(key);
+      if (this.#buckets.size >= MAX_LOCAL_ENTRIES) {
+        const oldest = this.#buckets.keys().next();
+        if (oldest.done !== true) this.#buckets.delete(oldest.value);
+      }
+      this.#buckets.set(key, { t: available - 1, ts: now });
+      return { ok: true };
+    }
+    this.#buckets.set(key, { t: available, ts: now });
+    return {
+      ok: false,
+      retryAfterMs: Math.max(1, Math.ceil(((1 - available) / this.rate) * 1000)),
+    };
+  }
+}
