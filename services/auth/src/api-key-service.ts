@@ -1,0 +1,185 @@
+// API keys: created with a name, scopes and an optional expiry, shown once, stored as a
+// SHA-256 hash (a 238-bit random secret needs no slow hash), recognised by "ens_<public id>".
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  loggerOf,
+  NotFoundError,
+  PermissionDeniedError,
+  principalOf,
+  UnauthenticatedError,
+  type Principal,
+} from "@ensemble/kit";
+import { ApiKeyScope, type ApiKeySchema, type AuthService } from "@ensemble/proto";
+import type { QueryFilter } from "mongoose";
+import { isDuplicateKey, type ApiKeyDoc } from "./auth.model.js";
+import { ADMIN, durationMs, nextPageToken, paging, ts, USER, type AuthCore } from "./core.js";
+import { apiKeyPublicId, newApiKey, sameDigest, sha256 } from "./secrets.js";
+
+const BAD_KEY = "invalid API key";
+/** lastUsedTime is written at most this often per key (not one write per exchange). */
+const LAST_USED_RESOLUTION_MS = 60_000;
+
+const SCOPE_NAMES = new Map<ApiKeyScope, string>([
+  [ApiKeyScope.READ, "read"],
+  [ApiKeyScope.WRITE, "write"],
+  [ApiKeyScope.ADMIN, "admin"],
+]);
+
+function scopeEnums(names: string[]): ApiKeyScope[] {
+  const out: ApiKeyScope[] = [];
+  for (const [value, name] of SCOPE_NAMES) if (names.includes(name)) out.push(value);
+  return out;
+}
+
+function apiKeyMessage(k: ApiKeyDoc): MessageInitShape<typeof ApiKeySchema> {
+  return {
+    id: k.id,
+    tenantId: k.tenantId,
+    userId: k.userId,
+    name: k.name,
+    prefix: `ens_${k.id}`,
+    scopes: scopeEnums(k.scopes),
+    createTime: ts(k.createTime),
+    expireTime: ts(k.expireTime),
+    lastUsedTime: ts(k.lastUsedTime),
+    revokeTime: ts(k.revokeTime),
+  };
+}
+
+type ApiKeyHandlers = Pick<
+  ServiceImpl<typeof AuthService>,
+  "createApiKey" | "listApiKeys" | "revokeApiKey" | "authenticateApiKey"
+>;
+
+export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
+  const { models } = core;
+  const isAdmin = (p: Principal) => p.roles.includes(ADMIN);
+
+  return {
+    async createApiKey(req, ctx) {
+      const p = principalOf(ctx);
+      const scopes =
+        req.scopes.length === 0
+          ? ["read", "write"]
+          : req.scopes.map((s) => SCOPE_NAMES.get(s) ?? "read");
+      if (scopes.includes("admin") && !isAdmin(p)) {
+        throw new PermissionDeniedError("the ADMIN scope needs the admin role");
+      }
+      const ttl = durationMs(req.ttl);
+      const now = new Date();
+      for (let attempt = 0; ; attempt++) {
+        const { publicId, key } = newApiKey();
+        const doc: ApiKeyDoc = {
+          id: publicId,
+          tenantId: p.tenantId,
+          userId: p.subject,
+          name: req.name,
+          secretHash: sha256(key),
+          scopes,
+          createTime: now,
+          ...(ttl !== undefined ? { expireTime: new Date(now.getTime() + ttl) } : {}),
+        };
+        try {
+          await models.apiKeys.create(doc);
+        } catch (err) {
+          // 47-bit public ids rarely collide; draw another.
+          if (isDuplicateKey(err) && attempt < 3) continue;
+          throw err;
+        }
+        loggerOf(ctx).info({ apiKeyId: publicId, scopes }, "API key created");
+        return { apiKey: apiKeyMessage(doc), secret: key };
+      }
+    },
+
+    async listApiKeys(req, ctx) {
+      const p = principalOf(ctx);
+      const filter: QueryFilter<ApiKeyDoc> = { tenantId: p.tenantId };
+      if (req.allUsers || (req.userId !== "" && req.userId !== p.subject)) {
+        if (!isAdmin(p)) throw new PermissionDeniedError("other users' keys need the admin role");
+        if (!req.allUsers) filter.userId = req.userId;
+      } else {
+        filter.userId = p.subject;
+      }
+      if (!req.includeRevoked) filter.revokeTime = { $exists: false };
+      const { skip, limit } = paging(req.page);
+      const keys = await models.apiKeys
+        .find(filter)
+        .sort({ createTime: -1, id: 1 })
+        .skip(skip)
+        .limit(limit + 1)
+        .lean();
+      return {
+        apiKeys: keys.slice(0, limit).map(apiKeyMessage),
+        page: { nextPageToken: nextPageToken(skip, limit, keys.length) },
+      };
+    },
+
+    async revokeApiKey(req, ctx) {
+      const p = principalOf(ctx);
+      const owned: QueryFilter<ApiKeyDoc> = { id: req.id, tenantId: p.tenantId };
+      // Someone else's key of the same tenant is as invisible to a non-admin as another tenant's.
+      if (!isAdmin(p)) owned.userId = p.subject;
+      const key = await models.apiKeys.findOne(owned).lean();
+      if (key === null) throw new NotFoundError("API key not found");
+      await models.apiKeys.updateOne(
+        { ...owned, revokeTime: { $exists: false } },
+        { $set: { revokeTime: new Date() } },
+      );
+      const revoked = await models.apiKeys.findOne(owned).lean();
+      if (revoked === null) throw new NotFoundError("API key not found");
+      loggerOf(ctx).info({ apiKeyId: key.id, ownerId: key.userId }, "API key revoked");
+      return { apiKey: apiKeyMessage(revoked) };
+    },
+
+    async authenticateApiKey(req, ctx) {
+      const publicId = apiKeyPublicId(req.apiKey);
+      if (publicId === undefined) throw new UnauthenticatedError(BAD_KEY);
+      const key = await models.apiKeys.findOne({ id: publicId }).lean();
+      const now = new Date();
+      if (
+        key === null ||
+        !sameDigest(key.secretHash, sha256(req.apiKey)) ||
+        key.revokeTime !== undefined ||
+        (key.expireTime !== undefined && key.expireTime <= now)
+      ) {
+        throw new UnauthenticatedError(BAD_KEY);
+      }
+      const user = await models.users.findOne({ id: key.userId, tenantId: key.tenantId }).lean();
+      if (user === null || user.disabled) throw new UnauthenticatedError(BAD_KEY);
+      // The owner's roles, limited by the key's scopes (admin only with the ADMIN scope).
+      const roles =
+        key.scopes.includes("admin") && user.roles.includes(ADMIN) ? [USER, ADMIN] : [USER];
+      let ttl = core.settings.accessTokenTtlMs;
+      if (key.expireTime !== undefined)
+        ttl = Math.min(ttl, key.expireTime.getTime() - now.getTime());
+      const access = await core.keys.sign(
+        {
+          sub: user.id,
+          tid: user.tenantId,
+          roles,
+          typ: "user",
+          akid: key.id,
+          scp: key.scopes,
+        },
+        ttl,
+      );
+      if (
+        key.lastUsedTime === undefined ||
+        now.getTime() - key.lastUsedTime.getTime() > LAST_USED_RESOLUTION_MS
+      ) {
+        await models.apiKeys.updateOne({ id: key.id }, { $set: { lastUsedTime: now } });
+      }
+      loggerOf(ctx).debug({ apiKeyId: key.id, userId: user.id }, "API key exchanged");
+      return {
+        accessToken: access.token,
+        expireTime: ts(access.expiresAt),
+        apiKeyId: key.id,
+        userId: user.id,
+        tenantId: user.tenantId,
+        scopes: scopeEnums(key.scopes),
+        roles,
+      };
+    },
+  };
+}

@@ -1,0 +1,173 @@
+// What every handler group shares: the models, the key store, the password hasher, the
+// throttle, lifetimes, and the conversions from documents to contract messages.
+import { randomUUID } from "node:crypto";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
+import type { Logger } from "@ensemble/kit";
+import { Role, type AuthTokensSchema, type TenantSchema, type UserSchema } from "@ensemble/proto";
+import type { AuthModels, TenantDoc, UserDoc } from "./auth.model.js";
+import type { LoginThrottle } from "./login-throttle.js";
+import { opaqueToken, sha256, type PasswordHasher } from "./secrets.js";
+import type { KeyStore } from "./signing-keys.js";
+
+export interface AuthSettings {
+  accessTokenTtlMs: number;
+  refreshTokenTtlMs: number;
+  /** Short-lived service tokens: default and upper bound. */
+  serviceTokenTtlMs: number;
+  serviceTokenMaxTtlMs: number;
+}
+
+export interface AuthCore {
+  models: AuthModels;
+  keys: KeyStore;
+  hasher: PasswordHasher;
+  throttle: LoginThrottle;
+  settings: AuthSettings;
+  logger: Logger;
+}
+
+export const ADMIN = "admin";
+export const USER = "user";
+
+export function newId(prefix: string): string {
+  return `${prefix}_${randomUUID().replace(/-/g, "")}`;
+}
+
+export function ts(date: Date | undefined) {
+  return date === undefined ? undefined : timestampFromDate(date);
+}
+
+export function durationMs(d: Duration | undefined): number | undefined {
+  if (d === undefined) return undefined;
+  return Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
+}
+
+export function rolesToEnum(roles: string[]): Role[] {
+  return roles.includes(ADMIN) ? [Role.USER, Role.ADMIN] : [Role.USER];
+}
+
+export function userMessage(u: UserDoc): MessageInitShape<typeof UserSchema> {
+  return {
+    id: u.id,
+    tenantId: u.tenantId,
+    email: u.email,
+    displayName: u.displayName,
+    roles: rolesToEnum(u.roles),
+    disabled: u.disabled,
+    createTime: ts(u.createTime),
+    updateTime: ts(u.updateTime),
+    lastLoginTime: ts(u.lastLoginTime),
+  };
+}
+
+export function tenantMessage(t: TenantDoc): MessageInitShape<typeof TenantSchema> {
+  return { id: t.id, name: t.name, createTime: ts(t.createTime) };
+}
+
+/** An access token for a user (typ "user"). */
+export async function userAccessToken(
+  core: AuthCore,
+  user: UserDoc,
+  sessionId: string,
+): Promise<{ token: string; expiresAt: Date }> {
+  return core.keys.sign(
+    { sub: user.id, tid: user.tenantId, roles: user.roles, typ: "user", sid: sessionId },
+    core.settings.accessTokenTtlMs,
+  );
+}
+
+/** A new refresh token of a session (its hash stored, the token returned once). */
+export async function newRefreshToken(
+  core: AuthCore,
+  user: UserDoc,
+  sessionId: string,
+  parentHash?: string,
+): Promise<{ token: string; expiresAt: Date }> {
+  const token = opaqueToken();
+  const now = new Date();
+  const expiresAt = new Date(now.getTime() + core.settings.refreshTokenTtlMs);
+  await core.models.refreshTokens.create({
+    tokenHash: sha256(token),
+    sessionId,
+    tenantId: user.tenantId,
+    userId: user.id,
+    ...(parentHash !== undefined ? { parentHash } : {}),
+    createTime: now,
+    expireTime: expiresAt,
+  });
+  return { token, expiresAt };
+}
+
+/** A new login: a session (the refresh token family) with its first tokens. */
+export async function startSession(
+  core: AuthCore,
+  user: UserDoc,
+): Promise<MessageInitShape<typeof AuthTokensSchema>> {
+  const sessionId = newId("ses");
+  await core.models.sessions.create({
+    id: sessionId,
+    tenantId: user.tenantId,
+    userId: user.id,
+    createTime: new Date(),
+  });
+  return sessionTokens(core, user, sessionId);
+}
+
+export async function sessionTokens(
+  core: AuthCore,
+  user: UserDoc,
+  sessionId: string,
+  parentHash?: string,
+): Promise<MessageInitShape<typeof AuthTokensSchema>> {
+  const refresh = await newRefreshToken(core, user, sessionId, parentHash);
+  const access = await userAccessToken(core, user, sessionId);
+  return {
+    accessToken: access.token,
+    accessTokenExpireTime: ts(access.expiresAt),
+    refreshToken: refresh.token,
+    refreshTokenExpireTime: ts(refresh.expiresAt),
+    tokenType: "Bearer",
+  };
+}
+
+/** Revokes sessions (and every refresh token in them). */
+export async function revokeSessions(
+  core: AuthCore,
+  filter: { tenantId: string; userId: string; id?: string },
+  reason: string,
+): Promise<void> {
+  const now = new Date();
+  const sessionFilter = { ...filter, revokeTime: { $exists: false } };
+  await core.models.sessions.updateMany(sessionFilter, {
+    $set: { revokeTime: now, revokeReason: reason },
+  });
+  const tokenFilter =
+    filter.id !== undefined
+      ? { sessionId: filter.id, tenantId: filter.tenantId }
+      : { tenantId: filter.tenantId, userId: filter.userId };
+  await core.models.refreshTokens.updateMany(
+    { ...tokenFilter, revokeTime: { $exists: false } },
+    { $set: { revokeTime: now } },
+  );
+}
+
+/** Offset paging: tokens are opaque to clients, so the scheme can change later. */
+export function paging(page: { pageSize: number; pageToken: string } | undefined): {
+  skip: number;
+  limit: number;
+} {
+  const size = page?.pageSize ?? 0;
+  const limit = size <= 0 ? 50 : Math.min(size, 500);
+  let skip = 0;
+  if (page !== undefined && page.pageToken !== "") {
+    const n = Number(Buffer.from(page.pageToken, "base64url").toString("utf8"));
+    if (Number.isSafeInteger(n) && n >= 0) skip = n;
+  }
+  return { skip, limit };
+}
+
+/** Callers fetch limit + 1 rows; a row beyond the page means there is a next one. */
+export function nextPageToken(skip: number, limit: number, got: number): string {
+  return got <= limit ? "" : Buffer.from(String(skip + limit), "utf8").toString("base64url");
+}

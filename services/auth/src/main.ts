@@ -1,0 +1,124 @@
+// Start-up only: config -> logger -> tracing -> MongoDB -> signing key -> JWKS endpoint ->
+// server -> listen -> metrics -> key rotation schedule -> shutdown wiring.
+import {
+  closeMongo,
+  ConfigError,
+  connectMongo,
+  createJwksVerifier,
+  createMetrics,
+  createRootLogger,
+  handleShutdown,
+  initTracing,
+  startMetricsServer,
+  type Logger,
+} from "@ensemble/kit";
+import { authModels, ensureIndexes } from "./auth.model.js";
+import { loadAuthConfig, type AuthConfig } from "./config.js";
+import { startJwksServer } from "./jwks-http.js";
+import { createPasswordHasher } from "./secrets.js";
+import { build, SERVICE_NAME } from "./server.js";
+import { keyStoreFrom, settingsFrom } from "./setup.js";
+import { VERSION } from "./version.js";
+
+async function main(config: AuthConfig, logger: Logger): Promise<void> {
+  const tracing = initTracing({
+    service: SERVICE_NAME,
+    version: VERSION,
+    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+      ? {}
+      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+  });
+  const metrics = createMetrics({ service: SERVICE_NAME });
+  const mongo = await connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger });
+  const models = authModels(mongo);
+  await ensureIndexes(models);
+
+  const settings = settingsFrom(config);
+  const keys = keyStoreFrom(config, models, settings, logger);
+  await keys.ensureKey();
+  const jwks = await startJwksServer(keys, {
+    port: config.AUTH_JWKS_PORT,
+    host: config.AUTH_JWKS_HOST,
+    logger,
+  });
+  // auth verifies its callers like every service does, from a JWKS URL; by default its own
+  // endpoint, with a short refetch cooldown because that endpoint is local and a rotation by
+  // this or another replica must be honoured at once.
+  const verifier = createJwksVerifier({
+    jwksUrl: config.JWKS_URL ?? jwks.url,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+    refetchCooldownMs: config.JWKS_URL === undefined ? 1_000 : 30_000,
+  });
+
+  const hasher = await createPasswordHasher({
+    memoryCost: config.AUTH_ARGON2_MEMORY_KIB,
+    timeCost: config.AUTH_ARGON2_TIME_COST,
+  });
+  const server = build({
+    version: VERSION,
+    logger,
+    verifier,
+    metrics,
+    models,
+    keys,
+    hasher,
+    settings,
+    throttle: {
+      maxFailuresPerAccount: config.AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT,
+      maxFailuresPerAddress: config.AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS,
+      windowMs: config.AUTH_LOGIN_THROTTLE_WINDOW_MINUTES * 60_000,
+    },
+  });
+  const port = await server.listen(config.AUTH_ADDR);
+  const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
+
+  const rotationAgeMs = config.AUTH_KEY_ROTATION_DAYS * 24 * 3600_000;
+  const rotation = setInterval(() => {
+    keys.rotateIfDue(rotationAgeMs).catch((err: unknown) => {
+      logger.error({ err }, "scheduled signing key rotation failed");
+    });
+  }, config.AUTH_KEY_CHECK_INTERVAL_MS);
+  rotation.unref();
+  await keys.rotateIfDue(rotationAgeMs);
+
+  logger.info(
+    { address: config.AUTH_ADDR, port, jwksUrl: jwks.url, metricsPort: metricsServer.port },
+    "auth listening",
+  );
+
+  handleShutdown({
+    logger,
+    timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    steps: [
+      {
+        name: "grpc server",
+        run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      { name: "key rotation", run: () => Promise.resolve(clearInterval(rotation)) },
+      { name: "jwks server", run: () => jwks.close() },
+      { name: "mongo disconnect", run: () => closeMongo(mongo) },
+      { name: "metrics server", run: () => metricsServer.close() },
+      { name: "tracing", run: () => tracing.shutdown() },
+    ],
+  });
+}
+
+let config: AuthConfig;
+try {
+  config = loadAuthConfig();
+} catch (err) {
+  // Before a logger exists: one readable message, no stack.
+  process.stderr.write(`auth: ${err instanceof ConfigError ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+const logger = createRootLogger({
+  service: SERVICE_NAME,
+  version: VERSION,
+  level: config.LOG_LEVEL,
+});
+main(config, logger).catch((err: unknown) => {
+  logger.fatal({ err }, "auth failed to start");
+  logger.flush();
+  process.exit(1);
+});

@@ -1,0 +1,2 @@
+/** The auth service's version, in every log line. */
+export const VERSION = "0.1.0";
