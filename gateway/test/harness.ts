@@ -2,7 +2,8 @@
 // contract: every access level, a stream, a slow method) served by the kit in-process, the
 // built registry as a child process (a service's internals are not imported across packages),
 // and gateways built with build(deps) on port 0 sharing the test kit's NATS.
-import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
@@ -35,7 +36,12 @@ import {
   type Upstream,
 } from "../src/index.js";
 
-export const repoRoot = fileURLToPath(new URL("../../..", import.meta.url));
+/** The repository root (this file runs from gateway/test under vitest, gateway/dist/test when built). */
+export const repoRoot = ((): string => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "tsconfig.base.json")) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+})();
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
