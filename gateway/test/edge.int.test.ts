@@ -36,7 +36,7 @@ async function gateway(
   opts: Partial<Parameters<typeof startGateway>[0]> = {},
 ): Promise<TestGateway> {
   const gw = await startGateway({
-    issuer,
+    jwksUrl: issuer.jwksUrl,
     upstreams: [
       echoUpstream(echo.address),
       { name: "registry", services: [RegistryService], address: registry.address },

@@ -27,7 +27,7 @@ let adminToken: string;
 beforeAll(async () => {
   issuer = await createTestIssuer();
   echo = await startEcho(issuer);
-  gw = await startGateway({ issuer, upstreams: [echoUpstream(echo.address)] });
+  gw = await startGateway({ jwksUrl: issuer.jwksUrl, upstreams: [echoUpstream(echo.address)] });
   userToken = await issuer.mint({ tenantId: "acme", sub: "alice" });
   adminToken = await issuer.mint({ tenantId: "acme", sub: "root", roles: ["user", "admin"] });
 });

@@ -2,7 +2,9 @@
 // contract: every access level, a stream, a slow method) served by the kit in-process, the
 // built registry as a child process (a service's internals are not imported across packages),
 // and gateways built with build(deps) on port 0 sharing the test kit's NATS.
+import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
+import { promisify } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -37,6 +39,8 @@ import {
 } from "../src/index.js";
 
 /** The repository root (this file runs from gateway/test under vitest, gateway/dist/test when built). */
+const execFileAsync = promisify(execFile);
+
 export const repoRoot = ((): string => {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, "tsconfig.base.json")) && dirname(dir) !== dir) dir = dirname(dir);
@@ -129,7 +133,7 @@ export interface RegistryProcess {
 }
 
 /** The built registry (services/registry/dist), with its own database and KV bucket. */
-export async function startRegistryProcess(issuer: TestIssuer): Promise<RegistryProcess> {
+export async function startRegistryProcess(keys: { jwksUrl: string }): Promise<RegistryProcess> {
   const port = await freePort();
   const proc = new ServerProcess(
     "registry",
@@ -140,7 +144,7 @@ export async function startRegistryProcess(issuer: TestIssuer): Promise<Registry
       LOG_LEVEL: "info",
       REGISTRY_ADDR: `127.0.0.1:${port}`,
       METRICS_PORT: "0",
-      JWKS_URL: issuer.jwksUrl,
+      JWKS_URL: keys.jwksUrl,
       NATS_URL: natsUrl(),
       MONGODB_URL: mongoUrl(),
       MONGODB_DB: uniqueName("gwregistry"),
@@ -167,7 +171,8 @@ export interface TestGateway {
 }
 
 export interface GatewayOptions {
-  issuer: TestIssuer;
+  /** Whose JWKS the gateway trusts: a test issuer's or auth's. */
+  jwksUrl: string;
   upstreams: Upstream[];
   rate?: number;
   burst?: number;
@@ -177,7 +182,6 @@ export interface GatewayOptions {
   corsOrigins?: string[];
   development?: boolean;
   serviceToken?: string;
-  jwksUrl?: string;
 }
 
 export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
@@ -196,7 +200,7 @@ export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
   const gateway = build({
     version: "test",
     logger: logs.logger,
-    verifier: createJwksVerifier({ jwksUrl: opts.jwksUrl ?? opts.issuer.jwksUrl }),
+    verifier: createJwksVerifier({ jwksUrl: opts.jwksUrl }),
     metrics: createMetrics({ service: "gateway", defaultMetrics: false }),
     upstreams: opts.upstreams,
     rateLimiter: limiter,
@@ -224,3 +228,52 @@ export const echoUpstream = (address: string): Upstream => ({
   services: [EchoService],
   address,
 });
+
+export interface AuthProcess {
+  address: string;
+  jwksUrl: string;
+  /** A bootstrap service credential minted with auth's CLI (as the launcher does). */
+  mintServiceToken(service: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** The built auth service (services/auth/dist) with its own database, like `npm start` runs it. */
+export async function startAuthProcess(): Promise<AuthProcess> {
+  const [port, jwksPort] = [await freePort(), await freePort()];
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NODE_ENV: "development",
+    LOG_LEVEL: "info",
+    AUTH_ADDR: `127.0.0.1:${port}`,
+    AUTH_JWKS_PORT: String(jwksPort),
+    METRICS_PORT: "0",
+    NATS_URL: natsUrl(),
+    MONGODB_URL: mongoUrl(),
+    MONGODB_DB: uniqueName("gwauth"),
+    AUTH_ARGON2_MEMORY_KIB: "8192",
+    AUTH_ARGON2_TIME_COST: "1",
+  };
+  delete env["JWKS_URL"];
+  const proc = new ServerProcess(
+    "auth",
+    process.execPath,
+    [join(repoRoot, "services/auth/dist/src/main.js")],
+    env,
+  );
+  await proc.waitForLine(/auth listening/, 90_000);
+  return {
+    address: `127.0.0.1:${port}`,
+    jwksUrl: `http://127.0.0.1:${jwksPort}/.well-known/jwks.json`,
+    async mintServiceToken(service) {
+      const { stdout } = await execFileAsync(
+        process.execPath,
+        [join(repoRoot, "services/auth/dist/src/mint-service-token.js"), "--service", service],
+        { env, timeout: 30_000 },
+      );
+      return stdout.trim();
+    },
+    stop: async () => {
+      await proc.stop(10_000);
+    },
+  };
+}

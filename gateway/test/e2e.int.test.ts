@@ -1,0 +1,185 @@
+// End to end through a running mesh (auth and registry as built processes, the gateway in
+// front), driven by clients nobody here wrote: `buf curl` in each protocol, and plain fetch.
+// signup -> login -> GetMe -> create an API key -> call with the key -> revoke it -> refused.
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { AuthService, RegistryService } from "@ensemble/proto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  repoRoot,
+  startAuthProcess,
+  startGateway,
+  startRegistryProcess,
+  type AuthProcess,
+  type RegistryProcess,
+  type TestGateway,
+} from "./harness.js";
+
+const execFileAsync = promisify(execFile);
+const BUF = join(repoRoot, "node_modules/.bin/buf");
+const PASSWORD = "correct-Horse-battery-9";
+
+let auth: AuthProcess;
+let registry: RegistryProcess;
+let gw: TestGateway;
+let schemaDir: string;
+let schema: string;
+
+beforeAll(async () => {
+  auth = await startAuthProcess();
+  // The registry trusts auth's JWKS, as under npm start.
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  gw = await startGateway({
+    jwksUrl: auth.jwksUrl,
+    serviceToken: await auth.mintServiceToken("gateway"),
+    upstreams: [
+      { name: "auth", services: [AuthService], address: auth.address },
+      { name: "registry", services: [RegistryService], address: registry.address },
+    ],
+  });
+  schemaDir = await mkdtemp(join(tmpdir(), "gw-schema-"));
+  schema = join(schemaDir, "image.binpb");
+  await execFileAsync(BUF, ["build", "-o", schema], { cwd: repoRoot });
+}, 180_000);
+
+afterAll(async () => {
+  await gw?.close();
+  await registry?.stop();
+  await auth?.stop();
+  if (schemaDir !== undefined) await rm(schemaDir, { recursive: true, force: true });
+});
+
+type Protocol = "connect" | "grpc" | "grpcweb";
+
+interface CurlResult {
+  ok: boolean;
+  body: Record<string, unknown>;
+  stderr: string;
+}
+
+/** One call with buf curl; the error (if any) is buf's JSON on stderr. */
+async function bufCurl(
+  protocol: Protocol,
+  method: string,
+  data: unknown,
+  headers: Record<string, string> = {},
+): Promise<CurlResult> {
+  const args = ["curl", "--schema", schema, "--protocol", protocol, "-d", JSON.stringify(data)];
+  if (protocol === "grpc") args.push("--http2-prior-knowledge");
+  for (const [k, v] of Object.entries(headers)) args.push("-H", `${k}: ${v}`);
+  args.push(`${gw.url}/${method}`);
+  try {
+    const { stdout, stderr } = await execFileAsync(BUF, args, { timeout: 30_000 });
+    return { ok: true, body: JSON.parse(stdout || "{}") as Record<string, unknown>, stderr };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string };
+    let body: Record<string, unknown> = {};
+    try {
+      body = JSON.parse(e.stderr ?? "") as Record<string, unknown>;
+    } catch {
+      body = { raw: e.stderr };
+    }
+    return { ok: false, body, stderr: e.stderr ?? "" };
+  }
+}
+
+const A = AuthService.typeName;
+
+describe("gateway end to end", () => {
+  it.each(["connect", "grpc", "grpcweb"] as const)(
+    "buf curl %s - signup, login, GetMe, API key created, used, revoked and then refused",
+    async (protocol) => {
+      const email = `e2e-${protocol}-${Date.now()}@example.com`;
+      const signup = await bufCurl(protocol, `${A}/Signup`, {
+        email,
+        password: PASSWORD,
+        tenantName: `tenant ${protocol}`,
+      });
+      expect(signup.ok, signup.stderr).toBe(true);
+
+      const login = await bufCurl(protocol, `${A}/Login`, { email, password: PASSWORD });
+      expect(login.ok, login.stderr).toBe(true);
+      const tokens = login.body["tokens"] as { accessToken: string };
+      const bearer = { authorization: `Bearer ${tokens.accessToken}` };
+
+      const me = await bufCurl(protocol, `${A}/GetMe`, {}, bearer);
+      expect(me.ok, me.stderr).toBe(true);
+      expect((me.body["user"] as { email: string }).email).toBe(email);
+
+      const created = await bufCurl(protocol, `${A}/CreateApiKey`, { name: "ci" }, bearer);
+      expect(created.ok, created.stderr).toBe(true);
+      const secret = created.body["secret"] as string;
+      const keyId = (created.body["apiKey"] as { id: string }).id;
+      expect(secret.startsWith("ens_")).toBe(true);
+
+      const withKey = await bufCurl(
+        protocol,
+        `${A}/GetMe`,
+        {},
+        { authorization: `Bearer ${secret}` },
+      );
+      expect(withKey.ok, withKey.stderr).toBe(true);
+      expect(withKey.body["apiKeyId"]).toBe(keyId);
+      const viaHeader = await bufCurl(
+        protocol,
+        `${RegistryService.typeName}/ListModels`,
+        {},
+        { "x-api-key": secret },
+      );
+      expect(viaHeader.ok, viaHeader.stderr).toBe(true);
+
+      const revoked = await bufCurl(protocol, `${A}/RevokeApiKey`, { id: keyId }, bearer);
+      expect(revoked.ok, revoked.stderr).toBe(true);
+
+      const refused = await bufCurl(
+        protocol,
+        `${A}/GetMe`,
+        {},
+        { authorization: `Bearer ${secret}` },
+      );
+      expect(refused.ok).toBe(false);
+      expect(refused.body["code"]).toBe("unauthenticated");
+      expect(refused.stderr).not.toContain(secret);
+    },
+    60_000,
+  );
+
+  it("fetch json - the same flow with plain JSON POSTs, and INTERNAL auth methods do not exist", async () => {
+    const post = async (method: string, body: unknown, headers: Record<string, string> = {}) => {
+      const res = await fetch(`${gw.url}/${A}/${method}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    const email = `e2e-fetch-${Date.now()}@example.com`;
+    expect((await post("Signup", { email, password: PASSWORD })).status).toBe(200);
+    const login = await post("Login", { email, password: PASSWORD });
+    const access = (login.body["tokens"] as { accessToken: string }).accessToken;
+    const bearer = { authorization: `Bearer ${access}` };
+    const me = await post("GetMe", {}, bearer);
+    expect(me.status).toBe(200);
+    const created = await post("CreateApiKey", { name: "fetch" }, bearer);
+    const secret = created.body["secret"] as string;
+    expect((await post("GetMe", {}, { "x-api-key": secret })).status).toBe(200);
+    for (const internal of ["AuthenticateApiKey", "IssueServiceToken", "RotateSigningKey"]) {
+      expect((await post(internal, {}, bearer)).status).toBe(404);
+    }
+    await post("RevokeApiKey", { id: (created.body["apiKey"] as { id: string }).id }, bearer);
+    const refused = await post("GetMe", {}, { "x-api-key": secret });
+    expect(refused.status).toBe(401);
+
+    const jwks = (await (await fetch(`${gw.url}/.well-known/jwks.json`)).json()) as {
+      keys: unknown[];
+    };
+    expect(jwks.keys.length).toBeGreaterThan(0);
+    const health = (await (await fetch(`${gw.url}/health`)).json()) as {
+      services: Record<string, string>;
+    };
+    expect(health.services).toEqual({ auth: "SERVING", registry: "SERVING" });
+  });
+});
