@@ -1,13 +1,17 @@
 #!/usr/bin/env node
 // The local launcher (`npm start`, which builds first): NATS with JetStream and a MongoDB-wire
-// server (unless NATS_URL / MONGODB_URL point at running ones), the dev token issuer, then every
-// service in SERVICES in order, each waited for until grpc.health.v1 says SERVING. Ctrl-C or
+// server (unless NATS_URL / MONGODB_URL point at running ones), then every service in SERVICES in
+// order (auth first; services trust auth's JWKS; the gateway gets a service credential minted by
+// auth's CLI), each waited for until grpc.health.v1 says SERVING (the gateway: GET /ready). Ctrl-C or
 // SIGTERM stops the services first, then the infrastructure, and exits 0; a child that dies on
-// its own stops everything with exit 1. `--infra-only` starts only NATS and MongoDB.
+// its own stops everything with exit 1. `--infra-only` starts only NATS, MongoDB and the dev
+// token issuer (for running a service from an editor without auth).
+/* global fetch, AbortSignal */
+import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join, relative } from "node:path";
-import { parseArgs, parseEnv } from "node:util";
+import { parseArgs, parseEnv, promisify } from "node:util";
 import { ensureDevIssuer } from "./lib/dev-issuer.mjs";
 import { waitForServing } from "./lib/health.mjs";
 import { ensureMongoServer } from "./lib/mongo-server.mjs";
@@ -28,9 +32,24 @@ import { ToolError, repoRoot } from "./lib/tools.mjs";
  * @property {string} metricsVar  env var overriding its metrics port here (passed to it as METRICS_PORT)
  * @property {number} metricsPort default metrics port (9100 + last two digits of the gRPC port)
  * @property {string} [example]   a method to show in the "call it" hint
+ * @property {{ name: string; port: number; what: string }[]} [extraPorts]  more ports it binds (env var, default)
+ * @property {string} [httpReady]   an HTTP service: ready when GET <this path> answers 200 (instead of grpc.health.v1)
+ * @property {boolean} [serviceToken] gets SERVICE_TOKEN, a bootstrap credential minted with auth's CLI
  */
 /** @type {ServiceSpec[]} */
 const SERVICES = [
+  // auth first: every other service verifies tokens against its JWKS, and the gateway needs a
+  // service credential it mints.
+  {
+    name: "auth",
+    main: "services/auth/dist/src/main.js",
+    portVar: "AUTH_PORT",
+    port: 50051,
+    metricsVar: "AUTH_METRICS_PORT",
+    metricsPort: 9151,
+    extraPorts: [{ name: "AUTH_JWKS_PORT", port: 9051, what: "auth JWKS" }],
+    example: "ensemble.auth.v1.AuthService/GetJwks",
+  },
   {
     name: "registry",
     main: "services/registry/dist/src/main.js",
@@ -40,7 +59,20 @@ const SERVICES = [
     metricsPort: 9152,
     example: "ensemble.registry.v1.RegistryService/ListModels",
   },
+  {
+    name: "gateway",
+    main: "gateway/dist/src/main.js",
+    portVar: "GATEWAY_PORT",
+    port: 8080,
+    metricsVar: "GATEWAY_METRICS_PORT",
+    metricsPort: 9180,
+    httpReady: "/ready",
+    serviceToken: true,
+  },
 ];
+
+/** auth's CLI that signs bootstrap service credentials (see services/auth). */
+const MINT_SERVICE_TOKEN = "services/auth/dist/src/mint-service-token.js";
 
 const HOST = "127.0.0.1";
 
@@ -158,6 +190,10 @@ async function main() {
     ...svc,
     port: intEnv(svc.portVar, svc.port),
     metricsPort: intEnv(svc.metricsVar, svc.metricsPort),
+    extraPorts: (svc.extraPorts ?? []).map((extra) => ({
+      ...extra,
+      port: intEnv(extra.name, extra.port),
+    })),
   }));
   if (!process.env.NATS_URL)
     await assertPortFree(
@@ -177,6 +213,8 @@ async function main() {
   for (const svc of wanted) {
     await assertPortFree(HOST, svc.port, `${svc.name} gRPC`, `set ${svc.portVar}`);
     await assertPortFree(HOST, svc.metricsPort, `${svc.name} metrics`, `set ${svc.metricsVar}`);
+    for (const extra of svc.extraPorts)
+      await assertPortFree(HOST, extra.port, extra.what, `set ${extra.name}`);
   }
 
   // Infrastructure.
@@ -228,7 +266,13 @@ async function main() {
 
   let jwksUrl = process.env.JWKS_URL;
   let jwksNote = "from JWKS_URL";
-  if (!jwksUrl) {
+  const auth = wanted.find((svc) => svc.name === "auth");
+  const authJwksPort = auth?.extraPorts.find((p) => p.name === "AUTH_JWKS_PORT")?.port;
+  if (!jwksUrl && authJwksPort !== undefined) {
+    // With auth in the mesh every service trusts auth's keys; the dev issuer is then unused.
+    jwksUrl = `http://${HOST}:${authJwksPort}/.well-known/jwks.json`;
+    jwksNote = "auth's signing keys";
+  } else if (!jwksUrl) {
     const issuer = await ensureDevIssuer({ dir: join(dataDir, "dev-issuer") });
     jwksUrl = issuer.jwksUrl;
     jwksNote = `dev issuer, key in ${show(issuer.dir)}`;
@@ -244,14 +288,29 @@ async function main() {
     LOG_LEVEL: process.env.LOG_LEVEL || "info",
   };
   for (const svc of SERVICES)
-    shared[`${svc.name.toUpperCase().replaceAll("-", "_")}_ADDR`] =
-      `${HOST}:${intEnv(svc.portVar, svc.port)}`;
+    if (!svc.httpReady)
+      shared[`${svc.name.toUpperCase().replaceAll("-", "_")}_ADDR`] =
+        `${HOST}:${intEnv(svc.portVar, svc.port)}`;
   for (const svc of wanted) {
+    /** @type {NodeJS.ProcessEnv} */
     const env = {
       ...shared,
       [svc.portVar]: String(svc.port),
       METRICS_PORT: String(svc.metricsPort),
     };
+    for (const extra of svc.extraPorts) env[extra.name] = String(extra.port);
+    if (svc.serviceToken) {
+      if (started.has("auth")) {
+        env.SERVICE_TOKEN = await mintServiceToken(svc.name, shared).catch(
+          (/** @type {Error} */ err) =>
+            fail(`minting ${svc.name}'s service credential failed: ${err.message}`),
+        );
+      } else {
+        process.stderr.write(
+          `${svc.name}: auth is not running, so no SERVICE_TOKEN (API keys are refused)\n`,
+        );
+      }
+    }
     const child = new Child(
       svc.name,
       process.execPath,
@@ -260,7 +319,13 @@ async function main() {
     );
     watch(svc.name, child, "service");
     try {
-      await waitForServing(`${HOST}:${svc.port}`, startupTimeoutMs, () => child.running);
+      if (svc.httpReady)
+        await waitForHttp(
+          `http://${HOST}:${svc.port}${svc.httpReady}`,
+          startupTimeoutMs,
+          () => child.running,
+        );
+      else await waitForServing(`${HOST}:${svc.port}`, startupTimeoutMs, () => child.running);
       started.add(svc.name);
     } catch (err) {
       fail(`${svc.name} on ${HOST}:${svc.port} is ${/** @type {Error} */ (err).message}`, child);
@@ -270,8 +335,10 @@ async function main() {
   const rows = [
     ...wanted.map((svc) => [
       svc.name,
-      `grpc ${HOST}:${svc.port}`,
-      `metrics http://${HOST}:${svc.metricsPort}/metrics`,
+      svc.httpReady ? `http://${HOST}:${svc.port}` : `grpc ${HOST}:${svc.port}`,
+      svc.httpReady
+        ? "Connect, gRPC, gRPC-web; /docs /health /metrics"
+        : `metrics http://${HOST}:${svc.metricsPort}/metrics`,
     ]),
     ["NATS", natsUrl, natsNote],
     ["MongoDB", mongoUrl, mongoNote],
@@ -284,8 +351,20 @@ async function main() {
   ];
   for (const [name = "", where = "", note = ""] of rows)
     lines.push(`  ${name.padEnd(10)} ${where.padEnd(width)}  ${note}`);
-  const first = wanted[0];
-  if (first) {
+  const gateway = wanted.find((svc) => svc.name === "gateway");
+  const first = wanted.find((svc) => !svc.httpReady);
+  if (gateway && auth) {
+    const target = `http://${HOST}:${gateway.port}`;
+    lines.push(
+      "",
+      "Call it through the gateway (API reference: " + `${target}/docs):`,
+      `  curl -s ${target}/ensemble.auth.v1.AuthService/Signup -H 'content-type: application/json' \\`,
+      `    -d '{"email":"alice@example.com","password":"correct-Horse-battery-9"}'`,
+      `  TOKEN=$(curl -s ${target}/ensemble.auth.v1.AuthService/Login -H 'content-type: application/json' \\`,
+      `    -d '{"email":"alice@example.com","password":"correct-Horse-battery-9"}' | node -pe 'JSON.parse(require("fs").readFileSync(0)).tokens.accessToken')`,
+      `  npx buf curl --schema . --protocol grpc --http2-prior-knowledge -H "authorization: Bearer $TOKEN" -d '{}' ${target}/ensemble.registry.v1.RegistryService/ListModels`,
+    );
+  } else if (first) {
     const target = `http://${HOST}:${first.port}`;
     lines.push(
       "",
@@ -297,6 +376,44 @@ async function main() {
   }
   lines.push("", "Ctrl-C stops everything.", "");
   process.stdout.write(lines.join("\n") + "\n");
+}
+
+/**
+ * A bootstrap service credential for `service`, signed by auth's CLI with auth's current key
+ * (same MongoDB and key secret as auth); printed on stdout, never logged here.
+ * @param {string} service @param {NodeJS.ProcessEnv} env
+ * @returns {Promise<string>}
+ */
+async function mintServiceToken(service, env) {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [join(repoRoot, MINT_SERVICE_TOKEN), "--service", service, "--ttl", "1d"],
+    { env, cwd: repoRoot, timeout: 60_000 },
+  );
+  const token = stdout.trim();
+  if (token === "") throw new Error("the CLI printed no token");
+  return token;
+}
+
+/**
+ * Polls an HTTP readiness URL until it answers 200.
+ * @param {string} url @param {number} timeoutMs @param {() => boolean} alive
+ */
+async function waitForHttp(url, timeoutMs, alive) {
+  const deadline = Date.now() + timeoutMs;
+  let last = "no answer";
+  while (Date.now() < deadline && alive()) {
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
+      if (res.status === 200) return;
+      last = `HTTP ${res.status} ${await res.text()}`;
+    } catch (err) {
+      last = /** @type {Error} */ (err).message;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  if (!alive()) throw new Error("exited");
+  throw new Error(`not ready after ${timeoutMs} ms (last answer: ${last})`);
 }
 
 let signals = 0;

@@ -9,7 +9,7 @@ import {
   type HandlerContext,
   type ServiceImpl,
 } from "@connectrpc/connect";
-import type { GrpcClient, Logger } from "@ensemble/kit";
+import { codeLabel, type GrpcClient, type Logger } from "@ensemble/kit";
 import { Access, access as accessOption } from "@ensemble/proto";
 import type { Caller } from "./authn.js";
 
@@ -102,7 +102,7 @@ export function upstreamError(
   }
   if (!keepDetails || upstream.code === Code.Unknown) {
     logger.warn(
-      { code: Code[upstream.code], upstreamMessage: upstream.rawMessage },
+      { code: codeLabel(upstream.code), upstreamMessage: upstream.rawMessage },
       "upstream call failed",
     );
   }

@@ -18,6 +18,7 @@ import {
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   checkAccess,
+  codeLabel,
   createClient,
   isUnexpected,
   PermissionDeniedError,
@@ -210,7 +211,7 @@ export function build(deps: GatewayDeps): Gateway {
         requestId: call.header.get("x-request-id") ?? undefined,
         method: path,
         protocol: call.protocol,
-        code: code === 0 ? "OK" : Code[code],
+        code: codeLabel(code),
         durationMs: Math.round(ms * 10) / 10,
         ...(caller !== undefined
           ? {
@@ -308,7 +309,7 @@ export function build(deps: GatewayDeps): Gateway {
           const res = await client.check({ service: "" }, { timeoutMs: 2_000 });
           return [name, ServingStatus[res.status]] as const;
         } catch (err) {
-          return [name, err instanceof ConnectError ? Code[err.code] : "UNAVAILABLE"] as const;
+          return [name, err instanceof ConnectError ? codeLabel(err.code) : "UNAVAILABLE"] as const;
         }
       }),
     );
