@@ -9,7 +9,15 @@ import {
 } from "@ensemble/kit";
 import { BudgetScope, type AuthService } from "@ensemble/proto";
 import { decodeJwt } from "jose";
-import { isDuplicateKey, type InviteDoc, type UserDoc } from "./auth.model.js";
+import {
+  claim,
+  isDuplicateKey,
+  lastUsedTimes,
+  release,
+  touch,
+  type InviteDoc,
+  type UserDoc,
+} from "./auth.model.js";
 import { budgetMessage } from "./budget-service.js";
 import {
   ADMIN,
@@ -38,27 +46,25 @@ type AccountHandlers = Pick<
 export function accountHandlers(core: AuthCore): AccountHandlers {
   const { models } = core;
 
-  /** Claims an invite for this email (single use: one atomic update wins). */
+  /** Claims an invite for this email (single use: one insert into `claims` wins). */
   async function claimInvite(token: string, email: string, userId: string): Promise<InviteDoc> {
     const now = new Date();
     const invite = await models.invites.findOne({ tokenHash: sha256(token) }).lean();
-    if (invite === null || (invite.email !== "" && invite.email !== email)) {
+    if (
+      invite === null ||
+      (invite.email !== "" && invite.email !== email) ||
+      invite.acceptTime !== undefined ||
+      invite.revokeTime !== undefined ||
+      invite.expireTime <= now
+    ) {
       throw new UnauthenticatedError(BAD_INVITE);
     }
-    const claimed = await models.invites
-      .findOneAndUpdate(
-        {
-          id: invite.id,
-          acceptTime: { $exists: false },
-          revokeTime: { $exists: false },
-          expireTime: { $gt: now },
-        },
-        { $set: { acceptTime: now, acceptedBy: userId } },
-        { new: true },
-      )
-      .lean();
-    if (claimed === null) throw new UnauthenticatedError(BAD_INVITE);
-    return claimed;
+    if (!(await claim(models, `invite:${invite.id}`))) throw new UnauthenticatedError(BAD_INVITE);
+    await models.invites.updateOne(
+      { id: invite.id },
+      { $set: { acceptTime: now, acceptedBy: userId } },
+    );
+    return { ...invite, acceptTime: now, acceptedBy: userId };
   }
 
   return {
@@ -99,17 +105,18 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
           disabled: false,
           createTime: now,
           updateTime: now,
-          lastLoginTime: now,
         });
         user = created.toObject();
+        await touch(models, `login:${userId}`, now);
       } catch (err) {
         // No transactions: undo what this signup created or claimed, then report.
         if (createdTenant) await models.tenants.deleteOne({ id: tenantId });
         if (invite !== undefined) {
           await models.invites.updateOne(
-            { id: invite.id, acceptedBy: userId },
+            { id: invite.id },
             { $unset: { acceptTime: 1, acceptedBy: 1 } },
           );
+          await release(models, `invite:${invite.id}`);
         }
         if (isDuplicateKey(err)) {
           throw new AlreadyExistsError("an account with this email already exists");
@@ -123,7 +130,7 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
         createdTenant ? "signup with a new tenant" : "signup by invite",
       );
       return {
-        user: userMessage(user),
+        user: userMessage(user, now),
         tenant: tenantMessage(tenant),
         tokens: await startSession(core, user),
       };
@@ -132,7 +139,7 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
     async login(req, ctx) {
       const email = normaliseEmail(req.email);
       const address = clientAddress(ctx.requestHeader);
-      await core.throttle.check(email, address);
+      const attempt = await core.throttle.begin(email, address);
       const user = await models.users.findOne({ email }).lean();
       // Same work whether or not the account exists: always one argon2 verification.
       let ok: boolean;
@@ -143,21 +150,21 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
         ok = await core.hasher.verify(user.passwordHash, req.password);
       }
       if (!ok || user === null || user.disabled) {
-        await core.throttle.recordFailure(email, address);
+        await attempt.failed();
         loggerOf(ctx).info(
           { userId: user?.id ?? null, disabled: user?.disabled ?? null },
           "login refused",
         );
         throw new UnauthenticatedError(BAD_LOGIN);
       }
-      await core.throttle.recordSuccess(email);
+      await attempt.succeeded();
       const now = new Date();
-      await models.users.updateOne({ id: user.id }, { $set: { lastLoginTime: now } });
+      await touch(models, `login:${user.id}`, now);
       const tenant = await models.tenants.findOne({ id: user.tenantId }).lean();
       if (tenant === null) throw new NotFoundError("tenant not found");
       loggerOf(ctx).info({ userId: user.id, tenantId: user.tenantId }, "login");
       return {
-        user: userMessage({ ...user, lastLoginTime: now }),
+        user: userMessage(user, now),
         tenant: tenantMessage(tenant),
         tokens: await startSession(core, user),
       };
@@ -166,37 +173,28 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
     async refresh(req, ctx) {
       const hash = sha256(req.refreshToken);
       const now = new Date();
-      // Spend the token: of two concurrent uses of the same token, exactly one succeeds.
-      const spent = await models.refreshTokens
-        .findOneAndUpdate(
-          {
-            tokenHash: hash,
-            useTime: { $exists: false },
-            revokeTime: { $exists: false },
-            expireTime: { $gt: now },
-          },
-          { $set: { useTime: now } },
-        )
-        .lean();
-      if (spent === null) {
-        const known = await models.refreshTokens.findOne({ tokenHash: hash }).lean();
-        if (known?.useTime !== undefined) {
-          // A spent token came back: it was stolen or leaked. End the whole login.
-          await revokeSessions(
-            core,
-            { tenantId: known.tenantId, userId: known.userId, id: known.sessionId },
-            "refresh token reuse",
-          );
-          loggerOf(ctx).warn(
-            { userId: known.userId, tenantId: known.tenantId, sessionId: known.sessionId },
-            "refresh token reused; session revoked",
-          );
-        }
+      const known = await models.refreshTokens.findOne({ tokenHash: hash }).lean();
+      if (known === null || known.revokeTime !== undefined || known.expireTime <= now) {
         throw new UnauthenticatedError(BAD_REFRESH);
       }
+      // Spend the token: of two uses of the same token, exactly one inserts the claim.
+      if (!(await claim(models, `refresh:${hash}`))) {
+        // A spent token came back: it was stolen or leaked. End the whole login.
+        await revokeSessions(
+          core,
+          { tenantId: known.tenantId, userId: known.userId, id: known.sessionId },
+          "refresh token reuse",
+        );
+        loggerOf(ctx).warn(
+          { userId: known.userId, tenantId: known.tenantId, sessionId: known.sessionId },
+          "refresh token reused; session revoked",
+        );
+        throw new UnauthenticatedError(BAD_REFRESH);
+      }
+      await models.refreshTokens.updateOne({ tokenHash: hash }, { $set: { useTime: now } });
       const [session, user] = await Promise.all([
-        models.sessions.findOne({ id: spent.sessionId, tenantId: spent.tenantId }).lean(),
-        models.users.findOne({ id: spent.userId, tenantId: spent.tenantId }).lean(),
+        models.sessions.findOne({ id: known.sessionId, tenantId: known.tenantId }).lean(),
+        models.users.findOne({ id: known.userId, tenantId: known.tenantId }).lean(),
       ]);
       if (session === null || session.revokeTime !== undefined || user === null || user.disabled) {
         throw new UnauthenticatedError(BAD_REFRESH);
@@ -240,7 +238,7 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
 
     async getMe(_req, ctx) {
       const p = principalOf(ctx);
-      const [user, tenant, budgets] = await Promise.all([
+      const [user, tenant, budgets, lastLogin] = await Promise.all([
         models.users.findOne({ id: p.subject, tenantId: p.tenantId }).lean(),
         models.tenants.findOne({ id: p.tenantId }).lean(),
         models.budgets
@@ -249,12 +247,13 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
             $or: [{ scope: "tenant" }, { scope: "user", userId: p.subject }],
           })
           .lean(),
+        lastUsedTimes(models, [`login:${p.subject}`]),
       ]);
       if (user === null || tenant === null) throw new NotFoundError("user not found");
       const tenantBudget = budgets.find((b) => b.scope === "tenant");
       const userBudget = budgets.find((b) => b.scope === "user");
       return {
-        user: userMessage(user),
+        user: userMessage(user, lastLogin.get(`login:${p.subject}`)),
         tenant: tenantMessage(tenant),
         roles: [...p.roles],
         tenantBudget: budgetMessage(BudgetScope.TENANT, p.tenantId, "", tenantBudget),

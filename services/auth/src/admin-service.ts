@@ -5,7 +5,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { FailedPreconditionError, loggerOf, NotFoundError, principalOf } from "@ensemble/kit";
 import { Role, type AuthService, type InviteSchema } from "@ensemble/proto";
 import type { QueryFilter } from "mongoose";
-import type { InviteDoc, UserDoc } from "./auth.model.js";
+import { claim, lastUsedTimes, type InviteDoc, type UserDoc } from "./auth.model.js";
 import {
   ADMIN,
   durationMs,
@@ -72,12 +72,20 @@ export function adminHandlers(core: AuthCore): AdminHandlers {
         .skip(skip)
         .limit(limit + 1)
         .lean();
+      const page = users.slice(0, limit);
+      const logins = await lastUsedTimes(
+        models,
+        page.map((u) => `login:${u.id}`),
+      );
       return {
-        users: users.slice(0, limit).map(userMessage),
+        users: page.map((u) => userMessage(u, logins.get(`login:${u.id}`))),
         page: { nextPageToken: nextPageToken(skip, limit, users.length) },
       };
     },
 
+    // SetUserRole and SetUserDisabled rewrite the user document; two admins changing the same
+    // user in the same instant may lose one change on FerretDB (last writer wins). Nothing
+    // else writes user documents, so a disable is never undone by a login or a key use.
     async setUserRole(req, ctx) {
       const p = principalOf(ctx);
       const user = await userInTenant(p.tenantId, req.userId);
@@ -172,16 +180,17 @@ export function adminHandlers(core: AuthCore): AdminHandlers {
       if (invite.acceptTime !== undefined) {
         throw new FailedPreconditionError("the invite has already been used");
       }
-      // Revoking twice keeps the first revoke time; a signup racing this one may still win.
-      await models.invites.updateOne(
-        {
-          id: req.id,
-          tenantId: p.tenantId,
-          acceptTime: { $exists: false },
-          revokeTime: { $exists: false },
-        },
-        { $set: { revokeTime: new Date() } },
-      );
+      // Accepting and revoking claim the same key, so exactly one of them happens; revoking
+      // twice keeps the first revoke time.
+      if (invite.revokeTime === undefined) {
+        if (!(await claim(models, `invite:${invite.id}`))) {
+          throw new FailedPreconditionError("the invite has already been used");
+        }
+        await models.invites.updateOne(
+          { id: req.id, tenantId: p.tenantId },
+          { $set: { revokeTime: new Date() } },
+        );
+      }
       const revoked = await models.invites.findOne({ id: req.id, tenantId: p.tenantId }).lean();
       if (revoked === null) throw new NotFoundError("invite not found");
       loggerOf(ctx).info({ inviteId: revoked.id }, "invite revoked");

@@ -12,7 +12,7 @@ import {
 } from "@ensemble/kit";
 import { ApiKeyScope, type ApiKeySchema, type AuthService } from "@ensemble/proto";
 import type { QueryFilter } from "mongoose";
-import { isDuplicateKey, type ApiKeyDoc } from "./auth.model.js";
+import { isDuplicateKey, lastUsedTimes, touch, type ApiKeyDoc } from "./auth.model.js";
 import { ADMIN, durationMs, nextPageToken, paging, ts, USER, type AuthCore } from "./core.js";
 import { apiKeyPublicId, newApiKey, sameDigest, sha256 } from "./secrets.js";
 
@@ -32,7 +32,7 @@ function scopeEnums(names: string[]): ApiKeyScope[] {
   return out;
 }
 
-function apiKeyMessage(k: ApiKeyDoc): MessageInitShape<typeof ApiKeySchema> {
+function apiKeyMessage(k: ApiKeyDoc, lastUsedTime?: Date): MessageInitShape<typeof ApiKeySchema> {
   return {
     id: k.id,
     tenantId: k.tenantId,
@@ -42,7 +42,7 @@ function apiKeyMessage(k: ApiKeyDoc): MessageInitShape<typeof ApiKeySchema> {
     scopes: scopeEnums(k.scopes),
     createTime: ts(k.createTime),
     expireTime: ts(k.expireTime),
-    lastUsedTime: ts(k.lastUsedTime),
+    lastUsedTime: ts(lastUsedTime),
     revokeTime: ts(k.revokeTime),
   };
 }
@@ -109,8 +109,13 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
         .skip(skip)
         .limit(limit + 1)
         .lean();
+      const page = keys.slice(0, limit);
+      const used = await lastUsedTimes(
+        models,
+        page.map((k) => `apikey:${k.id}`),
+      );
       return {
-        apiKeys: keys.slice(0, limit).map(apiKeyMessage),
+        apiKeys: page.map((k) => apiKeyMessage(k, used.get(`apikey:${k.id}`))),
         page: { nextPageToken: nextPageToken(skip, limit, keys.length) },
       };
     },
@@ -164,11 +169,10 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
         },
         ttl,
       );
-      if (
-        key.lastUsedTime === undefined ||
-        now.getTime() - key.lastUsedTime.getTime() > LAST_USED_RESOLUTION_MS
-      ) {
-        await models.apiKeys.updateOne({ id: key.id }, { $set: { lastUsedTime: now } });
+      // Kept off the key's document, so it can never overwrite a concurrent revocation.
+      const lastUsed = (await lastUsedTimes(models, [`apikey:${key.id}`])).get(`apikey:${key.id}`);
+      if (lastUsed === undefined || now.getTime() - lastUsed.getTime() > LAST_USED_RESOLUTION_MS) {
+        await touch(models, `apikey:${key.id}`, now);
       }
       loggerOf(ctx).debug({ apiKeyId: key.id, userId: user.id }, "API key exchanged");
       return {

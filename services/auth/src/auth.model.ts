@@ -1,7 +1,16 @@
 // MongoDB documents owned by auth. Every tenant-owned document carries `tenantId`; secrets
 // (passwords, refresh tokens, invite tokens, API keys) are stored only as hashes, and signing
-// private keys only encrypted. Writes are single-document atomic updates (FerretDB has no
-// multi-document transactions), so every cross-document invariant below says how it holds.
+// private keys only encrypted.
+//
+// Concurrency without transactions, and on FerretDB: measured on FerretDB 1.24 (SQLite), a
+// conditional updateOne/findOneAndUpdate is NOT atomic under concurrency (four concurrent
+// "set if still unset" updates all report a match) and concurrent $inc lose increments, while
+// an insert under a unique index is (exactly one of six concurrent inserts wins). So every
+// "exactly once" decision here is an insert into `claims` (single-use refresh tokens and
+// invites, the scheduled key rotation), counters are one inserted document per event (failed
+// logins), frequently written timestamps live in their own documents (`last_used`) so they can
+// never overwrite a security flag on the same document, and signing-key documents are never
+// updated at all (a key's retirement is the creation of the next one).
 import { Schema, type Connection, type Model } from "mongoose";
 
 export interface TenantDoc {
@@ -22,7 +31,6 @@ export interface UserDoc {
   disabled: boolean;
   createTime: Date;
   updateTime: Date;
-  lastLoginTime?: Date;
 }
 
 /** One login: the family every rotated refresh token of that login belongs to (`sid` claim). */
@@ -61,7 +69,6 @@ export interface ApiKeyDoc {
   scopes: string[];
   createTime: Date;
   expireTime?: Date;
-  lastUsedTime?: Date;
   revokeTime?: Date;
 }
 
@@ -80,28 +87,39 @@ export interface InviteDoc {
   revokeTime?: Date;
 }
 
+/** Never updated: a key stops signing when a newer one exists (the newest key signs). */
 export interface SigningKeyDoc {
   kid: string;
   alg: string;
   /** Public JWK (kty, crv, x, y). */
   publicJwk: Record<string, string>;
-  /** Private JWK encrypted with AES-256-GCM (see key-crypto.ts). */
+  /** Private JWK encrypted with AES-256-GCM (see secrets.ts seal). */
   privateKey: { salt: Buffer; iv: Buffer; tag: Buffer; ciphertext: Buffer };
   createTime: Date;
-  /** Stopped signing (a newer key exists). */
-  retireTime?: Date;
-  /** Latest `exp` of a long-lived token signed with it (bootstrap service credentials). */
-  maxExpireTime?: Date;
-  /** A replica claimed the scheduled rotation away from this key. */
-  rotationClaimTime?: Date;
 }
 
-/** Failed-login counter for one account or one client address. */
-export interface ThrottleDoc {
-  /** "account:<sha256 of email>" or "address:<address>". */
+/** A long-lived token (bootstrap service credential) signed with a key: keeps it published. */
+export interface KeyHoldDoc {
+  kid: string;
+  expireTime: Date;
+}
+
+/** An "exactly once" decision: whoever inserts the key first has it. */
+export interface ClaimDoc {
   key: string;
-  failures: number;
-  windowStart: Date;
+  createTime: Date;
+}
+
+/** One failed login, counted per account ("account:<sha256 of email>") and per address. */
+export interface LoginFailureDoc {
+  key: string;
+  time: Date;
+}
+
+/** Last use of something ("login:<user id>", "apikey:<key id>"), kept off its main document. */
+export interface LastUsedDoc {
+  key: string;
+  time: Date;
 }
 
 export interface BudgetDoc {
@@ -138,7 +156,6 @@ const userSchema = new Schema<UserDoc>(
     disabled: { type: Boolean, default: false },
     createTime: { type: Date, required: true },
     updateTime: { type: Date, required: true },
-    lastLoginTime: { type: Date },
   },
   opts,
 );
@@ -184,7 +201,6 @@ const apiKeySchema = new Schema<ApiKeyDoc>(
     scopes: { type: [String], required: true },
     createTime: { type: Date, required: true },
     expireTime: { type: Date },
-    lastUsedTime: { type: Date },
     revokeTime: { type: Date },
   },
   opts,
@@ -221,19 +237,41 @@ const signingKeySchema = new Schema<SigningKeyDoc>(
       ciphertext: { type: Buffer, required: true },
     },
     createTime: { type: Date, required: true },
-    retireTime: { type: Date },
-    maxExpireTime: { type: Date },
-    rotationClaimTime: { type: Date },
   },
   opts,
 );
 signingKeySchema.index({ createTime: -1 });
 
-const throttleSchema = new Schema<ThrottleDoc>(
+const keyHoldSchema = new Schema<KeyHoldDoc>(
+  {
+    kid: { type: String, required: true },
+    expireTime: { type: Date, required: true },
+  },
+  opts,
+);
+keyHoldSchema.index({ kid: 1, expireTime: -1 });
+
+const claimSchema = new Schema<ClaimDoc>(
   {
     key: { type: String, required: true, unique: true },
-    failures: { type: Number, required: true },
-    windowStart: { type: Date, required: true },
+    createTime: { type: Date, required: true },
+  },
+  opts,
+);
+
+const loginFailureSchema = new Schema<LoginFailureDoc>(
+  {
+    key: { type: String, required: true },
+    time: { type: Date, required: true },
+  },
+  opts,
+);
+loginFailureSchema.index({ key: 1, time: 1 });
+
+const lastUsedSchema = new Schema<LastUsedDoc>(
+  {
+    key: { type: String, required: true, unique: true },
+    time: { type: Date, required: true },
   },
   opts,
 );
@@ -261,7 +299,10 @@ export function authModels(conn: Connection) {
     apiKeys: conn.model("ApiKey", apiKeySchema, "api_keys"),
     invites: conn.model("Invite", inviteSchema, "invites"),
     signingKeys: conn.model("SigningKey", signingKeySchema, "signing_keys"),
-    throttles: conn.model("LoginThrottle", throttleSchema, "login_throttles"),
+    keyHolds: conn.model("KeyHold", keyHoldSchema, "signing_key_holds"),
+    claims: conn.model("Claim", claimSchema, "claims"),
+    loginFailures: conn.model("LoginFailure", loginFailureSchema, "login_failures"),
+    lastUsed: conn.model("LastUsed", lastUsedSchema, "last_used"),
     budgets: conn.model("Budget", budgetSchema, "budgets"),
   };
 }
@@ -271,6 +312,42 @@ export type AuthModels = ReturnType<typeof authModels>;
 /** Creates the declared indexes (every replica at start; idempotent). */
 export async function ensureIndexes(models: AuthModels): Promise<void> {
   for (const model of Object.values(models) as Model<unknown>[]) await model.createIndexes();
+}
+
+/** True when this caller is the first to claim `key` (an insert under a unique index). */
+export async function claim(models: AuthModels, key: string): Promise<boolean> {
+  try {
+    await models.claims.create({ key, createTime: new Date() });
+    return true;
+  } catch (err) {
+    if (isDuplicateKey(err)) return false;
+    throw err;
+  }
+}
+
+/** Gives a claim back (an operation that claimed and then failed). */
+export async function release(models: AuthModels, key: string): Promise<void> {
+  await models.claims.deleteOne({ key });
+}
+
+/** Records a last-use time in its own document (see the note at the top). */
+export async function touch(models: AuthModels, key: string, time: Date): Promise<void> {
+  try {
+    await models.lastUsed.updateOne({ key }, { $set: { time } }, { upsert: true });
+  } catch (err) {
+    // Two first uses raced on the upsert; either time is right.
+    if (!isDuplicateKey(err)) throw err;
+  }
+}
+
+/** Last-use times of many keys at once. */
+export async function lastUsedTimes(
+  models: AuthModels,
+  keys: string[],
+): Promise<Map<string, Date>> {
+  if (keys.length === 0) return new Map();
+  const docs = await models.lastUsed.find({ key: { $in: keys } }).lean();
+  return new Map(docs.map((d) => [d.key, d.time]));
 }
 
 /** True for a MongoDB duplicate-key error (E11000). */

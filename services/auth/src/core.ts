@@ -47,7 +47,7 @@ export function rolesToEnum(roles: string[]): Role[] {
   return roles.includes(ADMIN) ? [Role.USER, Role.ADMIN] : [Role.USER];
 }
 
-export function userMessage(u: UserDoc): MessageInitShape<typeof UserSchema> {
+export function userMessage(u: UserDoc, lastLoginTime?: Date): MessageInitShape<typeof UserSchema> {
   return {
     id: u.id,
     tenantId: u.tenantId,
@@ -57,7 +57,7 @@ export function userMessage(u: UserDoc): MessageInitShape<typeof UserSchema> {
     disabled: u.disabled,
     createTime: ts(u.createTime),
     updateTime: ts(u.updateTime),
-    lastLoginTime: ts(u.lastLoginTime),
+    lastLoginTime: ts(lastLoginTime),
   };
 }
 
@@ -131,7 +131,10 @@ export async function sessionTokens(
   };
 }
 
-/** Revokes sessions (and every refresh token in them). */
+/**
+ * Revokes sessions (and marks their refresh tokens). The session document is what Refresh
+ * checks: nothing else ever writes it, so no concurrent update can undo a revocation.
+ */
 export async function revokeSessions(
   core: AuthCore,
   filter: { tenantId: string; userId: string; id?: string },

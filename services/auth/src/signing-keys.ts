@@ -1,15 +1,16 @@
 // Signing keys: ES256 key pairs in MongoDB (private half sealed with AES-256-GCM), the JWKS,
 // rotation, and minting access tokens.
 //
-// Several replicas share the collection without transactions, so the rules are chosen to
+// Several replicas share the collection without transactions (and FerretDB's conditional
+// updates are not atomic; see auth.model.ts), so key documents are insert-only and the rules
 // converge whatever the interleaving:
 // - the CURRENT key is simply the newest one (createTime, then kid): two replicas rotating at
 //   once both insert a key and the newer one wins everywhere;
-// - rotating retires every key older than the new one (each update is single-document);
-// - a scheduled rotation is claimed on the current key's document (rotationClaimTime), so only
-//   one replica rotates per period;
+// - a key is retired when the next newer key was created (nothing to update);
+// - a scheduled rotation is an insert into `claims` ("rotation:<kid>"), so one replica rotates;
 // - a retired key stays in the JWKS until every token it signed has expired: retire time plus
-//   the longest short-lived token, or its recorded maxExpireTime (bootstrap credentials) if later.
+//   the longest short-lived token, or the latest expiry of a long-lived token signed with it
+//   (recorded as an insert-only hold), whichever is later.
 import { randomUUID } from "node:crypto";
 import type { Logger } from "@ensemble/kit";
 import {
@@ -21,7 +22,7 @@ import {
   type JWK,
   type KeyObject,
 } from "jose";
-import type { AuthModels, SigningKeyDoc } from "./auth.model.js";
+import { claim, type AuthModels, type SigningKeyDoc } from "./auth.model.js";
 import { seal, unseal } from "./secrets.js";
 
 export const SIGNING_ALG = "ES256";
@@ -67,10 +68,16 @@ export interface KeyStoreOptions {
   cacheMs?: number;
 }
 
+interface LoadedKey {
+  doc: SigningKeyDoc;
+  retireTime?: Date;
+  removeTime?: Date;
+}
+
 interface Loaded {
   at: number;
   /** Newest first; only keys still published. */
-  keys: SigningKeyDoc[];
+  keys: LoadedKey[];
 }
 
 export class KeyStore {
@@ -103,25 +110,20 @@ export class KeyStore {
 
   /** Rotates when the current key is older than maxAgeMs, unless another replica claimed it. */
   async rotateIfDue(maxAgeMs: number): Promise<boolean> {
-    const current = (await this.load(true)).keys[0];
+    const current = (await this.load(true)).keys[0]?.doc;
     if (current === undefined) {
       await this.ensureKey();
       return true;
     }
-    const now = new Date();
-    if (now.getTime() - current.createTime.getTime() < maxAgeMs) return false;
-    const claimed = await this.opts.models.signingKeys.updateOne(
-      { kid: current.kid, rotationClaimTime: { $exists: false } },
-      { $set: { rotationClaimTime: now } },
-    );
-    if (claimed.modifiedCount !== 1) return false;
+    if (Date.now() - current.createTime.getTime() < maxAgeMs) return false;
+    if (!(await claim(this.opts.models, `rotation:${current.kid}`))) return false;
     await this.rotate("scheduled");
     return true;
   }
 
   /** The public keys still published, as JWKs. */
   async jwks(): Promise<PublicJwk[]> {
-    return (await this.load(false)).keys.map((k) => ({
+    return (await this.load(false)).keys.map(({ doc: k }) => ({
       kty: k.publicJwk["kty"] ?? "EC",
       crv: k.publicJwk["crv"] ?? "P-256",
       x: k.publicJwk["x"] ?? "",
@@ -163,20 +165,16 @@ export class KeyStore {
     ttlMs: number,
     record: boolean,
   ): Promise<{ token: string; expiresAt: Date; jti: string; kid: string }> {
-    let key = (await this.load(false)).keys[0];
+    let key = (await this.load(false)).keys[0]?.doc;
     if (key === undefined) {
       await this.ensureKey();
-      key = (await this.load(false)).keys[0];
+      key = (await this.load(false)).keys[0]?.doc;
       if (key === undefined) throw new Error("no signing key");
     }
     const now = Date.now();
     const expiresAt = new Date(Math.floor((now + ttlMs) / 1000) * 1000);
-    if (record) {
-      await this.opts.models.signingKeys.updateOne(
-        { kid: key.kid },
-        { $max: { maxExpireTime: expiresAt } },
-      );
-    }
+    // Recorded before the token exists, so the key can never leave the JWKS before it expires.
+    if (record) await this.opts.models.keyHolds.create({ kid: key.kid, expireTime: expiresAt });
     const jti = randomUUID();
     const { sub, ...rest } = claims;
     const token = await new SignJWT({ ...rest })
@@ -213,7 +211,6 @@ export class KeyStore {
     const kid = `${new Date().toISOString().slice(0, 10).replace(/-/g, "")}-${randomUUID().slice(0, 8)}`;
     const publicJwk = await exportJWK(publicKey);
     const privateJwk = await exportJWK(privateKey);
-    const createTime = new Date();
     await this.opts.models.signingKeys.create({
       kid,
       alg: SIGNING_ALG,
@@ -224,31 +221,18 @@ export class KeyStore {
         y: publicJwk.y ?? "",
       },
       privateKey: seal(JSON.stringify(privateJwk), this.opts.secret, kid),
-      createTime,
+      createTime: new Date(),
     });
-    // Every older key stops signing; a concurrent newer key retires this one the same way.
-    await this.opts.models.signingKeys.updateMany(
-      { createTime: { $lt: createTime }, retireTime: { $exists: false } },
-      { $set: { retireTime: createTime } },
-    );
     this.opts.logger.info({ kid, reason }, "new signing key");
   }
 
-  /** When a key leaves the JWKS (undefined for the current key). */
-  private removeTime(doc: SigningKeyDoc): Date | undefined {
-    if (doc.retireTime === undefined) return undefined;
-    const afterShort = doc.retireTime.getTime() + this.opts.maxShortTokenLifetimeMs;
-    return new Date(Math.max(afterShort, doc.maxExpireTime?.getTime() ?? 0));
-  }
-
-  private info(doc: SigningKeyDoc): KeyInfo {
-    const removeTime = this.removeTime(doc);
+  private info(k: LoadedKey): KeyInfo {
     return {
-      kid: doc.kid,
-      alg: doc.alg,
-      createTime: doc.createTime,
-      ...(doc.retireTime !== undefined ? { retireTime: doc.retireTime } : {}),
-      ...(removeTime !== undefined ? { removeTime } : {}),
+      kid: k.doc.kid,
+      alg: k.doc.alg,
+      createTime: k.doc.createTime,
+      ...(k.retireTime !== undefined ? { retireTime: k.retireTime } : {}),
+      ...(k.removeTime !== undefined ? { removeTime: k.removeTime } : {}),
     };
   }
 
@@ -264,16 +248,34 @@ export class KeyStore {
   private async query(): Promise<Loaded> {
     {
       try {
-        const docs = await this.opts.models.signingKeys
-          .find({})
-          .sort({ createTime: -1, kid: -1 })
-          .lean<SigningKeyDoc[]>();
+        const [docs, holds] = await Promise.all([
+          this.opts.models.signingKeys
+            .find({})
+            .sort({ createTime: -1, kid: -1 })
+            .lean<SigningKeyDoc[]>(),
+          this.opts.models.keyHolds.find({ expireTime: { $gt: new Date() } }).lean(),
+        ]);
+        const held = new Map<string, number>();
+        for (const h of holds) {
+          held.set(h.kid, Math.max(held.get(h.kid) ?? 0, h.expireTime.getTime()));
+        }
         const now = Date.now();
-        const keys = docs.filter((d, i) => {
-          // The newest key signs even if a racing rotation marked it retired.
-          if (i === 0) return true;
-          const remove = this.removeTime(d);
-          return remove === undefined || remove.getTime() > now;
+        const keys: LoadedKey[] = [];
+        docs.forEach((doc, i) => {
+          // The next newer key's creation retired this one; the newest key signs.
+          const newer = i === 0 ? undefined : docs[i - 1];
+          if (newer === undefined) {
+            keys.push({ doc });
+            return;
+          }
+          const retireTime = newer.createTime;
+          const removeTime = new Date(
+            Math.max(
+              retireTime.getTime() + this.opts.maxShortTokenLifetimeMs,
+              held.get(doc.kid) ?? 0,
+            ),
+          );
+          if (removeTime.getTime() > now) keys.push({ doc, retireTime, removeTime });
         });
         this.loaded = { at: now, keys };
         return this.loaded;

@@ -189,6 +189,49 @@ describe("auth accounts", () => {
     keep(next.tokens!.refreshToken);
   });
 
+  it("refresh - concurrent refreshes with one token: at most one succeeds and the reuse ends the family", async () => {
+    const u = await signup("race");
+    const results = await Promise.allSettled(
+      Array.from({ length: 5 }, () => h.client().refresh({ refreshToken: u.tokens.refreshToken })),
+    );
+    // The others are reuses of a spent token, so the family is revoked; a winner that finished
+    // before that holds a token of a revoked family.
+    const won = results.flatMap((r) => (r.status === "fulfilled" ? [r.value.tokens!] : []));
+    expect(won.length).toBeLessThanOrEqual(1);
+    for (const t of won) {
+      keep(t.accessToken);
+      keep(t.refreshToken);
+      expect((await rejection(h.client().refresh({ refreshToken: t.refreshToken }))).code).toBe(
+        Code.Unauthenticated,
+      );
+    }
+    const session = await h.models.sessions.findOne({ userId: u.user.id }).lean();
+    expect(session?.revokeReason).toBe("refresh token reuse");
+  });
+
+  it("invites - of concurrent signups with one invite exactly one joins", async () => {
+    const admin = await signup("raceinv");
+    const { token } = await h.client(admin.tokens.accessToken).createInvite({});
+    keep(token);
+    const results = await Promise.allSettled(
+      Array.from({ length: 4 }, (_, i) =>
+        h.client().signup({
+          email: email(`racer${i}`),
+          password: keep(`Racer password ${i}!`),
+          tenant: { case: "inviteToken", value: token },
+        }),
+      ),
+    );
+    const joined = results.filter((r) => r.status === "fulfilled");
+    expect(joined).toHaveLength(1);
+    const users = await h.client(admin.tokens.accessToken).listUsers({});
+    expect(users.users).toHaveLength(2);
+    for (const r of joined) {
+      keep(r.value.tokens!.accessToken);
+      keep(r.value.tokens!.refreshToken);
+    }
+  });
+
   it("logout - revokes the login's refresh tokens; logging out again succeeds", async () => {
     const u = await signup("logout");
     await h.client().logout({ refreshToken: u.tokens.refreshToken });
@@ -245,6 +288,20 @@ describe("auth accounts", () => {
     const retryAfterMs = Number(right.trailers.get("retry-after-ms")[0]);
     expect(retryAfterMs).toBeGreaterThan(14 * 60_000);
     expect(retryAfterMs).toBeLessThanOrEqual(15 * 60_000);
+  });
+
+  it("login - a burst of concurrent guesses gets no more password checks than the limit", async () => {
+    const u = await signup("burst");
+    const results = await Promise.allSettled(
+      Array.from({ length: 10 }, (_, i) =>
+        h.client().login({ email: u.email, password: keep(`Burst guess ${i}!x`) }),
+      ),
+    );
+    const codes = results.map((r) =>
+      r.status === "rejected" ? (r.reason as { code: Code }).code : 0,
+    );
+    expect(codes.filter((c) => c === Code.Unauthenticated).length).toBeLessThanOrEqual(3);
+    expect(codes.filter((c) => c === Code.ResourceExhausted).length).toBeGreaterThanOrEqual(7);
   });
 
   it("login - throttling per client address stops guessing across many accounts", async () => {
