@@ -3,6 +3,7 @@
 // listens by itself: `listen()` binds one port for HTTP/1.1 and h2c (see listen.ts).
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import type http from "node:http";
 import type http2 from "node:http2";
 import { toJson, type DescMethod, type DescService } from "@bufbuild/protobuf";
@@ -104,6 +105,8 @@ export function build(deps: GatewayDeps): Gateway {
   const development = deps.development === true;
   const corsOrigins = new Set(deps.corsOrigins ?? []);
   const shutdownController = new AbortController();
+  // Connect links every call's signal to this one (a listener per call in flight): not a leak.
+  setMaxListeners(0, shutdownController.signal);
   let draining = false;
 
   // One client per upstream contract (grpc-js shares the connection per address).
