@@ -234,6 +234,8 @@ export interface AuthProcess {
   jwksUrl: string;
   /** A bootstrap service credential minted with auth's CLI (as the launcher does). */
   mintServiceToken(service: string): Promise<string>;
+  /** Its recent output lines (log scans). */
+  output(): string;
   stop(): Promise<void>;
 }
 
@@ -272,6 +274,7 @@ export async function startAuthProcess(): Promise<AuthProcess> {
       );
       return stdout.trim();
     },
+    output: () => proc.output(5_000),
     stop: async () => {
       await proc.stop(10_000);
     },
