@@ -1,5 +1,5 @@
 // Signup, login, refresh, logout and GetMe.
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import {
   AlreadyExistsError,
   loggerOf,
@@ -8,7 +8,6 @@ import {
   UnauthenticatedError,
 } from "@ensemble/kit";
 import { BudgetScope, type AuthService } from "@ensemble/proto";
-import { decodeJwt } from "jose";
 import {
   claim,
   isDuplicateKey,
@@ -21,6 +20,7 @@ import {
 import { budgetMessage } from "./budget-service.js";
 import {
   ADMIN,
+  callerClaim,
   newId,
   revokeSessions,
   sessionTokens,
@@ -258,20 +258,11 @@ export function accountHandlers(core: AuthCore): AccountHandlers {
         roles: [...p.roles],
         tenantBudget: budgetMessage(BudgetScope.TENANT, p.tenantId, "", tenantBudget),
         userBudget: budgetMessage(BudgetScope.USER, p.tenantId, p.subject, userBudget),
-        apiKeyId: apiKeyIdOf(ctx),
+        apiKeyId: (() => {
+          const akid = callerClaim(ctx, "akid");
+          return typeof akid === "string" ? akid : "";
+        })(),
       };
     },
   };
-}
-
-/** The `akid` claim of the caller's (already verified) token. */
-function apiKeyIdOf(ctx: HandlerContext): string {
-  const auth = ctx.requestHeader.get("authorization") ?? "";
-  const token = auth.replace(/^Bearer\s+/i, "");
-  try {
-    const akid = decodeJwt(token)["akid"];
-    return typeof akid === "string" ? akid : "";
-  } catch {
-    return "";
-  }
 }

@@ -13,7 +13,16 @@ import {
 import { ApiKeyScope, type ApiKeySchema, type AuthService } from "@ensemble/proto";
 import type { QueryFilter } from "mongoose";
 import { isDuplicateKey, lastUsedTimes, touch, type ApiKeyDoc } from "./auth.model.js";
-import { ADMIN, durationMs, nextPageToken, paging, ts, USER, type AuthCore } from "./core.js";
+import {
+  ADMIN,
+  callerClaim,
+  durationMs,
+  nextPageToken,
+  paging,
+  ts,
+  USER,
+  type AuthCore,
+} from "./core.js";
 import { apiKeyPublicId, newApiKey, sameDigest, sha256 } from "./secrets.js";
 
 const BAD_KEY = "invalid API key";
@@ -65,6 +74,14 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
           : req.scopes.map((s) => SCOPE_NAMES.get(s) ?? "read");
       if (scopes.includes("admin") && !isAdmin(p)) {
         throw new PermissionDeniedError("the ADMIN scope needs the admin role");
+      }
+      // A token exchanged from a key may only make keys that can do no more than that key.
+      const callerScopes = callerClaim(ctx, "scp");
+      if (
+        Array.isArray(callerScopes) &&
+        !scopes.every((s) => (callerScopes as unknown[]).includes(s))
+      ) {
+        throw new PermissionDeniedError("a key cannot create a key with scopes it does not have");
       }
       const ttl = durationMs(req.ttl);
       const now = new Date();

@@ -3,8 +3,10 @@
 import { randomUUID } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext } from "@connectrpc/connect";
 import type { Logger } from "@ensemble/kit";
 import { Role, type AuthTokensSchema, type TenantSchema, type UserSchema } from "@ensemble/proto";
+import { decodeJwt } from "jose";
 import type { AuthModels, TenantDoc, UserDoc } from "./auth.model.js";
 import type { LoginThrottle } from "./login-throttle.js";
 import { opaqueToken, sha256, type PasswordHasher } from "./secrets.js";
@@ -173,4 +175,17 @@ export function paging(page: { pageSize: number; pageToken: string } | undefined
 /** Callers fetch limit + 1 rows; a row beyond the page means there is a next one. */
 export function nextPageToken(skip: number, limit: number, got: number): string {
   return got <= limit ? "" : Buffer.from(String(skip + limit), "utf8").toString("base64url");
+}
+
+/**
+ * A claim of the caller's token that the kit's Principal does not carry (`akid`, `scp`). The
+ * kit verified the token before the handler ran, so decoding it again is safe.
+ */
+export function callerClaim(ctx: HandlerContext, name: string): unknown {
+  const token = (ctx.requestHeader.get("authorization") ?? "").replace(/^Bearer\s+/i, "");
+  try {
+    return decodeJwt(token)[name];
+  } catch {
+    return undefined;
+  }
 }

@@ -362,6 +362,11 @@ describe("auth API keys", () => {
     });
     const me = await h.client(exchanged.accessToken).getMe({});
     expect(me.apiKeyId).toBe(created.apiKey?.id);
+    // A READ key's token cannot make itself a WRITE key.
+    const escalate = await rejection(
+      h.client(exchanged.accessToken).createApiKey({ name: "more", scopes: [ApiKeyScope.WRITE] }),
+    );
+    expect(escalate.code).toBe(Code.PermissionDenied);
 
     const listed = await user.listApiKeys({});
     expect(listed.apiKeys.map((k) => k.id)).toEqual([created.apiKey?.id]);
