@@ -35,13 +35,21 @@ export function routedMethods(service: DescService): DescMethod[] {
   );
 }
 
-/** Headers the gateway never copies from a client to the upstream (hop-by-hop or its own). */
+/**
+ * What the upstream call carries: the caller's token (never the client's raw header), request id,
+ * client address, trace context, the remaining deadline and the client's abort signal.
+ */
 function upstreamOptions(ctx: HandlerContext): CallOptions {
   const headers = new Headers();
   const caller = ctx.values.get(callerKey);
   if (caller !== undefined) headers.set("authorization", `Bearer ${caller.token}`);
   const requestId = ctx.requestHeader.get("x-request-id");
   if (requestId !== null) headers.set("x-request-id", requestId);
+  // A client's W3C trace context continues upstream (the kit client starts one otherwise).
+  for (const name of ["traceparent", "tracestate"]) {
+    const value = ctx.requestHeader.get(name);
+    if (value !== null && value.length <= 512) headers.set(name, value);
+  }
   const forwardedFor = ctx.values.get(clientAddressKey);
   if (forwardedFor !== "") headers.set("x-forwarded-for", forwardedFor);
   const timeoutMs = ctx.timeoutMs();

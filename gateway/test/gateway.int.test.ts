@@ -279,3 +279,23 @@ describe("gateway deadlines and errors", () => {
     expect(body["message"]).toMatch(/message size|max/i);
   });
 });
+
+describe("gateway shutdown", () => {
+  it("drain - an in-flight call finishes, then the port stops accepting", async () => {
+    const own = await startGateway({
+      jwksUrl: issuer.jwksUrl,
+      upstreams: [echoUpstream(echo.address)],
+    });
+    const client = createClient(EchoService, createGrpcTransport({ baseUrl: own.url }));
+    const slow = client.echoSlow(
+      { sleepMs: 600 },
+      { headers: { authorization: `Bearer ${userToken}` } },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    const closing = own.close();
+    const res = await slow;
+    expect(res.sleptMs).toBeGreaterThanOrEqual(550);
+    await closing;
+    await expect(fetch(`${own.url}/live`)).rejects.toThrow();
+  });
+});
