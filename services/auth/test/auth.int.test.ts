@@ -435,7 +435,7 @@ describe("auth admin and tenancy", () => {
     expect(last.code).toBe(Code.FailedPrecondition);
   });
 
-  it("admin - disabled user cannot log in, refresh or use API keys; re-enabled can log in", async () => {
+  it("admin - a disabled user cannot log in, refresh, use API keys or be acted for; re-enabled can log in", async () => {
     const admin = await signup("disabler");
     const adminClient = h.client(admin.tokens.accessToken);
     const invite = await adminClient.createInvite({});
@@ -461,6 +461,10 @@ describe("auth admin and tenancy", () => {
     expect((await rejection(gateway.authenticateApiKey({ apiKey: key }))).code).toBe(
       Code.Unauthenticated,
     );
+    const acting = await rejection(
+      gateway.issueServiceToken({ userId: member.user!.id, tenantId: admin.tenant.id }),
+    );
+    expect(acting.code).toBe(Code.PermissionDenied);
     // No refresh token of theirs survives: none can be minted into an access token later.
     expect(
       await h.models.refreshTokens.countDocuments({
