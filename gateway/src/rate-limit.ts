@@ -65,7 +65,9 @@ export async function openKvRateLimiter(
   const kvm = new Kvm(nc);
   // Idle callers' entries expire: a full bucket is the same as no entry.
   const ttl = Math.ceil((opts.burst / opts.rate) * 1000) + 60_000;
-  const kv = await kvm.create(bucket, { history: 1, ttl });
+  // Replicas started with other limits (so another ttl) share the bucket as it is; entries are
+  // rewritten on every lease, so the ttl only decides when idle callers' state disappears.
+  const kv = await kvm.create(bucket, { history: 1, ttl }).catch(() => kvm.open(bucket));
   return new KvRateLimiter(kv, opts);
 }
 
