@@ -97,8 +97,15 @@ describe("gateway protocols", () => {
   it.each(PROTOCOLS)("%s - unary and server streaming work through one port", async (name) => {
     const client = createClient(EchoService, transportFor(name));
     const headers = { authorization: `Bearer ${userToken}` };
-    const res = await client.echoUser({ name: "x", owner: { id: "o" } }, { headers });
+    let returnedId: string | null = null;
+    const res = await client.echoUser(
+      { name: "x", owner: { id: "o" } },
+      { headers, onHeader: (h) => (returnedId = h.get("x-request-id")) },
+    );
     expect(res.subject).toBe("alice");
+    // The id the gateway made is the one the service saw and the one the client got back.
+    expect(res.requestId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(returnedId).toBe(res.requestId);
     const seen: number[] = [];
     for await (const m of client.echoStream({ count: 3 }, { headers })) seen.push(m.index);
     expect(seen).toEqual([0, 1, 2]);
