@@ -27,6 +27,9 @@ import { seal, unseal } from "./secrets.js";
 
 export const SIGNING_ALG = "ES256";
 
+/** A rotation claim whose key never appeared after this long is abandoned. */
+const STALE_ROTATION_CLAIM_MS = 10 * 60_000;
+
 export interface PublicJwk {
   kty: string;
   kid: string;
@@ -116,7 +119,16 @@ export class KeyStore {
       return true;
     }
     if (Date.now() - current.createTime.getTime() < maxAgeMs) return false;
-    if (!(await claim(this.opts.models, `rotation:${current.kid}`))) return false;
+    const key = `rotation:${current.kid}`;
+    if (!(await claim(this.opts.models, key))) {
+      // A replica that claimed the rotation and died before creating the key would block it
+      // for good; a claim older than this is given up, and the next check claims afresh.
+      await this.opts.models.claims.deleteOne({
+        key,
+        createTime: { $lt: new Date(Date.now() - STALE_ROTATION_CLAIM_MS) },
+      });
+      return false;
+    }
     await this.rotate("scheduled");
     return true;
   }

@@ -69,6 +69,20 @@ describe("auth signing keys", () => {
     expect(await a.rotateIfDue(5 * DAY)).toBe(false);
   });
 
+  it("schedule - a rotation claimed by a replica that died before rotating is taken over later", async () => {
+    const store = replica();
+    await store.ensureKey();
+    await models.signingKeys.updateMany(
+      {},
+      { $set: { createTime: new Date(Date.now() - 10 * DAY) } },
+    );
+    const kid = (await store.published())[0]?.kid ?? "";
+    await models.claims.create({ key: `rotation:${kid}`, createTime: new Date(Date.now() - HOUR) });
+    expect(await store.rotateIfDue(5 * DAY)).toBe(false);
+    expect(await store.rotateIfDue(5 * DAY)).toBe(true);
+    expect((await store.published())[0]?.kid).not.toBe(kid);
+  });
+
   it("retention - a retired key leaves the JWKS after the longest token it signed, bootstrap credentials included", async () => {
     const store = replica();
     const ago = (ms: number) => new Date(Date.now() - ms);
