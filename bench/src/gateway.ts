@@ -4,7 +4,7 @@
 // the gateway (gRPC over h2c, plus Connect JSON over HTTP/1.1), with the same client library
 // (connect-node) and the same bearer token. The gateway path pays: h2c/HTTP parsing, JWT check
 // (cached), access policy, the KV-leased rate limit (on a real nats-server), and a second gRPC
-// hop. Prints p50/p90/p99, the added latency at p50/p99 and the ratio to the direct call.
+// hop. The cases alternate in 2 s rounds. Prints p50/p90/p99, the added latency at p50/p99 and the ratio to the direct call.
 // Usage: npm run build && node bench/dist/gateway.js [rate per second] [seconds]
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
@@ -26,24 +26,18 @@ const rate = Number(process.argv[2] ?? 200);
 const seconds = Number(process.argv[3] ?? 10);
 const warmupCalls = 300;
 
-async function runAtRate(
-  name: string,
-  client: Client<typeof EchoService>,
-  token: string,
-): Promise<Summary> {
-  const headers = { authorization: `Bearer ${token}` };
-  const call = () =>
-    client.echoUser({ name: "bench", repeat: 2, owner: { id: "o-1" } }, { headers });
-  for (let i = 0; i < warmupCalls; i++) await call();
-  const total = Math.round(rate * seconds);
+type Call = () => Promise<unknown>;
+
+/** Calls at `rate` per second for `durationS`, open loop; latency samples (ms) of the successes. */
+async function atRate(name: string, call: Call, durationS: number): Promise<number[]> {
+  const total = Math.round(rate * durationS);
   const intervalMs = 1000 / rate;
   const samples: number[] = [];
   const inflight: Array<Promise<void>> = [];
   let failures = 0;
   const start = performance.now();
   for (let i = 0; i < total; i++) {
-    const due = start + i * intervalMs;
-    const wait = due - performance.now();
+    const wait = start + i * intervalMs - performance.now();
     if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait));
     const t0 = performance.now();
     inflight.push(
@@ -55,7 +49,35 @@ async function runAtRate(
   }
   await Promise.all(inflight);
   if (failures > 0) console.error(`${name}: ${failures} calls failed`);
-  return summarise(name, samples, performance.now() - start);
+  return samples;
+}
+
+/**
+ * The cases take turns in short rounds, so a busy neighbour on the machine slows them alike
+ * instead of whichever case happened to run at that moment.
+ */
+async function compare(
+  cases: Array<{ name: string; client: Client<typeof EchoService> }>,
+  token: string,
+): Promise<Summary[]> {
+  const headers = { authorization: `Bearer ${token}` };
+  const calls = cases.map(
+    ({ client }): Call =>
+      () =>
+        client.echoUser({ name: "bench", repeat: 2, owner: { id: "o-1" } }, { headers }),
+  );
+  for (const call of calls) for (let i = 0; i < warmupCalls; i++) await call();
+  const rounds = Math.max(1, Math.round(seconds / 2));
+  const samples = cases.map((): number[] => []);
+  const wall = cases.map(() => 0);
+  for (let r = 0; r < rounds; r++) {
+    for (const [i, c] of cases.entries()) {
+      const t = performance.now();
+      samples[i]?.push(...(await atRate(c.name, calls[i] as Call, seconds / rounds)));
+      wall[i] = (wall[i] ?? 0) + performance.now() - t;
+    }
+  }
+  return cases.map((c, i) => summarise(c.name, samples[i] ?? [], wall[i] ?? 1));
 }
 
 async function main(): Promise<void> {
@@ -110,12 +132,17 @@ async function main(): Promise<void> {
     createConnectTransport({ baseUrl: `http://127.0.0.1:${gatewayPort}`, httpVersion: "1.1" }),
   );
 
-  console.log(`USER unary EchoUser at ${rate} calls/s for ${seconds} s each (open loop)\n`);
-  const rows = [
-    await runAtRate("direct to the service (gRPC)", direct, token),
-    await runAtRate("through the gateway (gRPC, h2c)", viaGrpc, token),
-    await runAtRate("through the gateway (Connect JSON, HTTP/1.1)", viaConnect, token),
-  ];
+  console.log(
+    `USER unary EchoUser at ${rate} calls/s for ${seconds} s each (open loop, cases in alternating 2 s rounds)\n`,
+  );
+  const rows = await compare(
+    [
+      { name: "direct to the service (gRPC)", client: direct },
+      { name: "through the gateway (gRPC, h2c)", client: viaGrpc },
+      { name: "through the gateway (Connect JSON, HTTP/1.1)", client: viaConnect },
+    ],
+    token,
+  );
   printTable(rows);
   const [base, ...others] = rows;
   if (base !== undefined) {
