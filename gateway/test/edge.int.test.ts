@@ -97,8 +97,9 @@ describe("gateway rate limit", () => {
         expect(res.status).toBe(429);
       }
     }
-    // burst 8 in total (plus at most one token refilled during the test), not 8 per replica.
-    expect(ok).toBeGreaterThanOrEqual(6);
+    // burst 8 in total (plus at most one token refilled during the test), not 8 per replica;
+    // a lease that expires unspent on a slow machine may cost a token or two, never add one.
+    expect(ok).toBeGreaterThanOrEqual(4);
     expect(ok).toBeLessThanOrEqual(9);
     expect(served.a).toBeGreaterThan(0);
     expect(served.b).toBeGreaterThan(0);
