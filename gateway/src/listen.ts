@@ -39,6 +39,8 @@ export async function listenDual(
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.setNoDelay(true);
+    // A connection that never says which protocol it speaks is closed, not kept forever.
+    socket.setTimeout(10_000, () => socket.destroy());
     let seen = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
       seen = Buffer.concat([seen, chunk]);
@@ -46,6 +48,7 @@ export async function listenDual(
       const isH2Prefix = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (isH2Prefix && seen.length < PREFACE.length) return; // need more bytes to decide
       socket.off("data", onData);
+      socket.setTimeout(0);
       socket.pause();
       socket.unshift(seen);
       if (isH2Prefix) {
