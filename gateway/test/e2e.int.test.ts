@@ -182,4 +182,49 @@ describe("gateway end to end", () => {
     };
     expect(health.services).toEqual({ auth: "SERVING", registry: "SERVING" });
   });
+
+  it("revocation across replicas - another replica refuses a revoked key once its cache entry ends", async () => {
+    const other = await startGateway({
+      jwksUrl: auth.jwksUrl,
+      serviceToken: await auth.mintServiceToken("gateway"),
+      apiKeyCacheMs: 1_500,
+      upstreams: [{ name: "auth", services: [AuthService], address: auth.address }],
+    });
+    try {
+      const call = async (
+        url: string,
+        method: string,
+        body: unknown,
+        headers: Record<string, string>,
+      ) =>
+        fetch(`${url}/${A}/${method}`, {
+          method: "POST",
+          headers: { "content-type": "application/json", ...headers },
+          body: JSON.stringify(body),
+        });
+      const email = `e2e-revoke-${Date.now()}@example.com`;
+      const signup = (await (
+        await call(gw.url, "Signup", { email, password: PASSWORD }, {})
+      ).json()) as {
+        tokens: { accessToken: string };
+      };
+      const bearer = { authorization: `Bearer ${signup.tokens.accessToken}` };
+      const created = (await (
+        await call(gw.url, "CreateApiKey", { name: "r" }, bearer)
+      ).json()) as {
+        secret: string;
+        apiKey: { id: string };
+      };
+      const key = { "x-api-key": created.secret };
+      expect((await call(other.url, "GetMe", {}, key)).status).toBe(200); // cached on `other`
+      expect((await call(gw.url, "RevokeApiKey", { id: created.apiKey.id }, bearer)).status).toBe(
+        200,
+      );
+      expect((await call(gw.url, "GetMe", {}, key)).status).toBe(401); // the revoking replica: at once
+      await new Promise((resolve) => setTimeout(resolve, 1_700));
+      expect((await call(other.url, "GetMe", {}, key)).status).toBe(401); // the other: after its cache
+    } finally {
+      await other.close();
+    }
+  });
 });

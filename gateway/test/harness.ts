@@ -182,6 +182,7 @@ export interface GatewayOptions {
   corsOrigins?: string[];
   development?: boolean;
   serviceToken?: string;
+  apiKeyCacheMs?: number;
 }
 
 export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
@@ -207,6 +208,7 @@ export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
     corsOrigins: opts.corsOrigins ?? ["https://console.example"],
     development: opts.development ?? false,
     ...(opts.serviceToken !== undefined ? { serviceToken: opts.serviceToken } : {}),
+    ...(opts.apiKeyCacheMs !== undefined ? { apiKeyCacheMs: opts.apiKeyCacheMs } : {}),
     maxMessageBytes: 64 * 1024,
   });
   const port = await gateway.listen(0);
