@@ -1,0 +1,223 @@
+import { invalid, SimError } from "./errors.js";
+import { stableHash } from "./hash.js";
+import type { ModelProfile } from "./models.js";
+import { countTokens, tokenPieces } from "./tokenizer.js";
+
+const ROLES = new Set(["system", "developer", "user", "assistant", "tool", "function"]);
+/** Flat token cost of one image part, whatever its size (OpenAI's low-detail figure). */
+export const IMAGE_TOKENS = 85;
+
+export interface ChatRequest {
+  model: string;
+  messages: unknown[];
+  stream: boolean;
+  includeUsage: boolean;
+  maxTokens?: number;
+}
+
+export interface ChatAnswer {
+  /** Completion pieces (tokens with their leading whitespace), already truncated. */
+  pieces: string[];
+  finishReason: "stop" | "length";
+  promptTokens: number;
+  hash: string;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function positiveInt(body: Record<string, unknown>, key: string): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+    throw invalid(`Invalid '${key}': expected an integer >= 1.`, key, "invalid_value");
+  }
+  return v;
+}
+
+/** Checks the body the way OpenAI does and returns what the simulator needs. */
+export function parseChatRequest(
+  body: unknown,
+  models: ReadonlyMap<string, ModelProfile>,
+): { req: ChatRequest; profile: ModelProfile } {
+  if (!isRecord(body)) throw invalid("The request body must be a JSON object.", null);
+  const model = body["model"];
+  if (typeof model !== "string" || model === "") {
+    throw invalid("you must provide a model parameter", "model", "missing_required_parameter");
+  }
+  const messages = body["messages"];
+  if (messages === undefined) {
+    throw invalid(
+      "Missing required parameter: 'messages'.",
+      "messages",
+      "missing_required_parameter",
+    );
+  }
+  if (!Array.isArray(messages)) {
+    throw invalid("Invalid type for 'messages': expected an array.", "messages", "invalid_type");
+  }
+  if (messages.length === 0) {
+    throw invalid(
+      "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+      "messages",
+      "empty_array",
+    );
+  }
+  const profile = models.get(model);
+  if (!profile) {
+    throw new SimError(
+      404,
+      `The model \`${model}\` does not exist or you do not have access to it.`,
+      "invalid_request_error",
+      null,
+      "model_not_found",
+    );
+  }
+  if (profile.kind !== "chat") {
+    throw invalid(
+      `The model \`${model}\` is not a chat model and is not supported in the v1/chat/completions endpoint.`,
+      "model",
+      "model_not_supported",
+    );
+  }
+  messages.forEach((m, i) => validateMessage(m, i, profile.vision));
+  for (const key of ["temperature", "top_p"]) {
+    const v = body[key];
+    if (v !== undefined && v !== null && (typeof v !== "number" || v < 0 || v > 2)) {
+      throw invalid(`Invalid '${key}': expected a number between 0 and 2.`, key, "invalid_value");
+    }
+  }
+  const n = body["n"];
+  if (n !== undefined && n !== null && n !== 1) {
+    throw invalid("Invalid 'n': the simulator only supports n = 1.", "n", "invalid_value");
+  }
+  const stream = body["stream"];
+  if (stream !== undefined && stream !== null && typeof stream !== "boolean") {
+    throw invalid("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type");
+  }
+  const streamOptions = body["stream_options"];
+  const maxTokens = positiveInt(body, "max_completion_tokens") ?? positiveInt(body, "max_tokens");
+  const req: ChatRequest = {
+    model,
+    messages,
+    stream: stream === true,
+    includeUsage: isRecord(streamOptions) && streamOptions["include_usage"] === true,
+  };
+  if (maxTokens !== undefined) req.maxTokens = maxTokens;
+  return { req, profile };
+}
+
+function validateMessage(m: unknown, i: number, vision: boolean): void {
+  if (!isRecord(m))
+    throw invalid(
+      `Invalid 'messages[${i}]': expected an object.`,
+      `messages.[${i}]`,
+      "invalid_type",
+    );
+  const role = m["role"];
+  if (typeof role !== "string" || !ROLES.has(role)) {
+    throw invalid(
+      `Invalid value for 'messages[${i}].role': expected one of ${[...ROLES].join(", ")}.`,
+      `messages.[${i}].role`,
+      "invalid_value",
+    );
+  }
+  const content = m["content"];
+  if (typeof content === "string") return;
+  if (content === null || content === undefined) {
+    if (role === "assistant") return;
+    throw invalid(
+      `Missing required parameter: 'messages[${i}].content'.`,
+      `messages.[${i}].content`,
+      "missing_required_parameter",
+    );
+  }
+  if (!Array.isArray(content)) {
+    throw invalid(
+      `Invalid type for 'messages[${i}].content': expected a string or an array.`,
+      `messages.[${i}].content`,
+      "invalid_type",
+    );
+  }
+  content.forEach((part, j) => {
+    const param = `messages.[${i}].content.[${j}]`;
+    if (!isRecord(part))
+      throw invalid(`Invalid '${param}': expected an object.`, param, "invalid_type");
+    if (part["type"] === "text" && typeof part["text"] === "string") return;
+    if (part["type"] === "image_url") {
+      const url: unknown = isRecord(part["image_url"]) ? part["image_url"]["url"] : undefined;
+      if (typeof url !== "string" || url === "") {
+        throw invalid(
+          `Missing required parameter: '${param}.image_url.url'.`,
+          `${param}.image_url.url`,
+          "missing_required_parameter",
+        );
+      }
+      if (!vision) {
+        throw invalid(
+          "Invalid content type. image_url is only supported by certain models.",
+          `${param}.type`,
+          "invalid_value",
+        );
+      }
+      return;
+    }
+    throw invalid(
+      `Invalid value for '${param}.type': expected 'text' or 'image_url'.`,
+      `${param}.type`,
+      "invalid_value",
+    );
+  });
+}
+
+function textOf(content: unknown): { text: string; images: number } {
+  if (typeof content === "string") return { text: content, images: 0 };
+  if (!Array.isArray(content)) return { text: "", images: 0 };
+  let text = "";
+  let images = 0;
+  for (const part of content as Array<Record<string, unknown>>) {
+    if (part["type"] === "text") text += (text ? " " : "") + String(part["text"]);
+    else images++;
+  }
+  return { text, images };
+}
+
+/**
+ * Prompt tokens: for each message 3 tokens of framing + the role + its text tokens + 85 per
+ * image, then 3 for the reply primer (the same shape as OpenAI's cookbook count).
+ */
+export function promptTokens(messages: readonly unknown[]): number {
+  let total = 3;
+  for (const m of messages as Array<Record<string, unknown>>) {
+    const { text, images } = textOf(m["content"]);
+    total += 3 + countTokens(String(m["role"])) + countTokens(text) + images * IMAGE_TOKENS;
+  }
+  return total;
+}
+
+/** The answer is a pure function of (model, messages, temperature, top_p, seed). */
+export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAnswer {
+  const hash = stableHash({
+    model: req.model,
+    messages: req.messages,
+    temperature: body["temperature"],
+    top_p: body["top_p"],
+    seed: body["seed"],
+  }).slice(0, 12);
+  const msgs = req.messages as Array<Record<string, unknown>>;
+  const lastUser = [...msgs].reverse().find((m) => m["role"] === "user") ?? msgs[msgs.length - 1];
+  const { text, images } = textOf(lastUser?.["content"]);
+  const said = text.replace(/\s+/g, " ").trim();
+  const quoted = said.length > 300 ? `${said.slice(0, 300)}…` : said;
+  const imageNote = images > 0 ? ` I received ${images} image${images > 1 ? "s" : ""}.` : "";
+  const full = `[simulated ${req.model}] You said: "${quoted}".${imageNote} Simulated answer ${hash}.`;
+  const all = tokenPieces(full);
+  const truncated = req.maxTokens !== undefined && all.length > req.maxTokens;
+  return {
+    pieces: truncated ? all.slice(0, req.maxTokens) : all,
+    finishReason: truncated ? "length" : "stop",
+    promptTokens: promptTokens(req.messages),
+    hash,
+  };
+}

@@ -1,0 +1,350 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cosine } from "./embeddings.js";
+import { startSimulator, type Simulator } from "./server.js";
+
+let sim: Simulator;
+
+beforeAll(async () => {
+  sim = await startSimulator({ port: 0 });
+});
+afterAll(async () => {
+  await sim.close();
+});
+
+function post(
+  path: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+): Promise<Response> {
+  return fetch(`${sim.url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+interface Completion {
+  id: string;
+  object: string;
+  system_fingerprint: string;
+  choices: Array<{ message: { role: string; content: string }; finish_reason: string }>;
+  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+}
+
+async function complete(body: Record<string, unknown>): Promise<Completion> {
+  const res = await post("/v1/chat/completions", body);
+  expect(res.status).toBe(200);
+  return (await res.json()) as Completion;
+}
+
+const hello = {
+  model: "sim-fast",
+  messages: [{ role: "user", content: "Hello there, simulator" }],
+};
+
+/** Reads an SSE body to the end (or until the connection drops) and returns its data lines. */
+async function readEvents(res: Response): Promise<{ events: string[]; error: unknown }> {
+  // Node's web ReadableStream is async-iterable; the cast only tells the compiler so.
+  const body = res.body as unknown as AsyncIterable<Uint8Array>;
+  const decoder = new TextDecoder();
+  let text = "";
+  let error: unknown;
+  try {
+    for await (const chunk of body) text += decoder.decode(chunk, { stream: true });
+  } catch (err) {
+    error = err;
+  }
+  const events = text
+    .split("\n\n")
+    .filter((e) => e.startsWith("data: "))
+    .map((e) => e.slice("data: ".length));
+  return { events, error };
+}
+
+describe("llm-sim", () => {
+  it("models - lists every simulated model in OpenAI's list shape", async () => {
+    const res = await fetch(`${sim.url}/v1/models`);
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as {
+      object: string;
+      data: Array<{ id: string; object: string }>;
+    };
+    expect(body.object).toBe("list");
+    expect(body.data.map((m) => m.id).sort()).toEqual(
+      [
+        "sim-code",
+        "sim-embed",
+        "sim-fast",
+        "sim-image",
+        "sim-medium",
+        "sim-thinking",
+        "sim-video",
+        "sim-vision",
+      ].sort(),
+    );
+    expect(body.data.every((m) => m.object === "model")).toBe(true);
+  });
+
+  it("chat - the same request gives the same simulated answer, a different one a different answer", async () => {
+    const a = await complete(hello);
+    const b = await complete(hello);
+    const c = await complete({
+      ...hello,
+      messages: [{ role: "user", content: "Something else entirely" }],
+    });
+    const d = await complete({ ...hello, temperature: 1.3 });
+    const text = a.choices[0]!.message.content;
+    expect(text.startsWith("[simulated sim-fast]")).toBe(true);
+    expect(text).toContain("Hello there, simulator");
+    expect(b.choices[0]!.message.content).toBe(text);
+    expect(c.choices[0]!.message.content).not.toBe(text);
+    expect(d.choices[0]!.message.content).not.toBe(text);
+    expect(a.system_fingerprint).toBe("ensemble-llm-sim");
+    expect(a.object).toBe("chat.completion");
+    expect(a.choices[0]!.finish_reason).toBe("stop");
+    expect(a.usage.total_tokens).toBe(a.usage.prompt_tokens + a.usage.completion_tokens);
+    expect(a.usage.prompt_tokens).toBeGreaterThan(4);
+  });
+
+  it("chat - max_tokens truncates the answer with finish_reason length", async () => {
+    const full = await complete(hello);
+    const cut = await complete({ ...hello, max_tokens: 3 });
+    expect(cut.choices[0]!.finish_reason).toBe("length");
+    expect(cut.usage.completion_tokens).toBe(3);
+    expect(full.choices[0]!.message.content.startsWith(cut.choices[0]!.message.content)).toBe(true);
+    expect(cut.choices[0]!.message.content.length).toBeLessThan(
+      full.choices[0]!.message.content.length,
+    );
+  });
+
+  it("chat - streamed chunks reassemble to the unary answer and end with a usage chunk and [DONE]", async () => {
+    const unary = await complete(hello);
+    const res = await post("/v1/chat/completions", {
+      ...hello,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toContain("text/event-stream");
+    const { events, error } = await readEvents(res);
+    expect(error).toBeUndefined();
+    expect(events[events.length - 1]).toBe("[DONE]");
+    const chunks = events.slice(0, -1).map(
+      (e) =>
+        JSON.parse(e) as {
+          object: string;
+          choices: Array<{
+            delta: { role?: string; content?: string };
+            finish_reason: string | null;
+          }>;
+          usage?: Completion["usage"] | null;
+        },
+    );
+    expect(chunks[0]!.choices[0]!.delta.role).toBe("assistant");
+    expect(chunks.every((c) => c.object === "chat.completion.chunk")).toBe(true);
+    const text = chunks.map((c) => c.choices[0]?.delta.content ?? "").join("");
+    expect(text).toBe(unary.choices[0]!.message.content);
+    expect(chunks.length).toBeGreaterThan(4);
+    const last = chunks[chunks.length - 1]!;
+    expect(last.choices).toEqual([]);
+    expect(last.usage).toEqual(unary.usage);
+    expect(chunks[chunks.length - 2]!.choices[0]!.finish_reason).toBe("stop");
+  });
+
+  it("chat - image parts are accepted by sim-vision and refused by other models", async () => {
+    const messages = [
+      {
+        role: "user",
+        content: [
+          { type: "text", text: "What is in this picture?" },
+          { type: "image_url", image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } },
+        ],
+      },
+    ];
+    const ok = await complete({ model: "sim-vision", messages });
+    expect(ok.choices[0]!.message.content).toContain("1 image");
+    const refused = await post("/v1/chat/completions", { model: "sim-fast", messages });
+    expect(refused.status).toBe(400);
+    const body = (await refused.json()) as { error: { type: string; param: string } };
+    expect(body.error.type).toBe("invalid_request_error");
+    expect(body.error.param).toBe("messages.[0].content.[1].type");
+  });
+
+  it("errors - bad requests get 400 and unknown models 404 in OpenAI's error shape", async () => {
+    const noModel = await post("/v1/chat/completions", { messages: hello.messages });
+    expect(noModel.status).toBe(400);
+    expect(await noModel.json()).toEqual({
+      error: {
+        message: "you must provide a model parameter",
+        type: "invalid_request_error",
+        param: "model",
+        code: "missing_required_parameter",
+      },
+    });
+    const noMessages = await post("/v1/chat/completions", { model: "sim-fast" });
+    expect(noMessages.status).toBe(400);
+    expect(((await noMessages.json()) as { error: { param: string } }).error.param).toBe(
+      "messages",
+    );
+    const badJson = await post("/v1/chat/completions", "{not json");
+    expect(badJson.status).toBe(400);
+    expect(((await badJson.json()) as { error: { type: string } }).error.type).toBe(
+      "invalid_request_error",
+    );
+    const unknown = await post("/v1/chat/completions", { ...hello, model: "gpt-nope" });
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as { error: { code: string } }).error.code).toBe(
+      "model_not_found",
+    );
+    const badHeader = await post("/v1/chat/completions", hello, { "x-sim-fail": "explode" });
+    expect(badHeader.status).toBe(400);
+  });
+
+  it("embeddings - deterministic, sized by dimensions, and texts sharing words are closer", async () => {
+    const res = await post("/v1/embeddings", {
+      model: "sim-embed",
+      input: ["the cat sat on the mat", "a cat sat on a mat", "quarterly revenue grew strongly"],
+    });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as {
+      data: Array<{ index: number; embedding: number[] }>;
+      usage: { prompt_tokens: number; total_tokens: number };
+    };
+    const [a, b, c] = body.data.map((d) => d.embedding) as [number[], number[], number[]];
+    expect(a).toHaveLength(256);
+    expect(cosine(a, a)).toBeCloseTo(1, 6);
+    expect(cosine(a, b)).toBeGreaterThan(cosine(a, c) + 0.3);
+    expect(body.usage.prompt_tokens).toBe(6 + 6 + 4);
+    const again = (await (
+      await post("/v1/embeddings", { model: "sim-embed", input: "the cat sat on the mat" })
+    ).json()) as {
+      data: Array<{ embedding: number[] }>;
+    };
+    expect(again.data[0]!.embedding).toEqual(a);
+    const small = (await (
+      await post("/v1/embeddings", { model: "sim-embed", input: "x", dimensions: 32 })
+    ).json()) as {
+      data: Array<{ embedding: number[] }>;
+    };
+    expect(small.data[0]!.embedding).toHaveLength(32);
+    const b64 = (await (
+      await post("/v1/embeddings", {
+        model: "sim-embed",
+        input: "the cat sat on the mat",
+        encoding_format: "base64",
+      })
+    ).json()) as { data: Array<{ embedding: string }> };
+    const buf = Buffer.from(b64.data[0]!.embedding, "base64");
+    expect(buf.length).toBe(256 * 4);
+    expect(buf.readFloatLE(0)).toBeCloseTo(a[0]!, 6);
+  });
+
+  it("images - returns a valid, deterministic PNG as b64_json or a data URL", async () => {
+    const res = await post("/v1/images/generations", {
+      model: "sim-image",
+      prompt: "a red fox",
+      size: "16x16",
+    });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { data: Array<{ b64_json: string }> };
+    const png = Buffer.from(body.data[0]!.b64_json, "base64");
+    expect([...png.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    expect(png.subarray(12, 16).toString("ascii")).toBe("IHDR");
+    expect(png.readUInt32BE(16)).toBe(16);
+    const again = (await (
+      await post("/v1/images/generations", { prompt: "a red fox", size: "16x16" })
+    ).json()) as {
+      data: Array<{ b64_json: string }>;
+    };
+    expect(again.data[0]!.b64_json).toBe(body.data[0]!.b64_json);
+    const url = (await (
+      await post("/v1/images/generations", { prompt: "a red fox", response_format: "url" })
+    ).json()) as { data: Array<{ url: string }> };
+    expect(url.data[0]!.url.startsWith("data:image/png;base64,")).toBe(true);
+  });
+
+  it("conditions - x-sim-fail 429 carries Retry-After and an OpenAI rate-limit error", async () => {
+    const res = await post("/v1/chat/completions", hello, {
+      "x-sim-fail": "429",
+      "x-sim-retry-after": "7",
+    });
+    expect(res.status).toBe(429);
+    expect(res.headers.get("retry-after")).toBe("7");
+    const body = (await res.json()) as { error: { code: string } };
+    expect(body.error.code).toBe("rate_limit_exceeded");
+    const five = await post("/v1/chat/completions", hello, { "x-sim-fail": "503" });
+    expect(five.status).toBe(503);
+  });
+
+  it("conditions - a cut stream sends some chunks then drops without [DONE]", async () => {
+    const res = await post(
+      "/v1/chat/completions",
+      { ...hello, stream: true },
+      { "x-sim-fail": "cut" },
+    );
+    expect(res.status).toBe(200);
+    const { events, error } = await readEvents(res);
+    expect(error).toBeDefined();
+    expect(events.length).toBeGreaterThan(1);
+    expect(events).not.toContain("[DONE]");
+  });
+
+  it("conditions - x-sim-latency-ms delays the response by at least that long", async () => {
+    const start = performance.now();
+    const res = await post("/v1/chat/completions", hello, { "x-sim-latency-ms": "250" });
+    await res.json();
+    expect(performance.now() - start).toBeGreaterThanOrEqual(245);
+  });
+
+  it("conditions - timeout never answers until the client gives up", async () => {
+    const res = post("/v1/chat/completions", hello, { "x-sim-fail": "timeout" });
+    const outcome = await Promise.race([
+      res.then(() => "answered"),
+      new Promise((r) => setTimeout(() => r("still waiting"), 300)),
+    ]);
+    expect(outcome).toBe("still waiting");
+    const aborted = await fetch(`${sim.url}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify(hello),
+      headers: { "x-sim-fail": "timeout" },
+      signal: AbortSignal.timeout(100),
+    }).catch((err: unknown) => err);
+    expect(aborted).toBeInstanceOf(Error);
+    res.catch(() => undefined); // settled by close() in afterAll
+  });
+
+  it("conditions - x-sim-fail-rate is deterministic per x-request-id", async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const h = { "x-sim-fail-rate": "0.5", "x-request-id": `req-${i}` };
+      const first = await post("/v1/chat/completions", hello, h);
+      const second = await post("/v1/chat/completions", hello, h);
+      expect(second.status).toBe(first.status);
+      statuses.push(first.status);
+    }
+    expect(statuses).toContain(200);
+    expect(statuses).toContain(500);
+  });
+
+  it("conditions - per-model server options apply and a header overrides them", async () => {
+    const failing = await startSimulator({ models: { "sim-fast": { fail: "503" } } });
+    try {
+      expect(
+        (
+          await fetch(`${failing.url}/v1/chat/completions`, {
+            method: "POST",
+            body: JSON.stringify(hello),
+          })
+        ).status,
+      ).toBe(503);
+      const overridden = await fetch(`${failing.url}/v1/chat/completions`, {
+        method: "POST",
+        body: JSON.stringify(hello),
+        headers: { "x-sim-fail-rate": "0" },
+      });
+      expect(overridden.status).toBe(200);
+    } finally {
+      await failing.close();
+    }
+  });
+});
