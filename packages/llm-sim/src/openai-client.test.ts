@@ -1,0 +1,80 @@
+import OpenAI, { APIError, RateLimitError } from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startSimulator, type Simulator } from "./server.js";
+
+// The official client is the judge of "OpenAI-compatible": if it parses our shapes, so will others.
+let sim: Simulator;
+let client: OpenAI;
+
+beforeAll(async () => {
+  sim = await startSimulator({ port: 0 });
+  client = new OpenAI({ baseURL: `${sim.url}/v1`, apiKey: "sim-key", maxRetries: 0 });
+});
+afterAll(async () => {
+  await sim.close();
+});
+
+const messages = [{ role: "user" as const, content: "Name three rivers" }];
+
+describe("llm-sim with the openai client", () => {
+  it("openai client - chat, streaming with usage, embeddings and models parse", async () => {
+    const unary = await client.chat.completions.create({ model: "sim-medium", messages });
+    const content = unary.choices[0]?.message.content ?? "";
+    expect(content.startsWith("[simulated sim-medium]")).toBe(true);
+
+    const stream = await client.chat.completions.create({
+      model: "sim-medium",
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toBe(content);
+    expect(usage).toEqual(unary.usage);
+
+    // The SDK asks for base64 by default and decodes it to floats.
+    const emb = await client.embeddings.create({
+      model: "sim-embed",
+      input: "rivers and lakes",
+      dimensions: 64,
+    });
+    expect(emb.data[0]?.embedding).toHaveLength(64);
+
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toContain("sim-thinking");
+  });
+
+  it("openai client - a cut stream surfaces as an error, 429 as RateLimitError, 400 as APIError", async () => {
+    const stream = await client.chat.completions.create(
+      { model: "sim-fast", messages, stream: true },
+      { headers: { "x-sim-fail": "cut" } },
+    );
+    const consume = async (): Promise<void> => {
+      for await (const _ of stream) {
+        // drain
+      }
+    };
+    await expect(consume()).rejects.toThrow();
+
+    const limited = await client.chat.completions
+      .create(
+        { model: "sim-fast", messages },
+        { headers: { "x-sim-fail": "429", "x-sim-retry-after": "3" } },
+      )
+      .catch((err: unknown) => err);
+    expect(limited).toBeInstanceOf(RateLimitError);
+    expect((limited as RateLimitError).headers.get("retry-after")).toBe("3");
+
+    const bad = await client.chat.completions
+      .create({ model: "sim-fast", messages: [] })
+      .catch((err: unknown) => err);
+    expect(bad).toBeInstanceOf(APIError);
+    expect((bad as APIError).status).toBe(400);
+    expect((bad as APIError).code).toBe("empty_array");
+  });
+});
