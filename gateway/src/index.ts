@@ -6,6 +6,6 @@ export {
   LocalBuckets,
   type RateLimiter,
   type RateDecision,
-} from "./rate-limit.js";
+} from "@ensemble/kit";
 export { loadGatewayConfig, gatewayEnv, type GatewayConfig } from "./config.js";
 export { VERSION } from "./version.js";

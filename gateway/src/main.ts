@@ -8,11 +8,11 @@ import {
   createRootLogger,
   handleShutdown,
   initTracing,
+  openKvRateLimiter,
   startMetricsServer,
   type Logger,
 } from "@ensemble/kit";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
-import { openKvRateLimiter } from "./rate-limit.js";
 import { build } from "./server.js";
 import { configuredUpstreams } from "./services.js";
 import { VERSION } from "./version.js";

@@ -13,11 +13,13 @@ import {
   createJwksVerifier,
   createMetrics,
   createServer,
+  openKvRateLimiter,
   principalOf,
   requestIdOf,
   service,
   type KitServer,
   type NatsConnection,
+  type RateLimiter,
 } from "@ensemble/kit";
 import { EchoService } from "@ensemble/proto";
 import {
@@ -30,13 +32,7 @@ import {
   type CapturedLogs,
   type TestIssuer,
 } from "@ensemble/testkit";
-import {
-  build,
-  openKvRateLimiter,
-  type Gateway,
-  type RateLimiter,
-  type Upstream,
-} from "../src/index.js";
+import { build, type Gateway, type Upstream } from "../src/index.js";
 
 /** The repository root (this file runs from gateway/test under vitest, gateway/dist/test when built). */
 const execFileAsync = promisify(execFile);

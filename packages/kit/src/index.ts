@@ -10,5 +10,6 @@ export * from "./server.js";
 export * from "./client.js";
 export * from "./config.js";
 export * from "./nats.js";
+export * from "./rate-limit.js";
 export * from "./mongo.js";
 export * from "./lifecycle.js";
