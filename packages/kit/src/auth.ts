@@ -32,6 +32,8 @@ export interface Principal {
   sessionId?: string;
   /** `jti` */
   tokenId?: string;
+  /** `akid`: the API key the token was exchanged for (usage is attributed to it). */
+  apiKeyId?: string;
   expiresAt: Date;
 }
 
@@ -254,6 +256,8 @@ function principalFromClaims(p: JWTPayload): Principal {
   const sid = claims["sid"];
   if (typeof sid === "string") principal.sessionId = sid;
   if (typeof claims.jti === "string") principal.tokenId = claims.jti;
+  const akid = claims["akid"];
+  if (typeof akid === "string" && akid !== "") principal.apiKeyId = akid;
   return principal;
 }
 

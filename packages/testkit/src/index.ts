@@ -13,3 +13,12 @@ export {
   type RelativeTime,
 } from "./issuer.js";
 export { captureLogs, type CapturedLogs, type LogLine } from "./logs.js";
+export {
+  repoRoot,
+  startAuthProcess,
+  startRegistryProcess,
+  startModelProxyProcess,
+  type AuthProcess,
+  type MeshProcess,
+  type ModelProxyProcessOptions,
+} from "./mesh.js";

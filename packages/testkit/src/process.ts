@@ -122,6 +122,13 @@ export class ServerProcess {
     return new Error(`${this.name} ${what}; its last output:\n${this.output()}`);
   }
 
+  /** SIGKILL (a crash: no drain, no cleanup), then wait for the exit. */
+  async kill(): Promise<ExitStatus> {
+    if (this.exitStatus) return this.exitStatus;
+    this.child.kill("SIGKILL");
+    return this.exited;
+  }
+
   /** SIGTERM, then wait; SIGKILL if it has not exited after `timeoutMs`. */
   async stop(timeoutMs = 10_000): Promise<ExitStatus> {
     if (this.exitStatus) return this.exitStatus;

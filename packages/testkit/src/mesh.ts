@@ -1,0 +1,159 @@
+// Built services as child processes, started like `npm start` starts them but on free ports,
+// with their own databases and buckets on the test run's NATS and MongoDB-wire server. Tests of
+// one service use the others through these (a service's internals are never imported across
+// packages). Each needs its package built (`npm run build`).
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { mongoUrl, natsUrl } from "./context.js";
+import { uniqueName } from "./names.js";
+import { freePort, ServerProcess } from "./process.js";
+
+const execFileAsync = promisify(execFile);
+
+/** The repository root (the nearest ancestor holding tsconfig.base.json). */
+export const repoRoot = ((): string => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "tsconfig.base.json")) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+})();
+
+export interface MeshProcess {
+  /** host:port of its gRPC server. */
+  address: string;
+  /** Its recent output lines (log scans). */
+  output(): string;
+  stop(): Promise<void>;
+  /** SIGKILL: a crash, no drain. */
+  kill(): Promise<void>;
+}
+
+export interface AuthProcess extends MeshProcess {
+  jwksUrl: string;
+  /** A bootstrap service credential minted with auth's CLI (as the launcher does). */
+  mintServiceToken(service: string): Promise<string>;
+}
+
+function handle(proc: ServerProcess, address: string): MeshProcess {
+  return {
+    address,
+    output: () => proc.output(5_000),
+    stop: async () => {
+      await proc.stop(10_000);
+    },
+    kill: async () => {
+      await proc.kill();
+    },
+  };
+}
+
+/** The built auth service with its own database (fast argon2 parameters for tests). */
+export async function startAuthProcess(env: NodeJS.ProcessEnv = {}): Promise<AuthProcess> {
+  const [port, jwksPort] = [await freePort(), await freePort()];
+  const full: NodeJS.ProcessEnv = {
+    ...process.env,
+    NODE_ENV: "development",
+    LOG_LEVEL: "info",
+    AUTH_ADDR: `127.0.0.1:${port}`,
+    AUTH_JWKS_PORT: String(jwksPort),
+    METRICS_PORT: "0",
+    NATS_URL: natsUrl(),
+    MONGODB_URL: mongoUrl(),
+    MONGODB_DB: uniqueName("auth"),
+    AUTH_ARGON2_MEMORY_KIB: "8192",
+    AUTH_ARGON2_TIME_COST: "1",
+    ...env,
+  };
+  if (env["JWKS_URL"] === undefined) delete full["JWKS_URL"];
+  const proc = new ServerProcess(
+    "auth",
+    process.execPath,
+    [join(repoRoot, "services/auth/dist/src/main.js")],
+    full,
+  );
+  await proc.waitForLine(/auth listening/, 90_000);
+  return {
+    ...handle(proc, `127.0.0.1:${port}`),
+    jwksUrl: `http://127.0.0.1:${jwksPort}/.well-known/jwks.json`,
+    async mintServiceToken(service) {
+      const { stdout } = await execFileAsync(
+        process.execPath,
+        [join(repoRoot, "services/auth/dist/src/mint-service-token.js"), "--service", service],
+        { env: full, timeout: 30_000 },
+      );
+      return stdout.trim();
+    },
+  };
+}
+
+/** The built registry with its own database and instance bucket, seeded from deploy/config. */
+export async function startRegistryProcess(opts: {
+  jwksUrl: string;
+  env?: NodeJS.ProcessEnv;
+}): Promise<MeshProcess> {
+  const port = await freePort();
+  const proc = new ServerProcess(
+    "registry",
+    process.execPath,
+    [join(repoRoot, "services/registry/dist/src/main.js")],
+    {
+      ...process.env,
+      LOG_LEVEL: "info",
+      REGISTRY_ADDR: `127.0.0.1:${port}`,
+      METRICS_PORT: "0",
+      JWKS_URL: opts.jwksUrl,
+      NATS_URL: natsUrl(),
+      MONGODB_URL: mongoUrl(),
+      MONGODB_DB: uniqueName("registry"),
+      INSTANCE_BUCKET: uniqueName("instances"),
+      REGISTRY_SEED_DIR: join(repoRoot, "deploy/config"),
+      ...opts.env,
+    },
+  );
+  await proc.waitForLine(/registry listening/, 90_000);
+  return handle(proc, `127.0.0.1:${port}`);
+}
+
+export interface ModelProxyProcessOptions {
+  jwksUrl: string;
+  authAddress: string;
+  registryAddress: string;
+  /** The simulator's base URL (".../v1"); the `simulator` deployment. */
+  simulatorUrl?: string;
+  /** Shared by replicas that must see each other (default: fresh names per process). */
+  buckets?: { rateLimit?: string; spend?: string; cache?: string };
+  /** The ledger database (replicas share one; default a fresh name). */
+  database?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** The built model-proxy, talking to the given auth, registry and simulator. */
+export async function startModelProxyProcess(opts: ModelProxyProcessOptions): Promise<MeshProcess> {
+  const port = await freePort();
+  const proc = new ServerProcess(
+    "model-proxy",
+    process.execPath,
+    [join(repoRoot, "services/model-proxy/dist/src/main.js")],
+    {
+      ...process.env,
+      LOG_LEVEL: "info",
+      MODEL_PROXY_ADDR: `127.0.0.1:${port}`,
+      METRICS_PORT: "0",
+      JWKS_URL: opts.jwksUrl,
+      AUTH_ADDR: opts.authAddress,
+      REGISTRY_ADDR: opts.registryAddress,
+      NATS_URL: natsUrl(),
+      MONGODB_URL: mongoUrl(),
+      MONGODB_DB: opts.database ?? uniqueName("modelproxy"),
+      RATE_LIMIT_BUCKET: opts.buckets?.rateLimit ?? uniqueName("limits"),
+      SPEND_BUCKET: opts.buckets?.spend ?? uniqueName("spend"),
+      CACHE_BUCKET: opts.buckets?.cache ?? uniqueName("cache"),
+      ...(opts.simulatorUrl !== undefined ? { LLM_SIM_URL: opts.simulatorUrl } : {}),
+      ...opts.env,
+    },
+  );
+  await proc.waitForLine(/model-proxy listening/, 90_000);
+  return handle(proc, `127.0.0.1:${port}`);
+}
