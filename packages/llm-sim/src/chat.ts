@@ -221,3 +221,28 @@ export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAns
     hash,
   };
 }
+
+/**
+ * Cuts the answer before the first stop sequence it contains (Anthropic `stop_sequences`,
+ * Gemini `stopSequences`), as a model would stop there.
+ */
+export function applyStopSequences(
+  ans: ChatAnswer,
+  stops: readonly string[],
+): { ans: ChatAnswer; stopSequence: string | null } {
+  const text = ans.pieces.join("");
+  let at = -1;
+  let which: string | null = null;
+  for (const s of stops) {
+    const i = s === "" ? -1 : text.indexOf(s);
+    if (i >= 0 && (at < 0 || i < at)) {
+      at = i;
+      which = s;
+    }
+  }
+  if (which === null) return { ans, stopSequence: null };
+  return {
+    ans: { ...ans, pieces: tokenPieces(text.slice(0, at)), finishReason: "stop" },
+    stopSequence: which,
+  };
+}

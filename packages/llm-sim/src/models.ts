@@ -11,15 +11,23 @@ export interface ModelProfile {
   ttftMs: number;
   /** Token output rate; 0 means as fast as possible. */
   tokensPerSecond: number;
-  /** Failure mode applied with probability failRate (see README). */
-  fail?: FailMode;
-  failRate?: number;
+  /**
+   * Failure mode applied with probability failRate (see README). Optional fields accept an
+   * explicit `undefined` so `Simulator.configure(id, { fail: undefined })` clears them.
+   */
+  fail?: FailMode | undefined;
+  failRate?: number | undefined;
+  /**
+   * Fail the first N requests for this model (mode `fail`, default 500), then answer normally.
+   * Counted from server start, or from the `configure()` call that sets it.
+   */
+  failFirst?: number | undefined;
   /** Seconds announced in Retry-After for simulated 429s. */
   retryAfterSec: number;
 }
 
-export type FailMode = "429" | "500" | "503" | "timeout" | "cut";
-export const FAIL_MODES: readonly FailMode[] = ["429", "500", "503", "timeout", "cut"];
+export type FailMode = "401" | "429" | "500" | "503" | "timeout" | "cut";
+export const FAIL_MODES: readonly FailMode[] = ["401", "429", "500", "503", "timeout", "cut"];
 
 const base = { vision: false, latencyMs: 0, ttftMs: 0, tokensPerSecond: 0, retryAfterSec: 1 };
 
@@ -35,6 +43,11 @@ export const DEFAULT_MODELS: Readonly<Record<string, ModelProfile>> = {
   "sim-embed": { ...base, kind: "embedding", latencyMs: 2 },
 };
 
+/** The profile a model id gets when it is not one of the defaults: a plain chat model. */
+export function newModelProfile(defaults: Partial<ModelProfile> | undefined): ModelProfile {
+  return { ...base, kind: "chat", ...defaults };
+}
+
 export function resolveModels(
   overrides: Readonly<Record<string, Partial<ModelProfile>>> | undefined,
   defaults: Partial<ModelProfile> | undefined,
@@ -42,7 +55,7 @@ export function resolveModels(
   const out = new Map<string, ModelProfile>();
   for (const [id, p] of Object.entries(DEFAULT_MODELS)) out.set(id, { ...p, ...defaults });
   for (const [id, p] of Object.entries(overrides ?? {})) {
-    const known = out.get(id) ?? { ...base, kind: "chat" as const, ...defaults };
+    const known = out.get(id) ?? newModelProfile(defaults);
     out.set(id, { ...known, ...p });
   }
   return out;

@@ -55,7 +55,7 @@ async function readEvents(res: Response): Promise<{ events: string[]; error: unk
     error = err;
   }
   const events = text
-    .split("\n\n")
+    .split(/\r?\n\r?\n/)
     .filter((e) => e.startsWith("data: "))
     .map((e) => e.slice("data: ".length));
   return { events, error };
@@ -346,5 +346,127 @@ describe("llm-sim", () => {
     } finally {
       await failing.close();
     }
+  });
+
+  it("control - failFirst fails the first N requests of a model, then it answers", async () => {
+    const s2 = await startSimulator({ models: { "sim-fast": { failFirst: 2, fail: "429" } } });
+    try {
+      const call = (): Promise<Response> =>
+        fetch(`${s2.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(hello) });
+      const first = await call();
+      expect(first.status).toBe(429);
+      expect(first.headers.get("retry-after")).toBe("1");
+      expect((await call()).status).toBe(429);
+      expect((await call()).status).toBe(200);
+      expect((await call()).status).toBe(200);
+      // Other models are not affected.
+      const medium = await fetch(`${s2.url}/v1/chat/completions`, {
+        method: "POST",
+        body: JSON.stringify({ ...hello, model: "sim-medium" }),
+      });
+      expect(medium.status).toBe(200);
+    } finally {
+      await s2.close();
+    }
+  });
+
+  it("control - configure changes a running model (fail, then heal, then failFirst again)", async () => {
+    const s2 = await startSimulator();
+    try {
+      const call = (): Promise<Response> =>
+        fetch(`${s2.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(hello) });
+      expect((await call()).status).toBe(200);
+      s2.configure("sim-fast", { fail: "503" });
+      expect((await call()).status).toBe(503);
+      expect((await call()).status).toBe(503);
+      s2.configure("sim-fast", { fail: undefined });
+      expect((await call()).status).toBe(200);
+      s2.configure("sim-fast", { failFirst: 1 });
+      expect((await call()).status).toBe(500);
+      expect((await call()).status).toBe(200);
+      // An unknown id becomes a chat model.
+      s2.configure("my-model", { latencyMs: 0 });
+      const mine = await fetch(`${s2.url}/v1/chat/completions`, {
+        method: "POST",
+        body: JSON.stringify({ ...hello, model: "my-model" }),
+      });
+      expect(mine.status).toBe(200);
+    } finally {
+      await s2.close();
+    }
+  });
+
+  it("control - requests() counts per model and in total, on every endpoint", async () => {
+    const s2 = await startSimulator();
+    try {
+      const post2 = (path: string, body: unknown): Promise<Response> =>
+        fetch(`${s2.url}${path}`, { method: "POST", body: JSON.stringify(body) });
+      await post2("/v1/chat/completions", hello);
+      await post2("/v1/chat/completions", { ...hello, model: "nope" });
+      await post2("/v1/embeddings", { model: "sim-embed", input: "x" });
+      await post2("/v1/messages", { ...hello, max_tokens: 5 });
+      await post2("/v1beta/models/sim-fast:generateContent", {
+        contents: [{ parts: [{ text: "x" }] }],
+      });
+      await post2("/v1beta/models/sim-embed:embedContent", { content: { parts: [{ text: "x" }] } });
+      await fetch(`${s2.url}/v1/models`);
+      await fetch(`${s2.url}/nowhere`);
+      expect(s2.requests("sim-fast")).toBe(3);
+      expect(s2.requests("sim-embed")).toBe(2);
+      expect(s2.requests("nope")).toBe(1);
+      expect(s2.requests("sim-medium")).toBe(0);
+      expect(s2.requests()).toBe(8);
+    } finally {
+      await s2.close();
+    }
+  });
+
+  it("dialects - each API gets its own error shape; latency applies to all", async () => {
+    const anthropic = await post(
+      "/v1/messages",
+      { ...hello, max_tokens: 5 },
+      {
+        "x-sim-fail": "429",
+        "x-sim-retry-after": "2",
+      },
+    );
+    expect(anthropic.status).toBe(429);
+    expect(anthropic.headers.get("retry-after")).toBe("2");
+    expect(await anthropic.json()).toEqual({
+      type: "error",
+      error: { type: "rate_limit_error", message: "Rate limit reached for requests (simulated)." },
+    });
+    const google = await post(
+      "/v1beta/models/sim-fast:generateContent",
+      { contents: [{ parts: [{ text: "x" }] }] },
+      { "x-sim-fail": "503" },
+    );
+    expect(google.status).toBe(503);
+    expect(await google.json()).toEqual({
+      error: {
+        code: 503,
+        message: "The engine is currently overloaded, please try again later (simulated).",
+        status: "UNAVAILABLE",
+      },
+    });
+    const noMethod = await post("/v1beta/models/sim-fast:countEverything", {});
+    expect(noMethod.status).toBe(404);
+    expect(((await noMethod.json()) as { error: { status: string } }).error.status).toBe(
+      "NOT_FOUND",
+    );
+    const start = performance.now();
+    const slow = await post(
+      "/v1beta/models/sim-fast:streamGenerateContent?alt=sse",
+      { contents: [{ parts: [{ text: "x" }] }] },
+      { "x-sim-latency-ms": "200" },
+    );
+    const { events } = await readEvents(slow);
+    expect(performance.now() - start).toBeGreaterThanOrEqual(195);
+    const last = JSON.parse(events[events.length - 1]!) as {
+      candidates: Array<{ finishReason: string }>;
+      usageMetadata: { totalTokenCount: number };
+    };
+    expect(last.candidates[0]!.finishReason).toBe("STOP");
+    expect(last.usageMetadata.totalTokenCount).toBeGreaterThan(0);
   });
 });

@@ -1,11 +1,25 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { answer, parseChatRequest } from "./chat.js";
+import { anthropicStopReason, parseAnthropicRequest } from "./anthropic.js";
+import { answer, applyStopSequences, parseChatRequest, type ChatAnswer } from "./chat.js";
 import { DEFAULT_DIMENSIONS, embed, toBase64 } from "./embeddings.js";
-import { invalid, SimError } from "./errors.js";
+import { errorBody, invalid, SimError, type Dialect } from "./errors.js";
+import {
+  embedDimensions,
+  embedText,
+  googleInvalid,
+  imageSize,
+  parseGeminiRequest,
+} from "./gemini.js";
 import { stableHash, unitInterval } from "./hash.js";
-import { FAIL_MODES, resolveModels, type FailMode, type ModelProfile } from "./models.js";
+import {
+  FAIL_MODES,
+  newModelProfile,
+  resolveModels,
+  type FailMode,
+  type ModelProfile,
+} from "./models.js";
 import { solidPng } from "./png.js";
 import { countTokens } from "./tokenizer.js";
 
@@ -27,6 +41,17 @@ export interface SimulatorOptions {
 export interface Simulator {
   url: string;
   port: number;
+  /**
+   * Changes a model's profile while the server runs (merged over its current profile; an
+   * unknown id adds a chat model). `{ fail: undefined }` clears a failure; setting `failFirst`
+   * restarts its count, so `configure(id, { failFirst: 2 })` makes the next 2 requests fail.
+   */
+  configure(modelId: string, profile: Partial<ModelProfile>): void;
+  /**
+   * Requests received so far, on every endpoint: for one model id (as the request named it,
+   * known or not), or in total (every request, including bad and unknown URLs).
+   */
+  requests(model?: string): number;
   close(): Promise<void>;
 }
 
@@ -37,6 +62,19 @@ interface Conditions {
   tokensPerSecond: number;
   fail: FailMode | undefined;
   retryAfterSec: number;
+  /** The key the request carried (any provider's header), echoed by the 401 failure. */
+  apiKey: string;
+}
+
+function apiKeyOf(req: IncomingMessage): string {
+  const auth = header(req, "authorization");
+  if (auth?.toLowerCase().startsWith("bearer ")) return auth.slice(7).trim();
+  return (
+    header(req, "x-api-key") ??
+    header(req, "x-goog-api-key") ??
+    new URL(req.url ?? "/", "http://sim").searchParams.get("key") ??
+    ""
+  );
 }
 
 function header(req: IncomingMessage, name: string): string | undefined {
@@ -63,7 +101,16 @@ function numberHeader(
   return v;
 }
 
-function conditions(req: IncomingMessage, profile: ModelProfile | undefined): Conditions {
+/**
+ * The request's conditions. `failFirst` is a countdown owned by the server: `takeFailFirst` says
+ * whether this request is one of the first N (it is asked only when no x-sim-fail* header
+ * decides the outcome).
+ */
+function conditions(
+  req: IncomingMessage,
+  profile: ModelProfile | undefined,
+  takeFailFirst: () => boolean = () => false,
+): Conditions {
   const p = profile ?? { latencyMs: 0, ttftMs: 0, tokensPerSecond: 0, retryAfterSec: 1 };
   const failHeader = header(req, "x-sim-fail");
   if (failHeader !== undefined && !FAIL_MODES.includes(failHeader as FailMode)) {
@@ -75,11 +122,15 @@ function conditions(req: IncomingMessage, profile: ModelProfile | undefined): Co
   }
   const failMode = (failHeader as FailMode | undefined) ?? profile?.fail;
   const headerRate = numberHeader(req, "x-sim-fail-rate", 0, 1);
-  // A header mode without a rate always fails; a rate without a mode fails with 500.
-  const rate =
-    headerRate ?? (failHeader !== undefined ? 1 : (profile?.failRate ?? (failMode ? 1 : 0)));
+  // A header mode without a rate always fails; a rate without a mode fails with 500. A profile
+  // with failFirst uses `fail` as the mode of those first failures only.
+  const profileRate =
+    profile?.failRate ?? (failMode !== undefined && profile?.failFirst === undefined ? 1 : 0);
+  const rate = headerRate ?? (failHeader !== undefined ? 1 : profileRate);
   let fail: FailMode | undefined;
-  if (rate > 0) {
+  if (headerRate === undefined && failHeader === undefined && takeFailFirst()) {
+    fail = failMode ?? "500";
+  } else if (rate > 0) {
     const requestId = header(req, "x-request-id");
     const draw = requestId !== undefined ? unitInterval(requestId) : Math.random();
     if (draw < rate) fail = failMode ?? "500";
@@ -90,6 +141,7 @@ function conditions(req: IncomingMessage, profile: ModelProfile | undefined): Co
     tokensPerSecond: numberHeader(req, "x-sim-tokens-per-second", 0, 1e9) ?? p.tokensPerSecond,
     retryAfterSec: numberHeader(req, "x-sim-retry-after", 0, 86_400) ?? p.retryAfterSec,
     fail,
+    apiKey: apiKeyOf(req),
   };
 }
 
@@ -158,6 +210,15 @@ async function applyFailure(
   signal: AbortSignal,
 ): Promise<"handled" | "cut" | undefined> {
   switch (c.fail) {
+    case "401":
+      // Echoes the key as some providers do, so a client can prove it never repeats it.
+      throw new SimError(
+        401,
+        `Incorrect API key provided: ${c.apiKey}. (simulated)`,
+        "invalid_request_error",
+        null,
+        "invalid_api_key",
+      );
     case "429":
       throw Object.assign(
         new SimError(
@@ -199,15 +260,62 @@ async function applyFailure(
 export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> {
   const models = resolveModels(opts.models, opts.defaults);
   const closing = new AbortController();
+  let total = 0;
+  const perModel = new Map<string, number>();
+  // Failures still owed by failFirst, per model.
+  const failFirstLeft = new Map<string, number>();
+  for (const [id, p] of models) if (p.failFirst !== undefined) failFirstLeft.set(id, p.failFirst);
+
+  function configure(modelId: string, profile: Partial<ModelProfile>): void {
+    const current = models.get(modelId) ?? newModelProfile(opts.defaults);
+    models.set(modelId, { ...current, ...profile });
+    if ("failFirst" in profile) failFirstLeft.set(modelId, profile.failFirst ?? 0);
+  }
+
+  function countModel(model: unknown): void {
+    if (typeof model === "string" && model !== "") {
+      perModel.set(model, (perModel.get(model) ?? 0) + 1);
+    }
+  }
+
+  function conditionsFor(
+    req: IncomingMessage,
+    modelId: string,
+    profile: ModelProfile | undefined,
+  ): Conditions {
+    return conditions(req, profile, () => {
+      const left = failFirstLeft.get(modelId) ?? 0;
+      if (left <= 0) return false;
+      failFirstLeft.set(modelId, left - 1);
+      return true;
+    });
+  }
 
   async function handle(
     req: IncomingMessage,
     res: ServerResponse,
     signal: AbortSignal,
+    ctx: { dialect: Dialect },
   ): Promise<void> {
     const url = new URL(req.url ?? "/", "http://sim");
-    const route = `${req.method ?? "GET"} ${url.pathname.replace(/\/+$/, "")}`;
+    const path = url.pathname.replace(/\/+$/, "");
+    const route = `${req.method ?? "GET"} ${path}`;
+    if (path.startsWith("/v1beta/")) {
+      ctx.dialect = "google";
+      const g = /^POST \/v1beta\/models\/([^/:]+):([A-Za-z]+)$/.exec(route);
+      if (g?.[1] !== undefined && g[2] !== undefined) {
+        return gemini(req, res, signal, decodeURIComponent(g[1]), g[2], url);
+      }
+      throw new SimError(
+        404,
+        `Method not found: ${req.method ?? "GET"} ${url.pathname}`,
+        "not_found",
+      );
+    }
     switch (route) {
+      case "POST /v1/messages":
+        ctx.dialect = "anthropic";
+        return anthropicMessages(req, res, signal);
       case "GET /v1/models":
         return listModels(req, res, signal);
       case "POST /v1/chat/completions":
@@ -253,8 +361,9 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     signal: AbortSignal,
   ): Promise<void> {
     const body = await readJson(req);
+    countModel((body as Record<string, unknown> | null)?.["model"]);
     const { req: chatReq, profile } = parseChatRequest(body, models);
-    const c = conditions(req, profile);
+    const c = conditionsFor(req, chatReq.model, profile);
     const ans = answer(body as Record<string, unknown>, chatReq);
     await sleep(c.latencyMs, signal);
     const failure = await applyFailure(c, res, signal);
@@ -320,26 +429,10 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       res.write(`data: ${JSON.stringify(chunk)}\n\n`);
     };
     send({ role: "assistant", content: "", refusal: null }, null);
-    await sleep(c.ttftMs, signal);
-    // Chunks of 1 to 3 tokens, sizes fixed by the answer's hash so a stream replays identically.
-    const sizes = ans.hash.split("").map((ch) => (parseInt(ch, 16) % 3) + 1);
-    const cutAt = failure === "cut" ? Math.max(1, Math.floor(ans.pieces.length / 2)) : Infinity;
-    let i = 0;
-    for (let k = 0; i < ans.pieces.length; k++) {
-      if (signal.aborted) return;
-      const size = sizes[k % sizes.length] ?? 1;
-      const piece = ans.pieces.slice(i, i + size);
-      if (k > 0) await sleep(delayPerToken * piece.length, signal);
-      send({ content: piece.join("") }, null);
-      i += piece.length;
-      if (i >= cutAt) {
-        // Let the bytes reach the client, then drop the connection with no finish and no [DONE].
-        await sleep(10, signal);
-        res.destroy();
-        return;
-      }
-    }
-    if (signal.aborted) return;
+    const completed = await streamPieces(ans, c, failure === "cut", res, signal, (text) =>
+      send({ content: text }, null),
+    );
+    if (!completed) return;
     send({}, ans.finishReason);
     if (chatReq.includeUsage) {
       res.write(
@@ -355,6 +448,320 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       );
     }
     res.end("data: [DONE]\n\n");
+  }
+
+  /** The parts every chat dialect shares: conditions, failure, latency; undefined = handled. */
+  async function prepareChat(
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+    openaiBody: Record<string, unknown>,
+    stream: boolean,
+    stopSequences: readonly string[],
+  ): Promise<
+    | { ans: ChatAnswer; stopSequence: string | null; c: Conditions; cut: boolean; model: string }
+    | undefined
+  > {
+    const { req: chatReq, profile } = parseChatRequest({ ...openaiBody, stream }, models);
+    const c = conditionsFor(req, chatReq.model, profile);
+    const stopped = applyStopSequences(answer(openaiBody, chatReq), stopSequences);
+    await sleep(c.latencyMs, signal);
+    const failure = await applyFailure(c, res, signal);
+    if (failure === "handled" || signal.aborted) return undefined;
+    return { ...stopped, c, cut: failure === "cut", model: chatReq.model };
+  }
+
+  async function anthropicMessages(
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const body = await readJson(req);
+    countModel((body as Record<string, unknown> | null)?.["model"]);
+    const a = parseAnthropicRequest(body);
+    const p = await prepareChat(req, res, signal, a.openai, a.stream, a.stopSequences);
+    if (!p) return;
+    const { ans, c } = p;
+    const id = `msg_sim${ans.hash}`;
+    const tool =
+      a.forcedTool !== undefined
+        ? { type: "tool_use", id: `toolu_sim${ans.hash}`, name: a.forcedTool, input: {} }
+        : undefined;
+    const outputTokens = tool ? countTokens(JSON.stringify(tool)) : ans.pieces.length;
+    const stopReason = tool
+      ? "tool_use"
+      : anthropicStopReason(p.stopSequence !== null ? "stop_sequence" : ans.finishReason);
+    const headers = { "request-id": `req_sim${ans.hash}` };
+
+    if (!a.stream) {
+      if (p.cut)
+        return cutBody(
+          res,
+          `{"id":"${id}","type":"message","content":[{"type":"text","text":"`,
+          signal,
+        );
+      await sleep(c.ttftMs + perToken(c) * outputTokens, signal);
+      if (signal.aborted) return;
+      sendJson(
+        res,
+        200,
+        {
+          id,
+          type: "message",
+          role: "assistant",
+          model: p.model,
+          content: tool ? [tool] : [{ type: "text", text: ans.pieces.join("") }],
+          stop_reason: stopReason,
+          stop_sequence: p.stopSequence,
+          usage: { input_tokens: ans.promptTokens, output_tokens: outputTokens },
+        },
+        headers,
+      );
+      return;
+    }
+
+    startSse(res, headers);
+    const event = (type: string, data: Record<string, unknown>): void => {
+      res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
+    };
+    event("message_start", {
+      message: {
+        id,
+        type: "message",
+        role: "assistant",
+        model: p.model,
+        content: [],
+        stop_reason: null,
+        stop_sequence: null,
+        usage: { input_tokens: ans.promptTokens, output_tokens: 1 },
+      },
+    });
+    if (tool) {
+      event("content_block_start", { index: 0, content_block: { ...tool, input: {} } });
+      event("ping", {});
+      await sleep(c.ttftMs, signal);
+      if (p.cut) return cutStream(res, signal);
+      event("content_block_delta", {
+        index: 0,
+        delta: { type: "input_json_delta", partial_json: "{}" },
+      });
+    } else {
+      event("content_block_start", { index: 0, content_block: { type: "text", text: "" } });
+      event("ping", {});
+      const completed = await streamPieces(ans, c, p.cut, res, signal, (text) =>
+        event("content_block_delta", { index: 0, delta: { type: "text_delta", text } }),
+      );
+      if (!completed) return;
+    }
+    event("content_block_stop", { index: 0 });
+    event("message_delta", {
+      delta: { stop_reason: stopReason, stop_sequence: p.stopSequence },
+      usage: { output_tokens: outputTokens },
+    });
+    event("message_stop", {});
+    res.end();
+  }
+
+  async function gemini(
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+    model: string,
+    method: string,
+    url: URL,
+  ): Promise<void> {
+    const known = [
+      "generateContent",
+      "streamGenerateContent",
+      "embedContent",
+      "batchEmbedContents",
+    ];
+    if (!known.includes(method)) {
+      throw new SimError(404, `Method not found: models/${model}:${method}`, "not_found");
+    }
+    countModel(model);
+    const body = await readJson(req);
+    const profile = models.get(model);
+    if (!profile) {
+      throw new SimError(
+        404,
+        `models/${model} is not found for API version v1beta, or is not supported for ${method}.`,
+        "not_found",
+      );
+    }
+    if (method === "embedContent" || method === "batchEmbedContents") {
+      return geminiEmbed(req, res, signal, model, profile, method, body);
+    }
+    const g = parseGeminiRequest(model, body);
+    const stream = method === "streamGenerateContent";
+    if (profile.kind === "image") {
+      if (stream) throw googleInvalid(`models/${model} does not support streaming.`);
+      return geminiImage(req, res, signal, model, profile, g.openai, g.aspectRatio);
+    }
+    if (profile.kind !== "chat") {
+      throw googleInvalid(`models/${model} does not support generateContent.`);
+    }
+    const p = await prepareChat(req, res, signal, g.openai, stream, g.stopSequences);
+    if (!p) return;
+    const { ans, c } = p;
+    const responseId = `sim${ans.hash}`;
+    const call =
+      g.forcedTool !== undefined ? { functionCall: { name: g.forcedTool, args: {} } } : undefined;
+    const outputTokens = call ? countTokens(JSON.stringify(call)) : ans.pieces.length;
+    const usageMetadata = {
+      promptTokenCount: ans.promptTokens,
+      candidatesTokenCount: outputTokens,
+      totalTokenCount: ans.promptTokens + outputTokens,
+    };
+    const finishReason = ans.finishReason === "length" && !call ? "MAX_TOKENS" : "STOP";
+    const chunk = (parts: unknown[], last: boolean): Record<string, unknown> => ({
+      candidates: [
+        {
+          content: { role: "model", parts },
+          ...(last ? { finishReason } : {}),
+          index: 0,
+        },
+      ],
+      ...(last ? { usageMetadata } : {}),
+      modelVersion: model,
+      responseId,
+    });
+
+    if (!stream) {
+      if (p.cut) return cutBody(res, `{"candidates":[{"content":{"parts":[{"text":"`, signal);
+      await sleep(c.ttftMs + perToken(c) * outputTokens, signal);
+      if (signal.aborted) return;
+      sendJson(res, 200, chunk(call ? [call] : [{ text: ans.pieces.join("") }], true));
+      return;
+    }
+    // Without alt=sse Gemini streams one JSON array; the simulator sends it whole at the end.
+    const sse = url.searchParams.get("alt") === "sse";
+    const chunks: unknown[] = [];
+    const emit = (parts: unknown[], last: boolean): void => {
+      if (sse) res.write(`data: ${JSON.stringify(chunk(parts, last))}\r\n\r\n`);
+      else chunks.push(chunk(parts, last));
+    };
+    if (sse) startSse(res, {});
+    if (call) {
+      await sleep(c.ttftMs, signal);
+      if (p.cut) return cutStream(res, signal);
+    } else {
+      const completed = await streamPieces(ans, c, p.cut, res, signal, (text) =>
+        emit([{ text }], false),
+      );
+      if (!completed) return;
+    }
+    emit(call ? [call] : [{ text: "" }], true);
+    if (sse) res.end();
+    else sendJson(res, 200, chunks);
+  }
+
+  async function geminiEmbed(
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+    model: string,
+    profile: ModelProfile,
+    method: string,
+    body: unknown,
+  ): Promise<void> {
+    if (profile.kind !== "embedding") {
+      throw googleInvalid(`models/${model} does not support ${method}.`);
+    }
+    let requests: unknown[];
+    if (method === "embedContent") {
+      requests = [body];
+    } else {
+      const r = (body as Record<string, unknown> | null)?.["requests"];
+      if (!Array.isArray(r) || r.length === 0) {
+        throw googleInvalid("* BatchEmbedContentsRequest.requests: requests is not specified");
+      }
+      r.forEach((one, i) => {
+        const m = (one as Record<string, unknown> | null)?.["model"];
+        if (m !== undefined && m !== `models/${model}`) {
+          throw googleInvalid(
+            `* BatchEmbedContentsRequest.requests[${i}].model: the model must be models/${model}, as in the URL.`,
+          );
+        }
+      });
+      requests = r;
+    }
+    const vectors = requests.map((one, i) => {
+      const path =
+        method === "embedContent"
+          ? "EmbedContentRequest"
+          : `BatchEmbedContentsRequest.requests[${i}]`;
+      return embed(embedText(one, path), embedDimensions(one, path) ?? DEFAULT_DIMENSIONS);
+    });
+    const c = conditionsFor(req, model, profile);
+    await sleep(c.latencyMs, signal);
+    const failure = await applyFailure(c, res, signal);
+    if (failure === "handled" || signal.aborted) return;
+    if (failure === "cut") return cutBody(res, '{"embeddings":[{"values":[', signal);
+    await sleep(c.ttftMs, signal);
+    if (signal.aborted) return;
+    sendJson(
+      res,
+      200,
+      method === "embedContent"
+        ? { embedding: { values: vectors[0] } }
+        : { embeddings: vectors.map((values) => ({ values })) },
+    );
+  }
+
+  async function geminiImage(
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+    model: string,
+    profile: ModelProfile,
+    openaiBody: Record<string, unknown>,
+    aspectRatio: string | undefined,
+  ): Promise<void> {
+    const messages = openaiBody["messages"] as Array<Record<string, unknown>>;
+    const last = [...messages].reverse().find((m) => m["role"] === "user");
+    const content = last?.["content"];
+    const prompt = typeof content === "string" ? content : "";
+    if (prompt.trim() === "") throw googleInvalid("The image prompt must contain text.");
+    const [width, height] = imageSize(aspectRatio);
+    const c = conditionsFor(req, model, profile);
+    await sleep(c.latencyMs, signal);
+    const failure = await applyFailure(c, res, signal);
+    if (failure === "handled" || signal.aborted) return;
+    if (failure === "cut") return cutBody(res, '{"candidates":[{"content":{"parts":[', signal);
+    const h = stableHash({ model, prompt, size: `${width}x${height}`, i: 0 });
+    const rgb: [number, number, number] = [
+      parseInt(h.slice(0, 2), 16),
+      parseInt(h.slice(2, 4), 16),
+      parseInt(h.slice(4, 6), 16),
+    ];
+    const promptTokens = countTokens(prompt);
+    sendJson(res, 200, {
+      candidates: [
+        {
+          content: {
+            role: "model",
+            parts: [
+              {
+                inlineData: {
+                  mimeType: "image/png",
+                  data: solidPng(width, height, rgb).toString("base64"),
+                },
+              },
+            ],
+          },
+          finishReason: "STOP",
+          index: 0,
+        },
+      ],
+      usageMetadata: {
+        promptTokenCount: promptTokens,
+        candidatesTokenCount: IMAGE_OUTPUT_TOKENS,
+        totalTokenCount: promptTokens + IMAGE_OUTPUT_TOKENS,
+      },
+      modelVersion: model,
+      responseId: `sim${h.slice(0, 12)}`,
+    });
   }
 
   async function embeddings(
@@ -380,6 +787,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         "model_not_supported",
       );
     }
+    countModel(model);
     const inputs = embeddingInputs(b["input"]);
     const dims = b["dimensions"];
     if (
@@ -400,7 +808,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         "invalid_value",
       );
     }
-    const c = conditions(req, profile);
+    const c = conditionsFor(req, model, profile);
     await sleep(c.latencyMs, signal);
     const failure = await applyFailure(c, res, signal);
     if (failure === "handled" || signal.aborted) return;
@@ -446,6 +854,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     const model = b["model"] ?? "sim-image";
     if (typeof model !== "string")
       throw invalid("Invalid type for 'model': expected a string.", "model", "invalid_type");
+    countModel(model);
     const profile = models.get(model);
     if (!profile) throw modelNotFound(model);
     if (profile.kind !== "image") {
@@ -478,7 +887,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         "invalid_value",
       );
     }
-    const c = conditions(req, profile);
+    const c = conditionsFor(req, model, profile);
     await sleep(c.latencyMs, signal);
     const failure = await applyFailure(c, res, signal);
     if (failure === "handled" || signal.aborted) return;
@@ -513,12 +922,14 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     res.on("close", () => closing.signal.removeEventListener("abort", abort));
     const requestId = header(req, "x-request-id") ?? randomUUID();
     res.setHeader("x-request-id", requestId);
-    handle(req, res, ac.signal).catch((err: unknown) => {
+    total++;
+    const ctx: { dialect: Dialect } = { dialect: "openai" };
+    handle(req, res, ac.signal, ctx).catch((err: unknown) => {
       if (res.headersSent || res.destroyed) {
         res.destroy();
         return;
       }
-      // Only OpenAI-shaped messages reach the client; anything unexpected is a bare 500.
+      // Only the API's own error shape reaches the client; anything unexpected is a bare 500.
       const e =
         err instanceof SimError
           ? err
@@ -530,7 +941,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       const headers: Record<string, string> = {};
       const retry = (err as { retryAfterSec?: number }).retryAfterSec;
       if (e.status === 429 && retry !== undefined) headers["retry-after"] = String(retry);
-      sendJson(res, e.status, e.body(), headers);
+      if (ctx.dialect === "anthropic") headers["request-id"] = `req_sim${requestId}`;
+      sendJson(res, e.status, errorBody(e, ctx.dialect, retry), headers);
     });
   });
 
@@ -543,6 +955,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       resolve({
         url: `http://${host}:${port}`,
         port,
+        configure,
+        requests: (model?: string) => (model === undefined ? total : (perModel.get(model) ?? 0)),
         close: () =>
           new Promise<void>((done, fail) => {
             closing.abort();
@@ -552,6 +966,75 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       });
     });
   });
+}
+
+/** Tokens Gemini bills for one generated image (its published figure for 1024x1024). */
+const IMAGE_OUTPUT_TOKENS = 1290;
+
+function perToken(c: Conditions): number {
+  return c.tokensPerSecond > 0 ? 1000 / c.tokensPerSecond : 0;
+}
+
+function startSse(res: ServerResponse, headers: Record<string, string>): void {
+  res.writeHead(200, {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    connection: "keep-alive",
+    ...headers,
+  });
+  res.flushHeaders();
+}
+
+/** Headers and the start of a JSON body, then the connection drops (the unary `cut`). */
+async function cutBody(res: ServerResponse, prefix: string, signal: AbortSignal): Promise<void> {
+  res.writeHead(200, { "content-type": "application/json" });
+  res.write(prefix);
+  await sleep(10, signal);
+  res.destroy();
+}
+
+/** Lets what was written reach the client, then drops the connection with no final event. */
+async function cutStream(res: ServerResponse, signal: AbortSignal): Promise<void> {
+  await sleep(10, signal);
+  res.destroy();
+}
+
+/**
+ * Streams the answer after the time to first token, in chunks of 1 to 3 tokens (sizes fixed by
+ * the answer's hash so a stream replays identically) at the token rate. With `cut`, stops after
+ * half the tokens and drops the connection. True when every piece was sent.
+ */
+async function streamPieces(
+  ans: ChatAnswer,
+  c: Conditions,
+  cut: boolean,
+  res: ServerResponse,
+  signal: AbortSignal,
+  emit: (text: string) => void,
+): Promise<boolean> {
+  await sleep(c.ttftMs, signal);
+  const sizes = ans.hash.split("").map((ch) => (parseInt(ch, 16) % 3) + 1);
+  const cutAt = cut ? Math.max(1, Math.floor(ans.pieces.length / 2)) : Infinity;
+  const delayPerToken = perToken(c);
+  let i = 0;
+  for (let k = 0; i < ans.pieces.length; k++) {
+    if (signal.aborted) return false;
+    const size = sizes[k % sizes.length] ?? 1;
+    const piece = ans.pieces.slice(i, i + size);
+    if (k > 0) await sleep(delayPerToken * piece.length, signal);
+    emit(piece.join(""));
+    i += piece.length;
+    if (i >= cutAt) {
+      await cutStream(res, signal);
+      return false;
+    }
+  }
+  if (cut) {
+    // Nothing to send (an empty answer): drop before the final event all the same.
+    await cutStream(res, signal);
+    return false;
+  }
+  return !signal.aborted;
 }
 
 function modelNotFound(model: string): SimError {
