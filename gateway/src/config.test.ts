@@ -45,4 +45,16 @@ describe("gateway config", () => {
     const c = loadGatewayConfig({ ...base, REGISTRY_ADDR: "127.0.0.1:50052" });
     expect(configuredUpstreams(c).map((u) => u.name)).toEqual(["registry"]);
   });
+
+  it("upstreams - MODEL_PROXY_ADDR routes ModelProxyService; a bad address is named", () => {
+    const c = loadGatewayConfig({ ...base, MODEL_PROXY_ADDR: "127.0.0.1:50055" });
+    const upstreams = configuredUpstreams(c);
+    expect(upstreams.map((u) => u.name)).toEqual(["model-proxy"]);
+    expect(upstreams[0]?.services.map((s) => s.typeName)).toEqual([
+      "ensemble.modelproxy.v1.ModelProxyService",
+    ]);
+    expect(() => loadGatewayConfig({ ...base, MODEL_PROXY_ADDR: "nope" })).toThrow(
+      /MODEL_PROXY_ADDR/,
+    );
+  });
 });

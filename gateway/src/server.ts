@@ -35,11 +35,14 @@ import {
   GetJwksResponseSchema,
   Health,
   HealthCheckResponse_ServingStatus as ServingStatus,
+  ModelProxyService,
+  RegistryService,
 } from "@ensemble/proto";
 import { Authenticator, scopeAllows, ServiceTokenSource, type AuthApi } from "./authn.js";
 import { renderDocs } from "./docs.js";
 import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
 import { listenDual, type Listener } from "./listen.js";
+import { createOpenAiApi } from "./openai/handler.js";
 import type { RateLimiter } from "./rate-limit.js";
 import type { Upstream } from "./services.js";
 
@@ -90,6 +93,17 @@ const CORS_ALLOW_HEADERS = [
   "x-user-agent",
   "x-api-key",
   "x-request-id",
+  // What the openai SDKs send from a browser (/v1/*).
+  "openai-organization",
+  "openai-project",
+  "x-stainless-arch",
+  "x-stainless-lang",
+  "x-stainless-os",
+  "x-stainless-package-version",
+  "x-stainless-retry-count",
+  "x-stainless-runtime",
+  "x-stainless-runtime-version",
+  "x-stainless-timeout",
 ].join(", ");
 const CORS_EXPOSE_HEADERS = [
   "grpc-status",
@@ -98,6 +112,7 @@ const CORS_EXPOSE_HEADERS = [
   "x-request-id",
   "retry-after",
   "retry-after-ms",
+  "x-should-retry",
 ].join(", ");
 
 export function build(deps: GatewayDeps): Gateway {
@@ -300,6 +315,22 @@ export function build(deps: GatewayDeps): Gateway {
       sendJson(res, 404, { code: "unimplemented", message: "no such method" }),
   });
 
+  // The OpenAI-compatible API (/v1/*) on the same clients, authenticator and rate limiter.
+  const clientOf = (service: DescService): GrpcClient<DescService> | undefined =>
+    clients.find((c) => c.service.typeName === service.typeName)?.client;
+  const openai = createOpenAiApi({
+    logger,
+    metrics,
+    authenticator,
+    rateLimiter: deps.rateLimiter,
+    modelProxy: clientOf(ModelProxyService) as GrpcClient<typeof ModelProxyService> | undefined,
+    registry: clientOf(RegistryService) as GrpcClient<typeof RegistryService> | undefined,
+    maxBodyBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
+    maxTimeoutMs: deps.maxTimeoutMs ?? 300_000,
+    shutdownSignal: shutdownController.signal,
+    clientAddress: (req) => forwardedFor(req, deps.behindTls === true),
+  });
+
   // --- operational endpoints ---------------------------------------------------------------
 
   let docsHtml: string | undefined;
@@ -446,6 +477,10 @@ export function build(deps: GatewayDeps): Gateway {
     }
 
     const path = (req.url ?? "/").split("?")[0] ?? "/";
+    if (path.startsWith("/v1/")) {
+      openai.handle(req, res, path);
+      return;
+    }
     if (req.method === "GET" && !path.startsWith("/ensemble.") && !path.startsWith("/grpc.")) {
       endpoint(path, res).then(
         (handled) => {

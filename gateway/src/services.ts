@@ -1,7 +1,7 @@
 // The services the gateway exposes: one row each. A service is routed when its address is
 // configured; adding a service to the gateway is adding a row here (and its <NAME>_ADDR).
 import type { DescService } from "@bufbuild/protobuf";
-import { AuthService, RegistryService } from "@ensemble/proto";
+import { AuthService, ModelProxyService, RegistryService } from "@ensemble/proto";
 
 export interface Upstream {
   /** Short name: metrics target, /health and /info keys. */
@@ -22,6 +22,7 @@ export interface UpstreamRow {
 export const UPSTREAMS: readonly UpstreamRow[] = [
   { name: "auth", services: [AuthService], addrVar: "AUTH_ADDR" },
   { name: "registry", services: [RegistryService], addrVar: "REGISTRY_ADDR" },
+  { name: "model-proxy", services: [ModelProxyService], addrVar: "MODEL_PROXY_ADDR" },
 ];
 
 /** The rows whose address is set in `env`. */

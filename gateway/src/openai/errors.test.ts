@@ -1,0 +1,84 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { captureLogs } from "@ensemble/testkit";
+import { describe, expect, it } from "vitest";
+import { toOpenAiError } from "./errors.js";
+
+const logs = captureLogs({ level: "warn" });
+const chat = { modelRoute: true, param: (p: string) => p.replace(/^chat\./, "") };
+
+describe("openai errors", () => {
+  it("status - gRPC codes become the HTTP statuses and types OpenAI clients expect", () => {
+    const cases: Array<[Code, number, string, string | null]> = [
+      [Code.InvalidArgument, 400, "invalid_request_error", null],
+      [Code.Unauthenticated, 401, "authentication_error", "invalid_api_key"],
+      [Code.PermissionDenied, 403, "permission_error", "permission_denied"],
+      [Code.NotFound, 404, "invalid_request_error", "model_not_found"],
+      [Code.ResourceExhausted, 429, "requests", "rate_limit_exceeded"],
+      [Code.Unavailable, 503, "server_error", "unavailable"],
+      [Code.DeadlineExceeded, 504, "server_error", "timeout"],
+      [Code.Internal, 500, "server_error", null],
+    ];
+    for (const [code, status, type, errorCode] of cases) {
+      const e = toOpenAiError(new ConnectError("m", code), chat, logs.logger);
+      expect([e.status, e.type, e.code], Code[code]).toEqual([status, type, errorCode]);
+      expect(Object.keys(e.body().error).sort()).toEqual(["code", "message", "param", "type"]);
+    }
+  });
+
+  it("invalid argument - the field path of a contract violation becomes the param", () => {
+    const e = toOpenAiError(
+      new ConnectError(
+        "chat.temperature: value must be less than or equal to 2",
+        Code.InvalidArgument,
+      ),
+      chat,
+      logs.logger,
+    );
+    expect(e.param).toBe("temperature");
+    expect(e.message).toBe("temperature: value must be less than or equal to 2");
+    const viaTrailer = toOpenAiError(
+      new ConnectError("bad", Code.InvalidArgument),
+      {
+        ...chat,
+        trailers: new Headers({ "x-invalid-field": "chat.model" }),
+      },
+      logs.logger,
+    );
+    expect(viaTrailer.param).toBe("model");
+  });
+
+  it("resource exhausted - a rate limit carries Retry-After, a budget says insufficient_quota and not to retry", () => {
+    const limited = toOpenAiError(
+      new ConnectError("slow down", Code.ResourceExhausted),
+      {
+        ...chat,
+        trailers: new Headers({ "retry-after-ms": "1500" }),
+      },
+      logs.logger,
+    );
+    expect(limited.code).toBe("rate_limit_exceeded");
+    expect(limited.headers).toEqual({ "retry-after": "2", "retry-after-ms": "1500" });
+    const budget = toOpenAiError(
+      new ConnectError("monthly budget of the tenant exceeded", Code.ResourceExhausted),
+      chat,
+      logs.logger,
+    );
+    expect([budget.status, budget.type, budget.code]).toEqual([
+      429,
+      "insufficient_quota",
+      "insufficient_quota",
+    ]);
+    expect(budget.headers["x-should-retry"]).toBe("false");
+  });
+
+  it("secrets - upstream details of internal and transport failures never reach the client", () => {
+    const secret = "mongodb://admin:hunter2@10.0.0.5:27017 refused";
+    for (const code of [Code.Internal, Code.Unknown, Code.Unavailable, Code.DataLoss]) {
+      const e = toOpenAiError(new ConnectError(secret, code), chat, logs.logger);
+      expect(JSON.stringify(e.body())).not.toContain("hunter2");
+    }
+    const crash = toOpenAiError(new TypeError(secret), chat, logs.logger);
+    expect(crash.status).toBe(500);
+    expect(crash.message).toBe("internal error");
+  });
+});

@@ -1,0 +1,605 @@
+// The OpenAI-compatible HTTP API on the gateway (/v1/*), so any OpenAI client library can use
+// Ensemble unchanged:
+//   POST /v1/chat/completions   -> ModelProxyService.Chat, or StreamChat as SSE with `stream: true`
+//   POST /v1/embeddings         -> ModelProxyService.Embed
+//   POST /v1/images/generations -> ModelProxyService.GenerateImage
+//   GET  /v1/models[/{id}]      -> RegistryService.ListModels / GetModel
+// Same authentication (access token or API key), API key scopes (models: read; the rest: write),
+// per-caller rate limit, request ids and CORS as the Connect/gRPC routes; the upstream calls carry
+// the caller's token. Every error is in OpenAI's shape (see errors.ts).
+import type http from "node:http";
+import type http2 from "node:http2";
+import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
+import {
+  checkAccess,
+  UnauthenticatedError,
+  PermissionDeniedError,
+  type GrpcClient,
+  type Logger,
+  type Metrics,
+} from "@ensemble/kit";
+import {
+  Access,
+  type Model,
+  type ModelProxyService,
+  type RegistryService,
+  type ServedBy,
+  type StreamChatStart,
+} from "@ensemble/proto";
+import { scopeAllows, type Authenticator, type Caller } from "../authn.js";
+import type { RateLimiter } from "../rate-limit.js";
+import {
+  chatCompletionJson,
+  chatParam,
+  ChunkEncoder,
+  parseChatRequest,
+  type ChatRequestInit,
+} from "./chat.js";
+import { embeddingsJson, embedParam, parseEmbedRequest } from "./embeddings.js";
+import {
+  invalidRequest,
+  OpenAiError,
+  rateLimited,
+  toOpenAiError,
+  type ErrorContext,
+} from "./errors.js";
+import { isObject, type JsonObject } from "./fields.js";
+import { imagesJson, parseImageRequest } from "./images.js";
+import { modelJson, modelListJson } from "./models.js";
+
+type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
+type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+export interface OpenAiApiDeps {
+  logger: Logger;
+  metrics: Metrics;
+  authenticator: Authenticator;
+  rateLimiter: RateLimiter;
+  /** Absent when MODEL_PROXY_ADDR is not configured: those routes answer 503. */
+  modelProxy: GrpcClient<typeof ModelProxyService> | undefined;
+  /** Absent when REGISTRY_ADDR is not configured: /v1/models answers 503. */
+  registry: GrpcClient<typeof RegistryService> | undefined;
+  maxBodyBytes: number;
+  /** Deadline of an upstream call (a client's x-stainless-timeout may shorten it). */
+  maxTimeoutMs: number;
+  /** Aborted when the gateway's drain time is up: open streams end. */
+  shutdownSignal: AbortSignal;
+  /** x-forwarded-for for the upstream. */
+  clientAddress: (req: NodeRequest) => string;
+}
+
+export interface OpenAiApi {
+  /** Serves a request whose path starts with /v1/. */
+  handle(req: NodeRequest, res: NodeResponse, path: string): void;
+}
+
+interface Call {
+  req: NodeRequest;
+  res: NodeResponse;
+  caller: Caller;
+  /** Path parameter ({id} of /v1/models/{id}). */
+  param: string;
+  options: CallOptions;
+  /** Upstream trailers (x-invalid-field, retry-after-ms), for the error mapping. */
+  trailers: Headers | undefined;
+  /** Set when a stream failed after its first byte (the status was already 200). */
+  streamError?: OpenAiError;
+  /** The JSON body (POST routes). */
+  body: JsonObject;
+}
+
+interface Route {
+  /** Metrics and log name, e.g. "POST /v1/chat/completions". */
+  name: string;
+  method: "GET" | "POST";
+  /** API key scope needed. */
+  scope: "read" | "write";
+  errors: Omit<ErrorContext, "trailers">;
+  run(call: Call): Promise<void>;
+}
+
+const SSE_HEADERS = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+  // Proxies such as nginx must not buffer the stream.
+  "x-accel-buffering": "no",
+};
+
+const STATUS_CODES: Record<number, string> = {
+  200: "OK",
+  400: "INVALID_ARGUMENT",
+  401: "UNAUTHENTICATED",
+  403: "PERMISSION_DENIED",
+  404: "NOT_FOUND",
+  405: "UNIMPLEMENTED",
+  409: "ABORTED",
+  413: "INVALID_ARGUMENT",
+  415: "INVALID_ARGUMENT",
+  429: "RESOURCE_EXHAUSTED",
+  499: "CANCELLED",
+  501: "UNIMPLEMENTED",
+  503: "UNAVAILABLE",
+  504: "DEADLINE_EXCEEDED",
+};
+
+export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
+  const { logger, metrics } = deps;
+
+  function proxy(): GrpcClient<typeof ModelProxyService> {
+    if (deps.modelProxy === undefined) {
+      throw new OpenAiError(
+        503,
+        "model service is not configured on this gateway",
+        "server_error",
+        null,
+        "unavailable",
+      );
+    }
+    return deps.modelProxy;
+  }
+  function registry(): GrpcClient<typeof RegistryService> {
+    if (deps.registry === undefined) {
+      throw new OpenAiError(
+        503,
+        "model catalog is not configured on this gateway",
+        "server_error",
+        null,
+        "unavailable",
+      );
+    }
+    return deps.registry;
+  }
+
+  const chat: Route = {
+    name: "POST /v1/chat/completions",
+    method: "POST",
+    scope: "write",
+    errors: { modelRoute: true, param: chatParam },
+    async run(call) {
+      const parsed = parseChatRequest(call.body);
+      const model = parsed.request.model ?? "";
+      if (!parsed.stream) {
+        const res = await proxy().chat(parsed.request, call.options);
+        sendJson(call.res, 200, chatCompletionJson(res, model));
+        return;
+      }
+      await streamChat(call, parsed.request, new ChunkEncoder(parsed.includeUsage, model));
+    },
+  };
+
+  async function streamChat(
+    call: Call,
+    request: ChatRequestInit,
+    encoder: ChunkEncoder,
+  ): Promise<void> {
+    const { res } = call;
+    const client = proxy();
+    const ended = metrics.rpcServer.streamStarted(chat.name);
+    let started = false;
+    let startServedBy: ServedBy | undefined;
+    const begin = (start: StreamChatStart | undefined): string => {
+      res.writeHead(200, SSE_HEADERS);
+      started = true;
+      startServedBy = start?.servedBy;
+      return encoder.start(
+        start ??
+          ({ id: "", servedBy: undefined, createTime: undefined } as unknown as StreamChatStart),
+      );
+    };
+    try {
+      for await (const message of client.streamChat({ chat: request }, call.options)) {
+        const event = message.event;
+        switch (event.case) {
+          case "start":
+            if (!started) await write(res, begin(event.value));
+            break;
+          case "delta": {
+            // The contract sends `start` first; a proxy that did not still gets a well-formed stream.
+            if (!started) await write(res, begin(undefined));
+            const text = encoder.delta(event.value);
+            if (text !== "") await write(res, text);
+            break;
+          }
+          case "end":
+            if (!started) await write(res, begin(undefined));
+            res.end(encoder.end(event.value, startServedBy));
+            return;
+          default:
+            break;
+        }
+      }
+      // An OK status without `end` is not a complete answer.
+      throw new ConnectError("stream ended without its end message", Code.Internal);
+    } catch (err) {
+      if (!started) throw err;
+      // Headers (200) are gone: the failure becomes an error event and the stream ends
+      // WITHOUT [DONE], so OpenAI clients raise an error instead of seeing a clean end.
+      const error = toOpenAiError(err, { ...chat.errors, trailers: call.trailers }, logger);
+      call.streamError = error;
+      if (!res.destroyed && !res.writableEnded) {
+        res.end(`data: ${JSON.stringify(error.body())}\n\n`);
+      }
+    } finally {
+      ended();
+    }
+  }
+
+  const embeddings: Route = {
+    name: "POST /v1/embeddings",
+    method: "POST",
+    scope: "write",
+    errors: { modelRoute: true, param: embedParam },
+    async run(call) {
+      const parsed = parseEmbedRequest(call.body);
+      const res = await proxy().embed(parsed.request, call.options);
+      sendJson(call.res, 200, embeddingsJson(res, parsed.request.model ?? "", parsed.base64));
+    },
+  };
+
+  const images: Route = {
+    name: "POST /v1/images/generations",
+    method: "POST",
+    scope: "write",
+    errors: { modelRoute: true },
+    async run(call) {
+      const parsed = parseImageRequest(call.body);
+      const res = await proxy().generateImage(parsed.request, call.options);
+      sendJson(call.res, 200, imagesJson(res, parsed.asUrl));
+    },
+  };
+
+  const listModels: Route = {
+    name: "GET /v1/models",
+    method: "GET",
+    scope: "read",
+    errors: { modelRoute: false },
+    async run(call) {
+      const client = registry();
+      const models: Model[] = [];
+      let pageToken = "";
+      // The catalog is small; 20 pages of 500 is far beyond any real one.
+      for (let page = 0; page < 20; page++) {
+        const res = await client.listModels(
+          { page: { pageSize: 500, pageToken }, enabled: true },
+          call.options,
+        );
+        models.push(...res.models);
+        pageToken = res.page?.nextPageToken ?? "";
+        if (pageToken === "") break;
+      }
+      sendJson(call.res, 200, modelListJson(models));
+    },
+  };
+
+  const getModel: Route = {
+    name: "GET /v1/models/{id}",
+    method: "GET",
+    scope: "read",
+    errors: { modelRoute: true },
+    async run(call) {
+      const res = await registry().getModel({ id: call.param }, call.options);
+      if (res.model === undefined) {
+        throw new OpenAiError(
+          404,
+          `The model '${call.param}' does not exist`,
+          "invalid_request_error",
+          "model",
+          "model_not_found",
+        );
+      }
+      sendJson(call.res, 200, modelJson(res.model));
+    },
+  };
+
+  const exact = new Map<string, Route>([
+    ["/v1/chat/completions", chat],
+    ["/v1/embeddings", embeddings],
+    ["/v1/images/generations", images],
+    ["/v1/models", listModels],
+  ]);
+
+  function resolve(path: string): { route: Route; param: string } | undefined {
+    const route = exact.get(path.endsWith("/") && path.length > 4 ? path.slice(0, -1) : path);
+    if (route !== undefined) return { route, param: "" };
+    if (path.startsWith("/v1/models/")) {
+      let id: string;
+      try {
+        id = decodeURIComponent(path.slice("/v1/models/".length));
+      } catch {
+        return undefined;
+      }
+      if (id !== "" && !id.includes("/")) return { route: getModel, param: id };
+    }
+    return undefined;
+  }
+
+  // ---- the request pipeline -----------------------------------------------------------------
+
+  async function authenticate(req: NodeRequest, route: Route): Promise<Caller> {
+    const headers = new Headers();
+    const authorization = req.headers.authorization;
+    if (typeof authorization === "string") headers.set("authorization", authorization);
+    const apiKey = req.headers["x-api-key"];
+    if (typeof apiKey === "string") headers.set("x-api-key", apiKey);
+    const caller = await deps.authenticator.authenticate(headers);
+    if (caller === undefined) {
+      throw new UnauthenticatedError(
+        "missing credentials: send an access token or an API key as 'Authorization: Bearer <token>', or an API key as 'x-api-key'",
+      );
+    }
+    checkAccess(Access.USER, caller.principal);
+    if (caller.apiKey !== undefined && !scopeAllows(caller.apiKey.scopes, route.scope)) {
+      throw new PermissionDeniedError(`this API key lacks the ${route.scope} scope`);
+    }
+    const decision = await deps.rateLimiter.take(caller.limitKey);
+    if (!decision.ok) throw rateLimited("rate limit exceeded", decision.retryAfterMs);
+    return caller;
+  }
+
+  function upstreamOptions(req: NodeRequest, call: Call, signal: AbortSignal): CallOptions {
+    const headers: Record<string, string> = {
+      authorization: `Bearer ${call.caller.token}`,
+    };
+    const requestId = req.headers["x-request-id"];
+    if (typeof requestId === "string") headers["x-request-id"] = requestId;
+    for (const name of ["traceparent", "tracestate"]) {
+      const value = req.headers[name];
+      if (typeof value === "string" && value.length <= 512) headers[name] = value;
+    }
+    const forwardedFor = deps.clientAddress(req);
+    if (forwardedFor !== "") headers["x-forwarded-for"] = forwardedFor;
+    // The openai SDKs announce their own timeout (seconds); no point working past it.
+    let timeoutMs = deps.maxTimeoutMs;
+    const announced = Number(req.headers["x-stainless-timeout"]);
+    if (Number.isFinite(announced) && announced > 0) {
+      timeoutMs = Math.min(timeoutMs, announced * 1000);
+    }
+    return {
+      headers,
+      signal,
+      timeoutMs,
+      onTrailer: (trailers) => (call.trailers = trailers),
+    };
+  }
+
+  async function serve(route: Route, param: string, req: NodeRequest, res: NodeResponse) {
+    const started = performance.now();
+    const controller = new AbortController();
+    // The client went away: the upstream call (and the provider's) stops too.
+    const onClose = (): void => {
+      if (!res.writableEnded) controller.abort(new ConnectError("client went away", Code.Canceled));
+    };
+    res.once("close", onClose);
+    const onShutdown = (): void =>
+      controller.abort(new ConnectError("gateway shutting down", Code.Unavailable));
+    deps.shutdownSignal.addEventListener("abort", onShutdown, { once: true });
+
+    let caller: Caller | undefined;
+    let call: Call | undefined;
+    let status = 200;
+    try {
+      caller = await authenticate(req, route);
+      const body = route.method === "POST" ? await readJson(req, deps.maxBodyBytes) : {};
+      call = {
+        req,
+        res,
+        caller,
+        param,
+        body,
+        trailers: undefined,
+        options: {},
+      };
+      call.options = upstreamOptions(req, call, controller.signal);
+      await route.run(call);
+      if (call.streamError !== undefined) status = call.streamError.status;
+    } catch (err) {
+      const error = toOpenAiError(
+        controller.signal.aborted && !(err instanceof OpenAiError)
+          ? (controller.signal.reason as unknown)
+          : err,
+        { ...route.errors, trailers: call?.trailers },
+        logger,
+      );
+      status = error.status;
+      if (!res.headersSent && !res.destroyed) sendError(req, res, error);
+      else if (!res.writableEnded) res.end();
+    } finally {
+      res.off("close", onClose);
+      deps.shutdownSignal.removeEventListener("abort", onShutdown);
+      const ms = performance.now() - started;
+      const code = STATUS_CODES[status] ?? "INTERNAL";
+      metrics.rpcServer.observe(route.name, code, ms / 1000);
+      logger.info(
+        {
+          requestId: req.headers["x-request-id"],
+          method: route.name,
+          protocol: "openai",
+          status,
+          code,
+          durationMs: Math.round(ms * 10) / 10,
+          ...(caller !== undefined
+            ? {
+                tenant: caller.principal.tenantId,
+                user: caller.principal.subject,
+                ...(caller.apiKey !== undefined ? { apiKeyId: caller.apiKey.id } : {}),
+              }
+            : {}),
+        },
+        "call",
+      );
+    }
+  }
+
+  return {
+    handle(req, res, path) {
+      const found = resolve(path);
+      if (found === undefined) {
+        sendError(
+          req,
+          res,
+          new OpenAiError(
+            404,
+            `Unknown request URL: ${req.method ?? ""} ${path}.`,
+            "invalid_request_error",
+            null,
+            "unknown_url",
+          ),
+        );
+        return;
+      }
+      if (req.method !== found.route.method) {
+        res.setHeader("allow", found.route.method);
+        sendError(
+          req,
+          res,
+          new OpenAiError(
+            405,
+            `Method ${req.method ?? ""} is not allowed for ${path}; use ${found.route.method}.`,
+            "invalid_request_error",
+            null,
+            "method_not_allowed",
+          ),
+        );
+        return;
+      }
+      serve(found.route, found.param, req, res).catch((err: unknown) => {
+        logger.error({ err }, "openai route failed");
+        if (!res.headersSent)
+          sendJson(res, 500, new OpenAiError(500, "internal error", "server_error").body());
+        else res.end();
+      });
+    },
+  };
+}
+
+/** Reads and parses a JSON object body within `max` bytes (413), as application/json (415). */
+export function readJson(req: NodeRequest, max: number): Promise<JsonObject> {
+  const type = req.headers["content-type"];
+  if (typeof type !== "string" || !/^application\/json\s*(;|$)/i.test(type)) {
+    return Promise.reject(
+      new OpenAiError(
+        415,
+        "Unsupported content type: send the body as 'Content-Type: application/json'.",
+        "invalid_request_error",
+        null,
+        "unsupported_media_type",
+      ),
+    );
+  }
+  const encoding = req.headers["content-encoding"];
+  if (encoding !== undefined && encoding !== "identity") {
+    return Promise.reject(
+      new OpenAiError(
+        415,
+        "Compressed request bodies are not supported.",
+        "invalid_request_error",
+        null,
+        "unsupported_media_type",
+      ),
+    );
+  }
+  const tooLarge = (): OpenAiError =>
+    new OpenAiError(
+      413,
+      `The request body is larger than ${max} bytes.`,
+      "invalid_request_error",
+      null,
+      "request_too_large",
+    );
+  if (Number(req.headers["content-length"]) > max) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    const fail = (err: Error): void => {
+      if (done) return;
+      done = true;
+      cleanup();
+      reject(err);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > max) {
+        fail(tooLarge());
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => {
+      if (done) return;
+      done = true;
+      cleanup();
+      const text =
+        (chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))?.toString("utf8") ?? "";
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        reject(
+          invalidRequest(
+            "We could not parse the JSON body of your request: the body must be a JSON object.",
+            null,
+            "invalid_json",
+          ),
+        );
+        return;
+      }
+      if (!isObject(parsed)) {
+        reject(invalidRequest("The request body must be a JSON object.", null, "invalid_json"));
+        return;
+      }
+      resolve(parsed);
+    };
+    const onError = (): void => fail(new ConnectError("request body not received", Code.Canceled));
+    const onClose = (): void => {
+      if (!done) fail(new ConnectError("request body not received", Code.Canceled));
+    };
+    const cleanup = (): void => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onError);
+      req.off("close", onClose);
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onError);
+    req.on("close", onClose);
+  });
+}
+
+function sendJson(
+  res: NodeResponse,
+  status: number,
+  body: unknown,
+  extra?: Record<string, string>,
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(text)),
+    ...extra,
+  });
+  res.end(text);
+}
+
+function sendError(req: NodeRequest, res: NodeResponse, error: OpenAiError): void {
+  const headers = { ...error.headers };
+  // An unread oversized body is not drained: this HTTP/1.1 connection closes after the answer.
+  if (error.status === 413 && req.httpVersionMajor === 1) headers["connection"] = "close";
+  sendJson(res, error.status, error.body(), headers);
+}
+
+/** Resolves when `res` can take more data (or is gone). */
+function write(res: NodeResponse, text: string): Promise<void> | undefined {
+  // Both response types take a string; their overloads only differ in the callback forms.
+  if ((res as { write(chunk: string): boolean }).write(text)) return undefined;
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
+}
