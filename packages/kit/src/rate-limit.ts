@@ -12,8 +12,9 @@
 // slightly early while another replica still holds unspent leased tokens.
 //
 // A take may cost more than one token (tokens per minute). When the leased tokens do not cover
-// the cost, the round trip takes max(lease, what is missing) at once, so a large cost is never
-// split over several round trips; a cost larger than the burst can never be served and is
+// the cost, the round trip takes max(lease, what is missing, what the calls waiting for it
+// want) at once, so a large cost or a burst of concurrent calls is never split over several
+// round trips; a cost larger than the burst can never be served and is
 // refused at once with reason "cost-exceeds-burst" (retryAfterMs Infinity) instead of waiting.
 //
 // When a replica was refused it remembers until when (the time the global bucket needs for the
@@ -60,6 +61,8 @@ interface LocalState {
   /** The missing tokens the last refusal was for: smaller needs may still be served. */
   refusedNeed: number;
   pending: Promise<void> | undefined;
+  /** Tokens wanted by the calls waiting for `pending`. */
+  waiting: number;
   lastUsed: number;
 }
 
@@ -136,10 +139,15 @@ class KvRateLimiter implements RateLimiter {
         return { ok: false, reason: "rate", retryAfterMs: state.refusedUntil - now };
       }
       // One lease request per key at a time; concurrent calls wait for it and try again.
-      state.pending ??= this.#acquire(id, state, need - held).finally(
-        () => (state.pending = undefined),
-      );
-      await state.pending;
+      state.waiting += need;
+      try {
+        state.pending ??= this.#acquire(id, state, need - held).finally(
+          () => (state.pending = undefined),
+        );
+        await state.pending;
+      } finally {
+        state.waiting -= need;
+      }
     }
     const now = this.#now();
     const state = this.#state(id, now);
@@ -156,6 +164,7 @@ class KvRateLimiter implements RateLimiter {
         refusedUntil: 0,
         refusedNeed: 1,
         pending: undefined,
+        waiting: 0,
         lastUsed: now,
       };
       this.#local.set(id, state);
@@ -175,7 +184,12 @@ class KvRateLimiter implements RateLimiter {
     }
   }
 
-  /** Takes at least `missing` tokens (and up to max(lease, missing)) from the global bucket. */
+  /**
+   * Takes at least `missing` tokens from the global bucket, and up to the lease or what every
+   * call waiting for this round trip wants, whichever is more: a burst of concurrent calls on
+   * one replica then costs one round trip rather than one each (and is not refused for lack
+   * of rounds while the global bucket still has tokens).
+   */
   async #acquire(id: string, state: LocalState, missing: number): Promise<void> {
     try {
       for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
@@ -193,7 +207,9 @@ class KvRateLimiter implements RateLimiter {
           this.#burst,
           stored.t + (Math.max(0, now - stored.ts) / 1000) * this.#rate,
         );
-        const granted = Math.min(Math.max(this.#lease, missing), Math.floor(available));
+        const held = now < state.leaseExpiresAt ? state.tokens : 0;
+        const wanted = Math.max(this.#lease, missing, state.waiting - held);
+        const granted = Math.min(wanted, Math.floor(available));
         if (granted < missing) {
           // Tokens still held stay spendable by smaller takes until their lease ends.
           if (now >= state.leaseExpiresAt) state.tokens = 0;
@@ -211,9 +227,8 @@ class KvRateLimiter implements RateLimiter {
           if (isCasConflict(err)) continue; // another replica won; read again
           throw err;
         }
-        const done = this.#now();
-        const held = done < state.leaseExpiresAt ? state.tokens : 0;
-        state.tokens = held + granted;
+        const stillHeld = this.#now() < state.leaseExpiresAt ? state.tokens : 0;
+        state.tokens = stillHeld + granted;
         state.leaseExpiresAt = now + this.#leaseTtlMs;
         state.refusedUntil = 0;
         return;
