@@ -34,6 +34,8 @@ import {
 } from "@ensemble/testkit";
 import { build, type Gateway, type Upstream } from "../src/index.js";
 
+import { startModelProxyProcess as startModelProxy } from "@ensemble/testkit";
+
 /** The repository root (this file runs from gateway/test under vitest, gateway/dist/test when built). */
 const execFileAsync = promisify(execFile);
 
@@ -277,4 +279,30 @@ export async function startAuthProcess(): Promise<AuthProcess> {
       await proc.stop(10_000);
     },
   };
+}
+
+export interface ModelProxyProcessOptions {
+  jwksUrl: string;
+  authAddress: string;
+  registryAddress: string;
+  /** The simulator's base URL (".../v1"). */
+  simulatorUrl: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * The built model-proxy (services/model-proxy/dist) with its own database and buckets, talking
+ * to the given auth, registry and simulator (the test kit's launcher, as for the other services).
+ */
+export async function startModelProxyProcess(
+  opts: ModelProxyProcessOptions,
+): Promise<{ address: string; output(): string; stop(): Promise<void> }> {
+  const proc = await startModelProxy({
+    jwksUrl: opts.jwksUrl,
+    authAddress: opts.authAddress,
+    registryAddress: opts.registryAddress,
+    simulatorUrl: opts.simulatorUrl,
+    ...(opts.env !== undefined ? { env: opts.env } : {}),
+  });
+  return { address: proc.address, output: () => proc.output(), stop: () => proc.stop() };
 }

@@ -17,6 +17,7 @@ import {
   type GrpcClient,
   type Logger,
   type Metrics,
+  type RateLimiter,
 } from "@ensemble/kit";
 import {
   Access,
@@ -27,7 +28,6 @@ import {
   type StreamChatStart,
 } from "@ensemble/proto";
 import { scopeAllows, type Authenticator, type Caller } from "../authn.js";
-import type { RateLimiter } from "../rate-limit.js";
 import {
   chatCompletionJson,
   chatParam,
