@@ -1,0 +1,318 @@
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  ChatMessageSchema,
+  ChatRequestSchema,
+  ChatRole,
+  FinishReason,
+  ImageFormat,
+  ToolChoice_Mode,
+  type ChatMessage,
+  type ChatRequest,
+} from "@ensemble/proto";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createAnthropicClient } from "./anthropic.js";
+import { ProviderError, type ChatChunk, type Deployment, type ProviderClient } from "./types.js";
+
+const KEY = "sk-ant-test-9f8e7d6c5b4a";
+let sim: Simulator;
+
+beforeAll(async () => {
+  sim = await startSimulator({ defaults: { ttftMs: 0, tokensPerSecond: 0 } });
+});
+afterAll(async () => {
+  await sim.close();
+});
+
+function deployment(over: Partial<Deployment> = {}): Deployment {
+  return {
+    name: "anthropic-sim",
+    provider: "anthropic",
+    api: "anthropic",
+    baseUrl: sim.url,
+    apiKey: KEY,
+    weight: 1,
+    timeoutMs: 3000,
+    simulated: true,
+    ...over,
+  };
+}
+
+type MessageInit = MessageInitShape<typeof ChatMessageSchema>;
+type RequestInit = MessageInitShape<typeof ChatRequestSchema>;
+
+function text(role: ChatRole, value: string): MessageInit {
+  return { role, content: [{ part: { case: "text", value } }] };
+}
+
+function request(messages: MessageInit[], over: RequestInit = {}): ChatRequest {
+  return create(ChatRequestSchema, { model: "x", messages, ...over });
+}
+
+const ask = request([text(ChatRole.SYSTEM, "Be brief."), text(ChatRole.USER, "Name three rivers")]);
+
+function messageText(m: ChatMessage): string {
+  return m.content.map((p) => (p.part.case === "text" ? p.part.value : "")).join("");
+}
+
+async function collect(
+  client: ProviderClient,
+  model: string,
+  req: ChatRequest,
+  signal: AbortSignal,
+): Promise<ChatChunk[]> {
+  const out: ChatChunk[] = [];
+  for await (const c of client.streamChat({ model, request: req, signal })) out.push(c);
+  return out;
+}
+
+async function failure(p: Promise<unknown>): Promise<ProviderError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ProviderError);
+  return err as ProviderError;
+}
+
+const never = (): AbortSignal => new AbortController().signal;
+
+describe("anthropic adapter", () => {
+  it("anthropic - chat answers with the simulator's text, token counts and finish reasons", async () => {
+    const client = createAnthropicClient(deployment());
+    const res = await client.chat({ model: "sim-fast", request: ask, signal: never() });
+    // The same conversation on the simulator's OpenAI endpoint gives the same text.
+    const openai = (await (
+      await fetch(`${sim.url}/v1/chat/completions`, {
+        method: "POST",
+        body: JSON.stringify({
+          model: "sim-fast",
+          messages: [
+            { role: "system", content: "Be brief." },
+            { role: "user", content: "Name three rivers" },
+          ],
+        }),
+      })
+    ).json()) as {
+      choices: Array<{ message: { content: string } }>;
+      usage: { prompt_tokens: number };
+    };
+    expect(messageText(res.message)).toBe(openai.choices[0]?.message.content);
+    expect(res.message.role).toBe(ChatRole.ASSISTANT);
+    expect(res.finishReason).toBe(FinishReason.STOP);
+    expect(res.inputTokens).toBe(openai.usage.prompt_tokens);
+    expect(res.outputTokens).toBeGreaterThan(5);
+
+    const short = await client.chat({
+      model: "sim-fast",
+      request: request([text(ChatRole.USER, "Name three rivers")], { maxTokens: 3 }),
+      signal: never(),
+    });
+    expect(short.finishReason).toBe(FinishReason.LENGTH);
+    expect(short.outputTokens).toBe(3);
+  });
+
+  it("anthropic - streamChat yields deltas that add up to the answer, then one end with usage", async () => {
+    const client = createAnthropicClient(deployment());
+    const unary = await client.chat({ model: "sim-medium", request: ask, signal: never() });
+    const chunks = await collect(client, "sim-medium", ask, never());
+    const deltas = chunks.filter((c) => c.type === "delta");
+    expect(deltas.length).toBeGreaterThan(3);
+    expect(deltas.map((c) => c.content).join("")).toBe(messageText(unary.message));
+    expect(chunks.filter((c) => c.type === "end")).toHaveLength(1);
+    expect(chunks[chunks.length - 1]).toEqual({
+      type: "end",
+      finishReason: FinishReason.STOP,
+      inputTokens: unary.inputTokens,
+      outputTokens: unary.outputTokens,
+    });
+  });
+
+  it("anthropic - an image part (bytes or data URL) reaches a vision model", async () => {
+    const client = createAnthropicClient(deployment());
+    const png = Buffer.from("iVBORw0KGgoAAAANSUhEUg==", "base64");
+    const req = request([
+      {
+        role: ChatRole.USER,
+        content: [
+          { part: { case: "text", value: "What is in these?" } },
+          {
+            part: {
+              case: "image",
+              value: { source: { case: "data", value: png }, mimeType: "image/png" },
+            },
+          },
+          {
+            part: {
+              case: "image",
+              value: { source: { case: "url", value: "data:image/jpeg;base64,/9j/4AAQ" } },
+            },
+          },
+        ],
+      },
+    ]);
+    const res = await client.chat({ model: "sim-vision", request: req, signal: never() });
+    expect(messageText(res.message)).toContain("I received 2 images.");
+    // A model without vision refuses it: the request's fault, not the deployment's.
+    const refused = await failure(
+      client.chat({ model: "sim-fast", request: req, signal: never() }),
+    );
+    expect(refused.kind).toBe("invalid_request");
+    expect(refused.status).toBe(400);
+  });
+
+  it("anthropic - a forced tool comes back as a tool call, unary and streamed, and a tool result gets text", async () => {
+    const client = createAnthropicClient(deployment());
+    const tools: RequestInit = {
+      tools: [
+        {
+          name: "lookup",
+          description: "Looks things up",
+          parameters: { type: "object", properties: {} },
+        },
+      ],
+      toolChoice: { choice: { case: "function", value: "lookup" } },
+    };
+    const req = request([text(ChatRole.USER, "Find rivers")], tools);
+    const res = await client.chat({ model: "sim-fast", request: req, signal: never() });
+    expect(res.finishReason).toBe(FinishReason.TOOL_CALLS);
+    expect(res.message.toolCalls.map((t) => [t.name, t.arguments])).toEqual([["lookup", "{}"]]);
+    const id = res.message.toolCalls[0]?.id ?? "";
+    expect(id).not.toBe("");
+
+    const chunks = await collect(client, "sim-fast", req, never());
+    const calls = chunks.flatMap((c) => (c.type === "delta" ? c.toolCalls : []));
+    expect(calls[0]).toMatchObject({ index: 0, id, name: "lookup" });
+    expect(calls.map((c) => c.arguments).join("")).toBe("{}");
+    expect(chunks[chunks.length - 1]).toMatchObject({
+      type: "end",
+      finishReason: FinishReason.TOOL_CALLS,
+    });
+
+    const followUp = request(
+      [
+        text(ChatRole.USER, "Find rivers"),
+        {
+          role: ChatRole.ASSISTANT,
+          toolCalls: [{ id, name: "lookup", arguments: "{}" }],
+        },
+        { ...text(ChatRole.TOOL, "Nile, Amazon, Danube"), toolCallId: id },
+      ],
+      {
+        ...tools,
+        toolChoice: { choice: { case: "mode", value: ToolChoice_Mode.AUTO } },
+      },
+    );
+    const answer = await client.chat({ model: "sim-fast", request: followUp, signal: never() });
+    expect(answer.finishReason).toBe(FinishReason.STOP);
+    expect(messageText(answer.message)).toContain("Nile, Amazon, Danube");
+  });
+
+  it("anthropic - a 429 is rate_limit with Retry-After, made once (no SDK retry); 500 and 503 are server", async () => {
+    const client = createAnthropicClient(deployment());
+    sim.configure("sim-code", { failFirst: 1, fail: "429", retryAfterSec: 3 });
+    const before = sim.requests("sim-code");
+    const limited = await failure(
+      client.chat({ model: "sim-code", request: ask, signal: never() }),
+    );
+    expect(limited.kind).toBe("rate_limit");
+    expect(limited.status).toBe(429);
+    expect(limited.retryAfterMs).toBe(3000);
+    expect(limited.retryable).toBe(true);
+    expect(sim.requests("sim-code")).toBe(before + 1);
+    // The limit has passed: the next call answers.
+    const ok = await client.chat({ model: "sim-code", request: ask, signal: never() });
+    expect(ok.finishReason).toBe(FinishReason.STOP);
+
+    for (const [mode, status] of [
+      ["500", 500],
+      ["503", 503],
+    ] as const) {
+      const failing = createAnthropicClient(deployment({ headers: { "x-sim-fail": mode } }));
+      const err = await failure(failing.chat({ model: "sim-fast", request: ask, signal: never() }));
+      expect([err.kind, err.status, err.deploymentFault]).toEqual(["server", status, true]);
+      const streamErr = await failure(collect(failing, "sim-fast", ask, never()));
+      expect(streamErr.kind).toBe("server");
+    }
+  });
+
+  it("anthropic - a stream cut after some deltas is stream_cut, never a clean end", async () => {
+    const client = createAnthropicClient(deployment({ headers: { "x-sim-fail": "cut" } }));
+    const seen: ChatChunk[] = [];
+    const consume = async (): Promise<void> => {
+      for await (const c of client.streamChat({
+        model: "sim-fast",
+        request: ask,
+        signal: never(),
+      })) {
+        seen.push(c);
+      }
+    };
+    const err = await failure(consume());
+    expect(err.kind).toBe("stream_cut");
+    expect(seen.some((c) => c.type === "delta")).toBe(true);
+    expect(seen.some((c) => c.type === "end")).toBe(false);
+  });
+
+  it("anthropic - timeouts: no answer in time, a stalled stream, and the caller's own abort", async () => {
+    const slow = createAnthropicClient(
+      deployment({ timeoutMs: 150, headers: { "x-sim-latency-ms": "2000" } }),
+    );
+    const started = performance.now();
+    const err = await failure(slow.chat({ model: "sim-fast", request: ask, signal: never() }));
+    expect(err.kind).toBe("timeout");
+    expect(performance.now() - started).toBeLessThan(1500);
+
+    // Each chunk takes ~0.5 s: the stream starts in time, then stalls past the limit.
+    const stalling = createAnthropicClient(
+      deployment({ timeoutMs: 200, headers: { "x-sim-tokens-per-second": "4" } }),
+    );
+    expect((await failure(collect(stalling, "sim-fast", ask, never()))).kind).toBe("timeout");
+
+    const ac = new AbortController();
+    const reason = new Error("caller went away");
+    setTimeout(() => ac.abort(reason), 50);
+    const aborted = await slow
+      .chat({ model: "sim-fast", request: ask, signal: ac.signal })
+      .catch((e: unknown) => e);
+    expect(aborted).toBe(reason);
+  });
+
+  it("anthropic - the key never appears in an error, even when the provider echoes it", async () => {
+    const client = createAnthropicClient(deployment({ headers: { "x-sim-fail": "401" } }));
+    const err = await failure(client.chat({ model: "sim-fast", request: ask, signal: never() }));
+    expect(err.kind).toBe("auth");
+    expect(err.message).toContain("[redacted]");
+    expect(err.message).not.toContain(KEY);
+    expect(String(err)).not.toContain(KEY);
+    const streamErr = await failure(collect(client, "sim-fast", ask, never()));
+    expect(streamErr.message).not.toContain(KEY);
+  });
+
+  it("anthropic - a refused connection is network; embeddings and images are invalid_request", async () => {
+    const closed = await startSimulator();
+    const url = closed.url;
+    await closed.close();
+    const down = createAnthropicClient(deployment({ baseUrl: url }));
+    const err = await failure(down.chat({ model: "sim-fast", request: ask, signal: never() }));
+    expect(err.kind).toBe("network");
+    expect(err.message).not.toContain(KEY);
+
+    const client = createAnthropicClient(deployment());
+    const emb = await failure(client.embed({ model: "m", inputs: ["x"], signal: never() }));
+    expect(emb.kind).toBe("invalid_request");
+    expect(emb.message).toContain("does not offer embeddings");
+    const img = await failure(
+      client.generateImage({
+        model: "m",
+        prompt: "x",
+        n: 1,
+        size: "",
+        quality: "",
+        format: ImageFormat.PNG,
+        signal: never(),
+      }),
+    );
+    expect(img.kind).toBe("invalid_request");
+  });
+});
