@@ -1,0 +1,436 @@
+// The OpenAI-compatible API end to end with the official `openai` client, through a real mesh:
+// auth, registry and model-proxy as built processes, the LLM simulator in-process as the only
+// provider, and the gateway in front. Nothing here is mocked.
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { AuthService, ModelProxyService, RegistryService } from "@ensemble/proto";
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  startAuthProcess,
+  startGateway,
+  startModelProxyProcess,
+  startRegistryProcess,
+  type AuthProcess,
+  type RegistryProcess,
+  type TestGateway,
+} from "./harness.js";
+
+const PASSWORD = "correct-Horse-battery-9";
+/** sim-medium answers slowly here, so a stream visibly spreads over time. */
+const SLOW_MODEL = "sim-medium";
+/** sim-code cuts its streams in the middle here (half the chunks, then the socket dies). */
+const CUT_MODEL = "sim-code";
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: RegistryProcess;
+let proxy: { address: string; output(): string; stop(): Promise<void> };
+let gw: TestGateway;
+let accessToken: string;
+let writeKey: string;
+let readKey: string;
+
+async function rpc<T>(method: string, body: unknown, token?: string): Promise<T> {
+  const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`${method}: ${res.status} ${await res.text()}`);
+  return (await res.json()) as T;
+}
+
+const client = (apiKey: string, opts: Partial<ConstructorParameters<typeof OpenAI>[0]> = {}) =>
+  new OpenAI({ apiKey, baseURL: `${gw.url}/v1`, maxRetries: 0, ...opts });
+
+beforeAll(async () => {
+  sim = await startSimulator({
+    models: {
+      [SLOW_MODEL]: { ttftMs: 0, tokensPerSecond: 40 },
+      [CUT_MODEL]: { fail: "cut", tokensPerSecond: 200 },
+    },
+  });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+    // The cut-stream case must not open the simulator deployment's breaker for the others.
+    env: { BREAKER_THRESHOLD: "100" },
+  });
+  gw = await startGateway({
+    jwksUrl: auth.jwksUrl,
+    serviceToken: await auth.mintServiceToken("gateway"),
+    corsOrigins: ["https://console.example"],
+    upstreams: [
+      { name: "auth", services: [AuthService], address: auth.address },
+      { name: "registry", services: [RegistryService], address: registry.address },
+      { name: "model-proxy", services: [ModelProxyService], address: proxy.address },
+    ],
+  });
+  const signup = await rpc<{ tokens: { accessToken: string } }>("Signup", {
+    email: `openai-${Date.now()}@example.com`,
+    password: PASSWORD,
+    tenantName: "openai tenant",
+  });
+  accessToken = signup.tokens.accessToken;
+  writeKey = (await rpc<{ secret: string }>("CreateApiKey", { name: "sdk" }, accessToken)).secret;
+  readKey = (
+    await rpc<{ secret: string }>(
+      "CreateApiKey",
+      { name: "reader", scopes: ["API_KEY_SCOPE_READ"] },
+      accessToken,
+    )
+  ).secret;
+}, 240_000);
+
+afterAll(async () => {
+  await gw?.close();
+  await proxy?.stop();
+  await registry?.stop();
+  await auth?.stop();
+  await sim?.close();
+});
+
+interface EnsembleFields {
+  ensemble: {
+    served_by: { model: string; provider: string };
+    simulated: boolean;
+    cost_usd: number;
+  };
+}
+
+describe("openai client against the gateway", () => {
+  it("chat - a chat.completion from the simulator, with usage, the answering model and the request id echoed", async () => {
+    const { data, response } = await client(accessToken)
+      .chat.completions.create(
+        {
+          model: "sim-fast",
+          messages: [
+            { role: "system", content: "be brief" },
+            { role: "user", content: "hello there, gateway" },
+          ],
+          temperature: 0.2,
+          max_tokens: 200,
+        },
+        { headers: { "x-request-id": "openai-chat-1" } },
+      )
+      .withResponse();
+    expect(response.headers.get("x-request-id")).toBe("openai-chat-1");
+    expect(data.object).toBe("chat.completion");
+    expect(data.model).toBe("sim-fast");
+    expect(data.choices).toHaveLength(1);
+    expect(data.choices[0]?.message.role).toBe("assistant");
+    expect(data.choices[0]?.message.content).toContain('You said: "hello there, gateway"');
+    expect(data.choices[0]?.finish_reason).toBe("stop");
+    expect(data.usage?.prompt_tokens).toBeGreaterThan(0);
+    expect(data.usage?.completion_tokens).toBeGreaterThan(0);
+    expect(data.usage?.total_tokens).toBe(
+      (data.usage?.prompt_tokens ?? 0) + (data.usage?.completion_tokens ?? 0),
+    );
+    const ext = (data as unknown as EnsembleFields).ensemble;
+    expect(ext.simulated).toBe(true);
+    expect(ext.served_by).toMatchObject({ model: "sim-fast", provider: "simulator" });
+  });
+
+  it("streaming - deltas arrive before the end, add up to the unary answer, and usage comes last when asked", async () => {
+    const openai = client(accessToken);
+    const messages = [{ role: "user" as const, content: "tell me a slow story" }];
+    const unary = await openai.chat.completions.create({ model: SLOW_MODEL, messages });
+    const stream = await openai.chat.completions.create({
+      model: SLOW_MODEL,
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const arrivals: number[] = [];
+    let text = "";
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    let finish: string | null | undefined;
+    let lastChoices = -1;
+    for await (const chunk of stream) {
+      expect(chunk.object).toBe("chat.completion.chunk");
+      expect(chunk.model).toBe(SLOW_MODEL);
+      const content = chunk.choices[0]?.delta.content;
+      if (content) {
+        text += content;
+        arrivals.push(performance.now());
+      }
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      usage = chunk.usage ?? usage;
+      lastChoices = chunk.choices.length;
+    }
+    expect(arrivals.length).toBeGreaterThanOrEqual(2);
+    // 40 tokens/s: the first delta is visibly earlier than the last one.
+    expect((arrivals.at(-1) ?? 0) - (arrivals[0] ?? 0)).toBeGreaterThan(150);
+    expect(text).toBe(unary.choices[0]?.message.content);
+    expect(finish).toBe("stop");
+    expect(lastChoices).toBe(0); // the usage chunk has no choices
+    expect(usage?.completion_tokens).toBe(unary.usage?.completion_tokens);
+  });
+
+  it("embeddings - one vector per input; the SDK's default base64 decodes to the same floats", async () => {
+    const openai = client(accessToken);
+    const input = ["the cat sat on the mat", "a cat sat on a mat", "quantum chromodynamics"];
+    const b64 = await openai.embeddings.create({ model: "sim-embed", input });
+    const floats = await openai.embeddings.create({
+      model: "sim-embed",
+      input,
+      encoding_format: "float",
+    });
+    expect(b64.object).toBe("list");
+    expect(b64.data.map((d) => d.index)).toEqual([0, 1, 2]);
+    const dims = b64.data[0]?.embedding.length ?? 0;
+    expect(dims).toBeGreaterThan(0);
+    for (const d of [...b64.data, ...floats.data]) expect(d.embedding).toHaveLength(dims);
+    for (let i = 0; i < 3; i++) {
+      const a = b64.data[i]?.embedding ?? [];
+      const b = floats.data[i]?.embedding ?? [];
+      for (let j = 0; j < dims; j++) expect(a[j]).toBeCloseTo(b[j] ?? NaN, 6);
+    }
+    const cos = (x: number[], y: number[]) => x.reduce((s, v, k) => s + v * (y[k] ?? 0), 0);
+    const [cat1, cat2, qcd] = b64.data.map((d) => d.embedding) as [number[], number[], number[]];
+    expect(cos(cat1, cat2)).toBeGreaterThan(cos(cat1, qcd));
+    expect(b64.usage.prompt_tokens).toBeGreaterThan(0);
+
+    // What the SDK asked for by default really was base64 (a string on the wire).
+    const raw = (await (
+      await fetch(`${gw.url}/v1/embeddings`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify({ model: "sim-embed", input: "x", encoding_format: "base64" }),
+      })
+    ).json()) as { data: Array<{ embedding: unknown }> };
+    expect(typeof raw.data[0]?.embedding).toBe("string");
+  });
+
+  it("models - the catalog in OpenAI's list shape, one model by id, an unknown one is 404", async () => {
+    const openai = client(accessToken);
+    const ids: string[] = [];
+    let fast: OpenAI.Model | undefined;
+    for await (const model of openai.models.list()) {
+      expect(model.object).toBe("model");
+      ids.push(model.id);
+      if (model.id === "sim-fast") fast = model;
+    }
+    expect(ids).toEqual(expect.arrayContaining(["sim-fast", "sim-embed", SLOW_MODEL]));
+    expect(fast?.owned_by).toBe("simulator");
+    const one = await openai.models.retrieve("sim-embed");
+    expect(one).toMatchObject({ id: "sim-embed", object: "model", owned_by: "simulator" });
+    const missing = await openai.models.retrieve("no-such-model").catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(OpenAI.NotFoundError);
+  });
+
+  it("invalid request - the SDK throws BadRequestError (400) carrying OpenAI's error shape", async () => {
+    const openai = client(accessToken);
+    const empty = await openai.chat.completions
+      .create({ model: "sim-fast", messages: [] })
+      .catch((e: unknown) => e);
+    expect(empty).toBeInstanceOf(OpenAI.BadRequestError);
+    const e = empty as InstanceType<typeof OpenAI.BadRequestError>;
+    expect(e.status).toBe(400);
+    expect(e.type).toBe("invalid_request_error");
+    expect(e.param).toBe("messages");
+    expect(Object.keys(e.error as object).sort()).toEqual(["code", "message", "param", "type"]);
+
+    // A value only the contract's rules catch (model-proxy's validation) reaches the SDK the same way.
+    const hot = await openai.chat.completions
+      .create({ model: "sim-fast", messages: [{ role: "user", content: "x" }], temperature: 5 })
+      .catch((e: unknown) => e);
+    expect(hot).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((hot as InstanceType<typeof OpenAI.BadRequestError>).param).toBe("temperature");
+
+    // Unknown fields are refused, not ignored.
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+      body: JSON.stringify({
+        model: "sim-fast",
+        messages: [{ role: "user", content: "x" }],
+        tempreture: 1,
+      }),
+    });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toEqual({
+      error: {
+        message: expect.stringContaining("tempreture") as unknown,
+        type: "invalid_request_error",
+        param: "tempreture",
+        code: "unknown_parameter",
+      },
+    });
+  });
+
+  it("unknown model - NotFoundError with code model_not_found", async () => {
+    const err = await client(accessToken)
+      .chat.completions.create({
+        model: "no-such-model",
+        messages: [{ role: "user", content: "x" }],
+      })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect((err as InstanceType<typeof OpenAI.NotFoundError>).code).toBe("model_not_found");
+  });
+
+  it("bad key - AuthenticationError (401, invalid_api_key) for a wrong API key and for a garbage token", async () => {
+    for (const key of ["ens_this-is-not-a-key", "not-a-token-at-all"]) {
+      const err = await client(key)
+        .chat.completions.create({ model: "sim-fast", messages: [{ role: "user", content: "x" }] })
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.AuthenticationError);
+      const e = err as InstanceType<typeof OpenAI.AuthenticationError>;
+      expect(e.status).toBe(401);
+      expect(e.code).toBe("invalid_api_key");
+      expect(e.message).not.toContain(key);
+    }
+    const anonymous = await fetch(`${gw.url}/v1/models`);
+    expect(anonymous.status).toBe(401);
+    expect(((await anonymous.json()) as { error: { type: string } }).error.type).toBe(
+      "authentication_error",
+    );
+  });
+
+  it("api key - an ens_ key works as the SDK's apiKey; a read-only key lists models but cannot chat", async () => {
+    const answer = await client(writeKey).chat.completions.create({
+      model: "sim-fast",
+      messages: [{ role: "user", content: "via api key" }],
+    });
+    expect(answer.choices[0]?.message.content).toContain("via api key");
+    const reader = client(readKey);
+    const page = await reader.models.list();
+    expect(page.data.length).toBeGreaterThan(0);
+    const denied = await reader.chat.completions
+      .create({ model: "sim-fast", messages: [{ role: "user", content: "x" }] })
+      .catch((e: unknown) => e);
+    expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError);
+  });
+
+  it("auto - model auto is a 400 saying automatic routing comes with the categorizer", async () => {
+    const err = await client(accessToken)
+      .chat.completions.create({ model: "auto", messages: [{ role: "user", content: "x" }] })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((err as Error).message).toMatch(/categorizer/);
+  });
+
+  it("mid-stream failure - a provider stream cut in the middle reaches the SDK as a thrown error, not a clean end", async () => {
+    const stream = await client(accessToken).chat.completions.create({
+      model: CUT_MODEL,
+      messages: [{ role: "user", content: "this answer will be cut off in the middle" }],
+      stream: true,
+    });
+    let content = "";
+    let finished = false;
+    const error = await (async () => {
+      try {
+        for await (const chunk of stream) {
+          content += chunk.choices[0]?.delta.content ?? "";
+          if (chunk.choices[0]?.finish_reason) finished = true;
+        }
+        return undefined;
+      } catch (err) {
+        return err;
+      }
+    })();
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(content.length).toBeGreaterThan(0); // it had started
+    expect(finished).toBe(false);
+  });
+
+  it("images - b64_json PNG images from the simulator", async () => {
+    const res = await client(accessToken).images.generate({
+      model: "sim-image",
+      prompt: "a red square",
+      size: "256x256",
+      n: 2,
+    });
+    expect(res.data).toHaveLength(2);
+    const png = Buffer.from(res.data?.[0]?.b64_json ?? "", "base64");
+    expect(png.subarray(1, 4).toString("latin1")).toBe("PNG");
+  });
+});
+
+describe("openai routes over plain HTTP", () => {
+  const post = (path: string, body: string, headers: Record<string, string> = {}) =>
+    fetch(`${gw.url}${path}`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${accessToken}`,
+        "content-type": "application/json",
+        ...headers,
+      },
+      body,
+    });
+
+  it("edges - bad JSON 400, wrong content type 415, oversized body 413, unknown URL 404, wrong method 405", async () => {
+    const cases: Array<[Promise<Response>, number]> = [
+      [post("/v1/chat/completions", "{not json"), 400],
+      [post("/v1/chat/completions", "[]"), 400],
+      [post("/v1/chat/completions", "{}", { "content-type": "text/plain" }), 415],
+      [post("/v1/chat/completions", JSON.stringify({ model: "x".repeat(70_000) })), 413],
+      [post("/v1/completions", "{}"), 404],
+      [
+        fetch(`${gw.url}/v1/chat/completions`, {
+          headers: { authorization: `Bearer ${accessToken}` },
+        }),
+        405,
+      ],
+    ];
+    for (const [pending, status] of cases) {
+      const res = await pending;
+      expect(res.status).toBe(status);
+      const body = (await res.json()) as { error: Record<string, unknown> };
+      expect(Object.keys(body.error).sort()).toEqual(["code", "message", "param", "type"]);
+    }
+  });
+
+  it("cors - a browser preflight from an allowed origin may send the openai SDK's headers", async () => {
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://console.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type, x-stainless-os",
+      },
+    });
+    expect(res.status).toBe(204);
+    expect(res.headers.get("access-control-allow-origin")).toBe("https://console.example");
+    expect(res.headers.get("access-control-allow-headers")).toContain("x-stainless-os");
+  });
+
+  it("disconnect - a client that goes away mid-stream ends the gateway's stream", async () => {
+    const controller = new AbortController();
+    const stream = await client(accessToken).chat.completions.create(
+      {
+        model: SLOW_MODEL,
+        messages: [{ role: "user", content: "a long one that nobody will read to the end" }],
+        stream: true,
+      },
+      { signal: controller.signal },
+    );
+    for await (const chunk of stream) {
+      if (chunk.choices[0]?.delta.content) break; // leaving the loop aborts the request
+    }
+    const active = async () => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      const line = text
+        .split("\n")
+        .find((l) => l.includes("active_streams") && l.includes("/v1/chat/completions"));
+      return Number(line?.split(" ").at(-1) ?? "0");
+    };
+    const deadline = Date.now() + 3_000;
+    while ((await active()) !== 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(await active()).toBe(0);
+    const log = gw.logs
+      .lines()
+      .find((l) => l["method"] === "POST /v1/chat/completions" && l["status"] === 499);
+    expect(log).toBeDefined();
+  });
+});
