@@ -60,6 +60,15 @@ const SERVICES = [
     example: "ensemble.registry.v1.RegistryService/ListModels",
   },
   {
+    name: "model-proxy",
+    main: "services/model-proxy/dist/src/main.js",
+    portVar: "MODEL_PROXY_PORT",
+    port: 50055,
+    metricsVar: "MODEL_PROXY_METRICS_PORT",
+    metricsPort: 9155,
+    example: "ensemble.modelproxy.v1.ModelProxyService/CountTokens",
+  },
+  {
     name: "gateway",
     main: "gateway/dist/src/main.js",
     portVar: "GATEWAY_PORT",
@@ -69,6 +78,19 @@ const SERVICES = [
     httpReady: "/ready",
     serviceToken: true,
   },
+];
+
+/** The LLM simulator's CLI (packages/llm-sim), started when no real provider is configured. */
+const LLM_SIM = "packages/llm-sim/dist/cli.js";
+/** Any of these configures a real provider in model-proxy (see services/model-proxy). */
+const PROVIDER_VARS = [
+  "LLM_SIM_URL",
+  "OPENAI_API_KEY",
+  "OPENROUTER_API_KEY",
+  "ANTHROPIC_API_KEY",
+  "GEMINI_API_KEY",
+  "GOOGLE_API_KEY",
+  "MODEL_PROXY_DEPLOYMENTS",
 ];
 
 /** auth's CLI that signs bootstrap service credentials (see services/auth). */
@@ -278,6 +300,27 @@ async function main() {
     jwksNote = `dev issuer, key in ${show(issuer.dir)}`;
   }
 
+  // The LLM simulator stands in for providers when none is configured.
+  let simNote = "";
+  const providers = PROVIDER_VARS.filter((name) => (process.env[name] ?? "") !== "");
+  const simPort = intEnv("LLM_SIM_PORT", 8090);
+  if (services.some((svc) => svc.name === "model-proxy") && providers.length === 0) {
+    await assertPortFree(HOST, simPort, "LLM simulator", "set LLM_SIM_PORT");
+    const sim = new Child("llm-sim", process.execPath, [
+      join(repoRoot, LLM_SIM),
+      "--port",
+      String(simPort),
+      "--host",
+      HOST,
+    ]);
+    watch("llm-sim", sim, "infra");
+    await sim
+      .waitForLine(/listening/, startupTimeoutMs)
+      .catch((/** @type {Error} */ err) => fail(err.message, sim));
+    process.env.LLM_SIM_URL = `http://${HOST}:${simPort}/v1`;
+    simNote = "no provider key set: simulated models (sim-*) answer, and role aliases use them";
+  }
+
   // Services.
   /** @type {NodeJS.ProcessEnv} */
   const shared = {
@@ -343,6 +386,7 @@ async function main() {
     ["NATS", natsUrl, natsNote],
     ["MongoDB", mongoUrl, mongoNote],
     ["JWKS", jwksUrl, jwksNote],
+    ...(simNote !== "" ? [["llm-sim", process.env.LLM_SIM_URL ?? "", simNote]] : []),
   ];
   const width = Math.max(...rows.map((row) => (row[1] ?? "").length));
   const lines = [

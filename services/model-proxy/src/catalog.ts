@@ -1,0 +1,104 @@
+// The catalog as model-proxy sees it: model ids and aliases resolved through the registry (which
+// applies the tenant's own entries over the global ones), asked with the caller's own token and
+// reused per tenant for a short TTL, so a request pays no registry round trip when warm.
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  UnavailableError,
+  type GrpcClient,
+} from "@ensemble/kit";
+import { Capability, type Model, type RegistryService } from "@ensemble/proto";
+
+export interface CatalogOptions {
+  ttlMs: number;
+  now?: () => number;
+}
+
+interface Entry {
+  model: Promise<Model>;
+  expiresAt: number;
+}
+
+const MAX_ENTRIES = 20_000;
+
+export class Catalog {
+  readonly #registry: GrpcClient<typeof RegistryService>;
+  readonly #ttlMs: number;
+  readonly #now: () => number;
+  readonly #entries = new Map<string, Entry>();
+
+  constructor(registry: GrpcClient<typeof RegistryService>, opts: CatalogOptions) {
+    this.#registry = registry;
+    this.#ttlMs = opts.ttlMs;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  /**
+   * The tenant's model named `name` (id or alias). NOT_FOUND for an unknown name,
+   * FAILED_PRECONDITION for a disabled model, INVALID_ARGUMENT for "auto".
+   */
+  async resolve(tenantId: string, name: string, token: string): Promise<Model> {
+    if (name === "auto") {
+      throw new InvalidArgumentError(
+        'model "auto" is resolved by the categorizer before model-proxy; name a catalog model or alias',
+        { field: "model" },
+      );
+    }
+    const key = `${tenantId}\u0000${name}`;
+    const now = this.#now();
+    let entry = this.#entries.get(key);
+    if (entry === undefined || entry.expiresAt <= now) {
+      entry = { model: this.#fetch(name, token), expiresAt: now + this.#ttlMs };
+      if (this.#entries.size >= MAX_ENTRIES) this.#entries.clear();
+      this.#entries.set(key, entry);
+      // A failed lookup is not cached.
+      entry.model.catch(() => {
+        if (this.#entries.get(key) === entry) this.#entries.delete(key);
+      });
+    }
+    const model = await entry.model;
+    if (!model.enabled)
+      throw new FailedPreconditionError(`model ${model.id} is disabled in the catalog`);
+    return model;
+  }
+
+  async #fetch(name: string, token: string): Promise<Model> {
+    try {
+      const res = await this.#registry.getModel(
+        { id: name },
+        { headers: { authorization: `Bearer ${token}` }, timeoutMs: 5_000 },
+      );
+      if (res.model === undefined) throw new NotFoundError(`model ${name} is not in the catalog`);
+      return res.model;
+    } catch (err) {
+      if (err instanceof ConnectError) {
+        if (err.code === Code.NotFound) {
+          throw new NotFoundError(`model ${name} is not in the catalog`, { cause: err });
+        }
+        if (err.code === Code.InvalidArgument) {
+          throw new InvalidArgumentError(`model ${name}: ${err.rawMessage}`, { field: "model" });
+        }
+        throw new UnavailableError(`the model catalog is unavailable (${Code[err.code]})`, {
+          cause: err,
+        });
+      }
+      throw err;
+    }
+  }
+}
+
+/** INVALID_ARGUMENT unless the model has `capability` (named for the message). */
+export function requireCapability(model: Model, capability: Capability, what: string): void {
+  if (!model.capabilities.includes(capability)) {
+    throw new InvalidArgumentError(`model ${model.id} does not support ${what}`, {
+      field: "model",
+    });
+  }
+}
+
+/** USD for these tokens at the catalog's prices (per million tokens). */
+export function costOf(model: Model, inputTokens: number, outputTokens: number): number {
+  return (inputTokens * model.inputPricePerMtok + outputTokens * model.outputPricePerMtok) / 1e6;
+}

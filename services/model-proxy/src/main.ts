@@ -1,0 +1,146 @@
+// Start-up only: config -> logger -> tracing -> NATS + MongoDB -> deployments, limits, cache,
+// accounting -> server -> listen -> metrics -> shutdown wiring. Everything else lives in build(deps).
+import {
+  closeMongo,
+  ConfigError,
+  connectMongo,
+  connectNats,
+  createClient,
+  createJwksVerifier,
+  createMetrics,
+  createRootLogger,
+  handleShutdown,
+  initTracing,
+  startMetricsServer,
+  type Logger,
+} from "@ensemble/kit";
+import { AuthService, RegistryService } from "@ensemble/proto";
+import { openAccounting } from "./accounting/index.js";
+import { openResponseCache } from "./cache.js";
+import { Catalog } from "./catalog.js";
+import { deploymentsFrom, loadModelProxyConfig, type ModelProxyConfig } from "./config.js";
+import { openDeploymentLimiter } from "./limits.js";
+import { createProviderClient } from "./providers/index.js";
+import { Router } from "./router.js";
+import { build, SERVICE_NAME } from "./server.js";
+import { VERSION } from "./version.js";
+
+async function main(config: ModelProxyConfig, logger: Logger): Promise<void> {
+  const deployments = deploymentsFrom(config);
+  if (deployments.length === 0) {
+    logger.warn(
+      "no provider is configured (LLM_SIM_URL, OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, OPENROUTER_API_KEY or MODEL_PROXY_DEPLOYMENTS): every model call fails until one is",
+    );
+  }
+  const tracing = initTracing({
+    service: SERVICE_NAME,
+    version: VERSION,
+    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+      ? {}
+      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+  });
+  const metrics = createMetrics({ service: SERVICE_NAME });
+  const verifier = createJwksVerifier({
+    jwksUrl: config.JWKS_URL,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+  });
+
+  const [nc, mongo] = await Promise.all([
+    connectNats({ url: config.NATS_URL, name: SERVICE_NAME, logger }),
+    connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger }),
+  ]);
+  const registry = createClient(RegistryService, config.REGISTRY_ADDR, { metrics });
+  const auth = createClient(AuthService, config.AUTH_ADDR, { metrics });
+  const [limiter, cache, accounting] = await Promise.all([
+    openDeploymentLimiter(nc, config.RATE_LIMIT_BUCKET, logger),
+    openResponseCache(nc, { bucket: config.CACHE_BUCKET, ttlMs: config.CACHE_TTL_MS, logger }),
+    openAccounting({
+      mongo,
+      nc,
+      auth,
+      logger,
+      metrics,
+      spendBucket: config.SPEND_BUCKET,
+      budgetCacheMs: config.BUDGET_CACHE_MS,
+      flushMs: config.LEDGER_FLUSH_MS,
+      batchSize: config.LEDGER_BATCH_SIZE,
+    }),
+  ]);
+  const router = new Router(deployments, createProviderClient, {
+    maxAttempts: config.RETRY_MAX_ATTEMPTS,
+    baseDelayMs: config.RETRY_BASE_DELAY_MS,
+    maxDelayMs: config.RETRY_MAX_DELAY_MS,
+    retryAfterMaxMs: config.RETRY_AFTER_MAX_MS,
+    breakerThreshold: config.BREAKER_THRESHOLD,
+    halfOpenAfterMs: config.BREAKER_HALF_OPEN_AFTER_MS,
+    limiter,
+    logger,
+    metrics,
+  });
+
+  const server = build({
+    version: VERSION,
+    logger,
+    verifier,
+    metrics,
+    catalog: new Catalog(registry, { ttlMs: config.CATALOG_TTL_MS }),
+    router,
+    accounting,
+    cache,
+    cacheTenants: new Set(config.CACHE_TENANTS),
+  });
+  const port = await server.listen(config.MODEL_PROXY_ADDR);
+  const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
+  logger.info(
+    {
+      address: config.MODEL_PROXY_ADDR,
+      port,
+      metricsPort: metricsServer.port,
+      // Names and endpoints only: keys are never logged.
+      deployments: deployments.map((d) => ({
+        name: d.name,
+        provider: d.provider,
+        api: d.api,
+        baseUrl: d.baseUrl,
+      })),
+    },
+    "model-proxy listening",
+  );
+
+  handleShutdown({
+    logger,
+    timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    steps: [
+      {
+        name: "grpc server",
+        run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      // Every accepted call's usage reaches the ledger before the connections close.
+      { name: "ledger flush", run: () => accounting.close() },
+      { name: "nats drain", run: () => nc.drain() },
+      { name: "mongo disconnect", run: () => closeMongo(mongo) },
+      { name: "metrics server", run: () => metricsServer.close() },
+      { name: "tracing", run: () => tracing.shutdown() },
+    ],
+  });
+}
+
+let config: ModelProxyConfig;
+try {
+  config = loadModelProxyConfig();
+  deploymentsFrom(config); // fail fast on a bad deployment list, before any connection
+} catch (err) {
+  process.stderr.write(`model-proxy: ${err instanceof ConfigError ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+const logger = createRootLogger({
+  service: SERVICE_NAME,
+  version: VERSION,
+  level: config.LOG_LEVEL,
+});
+main(config, logger).catch((err: unknown) => {
+  logger.fatal({ err }, "model-proxy failed to start");
+  logger.flush();
+  process.exit(1);
+});

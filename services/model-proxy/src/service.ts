@@ -1,0 +1,759 @@
+// ModelProxyService handlers: resolve the model in the caller tenant's catalog, check what the
+// model can do and the caller's budget, answer from the tenant's cache when allowed, route the
+// call (router.ts: deployments, limits, retries, breakers, fallbacks), and record exact usage
+// and cost (accounting: ledger + usage event + spend), streaming included.
+import { randomUUID } from "node:crypto";
+import { clone, create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { DurationSchema, timestampNow, type Duration } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  InvalidArgumentError,
+  loggerOf,
+  principalOf,
+  toConnectError,
+  UnavailableError,
+  type Principal,
+} from "@ensemble/kit";
+import {
+  CacheMode,
+  Capability,
+  ChatRequestSchema,
+  ChatResponseSchema,
+  ChatRole,
+  EmbedRequestSchema,
+  EmbedResponseSchema,
+  FinishReason,
+  ServedBySchema,
+  StreamChatResponseSchema,
+  UsageOperation,
+  UsageSchema,
+  type CallAttribution,
+  type ChatRequest,
+  type ChatResponse,
+  type Model,
+  type ModelProxyService,
+  type ServedBy,
+  type StreamChatResponse,
+  type Usage,
+} from "@ensemble/proto";
+import type { Accounting, Caller, LedgerEntry } from "./accounting/index.js";
+import { cacheKey, type ResponseCache } from "./cache.js";
+import { costOf, requireCapability, type Catalog } from "./catalog.js";
+import { ProviderError, type ChatChunk, type Deployment } from "./providers/types.js";
+import { toDomainError, type Router, type Routed } from "./router.js";
+import { countChat, countText, estimateChatTokens, estimateTextTokens } from "./tokens.js";
+
+export interface ModelProxyDeps {
+  catalog: Catalog;
+  router: Router;
+  accounting: Accounting;
+  cache: ResponseCache;
+  /** Tenants whose calls use the cache unless a call says BYPASS; "*" = every tenant. */
+  cacheTenants: ReadonlySet<string>;
+}
+
+/**
+ * The catalog's role aliases. The simulator's model for a role answers to "sim-<alias>"
+ * (deploy/config/models.yaml), which is what a role alias falls back to when its real model's
+ * provider is not configured but the simulator is (a local run without provider keys).
+ */
+const ROLE_ALIASES = new Set([
+  "categorizer",
+  "fast",
+  "medium",
+  "thinking",
+  "code",
+  "vision",
+  "image",
+  "video",
+  "embedding",
+]);
+
+/** Output tokens assumed for the tpm limit when a request sets no max_tokens. */
+const DEFAULT_OUTPUT_ESTIMATE = 512;
+
+type Impl = ServiceImpl<typeof ModelProxyService>;
+
+export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
+  const { catalog, router, accounting, cache } = deps;
+
+  function callerOf(ctx: HandlerContext): { principal: Principal; caller: Caller } {
+    const principal = principalOf(ctx);
+    const header = ctx.requestHeader.get("authorization") ?? "";
+    const token = header.replace(/^Bearer\s+/i, "");
+    return {
+      principal,
+      caller: {
+        tenantId: principal.tenantId,
+        userId: principal.subject,
+        apiKeyId: principal.apiKeyId ?? "",
+        token,
+      },
+    };
+  }
+
+  /** The catalog model for `name`, with role aliases on the simulator when only it is configured. */
+  async function resolveModel(caller: Caller, name: string): Promise<Model> {
+    const model = await catalog.resolve(caller.tenantId, name, caller.token);
+    if (router.serves(model) || !ROLE_ALIASES.has(name) || !router.hasProvider("simulator")) {
+      return model;
+    }
+    try {
+      return await catalog.resolve(caller.tenantId, `sim-${name}`, caller.token);
+    } catch {
+      return model; // no simulator stand-in: the call fails with the real model's reason
+    }
+  }
+
+  function cacheOn(tenantId: string, mode: CacheMode): boolean {
+    if (mode === CacheMode.BYPASS) return false;
+    if (mode === CacheMode.USE) return true;
+    return deps.cacheTenants.has("*") || deps.cacheTenants.has(tenantId);
+  }
+
+  /** The request's own fallback list, else the catalog's chain; unknown names are skipped. */
+  function fallbacksOf(model: Model, requested: readonly string[], caller: Caller) {
+    return async (): Promise<Model[]> => {
+      const names = requested.length > 0 ? requested : model.fallbacks;
+      const out: Model[] = [];
+      for (const name of names) {
+        try {
+          out.push(await catalog.resolve(caller.tenantId, name, caller.token));
+        } catch {
+          // A stale or disabled chain entry must not hide the primary model's real failure.
+        }
+      }
+      return out;
+    };
+  }
+
+  function checkChat(model: Model, req: ChatRequest): number {
+    requireCapability(model, Capability.CHAT, "chat");
+    const images = req.messages.some((m) => m.content.some((p) => p.part.case === "image"));
+    if (images) requireCapability(model, Capability.VISION, "image inputs");
+    if (req.tools.length > 0 && !model.capabilities.includes(Capability.TOOLS)) {
+      throw new InvalidArgumentError(`model ${model.id} does not support tools`, {
+        field: "tools",
+      });
+    }
+    const input = estimateChatTokens(req.messages);
+    const wanted = input + (req.maxTokens ?? 0);
+    if (model.contextWindow > 0 && wanted > model.contextWindow) {
+      throw new InvalidArgumentError(
+        `the request needs about ${wanted} tokens (input${req.maxTokens !== undefined ? " + max_tokens" : ""}) but model ${model.id} has a context window of ${model.contextWindow}`,
+        { field: "messages" },
+      );
+    }
+    return input;
+  }
+
+  function usageOf(model: Model, input: number, output: number, cached: boolean): Usage {
+    return create(UsageSchema, {
+      inputTokens: BigInt(input),
+      outputTokens: BigInt(output),
+      totalTokens: BigInt(input + output),
+      costUsd: cached ? 0 : costOf(model, input, output),
+    });
+  }
+
+  function servedBy(
+    requested: string,
+    model: Model,
+    d: Deployment | undefined,
+    routed: Pick<Routed<unknown>, "attempts" | "fallbacksTried"> | undefined,
+    cacheHit: boolean,
+  ): ServedBy {
+    return create(ServedBySchema, {
+      model: model.id,
+      requestedModel: requested,
+      provider: model.provider,
+      deployment: d?.name ?? "",
+      providerModelId: model.providerModelId,
+      simulated: d?.simulated ?? model.provider === "simulator",
+      cacheHit,
+      attempts: routed?.attempts ?? 0,
+      fallbacksTried: routed?.fallbacksTried ?? [],
+    });
+  }
+
+  function record(
+    caller: Caller,
+    op: UsageOperation,
+    fields: {
+      id: string;
+      requested: string;
+      model: Model;
+      served?: ServedBy;
+      usage?: Usage;
+      latencyMs: number;
+      ttftMs?: number;
+      streaming?: boolean;
+      cacheHit?: boolean;
+      status?: string;
+      attribution: CallAttribution | undefined;
+      metadata?: Record<string, string>;
+    },
+  ): void {
+    const a = fields.attribution;
+    const ok = fields.status === undefined || fields.status === "OK";
+    const entry: LedgerEntry = {
+      id: fields.id,
+      tenantId: caller.tenantId,
+      userId: caller.userId,
+      apiKeyId: caller.apiKeyId,
+      operation: op,
+      model: fields.served?.model ?? fields.model.id,
+      requestedModel: fields.requested,
+      provider: fields.served?.provider ?? fields.model.provider,
+      deployment: fields.served?.deployment ?? "",
+      inputTokens: Number(fields.usage?.inputTokens ?? 0n),
+      outputTokens: Number(fields.usage?.outputTokens ?? 0n),
+      costUsd: fields.usage?.costUsd ?? 0,
+      latencyMs: fields.latencyMs,
+      ttftMs: fields.ttftMs ?? fields.latencyMs,
+      time: new Date(),
+      streaming: fields.streaming ?? false,
+      cacheHit: fields.cacheHit ?? false,
+      simulated: fields.served?.simulated ?? false,
+      status: fields.status ?? "OK",
+      runId: a?.runId ?? "",
+      // A failed call never takes the step's idempotency slot: the retry that succeeds must bill.
+      stepId: ok ? (a?.stepId ?? "") : "",
+      sessionId: a?.sessionId ?? "",
+      attempt: a?.attempt ?? 0,
+      idempotencyKey: ok ? (a?.idempotencyKey ?? "") : "",
+      metadata: fields.metadata ?? {},
+    };
+    accounting.record(entry);
+  }
+
+  function failed(
+    caller: Caller,
+    op: UsageOperation,
+    id: string,
+    requested: string,
+    model: Model,
+    started: number,
+    err: unknown,
+    attribution: CallAttribution | undefined,
+    streaming: boolean,
+  ): ConnectError {
+    const error = toConnectError(err);
+    record(caller, op, {
+      id,
+      requested,
+      model,
+      latencyMs: performance.now() - started,
+      status: Code[error.code],
+      attribution,
+      streaming,
+    });
+    return error;
+  }
+
+  /** A cached ChatResponse, re-issued under a new id at zero cost. */
+  async function fromCache(tenantId: string, key: string): Promise<ChatResponse | undefined> {
+    const bytes = await cache.get(tenantId, key);
+    if (bytes === undefined) return undefined;
+    try {
+      return fromBinary(ChatResponseSchema, bytes);
+    } catch {
+      return undefined; // an entry from an incompatible version: a miss
+    }
+  }
+
+  return {
+    async chat(req, ctx) {
+      const started = performance.now();
+      const { caller } = callerOf(ctx);
+      const model = await resolveModel(caller, req.model);
+      const input = checkChat(model, req);
+      await accounting.checkBudget(caller, costOf(model, input, 0));
+      const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
+
+      const useCache = cacheOn(caller.tenantId, req.cache);
+      const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
+      if (useCache) {
+        const hit = await fromCache(caller.tenantId, key);
+        if (hit !== undefined) {
+          const served = cachedServedBy(hit.servedBy, req.model);
+          const usage = cachedUsage(hit.usage);
+          const latency = performance.now() - started;
+          const response = create(ChatResponseSchema, {
+            ...hit,
+            id,
+            servedBy: served,
+            usage,
+            latency: duration(latency),
+            timeToFirstToken: duration(latency),
+            createTime: timestampNow(),
+          });
+          record(caller, UsageOperation.CHAT, {
+            id,
+            requested: req.model,
+            model,
+            served,
+            usage,
+            latencyMs: latency,
+            cacheHit: true,
+            attribution: req.attribution,
+            metadata: req.metadata,
+          });
+          return response;
+        }
+      }
+
+      try {
+        const routed = await router.run(
+          model,
+          fallbacksOf(model, req.fallbackModels, caller),
+          input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE),
+          ctx.signal,
+          (client, _d, m) =>
+            client.chat({ model: m.providerModelId, request: req, signal: ctx.signal }),
+        );
+        routed.finish();
+        const r = routed.value;
+        const latency = performance.now() - started;
+        const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
+        const usage = usageOf(routed.model, r.inputTokens, r.outputTokens, false);
+        const response = create(ChatResponseSchema, {
+          id,
+          servedBy: served,
+          message: r.message,
+          reasoning: r.reasoning,
+          finishReason: r.finishReason,
+          usage,
+          latency: duration(latency),
+          timeToFirstToken: duration(latency),
+          createTime: timestampNow(),
+        });
+        record(caller, UsageOperation.CHAT, {
+          id,
+          requested: req.model,
+          model: routed.model,
+          served,
+          usage,
+          latencyMs: latency,
+          attribution: req.attribution,
+          metadata: req.metadata,
+        });
+        if (useCache && r.finishReason !== FinishReason.LENGTH) {
+          void cache.set(caller.tenantId, key, toBinary(ChatResponseSchema, response));
+        }
+        return response;
+      } catch (err) {
+        throw failed(
+          caller,
+          UsageOperation.CHAT,
+          id,
+          req.model,
+          model,
+          started,
+          err,
+          req.attribution,
+          false,
+        );
+      }
+    },
+
+    async *streamChat(sreq, ctx) {
+      const req = sreq.chat;
+      if (req === undefined) throw new InvalidArgumentError("chat is required", { field: "chat" });
+      const started = performance.now();
+      const { caller } = callerOf(ctx);
+      const log = loggerOf(ctx);
+      const model = await resolveModel(caller, req.model);
+      const input = checkChat(model, req);
+      await accounting.checkBudget(caller, costOf(model, input, 0));
+      const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
+
+      const useCache = cacheOn(caller.tenantId, req.cache);
+      const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
+      if (useCache) {
+        const hit = await fromCache(caller.tenantId, key);
+        if (hit !== undefined) {
+          const served = cachedServedBy(hit.servedBy, req.model);
+          const usage = cachedUsage(hit.usage);
+          yield event({
+            case: "start",
+            value: { id, servedBy: served, createTime: timestampNow() },
+          });
+          let text = "";
+          for (const p of hit.message?.content ?? [])
+            if (p.part.case === "text") text += p.part.value;
+          yield event({
+            case: "delta",
+            value: { content: text, reasoning: hit.reasoning, toolCalls: [] },
+          });
+          const latency = performance.now() - started;
+          yield event({
+            case: "end",
+            value: {
+              finishReason: hit.finishReason,
+              usage,
+              latency: duration(latency),
+              timeToFirstToken: duration(latency),
+              servedBy: served,
+            },
+          });
+          record(caller, UsageOperation.CHAT, {
+            id,
+            requested: req.model,
+            model,
+            served,
+            usage,
+            latencyMs: latency,
+            cacheHit: true,
+            streaming: true,
+            attribution: req.attribution,
+            metadata: req.metadata,
+          });
+          return;
+        }
+      }
+
+      let routed: Routed<{ it: AsyncIterator<ChatChunk>; first: ChatChunk }>;
+      try {
+        routed = await router.run(
+          model,
+          fallbacksOf(model, req.fallbackModels, caller),
+          input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE),
+          ctx.signal,
+          async (client, _d, m) => {
+            const stream = client.streamChat({
+              model: m.providerModelId,
+              request: req,
+              signal: ctx.signal,
+            });
+            const it = stream[Symbol.asyncIterator]();
+            const first = await it.next();
+            if (first.done === true) {
+              throw new ProviderError(
+                "stream_cut",
+                `${_d.name}: the stream ended before its first chunk`,
+              );
+            }
+            return { it, first: first.value };
+          },
+        );
+      } catch (err) {
+        throw failed(
+          caller,
+          UsageOperation.CHAT,
+          id,
+          req.model,
+          model,
+          started,
+          err,
+          req.attribution,
+          true,
+        );
+      }
+
+      const ttft = performance.now() - started;
+      const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
+      const { it } = routed.value;
+      let chunk: ChatChunk | undefined = routed.value.first;
+      let content = "";
+      let reasoning = "";
+      let finished = false;
+      let outcome: unknown;
+      try {
+        yield event({ case: "start", value: { id, servedBy: served, createTime: timestampNow() } });
+        while (chunk !== undefined) {
+          if (chunk.type === "delta") {
+            content += chunk.content;
+            reasoning += chunk.reasoning;
+            yield event({
+              case: "delta",
+              value: {
+                content: chunk.content,
+                reasoning: chunk.reasoning,
+                toolCalls: chunk.toolCalls,
+              },
+            });
+          } else {
+            const latency = performance.now() - started;
+            const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
+            finished = true;
+            record(caller, UsageOperation.CHAT, {
+              id,
+              requested: req.model,
+              model: routed.model,
+              served,
+              usage,
+              latencyMs: latency,
+              ttftMs: ttft,
+              streaming: true,
+              attribution: req.attribution,
+              metadata: req.metadata,
+            });
+            if (useCache && chunk.finishReason !== FinishReason.LENGTH) {
+              const response = create(ChatResponseSchema, {
+                id,
+                servedBy: served,
+                message: {
+                  role: ChatRole.ASSISTANT,
+                  content: content === "" ? [] : [{ part: { case: "text", value: content } }],
+                },
+                reasoning,
+                finishReason: chunk.finishReason,
+                usage,
+              });
+              void cache.set(caller.tenantId, key, toBinary(ChatResponseSchema, response));
+            }
+            yield event({
+              case: "end",
+              value: {
+                finishReason: chunk.finishReason,
+                usage,
+                latency: duration(latency),
+                timeToFirstToken: duration(ttft),
+                servedBy: served,
+              },
+            });
+            break;
+          }
+          const next = await it.next();
+          chunk = next.done === true ? undefined : next.value;
+        }
+        if (!finished) {
+          throw new ProviderError(
+            "stream_cut",
+            `${routed.deployment.name}: the stream ended before its finish`,
+          );
+        }
+      } catch (err) {
+        outcome = err;
+        if (ctx.signal.aborted) throw err;
+        log.warn({ err, deployment: routed.deployment.name }, "stream failed after it started");
+        const error =
+          err instanceof ProviderError
+            ? toDomainError(err, routed.model.id)
+            : new UnavailableError(`the stream from ${routed.model.id} failed`);
+        throw error;
+      } finally {
+        routed.finish(outcome instanceof ProviderError ? outcome : undefined);
+        if (!finished) {
+          // Cut, failed or abandoned by the client: the provider still produced what we saw.
+          await it.return?.();
+          const output = estimateTextTokens(content + reasoning);
+          record(caller, UsageOperation.CHAT, {
+            id,
+            requested: req.model,
+            model: routed.model,
+            served,
+            usage: usageOf(routed.model, input, output, false),
+            latencyMs: performance.now() - started,
+            ttftMs: ttft,
+            streaming: true,
+            status: ctx.signal.aborted ? "Canceled" : "Unavailable",
+            attribution: req.attribution,
+            metadata: req.metadata,
+          });
+        }
+      }
+    },
+
+    async embed(req, ctx) {
+      const started = performance.now();
+      const { caller } = callerOf(ctx);
+      const model = await resolveModel(caller, req.model);
+      requireCapability(model, Capability.EMBEDDINGS, "embeddings");
+      const input = req.inputs.reduce((n, text) => n + estimateTextTokens(text), 0);
+      await accounting.checkBudget(caller, costOf(model, input, 0));
+      const id = `emb-${randomUUID().replaceAll("-", "")}`;
+      const useCache = cacheOn(caller.tenantId, req.cache);
+      const key = useCache ? cacheKey(EmbedRequestSchema, req) : "";
+      if (useCache) {
+        const bytes = await cache.get(caller.tenantId, key);
+        if (bytes !== undefined) {
+          const hit = fromBinary(EmbedResponseSchema, bytes);
+          const served = cachedServedBy(hit.servedBy, req.model);
+          const usage = cachedUsage(hit.usage);
+          const latency = performance.now() - started;
+          record(caller, UsageOperation.EMBED, {
+            id,
+            requested: req.model,
+            model,
+            served,
+            usage,
+            latencyMs: latency,
+            cacheHit: true,
+            attribution: req.attribution,
+          });
+          return create(EmbedResponseSchema, {
+            ...hit,
+            id,
+            servedBy: served,
+            usage,
+            latency: duration(latency),
+          });
+        }
+      }
+      try {
+        const routed = await router.run(
+          model,
+          fallbacksOf(model, [], caller),
+          input,
+          ctx.signal,
+          (client, _d, m) =>
+            client.embed({
+              model: m.providerModelId,
+              inputs: req.inputs,
+              ...(req.dimensions !== undefined ? { dimensions: req.dimensions } : {}),
+              signal: ctx.signal,
+            }),
+        );
+        routed.finish();
+        const latency = performance.now() - started;
+        const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
+        const usage = usageOf(routed.model, routed.value.inputTokens, 0, false);
+        const vectors = routed.value.vectors;
+        const response = create(EmbedResponseSchema, {
+          id,
+          servedBy: served,
+          embeddings: vectors.map((values, index) => ({ index, values })),
+          dimensions: vectors[0]?.length ?? 0,
+          usage,
+          latency: duration(latency),
+        });
+        record(caller, UsageOperation.EMBED, {
+          id,
+          requested: req.model,
+          model: routed.model,
+          served,
+          usage,
+          latencyMs: latency,
+          attribution: req.attribution,
+        });
+        if (useCache) void cache.set(caller.tenantId, key, toBinary(EmbedResponseSchema, response));
+        return response;
+      } catch (err) {
+        throw failed(
+          caller,
+          UsageOperation.EMBED,
+          id,
+          req.model,
+          model,
+          started,
+          err,
+          req.attribution,
+          false,
+        );
+      }
+    },
+
+    async generateImage(req, ctx) {
+      const started = performance.now();
+      const { caller } = callerOf(ctx);
+      const model = await resolveModel(caller, req.model);
+      requireCapability(model, Capability.IMAGE_GENERATION, "image generation");
+      const input = estimateTextTokens(req.prompt);
+      await accounting.checkBudget(caller, costOf(model, input, 0));
+      const id = `img-${randomUUID().replaceAll("-", "")}`;
+      try {
+        const routed = await router.run(
+          model,
+          fallbacksOf(model, [], caller),
+          input,
+          ctx.signal,
+          (client, _d, m) =>
+            client.generateImage({
+              model: m.providerModelId,
+              prompt: req.prompt,
+              n: req.n === 0 ? 1 : req.n,
+              size: req.size,
+              quality: req.quality,
+              format: req.format,
+              signal: ctx.signal,
+            }),
+        );
+        routed.finish();
+        const latency = performance.now() - started;
+        const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
+        const r = routed.value;
+        const usage = usageOf(routed.model, r.inputTokens, r.outputTokens, false);
+        record(caller, UsageOperation.IMAGE, {
+          id,
+          requested: req.model,
+          model: routed.model,
+          served,
+          usage,
+          latencyMs: latency,
+          attribution: req.attribution,
+        });
+        return {
+          id,
+          servedBy: served,
+          images: r.images.map((img) => ({
+            data: img.data,
+            mimeType: img.mimeType,
+            revisedPrompt: img.revisedPrompt,
+          })),
+          usage,
+          latency: duration(latency),
+        };
+      } catch (err) {
+        throw failed(
+          caller,
+          UsageOperation.IMAGE,
+          id,
+          req.model,
+          model,
+          started,
+          err,
+          req.attribution,
+          false,
+        );
+      }
+    },
+
+    async countTokens(req, ctx) {
+      const { caller } = callerOf(ctx);
+      const model = await resolveModel(caller, req.model);
+      const count =
+        req.messages.length > 0 ? countChat(model, req.messages) : countText(model, req.text);
+      return {
+        tokens: BigInt(count.tokens),
+        exact: count.exact,
+        tokenizer: count.tokenizer,
+        contextWindow: model.contextWindow,
+      };
+    },
+
+    async getUsage(req, ctx) {
+      return accounting.getUsage(principalOf(ctx), req);
+    },
+  };
+}
+
+function event(
+  value: NonNullable<MessageInitShape<typeof StreamChatResponseSchema>["event"]>,
+): StreamChatResponse {
+  return create(StreamChatResponseSchema, { event: value });
+}
+
+/** A cached answer's ServedBy, marked as a cache hit for this caller. */
+function cachedServedBy(from: ServedBy | undefined, requested: string): ServedBy {
+  const served = from === undefined ? create(ServedBySchema) : clone(ServedBySchema, from);
+  served.requestedModel = requested;
+  served.cacheHit = true;
+  served.attempts = 0;
+  served.fallbacksTried = [];
+  return served;
+}
+
+/** A cache hit's usage: the same tokens, no cost. */
+function cachedUsage(from: Usage | undefined): Usage {
+  const usage = from === undefined ? create(UsageSchema) : clone(UsageSchema, from);
+  usage.costUsd = 0;
+  return usage;
+}
+
+/** A Duration from fractional milliseconds (durationFromMs wants whole ones: nanos must be integral). */
+function duration(ms: number): Duration {
+  const nanos = Math.max(0, Math.round(ms * 1e6));
+  return create(DurationSchema, { seconds: BigInt(Math.floor(nanos / 1e9)), nanos: nanos % 1e9 });
+}

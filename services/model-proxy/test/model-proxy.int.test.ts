@@ -1,0 +1,539 @@
+// model-proxy end to end against the real mesh: auth and the registry as built processes,
+// model-proxy as built processes (two replicas for the rate limit), the LLM simulator as the
+// provider at the HTTP boundary, real NATS and the MongoDB-wire server underneath. Conditions
+// (failures, 429s, cut streams) are set on the simulator; tenant-owned catalog entries with
+// their own provider names give each scenario its own deployments and breakers.
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createClient, type GrpcClient } from "@ensemble/kit";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import {
+  AuthService,
+  BudgetScope,
+  CacheMode,
+  Capability,
+  ChatRole,
+  FinishReason,
+  ModelProxyService,
+  RegistryService,
+  UsageDimension,
+  type ChatRequest,
+  type StreamChatResponse,
+} from "@ensemble/proto";
+import {
+  startAuthProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  uniqueName,
+  type AuthProcess,
+  type MeshProcess,
+} from "@ensemble/testkit";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ChatRequestSchema } from "@ensemble/proto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+let auth: AuthProcess;
+let registry: MeshProcess;
+let sim: Simulator;
+let flakySim: Simulator;
+let proxy: MeshProcess;
+const replicas: MeshProcess[] = [];
+let mp: GrpcClient<typeof ModelProxyService>;
+
+interface Account {
+  token: string;
+  userId: string;
+  tenantId: string;
+  headers: { authorization: string };
+}
+
+async function signup(label: string): Promise<Account> {
+  const client = createClient(AuthService, auth.address);
+  const res = await client.signup({
+    email: `${uniqueName(label)}@example.com`,
+    password: "correct-Horse-battery-9",
+  });
+  const token = res.tokens?.accessToken ?? "";
+  return {
+    token,
+    userId: res.user?.id ?? "",
+    tenantId: res.tenant?.id ?? "",
+    headers: { authorization: `Bearer ${token}` },
+  };
+}
+
+/** A tenant-owned catalog entry served by provider `provider` (a deployment of the proxy). */
+async function addModel(
+  who: Account,
+  id: string,
+  provider: string,
+  providerModelId: string,
+  fallbacks: string[] = [],
+): Promise<void> {
+  const reg = createClient(RegistryService, registry.address);
+  await reg.upsertModel(
+    {
+      model: {
+        id,
+        provider,
+        providerModelId,
+        displayName: id,
+        capabilities: [Capability.CHAT],
+        contextWindow: 128_000,
+        inputPricePerMtok: 1,
+        outputPricePerMtok: 2,
+        enabled: true,
+        fallbacks,
+      },
+    },
+    { headers: who.headers },
+  );
+}
+
+function chat(
+  model: string,
+  text: string,
+  extra: { maxTokens?: number; cache?: CacheMode } = {},
+): MessageInitShape<typeof ChatRequestSchema> {
+  return {
+    model,
+    messages: [{ role: ChatRole.USER, content: [{ part: { case: "text", value: text } }] }],
+    ...extra,
+  };
+}
+
+function textOf(message: ChatRequest["messages"][number] | undefined): string {
+  return (message?.content ?? []).map((p) => (p.part.case === "text" ? p.part.value : "")).join("");
+}
+
+async function expectCode(p: Promise<unknown>, code: Code): Promise<ConnectError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConnectError);
+  expect(Code[(err as ConnectError).code]).toBe(Code[code]);
+  return err as ConnectError;
+}
+
+async function collect(stream: AsyncIterable<StreamChatResponse>): Promise<{
+  events: StreamChatResponse[];
+  error: unknown;
+  times: number[];
+}> {
+  const events: StreamChatResponse[] = [];
+  const times: number[] = [];
+  try {
+    for await (const e of stream) {
+      events.push(e);
+      times.push(performance.now());
+    }
+    return { events, error: undefined, times };
+  } catch (error) {
+    return { events, error, times };
+  }
+}
+
+/** Waits until GetUsage shows `requests` requests (the ledger is written in batches). */
+async function usageOnce(who: Account, model: string, requests: number) {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const usage = await mp.getUsage(
+      {
+        startTime: timestampFromMs(Date.now() - 3_600_000),
+        endTime: timestampFromMs(Date.now() + 3_600_000),
+        groupBy: [UsageDimension.MODEL],
+        model,
+      },
+      { headers: who.headers },
+    );
+    if (Number(usage.totalRequests) >= requests || Date.now() > deadline) return usage;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+beforeAll(async () => {
+  [auth, sim, flakySim] = await Promise.all([
+    startAuthProcess(),
+    startSimulator({
+      models: {
+        // Falls back to sim-fast (catalog chain) because it always fails.
+        "sim-medium": { fail: "500" },
+        // One 429 asking for a 1 s wait, then fine.
+        "sim-thinking": { fail: "429", failFirst: 1, retryAfterSec: 1, latencyMs: 0, ttftMs: 0 },
+        // Streams half its answer, then the connection is cut.
+        "sim-cut": { fail: "cut", tokensPerSecond: 0 },
+        "sim-slow": { tokensPerSecond: 100 },
+        "sim-limited": {},
+      },
+    }),
+    startSimulator({ models: { "sim-flaky": {} } }),
+  ]);
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  const mesh = {
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+  };
+  const deployments = JSON.stringify([
+    // "duo": the heavier deployment always fails; the light one answers.
+    {
+      name: "duo-bad",
+      provider: "duo",
+      baseUrl: `${sim.url}/v1`,
+      apiKey: "k",
+      weight: 100,
+      headers: { "x-sim-fail": "500" },
+    },
+    { name: "duo-good", provider: "duo", baseUrl: `${sim.url}/v1`, apiKey: "k", weight: 1 },
+    { name: "flaky", provider: "flaky", baseUrl: `${flakySim.url}/v1`, apiKey: "k" },
+    { name: "limited", provider: "limited", baseUrl: `${sim.url}/v1`, apiKey: "k", rpm: 10 },
+  ]);
+  const env = {
+    MODEL_PROXY_DEPLOYMENTS: deployments,
+    RETRY_BASE_DELAY_MS: "10",
+    RETRY_MAX_DELAY_MS: "50",
+    BREAKER_THRESHOLD: "3",
+    BREAKER_HALF_OPEN_AFTER_MS: "1000",
+    CATALOG_TTL_MS: "0",
+  };
+  const limitBucket = uniqueName("limits");
+  const database = uniqueName("modelproxy");
+  const spend = uniqueName("spend");
+  proxy = await startModelProxyProcess({
+    ...mesh,
+    env,
+    database,
+    buckets: { rateLimit: limitBucket, spend },
+  });
+  replicas.push(
+    await startModelProxyProcess({
+      ...mesh,
+      env,
+      database,
+      buckets: { rateLimit: limitBucket, spend },
+    }),
+  );
+  mp = createClient(ModelProxyService, proxy.address);
+});
+
+afterAll(async () => {
+  await Promise.all([proxy?.stop(), ...replicas.map((r) => r.stop())]);
+  await Promise.all([registry?.stop(), auth?.stop(), sim?.close(), flakySim?.close()]);
+});
+
+describe("model-proxy", () => {
+  it("Chat - answers from the simulator with usage, cost at catalog prices, and who served it", async () => {
+    const alice = await signup("alice");
+    const res = await mp.chat(chat("sim-fast", "What is a monad?"), { headers: alice.headers });
+    expect(textOf(res.message)).toContain("[simulated sim-fast]");
+    expect(res.servedBy).toMatchObject({
+      model: "sim-fast",
+      provider: "simulator",
+      deployment: "simulator",
+      simulated: true,
+      attempts: 1,
+    });
+    const usage = res.usage!;
+    expect(Number(usage.inputTokens)).toBeGreaterThan(0);
+    expect(Number(usage.outputTokens)).toBeGreaterThan(0);
+    // sim-fast: 0.1 $/M input, 0.4 $/M output
+    expect(usage.costUsd).toBeCloseTo(
+      (Number(usage.inputTokens) * 0.1 + Number(usage.outputTokens) * 0.4) / 1e6,
+      12,
+    );
+    expect(res.finishReason).toBe(FinishReason.STOP);
+  });
+
+  it("Chat - bad requests: auto, unknown model, an image for a text-only model", async () => {
+    const bob = await signup("bob");
+    await expectCode(mp.chat(chat("auto", "hi"), { headers: bob.headers }), Code.InvalidArgument);
+    await expectCode(mp.chat(chat("no-such-model", "hi"), { headers: bob.headers }), Code.NotFound);
+    const image = {
+      model: "sim-fast",
+      messages: [
+        {
+          role: ChatRole.USER,
+          content: [
+            {
+              part: {
+                case: "image" as const,
+                value: { source: { case: "url" as const, value: "https://example.com/a.png" } },
+              },
+            },
+          ],
+        },
+      ],
+    };
+    const err = await expectCode(mp.chat(image, { headers: bob.headers }), Code.InvalidArgument);
+    expect(err.rawMessage).toMatch(/image/);
+    await expectCode(mp.chat(chat("sim-fast", "hi")), Code.Unauthenticated);
+  });
+
+  it("Chat - an image reaches a vision model", async () => {
+    const carol = await signup("carol");
+    const res = await mp.chat(
+      {
+        model: "sim-vision",
+        messages: [
+          {
+            role: ChatRole.USER,
+            content: [
+              { part: { case: "text", value: "What is in this picture?" } },
+              {
+                part: {
+                  case: "image",
+                  value: {
+                    source: { case: "data", value: new Uint8Array([137, 80, 78, 71]) },
+                    mimeType: "image/png",
+                  },
+                },
+              },
+            ],
+          },
+        ],
+      },
+      { headers: carol.headers },
+    );
+    expect(textOf(res.message)).toMatch(/image/i);
+    expect(Number(res.usage?.inputTokens)).toBeGreaterThanOrEqual(85);
+  });
+
+  it("fallback - a failing deployment is passed over for a healthy one of the same provider", async () => {
+    const dave = await signup("dave");
+    await addModel(dave, "duo-chat", "duo", "sim-fast");
+    for (let i = 0; i < 4; i++) {
+      const res = await mp.chat(chat("duo-chat", `question ${i}`), { headers: dave.headers });
+      expect(res.servedBy?.deployment).toBe("duo-good");
+      expect(textOf(res.message)).toContain("[simulated sim-fast]");
+    }
+  });
+
+  it("fallback - a failing model falls back along the catalog chain, streaming included (before the first token)", async () => {
+    const erin = await signup("erin");
+    const before = sim.requests("sim-medium");
+    const res = await mp.chat(chat("sim-medium", "fall back please"), { headers: erin.headers });
+    expect(res.servedBy).toMatchObject({
+      model: "sim-fast",
+      requestedModel: "sim-medium",
+      fallbacksTried: ["sim-medium"],
+    });
+    expect(sim.requests("sim-medium") - before).toBe(3); // RETRY_MAX_ATTEMPTS on the one deployment
+
+    const { events, error } = await collect(
+      mp.streamChat({ chat: chat("sim-medium", "stream it") }, { headers: erin.headers }),
+    );
+    expect(error).toBeUndefined();
+    expect(events[0]?.event.case).toBe("start");
+    const start = events[0]?.event.value as { servedBy?: { model: string } };
+    expect(start.servedBy?.model).toBe("sim-fast");
+    expect(events.at(-1)?.event.case).toBe("end");
+  });
+
+  it("breaker - opens after repeated failures, half-opens after the pause, closes again", async () => {
+    const frank = await signup("frank");
+    await addModel(frank, "flaky-chat", "flaky", "sim-flaky");
+    flakySim.configure("sim-flaky", { fail: "500" });
+    // 3 consecutive failures (one call = 3 attempts) open the breaker.
+    await expectCode(
+      mp.chat(chat("flaky-chat", "one"), { headers: frank.headers }),
+      Code.Unavailable,
+    );
+    const seen = flakySim.requests("sim-flaky");
+    expect(seen).toBe(3);
+    // Open: calls fail fast without reaching the provider.
+    const err = await expectCode(
+      mp.chat(chat("flaky-chat", "two"), { headers: frank.headers }),
+      Code.Unavailable,
+    );
+    expect(err.rawMessage).toMatch(/circuit open/);
+    expect(flakySim.requests("sim-flaky")).toBe(seen);
+    // The provider heals; after the half-open pause one trial call goes through and closes it.
+    flakySim.configure("sim-flaky", { fail: undefined });
+    await new Promise((r) => setTimeout(r, 1_100));
+    const res = await mp.chat(chat("flaky-chat", "three"), { headers: frank.headers });
+    expect(res.servedBy?.deployment).toBe("flaky");
+    expect(flakySim.requests("sim-flaky")).toBe(seen + 1);
+    await mp.chat(chat("flaky-chat", "four"), { headers: frank.headers });
+    expect(flakySim.requests("sim-flaky")).toBe(seen + 2);
+  });
+
+  it("retry - a 429 with Retry-After is waited out and the call succeeds", async () => {
+    const gina = await signup("gina");
+    const started = performance.now();
+    const res = await mp.chat(chat("sim-thinking", "think"), { headers: gina.headers });
+    expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+    expect(res.servedBy).toMatchObject({ model: "sim-thinking", attempts: 2 });
+    expect(sim.requests("sim-thinking")).toBe(2);
+  });
+
+  it("stream - deltas arrive before the end, and a stream cut mid-way reaches the client as an error", async () => {
+    const hank = await signup("hank");
+    const ok = await collect(
+      mp.streamChat(
+        {
+          chat: chat("sim-fast", "tell me a long story about streams and rivers", {
+            maxTokens: 40,
+          }),
+        },
+        { headers: hank.headers },
+      ),
+    );
+    expect(ok.error).toBeUndefined();
+    expect(ok.events.filter((e) => e.event.case === "delta").length).toBeGreaterThan(1);
+
+    await addModel(hank, "cut-chat", "simulator", "sim-cut");
+    const cut = await collect(
+      mp.streamChat(
+        { chat: chat("cut-chat", "a long answer that will be cut off halfway through") },
+        { headers: hank.headers },
+      ),
+    );
+    expect(cut.events[0]?.event.case).toBe("start");
+    expect(cut.events.some((e) => e.event.case === "delta")).toBe(true);
+    expect(cut.events.some((e) => e.event.case === "end")).toBe(false);
+    expect(cut.error).toBeInstanceOf(ConnectError);
+    expect((cut.error as ConnectError).code).toBe(Code.Unavailable);
+  });
+
+  it("budget - a tenant over its limit is refused before any provider call", async () => {
+    const ivan = await signup("ivan");
+    const authClient = createClient(AuthService, auth.address);
+    await authClient.setBudget(
+      { scope: BudgetScope.TENANT, monthlyLimitUsd: 0 },
+      { headers: ivan.headers },
+    );
+    const before = sim.requests();
+    const err = await expectCode(
+      mp.chat(chat("sim-fast", "hello"), { headers: ivan.headers }),
+      Code.ResourceExhausted,
+    );
+    expect(err.rawMessage).toMatch(/budget|limit/i);
+    expect(err.rawMessage).not.toContain(ivan.token);
+    expect(sim.requests()).toBe(before);
+  });
+
+  it("budget - a user's spend reaches the limit, then calls are refused", async () => {
+    const judy = await signup("judy");
+    const authClient = createClient(AuthService, auth.address);
+    // One sim-fast call costs ~1e-5 $; allow about two.
+    await authClient.setBudget(
+      { scope: BudgetScope.USER, userId: judy.userId, monthlyLimitUsd: 0.00002 },
+      { headers: judy.headers },
+    );
+    let refused: ConnectError | undefined;
+    for (let i = 0; i < 50 && refused === undefined; i++) {
+      try {
+        await mp.chat(
+          chat("sim-fast", `question number ${i} with a few more words to cost something`),
+          { headers: judy.headers },
+        );
+      } catch (err) {
+        refused = err as ConnectError;
+      }
+    }
+    expect(refused?.code).toBe(Code.ResourceExhausted);
+  });
+
+  it("ledger - streamed usage is recorded exactly once with the right cost", async () => {
+    const kate = await signup("kate");
+    await addModel(kate, "slow-chat", "simulator", "sim-slow");
+    const { events, error } = await collect(
+      mp.streamChat({ chat: chat("slow-chat", "count my tokens") }, { headers: kate.headers }),
+    );
+    expect(error).toBeUndefined();
+    const end = events.at(-1)?.event;
+    expect(end?.case).toBe("end");
+    const usage = (
+      end?.value as { usage?: { inputTokens: bigint; outputTokens: bigint; costUsd: number } }
+    ).usage!;
+    // slow-chat: 1 $/M input, 2 $/M output
+    expect(usage.costUsd).toBeCloseTo(
+      (Number(usage.inputTokens) * 1 + Number(usage.outputTokens) * 2) / 1e6,
+      12,
+    );
+    const report = await usageOnce(kate, "slow-chat", 1);
+    expect(Number(report.totalRequests)).toBe(1);
+    expect(report.total?.inputTokens).toBe(usage.inputTokens);
+    expect(report.total?.outputTokens).toBe(usage.outputTokens);
+    expect(report.total?.costUsd).toBeCloseTo(usage.costUsd, 12);
+    // Still exactly one a moment later (no second write from the stream's end).
+    await new Promise((r) => setTimeout(r, 600));
+    expect(Number((await usageOnce(kate, "slow-chat", 1)).totalRequests)).toBe(1);
+  });
+
+  it("cache - an identical request is answered from the tenant's cache at zero cost", async () => {
+    const leo = await signup("leo");
+    const request = chat("sim-fast", "cache me if you can", { cache: CacheMode.USE });
+    const first = await mp.chat(request, { headers: leo.headers });
+    expect(first.servedBy?.cacheHit).toBe(false);
+    const before = sim.requests("sim-fast");
+    const second = await mp.chat(request, { headers: leo.headers });
+    expect(second.servedBy?.cacheHit).toBe(true);
+    expect(second.usage?.costUsd).toBe(0);
+    expect(textOf(second.message)).toBe(textOf(first.message));
+    expect(sim.requests("sim-fast")).toBe(before);
+    // Another tenant asking the same thing does not get leo's entry.
+    const mia = await signup("mia");
+    const theirs = await mp.chat(request, { headers: mia.headers });
+    expect(theirs.servedBy?.cacheHit).toBe(false);
+  });
+
+  it("rate limit - 10 requests per minute hold across two model-proxy replicas", async () => {
+    const ned = await signup("ned");
+    await addModel(ned, "limited-chat", "limited", "sim-limited");
+    const clients = [mp, createClient(ModelProxyService, replicas[0]!.address)];
+    const results = await Promise.allSettled(
+      Array.from({ length: 30 }, (_, i) =>
+        clients[i % 2]!.chat(chat("limited-chat", `q${i}`), { headers: ned.headers }),
+      ),
+    );
+    const ok = results.filter((r) => r.status === "fulfilled").length;
+    const refused = results.filter(
+      (r) =>
+        r.status === "rejected" &&
+        r.reason instanceof ConnectError &&
+        r.reason.code === Code.ResourceExhausted,
+    ).length;
+    expect(ok).toBeLessThanOrEqual(10);
+    expect(ok).toBeGreaterThanOrEqual(5);
+    expect(ok + refused).toBe(30);
+    expect(sim.requests("sim-limited")).toBe(ok);
+  });
+
+  it("Embed, CountTokens and GenerateImage", async () => {
+    const olga = await signup("olga");
+    const emb = await mp.embed(
+      {
+        model: "sim-embed",
+        inputs: ["red apples", "green apples", "quantum physics"],
+        dimensions: 64,
+      },
+      { headers: olga.headers },
+    );
+    expect(emb.embeddings.map((e) => e.values.length)).toEqual([64, 64, 64]);
+    expect(emb.dimensions).toBe(64);
+    const count = await mp.countTokens(
+      { model: "gpt-4o-mini", text: "Hello, world!" },
+      { headers: olga.headers },
+    );
+    expect(count).toMatchObject({
+      tokens: 4n,
+      exact: true,
+      tokenizer: "o200k_base",
+      contextWindow: 128000,
+    });
+    const estimate = await mp.countTokens(
+      { model: "sim-fast", text: "Hello, world!" },
+      { headers: olga.headers },
+    );
+    expect(estimate.exact).toBe(false);
+    const img = await mp.generateImage(
+      { model: "sim-image", prompt: "a red square", size: "64x64" },
+      { headers: olga.headers },
+    );
+    expect(img.images).toHaveLength(1);
+    expect(Buffer.from(img.images[0]!.data.subarray(1, 4)).toString()).toBe("PNG");
+  });
+});
