@@ -714,7 +714,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       const { caller } = callerOf(ctx);
       const model = await resolveModel(caller, req.model);
       const count =
-        req.messages.length > 0 ? countChat(model, req.messages) : countText(model, req.text);
+        req.messages.length > 0
+          ? await countChat(model, req.messages)
+          : await countText(model, req.text);
       return {
         tokens: BigInt(count.tokens),
         exact: count.exact,

@@ -2,9 +2,8 @@
 // the OpenAI family, a stated estimate (characters / 4) for every other model. Chats add
 // OpenAI's per-message overhead (3 tokens per message, 1 per name, 3 to prime the reply) and a
 // fixed 85 tokens per image (a low-detail image; high detail costs more, so images make a count
-// an estimate).
-import { countTokens as cl100k } from "gpt-tokenizer/encoding/cl100k_base";
-import { countTokens as o200k } from "gpt-tokenizer/encoding/o200k_base";
+// an estimate). The encodings are loaded on first use: each costs 20-50 MB of memory, which a
+// proxy that never counts exactly (no OpenAI models, no CountTokens calls) should not carry.
 import { modelToEncodingMap } from "gpt-tokenizer/mapping";
 import type { ChatMessage, Model } from "@ensemble/proto";
 
@@ -18,7 +17,20 @@ const IMAGE_TOKENS = 85;
 const ESTIMATE = "estimate:chars/4";
 
 type Encoder = (text: string) => number;
-const ENCODERS: Record<string, Encoder> = { o200k_base: o200k, cl100k_base: cl100k };
+const LOADERS: Record<string, () => Promise<Encoder>> = {
+  o200k_base: async () => (await import("gpt-tokenizer/encoding/o200k_base")).countTokens,
+  cl100k_base: async () => (await import("gpt-tokenizer/encoding/cl100k_base")).countTokens,
+};
+const loaded = new Map<string, Promise<Encoder>>();
+
+function encoder(encoding: string): Promise<Encoder> {
+  let e = loaded.get(encoding);
+  if (e === undefined) {
+    e = (LOADERS[encoding] as () => Promise<Encoder>)();
+    loaded.set(encoding, e);
+  }
+  return e;
+}
 
 /** The encoding of an OpenAI-family model, or undefined when only an estimate is possible. */
 function encodingOf(model: Model): string | undefined {
@@ -27,7 +39,7 @@ function encodingOf(model: Model): string | undefined {
     ? model.providerModelId.slice("openai/".length)
     : model.providerModelId;
   const known = (modelToEncodingMap as Record<string, string | undefined>)[id];
-  if (known !== undefined && ENCODERS[known] !== undefined) return known;
+  if (known !== undefined && LOADERS[known] !== undefined) return known;
   if (model.provider === "openai" && /^(gpt-4o|gpt-4\.1|gpt-5|o[1-9]|chatgpt)/.test(id))
     return "o200k_base";
   return undefined;
@@ -51,19 +63,23 @@ export function estimateTextTokens(text: string): number {
   return Math.ceil(text.length / 4);
 }
 
-export function countText(model: Model, text: string): TokenCount {
+export async function countText(model: Model, text: string): Promise<TokenCount> {
   const encoding = encodingOf(model);
   if (encoding === undefined)
     return { tokens: estimateTextTokens(text), exact: false, tokenizer: ESTIMATE };
-  return { tokens: (ENCODERS[encoding] as Encoder)(text), exact: true, tokenizer: encoding };
+  const encode = await encoder(encoding);
+  return { tokens: encode(text), exact: true, tokenizer: encoding };
 }
 
-export function countChat(model: Model, messages: readonly ChatMessage[]): TokenCount {
+export async function countChat(
+  model: Model,
+  messages: readonly ChatMessage[],
+): Promise<TokenCount> {
   const encoding = encodingOf(model);
   if (encoding === undefined) {
     return { tokens: estimateChatTokens(messages), exact: false, tokenizer: ESTIMATE };
   }
-  const encode = ENCODERS[encoding] as Encoder;
+  const encode = await encoder(encoding);
   let tokens = 3; // every reply is primed with <|start|>assistant<|message|>
   let exact = true;
   for (const m of messages) {
