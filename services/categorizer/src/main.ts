@@ -1,0 +1,105 @@
+// Start-up only: config -> logger -> tracing -> MongoDB -> global routes -> clients -> server ->
+// listen -> metrics -> shutdown wiring. Everything else lives in build(deps).
+import {
+  closeMongo,
+  ConfigError,
+  connectMongo,
+  createClient,
+  createJwksVerifier,
+  createMetrics,
+  createRootLogger,
+  handleShutdown,
+  initTracing,
+  startMetricsServer,
+  type Logger,
+} from "@ensemble/kit";
+import { ModelProxyService, RegistryService } from "@ensemble/proto";
+import { ModelCatalog } from "./catalog.js";
+import { loadCategorizerConfig, type CategorizerConfig } from "./config.js";
+import { RouteStore } from "./route-store.js";
+import { loadRouteSeeds } from "./seed.js";
+import { build, SERVICE_NAME } from "./server.js";
+import { VERSION } from "./version.js";
+
+async function main(config: CategorizerConfig, logger: Logger): Promise<void> {
+  const tracing = initTracing({
+    service: SERVICE_NAME,
+    version: VERSION,
+    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+      ? {}
+      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+  });
+  const metrics = createMetrics({ service: SERVICE_NAME });
+  const verifier = createJwksVerifier({
+    jwksUrl: config.JWKS_URL,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+  });
+
+  const mongo = await connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger });
+  const routes = await RouteStore.open(mongo, { cacheTtlMs: config.ROUTE_CACHE_TTL_MS });
+  await loadRouteSeeds(config.CATEGORIZER_ROUTES_FILE, routes, logger);
+
+  const registry = createClient(RegistryService, config.REGISTRY_ADDR, { metrics });
+  const modelProxy = createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics });
+  const server = build({
+    version: VERSION,
+    logger,
+    verifier,
+    metrics,
+    routes,
+    catalog: new ModelCatalog(registry, { ttlMs: config.CATALOG_TTL_MS }),
+    modelProxy,
+    judge: {
+      model: config.CATEGORIZER_JUDGE_MODEL,
+      threshold: config.CATEGORIZER_JUDGE_THRESHOLD,
+      weight: config.CATEGORIZER_JUDGE_WEIGHT,
+      timeoutMs: config.CATEGORIZER_JUDGE_TIMEOUT_MS,
+    },
+    exactCountMargin: config.CATEGORIZER_EXACT_COUNT_MARGIN,
+  });
+  const port = await server.listen(config.CATEGORIZER_ADDR);
+  const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
+  logger.info(
+    {
+      address: config.CATEGORIZER_ADDR,
+      port,
+      metricsPort: metricsServer.port,
+      judge: config.CATEGORIZER_JUDGE_MODEL ?? null,
+    },
+    "categorizer listening",
+  );
+
+  handleShutdown({
+    logger,
+    timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    steps: [
+      {
+        name: "grpc server",
+        run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      { name: "mongo disconnect", run: () => closeMongo(mongo) },
+      { name: "metrics server", run: () => metricsServer.close() },
+      { name: "tracing", run: () => tracing.shutdown() },
+    ],
+  });
+}
+
+let config: CategorizerConfig;
+try {
+  config = loadCategorizerConfig();
+} catch (err) {
+  // Before a logger exists: one readable message, no stack.
+  process.stderr.write(`categorizer: ${err instanceof ConfigError ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+const logger = createRootLogger({
+  service: SERVICE_NAME,
+  version: VERSION,
+  level: config.LOG_LEVEL,
+});
+main(config, logger).catch((err: unknown) => {
+  logger.fatal({ err }, "categorizer failed to start");
+  logger.flush();
+  process.exit(1);
+});

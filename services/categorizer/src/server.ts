@@ -1,0 +1,35 @@
+// build(deps): wires the categorizer's handlers into a kit server. Never listens, never starts
+// timers: main.ts (or a test) decides where to listen.
+import {
+  createServer,
+  service,
+  type KitServer,
+  type Logger,
+  type Metrics,
+  type TokenVerifier,
+} from "@ensemble/kit";
+import { CategorizerService } from "@ensemble/proto";
+import { categorizerHandlers, type CategorizerDeps } from "./service.js";
+
+export const SERVICE_NAME = "categorizer";
+
+export interface CategorizerServerDeps extends CategorizerDeps {
+  version: string;
+  logger: Logger;
+  verifier: TokenVerifier;
+  metrics?: Metrics;
+}
+
+export function build(deps: CategorizerServerDeps): KitServer {
+  return createServer({
+    name: SERVICE_NAME,
+    version: deps.version,
+    logger: deps.logger,
+    verifier: deps.verifier,
+    ...(deps.metrics !== undefined ? { metrics: deps.metrics } : {}),
+    // ClassifyRequest.text allows 1 MiB (plus attachments' MIME types): above the 4 MiB default
+    // only with multi-byte text, but a refusal there should be ours, with a clear message.
+    maxMessageBytes: 8 * 1024 * 1024,
+    services: [service(CategorizerService, categorizerHandlers(deps))],
+  });
+}

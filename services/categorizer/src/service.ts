@@ -1,0 +1,464 @@
+// CategorizerService handlers. Classify: the fast classifier (features.ts), the judge when it is
+// unsure and one is configured (judge.ts), a token estimate, the first route in effect that
+// matches (routes.ts, route-store.ts), and the context-window check against the catalog
+// (catalog.ts) that upgrades to a larger-context model of the same role or refuses.
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  loggerOf,
+  NotFoundError,
+  PermissionDeniedError,
+  principalOf,
+  type GrpcClient,
+} from "@ensemble/kit";
+import {
+  Capability,
+  ClassificationSchema,
+  Decider,
+  JudgePolicy,
+  Modality,
+  RouteTargetSchema,
+  UsageSchema,
+  type CategorizerService,
+  type ClassifyRequest,
+  type Model,
+  type ModelProxyService,
+  type Route,
+  type RouteTarget,
+  type Usage,
+} from "@ensemble/proto";
+import { ALIAS_ROLE, type ModelCatalog } from "./catalog.js";
+import { CATEGORY_OF, classifyFast, type CategoryLetter } from "./features.js";
+import { askJudge, combine, judgeFailure, parseVerdict } from "./judge.js";
+import { GLOBAL_TENANT, type RouteStore } from "./route-store.js";
+import { isRuleRoute, kindAllowed, kindOf, routeMatches, type RouteKind } from "./routes.js";
+
+export interface JudgeOptions {
+  /** Model id or alias; undefined = no judge. */
+  model: string | undefined;
+  threshold: number;
+  weight: number;
+  timeoutMs: number;
+}
+
+export interface CategorizerDeps {
+  routes: RouteStore;
+  catalog: ModelCatalog;
+  /** Needed for the judge and for exact counts near a context window. */
+  modelProxy?: GrpcClient<typeof ModelProxyService>;
+  judge: JudgeOptions;
+  /** Ask CountTokens when the estimate is within this fraction of a window (0 = never). */
+  exactCountMargin: number;
+}
+
+/** Cheap token estimate: about four characters per token for English prose and code. */
+export function estimateTextTokens(text: string): number {
+  return Math.ceil(text.length / 4);
+}
+/** Prompt tokens an attached image costs (a 1024x1024 image at high detail is ~765-1,100). */
+export const IMAGE_TOKENS = 1_000;
+/** Video is sampled as frames: a short clip's worth. */
+export const VIDEO_TOKENS = 8_000;
+/** Answer tokens by category when the request names no length (thinking models reason at length). */
+const OUTPUT_TOKENS: Record<CategoryLetter, number> = { M: 600, L: 4_000, H: 8_000 };
+
+/** The default target of a category when no route matches. */
+function defaultTarget(
+  category: CategoryLetter,
+  modalities: readonly Modality[],
+  allowed: (k: RouteKind) => boolean,
+): RouteTarget | undefined {
+  const model = (m: string) => create(RouteTargetSchema, { target: { case: "model", value: m } });
+  if (category === "H" && allowed("template")) {
+    return create(RouteTargetSchema, { target: { case: "templateId", value: "research_report" } });
+  }
+  if (!allowed("model")) return undefined;
+  if (modalities.includes(Modality.VIDEO)) return model("video");
+  if (modalities.includes(Modality.IMAGE_GENERATION)) return model("image");
+  if (category === "L") return model("thinking");
+  if (modalities.includes(Modality.IMAGE_INPUT)) return model("vision");
+  return model(category === "H" ? "medium" : "fast");
+}
+
+function bearer(ctx: HandlerContext): string {
+  return (ctx.requestHeader.get("authorization") ?? "").replace(/^Bearer\s+/i, "");
+}
+
+function targetLabel(t: RouteTarget | undefined): string {
+  switch (t?.target.case) {
+    case "model":
+      return `model ${t.target.value}`;
+    case "templateId":
+      return `workflow template ${t.target.value}`;
+    case "compare":
+      return `compare ${t.target.value.models.join(", ")}`;
+    default:
+      return "nothing";
+  }
+}
+
+type Impl = ServiceImpl<typeof CategorizerService>;
+
+export function categorizerHandlers(deps: CategorizerDeps): Impl {
+  const { routes, catalog } = deps;
+
+  async function modelOrFail(
+    tenantId: string,
+    name: string,
+    token: string,
+    routeId: string,
+  ): Promise<Model> {
+    const model = await catalog.model(tenantId, name, token);
+    if (model === undefined) {
+      throw new FailedPreconditionError(
+        `route ${routeId || "(category default)"} sends requests to model ${name}, which is not in the catalog`,
+      );
+    }
+    return model;
+  }
+
+  /** Exact input tokens from model-proxy, or undefined (the estimate stands). */
+  async function exactCount(
+    name: string,
+    text: string,
+    token: string,
+    ctx: HandlerContext,
+  ): Promise<number | undefined> {
+    if (deps.modelProxy === undefined) return undefined;
+    try {
+      const res = await deps.modelProxy.countTokens(
+        { model: name, text },
+        { headers: { authorization: `Bearer ${token}` }, timeoutMs: 3_000 },
+      );
+      return Number(res.tokens);
+    } catch (err) {
+      loggerOf(ctx).warn(
+        { model: name, reason: judgeFailure(err) },
+        "exact token count failed, using the estimate",
+      );
+      return undefined;
+    }
+  }
+
+  async function classify(req: ClassifyRequest, ctx: HandlerContext) {
+    const started = performance.now();
+    const principal = principalOf(ctx);
+    const tenantId = principal.tenantId;
+    const token = bearer(ctx);
+    const fast = classifyFast({ text: req.text, attachmentMimeTypes: req.attachmentMimeTypes });
+
+    let category = fast.category;
+    let confidence = fast.confidence;
+    let decidedBy = Decider.FEATURES;
+    let modalities = fast.modalities;
+    const domainTags = [...fast.domainTags];
+    const reasons = [...fast.reasons];
+    let usage: Usage = create(UsageSchema);
+    let judgeModel = "";
+
+    // ---- the judge
+    const judge = deps.judge;
+    if (
+      req.judge === JudgePolicy.ALWAYS &&
+      (judge.model === undefined || deps.modelProxy === undefined)
+    ) {
+      throw new FailedPreconditionError("no judge model is configured (CATEGORIZER_JUDGE_MODEL)");
+    }
+    const askIt =
+      judge.model !== undefined &&
+      deps.modelProxy !== undefined &&
+      req.judge !== JudgePolicy.NEVER &&
+      (req.judge === JudgePolicy.ALWAYS || confidence < judge.threshold);
+    if (askIt && judge.model !== undefined && deps.modelProxy !== undefined) {
+      judgeModel = judge.model;
+      try {
+        const answer = await askJudge(deps.modelProxy, {
+          model: judge.model,
+          text: req.text,
+          attachmentMimeTypes: req.attachmentMimeTypes,
+          token,
+          timeoutMs: judge.timeoutMs,
+        });
+        usage = answer.usage;
+        const verdict = parseVerdict(answer.text);
+        if (verdict === undefined) {
+          reasons.push(
+            `judge ${judge.model} gave no usable answer (not the expected JSON); the feature classifier's decision stands`,
+          );
+        } else {
+          const mixed = combine(fast, verdict, judge.weight);
+          category = mixed.category;
+          confidence = mixed.confidence;
+          decidedBy = Decider.JUDGE;
+          reasons.unshift(
+            `judge ${judge.model}: ${verdict.category} (confidence ${verdict.confidence.toFixed(2)})${verdict.reason ? `: ${verdict.reason}` : ""}; combined with the features: ${category} p=${confidence.toFixed(2)}`,
+          );
+          // Detected modalities are explicit signals; the judge only fills in plain text.
+          if (
+            verdict.modality !== undefined &&
+            verdict.modality !== Modality.TEXT &&
+            modalities.length === 1 &&
+            modalities[0] === Modality.TEXT
+          ) {
+            modalities = [verdict.modality];
+          }
+          for (const t of verdict.domainTags) if (!domainTags.includes(t)) domainTags.push(t);
+        }
+      } catch (err) {
+        if (ctx.signal.aborted) throw err;
+        loggerOf(ctx).warn({ judge: judge.model, reason: judgeFailure(err) }, "judge call failed");
+        reasons.push(
+          `judge ${judge.model} could not be asked (${judgeFailure(err)}); the feature classifier's decision stands`,
+        );
+      }
+    }
+
+    // ---- tokens
+    const images = req.attachmentMimeTypes.filter((m) =>
+      m.toLowerCase().startsWith("image/"),
+    ).length;
+    const videos = req.attachmentMimeTypes.filter((m) =>
+      m.toLowerCase().startsWith("video/"),
+    ).length;
+    const attachmentTokens = images * IMAGE_TOKENS + videos * VIDEO_TOKENS;
+    const contextTokens = Number(req.contextTokens);
+    let inputTokens = estimateTextTokens(req.text) + attachmentTokens + contextTokens;
+    const media = modalities[0] === Modality.IMAGE_GENERATION || modalities[0] === Modality.VIDEO;
+    const outputTokens = media
+      ? 0
+      : fast.requestedWords > 0
+        ? Math.ceil(fast.requestedWords * 1.4)
+        : OUTPUT_TOKENS[category];
+
+    // ---- the route
+    const allowed = (k: RouteKind) => kindAllowed(k, req.allowedKinds);
+    const needsVision = modalities.includes(Modality.IMAGE_INPUT);
+    const signals = {
+      category: CATEGORY_OF[category],
+      modalities,
+      domainTags,
+      text: req.text,
+      estimatedTokens: inputTokens + outputTokens,
+    };
+    let chosen: Route | undefined;
+    for (const route of await routes.effective(tenantId)) {
+      if (!routeMatches(route, signals)) continue;
+      const kind = kindOf(route.target);
+      if (kind === undefined || !allowed(kind)) continue;
+      if (needsVision && route.target?.target.case === "model") {
+        const model = await catalog.model(tenantId, route.target.target.value, token);
+        if (model !== undefined && !model.capabilities.includes(Capability.VISION)) {
+          reasons.push(`route ${route.id} skipped: model ${model.id} cannot read images`);
+          continue;
+        }
+      }
+      chosen = route;
+      break;
+    }
+    let target = chosen?.target ?? defaultTarget(category, modalities, allowed);
+    if (target === undefined) {
+      throw new FailedPreconditionError(
+        `no route of an allowed kind matches this request (category ${category}); allow model or template routes, or add a compare route`,
+      );
+    }
+    if (chosen !== undefined) {
+      if (isRuleRoute(chosen)) decidedBy = Decider.RULE;
+      reasons.splice(
+        1,
+        0,
+        `route ${chosen.id}${chosen.name ? ` (${chosen.name})` : ""} -> ${targetLabel(target)}`,
+      );
+    } else {
+      reasons.splice(1, 0, `no route matched: the category's default -> ${targetLabel(target)}`);
+    }
+
+    // ---- context windows
+    let upgraded = false;
+    const routeId = chosen?.id ?? "";
+    if (target.target.case === "model") {
+      const name = target.target.value;
+      const model = await modelOrFail(tenantId, name, token, routeId);
+      const window = model.contextWindow;
+      if (
+        window > 0 &&
+        deps.exactCountMargin > 0 &&
+        inputTokens + outputTokens >= window * (1 - deps.exactCountMargin)
+      ) {
+        const exact = await exactCount(name, req.text, token, ctx);
+        if (exact !== undefined) {
+          inputTokens = exact + attachmentTokens + contextTokens;
+          reasons.push(`input counted exactly by model-proxy: ${exact} tokens of text`);
+        }
+      }
+      const needed = inputTokens + outputTokens;
+      if (window > 0 && needed > window) {
+        const role = ALIAS_ROLE[name] ?? model.roles[0];
+        const candidates =
+          role === undefined
+            ? []
+            : (await catalog.byRole(tenantId, role, token))
+                .filter((m) => m.enabled && m.contextWindow >= needed)
+                .filter((m) => !needsVision || m.capabilities.includes(Capability.VISION))
+                .sort(
+                  (a, b) =>
+                    a.contextWindow - b.contextWindow || a.inputPricePerMtok - b.inputPricePerMtok,
+                );
+        const bigger = candidates[0];
+        if (bigger === undefined) {
+          throw new InvalidArgumentError(
+            `the request needs about ${needed} tokens (input ${inputTokens} + answer ${outputTokens}), more than the context window of model ${model.id} (${window}), and no model of the same role has a larger one; shorten the text or the conversation context`,
+            { field: "text" },
+          );
+        }
+        target = create(RouteTargetSchema, { target: { case: "model", value: bigger.id } });
+        upgraded = true;
+        reasons.push(
+          `about ${needed} tokens do not fit model ${model.id} (context window ${window}): upgraded to ${bigger.id} (context window ${bigger.contextWindow})`,
+        );
+      }
+    } else if (target.target.case === "compare") {
+      const needed = inputTokens + outputTokens;
+      for (const name of target.target.value.models) {
+        const model = await modelOrFail(tenantId, name, token, routeId);
+        if (model.contextWindow > 0 && needed > model.contextWindow) {
+          throw new InvalidArgumentError(
+            `the request needs about ${needed} tokens, more than the context window of compared model ${model.id} (${model.contextWindow}); shorten the text`,
+            { field: "text" },
+          );
+        }
+      }
+    }
+
+    const elapsedMs = performance.now() - started;
+    const classification: MessageInitShape<typeof ClassificationSchema> = {
+      category: CATEGORY_OF[category],
+      modality: modalities[0] ?? Modality.TEXT,
+      modalities,
+      domainTags,
+      estimatedInputTokens: BigInt(inputTokens),
+      estimatedOutputTokens: BigInt(outputTokens),
+      route: target,
+      routeId,
+      confidence,
+      reasons,
+      decidedBy,
+      judgeModel,
+      upgradedForContext: upgraded,
+      decisionTime: create(DurationSchema, {
+        seconds: BigInt(Math.floor(elapsedMs / 1000)),
+        nanos: Math.round((elapsedMs % 1000) * 1e6),
+      }),
+      usage,
+    };
+    return { classification: create(ClassificationSchema, classification) };
+  }
+
+  /** The admin's tenant; global routes change only through the seed file. */
+  function adminTenant(ctx: HandlerContext): string {
+    const tenantId = principalOf(ctx).tenantId;
+    if (tenantId === GLOBAL_TENANT) {
+      throw new PermissionDeniedError("global routes change only through the routes seed file");
+    }
+    return tenantId;
+  }
+
+  async function checkTarget(
+    tenantId: string,
+    target: RouteTarget | undefined,
+    token: string,
+  ): Promise<void> {
+    const missing = async (name: string) =>
+      (await catalog.model(tenantId, name, token)) === undefined;
+    switch (target?.target.case) {
+      case "model":
+        if (await missing(target.target.value)) {
+          throw new InvalidArgumentError(`model ${target.target.value} is not in the catalog`, {
+            field: "route.target.model",
+          });
+        }
+        return;
+      case "templateId":
+        if (!(await catalog.templateExists(tenantId, target.target.value, token))) {
+          throw new InvalidArgumentError(
+            `workflow template ${target.target.value} does not exist`,
+            {
+              field: "route.target.template_id",
+            },
+          );
+        }
+        return;
+      case "compare":
+        for (const name of target.target.value.models) {
+          if (await missing(name)) {
+            throw new InvalidArgumentError(`model ${name} is not in the catalog`, {
+              field: "route.target.compare.models",
+            });
+          }
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  return {
+    classify,
+
+    async listRoutes(req, ctx) {
+      const all = (await routes.effective(principalOf(ctx).tenantId)).filter(
+        (r) => req.includeDisabled || r.enabled,
+      );
+      const size =
+        req.page?.pageSize !== undefined && req.page.pageSize > 0 ? req.page.pageSize : 100;
+      const token = req.page?.pageToken ?? "";
+      const offset = token === "" ? 0 : Number(token);
+      if (!Number.isInteger(offset) || offset < 0) {
+        throw new InvalidArgumentError("page_token is not one this service issued", {
+          field: "page.page_token",
+        });
+      }
+      const page = all.slice(offset, offset + size);
+      const next = offset + size < all.length ? String(offset + size) : "";
+      return { routes: page, page: { nextPageToken: next } };
+    },
+
+    async getRoute(req, ctx) {
+      const route = (await routes.effective(principalOf(ctx).tenantId)).find(
+        (r) => r.id === req.id,
+      );
+      if (route === undefined) throw new NotFoundError(`route ${req.id} does not exist`);
+      return { route };
+    },
+
+    async upsertRoute(req, ctx) {
+      const tenantId = adminTenant(ctx);
+      const route = req.route;
+      if (route === undefined)
+        throw new InvalidArgumentError("route is required", { field: "route" });
+      await checkTarget(tenantId, route.target, bearer(ctx));
+      const stored = await routes.upsert(tenantId, route);
+      loggerOf(ctx).info(
+        { routeId: route.id, target: targetLabel(route.target) },
+        "route upserted",
+      );
+      return { route: stored };
+    },
+
+    async deleteRoute(req, ctx) {
+      const tenantId = adminTenant(ctx);
+      if (!(await routes.delete(tenantId, req.id))) {
+        const global = (await routes.effective(GLOBAL_TENANT)).some((r) => r.id === req.id);
+        throw new NotFoundError(
+          global
+            ? `route ${req.id} is a global route; shadow it with a route of the same id, or disable it that way`
+            : `route ${req.id} does not exist`,
+        );
+      }
+      loggerOf(ctx).info({ routeId: req.id }, "route deleted");
+      return {};
+    },
+  };
+}

@@ -1,0 +1,2 @@
+/** The categorizer's version, in every log line. */
+export const VERSION = "0.1.0";
