@@ -41,8 +41,18 @@ export function routeModel(conn: Connection): Model<RouteDoc> {
   return existing ?? conn.model<RouteDoc>("Route", routeSchema, "routes");
 }
 
+/** The payload's bytes: lean() reads give a BSON Binary (bytes in `.buffer`), documents a Buffer. */
+export function payloadBytes(value: unknown): Uint8Array {
+  if (value instanceof Uint8Array) return value;
+  if (value !== null && typeof value === "object" && "buffer" in value) {
+    const inner = value.buffer;
+    if (inner instanceof Uint8Array) return inner;
+  }
+  throw new Error("stored route payload is not binary");
+}
+
 function toRoute(doc: RouteDoc): Route {
-  const route = fromBinary(RouteSchema, doc.payload);
+  const route = fromBinary(RouteSchema, payloadBytes(doc.payload));
   route.tenantId = doc.tenantId;
   route.createTime = timestampFromDate(doc.createTime);
   route.updateTime = timestampFromDate(doc.updateTime);
@@ -119,7 +129,7 @@ export class RouteStore {
           },
           $setOnInsert: { createTime: now },
         },
-        { upsert: true, new: true },
+        { upsert: true, returnDocument: "after" },
       )
       .lean<RouteDoc>()
       .exec();
@@ -136,10 +146,10 @@ export class RouteStore {
     return res.deletedCount > 0;
   }
 
-  /** Ids of the global routes (for the seed's clean-up). */
-  async globalIds(): Promise<Map<string, Buffer>> {
+  /** The stored global routes by id (the seed compares and cleans up with them). */
+  async globalIds(): Promise<Map<string, Uint8Array>> {
     const docs = await this.#model.find({ tenantId: GLOBAL_TENANT }).lean<RouteDoc[]>().exec();
-    return new Map(docs.map((d) => [d.id, Buffer.from(d.payload)]));
+    return new Map(docs.map((d) => [d.id, payloadBytes(d.payload)]));
   }
 
   clearCache(): void {

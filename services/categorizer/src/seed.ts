@@ -101,6 +101,6 @@ export async function loadRouteSeeds(
 }
 
 /** The stored message as the seed wrote it (no tenant, no timestamps). */
-function fromBinaryRoute(payload: Buffer): Route {
+function fromBinaryRoute(payload: Uint8Array): Route {
   return fromBinary(RouteSchema, payload);
 }
