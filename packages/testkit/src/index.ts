@@ -18,7 +18,9 @@ export {
   startAuthProcess,
   startRegistryProcess,
   startModelProxyProcess,
+  startCategorizerProcess,
   type AuthProcess,
+  type CategorizerProcessOptions,
   type MeshProcess,
   type ModelProxyProcessOptions,
 } from "./mesh.js";

@@ -157,3 +157,41 @@ export async function startModelProxyProcess(opts: ModelProxyProcessOptions): Pr
   await proc.waitForLine(/model-proxy listening/, 90_000);
   return handle(proc, `127.0.0.1:${port}`);
 }
+
+export interface CategorizerProcessOptions {
+  jwksUrl: string;
+  registryAddress: string;
+  /** model-proxy, for the judge and exact token counts (default: an address nothing listens on). */
+  modelProxyAddress?: string;
+  /** Model id or alias of the LLM judge (default: none). */
+  judgeModel?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** The built categorizer with its own database, global routes from deploy/config/routes.yaml. */
+export async function startCategorizerProcess(
+  opts: CategorizerProcessOptions,
+): Promise<MeshProcess> {
+  const port = await freePort();
+  const proc = new ServerProcess(
+    "categorizer",
+    process.execPath,
+    [join(repoRoot, "services/categorizer/dist/src/main.js")],
+    {
+      ...process.env,
+      LOG_LEVEL: "info",
+      CATEGORIZER_ADDR: `127.0.0.1:${port}`,
+      METRICS_PORT: "0",
+      JWKS_URL: opts.jwksUrl,
+      MONGODB_URL: mongoUrl(),
+      MONGODB_DB: uniqueName("categorizer"),
+      REGISTRY_ADDR: opts.registryAddress,
+      MODEL_PROXY_ADDR: opts.modelProxyAddress ?? `127.0.0.1:${await freePort()}`,
+      CATEGORIZER_ROUTES_FILE: join(repoRoot, "deploy/config/routes.yaml"),
+      ...(opts.judgeModel !== undefined ? { CATEGORIZER_JUDGE_MODEL: opts.judgeModel } : {}),
+      ...opts.env,
+    },
+  );
+  await proc.waitForLine(/categorizer listening/, 90_000);
+  return handle(proc, `127.0.0.1:${port}`);
+}
