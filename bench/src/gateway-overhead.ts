@@ -47,7 +47,9 @@ if (!(secondsPerRate > 0)) {
   process.exit(2);
 }
 const COMPARE_RATES = [100, 500, 1_000];
-const SEARCH_RATES = [500, 750, 1_000, 1_250, 1_500, 1_800, 2_200, 2_600, 3_000, 3_500, 4_000];
+const SEARCH_RATES = [
+  100, 200, 300, 400, 500, 750, 1_000, 1_250, 1_500, 1_800, 2_200, 2_600, 3_000, 3_500, 4_000,
+];
 const ROUND_S = 2;
 const P99_LIMIT_MS = 50;
 const TARGETS = { addedP50Ms: 1, addedP99Ms: 5, sustainedRps: 1_800, rssMb: 150 };
