@@ -69,6 +69,15 @@ const SERVICES = [
     example: "ensemble.modelproxy.v1.ModelProxyService/CountTokens",
   },
   {
+    name: "categorizer",
+    main: "services/categorizer/dist/src/main.js",
+    portVar: "CATEGORIZER_PORT",
+    port: 50053,
+    metricsVar: "CATEGORIZER_METRICS_PORT",
+    metricsPort: 9153,
+    example: "ensemble.categorizer.v1.CategorizerService/ListRoutes",
+  },
+  {
     name: "gateway",
     main: "gateway/dist/src/main.js",
     portVar: "GATEWAY_PORT",

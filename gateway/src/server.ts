@@ -32,6 +32,7 @@ import {
 import {
   Access,
   AuthService,
+  CategorizerService,
   GetJwksResponseSchema,
   Health,
   HealthCheckResponse_ServingStatus as ServingStatus,
@@ -325,6 +326,7 @@ export function build(deps: GatewayDeps): Gateway {
     rateLimiter: deps.rateLimiter,
     modelProxy: clientOf(ModelProxyService) as GrpcClient<typeof ModelProxyService> | undefined,
     registry: clientOf(RegistryService) as GrpcClient<typeof RegistryService> | undefined,
+    categorizer: clientOf(CategorizerService) as GrpcClient<typeof CategorizerService> | undefined,
     maxBodyBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
     maxTimeoutMs: deps.maxTimeoutMs ?? 300_000,
     shutdownSignal: shutdownController.signal,

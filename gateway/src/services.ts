@@ -1,7 +1,12 @@
 // The services the gateway exposes: one row each. A service is routed when its address is
 // configured; adding a service to the gateway is adding a row here (and its <NAME>_ADDR).
 import type { DescService } from "@bufbuild/protobuf";
-import { AuthService, ModelProxyService, RegistryService } from "@ensemble/proto";
+import {
+  AuthService,
+  CategorizerService,
+  ModelProxyService,
+  RegistryService,
+} from "@ensemble/proto";
 
 export interface Upstream {
   /** Short name: metrics target, /health and /info keys. */
@@ -23,6 +28,7 @@ export const UPSTREAMS: readonly UpstreamRow[] = [
   { name: "auth", services: [AuthService], addrVar: "AUTH_ADDR" },
   { name: "registry", services: [RegistryService], addrVar: "REGISTRY_ADDR" },
   { name: "model-proxy", services: [ModelProxyService], addrVar: "MODEL_PROXY_ADDR" },
+  { name: "categorizer", services: [CategorizerService], addrVar: "CATEGORIZER_ADDR" },
 ];
 
 /** The rows whose address is set in `env`. */

@@ -2,9 +2,15 @@
 // auth, registry and model-proxy as built processes, the LLM simulator in-process as the only
 // provider, and the gateway in front. Nothing here is mocked.
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
-import { AuthService, ModelProxyService, RegistryService } from "@ensemble/proto";
+import {
+  AuthService,
+  CategorizerService,
+  ModelProxyService,
+  RegistryService,
+} from "@ensemble/proto";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startCategorizerProcess } from "@ensemble/testkit";
 import {
   startAuthProcess,
   startGateway,
@@ -25,6 +31,7 @@ let sim: Simulator;
 let auth: AuthProcess;
 let registry: RegistryProcess;
 let proxy: { address: string; output(): string; stop(): Promise<void> };
+let categorizer: { address: string; stop(): Promise<void> };
 let gw: TestGateway;
 let accessToken: string;
 let writeKey: string;
@@ -63,6 +70,11 @@ beforeAll(async () => {
     // The cut-stream case must not open the simulator deployment's breaker for the others.
     env: { BREAKER_THRESHOLD: "100" },
   });
+  categorizer = await startCategorizerProcess({
+    jwksUrl: auth.jwksUrl,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+  });
   gw = await startGateway({
     jwksUrl: auth.jwksUrl,
     serviceToken: await auth.mintServiceToken("gateway"),
@@ -71,6 +83,7 @@ beforeAll(async () => {
       { name: "auth", services: [AuthService], address: auth.address },
       { name: "registry", services: [RegistryService], address: registry.address },
       { name: "model-proxy", services: [ModelProxyService], address: proxy.address },
+      { name: "categorizer", services: [CategorizerService], address: categorizer.address },
     ],
   });
   const signup = await rpc<{ tokens: { accessToken: string } }>("Signup", {
@@ -92,6 +105,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await gw?.close();
   await proxy?.stop();
+  await categorizer?.stop();
   await registry?.stop();
   await auth?.stop();
   await sim?.close();
@@ -310,12 +324,30 @@ describe("openai client against the gateway", () => {
     expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError);
   });
 
-  it("auto - model auto is a 400 saying automatic routing comes with the categorizer", async () => {
-    const err = await client(accessToken)
-      .chat.completions.create({ model: "auto", messages: [{ role: "user", content: "x" }] })
-      .catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((err as Error).message).toMatch(/categorizer/);
+  it("auto - the categorizer picks the model: a proof goes to the thinking role, a quick fact to the fast one", async () => {
+    const openai = client(accessToken);
+    const { data: proof, response } = await openai.chat.completions
+      .create({
+        model: "auto",
+        messages: [{ role: "user", content: "Prove that the square root of 3 is irrational." }],
+      })
+      .withResponse();
+    // No real provider here: the role alias is answered by the simulator's model for that role.
+    expect(proof.model).toBe("sim-thinking");
+    expect(response.headers.get("x-ensemble-category")).toBe("CATEGORY_L");
+    const routing = (proof as unknown as { ensemble: { routing: Record<string, unknown> } })
+      .ensemble.routing;
+    expect(routing).toMatchObject({ model: "thinking", category: "CATEGORY_L" });
+    expect((routing["reasons"] as string[]).join(" ")).toMatch(/prove/i);
+
+    const stream = await openai.chat.completions.create({
+      model: "auto",
+      messages: [{ role: "user", content: "What is the capital of France?" }],
+      stream: true,
+    });
+    let model = "";
+    for await (const chunk of stream) model = chunk.model;
+    expect(model).toBe("sim-fast");
   });
 
   it("mid-stream failure - a provider stream cut in the middle reaches the SDK as a thrown error, not a clean end", async () => {

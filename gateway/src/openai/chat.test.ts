@@ -15,7 +15,14 @@ import {
   ToolChoice_Mode,
 } from "@ensemble/proto";
 import { describe, expect, it } from "vitest";
-import { chatCompletionJson, chatParam, ChunkEncoder, parseChatRequest } from "./chat.js";
+import {
+  autoModelError,
+  chatCompletionJson,
+  chatParam,
+  ChunkEncoder,
+  classifyInput,
+  parseChatRequest,
+} from "./chat.js";
 import { OpenAiError } from "./errors.js";
 
 /** The OpenAiError a body is refused with. */
@@ -208,11 +215,27 @@ describe("openai chat request", () => {
     ).toBe(400);
   });
 
-  it("auto - model auto is refused with a message about the categorizer", () => {
-    const e = refusal({ model: "auto", messages: hello });
-    expect(e.status).toBe(400);
-    expect(e.param).toBe("model");
-    expect(e.message).toMatch(/categorizer/);
+  it("auto - model auto is parsed; the categorizer is asked about the last user message", () => {
+    const parsed = parseChatRequest({
+      model: "auto",
+      messages: [
+        { role: "user", content: "first" },
+        { role: "assistant", content: "ok" },
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "what is in this image?" },
+            { type: "image_url", image_url: { url: "https://example.com/a.png" } },
+          ],
+        },
+      ],
+    });
+    expect(parsed.request.model).toBe("auto");
+    expect(classifyInput(parsed.request)).toEqual({
+      text: "what is in this image?",
+      attachmentMimeTypes: ["image/*"],
+    });
+    expect(autoModelError().message).toMatch(/categorizer/);
   });
 
   it("params - contract paths of upstream errors are reported as OpenAI parameters", () => {

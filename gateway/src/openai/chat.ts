@@ -51,16 +51,37 @@ export interface ParsedChat {
   includeUsage: boolean;
 }
 
-/** `model: "auto"` asks the categorizer to choose, which is not part of the mesh yet. */
+/** `model: "auto"` asks the categorizer to choose the model. */
 export const AUTO_MODEL = "auto";
 
+/** "auto" on a gateway without the categorizer. */
 export function autoModelError(): ReturnType<typeof invalidRequest> {
-  // Issue 5 brings the categorizer; until then "auto" is refused here rather than upstream.
   return invalidRequest(
-    'model "auto" (automatic model routing) is not available yet: it arrives with the categorizer service. Name a model from GET /v1/models instead.',
+    'model "auto" (automatic model routing) needs the categorizer, which is not configured on this gateway (CATEGORIZER_ADDR). Name a model from GET /v1/models instead.',
     "model",
     "model_not_supported",
   );
+}
+
+/** What the categorizer is asked about a chat: the last user message and its attachments. */
+export function classifyInput(request: ChatRequestInit): {
+  text: string;
+  attachmentMimeTypes: string[];
+} {
+  const messages = request.messages ?? [];
+  for (let i = messages.length - 1; i >= 0; i--) {
+    const m = messages[i];
+    if (m?.role !== ChatRole.USER) continue;
+    let text = "";
+    const attachmentMimeTypes: string[] = [];
+    for (const p of m.content ?? []) {
+      if (p.part?.case === "text") text += p.part.value;
+      else if (p.part?.case === "image")
+        attachmentMimeTypes.push(p.part.value.mimeType || "image/*");
+    }
+    return { text: text === "" ? " " : text, attachmentMimeTypes };
+  }
+  return { text: " ", attachmentMimeTypes: [] };
 }
 
 const CHAT_KEYS = new Set([
@@ -120,7 +141,6 @@ const CACHE_MODES = ["use", "bypass"] as const;
 export function parseChatRequest(body: JsonObject): ParsedChat {
   onlyKeys(body, CHAT_KEYS, "");
   const model = reqString(body, "model");
-  if (model === AUTO_MODEL) throw autoModelError();
   const request: ChatRequestInit = { model, messages: parseMessages(body["messages"]) };
 
   const stream = optBoolean(body, "stream") ?? false;

@@ -21,6 +21,8 @@ import {
 } from "@ensemble/kit";
 import {
   Access,
+  Category,
+  type CategorizerService,
   type Model,
   type ModelProxyService,
   type RegistryService,
@@ -29,9 +31,12 @@ import {
 } from "@ensemble/proto";
 import { scopeAllows, type Authenticator, type Caller } from "../authn.js";
 import {
+  AUTO_MODEL,
+  autoModelError,
   chatCompletionJson,
   chatParam,
   ChunkEncoder,
+  classifyInput,
   parseChatRequest,
   type ChatRequestInit,
 } from "./chat.js";
@@ -57,6 +62,8 @@ export interface OpenAiApiDeps {
   rateLimiter: RateLimiter;
   /** Absent when MODEL_PROXY_ADDR is not configured: those routes answer 503. */
   modelProxy: GrpcClient<typeof ModelProxyService> | undefined;
+  /** Absent when CATEGORIZER_ADDR is not configured: `model: "auto"` is a 400. */
+  categorizer?: GrpcClient<typeof CategorizerService> | undefined;
   /** Absent when REGISTRY_ADDR is not configured: /v1/models answers 503. */
   registry: GrpcClient<typeof RegistryService> | undefined;
   maxBodyBytes: number;
@@ -158,14 +165,52 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     async run(call) {
       const parsed = parseChatRequest(call.body);
       const model = parsed.request.model ?? "";
+      let routing: Record<string, unknown> | undefined;
+      if (model === AUTO_MODEL) {
+        routing = await route(call, parsed.request);
+        parsed.request.model = String(routing["model"]);
+      }
       if (!parsed.stream) {
         const res = await proxy().chat(parsed.request, call.options);
-        sendJson(call.res, 200, chatCompletionJson(res, model));
+        const json = chatCompletionJson(res, model) as { ensemble?: Record<string, unknown> };
+        if (routing !== undefined && json.ensemble !== undefined)
+          json.ensemble["routing"] = routing;
+        sendJson(call.res, 200, json);
         return;
       }
       await streamChat(call, parsed.request, new ChunkEncoder(parsed.includeUsage, model));
     },
   };
+
+  /**
+   * `model: "auto"`: the categorizer picks a model (only model routes are allowed here: a chat
+   * completion is one model's answer). The decision is returned under `ensemble.routing` and,
+   * for streams, in the x-ensemble-routed-model / x-ensemble-category headers.
+   */
+  async function route(call: Call, request: ChatRequestInit): Promise<Record<string, unknown>> {
+    if (deps.categorizer === undefined) throw autoModelError();
+    const input = classifyInput(request);
+    const res = await deps.categorizer.classify(
+      { ...input, allowedKinds: { model: true } },
+      call.options,
+    );
+    const c = res.classification;
+    const target = c?.route?.target;
+    if (c === undefined || target?.case !== "model") {
+      throw new ConnectError("the categorizer chose no model for this request", Code.Unavailable);
+    }
+    // The contract's JSON name (CATEGORY_L), not the generated enum's short one (L).
+    const category = `CATEGORY_${Category[c.category] ?? "UNSPECIFIED"}`;
+    call.res.setHeader("x-ensemble-routed-model", target.value);
+    call.res.setHeader("x-ensemble-category", category);
+    return {
+      model: target.value,
+      category,
+      route_id: c.routeId,
+      confidence: c.confidence,
+      reasons: c.reasons,
+    };
+  }
 
   async function streamChat(
     call: Call,
