@@ -24,6 +24,7 @@ import type {
   ChatCompletionToolChoiceOption,
 } from "openai/resources/chat/completions";
 import { Deadline, redact } from "./deadline.js";
+import { pooledFetch } from "./http.js";
 import {
   kindOfStatus,
   ProviderError,
@@ -45,6 +46,9 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
     ...(d.baseUrl !== undefined ? { baseURL: d.baseUrl } : {}),
     maxRetries: 0,
     timeout: d.timeoutMs,
+    fetch: pooledFetch(),
+    // The SDK's own debug logging formats every request even when off; ours logs calls.
+    logLevel: "off",
     ...(d.headers !== undefined ? { defaultHeaders: d.headers } : {}),
   });
   // Only OpenAI itself knows the "developer" role and `max_completion_tokens`; compatible
