@@ -1,0 +1,1163 @@
+// The run engine: creating runs, dispatching ready steps through the JetStream work queue,
+// executing them (any replica), completing steps and runs exactly once, cancellation across
+// replicas, and recovery of runs in flight. See store.ts for the claim rules and events.ts for
+// the per-run event sequence.
+//
+// Life of a step: ready (dependencies completed, under maxParallel) -> the dispatch claim
+// (insert run_steps) -> a message on WORKFLOW_STEPS (msgId "<run>:<step>") -> a replica takes it
+// from the shared durable pull consumer -> RUNNING (heartbeats keep the message while the model
+// answers) -> the outcome claim (insert step_outcomes) -> its step.completed/failed event -> the
+// next ready steps or the run's end -> ack. A replica that dies before the ack leaves the message
+// to be redelivered; the redelivered step finds the outcome already claimed and only repeats
+// the (idempotent) tail, so nothing is recorded twice, and model-proxy's ledger bills a repeated
+// attempt once (attribution run/step/attempt).
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import {
+  durationFromMs,
+  timestampDate,
+  timestampFromDate,
+  timestampNow,
+} from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  ensureStream,
+  FailedPreconditionError,
+  NotFoundError,
+  type GrpcClient,
+  type JetStreamClient,
+  type JetStreamManager,
+  type Logger,
+  type NatsConnection,
+  type Principal,
+} from "@ensemble/kit";
+import { AckPolicy, DeliverPolicy, type Consumer, type JsMsg } from "@nats-io/jetstream";
+import {
+  ClassificationSchema,
+  JudgePolicy,
+  RankingResultSchema,
+  RunErrorSchema,
+  RunEventType,
+  RunMode,
+  RunSchema,
+  RunSpecSchema,
+  RunStatus,
+  RunStepSchema,
+  StepKind,
+  StepStatus,
+  UsageSchema,
+  type CategorizerService,
+  type Classification,
+  type ModelProxyService,
+  type RankingResult,
+  type RegistryService,
+  type Run,
+  type RunError,
+  type RunSpec,
+  type RunStep,
+  type Usage,
+} from "@ensemble/proto";
+import type { Counter, Histogram } from "prom-client";
+import { addUsage, executeStep, runErrorOf } from "./executor.js";
+import { subjectToken, type EventInit, type RunEventPublisher, type RunRef } from "./events.js";
+import {
+  decodePlan,
+  encodePlan,
+  planFor,
+  planModels,
+  plannedSteps,
+  responseFormatOf,
+  type Plan,
+} from "./plan.js";
+import {
+  claim,
+  decode,
+  encode,
+  IDEMPOTENCY_TTL_MS,
+  type Models,
+  type RunDoc,
+  type RunOutcomeDoc,
+  type RunStepDoc,
+  type StepOutcomeDoc,
+} from "./store.js";
+import type { CallerTokens, TokenSource } from "./tokens.js";
+import { readySteps } from "./workflow.js";
+
+export interface EngineSettings {
+  stepStream: string;
+  stepConsumer: string;
+  subjectPrefix: string;
+  ackWaitMs: number;
+  maxDeliver: number;
+  workerConcurrency: number;
+  tenantMaxParallel: number;
+  runMaxParallel: number;
+  stepTimeoutMs: number;
+  runTimeoutMs: number;
+  recoveryIntervalMs: number;
+}
+
+export interface EngineMetrics {
+  runsStarted: Counter<"mode">;
+  runsEnded: Counter<"status">;
+  stepsExecuted: Counter<"kind" | "status">;
+  dispatchSeconds: Histogram;
+}
+
+export interface EngineDeps {
+  models: Models;
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  publisher: RunEventPublisher;
+  logger: Logger;
+  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
+  modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
+  categorizer?: Pick<GrpcClient<typeof CategorizerService>, "classify"> | undefined;
+  tokens: TokenSource;
+  /** Set when there is no SERVICE_TOKEN: the starting call's token is remembered for its steps. */
+  callerTokens?: CallerTokens | undefined;
+  settings: EngineSettings;
+  metrics?: EngineMetrics | undefined;
+}
+
+const TERMINAL = new Set([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]);
+const STEP_ENDED = new Set([
+  StepStatus.COMPLETED,
+  StepStatus.FAILED,
+  StepStatus.SKIPPED,
+  StepStatus.CANCELLED,
+]);
+const EVENT_OUTPUT_LIMIT = 256 * 1024;
+
+export function isTerminal(status: RunStatus): boolean {
+  return TERMINAL.has(status);
+}
+
+export function newRunId(): string {
+  return `run_${randomUUID().replace(/-/g, "")}`;
+}
+
+function refOf(doc: Pick<RunDoc, "tenantId" | "id" | "userId" | "sessionId">): RunRef {
+  return { tenantId: doc.tenantId, runId: doc.id, userId: doc.userId, sessionId: doc.sessionId };
+}
+
+function cut(text: string): { output: string; outputTruncated: boolean } {
+  if (Buffer.byteLength(text, "utf8") <= EVENT_OUTPUT_LIMIT)
+    return { output: text, outputTruncated: false };
+  let s = text.slice(0, EVENT_OUTPUT_LIMIT);
+  while (Buffer.byteLength(s, "utf8") > EVENT_OUTPUT_LIMIT) s = s.slice(0, -1024);
+  return { output: s, outputTruncated: true };
+}
+
+function usageDoc(u: Usage | undefined): RunDoc["usage"] {
+  return {
+    inputTokens: Number(u?.inputTokens ?? 0n),
+    outputTokens: Number(u?.outputTokens ?? 0n),
+    totalTokens: Number(u?.totalTokens ?? 0n),
+    costUsd: u?.costUsd ?? 0,
+  };
+}
+
+function usageOf(d: RunDoc["usage"] | undefined): Usage {
+  return create(UsageSchema, {
+    inputTokens: BigInt(d?.inputTokens ?? 0),
+    outputTokens: BigInt(d?.outputTokens ?? 0),
+    totalTokens: BigInt(d?.totalTokens ?? 0),
+    costUsd: d?.costUsd ?? 0,
+  });
+}
+
+/** What the engine keeps in memory per run it works on (the plan never changes once set). */
+interface RunState {
+  doc: RunDoc;
+  plan: Plan;
+}
+
+export class Engine {
+  readonly #d: EngineDeps;
+  readonly #log: Logger;
+  /** runId -> controllers of step calls in flight on this replica. */
+  readonly #inflight = new Map<string, Set<AbortController>>();
+  readonly #tenantBusy = new Map<string, number>();
+  readonly #plans = new Map<string, Plan>();
+  #stopping = false;
+  #consumer: Consumer | undefined;
+  readonly #workers: Array<Promise<void>> = [];
+  #recoveryTimer: NodeJS.Timeout | undefined;
+  #cancelSub: { unsubscribe(): void } | undefined;
+  readonly #active = new Set<Promise<void>>();
+
+  constructor(deps: EngineDeps) {
+    this.#d = deps;
+    this.#log = deps.logger.child({ component: "engine" });
+  }
+
+  get #s(): EngineSettings {
+    return this.#d.settings;
+  }
+
+  stepSubject(tenantId: string, runId: string, stepId: string): string {
+    return `${this.#s.subjectPrefix}.steps.${subjectToken(tenantId)}.${subjectToken(runId)}.${stepId}`;
+  }
+
+  cancelSubject(tenantId: string, runId: string): string {
+    return `${this.#s.subjectPrefix}.cancel.${subjectToken(tenantId)}.${subjectToken(runId)}`;
+  }
+
+  // ------------------------------------------------------------------------------ lifecycle
+
+  /** Streams, the shared consumer, the cancellation listener, workers and the recovery timer. */
+  async start(): Promise<void> {
+    await ensureStream(this.#d.jsm, {
+      name: this.#s.stepStream,
+      subjects: [`${this.#s.subjectPrefix}.steps.>`],
+      retention: "workqueue",
+      duplicate_window: 2 * 60 * 1_000_000_000,
+    });
+    const backoff = [1_000, 5_000, 15_000, 30_000]
+      .slice(0, Math.max(0, this.#s.maxDeliver - 1))
+      .map((ms) => ms * 1_000_000);
+    const consumerConfig = {
+      durable_name: this.#s.stepConsumer,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: this.#s.ackWaitMs * 1_000_000,
+      max_deliver: this.#s.maxDeliver,
+      max_ack_pending: 100_000,
+      filter_subject: `${this.#s.subjectPrefix}.steps.>`,
+      ...(backoff.length > 0 ? { backoff } : {}),
+    };
+    try {
+      await this.#d.jsm.consumers.add(this.#s.stepStream, consumerConfig);
+    } catch {
+      await this.#d.jsm.consumers.update(this.#s.stepStream, this.#s.stepConsumer, consumerConfig);
+    }
+    this.#consumer = await this.#d.js.consumers.get(this.#s.stepStream, this.#s.stepConsumer);
+
+    const sub = this.#d.nc.subscribe(`${this.#s.subjectPrefix}.cancel.>`, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        const runId = msg.string();
+        this.#abortLocal(runId);
+      },
+    });
+    this.#cancelSub = sub;
+
+    for (let i = 0; i < this.#s.workerConcurrency; i++) this.#workers.push(this.#workerLoop());
+    this.#recoveryTimer = setInterval(() => {
+      void this.recover().catch((err: unknown) => this.#log.warn({ err }, "recovery pass failed"));
+    }, this.#s.recoveryIntervalMs);
+    this.#recoveryTimer.unref();
+    void this.recover().catch((err: unknown) => this.#log.warn({ err }, "recovery pass failed"));
+  }
+
+  /** Stops taking steps and waits for the ones in flight (their messages are acked or redelivered). */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    if (this.#recoveryTimer !== undefined) clearInterval(this.#recoveryTimer);
+    this.#cancelSub?.unsubscribe();
+    await Promise.allSettled([...this.#active]);
+    await Promise.allSettled(this.#workers);
+  }
+
+  async #workerLoop(): Promise<void> {
+    while (!this.#stopping) {
+      let msg: JsMsg | null = null;
+      try {
+        msg = (await this.#consumer?.next({ expires: 2_000 })) ?? null;
+      } catch (err) {
+        if (this.#stopping) return;
+        this.#log.warn({ err }, "step consumer pull failed; retrying");
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      if (msg === null) continue;
+      const work = this.#handle(msg);
+      this.#active.add(work);
+      try {
+        await work;
+      } finally {
+        this.#active.delete(work);
+      }
+    }
+  }
+
+  #abortLocal(runId: string): void {
+    const set = this.#inflight.get(runId);
+    if (set === undefined) return;
+    for (const c of set) c.abort();
+  }
+
+  // ------------------------------------------------------------------------------ runs
+
+  async #runState(tenantId: string, runId: string): Promise<RunState | undefined> {
+    const doc = await this.#d.models.runs.findOne({ tenantId, id: runId }).lean<RunDoc>();
+    if (doc === null) return undefined;
+    let plan = this.#plans.get(runId);
+    if (plan === undefined && doc.plan !== undefined && doc.planExtras !== undefined) {
+      plan = decodePlan(bytesOf(doc.plan), doc.planExtras);
+      this.#plans.set(runId, plan);
+      if (this.#plans.size > 5_000) {
+        const first = this.#plans.keys().next();
+        if (first.done !== true) this.#plans.delete(first.value);
+      }
+    }
+    if (plan === undefined) return undefined;
+    return { doc, plan };
+  }
+
+  /** The caller's run (owner, or a tenant admin), else NOT_FOUND. */
+  async findRun(p: Principal, runId: string): Promise<RunDoc> {
+    const doc = await this.#d.models.runs
+      .findOne({ tenantId: p.tenantId, id: runId })
+      .lean<RunDoc>();
+    if (doc === null || (doc.userId !== p.subject && !p.roles.includes("admin"))) {
+      throw new NotFoundError(`run "${runId}" not found`);
+    }
+    return doc;
+  }
+
+  /**
+   * Creates a run (or returns the caller's run with the same idempotency key), plans it,
+   * publishes `created` (and `classified`) and dispatches its first steps.
+   */
+  async createRun(
+    p: Principal,
+    spec: RunSpec,
+    opts: { token: string; idempotencyKey: string; runId?: string; scheduleId?: string },
+  ): Promise<{ doc: RunDoc; existing: boolean }> {
+    const keyDoc = { tenantId: p.tenantId, userId: p.subject, key: opts.idempotencyKey };
+    if (opts.idempotencyKey !== "") {
+      const prior = await this.#priorRun(p, opts.idempotencyKey);
+      if (prior !== undefined) return { doc: prior, existing: true };
+    }
+    const mode = modeOf(spec);
+    if (mode === RunMode.AUTO && this.#d.categorizer === undefined) {
+      throw new FailedPreconditionError(
+        "AUTO runs need the categorizer, which is not configured (CATEGORIZER_ADDR); choose a mode: model, workflow or compare",
+      );
+    }
+    // Plan first: a bad spec fails the call and never becomes a run.
+    const plan = mode === RunMode.AUTO ? undefined : await planFor(spec, opts.token, this.#d);
+    const runId = opts.runId ?? newRunId();
+    if (opts.idempotencyKey !== "") {
+      const won = await claim(this.#d.models.runKeys, { ...keyDoc, runId, createTime: new Date() });
+      if (!won) {
+        const prior = await this.#priorRun(p, opts.idempotencyKey);
+        if (prior !== undefined) return { doc: prior, existing: true };
+      }
+    }
+    this.#d.callerTokens?.remember(p.tenantId, p.subject, opts.token);
+    const now = new Date();
+    const timeoutMs =
+      spec.timeout !== undefined
+        ? Number(spec.timeout.seconds) * 1000 + spec.timeout.nanos / 1e6
+        : this.#s.runTimeoutMs;
+    const doc: RunDoc = {
+      tenantId: p.tenantId,
+      id: runId,
+      userId: p.subject,
+      sessionId: "",
+      apiKeyId: p.apiKeyId ?? "",
+      scheduleId: opts.scheduleId ?? "",
+      mode,
+      status: plan === undefined ? RunStatus.PENDING : RunStatus.RUNNING,
+      spec: encode(RunSpecSchema, spec),
+      ...(plan !== undefined ? encodePlan(plan) : {}),
+      templateId:
+        plan?.template.id !== undefined && spec.mode.case === "workflow" ? plan.template.id : "",
+      templateVersion: spec.mode.case === "workflow" ? (plan?.template.version ?? 0) : 0,
+      outputStepId: plan?.template.outputStep ?? "",
+      models: plan !== undefined ? planModels(plan.template) : [],
+      metaPairs: Object.entries(spec.metadata).map(([k, v]) => `${k}\u0000${v}`),
+      output: "",
+      usage: usageDoc(undefined),
+      latencyMs: 0,
+      cancelReason: "",
+      deadline: new Date(now.getTime() + timeoutMs),
+      createTime: now,
+      ...(plan !== undefined ? { startTime: now } : {}),
+      updateTime: now,
+    };
+    await this.#d.models.runs.collection.insertOne({ ...doc });
+    if (plan !== undefined) this.#plans.set(runId, plan);
+    this.#d.metrics?.runsStarted.inc({ mode: RunMode[mode] ?? "UNKNOWN" });
+    const ref = refOf(doc);
+    await this.#emit(ref, {
+      type: RunEventType.CREATED,
+      payload: {
+        case: "created",
+        value: {
+          inputPreview: spec.input.slice(0, 1000),
+          templateId: doc.templateId,
+          plan: plan !== undefined ? plannedSteps(plan.template) : [],
+          scheduleId: doc.scheduleId,
+          metadata: spec.metadata,
+        },
+      },
+    });
+    if (plan === undefined) {
+      await this.#classifyAndPlan(doc, spec, opts.token);
+    } else {
+      await this.#dispatchReady({ doc, plan });
+    }
+    return {
+      doc:
+        (await this.#d.models.runs.findOne({ tenantId: p.tenantId, id: runId }).lean<RunDoc>()) ??
+        doc,
+      existing: false,
+    };
+  }
+
+  async #priorRun(p: Principal, key: string): Promise<RunDoc | undefined> {
+    const k = await this.#d.models.runKeys
+      .findOne({ tenantId: p.tenantId, userId: p.subject, key })
+      .lean();
+    if (k === null) return undefined;
+    if (k.createTime.getTime() < Date.now() - IDEMPOTENCY_TTL_MS) {
+      await this.#d.models.runKeys.deleteOne({ tenantId: p.tenantId, userId: p.subject, key });
+      return undefined;
+    }
+    const doc = await this.#d.models.runs
+      .findOne({ tenantId: p.tenantId, id: k.runId })
+      .lean<RunDoc>();
+    return doc ?? undefined;
+  }
+
+  /** AUTO: ask the categorizer, publish `classified`, store the plan, start. Failures end the run. */
+  async #classifyAndPlan(doc: RunDoc, spec: RunSpec, token: string): Promise<void> {
+    const ref = refOf(doc);
+    let classification: Classification;
+    let plan: Plan;
+    try {
+      const auto = spec.mode.case === "auto" ? spec.mode.value : undefined;
+      const res = await this.#d.categorizer!.classify(
+        {
+          text: spec.input,
+          attachmentMimeTypes: spec.attachments.flatMap((a) =>
+            a.part.case === "image" ? [a.part.value.mimeType || "image/png"] : [],
+          ),
+          judge: auto?.judge ?? JudgePolicy.UNSPECIFIED,
+          ...(auto?.allowedKinds !== undefined ? { allowedKinds: auto.allowedKinds } : {}),
+        },
+        { headers: { authorization: `Bearer ${token}` }, timeoutMs: 15_000 },
+      );
+      if (res.classification === undefined)
+        throw new ConnectError("no classification", Code.Internal);
+      classification = res.classification;
+      plan = await planFor(spec, token, this.#d, classification);
+    } catch (err) {
+      await this.#finishRun(ref, RunStatus.FAILED, { error: runErrorOf(err, "") });
+      return;
+    }
+    const planned = encodePlan(plan);
+    const target = classification.route?.target;
+    const now = new Date();
+    await this.#d.models.runs.updateOne(
+      { tenantId: doc.tenantId, id: doc.id },
+      {
+        $set: {
+          ...planned,
+          classification: encode(ClassificationSchema, classification),
+          templateId: target?.case === "templateId" ? target.value : "",
+          templateVersion: target?.case === "templateId" ? plan.template.version : 0,
+          outputStepId: plan.template.outputStep,
+          models: planModels(plan.template),
+          status: RunStatus.RUNNING,
+          startTime: now,
+          updateTime: now,
+        },
+      },
+    );
+    this.#plans.set(doc.id, plan);
+    await this.#emit(ref, {
+      type: RunEventType.CLASSIFIED,
+      payload: { case: "classified", value: { classification, plan: plannedSteps(plan.template) } },
+    });
+    const fresh = await this.#runState(doc.tenantId, doc.id);
+    if (fresh !== undefined) await this.#dispatchReady(fresh);
+  }
+
+  #emit(ref: RunRef, init: EventInit): Promise<unknown> {
+    return this.#d.publisher.publish(ref, init);
+  }
+
+  // ------------------------------------------------------------------------------ dispatch
+
+  async #progress(
+    tenantId: string,
+    runId: string,
+  ): Promise<{
+    dispatched: RunStepDoc[];
+    outcomes: StepOutcomeDoc[];
+  }> {
+    const [dispatched, outcomes] = await Promise.all([
+      this.#d.models.runSteps.find({ tenantId, runId }).lean<RunStepDoc[]>(),
+      this.#d.models.stepOutcomes.find({ tenantId, runId }).lean<StepOutcomeDoc[]>(),
+    ]);
+    return { dispatched, outcomes };
+  }
+
+  /** Dispatches every ready step (claims first, so each is queued once), or ends the run. */
+  async #dispatchReady(state: RunState): Promise<void> {
+    const { doc, plan } = state;
+    const { dispatched, outcomes } = await this.#progress(doc.tenantId, doc.id);
+    const completed = new Set(
+      outcomes.filter((o) => o.status === StepStatus.COMPLETED).map((o) => o.stepId),
+    );
+    const ended = new Set(
+      outcomes.filter((o) => o.status !== StepStatus.COMPLETED).map((o) => o.stepId),
+    );
+    const failed = outcomes.find((o) => o.status === StepStatus.FAILED);
+    if (failed !== undefined) {
+      const record = decode(RunStepSchema, failed.record);
+      await this.#finishRun(refOf(doc), RunStatus.FAILED, {
+        ...(record.error !== undefined ? { error: record.error } : {}),
+      });
+      return;
+    }
+    if (plan.template.steps.every((s) => completed.has(s.id))) {
+      await this.#finishRun(refOf(doc), RunStatus.COMPLETED, {});
+      return;
+    }
+    const maxParallel =
+      plan.template.maxParallel > 0 ? plan.template.maxParallel : this.#s.runMaxParallel;
+    const ready = readySteps(
+      plan.template,
+      { dispatched: new Set(dispatched.map((d) => d.stepId)), completed, ended },
+      maxParallel,
+    );
+    await Promise.all(
+      ready.map(async (stepId) => {
+        const queuedAt = new Date();
+        const won = await claim(this.#d.models.runSteps, {
+          tenantId: doc.tenantId,
+          runId: doc.id,
+          stepId,
+          status: StepStatus.QUEUED,
+          attempts: 0,
+          model: "",
+          fallbackUsed: false,
+          queuedAt,
+        });
+        if (won) await this.#enqueue(doc.tenantId, doc.id, stepId, queuedAt);
+      }),
+    );
+  }
+
+  async #enqueue(tenantId: string, runId: string, stepId: string, queuedAt: Date): Promise<void> {
+    await this.#d.js.publish(
+      this.stepSubject(tenantId, runId, stepId),
+      JSON.stringify({ tenantId, runId, stepId, queuedAt: queuedAt.getTime() }),
+      { msgID: `${runId}:${stepId}` },
+    );
+  }
+
+  // ------------------------------------------------------------------------------ steps
+
+  async #handle(msg: JsMsg): Promise<void> {
+    let body: { tenantId: string; runId: string; stepId: string; queuedAt: number };
+    try {
+      body = JSON.parse(msg.string()) as typeof body;
+    } catch {
+      msg.term("not a step message");
+      return;
+    }
+    const log = this.#log.child({
+      tenantId: body.tenantId,
+      runId: body.runId,
+      stepId: body.stepId,
+    });
+    const lastDelivery = msg.info.deliveryCount >= this.#s.maxDeliver;
+    try {
+      const done = await this.#runStep(msg, body, log);
+      if (done) msg.ack();
+    } catch (err) {
+      if (lastDelivery) {
+        log.error({ err }, "step failed on its last delivery; failing it");
+        try {
+          await this.#failStepHard(body, err);
+          msg.ack();
+        } catch (again) {
+          log.error({ err: again }, "could not record the step failure");
+          msg.term();
+        }
+      } else {
+        log.warn(
+          { err, delivery: msg.info.deliveryCount },
+          "step handling failed; it will be redelivered",
+        );
+        msg.nak();
+      }
+    }
+  }
+
+  async #failStepHard(
+    body: { tenantId: string; runId: string; stepId: string },
+    err: unknown,
+  ): Promise<void> {
+    const state = await this.#runState(body.tenantId, body.runId);
+    if (state === undefined) return;
+    const error = create(RunErrorSchema, {
+      code: "INTERNAL",
+      message: `the step could not be executed after ${this.#s.maxDeliver} deliveries`,
+      stepId: body.stepId,
+      retryable: true,
+    });
+    this.#log.debug({ err }, "hard step failure cause");
+    const record = create(RunStepSchema, { stepId: body.stepId, status: StepStatus.FAILED, error });
+    await this.#claimOutcome(body.tenantId, body.runId, record, 0);
+    await this.#afterStep(state, body.stepId);
+  }
+
+  /** Returns true when the message may be acked; false when it was nak'ed for later. */
+  async #runStep(
+    msg: JsMsg,
+    body: { tenantId: string; runId: string; stepId: string; queuedAt: number },
+    log: Logger,
+  ): Promise<boolean> {
+    const takenAt = Date.now();
+    const state = await this.#runState(body.tenantId, body.runId);
+    if (state === undefined) {
+      log.warn("step of an unknown or unplanned run; dropped");
+      return true;
+    }
+    const step = state.plan.template.steps.find((s) => s.id === body.stepId);
+    if (step === undefined) {
+      log.warn("unknown step; dropped");
+      return true;
+    }
+    const [runOutcome, outcome] = await Promise.all([
+      this.#d.models.runOutcomes
+        .findOne({ tenantId: body.tenantId, runId: body.runId })
+        .lean<RunOutcomeDoc>(),
+      this.#d.models.stepOutcomes
+        .findOne({ tenantId: body.tenantId, runId: body.runId, stepId: body.stepId })
+        .lean<StepOutcomeDoc>(),
+    ]);
+    if (outcome !== null) {
+      // Redelivered after the outcome was claimed: only the tail (events, next steps) is repeated.
+      await this.#afterStep(state, body.stepId);
+      return true;
+    }
+    if (runOutcome !== null) {
+      if (!runOutcome.finalized) await this.#finalize(refOf(state.doc), runOutcome);
+      return true;
+    }
+    if (state.doc.deadline.getTime() <= Date.now()) {
+      await this.#finishRun(refOf(state.doc), RunStatus.FAILED, {
+        error: create(RunErrorSchema, {
+          code: "DEADLINE_EXCEEDED",
+          message: "the run's deadline passed before this step could start",
+          stepId: step.id,
+        }),
+      });
+      return true;
+    }
+    // Per-tenant cap on this replica: leave the step to another replica or a moment later.
+    const busy = this.#tenantBusy.get(body.tenantId) ?? 0;
+    if (busy >= this.#s.tenantMaxParallel) {
+      msg.nak(250);
+      return false;
+    }
+    this.#tenantBusy.set(body.tenantId, busy + 1);
+    const controller = new AbortController();
+    let set = this.#inflight.get(body.runId);
+    if (set === undefined) {
+      set = new Set();
+      this.#inflight.set(body.runId, set);
+    }
+    set.add(controller);
+    const heartbeat = setInterval(() => msg.working(), Math.max(1_000, this.#s.ackWaitMs / 3));
+    this.#d.metrics?.dispatchSeconds.observe(Math.max(0, takenAt - body.queuedAt) / 1000);
+    try {
+      const startTime = new Date();
+      await this.#d.models.runSteps.updateOne(
+        { tenantId: body.tenantId, runId: body.runId, stepId: body.stepId },
+        { $set: { status: StepStatus.RUNNING, startTime } },
+      );
+      const outcomes = await this.#d.models.stepOutcomes
+        .find({ tenantId: body.tenantId, runId: body.runId, status: StepStatus.COMPLETED })
+        .lean<StepOutcomeDoc[]>();
+      const records = new Map(outcomes.map((o) => [o.stepId, decode(RunStepSchema, o.record)]));
+      const outputs: Record<string, string> = {};
+      const vars: Record<string, string> = { ...state.plan.extras.vars };
+      for (const s of state.plan.template.steps) {
+        const r = records.get(s.id);
+        if (r === undefined) continue;
+        outputs[s.id] = r.output;
+        if (s.outputVar !== "") vars[s.outputVar] = r.output;
+      }
+      const spec = decode(RunSpecSchema, state.doc.spec);
+      const ref = refOf(state.doc);
+      const record = await executeStep(
+        {
+          ref,
+          step,
+          scope: { input: spec.input, vars, outputs },
+          runSystem: spec.system,
+          runAddons: spec.addons,
+          addonTexts: state.plan.extras.addonTexts,
+          attachments: spec.attachments,
+          responseFormat: responseFormatOf(state.plan.extras),
+          compared: step.kind === StepKind.RANK ? records.get(step.rankStep) : undefined,
+          rankBy: state.plan.extras.rankBy,
+          timeoutMs: step.timeoutMs > 0 ? step.timeoutMs : this.#s.stepTimeoutMs,
+          deadline: state.doc.deadline.getTime(),
+          retries: step.retries,
+          signal: controller.signal,
+          token: () =>
+            this.#d.tokens.forUser(state.doc.tenantId, state.doc.userId, `run:${state.doc.id}`),
+          emit: (init) => this.#emit(ref, init),
+          delta: (init) => this.#d.publisher.publishDelta(ref, init),
+        },
+        { modelProxy: this.#d.modelProxy },
+      );
+      const queuedAt = body.queuedAt;
+      record.queueTime = durationFromMs(Math.max(0, startTime.getTime() - queuedAt));
+      this.#d.metrics?.stepsExecuted.inc({
+        kind: StepKind[step.kind] ?? "UNKNOWN",
+        status: StepStatus[record.status] ?? "UNKNOWN",
+      });
+      await this.#claimOutcome(body.tenantId, body.runId, record, record.attempts);
+      await this.#afterStep(state, body.stepId);
+      return true;
+    } finally {
+      clearInterval(heartbeat);
+      set.delete(controller);
+      if (set.size === 0) this.#inflight.delete(body.runId);
+      const n = (this.#tenantBusy.get(body.tenantId) ?? 1) - 1;
+      if (n <= 0) this.#tenantBusy.delete(body.tenantId);
+      else this.#tenantBusy.set(body.tenantId, n);
+    }
+  }
+
+  async #claimOutcome(
+    tenantId: string,
+    runId: string,
+    record: RunStep,
+    attempt: number,
+  ): Promise<boolean> {
+    return claim(this.#d.models.stepOutcomes, {
+      tenantId,
+      runId,
+      stepId: record.stepId,
+      status: record.status,
+      attempt,
+      record: encode(RunStepSchema, record),
+      eventPublished: false,
+      createTime: new Date(),
+    });
+  }
+
+  /**
+   * The idempotent tail of a step: its end event (once), then the next steps or the run's end.
+   * Safe to repeat after a crash at any point.
+   */
+  async #afterStep(state: RunState, stepId: string): Promise<void> {
+    const { doc } = state;
+    const outcome = await this.#d.models.stepOutcomes
+      .findOne({ tenantId: doc.tenantId, runId: doc.id, stepId })
+      .lean<StepOutcomeDoc>();
+    if (outcome === null) return;
+    const record = decode(RunStepSchema, outcome.record);
+    const ref = refOf(doc);
+    if (!outcome.eventPublished) {
+      if (record.status === StepStatus.COMPLETED) {
+        await this.#emit(ref, {
+          type: RunEventType.STEP_COMPLETED,
+          stepId,
+          attempt: record.attempts,
+          eventId: `${doc.id}:${stepId}:completed`,
+          payload: {
+            case: "stepCompleted",
+            value: {
+              ...cut(record.output),
+              answers: record.answers,
+              ...(record.ranking !== undefined ? { ranking: record.ranking } : {}),
+              ...(record.usage !== undefined ? { usage: record.usage } : {}),
+              ...(record.latency !== undefined ? { latency: record.latency } : {}),
+            },
+          },
+        });
+      } else if (record.status === StepStatus.FAILED) {
+        await this.#emit(ref, {
+          type: RunEventType.STEP_FAILED,
+          stepId,
+          attempt: record.attempts,
+          eventId: `${doc.id}:${stepId}:failed`,
+          payload: {
+            case: "stepFailed",
+            value: {
+              ...(record.error !== undefined ? { error: record.error } : {}),
+              willRetry: false,
+              ...(record.usage !== undefined ? { usage: record.usage } : {}),
+            },
+          },
+        });
+      }
+      await this.#d.models.stepOutcomes.updateOne(
+        { tenantId: doc.tenantId, runId: doc.id, stepId },
+        { $set: { eventPublished: true } },
+      );
+    }
+    if (record.status === StepStatus.CANCELLED || record.status === StepStatus.SKIPPED) return;
+    await this.#dispatchReady(state);
+  }
+
+  // ------------------------------------------------------------------------------ run end
+
+  /** Claims the run's end (first claim wins), then writes the record and the terminal event. */
+  async #finishRun(
+    ref: RunRef,
+    status: RunStatus,
+    opts: { error?: RunError; reason?: string; by?: string },
+  ): Promise<RunOutcomeDoc> {
+    const candidate: RunOutcomeDoc = {
+      tenantId: ref.tenantId,
+      runId: ref.runId,
+      status,
+      ...(opts.error !== undefined ? { error: encode(RunErrorSchema, opts.error) } : {}),
+      reason: opts.reason ?? "",
+      by: opts.by ?? "",
+      finalized: false,
+      createTime: new Date(),
+    };
+    const won = await claim(this.#d.models.runOutcomes, candidate);
+    const outcome = won
+      ? candidate
+      : await this.#d.models.runOutcomes
+          .findOne({ tenantId: ref.tenantId, runId: ref.runId })
+          .lean<RunOutcomeDoc>();
+    if (outcome === null) throw new Error("run outcome vanished");
+    if (!outcome.finalized) await this.#finalize(ref, outcome);
+    return outcome;
+  }
+
+  /** Writes the run record's end and publishes the terminal event; repeatable. */
+  async #finalize(ref: RunRef, outcome: RunOutcomeDoc): Promise<void> {
+    const state = await this.#runState(ref.tenantId, ref.runId);
+    const doc =
+      state?.doc ??
+      (await this.#d.models.runs.findOne({ tenantId: ref.tenantId, id: ref.runId }).lean<RunDoc>());
+    if (doc === null) return;
+    // Every replica aborts the run's calls in flight (cancellation, or a sibling step's failure).
+    this.#d.nc.publish(this.cancelSubject(ref.tenantId, ref.runId), ref.runId);
+    this.#abortLocal(ref.runId);
+
+    const outcomes = await this.#d.models.stepOutcomes
+      .find({ tenantId: ref.tenantId, runId: ref.runId })
+      .lean<StepOutcomeDoc[]>();
+    const records = new Map(outcomes.map((o) => [o.stepId, decode(RunStepSchema, o.record)]));
+    let usage = create(UsageSchema);
+    const models = new Set(doc.models);
+    for (const r of records.values()) {
+      usage = addUsage(usage, r.usage);
+      for (const a of r.answers) if (a.servedBy?.model) models.add(a.servedBy.model);
+    }
+    const plan = state?.plan;
+    const outputStep = plan?.template.outputStep ?? doc.outputStepId;
+    const outRecord = records.get(outputStep);
+    let ranking: RankingResult | undefined;
+    if (plan !== undefined) {
+      const rankSteps = plan.template.steps.filter((s) => s.kind === StepKind.RANK);
+      const chosen = rankSteps.find((s) => s.id === outputStep) ?? rankSteps.at(-1);
+      if (chosen !== undefined) ranking = records.get(chosen.id)?.ranking;
+    }
+    let output = "";
+    if (outcome.status === RunStatus.COMPLETED && outRecord !== undefined) {
+      output = outRecord.output;
+      if (plan?.extras.winnerIsOutput === true && outRecord.ranking !== undefined) {
+        const compared = records.get(outRecord.ranking.comparedStepId);
+        const win = compared?.answers.find(
+          (a) => a.answerIndex === outRecord.ranking?.ranked[0]?.answerIndex,
+        );
+        if (win !== undefined) output = win.text;
+      }
+    }
+    const endTime = new Date();
+    const start = doc.startTime ?? doc.createTime;
+    const latencyMs = endTime.getTime() - start.getTime();
+    const error = outcome.error !== undefined ? decode(RunErrorSchema, outcome.error) : undefined;
+    await this.#d.models.runs.updateOne(
+      { tenantId: ref.tenantId, id: ref.runId },
+      {
+        $set: {
+          status: outcome.status,
+          output,
+          ...(ranking !== undefined ? { ranking: encode(RankingResultSchema, ranking) } : {}),
+          usage: usageDoc(usage),
+          latencyMs,
+          ...(outcome.error !== undefined ? { error: outcome.error } : {}),
+          cancelReason: outcome.status === RunStatus.CANCELLED ? outcome.reason : "",
+          models: [...models],
+          endTime,
+          updateTime: endTime,
+        },
+      },
+    );
+    const latency = durationFromMs(latencyMs);
+    const eventId = `${ref.runId}:end`;
+    if (outcome.status === RunStatus.COMPLETED) {
+      await this.#emit(ref, {
+        type: RunEventType.COMPLETED,
+        eventId,
+        payload: {
+          case: "completed",
+          value: {
+            ...cut(output),
+            outputStepId: outputStep,
+            usage,
+            latency,
+            ...(ranking !== undefined ? { ranking } : {}),
+          },
+        },
+      });
+    } else if (outcome.status === RunStatus.FAILED) {
+      await this.#emit(ref, {
+        type: RunEventType.FAILED,
+        eventId,
+        payload: {
+          case: "failed",
+          value: { ...(error !== undefined ? { error } : {}), usage, latency },
+        },
+      });
+    } else {
+      await this.#emit(ref, {
+        type: RunEventType.CANCELLED,
+        eventId,
+        payload: {
+          case: "cancelled",
+          value: { reason: outcome.reason, cancelledBy: outcome.by, usage, latency },
+        },
+      });
+    }
+    await this.#d.models.runOutcomes.updateOne(
+      { tenantId: ref.tenantId, runId: ref.runId },
+      { $set: { finalized: true } },
+    );
+    this.#d.metrics?.runsEnded.inc({ status: RunStatus[outcome.status] ?? "UNKNOWN" });
+    this.#d.publisher.forget(ref.runId);
+    this.#plans.delete(ref.runId);
+  }
+
+  /** CancelRun: the first end claimed wins; in-flight calls on every replica are aborted. */
+  async cancelRun(p: Principal, runId: string, reason: string): Promise<RunDoc> {
+    const doc = await this.findRun(p, runId);
+    if (doc.status === RunStatus.CANCELLED) return doc;
+    if (doc.status === RunStatus.COMPLETED || doc.status === RunStatus.FAILED) {
+      throw new FailedPreconditionError(
+        `run "${runId}" has already ${doc.status === RunStatus.COMPLETED ? "completed" : "failed"}`,
+      );
+    }
+    const outcome = await this.#finishRun(refOf(doc), RunStatus.CANCELLED, {
+      reason: reason === "" ? "cancelled by the user" : reason,
+      by: p.subject,
+    });
+    if (outcome.status !== RunStatus.CANCELLED) {
+      throw new FailedPreconditionError(
+        `run "${runId}" has already ended (${RunStatus[outcome.status]?.toLowerCase()})`,
+      );
+    }
+    return (
+      (await this.#d.models.runs.findOne({ tenantId: p.tenantId, id: runId }).lean<RunDoc>()) ?? doc
+    );
+  }
+
+  // ------------------------------------------------------------------------------ recovery
+
+  /**
+   * Runs in flight whose progress stalled because a replica died between two writes: a run end
+   * claimed but not written, a step dispatched (claimed) but its message lost, a ready step not
+   * dispatched, a run past its deadline. Every action here is one of the idempotent steps above.
+   */
+  async recover(): Promise<number> {
+    if (this.#stopping) return 0;
+    const stale = new Date(Date.now() - 5_000);
+    const docs = await this.#d.models.runs
+      .find({ status: { $in: [RunStatus.PENDING, RunStatus.RUNNING] }, createTime: { $lt: stale } })
+      .sort({ createTime: 1 })
+      .limit(500)
+      .lean<RunDoc[]>();
+    let touched = 0;
+    for (const doc of docs) {
+      if (this.#stopping) break;
+      try {
+        if (await this.#recoverRun(doc)) touched++;
+      } catch (err) {
+        this.#log.warn({ err, runId: doc.id, tenantId: doc.tenantId }, "could not recover run");
+      }
+    }
+    if (touched > 0) this.#log.info({ runs: touched }, "recovered runs in flight");
+    return touched;
+  }
+
+  async #recoverRun(doc: RunDoc): Promise<boolean> {
+    const ref = refOf(doc);
+    const outcome = await this.#d.models.runOutcomes
+      .findOne({ tenantId: doc.tenantId, runId: doc.id })
+      .lean<RunOutcomeDoc>();
+    if (outcome !== null) {
+      if (!outcome.finalized) await this.#finalize(ref, outcome);
+      return true;
+    }
+    if (doc.deadline.getTime() <= Date.now()) {
+      await this.#finishRun(ref, RunStatus.FAILED, {
+        error: create(RunErrorSchema, {
+          code: "DEADLINE_EXCEEDED",
+          message: "the run's deadline passed",
+        }),
+      });
+      return true;
+    }
+    const state = await this.#runState(doc.tenantId, doc.id);
+    if (state === undefined) {
+      // An AUTO run whose replica died while classifying: classify again as its user.
+      if (doc.createTime.getTime() < Date.now() - 30_000) {
+        const token = await this.#d.tokens.forUser(doc.tenantId, doc.userId, `run:${doc.id}`);
+        await this.#classifyAndPlan(doc, decode(RunSpecSchema, doc.spec), token);
+        return true;
+      }
+      return false;
+    }
+    const { dispatched, outcomes } = await this.#progress(doc.tenantId, doc.id);
+    const ended = new Set(outcomes.map((o) => o.stepId));
+    let touched = false;
+    for (const d of dispatched) {
+      if (ended.has(d.stepId)) continue;
+      const queued = await this.#d.jsm.streams.getMessage(this.#s.stepStream, {
+        last_by_subj: this.stepSubject(doc.tenantId, doc.id, d.stepId),
+      });
+      if (queued === null) {
+        await this.#enqueue(doc.tenantId, doc.id, d.stepId, d.queuedAt);
+        touched = true;
+      }
+    }
+    for (const o of outcomes) {
+      if (!o.eventPublished) {
+        await this.#afterStep(state, o.stepId);
+        touched = true;
+      }
+    }
+    await this.#dispatchReady(state);
+    return touched;
+  }
+
+  // ------------------------------------------------------------------------------ reading
+
+  /** Run documents matching a (tenant-scoped) filter, newest first. */
+  async listDocs(filter: Record<string, unknown>, limit: number): Promise<RunDoc[]> {
+    if (typeof filter["tenantId"] !== "string") throw new Error("listDocs needs a tenant filter");
+    return this.#d.models.runs
+      .find(filter)
+      .sort({ createTime: -1, id: -1 })
+      .limit(limit)
+      .lean<RunDoc[]>();
+  }
+
+  /** The run record (FULL or BASIC view). */
+  async toRun(doc: RunDoc, full: boolean): Promise<Run> {
+    const spec = decode(RunSpecSchema, doc.spec);
+    const run = create(RunSchema, {
+      id: doc.id,
+      tenantId: doc.tenantId,
+      userId: doc.userId,
+      sessionId: doc.sessionId,
+      apiKeyId: doc.apiKeyId,
+      scheduleId: doc.scheduleId,
+      mode: doc.mode,
+      spec,
+      status: doc.status,
+      templateId: doc.templateId,
+      templateVersion: doc.templateVersion,
+      outputStepId: doc.outputStepId,
+      output: doc.output,
+      usage: usageOf(doc.usage),
+      cancelReason: doc.cancelReason,
+      createTime: timestampFromDate(doc.createTime),
+      updateTime: timestampFromDate(doc.updateTime),
+      ...(doc.startTime !== undefined ? { startTime: timestampFromDate(doc.startTime) } : {}),
+      ...(doc.endTime !== undefined
+        ? { endTime: timestampFromDate(doc.endTime), latency: durationFromMs(doc.latencyMs) }
+        : {}),
+    });
+    if (doc.classification !== undefined)
+      run.classification = decode(ClassificationSchema, doc.classification);
+    if (doc.ranking !== undefined) run.ranking = decode(RankingResultSchema, doc.ranking);
+    if (doc.error !== undefined) run.error = decode(RunErrorSchema, doc.error);
+    const plan =
+      this.#plans.get(doc.id) ??
+      (doc.plan !== undefined && doc.planExtras !== undefined
+        ? decodePlan(bytesOf(doc.plan), doc.planExtras)
+        : undefined);
+    if (plan === undefined) return run;
+    const { dispatched, outcomes } = await this.#progress(doc.tenantId, doc.id);
+    const byStep = new Map(dispatched.map((d) => [d.stepId, d]));
+    const ended = new Map(outcomes.map((o) => [o.stepId, o]));
+    const terminal = isTerminal(doc.status);
+    let live = create(UsageSchema);
+    for (const s of plan.template.steps) {
+      const o = ended.get(s.id);
+      let step: RunStep;
+      if (o !== undefined) {
+        step = decode(RunStepSchema, o.record);
+        step.name = s.name;
+        step.kind = s.kind;
+        step.dependsOn = s.dependsOn;
+        if (step.models.length === 0) step.models = s.models;
+      } else {
+        const d = byStep.get(s.id);
+        step = create(RunStepSchema, {
+          stepId: s.id,
+          name: s.name,
+          kind: s.kind,
+          dependsOn: s.dependsOn,
+          model: s.kind === StepKind.RANK ? s.judgeModel : s.model,
+          models: s.models,
+          status: terminal
+            ? doc.status === RunStatus.CANCELLED
+              ? StepStatus.CANCELLED
+              : StepStatus.SKIPPED
+            : d === undefined
+              ? StepStatus.PENDING
+              : d.status,
+          attempts: d?.attempts ?? 0,
+          ...(d?.startTime !== undefined ? { startTime: timestampFromDate(d.startTime) } : {}),
+        });
+      }
+      live = addUsage(live, step.usage);
+      if (!full) {
+        step.answers = [];
+        step.output = "";
+        step.structuredOutput = undefined;
+      }
+      run.steps.push(step);
+    }
+    if (!terminal) run.usage = live;
+    run.lastSequence = BigInt(await this.#d.publisher.lastSequence(doc.tenantId, doc.id));
+    return run;
+  }
+}
+
+function modeOf(spec: RunSpec): RunMode {
+  switch (spec.mode.case) {
+    case "model":
+      return RunMode.MODEL;
+    case "workflow":
+      return RunMode.WORKFLOW;
+    case "compare":
+      return RunMode.COMPARE;
+    default:
+      return RunMode.AUTO;
+  }
+}
+
+function bytesOf(v: unknown): Uint8Array {
+  if (v instanceof Uint8Array) return v;
+  if (v !== null && typeof v === "object" && "buffer" in v && v.buffer instanceof Uint8Array)
+    return v.buffer;
+  throw new Error("stored payload is not binary");
+}
+
+export { STEP_ENDED, timestampDate, timestampNow };

@@ -1,0 +1,200 @@
+// Start-up only: config -> logger -> tracing -> NATS + MongoDB -> streams, clients, engine ->
+// server -> listen -> metrics -> shutdown wiring. Everything else lives in engine.ts / build(deps).
+import {
+  closeMongo,
+  ConfigError,
+  connectMongo,
+  connectNats,
+  createClient,
+  createJwksVerifier,
+  createMetrics,
+  createRootLogger,
+  handleShutdown,
+  initTracing,
+  jetstream,
+  jetstreamManager,
+  startMetricsServer,
+  type Logger,
+  type Metrics,
+} from "@ensemble/kit";
+import {
+  AuthService,
+  CategorizerService,
+  ModelProxyService,
+  RegistryService,
+} from "@ensemble/proto";
+import { Counter, Histogram } from "prom-client";
+import { loadWorkflowConfig, type WorkflowConfig } from "./config.js";
+import { Engine, type EngineMetrics } from "./engine.js";
+import { ensureRunEventsStream, RunEventPublisher } from "./events.js";
+import { build, SERVICE_NAME } from "./server.js";
+import { openModels } from "./store.js";
+import { CallerTokens, ServiceTokens } from "./tokens.js";
+import { VERSION } from "./version.js";
+
+function engineMetrics(metrics: Metrics): EngineMetrics {
+  const registers = [metrics.registry];
+  return {
+    runsStarted: new Counter({
+      name: "ensemble_workflow_runs_started_total",
+      help: "Runs created, by mode",
+      labelNames: ["mode"],
+      registers,
+    }),
+    runsEnded: new Counter({
+      name: "ensemble_workflow_runs_ended_total",
+      help: "Runs ended, by status",
+      labelNames: ["status"],
+      registers,
+    }),
+    stepsExecuted: new Counter({
+      name: "ensemble_workflow_steps_total",
+      help: "Steps executed on this replica, by kind and status",
+      labelNames: ["kind", "status"],
+      registers,
+    }),
+    dispatchSeconds: new Histogram({
+      name: "ensemble_workflow_step_dispatch_seconds",
+      help: "Time from a step being queued to a replica taking it",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+      registers,
+    }),
+  };
+}
+
+async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
+  const tracing = initTracing({
+    service: SERVICE_NAME,
+    version: VERSION,
+    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+      ? {}
+      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+  });
+  const metrics = createMetrics({ service: SERVICE_NAME });
+  const verifier = createJwksVerifier({
+    jwksUrl: config.JWKS_URL,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+  });
+  const [nc, mongo] = await Promise.all([
+    connectNats({ url: config.NATS_URL, name: SERVICE_NAME, logger }),
+    connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger }),
+  ]);
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  await ensureRunEventsStream(
+    jsm,
+    config.RUN_EVENTS_STREAM,
+    config.RUN_EVENTS_MAX_AGE_MS,
+    config.RUN_EVENTS_SUBJECT_ROOT,
+  );
+  const models = await openModels(mongo);
+
+  const auth = createClient(AuthService, config.AUTH_ADDR, { metrics });
+  let callerTokens: CallerTokens | undefined;
+  let tokens;
+  if (config.SERVICE_TOKEN !== undefined) {
+    tokens = new ServiceTokens(auth, config.SERVICE_TOKEN);
+  } else {
+    logger.warn(
+      "SERVICE_TOKEN is not set: steps use the starting call's token, so runs fail once it expires or when another replica takes them over",
+    );
+    callerTokens = new CallerTokens();
+    tokens = callerTokens;
+  }
+  if (config.CATEGORIZER_ADDR === undefined) {
+    logger.warn("CATEGORIZER_ADDR is not set: AUTO runs are refused (FAILED_PRECONDITION)");
+  }
+  const publisher = new RunEventPublisher({
+    nc,
+    js,
+    jsm,
+    stream: config.RUN_EVENTS_STREAM,
+    logger,
+    root: config.RUN_EVENTS_SUBJECT_ROOT,
+  });
+  const engine = new Engine({
+    models,
+    nc,
+    js,
+    jsm,
+    publisher,
+    logger,
+    registry: createClient(RegistryService, config.REGISTRY_ADDR, { metrics }),
+    modelProxy: createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics }),
+    categorizer:
+      config.CATEGORIZER_ADDR !== undefined
+        ? createClient(CategorizerService, config.CATEGORIZER_ADDR, { metrics })
+        : undefined,
+    tokens,
+    callerTokens,
+    metrics: engineMetrics(metrics),
+    settings: {
+      stepStream: config.STEP_STREAM,
+      stepConsumer: config.STEP_CONSUMER,
+      subjectPrefix: config.WORKFLOW_SUBJECT_PREFIX,
+      ackWaitMs: config.STEP_ACK_WAIT_MS,
+      maxDeliver: config.STEP_MAX_DELIVER,
+      workerConcurrency: config.WORKER_CONCURRENCY,
+      tenantMaxParallel: config.TENANT_MAX_PARALLEL,
+      runMaxParallel: config.RUN_MAX_PARALLEL,
+      stepTimeoutMs: config.STEP_TIMEOUT_MS,
+      runTimeoutMs: config.RUN_TIMEOUT_MS,
+      recoveryIntervalMs: config.RECOVERY_INTERVAL_MS,
+    },
+  });
+  await engine.start();
+
+  const server = build({
+    version: VERSION,
+    logger,
+    verifier,
+    metrics,
+    engine,
+    nc,
+    js,
+    eventsStream: config.RUN_EVENTS_STREAM,
+    eventsRoot: config.RUN_EVENTS_SUBJECT_ROOT,
+  });
+  const port = await server.listen(config.WORKFLOW_ADDR);
+  const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
+  logger.info(
+    { address: config.WORKFLOW_ADDR, port, metricsPort: metricsServer.port },
+    "workflow listening",
+  );
+
+  handleShutdown({
+    logger,
+    timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    steps: [
+      {
+        name: "grpc server",
+        run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      // Steps in flight finish and ack (or are redelivered to another replica).
+      { name: "engine", run: () => engine.stop() },
+      { name: "nats drain", run: () => nc.drain() },
+      { name: "mongo disconnect", run: () => closeMongo(mongo) },
+      { name: "metrics server", run: () => metricsServer.close() },
+      { name: "tracing", run: () => tracing.shutdown() },
+    ],
+  });
+}
+
+let config: WorkflowConfig;
+try {
+  config = loadWorkflowConfig();
+} catch (err) {
+  process.stderr.write(`workflow: ${err instanceof ConfigError ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+const logger = createRootLogger({
+  service: SERVICE_NAME,
+  version: VERSION,
+  level: config.LOG_LEVEL,
+});
+main(config, logger).catch((err: unknown) => {
+  logger.fatal({ err }, "workflow failed to start");
+  logger.flush();
+  process.exit(1);
+});

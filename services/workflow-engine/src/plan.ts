@@ -1,0 +1,276 @@
+// Turning a RunSpec into the step graph the engine executes. Every mode becomes a
+// WorkflowTemplate: MODEL is one llm step "answer"; COMPARE is a compare step "compare" and a rank
+// step "rank"; WORKFLOW is the registry template (or the inline one) with its inputs resolved;
+// AUTO becomes one of those once the categorizer has chosen the route.
+import { create, toBinary, fromBinary } from "@bufbuild/protobuf";
+import {
+  InvalidArgumentError,
+  FailedPreconditionError,
+  NotFoundError,
+  type GrpcClient,
+} from "@ensemble/kit";
+import {
+  RankCriterion,
+  ResponseFormatSchema,
+  StepKind,
+  WorkflowTemplateSchema,
+  type Classification,
+  type PlannedStep,
+  type RankingPolicy,
+  type RegistryService,
+  type ResponseFormat,
+  type RunSpec,
+  type WorkflowTemplate,
+} from "@ensemble/proto";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { create as createMsg } from "@bufbuild/protobuf";
+import { PlannedStepSchema } from "@ensemble/proto";
+import { resolveInputs, validateRunnable } from "./workflow.js";
+
+/** What the engine stores besides the graph. */
+export interface PlanExtras {
+  /** {{vars.<name>}} values. */
+  vars: Record<string, string>;
+  /** Addon id -> text (resolved once, at planning, with the caller's token). */
+  addonTexts: Record<string, string>;
+  /** COMPARE: measurable ranking criteria. */
+  rankBy: RankCriterion[];
+  /** The run's result is the winning answer itself (COMPARE runs). */
+  winnerIsOutput: boolean;
+  /** MODEL runs: response format (binary, base64). */
+  responseFormat?: string;
+}
+
+export interface Plan {
+  template: WorkflowTemplate;
+  extras: PlanExtras;
+}
+
+export function encodePlan(plan: Plan): { plan: Buffer; planExtras: string } {
+  return {
+    plan: Buffer.from(toBinary(WorkflowTemplateSchema, plan.template)),
+    planExtras: JSON.stringify(plan.extras),
+  };
+}
+
+export function decodePlan(bytes: Uint8Array, extras: string): Plan {
+  return {
+    template: fromBinary(WorkflowTemplateSchema, bytes),
+    extras: JSON.parse(extras) as PlanExtras,
+  };
+}
+
+export function responseFormatOf(extras: PlanExtras): ResponseFormat | undefined {
+  if (extras.responseFormat === undefined) return undefined;
+  return fromBinary(ResponseFormatSchema, Buffer.from(extras.responseFormat, "base64"));
+}
+
+export function plannedSteps(template: WorkflowTemplate): PlannedStep[] {
+  return template.steps.map((s) =>
+    createMsg(PlannedStepSchema, {
+      stepId: s.id,
+      name: s.name,
+      kind: s.kind,
+      model: s.kind === StepKind.RANK ? s.judgeModel : s.model,
+      models: s.models,
+      dependsOn: s.dependsOn,
+    }),
+  );
+}
+
+/** Every model the plan names (ListRuns filters by model). */
+export function planModels(template: WorkflowTemplate): string[] {
+  const out = new Set<string>();
+  for (const s of template.steps) {
+    for (const m of [s.model, s.fallbackModel, s.judgeModel, ...s.models]) if (m !== "") out.add(m);
+  }
+  return [...out];
+}
+
+export function modelTemplate(
+  model: string,
+  opts: { temperature?: number | undefined; maxTokens?: number | undefined },
+): WorkflowTemplate {
+  return create(WorkflowTemplateSchema, {
+    id: "model",
+    name: "Model",
+    outputStep: "answer",
+    steps: [
+      {
+        id: "answer",
+        name: "Answer",
+        kind: StepKind.LLM,
+        model,
+        prompt: "{{input}}",
+        ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}),
+        ...(opts.maxTokens !== undefined ? { maxTokens: opts.maxTokens } : {}),
+      },
+    ],
+  });
+}
+
+export function compareTemplate(
+  models: string[],
+  ranking: RankingPolicy | undefined,
+  opts: { temperature?: number | undefined; maxTokens?: number | undefined },
+): WorkflowTemplate {
+  return create(WorkflowTemplateSchema, {
+    id: "compare",
+    name: "Compare",
+    outputStep: "rank",
+    steps: [
+      {
+        id: "compare",
+        name: "Compare models",
+        kind: StepKind.COMPARE,
+        models,
+        prompt: "{{input}}",
+        ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}),
+        ...(opts.maxTokens !== undefined ? { maxTokens: opts.maxTokens } : {}),
+      },
+      {
+        id: "rank",
+        name: "Rank answers",
+        kind: StepKind.RANK,
+        rankStep: "compare",
+        dependsOn: ["compare"],
+        judgeModel: ranking?.judgeModel ?? "",
+        criteria: ranking?.criteria ?? [],
+      },
+    ],
+  });
+}
+
+export interface PlanDeps {
+  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
+}
+
+function bearer(token: string) {
+  return { headers: { authorization: `Bearer ${token}` }, timeoutMs: 10_000 };
+}
+
+/** Issues as one INVALID_ARGUMENT naming every field path. */
+function invalid(issues: Array<{ message: string }>): InvalidArgumentError {
+  return new InvalidArgumentError(issues.map((i) => i.message).join("; "));
+}
+
+/**
+ * The plan of a spec whose mode is known (MODEL, WORKFLOW, COMPARE), or of an AUTO run's route.
+ * Registry reads use `token` (the caller's, or a service token acting for the run's user).
+ */
+export async function planFor(
+  spec: RunSpec,
+  token: string,
+  deps: PlanDeps,
+  route?: Classification,
+): Promise<Plan> {
+  const extras: PlanExtras = { vars: {}, addonTexts: {}, rankBy: [], winnerIsOutput: false };
+  let template: WorkflowTemplate;
+  const mode = spec.mode;
+  if (route !== undefined) {
+    const target = route.route?.target;
+    switch (target?.case) {
+      case "model":
+        template = modelTemplate(target.value, {});
+        break;
+      case "compare":
+        template = compareTemplate(target.value.models, target.value.ranking, {});
+        extras.rankBy = target.value.ranking?.by ?? [];
+        extras.winnerIsOutput = true;
+        break;
+      case "templateId":
+        template = await fetchTemplate(target.value, 0, token, deps);
+        extras.vars = resolveInputs(template, {}).values;
+        break;
+      default:
+        throw new FailedPreconditionError("the categorizer returned no route");
+    }
+  } else if (mode.case === "model") {
+    template = modelTemplate(mode.value.model, {
+      temperature: mode.value.temperature,
+      maxTokens: mode.value.maxTokens,
+    });
+    if (mode.value.responseFormat !== undefined) {
+      extras.responseFormat = Buffer.from(
+        toBinary(ResponseFormatSchema, mode.value.responseFormat),
+      ).toString("base64");
+    }
+  } else if (mode.case === "compare") {
+    template = compareTemplate(mode.value.models, mode.value.ranking, {
+      temperature: mode.value.temperature,
+      maxTokens: mode.value.maxTokens,
+    });
+    extras.rankBy = mode.value.ranking?.by ?? [];
+    extras.winnerIsOutput = true;
+  } else if (mode.case === "workflow") {
+    const def = mode.value.definition;
+    if (def.case === "inline") {
+      template = def.value;
+      const issues = validateRunnable(template, "spec.workflow.inline");
+      if (issues.length > 0) throw invalid(issues);
+    } else if (def.case === "templateId") {
+      template = await fetchTemplate(def.value, mode.value.templateVersion, token, deps);
+    } else {
+      throw new InvalidArgumentError(
+        "spec.workflow: a template_id or an inline definition is required",
+      );
+    }
+    const inputs = resolveInputs(template, mode.value.variables);
+    if (inputs.issues.length > 0) throw invalid(inputs.issues);
+    extras.vars = inputs.values;
+  } else {
+    throw new InvalidArgumentError("spec.mode: AUTO runs are planned after classification");
+  }
+
+  // Addons: the run's (every model step) and each step's own, resolved now with the caller's
+  // token so the executing replica needs no registry round trip.
+  const ids = new Set<string>(spec.addons);
+  for (const s of template.steps) for (const a of s.addons) ids.add(a);
+  await Promise.all(
+    [...ids].map(async (id) => {
+      try {
+        const res = await deps.registry.getAddon({ id }, bearer(token));
+        extras.addonTexts[id] = res.addon?.prompt ?? "";
+      } catch (err) {
+        if (ConnectError.from(err).code === Code.NotFound) {
+          if (spec.addons.includes(id)) {
+            throw new InvalidArgumentError(`spec.addons: unknown addon "${id}"`);
+          }
+          throw new FailedPreconditionError(`the workflow uses the unknown addon "${id}"`);
+        }
+        throw err;
+      }
+    }),
+  );
+  return { template, extras };
+}
+
+async function fetchTemplate(
+  id: string,
+  version: number,
+  token: string,
+  deps: PlanDeps,
+): Promise<WorkflowTemplate> {
+  let template: WorkflowTemplate | undefined;
+  try {
+    template = (await deps.registry.getTemplate({ id }, bearer(token))).template;
+  } catch (err) {
+    if (ConnectError.from(err).code === Code.NotFound) {
+      throw new NotFoundError(`workflow template "${id}" not found`);
+    }
+    throw err;
+  }
+  if (template === undefined) throw new NotFoundError(`workflow template "${id}" not found`);
+  if (version > 0 && template.version !== version) {
+    throw new FailedPreconditionError(
+      `workflow template "${id}" is at version ${template.version}; version ${version} is not available`,
+    );
+  }
+  const issues = validateRunnable(template, `template "${id}"`);
+  if (issues.length > 0) {
+    throw new FailedPreconditionError(issues.map((i) => i.message).join("; "));
+  }
+  return template;
+}
+
+export { RankCriterion };

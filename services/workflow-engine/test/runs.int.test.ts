@@ -1,0 +1,665 @@
+// Runs against the real mesh: auth, registry (seeded from deploy/config) and model-proxy as built
+// processes, the LLM simulator as the only provider, NATS JetStream and the MongoDB-wire server
+// from the test kit, and the engine in-process through build(deps) + Engine with its own database,
+// streams and subjects. Tokens are real: users sign up through auth; steps run with service
+// tokens issued by auth for the run's user.
+import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  closeMongo,
+  connectMongo,
+  createClient,
+  createJwksVerifier,
+  jetstream,
+  jetstreamManager,
+  type GrpcClient,
+  type KitServer,
+} from "@ensemble/kit";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import {
+  AuthService,
+  ModelProxyService,
+  RankCriterion,
+  RegistryService,
+  RunEventType,
+  RunService,
+  RunStatus,
+  StepKind,
+  StepStatus,
+  WorkflowTemplateSchema,
+  type Run,
+  type RunEvent,
+  type RunSpec,
+} from "@ensemble/proto";
+import {
+  captureLogs,
+  mongoUrl,
+  natsUrl,
+  startAuthProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  uniqueName,
+  type AuthProcess,
+  type MeshProcess,
+} from "@ensemble/testkit";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import type { Connection } from "mongoose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Engine } from "../src/engine.js";
+import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
+import { build } from "../src/server.js";
+import { openModels } from "../src/store.js";
+import { ServiceTokens } from "../src/tokens.js";
+
+const PASSWORD = "correct-Horse-battery-9";
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: MeshProcess;
+let proxy: MeshProcess;
+let mongo: Connection;
+let nc: NatsConnection;
+let server: KitServer;
+let engine: Engine;
+let runs: GrpcClient<typeof RunService>;
+let userA: string;
+let userB: string;
+
+type SpecInit = Parameters<GrpcClient<typeof RunService>["startRun"]>[0]["spec"];
+const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
+
+async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to fail, but it succeeded");
+}
+
+async function start(spec: SpecInit, token = userA): Promise<Run> {
+  const res = await runs.startRun({ spec }, as(token));
+  if (res.run === undefined) throw new Error("no run");
+  return res.run;
+}
+
+async function waitEnd(id: string, token = userA, timeoutMs = 20_000): Promise<Run> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const run = (await runs.getRun({ runId: id }, as(token))).run!;
+    if (
+      run.status === RunStatus.COMPLETED ||
+      run.status === RunStatus.FAILED ||
+      run.status === RunStatus.CANCELLED
+    ) {
+      return run;
+    }
+    if (Date.now() > until) throw new Error(`run ${id} still ${RunStatus[run.status]}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function events(id: string, after = 0n, token = userA): Promise<RunEvent[]> {
+  const out: RunEvent[] = [];
+  for await (const item of runs.watchRun({ runId: id, afterSequence: after }, as(token))) {
+    if (item.item.case === "event") out.push(item.item.value);
+  }
+  return out;
+}
+
+const ms = (t: { seconds: bigint; nanos: number } | undefined) =>
+  t === undefined ? NaN : timestampDate(t as never).getTime();
+
+beforeAll(async () => {
+  sim = await startSimulator({ defaults: { ttftMs: 0 } });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+    // One provider call per attempt, and no breaker opening while tests make models fail: the
+    // engine's own retries and fallbacks are what is under test.
+    env: { RETRY_MAX_ATTEMPTS: "1", BREAKER_THRESHOLD: "100000" },
+  });
+  const logger = captureLogs({ level: "warn" }).logger;
+  mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("workflow"), logger });
+  nc = await connect({ servers: natsUrl() });
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  const root = `t${uniqueName("runs").replace(/[^A-Za-z0-9]/g, "")}`;
+  const stream = uniqueName("RUN_EVENTS").replace(/[^A-Za-z0-9_-]/g, "_");
+  await ensureRunEventsStream(jsm, stream, 3_600_000, root);
+  const publisher = new RunEventPublisher({ nc: nc, js, jsm, stream, logger, root });
+  const authClient = createClient(AuthService, auth.address);
+  const serviceToken = await auth.mintServiceToken("workflow");
+  engine = new Engine({
+    models: await openModels(mongo),
+    nc: nc,
+    js,
+    jsm,
+    publisher,
+    logger,
+    registry: createClient(RegistryService, registry.address),
+    modelProxy: createClient(ModelProxyService, proxy.address),
+    tokens: new ServiceTokens(authClient, serviceToken),
+    settings: {
+      stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
+      stepConsumer: "workers",
+      subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
+      ackWaitMs: 10_000,
+      maxDeliver: 5,
+      workerConcurrency: 16,
+      tenantMaxParallel: 16,
+      runMaxParallel: 8,
+      stepTimeoutMs: 20_000,
+      runTimeoutMs: 120_000,
+      recoveryIntervalMs: 60_000,
+    },
+  });
+  await engine.start();
+  server = build({
+    version: "test",
+    logger,
+    verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
+    engine,
+    nc: nc,
+    js,
+    eventsStream: stream,
+    eventsRoot: root,
+  });
+  runs = createClient(RunService, `127.0.0.1:${await server.listen("127.0.0.1:0")}`);
+
+  const stamp = Date.now();
+  const a = await authClient.signup({
+    email: `wf-a-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "tenantName", value: "workflow A" },
+  });
+  userA = a.tokens?.accessToken ?? "";
+  const b = await authClient.signup({
+    email: `wf-b-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "tenantName", value: "workflow B" },
+  });
+  userB = b.tokens?.accessToken ?? "";
+}, 240_000);
+
+afterAll(async () => {
+  await server?.shutdown({ timeoutMs: 2_000 });
+  await engine?.stop();
+  await nc?.close();
+  if (mongo !== undefined) await closeMongo(mongo);
+  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await sim?.close();
+});
+
+function inline(steps: Array<Record<string, unknown>>, extra: Record<string, unknown> = {}) {
+  return create(WorkflowTemplateSchema, {
+    id: "inline",
+    name: "Inline",
+    outputStep: (steps.at(-1)?.["id"] as string) ?? "",
+    steps: steps as never,
+    ...extra,
+  });
+}
+
+describe("runs", () => {
+  it("model mode - one model answers; the record has the answer, tokens, cost and latency", async () => {
+    const run = await start({
+      input: "What is a monad?",
+      mode: { case: "model", value: { model: "sim-fast" } },
+    });
+    expect([RunStatus.RUNNING, RunStatus.COMPLETED]).toContain(run.status);
+    const done = await waitEnd(run.id);
+    expect(done.status).toBe(RunStatus.COMPLETED);
+    expect(done.output).toContain("[simulated sim-fast]");
+    expect(done.output).toContain("What is a monad?");
+    const step = done.steps[0]!;
+    expect(step.status).toBe(StepStatus.COMPLETED);
+    expect(step.answers[0]?.servedBy?.model).toBe("sim-fast");
+    expect(step.answers[0]?.usage?.outputTokens).toBeGreaterThan(0n);
+    expect(done.usage?.costUsd).toBeGreaterThan(0);
+    expect(done.usage?.totalTokens).toBe(step.usage?.totalTokens);
+    expect(done.latency).toBeDefined();
+    expect(done.lastSequence).toBeGreaterThanOrEqual(4n);
+  });
+
+  it("workflow - parallel steps overlap in time, chained steps do not, variables pass between steps", async () => {
+    sim.configure("sim-code", { latencyMs: 400 });
+    try {
+      const template = inline(
+        [
+          { id: "a", kind: StepKind.LLM, model: "sim-code", prompt: "Facts about {{input}}" },
+          {
+            id: "b",
+            kind: StepKind.LLM,
+            model: "sim-code",
+            prompt: "Risks of {{input}}",
+            outputVar: "risks",
+          },
+          {
+            id: "c",
+            kind: StepKind.LLM,
+            model: "sim-fast",
+            dependsOn: ["a", "b"],
+            prompt: "For {{vars.audience}}: {{steps.a.output}} / {{vars.risks}}",
+          },
+          {
+            id: "d",
+            kind: StepKind.TRANSFORM,
+            dependsOn: ["c"],
+            prompt: "REPORT\n{{steps.c.output}}",
+          },
+        ],
+        { inputs: [{ name: "audience", defaultValue: "nobody" }] },
+      );
+      const run = await start({
+        input: "tidal power",
+        mode: {
+          case: "workflow",
+          value: {
+            definition: { case: "inline", value: template },
+            variables: { audience: "engineers" },
+          },
+        },
+      });
+      const done = await waitEnd(run.id);
+      expect(done.status).toBe(RunStatus.COMPLETED);
+      const [a, b, c, d] = done.steps;
+      // a and b overlap: each starts before the other ends.
+      expect(ms(a!.startTime)).toBeLessThan(ms(b!.endTime));
+      expect(ms(b!.startTime)).toBeLessThan(ms(a!.endTime));
+      // c waits for both, d for c.
+      expect(ms(c!.startTime)).toBeGreaterThanOrEqual(Math.max(ms(a!.endTime), ms(b!.endTime)));
+      expect(ms(d!.startTime)).toBeGreaterThanOrEqual(ms(c!.endTime));
+      // c's prompt carried a's output and b's output variable (the simulator quotes its prompt).
+      expect(c!.output).toContain("For engineers: [simulated sim-code]");
+      expect(c!.output).toContain("Facts about tidal power");
+      expect(done.output.startsWith("REPORT\n[simulated sim-fast]")).toBe(true);
+      expect(done.outputStepId).toBe("d");
+    } finally {
+      sim.configure("sim-code", { latencyMs: 0 });
+    }
+  });
+
+  it("workflow - maxParallel 1 runs independent steps one after the other", async () => {
+    sim.configure("sim-code", { latencyMs: 150 });
+    try {
+      const template = inline(
+        [
+          { id: "a", kind: StepKind.LLM, model: "sim-code", prompt: "one {{input}}" },
+          { id: "b", kind: StepKind.LLM, model: "sim-code", prompt: "two {{input}}" },
+          {
+            id: "c",
+            kind: StepKind.TRANSFORM,
+            dependsOn: ["a", "b"],
+            prompt: "{{steps.a.output}}{{steps.b.output}}",
+          },
+        ],
+        { maxParallel: 1 },
+      );
+      const done = await waitEnd(
+        (
+          await start({
+            input: "x",
+            mode: { case: "workflow", value: { definition: { case: "inline", value: template } } },
+          })
+        ).id,
+      );
+      expect(done.status).toBe(RunStatus.COMPLETED);
+      const [a, b] = done.steps;
+      expect(ms(b!.startTime)).toBeGreaterThanOrEqual(ms(a!.endTime));
+    } finally {
+      sim.configure("sim-code", { latencyMs: 0 });
+    }
+  });
+
+  it("workflow - a failing step retries, falls back, then fails the run with a clear error", async () => {
+    const fastBefore = sim.requests("sim-fast");
+    // sim-vision: a fallback model with no catalog fallback chain of its own in model-proxy.
+    const visionBefore = sim.requests("sim-vision");
+    sim.configure("sim-fast", { fail: "500" });
+    sim.configure("sim-vision", { fail: "503" });
+    try {
+      const template = inline([
+        {
+          id: "x",
+          kind: StepKind.LLM,
+          model: "sim-fast",
+          fallbackModel: "sim-vision",
+          retries: 1,
+          prompt: "{{input}}",
+        },
+        { id: "y", kind: StepKind.TRANSFORM, dependsOn: ["x"], prompt: "{{steps.x.output}}" },
+      ]);
+      const run = await start({
+        input: "doomed",
+        mode: { case: "workflow", value: { definition: { case: "inline", value: template } } },
+      });
+      const done = await waitEnd(run.id);
+      expect(done.status).toBe(RunStatus.FAILED);
+      expect(done.error?.stepId).toBe("x");
+      expect(done.error?.code).not.toBe("");
+      expect(done.error?.message).not.toBe("");
+      const [x, y] = done.steps;
+      expect(x!.status).toBe(StepStatus.FAILED);
+      expect(x!.attempts).toBe(3);
+      expect(x!.fallbackUsed).toBe(true);
+      expect(y!.status).toBe(StepStatus.SKIPPED);
+      expect(sim.requests("sim-fast") - fastBefore).toBe(2);
+      expect(sim.requests("sim-vision") - visionBefore).toBe(1);
+      const evs = await events(run.id);
+      const failed = evs.filter((e) => e.type === RunEventType.STEP_FAILED);
+      expect(
+        failed.map((e) => (e.payload.case === "stepFailed" ? e.payload.value.willRetry : null)),
+      ).toEqual([true, true, false]);
+      expect(
+        failed[1]?.payload.case === "stepFailed" && failed[1].payload.value.fallbackModel,
+      ).toBe("sim-vision");
+      expect(evs.at(-1)?.type).toBe(RunEventType.FAILED);
+    } finally {
+      sim.configure("sim-fast", { fail: undefined });
+      sim.configure("sim-vision", { fail: undefined });
+    }
+  });
+
+  it("workflow - a step that fails once succeeds on its retry", async () => {
+    sim.configure("sim-fast", { failFirst: 1, fail: "500" });
+    const template = inline([
+      { id: "x", kind: StepKind.LLM, model: "sim-fast", retries: 2, prompt: "{{input}}" },
+    ]);
+    const done = await waitEnd(
+      (
+        await start({
+          input: "flaky",
+          mode: { case: "workflow", value: { definition: { case: "inline", value: template } } },
+        })
+      ).id,
+    );
+    expect(done.status).toBe(RunStatus.COMPLETED);
+    expect(done.steps[0]?.attempts).toBe(2);
+    expect(done.steps[0]?.fallbackUsed).toBe(false);
+  });
+
+  it("cancel - stops the in-flight model call at once and ends the run CANCELLED", async () => {
+    sim.configure("sim-thinking", { latencyMs: 8_000 });
+    try {
+      const run = await start({
+        input: "slow",
+        mode: { case: "model", value: { model: "sim-thinking" } },
+      });
+      const until = Date.now() + 5_000;
+      while (
+        (await runs.getRun({ runId: run.id }, as(userA))).run?.steps[0]?.status !==
+        StepStatus.RUNNING
+      ) {
+        if (Date.now() > until) throw new Error("step never started");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      const cancelledAt = Date.now();
+      const res = await runs.cancelRun({ runId: run.id, reason: "changed my mind" }, as(userA));
+      expect(res.run?.status).toBe(RunStatus.CANCELLED);
+      expect(res.run?.cancelReason).toBe("changed my mind");
+      // The step's call was aborted: its record ends right after the cancellation, not 8 s later.
+      const until2 = Date.now() + 3_000;
+      let step = (await runs.getRun({ runId: run.id }, as(userA))).run!.steps[0]!;
+      while (step.endTime === undefined && Date.now() < until2) {
+        await new Promise((r) => setTimeout(r, 50));
+        step = (await runs.getRun({ runId: run.id }, as(userA))).run!.steps[0]!;
+      }
+      expect(step.status).toBe(StepStatus.CANCELLED);
+      expect(ms(step.endTime) - cancelledAt).toBeLessThan(2_000);
+      // Cancelling again returns it unchanged; a completed run cannot be cancelled.
+      expect((await runs.cancelRun({ runId: run.id }, as(userA))).run?.status).toBe(
+        RunStatus.CANCELLED,
+      );
+      const evs = await events(run.id);
+      expect(evs.at(-1)?.type).toBe(RunEventType.CANCELLED);
+      expect(evs.some((e) => e.type === RunEventType.COMPLETED)).toBe(false);
+    } finally {
+      sim.configure("sim-thinking", { latencyMs: 20 });
+    }
+  });
+
+  it("cancel - a completed run is FAILED_PRECONDITION", async () => {
+    const done = await waitEnd(
+      (await start({ input: "hi", mode: { case: "model", value: { model: "sim-fast" } } })).id,
+    );
+    const err = await rejection(runs.cancelRun({ runId: done.id }, as(userA)));
+    expect(err.code).toBe(Code.FailedPrecondition);
+  });
+
+  it("watch - a watcher that joins after the end sees every event in order, and can resume", async () => {
+    const template = inline([
+      { id: "a", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}}" },
+      { id: "b", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}}!" },
+      {
+        id: "c",
+        kind: StepKind.TRANSFORM,
+        dependsOn: ["a", "b"],
+        prompt: "{{steps.a.output}}{{steps.b.output}}",
+      },
+    ]);
+    const run = await start({
+      input: "watch me",
+      mode: { case: "workflow", value: { definition: { case: "inline", value: template } } },
+    });
+    const done = await waitEnd(run.id);
+    const evs = await events(run.id);
+    expect(evs.map((e) => e.sequence)).toEqual(evs.map((_, i) => BigInt(i + 1)));
+    expect(evs[0]?.type).toBe(RunEventType.CREATED);
+    expect(evs.at(-1)?.type).toBe(RunEventType.COMPLETED);
+    expect(
+      evs
+        .filter((e) => e.type === RunEventType.STEP_COMPLETED)
+        .map((e) => e.stepId)
+        .sort(),
+    ).toEqual(["a", "b", "c"]);
+    expect(BigInt(evs.length)).toBe(done.lastSequence);
+    const resumed = await events(run.id, 3n);
+    expect(resumed.map((e) => e.sequence)).toEqual(evs.slice(3).map((e) => e.sequence));
+    expect(await events(run.id, done.lastSequence)).toEqual([]);
+  });
+
+  it("run stream - the created run, events with token deltas as they happen, then the final run", async () => {
+    const items: Array<{ kind: string; at: number; event?: RunEvent; run?: Run }> = [];
+    for await (const item of runs.run(
+      { spec: { input: "stream please", mode: { case: "model", value: { model: "sim-medium" } } } },
+      as(userA),
+    )) {
+      if (item.item.case === "run")
+        items.push({ kind: "run", at: Date.now(), run: item.item.value });
+      else if (item.item.case === "event")
+        items.push({ kind: "event", at: Date.now(), event: item.item.value });
+    }
+    expect(items[0]?.kind).toBe("run");
+    expect(items.at(-1)?.run?.status).toBe(RunStatus.COMPLETED);
+    const evs = items.filter((i) => i.event !== undefined).map((i) => i.event!);
+    const deltas = evs.filter((e) => e.type === RunEventType.STEP_DELTA);
+    expect(deltas.length).toBeGreaterThan(3);
+    const text = deltas
+      .map((d) => (d.payload.case === "stepDelta" ? d.payload.value.text : ""))
+      .join("");
+    expect(text).toBe(items.at(-1)?.run?.output);
+    const completedAt = evs.findIndex((e) => e.type === RunEventType.COMPLETED);
+    expect(evs.findIndex((e) => e.type === RunEventType.STEP_DELTA)).toBeLessThan(completedAt);
+  });
+
+  it("compare - N models in parallel, each answer measured, ranked by declared criteria", async () => {
+    sim.configure("sim-medium", { latencyMs: 300 });
+    try {
+      const run = await start({
+        input: "Name a prime",
+        mode: {
+          case: "compare",
+          value: { models: ["sim-medium", "sim-fast"], ranking: { by: [RankCriterion.LATENCY] } },
+        },
+      });
+      const done = await waitEnd(run.id);
+      expect(done.status).toBe(RunStatus.COMPLETED);
+      const compare = done.steps.find((s) => s.kind === StepKind.COMPARE)!;
+      expect(compare.answers).toHaveLength(2);
+      for (const a of compare.answers) {
+        expect(a.latency).toBeDefined();
+        expect(a.usage?.totalTokens).toBeGreaterThan(0n);
+        expect(a.usage?.costUsd).toBeGreaterThan(0);
+      }
+      expect(done.ranking?.ranked.map((r) => r.model)).toEqual(["sim-fast", "sim-medium"]);
+      expect(done.ranking?.ranked[0]?.rank).toBe(1);
+      expect(done.ranking?.rationale).not.toBe("");
+      expect(done.output).toContain("[simulated sim-fast]");
+    } finally {
+      sim.configure("sim-medium", { latencyMs: 0 });
+    }
+  });
+
+  it("compare - a judge model ranks with a rubric and a rationale", async () => {
+    const done = await waitEnd(
+      (
+        await start({
+          input: "Explain gravity in one line",
+          mode: {
+            case: "compare",
+            value: {
+              models: ["sim-fast", "sim-code"],
+              ranking: { judgeModel: "sim-thinking", criteria: ["accuracy", "brevity"] },
+            },
+          },
+        })
+      ).id,
+    );
+    expect(done.status).toBe(RunStatus.COMPLETED);
+    expect(done.ranking?.judgeModel).toBe("sim-thinking");
+    expect(done.ranking?.criteria).toEqual(["accuracy", "brevity"]);
+    expect(done.ranking?.ranked).toHaveLength(2);
+    expect(done.ranking?.rationale.length).toBeGreaterThan(0);
+    const rank = done.steps.find((s) => s.kind === StepKind.RANK)!;
+    expect(rank.answers[0]?.servedBy?.model).toBe("sim-thinking");
+  });
+
+  it("template - research_report runs end to end on the simulator", async () => {
+    const run = await start({
+      input: "Should a mid-size city invest in a tram line?",
+      mode: {
+        case: "workflow",
+        value: {
+          definition: { case: "templateId", value: "research_report" },
+          variables: { audience: "city council" },
+        },
+      },
+    });
+    expect(run.templateId).toBe("research_report");
+    const done = await waitEnd(run.id, userA, 60_000);
+    expect(done.status).toBe(RunStatus.COMPLETED);
+    expect(done.steps.map((s) => s.stepId)).toEqual([
+      "plan",
+      "evidence",
+      "perspectives",
+      "draft",
+      "review",
+      "final",
+    ]);
+    expect(done.steps.every((s) => s.status === StepStatus.COMPLETED)).toBe(true);
+    expect(done.output).toContain("[simulated");
+    expect(done.steps.find((s) => s.stepId === "plan")?.answers[0]?.text).toContain("city council");
+    const [, evidence, perspectives] = done.steps;
+    expect(ms(evidence!.startTime)).toBeLessThan(ms(perspectives!.endTime));
+  });
+
+  it("validation - inline graphs with a cycle or a variable on a non-dependency are INVALID_ARGUMENT with the field path", async () => {
+    const cyc = inline([
+      { id: "a", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}}", dependsOn: ["b"] },
+      { id: "b", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}}", dependsOn: ["a"] },
+    ]);
+    const err = await rejection(
+      start({
+        input: "x",
+        mode: { case: "workflow", value: { definition: { case: "inline", value: cyc } } },
+      }),
+    );
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toContain("spec.workflow.inline.steps[0].depends_on: dependency cycle");
+    const stray = inline([
+      { id: "a", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}}" },
+      { id: "b", kind: StepKind.LLM, model: "sim-fast", prompt: "{{steps.a.output}}" },
+    ]);
+    const err2 = await rejection(
+      start({
+        input: "x",
+        mode: { case: "workflow", value: { definition: { case: "inline", value: stray } } },
+      }),
+    );
+    expect(err2.code).toBe(Code.InvalidArgument);
+    expect(err2.rawMessage).toContain("spec.workflow.inline.steps[1].prompt");
+    const err3 = await rejection(
+      start({
+        input: "x",
+        mode: {
+          case: "workflow",
+          value: {
+            definition: { case: "templateId", value: "research_report" },
+            variables: { nope: "1" },
+          },
+        },
+      }),
+    );
+    expect(err3.code).toBe(Code.InvalidArgument);
+    expect(err3.rawMessage).toContain('spec.workflow.variables["nope"]');
+  });
+
+  it("auto - without a categorizer AUTO is FAILED_PRECONDITION", async () => {
+    const err = await rejection(start({ input: "anything" }));
+    expect(err.code).toBe(Code.FailedPrecondition);
+    expect(err.rawMessage).toContain("categorizer");
+  });
+
+  it("idempotency - the same key returns the same run", async () => {
+    const spec: SpecInit = { input: "once", mode: { case: "model", value: { model: "sim-fast" } } };
+    const first = await runs.startRun({ spec, idempotencyKey: "k-1" }, as(userA));
+    const second = await runs.startRun({ spec, idempotencyKey: "k-1" }, as(userA));
+    expect(second.run?.id).toBe(first.run?.id);
+    const other = await runs.startRun({ spec, idempotencyKey: "k-1" }, as(userB));
+    expect(other.run?.id).not.toBe(first.run?.id);
+  });
+
+  it("tenancy - runs of one tenant are invisible to another; list is newest first with pages", async () => {
+    const mine = await waitEnd(
+      (
+        await start({
+          input: "secret",
+          mode: { case: "model", value: { model: "sim-fast" } },
+          metadata: { team: "x" },
+        })
+      ).id,
+    );
+    expect((await rejection(runs.getRun({ runId: mine.id }, as(userB)))).code).toBe(Code.NotFound);
+    expect((await rejection(runs.cancelRun({ runId: mine.id }, as(userB)))).code).toBe(
+      Code.NotFound,
+    );
+    expect((await rejection(events(mine.id, 0n, userB))).code).toBe(Code.NotFound);
+    const theirs = await runs.listRuns({}, as(userB));
+    expect(theirs.runs.some((r) => r.id === mine.id)).toBe(false);
+    const page1 = await runs.listRuns({ page: { pageSize: 2 } }, as(userA));
+    expect(page1.runs).toHaveLength(2);
+    expect(page1.runs[0]?.id).toBe(mine.id);
+    expect(page1.page?.nextPageToken).not.toBe("");
+    const page2 = await runs.listRuns(
+      { page: { pageSize: 2, pageToken: page1.page!.nextPageToken } },
+      as(userA),
+    );
+    expect(page2.runs.map((r) => r.id)).not.toContain(mine.id);
+    expect(ms(page2.runs[0]!.createTime)).toBeLessThanOrEqual(ms(page1.runs[1]!.createTime));
+    const filtered = await runs.listRuns({ metadata: { team: "x" } }, as(userA));
+    expect(filtered.runs.map((r) => r.id)).toEqual([mine.id]);
+    expect(
+      (await runs.listRuns({ model: "sim-fast", statuses: [RunStatus.COMPLETED] }, as(userA))).runs
+        .length,
+    ).toBeGreaterThan(0);
+  });
+});
+
+export type { RunSpec };
