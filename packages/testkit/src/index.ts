@@ -19,8 +19,11 @@ export {
   startRegistryProcess,
   startModelProxyProcess,
   startCategorizerProcess,
+  startWorkflowProcess,
+  workflowSharedNames,
   type AuthProcess,
   type CategorizerProcessOptions,
   type MeshProcess,
   type ModelProxyProcessOptions,
+  type WorkflowProcessOptions,
 } from "./mesh.js";

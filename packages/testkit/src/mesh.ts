@@ -195,3 +195,73 @@ export async function startCategorizerProcess(
   await proc.waitForLine(/categorizer listening/, 90_000);
   return handle(proc, `127.0.0.1:${port}`);
 }
+
+export interface WorkflowProcessOptions {
+  jwksUrl: string;
+  authAddress: string;
+  registryAddress: string;
+  modelProxyAddress: string;
+  /** AUTO mode (default: none, AUTO is refused). */
+  categorizerAddress?: string;
+  /** The bootstrap credential (auth.mintServiceToken("workflow")); default: none. */
+  serviceToken?: string;
+  /**
+   * Replicas that must share work pass the same names (database, streams, consumer, subjects);
+   * default: fresh ones per process.
+   */
+  shared?: {
+    database: string;
+    eventsStream: string;
+    eventsRoot: string;
+    stepStream: string;
+    subjectPrefix: string;
+  };
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Names for a set of workflow-engine replicas that share one database, queue and event stream. */
+export function workflowSharedNames(): NonNullable<WorkflowProcessOptions["shared"]> {
+  const token = (prefix: string) => `${prefix}${uniqueName("").replace(/[^A-Za-z0-9]/g, "")}`;
+  return {
+    database: uniqueName("workflow"),
+    eventsStream: token("RUN_EVENTS_"),
+    eventsRoot: token("runs"),
+    stepStream: token("WORKFLOW_STEPS_"),
+    subjectPrefix: token("wf"),
+  };
+}
+
+/** The built workflow engine, talking to the given auth, registry, model-proxy (and categorizer). */
+export async function startWorkflowProcess(opts: WorkflowProcessOptions): Promise<MeshProcess> {
+  const port = await freePort();
+  const shared = opts.shared ?? workflowSharedNames();
+  const proc = new ServerProcess(
+    "workflow",
+    process.execPath,
+    [join(repoRoot, "services/workflow-engine/dist/src/main.js")],
+    {
+      ...process.env,
+      LOG_LEVEL: "info",
+      WORKFLOW_ADDR: `127.0.0.1:${port}`,
+      METRICS_PORT: "0",
+      JWKS_URL: opts.jwksUrl,
+      AUTH_ADDR: opts.authAddress,
+      REGISTRY_ADDR: opts.registryAddress,
+      MODEL_PROXY_ADDR: opts.modelProxyAddress,
+      NATS_URL: natsUrl(),
+      MONGODB_URL: mongoUrl(),
+      MONGODB_DB: shared.database,
+      RUN_EVENTS_STREAM: shared.eventsStream,
+      RUN_EVENTS_SUBJECT_ROOT: shared.eventsRoot,
+      STEP_STREAM: shared.stepStream,
+      WORKFLOW_SUBJECT_PREFIX: shared.subjectPrefix,
+      ...(opts.categorizerAddress !== undefined
+        ? { CATEGORIZER_ADDR: opts.categorizerAddress }
+        : {}),
+      ...(opts.serviceToken !== undefined ? { SERVICE_TOKEN: opts.serviceToken } : {}),
+      ...opts.env,
+    },
+  );
+  await proc.waitForLine(/workflow listening/, 90_000);
+  return handle(proc, `127.0.0.1:${port}`);
+}

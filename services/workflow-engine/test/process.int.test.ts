@@ -1,0 +1,158 @@
+// The built engine as a process (what npm start runs), with a bootstrap service credential and
+// the categorizer: AUTO runs are classified and executed; a replica killed with SIGKILL in the
+// middle of a run leaves its step to a restarted replica, and the run completes once.
+import { createClient, type GrpcClient } from "@ensemble/kit";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import {
+  AuthService,
+  RunEventType,
+  RunService,
+  RunStatus,
+  StepStatus,
+  type Run,
+} from "@ensemble/proto";
+import {
+  startAuthProcess,
+  startCategorizerProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  startWorkflowProcess,
+  workflowSharedNames,
+  type AuthProcess,
+  type MeshProcess,
+} from "@ensemble/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: MeshProcess;
+let proxy: MeshProcess;
+let categorizer: MeshProcess;
+const engines: MeshProcess[] = [];
+let token: string;
+
+const as = (t: string) => ({ headers: { authorization: `Bearer ${t}` } });
+
+async function waitEnd(
+  client: GrpcClient<typeof RunService>,
+  id: string,
+  timeoutMs = 30_000,
+): Promise<Run> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const run = (await client.getRun({ runId: id }, as(token))).run!;
+    if ([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED].includes(run.status))
+      return run;
+    if (Date.now() > until) throw new Error(`run ${id} still ${RunStatus[run.status]}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+beforeAll(async () => {
+  sim = await startSimulator({ defaults: { ttftMs: 0 } });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+  });
+  categorizer = await startCategorizerProcess({
+    jwksUrl: auth.jwksUrl,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+  });
+  const signup = await createClient(AuthService, auth.address).signup({
+    email: `wf-proc-${Date.now()}@example.com`,
+    password: "correct-Horse-battery-9",
+    tenant: { case: "tenantName", value: "workflow process" },
+  });
+  token = signup.tokens?.accessToken ?? "";
+}, 240_000);
+
+afterAll(async () => {
+  await Promise.allSettled(engines.map((e) => e.stop()));
+  await Promise.allSettled([categorizer?.stop(), proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await sim?.close();
+});
+
+describe("workflow process", () => {
+  it("auto - the categorizer's route is executed and published as classified", async () => {
+    const engine = await startWorkflowProcess({
+      jwksUrl: auth.jwksUrl,
+      authAddress: auth.address,
+      registryAddress: registry.address,
+      modelProxyAddress: proxy.address,
+      categorizerAddress: categorizer.address,
+      serviceToken: await auth.mintServiceToken("workflow"),
+    });
+    engines.push(engine);
+    const client = createClient(RunService, engine.address);
+    const started = await client.startRun({ spec: { input: "What is 2 + 2?" } }, as(token));
+    const done = await waitEnd(client, started.run!.id);
+    expect(done.status).toBe(RunStatus.COMPLETED);
+    expect(done.classification?.route?.target.case).toBeDefined();
+    expect(done.steps.length).toBeGreaterThan(0);
+    expect(done.output).toContain("[simulated");
+    const types: RunEventType[] = [];
+    for await (const item of client.watchRun({ runId: done.id }, as(token))) {
+      if (item.item.case === "event") types.push(item.item.value.type);
+    }
+    expect(types.slice(0, 2)).toEqual([RunEventType.CREATED, RunEventType.CLASSIFIED]);
+    expect(types.at(-1)).toBe(RunEventType.COMPLETED);
+    await engine.stop();
+  });
+
+  it("restart - a step of a replica killed with SIGKILL is redelivered and the run completes once", async () => {
+    const shared = workflowSharedNames();
+    const serviceToken = await auth.mintServiceToken("workflow");
+    const opts = {
+      jwksUrl: auth.jwksUrl,
+      authAddress: auth.address,
+      registryAddress: registry.address,
+      modelProxyAddress: proxy.address,
+      serviceToken,
+      shared,
+      env: { STEP_ACK_WAIT_MS: "2000", RECOVERY_INTERVAL_MS: "2000" },
+    };
+    const first = await startWorkflowProcess(opts);
+    engines.push(first);
+    sim.configure("sim-thinking", { latencyMs: 1_500 });
+    try {
+      const client = createClient(RunService, first.address);
+      const started = await client.startRun(
+        {
+          spec: {
+            input: "survive this",
+            mode: { case: "model", value: { model: "sim-thinking" } },
+          },
+        },
+        as(token),
+      );
+      const id = started.run!.id;
+      const until = Date.now() + 5_000;
+      while (
+        (await client.getRun({ runId: id }, as(token))).run?.steps[0]?.status !== StepStatus.RUNNING
+      ) {
+        if (Date.now() > until) throw new Error("step never started");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await first.kill();
+      const second = await startWorkflowProcess(opts);
+      engines.push(second);
+      const client2 = createClient(RunService, second.address);
+      const done = await waitEnd(client2, id);
+      expect(done.status).toBe(RunStatus.COMPLETED);
+      expect(done.steps[0]?.status).toBe(StepStatus.COMPLETED);
+      const types: RunEventType[] = [];
+      for await (const item of client2.watchRun({ runId: id }, as(token))) {
+        if (item.item.case === "event") types.push(item.item.value.type);
+      }
+      expect(types.filter((t) => t === RunEventType.STEP_COMPLETED)).toHaveLength(1);
+      expect(types.filter((t) => t === RunEventType.COMPLETED)).toHaveLength(1);
+    } finally {
+      sim.configure("sim-thinking", { latencyMs: 20 });
+    }
+  });
+});
