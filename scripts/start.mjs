@@ -78,6 +78,16 @@ const SERVICES = [
     example: "ensemble.categorizer.v1.CategorizerService/ListRoutes",
   },
   {
+    name: "workflow",
+    main: "services/workflow-engine/dist/src/main.js",
+    portVar: "WORKFLOW_PORT",
+    port: 50054,
+    metricsVar: "WORKFLOW_METRICS_PORT",
+    metricsPort: 9154,
+    example: "ensemble.workflow.v1.RunService/ListRuns",
+    serviceToken: true,
+  },
+  {
     name: "gateway",
     main: "gateway/dist/src/main.js",
     portVar: "GATEWAY_PORT",

@@ -28,6 +28,7 @@ export const gatewayEnv = z.object({
   REGISTRY_ADDR: hostPort.optional(),
   MODEL_PROXY_ADDR: hostPort.optional(),
   CATEGORIZER_ADDR: hostPort.optional(),
+  WORKFLOW_ADDR: hostPort.optional(),
   /** Long-lived bootstrap service token (minted by auth's CLI); needed for API keys. */
   SERVICE_TOKEN: z.string().min(1).optional(),
   /** Browser origins allowed by CORS (exact match). "*" only when NODE_ENV=development. */

@@ -6,6 +6,7 @@ import {
   CategorizerService,
   ModelProxyService,
   RegistryService,
+  RunService,
 } from "@ensemble/proto";
 
 export interface Upstream {
@@ -29,6 +30,7 @@ export const UPSTREAMS: readonly UpstreamRow[] = [
   { name: "registry", services: [RegistryService], addrVar: "REGISTRY_ADDR" },
   { name: "model-proxy", services: [ModelProxyService], addrVar: "MODEL_PROXY_ADDR" },
   { name: "categorizer", services: [CategorizerService], addrVar: "CATEGORIZER_ADDR" },
+  { name: "workflow", services: [RunService], addrVar: "WORKFLOW_ADDR" },
 ];
 
 /** The rows whose address is set in `env`. */
