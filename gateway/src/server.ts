@@ -44,7 +44,7 @@ import { renderDocs } from "./docs.js";
 import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
 import { listenDual, type Listener } from "./listen.js";
 import { createOpenAiApi } from "./openai/handler.js";
-import type { RateLimiter } from "./rate-limit.js";
+import type { RateLimiter } from "@ensemble/kit";
 import type { Upstream } from "./services.js";
 
 export interface GatewayDeps {
