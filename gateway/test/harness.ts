@@ -2,11 +2,6 @@
 // contract: every access level, a stream, a slow method) served by the kit in-process, the
 // built registry as a child process (a service's internals are not imported across packages),
 // and gateways built with build(deps) on port 0 sharing the test kit's NATS.
-import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
-import { promisify } from "node:util";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   connectNats,
@@ -24,26 +19,12 @@ import {
 import { EchoService } from "@ensemble/proto";
 import {
   captureLogs,
-  freePort,
-  mongoUrl,
   natsUrl,
-  ServerProcess,
   uniqueName,
   type CapturedLogs,
   type TestIssuer,
 } from "@ensemble/testkit";
 import { build, type Gateway, type Upstream } from "../src/index.js";
-
-import { startModelProxyProcess as startModelProxy } from "@ensemble/testkit";
-
-/** The repository root (this file runs from gateway/test under vitest, gateway/dist/test when built). */
-const execFileAsync = promisify(execFile);
-
-export const repoRoot = ((): string => {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "tsconfig.base.json")) && dirname(dir) !== dir) dir = dirname(dir);
-  return dir;
-})();
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -125,40 +106,6 @@ export async function startEcho(issuer: TestIssuer): Promise<EchoUpstream> {
   };
 }
 
-export interface RegistryProcess {
-  address: string;
-  stop(): Promise<void>;
-}
-
-/** The built registry (services/registry/dist), with its own database and KV bucket. */
-export async function startRegistryProcess(keys: { jwksUrl: string }): Promise<RegistryProcess> {
-  const port = await freePort();
-  const proc = new ServerProcess(
-    "registry",
-    process.execPath,
-    [join(repoRoot, "services/registry/dist/src/main.js")],
-    {
-      ...process.env,
-      LOG_LEVEL: "info",
-      REGISTRY_ADDR: `127.0.0.1:${port}`,
-      METRICS_PORT: "0",
-      JWKS_URL: keys.jwksUrl,
-      NATS_URL: natsUrl(),
-      MONGODB_URL: mongoUrl(),
-      MONGODB_DB: uniqueName("gwregistry"),
-      INSTANCE_BUCKET: uniqueName("gwinstances"),
-      REGISTRY_SEED_DIR: join(repoRoot, "deploy/config"),
-    },
-  );
-  await proc.waitForLine(/registry listening/, 90_000);
-  return {
-    address: `127.0.0.1:${port}`,
-    stop: async () => {
-      await proc.stop(10_000);
-    },
-  };
-}
-
 export interface TestGateway {
   url: string;
   port: number;
@@ -229,80 +176,12 @@ export const echoUpstream = (address: string): Upstream => ({
   address,
 });
 
-export interface AuthProcess {
-  address: string;
-  jwksUrl: string;
-  /** A bootstrap service credential minted with auth's CLI (as the launcher does). */
-  mintServiceToken(service: string): Promise<string>;
-  /** Its recent output lines (log scans). */
-  output(): string;
-  stop(): Promise<void>;
-}
-
-/** The built auth service (services/auth/dist) with its own database, like `npm start` runs it. */
-export async function startAuthProcess(): Promise<AuthProcess> {
-  const [port, jwksPort] = [await freePort(), await freePort()];
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    NODE_ENV: "development",
-    LOG_LEVEL: "info",
-    AUTH_ADDR: `127.0.0.1:${port}`,
-    AUTH_JWKS_PORT: String(jwksPort),
-    METRICS_PORT: "0",
-    NATS_URL: natsUrl(),
-    MONGODB_URL: mongoUrl(),
-    MONGODB_DB: uniqueName("gwauth"),
-    AUTH_ARGON2_MEMORY_KIB: "8192",
-    AUTH_ARGON2_TIME_COST: "1",
-  };
-  delete env["JWKS_URL"];
-  const proc = new ServerProcess(
-    "auth",
-    process.execPath,
-    [join(repoRoot, "services/auth/dist/src/main.js")],
-    env,
-  );
-  await proc.waitForLine(/auth listening/, 90_000);
-  return {
-    address: `127.0.0.1:${port}`,
-    jwksUrl: `http://127.0.0.1:${jwksPort}/.well-known/jwks.json`,
-    async mintServiceToken(service) {
-      const { stdout } = await execFileAsync(
-        process.execPath,
-        [join(repoRoot, "services/auth/dist/src/mint-service-token.js"), "--service", service],
-        { env, timeout: 30_000 },
-      );
-      return stdout.trim();
-    },
-    output: () => proc.output(5_000),
-    stop: async () => {
-      await proc.stop(10_000);
-    },
-  };
-}
-
-export interface ModelProxyProcessOptions {
-  jwksUrl: string;
-  authAddress: string;
-  registryAddress: string;
-  /** The simulator's base URL (".../v1"). */
-  simulatorUrl: string;
-  env?: NodeJS.ProcessEnv;
-}
-
-/**
- * The built model-proxy (services/model-proxy/dist) with its own database and buckets, talking
- * to the given auth, registry and simulator (the test kit's launcher, as for the other services).
- */
-export async function startModelProxyProcess(
-  opts: ModelProxyProcessOptions,
-): Promise<{ address: string; output(): string; stop(): Promise<void> }> {
-  const proc = await startModelProxy({
-    jwksUrl: opts.jwksUrl,
-    authAddress: opts.authAddress,
-    registryAddress: opts.registryAddress,
-    simulatorUrl: opts.simulatorUrl,
-    ...(opts.env !== undefined ? { env: opts.env } : {}),
-  });
-  return { address: proc.address, output: () => proc.output(), stop: () => proc.stop() };
-}
+// The built services as child processes: the test kit's starters, shared by every package.
+export {
+  repoRoot,
+  startAuthProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  type AuthProcess,
+  type MeshProcess as RegistryProcess,
+} from "@ensemble/testkit";
