@@ -63,6 +63,13 @@ export const workflowEnv = z.object({
   RUN_MAX_PARALLEL: positiveInt.max(64).default(8),
   /** Per-attempt timeout of a step whose definition says 0. */
   STEP_TIMEOUT_MS: positiveInt.default(120_000),
+  /**
+   * Model (id or role alias) that writes a short user-facing explanation of a failed run; unset =
+   * failed runs keep only their technical cause.
+   */
+  EXPLAINER_MODEL: z.string().min(1).max(128).optional(),
+  /** How long the explainer may take before the run fails without an explanation. */
+  EXPLAINER_TIMEOUT_MS: positiveInt.default(15_000),
   /** Deadline of a run whose spec sets none. */
   RUN_TIMEOUT_MS: positiveInt.default(3_600_000),
   /** How often every replica looks for runs in flight whose steps are neither queued nor done. */

@@ -59,6 +59,7 @@ import {
 } from "@ensemble/proto";
 import type { Counter, Histogram } from "prom-client";
 import { addUsage, executeStep, runErrorOf } from "./executor.js";
+import type { FailureExplainer } from "./explainer.js";
 import { subjectToken, type EventInit, type RunEventPublisher, type RunRef } from "./events.js";
 import {
   decodePlan,
@@ -119,6 +120,8 @@ export interface EngineDeps {
   callerTokens?: CallerTokens | undefined;
   settings: EngineSettings;
   metrics?: EngineMetrics | undefined;
+  /** Writes the user-facing explanation of a failed run (EXPLAINER_MODEL); none = no explanation. */
+  explainer?: FailureExplainer | undefined;
 }
 
 const TERMINAL = new Set([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]);
@@ -825,6 +828,9 @@ export class Engine {
       createTime: new Date(),
     };
     const won = await claim(this.#d.models.runOutcomes, candidate);
+    if (won && opts.error !== undefined && status === RunStatus.FAILED) {
+      await this.#explain(ref, candidate, opts.error);
+    }
     const outcome = won
       ? candidate
       : await this.#d.models.runOutcomes
@@ -833,6 +839,35 @@ export class Engine {
     if (outcome === null) throw new Error("run outcome vanished");
     if (!outcome.finalized) await this.#finalize(ref, outcome);
     return outcome;
+  }
+
+  /**
+   * The claim holder asks the explainer (when configured) and stores the explanation with the
+   * outcome's error before the run record is written. A crash in between leaves the run failed
+   * without an explanation, never with a different outcome.
+   */
+  async #explain(ref: RunRef, outcome: RunOutcomeDoc, error: RunError): Promise<void> {
+    const explainer = this.#d.explainer;
+    if (explainer === undefined || error.code === "CANCELED") return;
+    const doc =
+      (await this.#runState(ref.tenantId, ref.runId))?.doc ??
+      (await this.#d.models.runs.findOne({ tenantId: ref.tenantId, id: ref.runId }).lean<RunDoc>());
+    if (doc === null) return;
+    const explanation = await explainer.explain({
+      tenantId: ref.tenantId,
+      userId: doc.userId,
+      runId: ref.runId,
+      sessionId: doc.sessionId,
+      input: decode(RunSpecSchema, doc.spec).input,
+      error,
+    });
+    if (explanation === "") return;
+    const explained: RunError = { ...error, explanation };
+    outcome.error = encode(RunErrorSchema, explained);
+    await this.#d.models.runOutcomes.updateOne(
+      { tenantId: ref.tenantId, runId: ref.runId },
+      { $set: { error: outcome.error } },
+    );
   }
 
   /** Writes the run record's end and publishes the terminal event; repeatable. */

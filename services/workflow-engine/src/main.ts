@@ -26,6 +26,7 @@ import {
 import { Counter, Histogram } from "prom-client";
 import { loadWorkflowConfig, type WorkflowConfig } from "./config.js";
 import { Engine, type EngineMetrics } from "./engine.js";
+import { FailureExplainer } from "./explainer.js";
 import { ensureRunEventsStream, RunEventPublisher } from "./events.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { openModels } from "./store.js";
@@ -105,6 +106,7 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
   if (config.CATEGORIZER_ADDR === undefined) {
     logger.warn("CATEGORIZER_ADDR is not set: AUTO runs are refused (FAILED_PRECONDITION)");
   }
+  const modelProxy = createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics });
   const publisher = new RunEventPublisher({
     nc,
     js,
@@ -121,7 +123,7 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     publisher,
     logger,
     registry: createClient(RegistryService, config.REGISTRY_ADDR, { metrics }),
-    modelProxy: createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics }),
+    modelProxy,
     categorizer:
       config.CATEGORIZER_ADDR !== undefined
         ? createClient(CategorizerService, config.CATEGORIZER_ADDR, { metrics })
@@ -129,6 +131,15 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     tokens,
     callerTokens,
     metrics: engineMetrics(metrics),
+    explainer:
+      config.EXPLAINER_MODEL !== undefined
+        ? new FailureExplainer({
+            modelProxy,
+            tokens,
+            model: config.EXPLAINER_MODEL,
+            timeoutMs: config.EXPLAINER_TIMEOUT_MS,
+          })
+        : undefined,
     settings: {
       stepStream: config.STEP_STREAM,
       stepConsumer: config.STEP_CONSUMER,

@@ -48,6 +48,7 @@ import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Engine } from "../src/engine.js";
 import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
+import { FailureExplainer } from "../src/explainer.js";
 import { build } from "../src/server.js";
 import { openModels } from "../src/store.js";
 import { ServiceTokens } from "../src/tokens.js";
@@ -145,6 +146,13 @@ beforeAll(async () => {
     registry: createClient(RegistryService, registry.address),
     modelProxy: createClient(ModelProxyService, proxy.address),
     tokens: new ServiceTokens(authClient, serviceToken),
+    // Failed runs get a user-facing explanation from a model that the failure tests leave up.
+    explainer: new FailureExplainer({
+      modelProxy: createClient(ModelProxyService, proxy.address),
+      tokens: new ServiceTokens(authClient, serviceToken),
+      model: "sim-medium",
+      timeoutMs: 10_000,
+    }),
     settings: {
       stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
       stepConsumer: "workers",
@@ -344,6 +352,9 @@ describe("runs", () => {
       expect(done.error?.stepId).toBe("x");
       expect(done.error?.code).not.toBe("");
       expect(done.error?.message).not.toBe("");
+      // The explainer model saw the technical cause and its answer is kept next to it.
+      expect(done.error?.explanation).toContain("[simulated sim-medium]");
+      expect(done.error?.explanation).toContain(`Error code: ${done.error?.code}`);
       const [x, y] = done.steps;
       expect(x!.status).toBe(StepStatus.FAILED);
       expect(x!.attempts).toBe(3);
