@@ -30,6 +30,8 @@ export interface ClientOptions {
 
 type AnyMessage = MessageShape<DescMessage>;
 
+const ROUND_ROBIN = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+
 /**
  * One client = one grpc-js channel to `address` ("host:port", or any grpc-js target such as
  * "dns:///registry:50052"). Plaintext (h2c): traffic inside the mesh.
@@ -41,6 +43,10 @@ export function createClient<S extends DescService>(
 ): GrpcClient<S> {
   const channel = new grpc.Client(address, grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
+    // Client-side load balancing: a "host:port" target resolves through DNS, and behind a
+    // Kubernetes headless Service that is every ready replica; round_robin spreads calls over
+    // all of them (the default pick_first would pin every call to one replica).
+    "grpc.service_config": ROUND_ROBIN,
     ...opts.channelOptions,
   });
   const client: Record<string, unknown> = {};

@@ -107,6 +107,9 @@ export function createServer(opts: KitServerOptions): KitServer {
   const server = new grpc.Server({
     "grpc.max_receive_message_length": opts.maxMessageBytes ?? 4 * 1024 * 1024,
     "grpc.max_send_message_length": opts.maxMessageBytes ?? 4 * 1024 * 1024,
+    // Clients balance over the replicas DNS returned when they connected; ageing connections
+    // out (in-flight calls finish on the old one) makes them re-resolve and find new replicas.
+    "grpc.max_connection_age_ms": 5 * 60_000,
   });
   const shutdownController = new AbortController();
   // Every call in flight links its ctx.signal to this one signal (one abort listener each, removed
