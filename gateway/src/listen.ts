@@ -4,6 +4,7 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import type { Duplex } from "node:stream";
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
@@ -22,9 +23,14 @@ export async function listenDual(
   handler: Handler,
   host: string,
   port: number,
-  opts: { maxHeaderBytes?: number } = {},
+  opts: {
+    maxHeaderBytes?: number;
+    /** HTTP/1.1 `Upgrade` requests (WebSocket); without it Node closes such connections. */
+    onUpgrade?: (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
+  } = {},
 ): Promise<Listener> {
   const h1 = http.createServer({ maxHeaderSize: opts.maxHeaderBytes ?? 16 * 1024 }, handler);
+  if (opts.onUpgrade !== undefined) h1.on("upgrade", opts.onUpgrade);
   const h2 = http2.createServer({ maxSessionMemory: 32 }, handler);
   // Idle keep-alive connections must not pin the process at shutdown.
   h1.keepAliveTimeout = 5_000;

@@ -38,12 +38,14 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
   ModelProxyService,
   RegistryService,
+  RunService,
 } from "@ensemble/proto";
 import { Authenticator, scopeAllows, ServiceTokenSource, type AuthApi } from "./authn.js";
 import { renderDocs } from "./docs.js";
 import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
 import { listenDual, type Listener } from "./listen.js";
 import { createOpenAiApi } from "./openai/handler.js";
+import { createWsEndpoint } from "./ws/endpoint.js";
 import type { RateLimiter } from "@ensemble/kit";
 import type { Upstream } from "./services.js";
 
@@ -65,6 +67,8 @@ export interface GatewayDeps {
   maxMessageBytes?: number;
   maxTimeoutMs?: number;
   apiKeyCacheMs?: number;
+  /** WebSocket keepalive (GET /v1/ws): ping interval; a peer that misses a pong is dropped. */
+  wsPingIntervalMs?: number;
 }
 
 export interface Gateway {
@@ -333,6 +337,23 @@ export function build(deps: GatewayDeps): Gateway {
     clientAddress: (req) => forwardedFor(req, deps.behindTls === true),
   });
 
+  // Run events and chat over a WebSocket (GET /v1/ws), same authentication and clients.
+  const ws = createWsEndpoint({
+    logger,
+    metrics,
+    authenticator,
+    rateLimiter: deps.rateLimiter,
+    runs: clientOf(RunService) as GrpcClient<typeof RunService> | undefined,
+    modelProxy: clientOf(ModelProxyService) as GrpcClient<typeof ModelProxyService> | undefined,
+    categorizer: clientOf(CategorizerService) as GrpcClient<typeof CategorizerService> | undefined,
+    maxMessageBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
+    maxTimeoutMs: deps.maxTimeoutMs ?? 300_000,
+    shutdownSignal: shutdownController.signal,
+    originAllowed: (origin) => corsOrigins.has(origin) || (development && corsOrigins.has("*")),
+    clientAddress: (req) => forwardedFor(req, deps.behindTls === true),
+    ...(deps.wsPingIntervalMs !== undefined ? { pingIntervalMs: deps.wsPingIntervalMs } : {}),
+  });
+
   // --- operational endpoints ---------------------------------------------------------------
 
   let docsHtml: string | undefined;
@@ -504,11 +525,14 @@ export function build(deps: GatewayDeps): Gateway {
     handler,
     authenticator,
     async listen(port, host = "127.0.0.1") {
-      listener = await listenDual(handler, host, port);
+      listener = await listenDual(handler, host, port, {
+        onUpgrade: (req, socket, head) => ws.handleUpgrade(req, socket, head),
+      });
       return listener.port;
     },
     async shutdown(opts) {
       draining = true;
+      ws.drain();
       const timeoutMs = opts?.timeoutMs ?? 10_000;
       const forced = setTimeout(
         () => shutdownController.abort(new ConnectError("gateway shutting down", Code.Unavailable)),
