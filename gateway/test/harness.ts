@@ -128,6 +128,7 @@ export interface GatewayOptions {
   development?: boolean;
   serviceToken?: string;
   apiKeyCacheMs?: number;
+  wsPingIntervalMs?: number;
 }
 
 export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
@@ -154,6 +155,7 @@ export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
     development: opts.development ?? false,
     ...(opts.serviceToken !== undefined ? { serviceToken: opts.serviceToken } : {}),
     ...(opts.apiKeyCacheMs !== undefined ? { apiKeyCacheMs: opts.apiKeyCacheMs } : {}),
+    ...(opts.wsPingIntervalMs !== undefined ? { wsPingIntervalMs: opts.wsPingIntervalMs } : {}),
     maxMessageBytes: 64 * 1024,
   });
   const port = await gateway.listen(0);
