@@ -1,0 +1,13 @@
+// @ensemble/vector-search as a library: the index and the text processing (for the bench). The
+// service itself starts from main.ts.
+export {
+  VectorIndex,
+  normalizeVector,
+  DEFAULT_EF_CONSTRUCTION,
+  DEFAULT_EF_SEARCH,
+  DEFAULT_M,
+  type Hit,
+  type IndexParams,
+} from "./vector-index.js";
+export { chunkText, normalize, stripMarkup, textOptions, tokenize } from "./text.js";
+export { compileFilter } from "./filter.js";

@@ -1,0 +1,99 @@
+// Start-up only: config -> logger -> tracing -> MongoDB -> clients -> server -> listen -> index
+// warm-up (in the background: a call for a collection not loaded yet loads it, or waits for it)
+// -> metrics -> shutdown wiring. Everything else lives in build(deps).
+import {
+  closeMongo,
+  ConfigError,
+  connectMongo,
+  createClient,
+  createJwksVerifier,
+  createMetrics,
+  createRootLogger,
+  handleShutdown,
+  initTracing,
+  startMetricsServer,
+  type Logger,
+} from "@ensemble/kit";
+import { ModelProxyService } from "@ensemble/proto";
+import { Collections } from "./collections.js";
+import { loadVectorSearchConfig, type VectorSearchConfig } from "./config.js";
+import { build, SERVICE_NAME } from "./server.js";
+import { Store } from "./store.js";
+import { VERSION } from "./version.js";
+
+async function main(config: VectorSearchConfig, logger: Logger): Promise<void> {
+  const tracing = initTracing({
+    service: SERVICE_NAME,
+    version: VERSION,
+    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+      ? {}
+      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+  });
+  const metrics = createMetrics({ service: SERVICE_NAME });
+  const verifier = createJwksVerifier({
+    jwksUrl: config.JWKS_URL,
+    issuer: config.JWT_ISSUER,
+    audience: config.JWT_AUDIENCE,
+  });
+
+  const mongo = await connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger });
+  const store = await Store.open(mongo);
+  const collections = new Collections({ store, logger, addThreads: config.INDEX_ADD_THREADS });
+  const modelProxy = createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics });
+  const server = build({
+    version: VERSION,
+    logger,
+    verifier,
+    metrics,
+    store,
+    collections,
+    modelProxy,
+    embedBatchSize: config.EMBED_BATCH_SIZE,
+    embedTimeoutMs: config.EMBED_TIMEOUT_MS,
+    maxMessageBytes: config.VECTOR_SEARCH_MAX_MESSAGE_BYTES,
+  });
+  const port = await server.listen(config.VECTOR_SEARCH_ADDR);
+  const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
+  logger.info(
+    { address: config.VECTOR_SEARCH_ADDR, port, metricsPort: metricsServer.port },
+    "vector-search listening",
+  );
+  collections.warmAll().catch((err: unknown) => {
+    logger.error({ err }, "loading the vector indexes failed; collections load on first use");
+  });
+
+  handleShutdown({
+    logger,
+    timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    steps: [
+      {
+        name: "grpc server",
+        run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      { name: "mongo disconnect", run: () => closeMongo(mongo) },
+      { name: "metrics server", run: () => metricsServer.close() },
+      { name: "tracing", run: () => tracing.shutdown() },
+    ],
+  });
+}
+
+let config: VectorSearchConfig;
+try {
+  config = loadVectorSearchConfig();
+} catch (err) {
+  // Before a logger exists: one readable message, no stack.
+  process.stderr.write(
+    `vector-search: ${err instanceof ConfigError ? err.message : String(err)}\n`,
+  );
+  process.exit(1);
+}
+const logger = createRootLogger({
+  service: SERVICE_NAME,
+  version: VERSION,
+  level: config.LOG_LEVEL,
+});
+main(config, logger).catch((err: unknown) => {
+  logger.fatal({ err }, "vector-search failed to start");
+  logger.flush();
+  process.exit(1);
+});
