@@ -126,9 +126,10 @@ class Client {
   }
 
   static open(
-    opts: { token?: string; protocols?: string[]; autoPong?: boolean } = {},
+    opts: { token?: string; protocols?: string[]; autoPong?: boolean; origin?: string } = {},
   ): Promise<Client> {
     const ws = new WebSocket(wsUrl, opts.protocols ?? [], {
+      ...(opts.origin !== undefined ? { origin: opts.origin } : {}),
       ...(opts.token !== undefined ? { headers: { authorization: `Bearer ${opts.token}` } } : {}),
       ...(opts.autoPong !== undefined ? { autoPong: opts.autoPong } : {}),
     });
@@ -321,6 +322,12 @@ describe("websocket /v1/ws", () => {
       (await refusedStatus({ authorization: `Bearer ${alice}`, origin: "https://evil.example" }))
         .status,
     ).toBe(403);
+    // A page served by the gateway itself (the console) is same-origin.
+    const own = await Client.open({ token: alice, origin: `http://127.0.0.1:${gw.port}` });
+    own.close();
+    // So is a listed one.
+    const listed = await Client.open({ token: alice, origin: "https://console.example" });
+    listed.close();
   });
 
   it("tenancy - another tenant's run is an error frame not_found", async () => {

@@ -84,7 +84,7 @@ export interface WsEndpointDeps {
   maxTimeoutMs: number;
   /** Aborted when the gateway's drain time is up: every socket closes (1001). */
   shutdownSignal: AbortSignal;
-  /** The CORS policy: a browser's Origin must be allowed. */
+  /** The CORS policy: a browser page from another origin must be allowed by it. */
   originAllowed: (origin: string) => boolean;
   /** x-forwarded-for for the upstream. */
   clientAddress: (req: http.IncomingMessage) => string;
@@ -169,7 +169,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
       return refuse(socket, requestId, 503, "unavailable", "gateway shutting down");
     }
     const origin = req.headers.origin;
-    if (typeof origin === "string" && !deps.originAllowed(origin)) {
+    if (typeof origin === "string" && !sameOrigin(origin, req) && !deps.originAllowed(origin)) {
       return refuse(socket, requestId, 403, "permission_denied", "origin not allowed");
     }
     upgrade(req, socket, head, requestId).catch((err: unknown) => {
@@ -766,6 +766,15 @@ function refuse(
   ];
   socket.once("finish", () => socket.destroy());
   socket.end(`${head.join("\r\n")}\r\n\r\n${body}`);
+}
+
+/** A page served by this gateway itself (e.g. the console) may always connect. */
+function sameOrigin(origin: string, req: http.IncomingMessage): boolean {
+  try {
+    return new URL(origin).host === req.headers.host;
+  } catch {
+    return false;
+  }
 }
 
 function textOf(data: RawData): string {
