@@ -7,6 +7,7 @@ import {
   ModelProxyService,
   RegistryService,
   RunService,
+  SessionService,
 } from "@ensemble/proto";
 
 export interface Upstream {
@@ -30,7 +31,7 @@ export const UPSTREAMS: readonly UpstreamRow[] = [
   { name: "registry", services: [RegistryService], addrVar: "REGISTRY_ADDR" },
   { name: "model-proxy", services: [ModelProxyService], addrVar: "MODEL_PROXY_ADDR" },
   { name: "categorizer", services: [CategorizerService], addrVar: "CATEGORIZER_ADDR" },
-  { name: "workflow", services: [RunService], addrVar: "WORKFLOW_ADDR" },
+  { name: "workflow", services: [RunService, SessionService], addrVar: "WORKFLOW_ADDR" },
 ];
 
 /** The rows whose address is set in `env`. */

@@ -8,8 +8,9 @@ import {
   type Metrics,
   type TokenVerifier,
 } from "@ensemble/kit";
-import { RunService } from "@ensemble/proto";
+import { RunService, SessionService } from "@ensemble/proto";
 import { runHandlers, type RunServiceDeps } from "./service.js";
+import { sessionHandlers, type SessionServiceDeps } from "./sessions.js";
 
 export const SERVICE_NAME = "workflow";
 
@@ -18,6 +19,11 @@ export interface WorkflowServerDeps extends RunServiceDeps {
   logger: Logger;
   verifier: TokenVerifier;
   metrics?: Metrics;
+  /** SessionService (served when its store is given). */
+  sessions?: SessionServiceDeps["sessions"];
+  registry?: SessionServiceDeps["registry"];
+  autoAvailable?: boolean;
+  fallbackModel?: string;
 }
 
 export function build(deps: WorkflowServerDeps): KitServer {
@@ -29,6 +35,20 @@ export function build(deps: WorkflowServerDeps): KitServer {
     ...(deps.metrics !== undefined ? { metrics: deps.metrics } : {}),
     // Inline workflows and image attachments can be large.
     maxMessageBytes: 32 * 1024 * 1024,
-    services: [service(RunService, runHandlers(deps))],
+    services: [
+      service(RunService, runHandlers(deps)),
+      ...(deps.sessions !== undefined
+        ? [
+            service(
+              SessionService,
+              sessionHandlers({
+                ...deps,
+                sessions: deps.sessions,
+                autoAvailable: deps.autoAvailable ?? false,
+              }),
+            ),
+          ]
+        : []),
+    ],
   });
 }

@@ -1,0 +1,532 @@
+// Conversations against the real mesh, set up like runs.int.test.ts: auth, registry (seeded from
+// deploy/config) and model-proxy as built processes, the LLM simulator as the only provider, NATS
+// JetStream and the MongoDB-wire server from the test kit, the engine in-process with its own
+// database, streams and subjects. Users sign up through auth; a second user joins tenant A by
+// invite, a third has a tenant of their own.
+//
+// What the model received is checked through the simulator's determinism: its answer is a hash
+// of the whole conversation it was sent, so a reply equals model-proxy's answer to exactly the
+// messages the context should hold, and differs from the answer to any other context.
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  closeMongo,
+  connectMongo,
+  createClient,
+  createJwksVerifier,
+  jetstream,
+  jetstreamManager,
+  type GrpcClient,
+  type KitServer,
+} from "@ensemble/kit";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import {
+  AuthService,
+  ChatRole,
+  ModelProxyService,
+  RegistryService,
+  RunEventType,
+  RunService,
+  RunStatus,
+  SessionMessageStatus,
+  SessionService,
+  type RunEvent,
+  type SessionMessage,
+} from "@ensemble/proto";
+import {
+  captureLogs,
+  mongoUrl,
+  natsUrl,
+  startAuthProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  uniqueName,
+  type AuthProcess,
+  type MeshProcess,
+} from "@ensemble/testkit";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import type { Connection } from "mongoose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Engine } from "../src/engine.js";
+import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
+import { build } from "../src/server.js";
+import { openSessionModels, SessionStore } from "../src/sessions.store.js";
+import { openModels } from "../src/store.js";
+import { ServiceTokens } from "../src/tokens.js";
+
+const PASSWORD = "correct-Horse-battery-9";
+const MODEL = "sim-fast";
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: MeshProcess;
+let proxy: MeshProcess;
+let mongo: Connection;
+let nc: NatsConnection;
+let server: KitServer;
+let engine: Engine;
+let sessions: GrpcClient<typeof SessionService>;
+let runs: GrpcClient<typeof RunService>;
+let modelProxy: GrpcClient<typeof ModelProxyService>;
+/** Admin of tenant A. */
+let userA: string;
+/** A member of tenant A (invited). */
+let userA2: string;
+/** Tenant B. */
+let userB: string;
+
+const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
+
+async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to fail, but it succeeded");
+}
+
+async function drain<T>(stream: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of stream) out.push(item);
+  return out;
+}
+
+interface Reply {
+  user?: SessionMessage;
+  events: RunEvent[];
+  assistant: SessionMessage;
+  /** The item kinds in order ("user", "event", "assistant"). */
+  order: string[];
+}
+
+function reply(items: Array<{ item: { case: string | undefined; value?: unknown } }>): Reply {
+  const out: Partial<Reply> & { events: RunEvent[]; order: string[] } = { events: [], order: [] };
+  for (const { item } of items) {
+    if (item.case === "userMessage") {
+      out.user = item.value as SessionMessage;
+      out.order.push("user");
+    } else if (item.case === "event") {
+      out.events.push(item.value as RunEvent);
+      out.order.push("event");
+    } else if (item.case === "assistantMessage") {
+      out.assistant = item.value as SessionMessage;
+      out.order.push("assistant");
+    }
+  }
+  if (out.assistant === undefined) throw new Error("no assistant message");
+  return out as Reply;
+}
+
+type SendInit = Parameters<GrpcClient<typeof SessionService>["sendMessage"]>[0];
+
+async function send(req: SendInit, token = userA): Promise<Reply> {
+  return reply(await drain(sessions.sendMessage(req, as(token))));
+}
+
+async function regenerate(sessionId: string, messageId: string, token = userA): Promise<Reply> {
+  return reply(await drain(sessions.regenerate({ sessionId, messageId }, as(token))));
+}
+
+async function newSession(
+  settings: Record<string, unknown> = { model: MODEL },
+  token = userA,
+  title = "",
+): Promise<string> {
+  const res = await sessions.createSession({ title, settings }, as(token));
+  return res.session!.id;
+}
+
+function text(m: SessionMessage | undefined): string {
+  return (m?.content ?? []).flatMap((c) => (c.part.case === "text" ? [c.part.value] : [])).join("");
+}
+
+/** model-proxy's (deterministic) answer to exactly these turns, alternating user/assistant. */
+async function answerTo(...turns: string[]): Promise<string> {
+  const res = await modelProxy.chat(
+    {
+      model: MODEL,
+      messages: turns.map((t, i) => ({
+        role: i % 2 === 0 ? ChatRole.USER : ChatRole.ASSISTANT,
+        content: [{ part: { case: "text", value: t } }],
+      })),
+    },
+    as(userA),
+  );
+  return (res.message?.content ?? [])
+    .flatMap((c) => (c.part.case === "text" ? [c.part.value] : []))
+    .join("");
+}
+
+beforeAll(async () => {
+  sim = await startSimulator({ defaults: { ttftMs: 0 } });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+    env: { RETRY_MAX_ATTEMPTS: "1" },
+  });
+  const logger = captureLogs({ level: "warn" }).logger;
+  mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("sessions"), logger });
+  nc = await connect({ servers: natsUrl() });
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  const root = `t${uniqueName("ses").replace(/[^A-Za-z0-9]/g, "")}`;
+  const stream = uniqueName("RUN_EVENTS").replace(/[^A-Za-z0-9_-]/g, "_");
+  await ensureRunEventsStream(jsm, stream, 3_600_000, root);
+  const publisher = new RunEventPublisher({ nc, js, jsm, stream, logger, root });
+  const authClient = createClient(AuthService, auth.address);
+  const registryClient = createClient(RegistryService, registry.address);
+  engine = new Engine({
+    models: await openModels(mongo),
+    nc,
+    js,
+    jsm,
+    publisher,
+    logger,
+    registry: registryClient,
+    modelProxy: createClient(ModelProxyService, proxy.address),
+    tokens: new ServiceTokens(authClient, await auth.mintServiceToken("workflow")),
+    settings: {
+      stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
+      stepConsumer: "workers",
+      subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
+      ackWaitMs: 10_000,
+      // One delivery: with more, the engine gives the step consumer a JetStream backoff whose
+      // first entry (1 s) replaces ack_wait, and its heartbeat (every ackWait/3) comes too late,
+      // so a first step slower than 1 s is redelivered and runs twice (reported; engine.ts).
+      maxDeliver: 1,
+      workerConcurrency: 8,
+      tenantMaxParallel: 8,
+      runMaxParallel: 8,
+      stepTimeoutMs: 20_000,
+      runTimeoutMs: 60_000,
+      recoveryIntervalMs: 60_000,
+    },
+  });
+  await engine.start();
+  server = build({
+    version: "test",
+    logger,
+    verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
+    engine,
+    nc,
+    js,
+    eventsStream: stream,
+    eventsRoot: root,
+    sessions: new SessionStore(await openSessionModels(mongo)),
+    registry: registryClient,
+    autoAvailable: false,
+    fallbackModel: MODEL,
+  });
+  const address = `127.0.0.1:${await server.listen("127.0.0.1:0")}`;
+  sessions = createClient(SessionService, address);
+  runs = createClient(RunService, address);
+  modelProxy = createClient(ModelProxyService, proxy.address);
+
+  const stamp = Date.now();
+  const a = await authClient.signup({
+    email: `ses-a-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "tenantName", value: "sessions A" },
+  });
+  userA = a.tokens?.accessToken ?? "";
+  const { token: invite } = await authClient.createInvite({}, as(userA));
+  const a2 = await authClient.signup({
+    email: `ses-a2-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "inviteToken", value: invite },
+  });
+  userA2 = a2.tokens?.accessToken ?? "";
+  expect(a2.tenant?.id).toBe(a.tenant?.id);
+  const b = await authClient.signup({
+    email: `ses-b-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "tenantName", value: "sessions B" },
+  });
+  userB = b.tokens?.accessToken ?? "";
+}, 240_000);
+
+afterAll(async () => {
+  await server?.shutdown({ timeoutMs: 2_000 });
+  await engine?.stop();
+  await nc?.close();
+  if (mongo !== undefined) await closeMongo(mongo);
+  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await sim?.close();
+});
+
+describe("SessionService", () => {
+  it("sessions - SendMessage streams the stored question, the run's token deltas, then the stored reply", async () => {
+    const id = await newSession();
+    const r = await send({ sessionId: id, text: "What is the capital of France?" });
+
+    expect(r.order[0]).toBe("user");
+    expect(r.order.at(-1)).toBe("assistant");
+    expect(r.order.filter((o) => o === "user")).toHaveLength(1);
+    expect(r.user?.role).toBe(ChatRole.USER);
+    expect(r.user?.parentMessageId).toBe("");
+    expect(r.user?.status).toBe(SessionMessageStatus.COMPLETE);
+    expect(text(r.user)).toBe("What is the capital of France?");
+
+    const deltas = r.events.filter((e) => e.type === RunEventType.STEP_DELTA);
+    expect(deltas.length).toBeGreaterThan(1);
+    expect(r.events.at(-1)?.type).toBe(RunEventType.COMPLETED);
+
+    const a = r.assistant;
+    expect(a.role).toBe(ChatRole.ASSISTANT);
+    expect(a.status).toBe(SessionMessageStatus.COMPLETE);
+    expect(a.parentMessageId).toBe(r.user?.id);
+    expect(a.model).toBe(MODEL);
+    expect(a.simulated).toBe(true);
+    expect(a.usage?.totalTokens).toBeGreaterThan(0n);
+    expect(a.runId).not.toBe("");
+    const answer = text(a);
+    expect(answer).toBe(await answerTo("What is the capital of France?"));
+    expect(answer).toContain('You said: "What is the capital of France?"');
+    // The streamed deltas are the stored answer.
+    expect(
+      deltas.map((d) => (d.payload.case === "stepDelta" ? d.payload.value.text : "")).join(""),
+    ).toBe(answer);
+
+    // Named after the first message; the reply is a run of this user, tagged with the session.
+    const got = await sessions.getSession({ sessionId: id }, as(userA));
+    expect(got.session?.title).toBe("What is the capital of France?");
+    expect(got.session?.messageCount).toBe(2);
+    expect(got.session?.lastMessageId).toBe(a.id);
+    expect(got.messages.map((m) => m.id)).toEqual([r.user?.id, a.id]);
+    const run = (await runs.getRun({ runId: a.runId }, as(userA))).run!;
+    expect(run.sessionId).toBe(id);
+    expect(run.status).toBe(RunStatus.COMPLETED);
+    expect(run.output).toBe(answer);
+    const listed = await runs.listRuns({ sessionId: id }, as(userA));
+    expect(listed.runs.map((x) => x.id)).toEqual([a.runId]);
+  });
+
+  it("sessions - the next message is answered with the first exchange as its context", async () => {
+    const id = await newSession();
+    const first = await send({ sessionId: id, text: "My name is Ada." });
+    const second = await send({ sessionId: id, text: "What is my name?" });
+
+    expect(second.user?.parentMessageId).toBe(first.assistant.id);
+    const answer = text(second.assistant);
+    expect(answer).toBe(
+      await answerTo("My name is Ada.", text(first.assistant), "What is my name?"),
+    );
+    // Not what the question alone would get.
+    expect(answer).not.toBe(await answerTo("What is my name?"));
+  });
+
+  it("sessions - Regenerate adds a sibling reply; GetSession returns the tree", async () => {
+    const id = await newSession();
+    const first = await send({ sessionId: id, text: "Tell me a joke." });
+    const calls = sim.requests(MODEL);
+    const again = await regenerate(id, first.assistant.id);
+
+    expect(again.order.includes("user")).toBe(false);
+    expect(again.order.at(-1)).toBe("assistant");
+    expect(again.events.some((e) => e.type === RunEventType.STEP_DELTA)).toBe(true);
+    expect(sim.requests(MODEL)).toBe(calls + 1);
+    const sibling = again.assistant;
+    expect(sibling.id).not.toBe(first.assistant.id);
+    expect(sibling.parentMessageId).toBe(first.user?.id);
+    expect(sibling.runId).not.toBe(first.assistant.runId);
+    expect(sibling.status).toBe(SessionMessageStatus.COMPLETE);
+    // Same question, same (empty) context: the deterministic model answers the same.
+    expect(text(sibling)).toBe(text(first.assistant));
+
+    // Continuing goes under the most recent reply (the regenerated one).
+    const next = await send({ sessionId: id, text: "Another one." });
+    expect(next.user?.parentMessageId).toBe(sibling.id);
+
+    const got = await sessions.getSession({ sessionId: id }, as(userA));
+    expect(got.session?.messageCount).toBe(5);
+    const byId = new Map(got.messages.map((m) => [m.id, m]));
+    expect(got.messages[0]?.id).toBe(first.user?.id);
+    const children = got.messages.filter((m) => m.parentMessageId === first.user?.id);
+    expect(children.map((m) => m.id).sort()).toEqual([first.assistant.id, sibling.id].sort());
+    expect(byId.get(next.assistant.id)?.parentMessageId).toBe(next.user?.id);
+    expect(got.messages.every((m) => m.status === SessionMessageStatus.COMPLETE)).toBe(true);
+
+    // Regenerating a user message is a bad request.
+    const bad = await rejection(regenerate(id, first.user!.id));
+    expect(bad.code).toBe(Code.InvalidArgument);
+  });
+
+  it("sessions - sending under an earlier message starts a branch whose context leaves the other branch out", async () => {
+    const id = await newSession();
+    const first = await send({ sessionId: id, text: "Let us talk about cats." });
+    await send({ sessionId: id, text: "They are independent." });
+    const branch = await send({
+      sessionId: id,
+      parentMessageId: first.assistant.id,
+      text: "Let us talk about dogs instead.",
+    });
+    expect(branch.user?.parentMessageId).toBe(first.assistant.id);
+    expect(text(branch.assistant)).toBe(
+      await answerTo(
+        "Let us talk about cats.",
+        text(first.assistant),
+        "Let us talk about dogs instead.",
+      ),
+    );
+
+    // A new root has no context at all.
+    const root = await send({ sessionId: id, newRoot: true, text: "Fresh start." });
+    expect(root.user?.parentMessageId).toBe("");
+    expect(text(root.assistant)).toBe(await answerTo("Fresh start."));
+
+    const got = await sessions.getSession({ sessionId: id }, as(userA));
+    expect(got.messages.filter((m) => m.parentMessageId === "")).toHaveLength(2);
+    expect(got.messages.filter((m) => m.parentMessageId === first.assistant.id)).toHaveLength(2);
+    // The title stays the first message's.
+    expect(got.session?.title).toBe("Let us talk about cats.");
+  });
+
+  it("sessions - max_context_messages and max_context_tokens bound the context, oldest first", async () => {
+    const id = await newSession({ model: MODEL, maxContextMessages: 2 });
+    const one = await send({ sessionId: id, text: "One." });
+    const two = await send({ sessionId: id, text: "Two." });
+    const three = await send({ sessionId: id, text: "Three." });
+    expect(text(three.assistant)).toBe(await answerTo("Two.", text(two.assistant), "Three."));
+    expect(text(three.assistant)).not.toBe(
+      await answerTo("One.", text(one.assistant), "Two.", text(two.assistant), "Three."),
+    );
+
+    // A token budget too small for any earlier message leaves only the question.
+    await sessions.updateSession(
+      { sessionId: id, settings: { model: MODEL, maxContextTokens: 10 } },
+      as(userA),
+    );
+    const four = await send({ sessionId: id, text: "Four." });
+    expect(text(four.assistant)).toBe(await answerTo("Four."));
+  });
+
+  it("sessions - a reply that fails is stored FAILED with its error and the stream ends normally", async () => {
+    const id = await newSession({ model: "no-such-model" });
+    const r = await send({ sessionId: id, text: "Hello?" });
+    expect(r.order[0]).toBe("user");
+    expect(r.events.at(-1)?.type).toBe(RunEventType.FAILED);
+    expect(r.assistant.status).toBe(SessionMessageStatus.FAILED);
+    expect(r.assistant.error?.code).not.toBe("");
+    expect(r.assistant.error?.message).not.toBe("");
+    const got = await sessions.getSession({ sessionId: id }, as(userA));
+    expect(got.messages.map((m) => m.status)).toEqual([
+      SessionMessageStatus.COMPLETE,
+      SessionMessageStatus.FAILED,
+    ]);
+    expect((await runs.getRun({ runId: r.assistant.runId }, as(userA))).run?.status).toBe(
+      RunStatus.FAILED,
+    );
+  });
+
+  it("sessions - without a categorizer an empty model answers with the fallback model", async () => {
+    const id = await newSession({});
+    const r = await send({ sessionId: id, text: "Which model are you?" });
+    expect(r.assistant.status).toBe(SessionMessageStatus.COMPLETE);
+    expect(r.assistant.model).toBe(MODEL);
+  });
+
+  it("sessions - another user of the tenant (its admin included) and another tenant get NOT_FOUND", async () => {
+    const mine = await newSession({ model: MODEL }, userA2, "private");
+    const first = await send({ sessionId: mine, text: "Secret plans." }, userA2);
+    const own = await newSession({ model: MODEL }, userB, "tenant B");
+
+    for (const token of [userA, userB]) {
+      expect((await rejection(sessions.getSession({ sessionId: mine }, as(token)))).code).toBe(
+        Code.NotFound,
+      );
+      expect((await rejection(send({ sessionId: mine, text: "Let me in." }, token))).code).toBe(
+        Code.NotFound,
+      );
+      expect((await rejection(regenerate(mine, first.assistant.id, token))).code).toBe(
+        Code.NotFound,
+      );
+      expect(
+        (await rejection(sessions.updateSession({ sessionId: mine, title: "mine now" }, as(token))))
+          .code,
+      ).toBe(Code.NotFound);
+      expect((await rejection(sessions.deleteSession({ sessionId: mine }, as(token)))).code).toBe(
+        Code.NotFound,
+      );
+      const listed = await sessions.listSessions({}, as(token));
+      expect(listed.sessions.map((s) => s.id)).not.toContain(mine);
+    }
+    // Tenant B's own session is not visible to tenant A either.
+    expect((await rejection(sessions.getSession({ sessionId: own }, as(userA)))).code).toBe(
+      Code.NotFound,
+    );
+    // Untouched: still the owner's, with its messages.
+    const got = await sessions.getSession({ sessionId: mine }, as(userA2));
+    expect(got.session?.title).toBe("private");
+    expect(got.messages).toHaveLength(2);
+    expect((await sessions.listSessions({}, as(userA2))).sessions.map((s) => s.id)).toEqual([mine]);
+    // The other tenant cannot read the reply's run either.
+    expect((await rejection(runs.getRun({ runId: first.assistant.runId }, as(userB)))).code).toBe(
+      Code.NotFound,
+    );
+  });
+
+  it("sessions - ListSessions pages most recently updated first; update and delete", async () => {
+    const token = userB;
+    const s1 = await newSession({ model: MODEL }, token, "first");
+    const s2 = await newSession({ model: MODEL }, token, "second");
+    await send({ sessionId: s1, text: "Bump." }, token);
+
+    const seen: string[] = [];
+    let pageToken = "";
+    do {
+      const res = await sessions.listSessions({ page: { pageSize: 1, pageToken } }, as(token));
+      expect(res.sessions.length).toBeLessThanOrEqual(1);
+      seen.push(...res.sessions.map((s) => s.id));
+      pageToken = res.page?.nextPageToken ?? "";
+    } while (pageToken !== "");
+    expect(seen.indexOf(s1)).toBeLessThan(seen.indexOf(s2));
+    expect(new Set(seen).size).toBe(seen.length);
+
+    const renamed = await sessions.updateSession(
+      { sessionId: s2, title: "renamed", settings: { model: MODEL, maxContextMessages: 3 } },
+      as(token),
+    );
+    expect(renamed.session?.title).toBe("renamed");
+    expect(renamed.session?.settings?.maxContextMessages).toBe(3);
+
+    const got = await sessions.getSession({ sessionId: s1 }, as(token));
+    const runId = got.messages.find((m) => m.role === ChatRole.ASSISTANT)?.runId ?? "";
+    await sessions.deleteSession({ sessionId: s1 }, as(token));
+    expect((await rejection(sessions.getSession({ sessionId: s1 }, as(token)))).code).toBe(
+      Code.NotFound,
+    );
+    // The run stays in the run history.
+    expect((await runs.getRun({ runId }, as(token))).run?.sessionId).toBe(s1);
+  });
+
+  it("sessions - bad input is INVALID_ARGUMENT, an unknown parent NOT_FOUND", async () => {
+    const id = await newSession();
+    const cases: SendInit[] = [
+      { sessionId: id, text: "" },
+      { sessionId: id, text: "x", newRoot: true, parentMessageId: "msg_1" },
+      { sessionId: "", text: "x" },
+    ];
+    for (const req of cases) {
+      expect((await rejection(send(req))).code).toBe(Code.InvalidArgument);
+    }
+    expect(
+      (
+        await rejection(
+          sessions.createSession({ settings: { maxContextMessages: 1001 } }, as(userA)),
+        )
+      ).code,
+    ).toBe(Code.InvalidArgument);
+    expect(
+      (await rejection(send({ sessionId: id, parentMessageId: "msg_nope", text: "x" }))).code,
+    ).toBe(Code.NotFound);
+    expect((await rejection(sessions.getSession({ sessionId: "ses_nope" }, as(userA)))).code).toBe(
+      Code.NotFound,
+    );
+    // Nothing was stored by the refused calls.
+    expect((await sessions.getSession({ sessionId: id }, as(userA))).messages).toEqual([]);
+  });
+});
