@@ -1,0 +1,676 @@
+// Run schedules: a RunSpec started once at a given time or on a cron expression, as the user who
+// created the schedule. Every replica runs the scheduler loop; the store rule of store.ts decides
+// who fires what:
+//   schedule_fires (tenant, schedule, occurrence)  claims one occurrence of one schedule
+// The replica whose insert wins creates the run with an id derived from (tenant, schedule,
+// occurrence) (scheduledRunId), so the run itself is unique by the runs collection's index too:
+// a second creator's insert fails and publishes nothing. Life of an occurrence:
+//   due (nextFireMs <= now) -> claim (insert schedule_fires, status "claimed") -> createRun with
+//   the derived id and a service token acting for the owner -> the fire becomes "started" (or
+//   "failed" when the spec no longer plans: the error is kept on the fire) -> the schedule is
+//   advanced (next/last fire time, last run id, fire count).
+// A replica that dies between the claim and the run leaves a "claimed" fire; after the grace
+// period (SCHEDULE_CLAIM_GRACE_MS) any replica creates its run (the derived id makes a late
+// duplicate impossible). While everything was down, occurrences pile up: the first pass fires only
+// the latest one that is due, then the schedule continues from now.
+//
+// Plain updates of a schedule are guarded by lastFireMs <= the occurrence being recorded (a stale
+// replica cannot move a schedule back for long), and fireCount / lastRunId are recomputed from the
+// fires rather than incremented (FerretDB's $inc is not atomic across replicas).
+import { createHash, randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  toConnectError,
+  type GrpcClient,
+  type Logger,
+  type Principal,
+} from "@ensemble/kit";
+import {
+  RunSpecSchema,
+  ScheduleSchema,
+  type CreateScheduleRequest,
+  type ListSchedulesRequest,
+  type RegistryService,
+  type RunSpec,
+  type Schedule,
+} from "@ensemble/proto";
+import { Cron } from "croner";
+import { Schema, type Connection, type Model } from "mongoose";
+import { Counter, type Registry } from "prom-client";
+import type { Engine } from "./engine.js";
+import { planFor } from "./plan.js";
+import { claim, decode, encode, isDuplicateKey } from "./store.js";
+import { CallerTokens, type TokenSource } from "./tokens.js";
+
+/** nextFireMs of a schedule that will not fire again (sorts last in ListSchedules). */
+const NEVER = Number.MAX_SAFE_INTEGER;
+/** A claimed fire whose run still cannot be created after this long is given up. */
+const GIVE_UP_MS = 3_600_000;
+/** Schedules fired at the same time by one replica. */
+const FIRE_CONCURRENCY = 8;
+const BATCH = 200;
+
+export interface ScheduleDoc {
+  tenantId: string;
+  id: string;
+  /** The owner; runs start as this user. */
+  userId: string;
+  /** The API key the schedule was created with (its runs are attributed to it). */
+  apiKeyId: string;
+  name: string;
+  /** RunSpec, validated at creation. */
+  spec: Buffer;
+  /** One-time schedules: when. */
+  at?: Date | undefined;
+  /** Cron schedules: the expression and its IANA time zone ("" = UTC). */
+  cronExpression: string;
+  cronTimeZone: string;
+  /** Next occurrence in ms since the epoch; NEVER once a one-time schedule has fired. */
+  nextFireMs: number;
+  /** Last occurrence fired, ms since the epoch; -1 before the first. */
+  lastFireMs: number;
+  lastRunId: string;
+  fireCount: number;
+  createTime: Date;
+  updateTime: Date;
+}
+
+const scheduleSchema = new Schema<ScheduleDoc>(
+  {
+    tenantId: { type: String, required: true },
+    id: { type: String, required: true },
+    userId: { type: String, required: true },
+    apiKeyId: { type: String, default: "" },
+    name: { type: String, required: true },
+    spec: { type: Buffer, required: true },
+    at: { type: Date },
+    cronExpression: { type: String, default: "" },
+    cronTimeZone: { type: String, default: "" },
+    nextFireMs: { type: Number, required: true },
+    lastFireMs: { type: Number, default: -1 },
+    lastRunId: { type: String, default: "" },
+    fireCount: { type: Number, default: 0 },
+    createTime: { type: Date, required: true },
+    updateTime: { type: Date, required: true },
+  },
+  { versionKey: false, strict: "throw" },
+);
+scheduleSchema.index({ tenantId: 1, id: 1 }, { unique: true });
+// The scheduler's scan of due schedules (every tenant).
+scheduleSchema.index({ nextFireMs: 1 });
+// ListSchedules: by next fire time, the caller's or the tenant's.
+scheduleSchema.index({ tenantId: 1, userId: 1, nextFireMs: 1, id: 1 });
+scheduleSchema.index({ tenantId: 1, nextFireMs: 1, id: 1 });
+
+export type FireStatus = "claimed" | "started" | "failed" | "cancelled";
+
+/** One occurrence of one schedule, claimed by the replica that fires it. */
+export interface ScheduleFireDoc {
+  tenantId: string;
+  scheduleId: string;
+  occurrence: Date;
+  /** scheduledRunId(tenant, schedule, occurrence). */
+  runId: string;
+  status: FireStatus;
+  /** Why the run could not be created (status "failed" / "cancelled"). */
+  error: string;
+  createTime: Date;
+}
+
+const scheduleFireSchema = new Schema<ScheduleFireDoc>(
+  {
+    tenantId: { type: String, required: true },
+    scheduleId: { type: String, required: true },
+    occurrence: { type: Date, required: true },
+    runId: { type: String, required: true },
+    status: { type: String, required: true },
+    error: { type: String, default: "" },
+    createTime: { type: Date, required: true },
+  },
+  { versionKey: false, strict: "throw" },
+);
+scheduleFireSchema.index({ tenantId: 1, scheduleId: 1, occurrence: 1 }, { unique: true });
+// Recovery: claimed fires whose run was never created.
+scheduleFireSchema.index({ status: 1, createTime: 1 });
+
+export interface ScheduleModels {
+  schedules: Model<ScheduleDoc>;
+  fires: Model<ScheduleFireDoc>;
+}
+
+function model<T>(conn: Connection, name: string, schema: Schema<T>, collection: string): Model<T> {
+  const existing = conn.models[name] as Model<T> | undefined;
+  return existing ?? conn.model<T>(name, schema, collection);
+}
+
+/** The schedule collections, with their indexes built (the fires' unique index is the claim). */
+export async function openScheduleModels(conn: Connection): Promise<ScheduleModels> {
+  const models: ScheduleModels = {
+    schedules: model(conn, "Schedule", scheduleSchema, "schedules"),
+    fires: model(conn, "ScheduleFire", scheduleFireSchema, "schedule_fires"),
+  };
+  await Promise.all([models.schedules.init(), models.fires.init()]);
+  return models;
+}
+
+/** The id of the run an occurrence starts: the same on every replica, so it is created once. */
+export function scheduledRunId(tenantId: string, scheduleId: string, occurrence: Date): string {
+  const hash = createHash("sha256")
+    .update(`${tenantId}\u0000${scheduleId}\u0000${occurrence.getTime()}`)
+    .digest("hex");
+  return `run_${hash.slice(0, 32)}`;
+}
+
+/**
+ * A cron expression read in a time zone: five fields, six with seconds first, or a nickname
+ * (@daily ...). Throws INVALID_ARGUMENT naming the field at fault.
+ */
+export function parseCron(expression: string, timeZone: string): Cron {
+  const zone = timeZone === "" ? "UTC" : timeZone;
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: zone });
+  } catch {
+    throw new InvalidArgumentError(
+      `cron.time_zone: "${timeZone}" is not an IANA time zone (e.g. "Europe/Berlin", "America/New_York")`,
+      { field: "cron.time_zone" },
+    );
+  }
+  try {
+    return new Cron(expression.trim(), { timezone: zone, mode: "5-or-6-parts" });
+  } catch (err) {
+    const reason = (err instanceof Error ? err.message : String(err)).replace(
+      /^CronPattern:\s*/,
+      "",
+    );
+    throw new InvalidArgumentError(
+      `cron.expression: "${expression}" is not a valid cron expression (five fields, six with seconds first, or @yearly/@monthly/@weekly/@daily/@hourly): ${reason}`,
+      { field: "cron.expression" },
+    );
+  }
+}
+
+function cronOf(doc: Pick<ScheduleDoc, "cronExpression" | "cronTimeZone">): Cron {
+  return parseCron(doc.cronExpression, doc.cronTimeZone);
+}
+
+/** The occurrence a due schedule fires now: a one-time schedule's time, or the latest one due. */
+export function dueOccurrence(doc: ScheduleDoc, now: number): number {
+  if (doc.cronExpression === "") return doc.nextFireMs;
+  // previousRuns counts a run earlier in the reference's second; +1 ms makes `now` itself count.
+  const latest = cronOf(doc)
+    .previousRuns(1, new Date(now + 1))[0]
+    ?.getTime();
+  return latest !== undefined && latest <= now ? Math.max(latest, doc.nextFireMs) : doc.nextFireMs;
+}
+
+/** The first occurrence strictly after `after`; NEVER for one-time schedules or ended crons. */
+export function nextOccurrence(doc: ScheduleDoc, after: number): number {
+  if (doc.cronExpression === "") return NEVER;
+  return cronOf(doc).nextRun(new Date(after))?.getTime() ?? NEVER;
+}
+
+interface PageCursor {
+  t: number;
+  id: string;
+}
+
+function encodeCursor(c: PageCursor): string {
+  return Buffer.from(JSON.stringify(c)).toString("base64url");
+}
+
+function decodeCursor(token: string): PageCursor {
+  try {
+    const c = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as PageCursor;
+    if (typeof c.t !== "number" || typeof c.id !== "string") throw new Error("bad cursor");
+    return c;
+  } catch {
+    throw new InvalidArgumentError("page.page_token: not a token this service issued", {
+      field: "page.page_token",
+    });
+  }
+}
+
+const PERMANENT = new Set([
+  Code.InvalidArgument,
+  Code.NotFound,
+  Code.FailedPrecondition,
+  Code.PermissionDenied,
+  Code.OutOfRange,
+  Code.Unimplemented,
+]);
+
+export interface SchedulerSettings {
+  /** How often each replica looks for due schedules (at most; it wakes earlier for a known one). */
+  tickMs: number;
+  /** How long a claimed occurrence may stay without its run before another replica creates it. */
+  claimGraceMs: number;
+}
+
+export interface SchedulerDeps {
+  models: ScheduleModels;
+  engine: Pick<Engine, "createRun" | "listDocs">;
+  /** Plans specs at creation, the way StartRun does (templates, addons). */
+  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
+  /** False without a categorizer: AUTO specs are refused like StartRun refuses them. */
+  autoAvailable: boolean;
+  /** Tokens acting for a schedule's owner when an occurrence fires. */
+  tokens: TokenSource;
+  logger: Logger;
+  settings: SchedulerSettings;
+  /** Where the fire counter is registered; none = no metrics. */
+  metricsRegistry?: Registry | undefined;
+}
+
+export class Scheduler {
+  readonly #d: SchedulerDeps;
+  readonly #log: Logger;
+  readonly #fired: Counter<"result"> | undefined;
+  #stopping = true;
+  #timer: NodeJS.Timeout | undefined;
+  #pass: Promise<void> | undefined;
+
+  constructor(deps: SchedulerDeps) {
+    this.#d = deps;
+    this.#log = deps.logger.child({ component: "scheduler" });
+    this.#fired =
+      deps.metricsRegistry !== undefined
+        ? new Counter({
+            name: "ensemble_workflow_schedule_fires_total",
+            help: "Schedule occurrences this replica fired, by result (started, failed, retry)",
+            labelNames: ["result"],
+            registers: [deps.metricsRegistry],
+          })
+        : undefined;
+  }
+
+  // ------------------------------------------------------------------------------ API
+
+  async create(p: Principal, req: CreateScheduleRequest, token: string): Promise<Schedule> {
+    const spec = req.spec;
+    if (spec === undefined) throw new InvalidArgumentError("spec: required", { field: "spec" });
+    const now = Date.now();
+    const base = {
+      tenantId: p.tenantId,
+      id: `sch_${randomUUID().replace(/-/g, "")}`,
+      userId: p.subject,
+      apiKeyId: p.apiKeyId ?? "",
+      name: req.name,
+      spec: encode(RunSpecSchema, spec),
+      lastFireMs: -1,
+      lastRunId: "",
+      fireCount: 0,
+      createTime: new Date(now),
+      updateTime: new Date(now),
+    };
+    let doc: ScheduleDoc;
+    switch (req.when.case) {
+      case "at": {
+        const at = timestampDate(req.when.value);
+        if (at.getTime() <= now) {
+          throw new InvalidArgumentError("at: must be in the future", { field: "at" });
+        }
+        doc = { ...base, at, cronExpression: "", cronTimeZone: "", nextFireMs: at.getTime() };
+        break;
+      }
+      case "cron": {
+        const { expression, timeZone } = req.when.value;
+        const next = parseCron(expression, timeZone).nextRun(new Date(now))?.getTime();
+        if (next === undefined) {
+          throw new InvalidArgumentError(`cron.expression: "${expression}" never fires`, {
+            field: "cron.expression",
+          });
+        }
+        doc = {
+          ...base,
+          cronExpression: expression.trim(),
+          cronTimeZone: timeZone,
+          nextFireMs: next,
+        };
+        break;
+      }
+      default:
+        throw new InvalidArgumentError("when: `at` or `cron` is required", { field: "when" });
+    }
+    // A bad spec fails the call and never becomes a schedule.
+    await this.#validate(spec, token);
+    if (this.#d.tokens instanceof CallerTokens) {
+      this.#d.tokens.remember(p.tenantId, p.subject, token);
+    }
+    await this.#d.models.schedules.collection.insertOne({ ...doc });
+    this.#log.info(
+      { tenantId: doc.tenantId, userId: doc.userId, scheduleId: doc.id },
+      "schedule created",
+    );
+    return toSchedule(doc);
+  }
+
+  async get(p: Principal, scheduleId: string): Promise<Schedule> {
+    return toSchedule(await this.#find(p, scheduleId));
+  }
+
+  async list(
+    p: Principal,
+    req: ListSchedulesRequest,
+  ): Promise<{ schedules: Schedule[]; page: { nextPageToken: string } }> {
+    const filter: Record<string, unknown> = { tenantId: p.tenantId };
+    if (req.allUsers) {
+      if (!p.roles.includes("admin"))
+        throw new PermissionDeniedError("all_users needs the admin role");
+    } else {
+      filter["userId"] = p.subject;
+    }
+    if (req.page !== undefined && req.page.pageToken !== "") {
+      const c = decodeCursor(req.page.pageToken);
+      filter["$or"] = [{ nextFireMs: { $gt: c.t } }, { nextFireMs: c.t, id: { $gt: c.id } }];
+    }
+    const size = req.page !== undefined && req.page.pageSize > 0 ? req.page.pageSize : 50;
+    const docs = await this.#d.models.schedules
+      .find(filter)
+      .sort({ nextFireMs: 1, id: 1 })
+      .limit(size + 1)
+      .lean<ScheduleDoc[]>();
+    const page = docs.slice(0, size);
+    const last = page.at(-1);
+    return {
+      schedules: page.map(toSchedule),
+      page: {
+        nextPageToken:
+          docs.length > size && last !== undefined
+            ? encodeCursor({ t: last.nextFireMs, id: last.id })
+            : "",
+      },
+    };
+  }
+
+  /** Deletes the schedule; runs it already started go on. */
+  async delete(p: Principal, scheduleId: string): Promise<void> {
+    const doc = await this.#find(p, scheduleId);
+    await this.#d.models.schedules.deleteOne({ tenantId: doc.tenantId, id: doc.id });
+    this.#log.info({ tenantId: doc.tenantId, scheduleId: doc.id }, "schedule deleted");
+  }
+
+  /** The caller's schedule (owner, or a tenant admin), else NOT_FOUND. */
+  async #find(p: Principal, scheduleId: string): Promise<ScheduleDoc> {
+    const doc = await this.#d.models.schedules
+      .findOne({ tenantId: p.tenantId, id: scheduleId })
+      .lean<ScheduleDoc>();
+    if (doc === null || (doc.userId !== p.subject && !p.roles.includes("admin"))) {
+      throw new NotFoundError(`schedule "${scheduleId}" not found`);
+    }
+    return doc;
+  }
+
+  /** What StartRun checks before a run exists: AUTO needs the categorizer; other modes plan. */
+  async #validate(spec: RunSpec, token: string): Promise<void> {
+    if (spec.mode.case === "auto" || spec.mode.case === undefined) {
+      if (!this.#d.autoAvailable) {
+        throw new FailedPreconditionError(
+          "AUTO runs need the categorizer, which is not configured (CATEGORIZER_ADDR); choose a mode: model, workflow or compare",
+        );
+      }
+      return;
+    }
+    await planFor(spec, token, { registry: this.#d.registry });
+  }
+
+  // ------------------------------------------------------------------------------ the loop
+
+  /** Starts the loop: a pass now (occurrences missed while down), then every tick. */
+  start(): void {
+    if (!this.#stopping) return;
+    this.#stopping = false;
+    this.#schedule(0);
+  }
+
+  /** Stops the loop and waits for the pass in progress (its claims end started or recoverable). */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#pass;
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#stopping) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      let wait = this.#d.settings.tickMs;
+      this.#pass = this.runPass()
+        .then((untilNext) => {
+          wait = Math.max(10, Math.min(wait, untilNext));
+        })
+        .catch((err: unknown) => this.#log.warn({ err }, "schedule pass failed"))
+        .finally(() => {
+          this.#pass = undefined;
+          this.#schedule(wait);
+        });
+    }, delayMs);
+    this.#timer.unref();
+  }
+
+  /**
+   * One pass: fires every due schedule, then starts claimed occurrences left without a run.
+   * Returns the ms until the next occurrence it knows of (to wake for it rather than a tick late).
+   */
+  async runPass(): Promise<number> {
+    const now = Date.now();
+    const horizon = now + this.#d.settings.tickMs;
+    const docs = await this.#d.models.schedules
+      .find({ nextFireMs: { $lte: horizon } })
+      .sort({ nextFireMs: 1 })
+      .limit(BATCH)
+      .lean<ScheduleDoc[]>();
+    const due = docs.filter((d) => d.nextFireMs <= now);
+    const upcoming = docs.find((d) => d.nextFireMs > now);
+    for (let i = 0; i < due.length && !this.#stopping; i += FIRE_CONCURRENCY) {
+      await Promise.all(
+        due
+          .slice(i, i + FIRE_CONCURRENCY)
+          .map((doc) =>
+            this.#fireDue(doc, now).catch((err: unknown) =>
+              this.#log.warn(
+                { err, tenantId: doc.tenantId, scheduleId: doc.id },
+                "could not fire schedule",
+              ),
+            ),
+          ),
+      );
+    }
+    if (!this.#stopping) await this.#recoverFires();
+    if (due.length === BATCH) return 0;
+    return upcoming !== undefined ? upcoming.nextFireMs - Date.now() : this.#d.settings.tickMs;
+  }
+
+  async #fireDue(doc: ScheduleDoc, now: number): Promise<void> {
+    const occurrence = dueOccurrence(doc, now);
+    const key = { tenantId: doc.tenantId, scheduleId: doc.id, occurrence: new Date(occurrence) };
+    const fire: ScheduleFireDoc = {
+      ...key,
+      runId: scheduledRunId(doc.tenantId, doc.id, key.occurrence),
+      status: "claimed",
+      error: "",
+      createTime: new Date(),
+    };
+    if (await claim(this.#d.models.fires, fire)) {
+      // Missed occurrences between the stored next time and this one are skipped by design.
+      if (occurrence > doc.nextFireMs) {
+        this.#log.info(
+          {
+            tenantId: doc.tenantId,
+            scheduleId: doc.id,
+            missedSince: new Date(doc.nextFireMs).toISOString(),
+          },
+          "firing the latest missed occurrence once",
+        );
+      }
+      try {
+        await this.#start(doc, fire);
+      } finally {
+        await this.#advance(doc, occurrence);
+      }
+      return;
+    }
+    const held = await this.#d.models.fires.findOne(key).lean<ScheduleFireDoc>();
+    if (held === null) return;
+    if (held.status === "claimed") {
+      // Its claimer is at work, or died: after the grace period, finish what it started.
+      if (Date.now() - held.createTime.getTime() < this.#d.settings.claimGraceMs) return;
+      await this.#start(doc, held);
+    }
+    await this.#advance(doc, occurrence);
+  }
+
+  /**
+   * Creates the occurrence's run (unless it exists) as the schedule's owner and records the
+   * fire's end. Transient failures throw and leave the fire claimed, to be retried.
+   */
+  async #start(doc: ScheduleDoc, fire: ScheduleFireDoc): Promise<void> {
+    const log = this.#log.child({
+      tenantId: doc.tenantId,
+      scheduleId: doc.id,
+      runId: fire.runId,
+      occurrence: fire.occurrence.toISOString(),
+    });
+    const key = {
+      tenantId: fire.tenantId,
+      scheduleId: fire.scheduleId,
+      occurrence: fire.occurrence,
+    };
+    const exists =
+      (await this.#d.engine.listDocs({ tenantId: doc.tenantId, id: fire.runId }, 1)).length > 0;
+    if (!exists) {
+      try {
+        const token = await this.#d.tokens.forUser(doc.tenantId, doc.userId, `schedule:${doc.id}`);
+        const owner: Principal = {
+          subject: doc.userId,
+          tenantId: doc.tenantId,
+          roles: ["user"],
+          kind: "user",
+          ...(doc.apiKeyId !== "" ? { apiKeyId: doc.apiKeyId } : {}),
+          expiresAt: new Date(Date.now() + 60_000),
+        };
+        await this.#d.engine.createRun(owner, decode(RunSpecSchema, doc.spec), {
+          token,
+          idempotencyKey: "",
+          runId: fire.runId,
+          scheduleId: doc.id,
+        });
+        log.info("schedule fired");
+      } catch (err) {
+        if (!isDuplicateKey(err)) {
+          const status = toConnectError(err);
+          const tooLate = Date.now() - fire.createTime.getTime() > GIVE_UP_MS;
+          if (!PERMANENT.has(status.code) && !tooLate) {
+            this.#fired?.inc({ result: "retry" });
+            throw err;
+          }
+          log.warn({ err }, "the scheduled run could not be started");
+          await this.#d.models.fires.updateOne(key, {
+            $set: { status: "failed", error: status.rawMessage },
+          });
+          this.#fired?.inc({ result: "failed" });
+          return;
+        }
+        // Another replica created it first (late recovery racing the original claimer).
+      }
+    }
+    await this.#d.models.fires.updateOne(key, { $set: { status: "started" } });
+    this.#fired?.inc({ result: "started" });
+  }
+
+  /** Records `occurrence` as fired and moves the schedule to its next occurrence after now. */
+  async #advance(doc: ScheduleDoc, occurrence: number): Promise<void> {
+    const next = nextOccurrence(doc, Math.max(Date.now(), occurrence));
+    await this.#d.models.schedules.updateOne(
+      { tenantId: doc.tenantId, id: doc.id, lastFireMs: { $lte: occurrence } },
+      { $set: { nextFireMs: next, lastFireMs: occurrence, updateTime: new Date() } },
+    );
+    await this.#refresh(doc);
+  }
+
+  /** fireCount and lastRunId, recomputed from the fires (a repeat writes the same values). */
+  async #refresh(doc: ScheduleDoc): Promise<void> {
+    const scope = { tenantId: doc.tenantId, scheduleId: doc.id };
+    const [count, latest] = await Promise.all([
+      this.#d.models.fires.countDocuments({ ...scope, status: { $in: ["claimed", "started"] } }),
+      this.#d.models.fires
+        .findOne({ ...scope, status: "started" })
+        .sort({ occurrence: -1 })
+        .lean<ScheduleFireDoc>(),
+    ]);
+    await this.#d.models.schedules.updateOne(
+      { tenantId: doc.tenantId, id: doc.id },
+      { $set: { fireCount: count, lastRunId: latest?.runId ?? "" } },
+    );
+  }
+
+  /** Claimed fires older than the grace period whose run was never created (their claimer died). */
+  async #recoverFires(): Promise<void> {
+    const stale = new Date(Date.now() - this.#d.settings.claimGraceMs);
+    const fires = await this.#d.models.fires
+      .find({ status: "claimed", createTime: { $lt: stale } })
+      .sort({ createTime: 1 })
+      .limit(BATCH)
+      .lean<ScheduleFireDoc[]>();
+    for (const fire of fires) {
+      if (this.#stopping) return;
+      const key = {
+        tenantId: fire.tenantId,
+        scheduleId: fire.scheduleId,
+        occurrence: fire.occurrence,
+      };
+      try {
+        const doc = await this.#d.models.schedules
+          .findOne({ tenantId: fire.tenantId, id: fire.scheduleId })
+          .lean<ScheduleDoc>();
+        if (doc === null) {
+          await this.#d.models.fires.updateOne(key, {
+            $set: { status: "cancelled", error: "the schedule was deleted before its run started" },
+          });
+          continue;
+        }
+        await this.#start(doc, fire);
+        await this.#refresh(doc);
+      } catch (err) {
+        this.#log.warn(
+          { err, tenantId: fire.tenantId, scheduleId: fire.scheduleId },
+          "could not start a claimed occurrence; retrying later",
+        );
+      }
+    }
+  }
+}
+
+/** The API view of a stored schedule. */
+export function toSchedule(doc: ScheduleDoc): Schedule {
+  return create(ScheduleSchema, {
+    id: doc.id,
+    tenantId: doc.tenantId,
+    userId: doc.userId,
+    name: doc.name,
+    spec: decode(RunSpecSchema, doc.spec),
+    when:
+      doc.cronExpression !== ""
+        ? {
+            case: "cron",
+            value: { expression: doc.cronExpression, timeZone: doc.cronTimeZone },
+          }
+        : doc.at !== undefined
+          ? { case: "at", value: timestampFromDate(doc.at) }
+          : { case: undefined },
+    ...(doc.nextFireMs < NEVER
+      ? { nextFireTime: timestampFromDate(new Date(doc.nextFireMs)) }
+      : {}),
+    ...(doc.lastFireMs >= 0 ? { lastFireTime: timestampFromDate(new Date(doc.lastFireMs)) } : {}),
+    lastRunId: doc.lastRunId,
+    fireCount: BigInt(doc.fireCount),
+    createTime: timestampFromDate(doc.createTime),
+    updateTime: timestampFromDate(doc.updateTime),
+  });
+}
