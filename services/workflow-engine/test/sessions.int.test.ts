@@ -21,6 +21,7 @@ import {
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
   AuthService,
+  CategorizerService,
   ChatRole,
   ModelProxyService,
   RegistryService,
@@ -37,6 +38,7 @@ import {
   mongoUrl,
   natsUrl,
   startAuthProcess,
+  startCategorizerProcess,
   startModelProxyProcess,
   startRegistryProcess,
   uniqueName,
@@ -60,11 +62,15 @@ let sim: Simulator;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
+let categorizer: MeshProcess;
 let mongo: Connection;
 let nc: NatsConnection;
 let server: KitServer;
 let engine: Engine;
 let sessions: GrpcClient<typeof SessionService>;
+/** The same engine behind a server that has no categorizer configured for sessions. */
+let noAuto: KitServer;
+let sessionsNoAuto: GrpcClient<typeof SessionService>;
 let runs: GrpcClient<typeof RunService>;
 let modelProxy: GrpcClient<typeof ModelProxyService>;
 /** Admin of tenant A. */
@@ -168,6 +174,11 @@ beforeAll(async () => {
     simulatorUrl: `${sim.url}/v1`,
     env: { RETRY_MAX_ATTEMPTS: "1" },
   });
+  categorizer = await startCategorizerProcess({
+    jwksUrl: auth.jwksUrl,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+  });
   const logger = captureLogs({ level: "warn" }).logger;
   mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("sessions"), logger });
   nc = await connect({ servers: natsUrl() });
@@ -188,6 +199,7 @@ beforeAll(async () => {
     logger,
     registry: registryClient,
     modelProxy: createClient(ModelProxyService, proxy.address),
+    categorizer: createClient(CategorizerService, categorizer.address),
     tokens: new ServiceTokens(authClient, await auth.mintServiceToken("workflow")),
     settings: {
       stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
@@ -207,7 +219,7 @@ beforeAll(async () => {
     },
   });
   await engine.start();
-  server = build({
+  const serverDeps = {
     version: "test",
     logger,
     verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
@@ -218,11 +230,12 @@ beforeAll(async () => {
     eventsRoot: root,
     sessions: new SessionStore(await openSessionModels(mongo)),
     registry: registryClient,
-    autoAvailable: false,
-    fallbackModel: MODEL,
-  });
+  };
+  server = build({ ...serverDeps, autoAvailable: true });
+  noAuto = build({ ...serverDeps, autoAvailable: false, fallbackModel: MODEL });
   const address = `127.0.0.1:${await server.listen("127.0.0.1:0")}`;
   sessions = createClient(SessionService, address);
+  sessionsNoAuto = createClient(SessionService, `127.0.0.1:${await noAuto.listen("127.0.0.1:0")}`);
   runs = createClient(RunService, address);
   modelProxy = createClient(ModelProxyService, proxy.address);
 
@@ -251,10 +264,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await server?.shutdown({ timeoutMs: 2_000 });
+  await noAuto?.shutdown({ timeoutMs: 2_000 });
   await engine?.stop();
   await nc?.close();
   if (mongo !== undefined) await closeMongo(mongo);
-  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await Promise.allSettled([categorizer?.stop(), proxy?.stop(), registry?.stop(), auth?.stop()]);
   await sim?.close();
 });
 
@@ -422,11 +436,48 @@ describe("SessionService", () => {
     );
   });
 
-  it("sessions - without a categorizer an empty model answers with the fallback model", async () => {
-    const id = await newSession({});
-    const r = await send({ sessionId: id, text: "Which model are you?" });
-    expect(r.assistant.status).toBe(SessionMessageStatus.COMPLETE);
-    expect(r.assistant.model).toBe(MODEL);
+  it("sessions - model auto: the categorizer picks the model and the reply carries its classification", async () => {
+    const id = await newSession({ model: "auto" });
+    const first = await send({ sessionId: id, text: "What is 2 + 2?" });
+    expect(first.events.map((e) => e.type).slice(0, 2)).toEqual([
+      RunEventType.CREATED,
+      RunEventType.CLASSIFIED,
+    ]);
+    const a = first.assistant;
+    expect(a.status).toBe(SessionMessageStatus.COMPLETE);
+    expect(a.classification?.route?.target.case).toBeDefined();
+    expect(a.model).not.toBe("");
+    expect(text(a)).toContain("[simulated");
+    const run = (await runs.getRun({ runId: a.runId }, as(userA))).run!;
+    expect(run.sessionId).toBe(id);
+    expect(run.classification?.route?.target.case).toBeDefined();
+
+    // The next AUTO reply gets the conversation too: its model received more than the question.
+    const second = await send({ sessionId: id, text: "And times 3?" });
+    expect(second.assistant.status).toBe(SessionMessageStatus.COMPLETE);
+    const alone = await send({ sessionId: id, newRoot: true, text: "And times 3?" });
+    // The same question routes to the same model, which received more than the question.
+    expect(second.assistant.model).toBe(alone.assistant.model);
+    expect(second.assistant.usage?.inputTokens).toBeGreaterThan(
+      alone.assistant.usage?.inputTokens ?? 0n,
+    );
+  });
+
+  it("sessions - without a categorizer, model auto (or empty) answers with the fallback model", async () => {
+    for (const model of ["", "auto"]) {
+      const res = await sessionsNoAuto.createSession({ settings: { model } }, as(userA));
+      const r = reply(
+        await drain(
+          sessionsNoAuto.sendMessage(
+            { sessionId: res.session!.id, text: "Which model are you?" },
+            as(userA),
+          ),
+        ),
+      );
+      expect(r.events.some((e) => e.type === RunEventType.CLASSIFIED)).toBe(false);
+      expect(r.assistant.status).toBe(SessionMessageStatus.COMPLETE);
+      expect(r.assistant.model).toBe(MODEL);
+    }
   });
 
   it("sessions - another user of the tenant (its admin included) and another tenant get NOT_FOUND", async () => {
