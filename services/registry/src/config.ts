@@ -47,6 +47,12 @@ export const registryEnv = z.object({
   PLUGIN_TTL_MS: z.coerce.number().int().min(1000).max(3_600_000).default(30_000),
   /** How often expired plugin registrations are deleted (reads hide them at once anyway). */
   PLUGIN_SWEEP_INTERVAL_MS: z.coerce.number().int().min(100).default(10_000),
+  /** How often live plugins get a grpc.health.v1 check; 0 = never. */
+  PLUGIN_HEALTH_INTERVAL_MS: z.coerce.number().int().min(0).default(10_000),
+  /** Consecutive failed health checks after which a plugin registration is removed. */
+  PLUGIN_HEALTH_FAILURES: z.coerce.number().int().min(1).max(100).default(3),
+  /** Deadline of one health check. */
+  PLUGIN_HEALTH_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(2_000),
 });
 
 export type RegistryConfig = z.output<typeof registryEnv>;

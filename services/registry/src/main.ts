@@ -66,6 +66,11 @@ async function main(config: RegistryConfig, logger: Logger): Promise<void> {
   const sweeper = startPluginSweeper(server.plugins, {
     intervalMs: config.PLUGIN_SWEEP_INTERVAL_MS,
     logger,
+    health: {
+      intervalMs: config.PLUGIN_HEALTH_INTERVAL_MS,
+      failures: config.PLUGIN_HEALTH_FAILURES,
+      timeoutMs: config.PLUGIN_HEALTH_TIMEOUT_MS,
+    },
   });
 
   const self = keepRegistered(

@@ -7,7 +7,9 @@ import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
+  createClient,
   InvalidArgumentError,
+  type GrpcClient,
   loggerOf,
   NotFoundError,
   PermissionDeniedError,
@@ -15,10 +17,13 @@ import {
   type Logger,
 } from "@ensemble/kit";
 import {
+  Health,
+  HealthCheckResponse_ServingStatus,
   PluginRegistrationSchema,
   type PluginRegistration,
   type RegistryService,
 } from "@ensemble/proto";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Model } from "mongoose";
 import { payloadBytes, type PluginDoc } from "./catalog.model.js";
 import {
@@ -139,6 +144,39 @@ export class PluginStore {
     };
   }
 
+  /** Every live registration of every tenant (for the health checker). */
+  async live(): Promise<PluginRegistration[]> {
+    const docs = await this.collection
+      .find({ expireAt: { $gt: new Date() } })
+      .sort({ tenantId: 1, id: 1 })
+      .lean<PluginDoc[]>();
+    return docs.map(decode);
+  }
+
+  /**
+   * Deletes the registration when it is still the one that was checked (same address and
+   * creation), so a plugin that re-registered elsewhere in between is left alone.
+   */
+  async removeIfUnchanged(plugin: PluginRegistration): Promise<boolean> {
+    const doc = await this.collection
+      .findOne({ tenantId: plugin.tenantId, id: plugin.id })
+      .lean<PluginDoc>();
+    if (doc === null) return false;
+    const current = decode(doc);
+    if (
+      current.address !== plugin.address ||
+      new Date(doc.createTime).getTime() !== timestampMs(plugin.createTime)
+    ) {
+      return false;
+    }
+    const result = await this.collection.deleteOne({
+      tenantId: plugin.tenantId,
+      id: plugin.id,
+      createTime: doc.createTime,
+    });
+    return result.deletedCount > 0;
+  }
+
   /** Deletes every expired registration; returns how many. */
   async sweep(): Promise<number> {
     const result = await this.collection.deleteMany({ expireAt: { $lte: new Date() } });
@@ -146,10 +184,50 @@ export class PluginStore {
   }
 }
 
-/** Runs PluginStore.sweep every intervalMs until stopped. */
+/** What one grpc.health.v1 check of a plugin found. */
+export type PluginHealth = "serving" | "failing";
+
+export interface PluginHealthOptions {
+  /** How often every live registration is checked; 0 = never. */
+  intervalMs: number;
+  /** Consecutive failed checks after which a registration is removed. */
+  failures: number;
+  /** Per check. */
+  timeoutMs: number;
+  /** Tests swap the probe; default: grpc.health.v1 Check over the kit's client. */
+  probe?: (address: string, timeoutMs: number) => Promise<PluginHealth>;
+}
+
+/**
+ * grpc.health.v1 `Check` of the whole server (service ""). A plugin without the health service
+ * (UNIMPLEMENTED) counts as serving: the protocol only recommends it, and answering at all shows
+ * the process is up. NOT_SERVING, no answer in time or no connection is a failure.
+ */
+export function grpcHealthProbe(): (address: string, timeoutMs: number) => Promise<PluginHealth> {
+  const clients = new Map<string, GrpcClient<typeof Health>>();
+  return async (address, timeoutMs) => {
+    let client = clients.get(address);
+    if (client === undefined) {
+      client = createClient(Health, address);
+      clients.set(address, client);
+    }
+    try {
+      const res = await client.check({ service: "" }, { timeoutMs });
+      return res.status === HealthCheckResponse_ServingStatus.SERVING ? "serving" : "failing";
+    } catch (err) {
+      return ConnectError.from(err).code === Code.Unimplemented ? "serving" : "failing";
+    }
+  };
+}
+
+/**
+ * Runs PluginStore.sweep every intervalMs until stopped and, with `health`, checks every live
+ * registration: one that fails `health.failures` checks in a row is removed even while it
+ * heart-beats (its next heartbeat gets NOT_FOUND, so a plugin that recovers registers again).
+ */
 export function startPluginSweeper(
   store: PluginStore,
-  opts: { intervalMs: number; logger: Logger },
+  opts: { intervalMs: number; logger: Logger; health?: PluginHealthOptions },
 ): { stop(): void } {
   const timer = setInterval(() => {
     store.sweep().then(
@@ -160,7 +238,59 @@ export function startPluginSweeper(
     );
   }, opts.intervalMs);
   timer.unref();
-  return { stop: () => clearInterval(timer) };
+  const health = opts.health;
+  let healthTimer: NodeJS.Timeout | undefined;
+  if (health !== undefined && health.intervalMs > 0) {
+    const probe = health.probe ?? grpcHealthProbe();
+    /** "<tenant>/<id>@<address>" -> consecutive failures. */
+    const failed = new Map<string, number>();
+    let running = false;
+    const check = async (): Promise<void> => {
+      const plugins = await store.live();
+      const seen = new Set<string>();
+      await Promise.all(
+        plugins.map(async (plugin) => {
+          const key = `${plugin.tenantId}/${plugin.id}@${plugin.address}`;
+          seen.add(key);
+          if ((await probe(plugin.address, health.timeoutMs)) === "serving") {
+            failed.delete(key);
+            return;
+          }
+          const n = (failed.get(key) ?? 0) + 1;
+          failed.set(key, n);
+          if (n < health.failures) return;
+          failed.delete(key);
+          if (await store.removeIfUnchanged(plugin)) {
+            opts.logger.warn(
+              { plugin: plugin.id, tenantId: plugin.tenantId, failedChecks: n },
+              "plugin registration removed: its health checks failed",
+            );
+          }
+        }),
+      );
+      for (const key of failed.keys()) if (!seen.has(key)) failed.delete(key);
+    };
+    healthTimer = setInterval(() => {
+      if (running) return;
+      running = true;
+      check()
+        .catch((err: unknown) => opts.logger.warn({ err }, "plugin health check failed"))
+        .finally(() => {
+          running = false;
+        });
+    }, health.intervalMs);
+    healthTimer.unref();
+  }
+  return {
+    stop: () => {
+      clearInterval(timer);
+      if (healthTimer !== undefined) clearInterval(healthTimer);
+    },
+  };
+}
+
+function timestampMs(t: { seconds: bigint; nanos: number } | undefined): number {
+  return t === undefined ? 0 : Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
 }
 
 function decode(doc: PluginDoc): PluginRegistration {
