@@ -1,7 +1,8 @@
 // Executing one step: llm (one model, retries, then the fallback model), compare (the same prompt
 // to several models in parallel), rank (a judge model and/or measurable criteria over a compare
-// step's answers) and transform (rendering only). Model calls go to model-proxy's StreamChat with
-// a token acting for the run's user and the attribution {run, step, attempt}, so the ledger bills
+// step's answers), transform (rendering only) and plugin (Invoke on a registered plugin, see
+// plugins.ts). Model calls go to model-proxy's StreamChat with a token acting for the run's
+// user and the attribution {run, step, attempt}, so the ledger bills
 // a redelivered attempt once; every piece of text is published as a step.delta event.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
@@ -33,6 +34,7 @@ import {
 } from "@ensemble/proto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { EventInit, RunRef } from "./events.js";
+import { isIdempotentFailure, pluginInputs, type PluginInvoker } from "./plugins.js";
 import { renderTemplate, type RenderScope } from "./workflow.js";
 
 /** What a step needs from the run beyond its own definition. */
@@ -66,6 +68,8 @@ export interface StepContext {
 
 export interface StepDeps {
   modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
+  /** Plugin steps; none = they fail with FAILED_PRECONDITION. */
+  plugins?: PluginInvoker | undefined;
 }
 
 /** A failed attempt, carried to the record as RunError. */
@@ -146,6 +150,9 @@ export async function executeStep(ctx: StepContext, deps: StepDeps): Promise<Run
         break;
       case StepKind.RANK:
         await runRank(ctx, deps, record);
+        break;
+      case StepKind.PLUGIN:
+        await runPlugin(ctx, deps, record);
         break;
       default:
         throw new StepFailure(
@@ -698,6 +705,85 @@ async function runRank(ctx: StepContext, deps: StepDeps, record: RunStep): Promi
   record.ranking = ranking;
   const winner = compared.answers.find((a) => a.answerIndex === ranking.ranked[0]?.answerIndex);
   record.output = `${winner?.text ?? ""}${ranking.rationale !== "" ? `\n\n---\nJudge's notes: ${ranking.rationale}` : ""}`;
+}
+
+/**
+ * A plugin step: Invoke `plugin_method` of the registered plugin `plugin` with the inputs rendered
+ * from the prompt, `1 + retries` attempts when the failure is retryable and the plugin declares
+ * the method idempotent. The output is the plugin's `text`, else the JSON of its `outputs`.
+ */
+async function runPlugin(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
+  const plugins = deps.plugins;
+  if (plugins === undefined) {
+    throw new StepFailure(
+      create(RunErrorSchema, {
+        code: "FAILED_PRECONDITION",
+        message: "this workflow engine has no plugin registry configured",
+        stepId: ctx.step.id,
+      }),
+      create(UsageSchema),
+    );
+  }
+  const inputs = pluginInputs(ctx.step.prompt, (text) => renderTemplate(text, ctx.scope));
+  for (let attempt = 1; ; attempt++) {
+    record.attempts = attempt;
+    await ctx.emit({
+      type: RunEventType.STEP_STARTED,
+      stepId: ctx.step.id,
+      attempt,
+      payload: started_(ctx),
+    });
+    try {
+      // The gRPC deadline bounds the attempt (the plugin sees it); the run's signal cancels it.
+      const timeoutMs = attemptTimeout(ctx);
+      const token = await ctx.token();
+      const { response } = await invokeOnce(plugins, ctx, { inputs, attempt, token, timeoutMs });
+      record.output = response.text !== "" ? response.text : JSON.stringify(response.outputs ?? {});
+      record.usage = addUsage(record.usage, response.usage);
+      return;
+    } catch (err) {
+      if (ctx.signal.aborted) throw new ConnectError("the run was cancelled", Code.Canceled);
+      const error = runErrorOf(err, ctx.step.id);
+      // Retried only when asking again is safe: a transient failure of a method the plugin
+      // declares idempotent (Describe).
+      const willRetry = error.retryable && isIdempotentFailure(err) && attempt <= ctx.retries;
+      if (!willRetry) throw err;
+      await ctx.emit({
+        type: RunEventType.STEP_FAILED,
+        stepId: ctx.step.id,
+        attempt,
+        payload: { case: "stepFailed", value: { error, willRetry, fallbackModel: "" } },
+      });
+    }
+  }
+}
+
+async function invokeOnce(
+  plugins: PluginInvoker,
+  ctx: StepContext,
+  call: {
+    inputs: ReturnType<typeof pluginInputs>;
+    attempt: number;
+    token: string;
+    timeoutMs: number;
+  },
+) {
+  return plugins.invoke({
+    plugin: ctx.step.plugin,
+    method: ctx.step.pluginMethod,
+    inputs: call.inputs,
+    context: {
+      tenantId: ctx.ref.tenantId,
+      userId: ctx.ref.userId,
+      runId: ctx.ref.runId,
+      stepId: ctx.step.id,
+      attempt: call.attempt,
+      requestId: ctx.ref.runId,
+    },
+    token: call.token,
+    timeoutMs: call.timeoutMs,
+    signal: ctx.signal,
+  });
 }
 
 /** Milliseconds of a RunStep's start (for queue-time arithmetic elsewhere). */

@@ -63,6 +63,18 @@ describe("workflow format", () => {
     expect(issues.map((i) => i.field)).toEqual(["template.steps[0].kind"]);
   });
 
+  it("workflow format - plugin steps run, and need plugin and plugin_method", () => {
+    const ok = template([
+      { id: "p", kind: StepKind.PLUGIN, plugin: "wordstats", pluginMethod: "stats" },
+    ]);
+    expect(validateRunnable(ok)).toEqual([]);
+    const missing = validateRunnable(template([{ id: "p", kind: StepKind.PLUGIN }]));
+    expect(missing.map((i) => i.field)).toEqual([
+      "template.steps[0].plugin",
+      "template.steps[0].plugin_method",
+    ]);
+  });
+
   it("workflow format - inputs take the caller's values, then defaults; required and undeclared ones are problems", () => {
     const t = template([llm("a")], {
       inputs: [

@@ -282,12 +282,13 @@ function upstreamSets(
   return steps.map((_, i) => compute(i));
 }
 
-/** Step kinds this engine executes (retrieve and plugin come with vector-search and plugins). */
+/** Step kinds this engine executes (retrieve comes with vector-search). */
 export const SUPPORTED_KINDS: ReadonlySet<StepKind> = new Set([
   StepKind.LLM,
   StepKind.COMPARE,
   StepKind.RANK,
   StepKind.TRANSFORM,
+  StepKind.PLUGIN,
 ]);
 
 /** The graph rules plus what this engine can run: every step's kind must be supported. */
