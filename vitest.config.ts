@@ -7,10 +7,12 @@ export default defineConfig({
   test: {
     include: [
       "packages/*/src/**/*.test.ts",
+      "packages/*/test/**/*.test.ts",
       "services/*/src/**/*.test.ts",
       "services/*/test/**/*.test.ts",
       "gateway/**/*.test.ts",
       "scripts/**/*.test.ts",
+      "deploy/test/**/*.test.ts",
     ],
     exclude: ["**/node_modules/**", "**/dist/**"],
     globalSetup: ["./packages/testkit/dist/global-setup.js"],
