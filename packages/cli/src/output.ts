@@ -1,0 +1,79 @@
+// Printing: tables and lines for people, JSON for scripts (--json). Progress and notices go to
+// stderr so stdout holds only the result.
+import { durationMs, timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+
+export interface Io {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean };
+  stdin: NodeJS.ReadableStream & { isTTY?: boolean };
+  env: NodeJS.ProcessEnv;
+}
+
+export class Output {
+  readonly json: boolean;
+  readonly io: Io;
+
+  constructor(io: Io, json: boolean) {
+    this.io = io;
+    this.json = json;
+  }
+
+  /** The result: JSON (one document, pretty) with --json, else the human text. */
+  result(value: unknown, human: () => string): void {
+    if (this.json) this.io.stdout.write(JSON.stringify(value, null, 2) + "\n");
+    else {
+      const text = human();
+      if (text !== "") this.io.stdout.write(text.endsWith("\n") ? text : text + "\n");
+    }
+  }
+
+  /** One line of a stream (NDJSON with --json). */
+  line(value: unknown): void {
+    this.io.stdout.write(JSON.stringify(value) + "\n");
+  }
+
+  write(text: string): void {
+    this.io.stdout.write(text);
+  }
+
+  notice(text: string): void {
+    this.io.stderr.write(text.endsWith("\n") ? text : text + "\n");
+  }
+
+  get interactive(): boolean {
+    return this.io.stderr.isTTY === true && !this.json;
+  }
+}
+
+/** Columns padded to their widest cell; the last column is not padded. */
+export function table(header: string[], rows: string[][]): string {
+  if (rows.length === 0) return "(none)";
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? "").length)));
+  return all
+    .map((r) =>
+      r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "),
+    )
+    .join("\n");
+}
+
+export function when(ts: Timestamp | undefined): string {
+  return ts === undefined
+    ? "-"
+    : timestampDate(ts)
+        .toISOString()
+        .replace(/\.\d+Z$/, "Z");
+}
+
+export function seconds(d: Duration | undefined): string {
+  return d === undefined ? "-" : `${(durationMs(d) / 1000).toFixed(2)}s`;
+}
+
+export function usd(value: number): string {
+  return `$${value.toFixed(value !== 0 && value < 0.01 ? 6 : 4)}`;
+}
+
+/** A generated enum's value as a lower-case word (protobuf-es enums map numbers to short names). */
+export function label(names: Record<number, string>, value: number): string {
+  return (names[value] ?? String(value)).toLowerCase();
+}

@@ -1,0 +1,412 @@
+// run (start a run and watch it), runs list / get / cancel / watch.
+import { readFile } from "node:fs/promises";
+import { fromJson, toJson, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import type { Command } from "commander";
+import {
+  Category,
+  RunEventSchema,
+  RunMode,
+  RunSchema,
+  RunService,
+  RunStatus,
+  RunView,
+  StepStatus,
+  WorkflowTemplateSchema,
+  type Run,
+  type RunEvent,
+  type RunSpecSchema,
+} from "@ensemble/proto";
+import { parse as parseYaml } from "yaml";
+import type { Context } from "./context.js";
+import { label, seconds, table, usd, when, type Output } from "./output.js";
+import { UsageError } from "./session.js";
+
+interface RunOptions {
+  template?: string;
+  file?: string;
+  model?: string;
+  compare?: string;
+  auto?: boolean;
+  var: string[];
+  system?: string;
+  timeout?: string;
+  detach?: boolean;
+  quiet?: boolean;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+function variables(pairs: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0) throw new UsageError(`--var ${pair}: expected name=value`);
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
+/** "90s", "5m", "2h" -> ms. */
+function parseDuration(flag: string, raw: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(raw.trim());
+  if (m === null) throw new UsageError(`${flag} ${raw}: expected a duration like 90s, 5m, 2h`);
+  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "s"];
+  return Number(m[1]) * unit;
+}
+
+async function buildSpec(
+  input: string,
+  opts: RunOptions,
+): Promise<MessageInitShape<typeof RunSpecSchema>> {
+  const chosen = [
+    opts.template,
+    opts.file,
+    opts.model,
+    opts.compare,
+    opts.auto ? "auto" : undefined,
+  ].filter((v) => v !== undefined);
+  if (chosen.length > 1) {
+    throw new UsageError("choose one of --template, --file, --model, --compare, --auto");
+  }
+  const vars = variables(opts.var);
+  let mode: MessageInitShape<typeof RunSpecSchema>["mode"];
+  if (opts.template !== undefined) {
+    mode = {
+      case: "workflow",
+      value: { definition: { case: "templateId", value: opts.template }, variables: vars },
+    };
+  } else if (opts.file !== undefined) {
+    let doc: unknown;
+    try {
+      const text = await readFile(opts.file, "utf8");
+      doc = opts.file.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
+    } catch (err) {
+      throw new UsageError(
+        `--file ${opts.file}: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+    // A file may hold the template itself or { template: ... } / { workflow: ... }.
+    const obj = (doc ?? {}) as Record<string, unknown>;
+    const raw = (obj["template"] ?? obj["workflow"] ?? obj) as JsonValue;
+    let inline;
+    try {
+      inline = fromJson(WorkflowTemplateSchema, raw);
+    } catch (err) {
+      throw new UsageError(
+        `--file ${opts.file}: not a workflow (ensemble.registry.v1.WorkflowTemplate in protobuf JSON): ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+    mode = {
+      case: "workflow",
+      value: { definition: { case: "inline", value: inline }, variables: vars },
+    };
+  } else if (opts.model !== undefined) {
+    mode = { case: "model", value: { model: opts.model } };
+  } else if (opts.compare !== undefined) {
+    const models = opts.compare
+      .split(",")
+      .map((m) => m.trim())
+      .filter((m) => m !== "");
+    if (models.length < 2)
+      throw new UsageError("--compare: name at least two models, comma-separated");
+    mode = { case: "compare", value: { models } };
+  } else {
+    mode = { case: "auto", value: {} };
+  }
+  return {
+    input,
+    mode,
+    ...(opts.system !== undefined ? { system: opts.system } : {}),
+    ...(opts.timeout !== undefined
+      ? { timeout: durationFromMs(parseDuration("--timeout", opts.timeout)) }
+      : {}),
+  };
+}
+
+/** Prints a run's progress as its events arrive: one line per step change, a count of steps done. */
+class Progress {
+  readonly #out: Output;
+  readonly #quiet: boolean;
+  #total = 0;
+  #done = 0;
+  readonly #names = new Map<string, string>();
+
+  constructor(out: Output, quiet: boolean) {
+    this.#out = out;
+    this.#quiet = quiet;
+  }
+
+  snapshot(run: Run): void {
+    this.#total = Math.max(this.#total, run.steps.length);
+    for (const step of run.steps) this.#names.set(step.stepId, step.name || step.stepId);
+    this.#done = run.steps.filter((s) => s.status >= StepStatus.COMPLETED).length;
+  }
+
+  #say(text: string): void {
+    if (!this.#quiet) this.#out.notice(text);
+  }
+
+  #count(): string {
+    return this.#total > 0 ? `[${this.#done}/${this.#total}]` : `[${this.#done}]`;
+  }
+
+  event(e: RunEvent): void {
+    const step = this.#names.get(e.stepId) ?? e.stepId;
+    const p = e.payload;
+    switch (p.case) {
+      case "created":
+        this.#total = Math.max(this.#total, p.value.plan.length);
+        for (const s of p.value.plan) this.#names.set(s.stepId, s.name || s.stepId);
+        this.#say(
+          `run ${e.runId} created${p.value.templateId ? ` (template ${p.value.templateId})` : ""}`,
+        );
+        break;
+      case "classified": {
+        this.#total = Math.max(this.#total, p.value.plan.length);
+        for (const s of p.value.plan) this.#names.set(s.stepId, s.name || s.stepId);
+        const c = p.value.classification;
+        this.#say(
+          c !== undefined
+            ? `classified: category ${label(Category, c.category)}, route ${c.routeId || "-"} (confidence ${c.confidence.toFixed(2)})`
+            : "classified",
+        );
+        break;
+      }
+      case "stepStarted": {
+        const name = p.value.name || step;
+        const models = p.value.model || p.value.models.join(", ");
+        this.#say(
+          `${this.#count()} ▶ ${e.stepId}${name !== e.stepId ? ` (${name})` : ""}${models ? ` on ${models}` : ""}`,
+        );
+        break;
+      }
+      case "stepCompleted":
+        this.#done += 1;
+        this.#say(
+          `${this.#count()} ✓ ${e.stepId} ${seconds(p.value.latency)}, ${Number(p.value.usage?.outputTokens ?? 0n)} tokens`,
+        );
+        break;
+      case "stepFailed":
+        this.#say(
+          `${this.#count()} ✗ ${e.stepId}: ${p.value.error?.message ?? "failed"}${p.value.willRetry ? " (retrying)" : ""}${p.value.fallbackModel ? ` (falling back to ${p.value.fallbackModel})` : ""}`,
+        );
+        break;
+      case "completed":
+        this.#say(`completed in ${seconds(p.value.latency)}, ${usd(p.value.usage?.costUsd ?? 0)}`);
+        break;
+      case "failed":
+        this.#say(`failed: ${p.value.error?.message ?? "unknown error"}`);
+        break;
+      case "cancelled":
+        this.#say("cancelled");
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+/** The end of a run as a person reads it; sets the exit code of a run that did not complete. */
+function finish(out: Output, run: Run | undefined): void {
+  if (run === undefined) return;
+  if (run.status !== RunStatus.COMPLETED) process.exitCode = 1;
+  if (out.json) return;
+  if (run.status === RunStatus.COMPLETED)
+    out.write(run.output.endsWith("\n") ? run.output : `${run.output}\n`);
+  else
+    out.notice(
+      `run ${run.id} ${label(RunStatus, run.status)}${run.error ? `: ${run.error.message}` : ""}`,
+    );
+}
+
+async function follow(
+  out: Output,
+  quiet: boolean,
+  stream: AsyncIterable<{
+    item:
+      | { case: "run"; value: Run }
+      | { case: "event"; value: RunEvent }
+      | { case: undefined; value?: undefined };
+  }>,
+): Promise<Run | undefined> {
+  const progress = new Progress(out, quiet);
+  let last: Run | undefined;
+  for await (const res of stream) {
+    if (res.item.case === "run") {
+      last = res.item.value;
+      progress.snapshot(last);
+      if (out.json) out.line({ run: toJson(RunSchema, last) });
+    } else if (res.item.case === "event") {
+      if (out.json) out.line({ event: toJson(RunEventSchema, res.item.value) });
+      else progress.event(res.item.value);
+    }
+  }
+  return last;
+}
+
+function runRow(run: Run): string[] {
+  const what =
+    run.spec?.mode.case === "workflow"
+      ? run.templateId || "inline workflow"
+      : run.spec?.mode.case === "model"
+        ? run.spec.mode.value.model
+        : run.spec?.mode.case === "compare"
+          ? run.spec.mode.value.models.join(",")
+          : "auto";
+  return [
+    run.id,
+    label(RunStatus, run.status),
+    label(RunMode, run.mode),
+    what,
+    when(run.createTime),
+    seconds(run.latency),
+    usd(run.usage?.costUsd ?? 0),
+  ];
+}
+
+function describe(run: Run): string {
+  const lines = [
+    `run ${run.id}: ${label(RunStatus, run.status)} (${label(RunMode, run.mode)}${run.templateId ? `, template ${run.templateId}` : ""})`,
+    `created ${when(run.createTime)}, latency ${seconds(run.latency)}, tokens ${Number(run.usage?.totalTokens ?? 0n)}, cost ${usd(run.usage?.costUsd ?? 0)}`,
+  ];
+  if (run.error !== undefined) lines.push(`error: ${run.error.message}`);
+  if (run.steps.length > 0) {
+    lines.push(
+      "",
+      table(
+        ["step", "name", "status", "model", "latency", "tokens"],
+        run.steps.map((s) => [
+          s.stepId,
+          s.name || "-",
+          label(StepStatus, s.status),
+          s.model || s.models.join(","),
+          seconds(s.latency),
+          String(Number(s.usage?.outputTokens ?? 0n)),
+        ]),
+      ),
+    );
+  }
+  if (run.output !== "") lines.push("", run.output);
+  return lines.join("\n");
+}
+
+export function registerRunCommands(program: Command, ctx: Context): void {
+  program
+    .command("run")
+    .description(
+      "start a run (template, workflow file, one model, a comparison, or auto) and watch it",
+    )
+    .argument("[input...]", "the question or task (default: read from stdin)")
+    .option("-t, --template <id>", "a workflow template from the registry (see the catalog)")
+    .option("-f, --file <path>", "an inline workflow: YAML or JSON WorkflowTemplate")
+    .option("-m, --model <model>", "one model answers")
+    .option("-c, --compare <models>", "comma-separated models answer in parallel, then a ranking")
+    .option("--auto", "the categorizer picks the route (the default)")
+    .option("--var <name=value>", "a workflow variable (repeatable)", collect, [])
+    .option("--system <prompt>", "system prompt for every step")
+    .option("--timeout <duration>", "the run's deadline, e.g. 90s, 10m")
+    .option(
+      "-d, --detach",
+      "start the run, print its id and return (watch later: ensemble runs watch <id>)",
+    )
+    .option("-q, --quiet", "no progress lines, only the output")
+    .addHelpText(
+      "after",
+      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
+    )
+    .action(async (words: string[], opts: RunOptions) => {
+      const { gw, out } = ctx.get();
+      let input = words.join(" ").trim();
+      if (input === "" && out.io.stdin.isTTY !== true) {
+        for await (const chunk of out.io.stdin) input += String(chunk);
+        input = input.trim();
+      }
+      if (input === "") throw new UsageError("run: no input (give it as arguments or on stdin)");
+      const spec = await buildSpec(input, opts);
+      const runs = gw.client(RunService);
+      if (opts.detach === true) {
+        const res = await runs.startRun({ spec });
+        out.result(
+          res.run !== undefined ? toJson(RunSchema, res.run) : {},
+          () => res.run?.id ?? "",
+        );
+        return;
+      }
+      finish(out, await follow(out, opts.quiet === true, runs.run({ spec })));
+    });
+
+  const runsCmd = program.command("runs").description("list, inspect, watch and cancel runs");
+
+  runsCmd
+    .command("list")
+    .description("your recent runs, newest first")
+    .option("-n, --limit <n>", "how many", "20")
+    .option(
+      "--status <status>",
+      "only runs in this status (pending, running, completed, failed, cancelled)",
+    )
+    .action(async (opts: { limit: string; status?: string }) => {
+      const { gw, out } = ctx.get();
+      const limit = Number(opts.limit);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+        throw new UsageError(`--limit ${opts.limit}: expected a whole number from 1 to 1000`);
+      }
+      const statuses: RunStatus[] = [];
+      if (opts.status !== undefined) {
+        const value = (RunStatus as unknown as Record<string, number>)[opts.status.toUpperCase()];
+        if (value === undefined || value === 0)
+          throw new UsageError(`--status ${opts.status}: unknown status`);
+        statuses.push(value);
+      }
+      const res = await gw
+        .client(RunService)
+        .listRuns({ page: { pageSize: limit }, statuses, view: RunView.BASIC });
+      out.result({ runs: res.runs.map((r) => toJson(RunSchema, r)) }, () =>
+        table(["id", "status", "mode", "what", "created", "latency", "cost"], res.runs.map(runRow)),
+      );
+    });
+
+  runsCmd
+    .command("get")
+    .description("one run with its steps and output")
+    .argument("<run-id>")
+    .action(async (runId: string) => {
+      const { gw, out } = ctx.get();
+      const res = await gw.client(RunService).getRun({ runId, view: RunView.FULL });
+      if (res.run === undefined) throw new Error("the gateway returned no run");
+      const run = res.run;
+      out.result(toJson(RunSchema, run), () => describe(run));
+    });
+
+  runsCmd
+    .command("watch")
+    .description("follow a run's events from its start (replayed), then live, until it ends")
+    .argument("<run-id>")
+    .option("-q, --quiet", "no progress lines, only the output")
+    .action(async (runId: string, opts: { quiet?: boolean }) => {
+      const { gw, out } = ctx.get();
+      const runs = gw.client(RunService);
+      await follow(out, opts.quiet === true, runs.watchRun({ runId, includeSnapshot: true }));
+      const res = await runs.getRun({ runId, view: RunView.FULL });
+      if (out.json && res.run !== undefined) out.line({ run: toJson(RunSchema, res.run) });
+      finish(out, res.run);
+    });
+
+  runsCmd
+    .command("cancel")
+    .description("cancel a run that has not ended")
+    .argument("<run-id>")
+    .option("--reason <text>", "why (kept on the run)")
+    .action(async (runId: string, opts: { reason?: string }) => {
+      const { gw, out } = ctx.get();
+      const res = await gw.client(RunService).cancelRun({ runId, reason: opts.reason ?? "" });
+      out.result(res.run !== undefined ? toJson(RunSchema, res.run) : {}, () =>
+        res.run !== undefined
+          ? `run ${res.run.id}: ${label(RunStatus, res.run.status)}`
+          : "cancelled",
+      );
+    });
+}

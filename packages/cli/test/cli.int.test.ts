@@ -1,0 +1,346 @@
+// The built `ensemble` CLI as a user runs it (a child process), against a live mesh: auth,
+// registry, model-proxy, the workflow engine and the gateway as built processes, the simulator
+// standing in for providers. Credentials go to a temporary XDG_CONFIG_HOME.
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import {
+  freePort,
+  natsUrl,
+  repoRoot,
+  ServerProcess,
+  startAuthProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  startWorkflowProcess,
+  uniqueName,
+  type AuthProcess,
+  type MeshProcess,
+} from "@ensemble/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const CLI = join(repoRoot, "packages/cli/dist/src/main.js");
+const PASSWORD = "correct-Horse-battery-9";
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: MeshProcess;
+let proxy: MeshProcess;
+let workflow: MeshProcess;
+let gateway: ServerProcess;
+let gatewayUrl: string;
+let home: string;
+const email = `cli-${Date.now()}@example.com`;
+
+interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** When each stdout chunk arrived (ms after start). */
+  chunks: Array<{ at: number; text: string }>;
+}
+
+function cli(
+  args: string[],
+  opts: { stdin?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: {
+        PATH: process.env["PATH"],
+        XDG_CONFIG_HOME: home,
+        ENSEMBLE_URL: gatewayUrl,
+        ...opts.env,
+      },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const chunks: CliResult["chunks"] = [];
+    let stderr = "";
+    child.stdout.on("data", (b: Buffer) =>
+      chunks.push({ at: performance.now() - started, text: b.toString() }),
+    );
+    child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
+    child.on("error", reject);
+    child.on("close", (code) =>
+      resolve({ code, stdout: chunks.map((c) => c.text).join(""), stderr, chunks }),
+    );
+    child.stdin.end(opts.stdin ?? "");
+  });
+}
+
+const credentialsPath = () => join(home, "ensemble", "credentials.json");
+
+beforeAll(async () => {
+  home = await mkdtemp(join(tmpdir(), "ensemble-cli-"));
+  // Slow enough that a streamed answer visibly arrives in pieces.
+  sim = await startSimulator({ defaults: { ttftMs: 20, tokensPerSecond: 120 } });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+  });
+  workflow = await startWorkflowProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+    serviceToken: await auth.mintServiceToken("workflow"),
+  });
+  const port = await freePort();
+  gateway = new ServerProcess(
+    "gateway",
+    process.execPath,
+    [join(repoRoot, "gateway/dist/src/main.js")],
+    {
+      ...process.env,
+      LOG_LEVEL: "info",
+      GATEWAY_HOST: "127.0.0.1",
+      GATEWAY_PORT: String(port),
+      JWKS_URL: auth.jwksUrl,
+      NATS_URL: natsUrl(),
+      SERVICE_TOKEN: await auth.mintServiceToken("gateway"),
+      AUTH_ADDR: auth.address,
+      REGISTRY_ADDR: registry.address,
+      MODEL_PROXY_ADDR: proxy.address,
+      WORKFLOW_ADDR: workflow.address,
+      GATEWAY_RATE_LIMIT_BUCKET: uniqueName("ratelimit").replace(/[^A-Za-z0-9_-]/g, "_"),
+      GATEWAY_RATE_LIMIT_RPS: "1000",
+      GATEWAY_RATE_LIMIT_BURST: "1000",
+    },
+  );
+  await gateway.waitForLine(/gateway listening/, 90_000);
+  gatewayUrl = `http://127.0.0.1:${port}`;
+}, 240_000);
+
+afterAll(async () => {
+  await gateway?.stop(10_000);
+  await Promise.all([workflow?.stop(), proxy?.stop()]);
+  await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
+  if (home !== undefined) await rm(home, { recursive: true, force: true });
+});
+
+describe("ensemble CLI against a live mesh", () => {
+  it("cli - signup and login store a session readable only by the user; whoami uses it", async () => {
+    const signup = await cli(["signup", "-e", email, "--password-stdin"], {
+      stdin: `${PASSWORD}\n`,
+    });
+    expect(signup.stderr).toBe("");
+    expect(signup.code).toBe(0);
+    expect(signup.stdout).toContain(email);
+
+    const login = await cli(["--json", "login", "--email", email, "--password-stdin"], {
+      stdin: `${PASSWORD}\n`,
+    });
+    expect(login.code).toBe(0);
+    expect(JSON.parse(login.stdout)).toMatchObject({ email, url: gatewayUrl });
+
+    const info = await stat(credentialsPath());
+    expect(info.mode & 0o777).toBe(0o600);
+    expect((await stat(join(home, "ensemble"))).mode & 0o777).toBe(0o700);
+    const stored = await readFile(credentialsPath(), "utf8");
+    expect(stored).not.toContain(PASSWORD);
+
+    const me = await cli(["--json", "whoami"]);
+    expect(me.code).toBe(0);
+    expect(JSON.parse(me.stdout)).toMatchObject({ email });
+  }, 60_000);
+
+  it("cli - a wrong password is refused with a message and exit code 1, and stores nothing new", async () => {
+    const before = await readFile(credentialsPath(), "utf8");
+    const res = await cli(["login", "-e", email, "--password-stdin"], {
+      stdin: "wrong-Password-123\n",
+    });
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/^error: /);
+    expect(res.stderr).not.toContain("wrong-Password-123");
+    expect(await readFile(credentialsPath(), "utf8")).toBe(before);
+  }, 30_000);
+
+  it("cli - an expired access token is refreshed with the refresh token, which rotates", async () => {
+    const file = JSON.parse(await readFile(credentialsPath(), "utf8")) as {
+      sessions: Record<
+        string,
+        { accessTokenExpiresAt: number; refreshToken: string; accessToken: string }
+      >;
+    };
+    const session = file.sessions[gatewayUrl]!;
+    const oldRefresh = session.refreshToken;
+    session.accessTokenExpiresAt = Date.now() - 1_000;
+    await writeFile(credentialsPath(), JSON.stringify(file), { mode: 0o600 });
+
+    const res = await cli(["--json", "models"]);
+    expect(res.stderr).toBe("");
+    expect(res.code).toBe(0);
+    const after = JSON.parse(await readFile(credentialsPath(), "utf8")) as typeof file;
+    const next = after.sessions[gatewayUrl]!;
+    expect(next.refreshToken).not.toBe(oldRefresh);
+    expect(next.accessTokenExpiresAt).toBeGreaterThan(Date.now());
+    expect((await stat(credentialsPath())).mode & 0o777).toBe(0o600);
+  }, 30_000);
+
+  it("cli - chat streams the answer in pieces as the model writes it", async () => {
+    const res = await cli([
+      "chat",
+      "-m",
+      "sim-fast",
+      "Tell me about streaming answers in a terminal",
+    ]);
+    expect(res.stderr).toBe("");
+    expect(res.code).toBe(0);
+    expect(res.stdout).toContain("[simulated sim-fast]");
+    // Streamed: several chunks, the first well before the last.
+    expect(res.chunks.length).toBeGreaterThan(3);
+    expect(res.chunks.at(-1)!.at - res.chunks[0]!.at).toBeGreaterThan(100);
+
+    const json = await cli(["--json", "chat", "-m", "fast", "Hello"]);
+    expect(json.code).toBe(0);
+    const lines = json.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.some((l) => "delta" in l)).toBe(true);
+    const done = lines.at(-1)?.["done"] as { content?: string } | undefined;
+    expect(done?.content).toContain("simulated");
+  }, 60_000);
+
+  it("cli - run a template shows each step's progress as it happens, then the output", async () => {
+    const res = await cli([
+      "run",
+      "-t",
+      "research_report",
+      "The impact of remote work on city centres",
+    ]);
+    expect(res.code).toBe(0);
+    for (const step of ["plan", "evidence", "perspectives", "draft", "review", "final"]) {
+      expect(res.stderr).toMatch(new RegExp(`✓ ${step}`));
+    }
+    expect(res.stderr).toMatch(/\[6\/6\] ✓/);
+    expect(res.stderr).toMatch(/completed in/);
+    expect(res.stdout).toContain("simulated");
+
+    const list = await cli(["--json", "runs", "list", "-n", "5"]);
+    expect(list.code).toBe(0);
+    const runs = (
+      JSON.parse(list.stdout) as {
+        runs: Array<{ id: string; status: string; templateId?: string }>;
+      }
+    ).runs;
+    expect(runs[0]).toMatchObject({
+      status: "RUN_STATUS_COMPLETED",
+      templateId: "research_report",
+    });
+
+    const got = await cli(["runs", "get", runs[0]!.id]);
+    expect(got.code).toBe(0);
+    expect(got.stdout).toContain(`run ${runs[0]!.id}: completed`);
+    expect(got.stdout).toMatch(/final\s+Final report\s+completed\s+medium/);
+  }, 120_000);
+
+  it("cli - an inline workflow file runs, and --json streams events as NDJSON", async () => {
+    const file = join(home, "wf.yaml");
+    await writeFile(
+      file,
+      [
+        "id: two_steps",
+        "name: Two steps",
+        "steps:",
+        "  - id: draft",
+        "    kind: STEP_KIND_LLM",
+        "    model: sim-fast",
+        "    prompt: 'Draft an answer to: {{input}}'",
+        "  - id: polish",
+        "    kind: STEP_KIND_LLM",
+        "    model: sim-fast",
+        "    dependsOn: [draft]",
+        "    prompt: 'Polish this: {{steps.draft.output}}'",
+        "outputStep: polish",
+        "",
+      ].join("\n"),
+    );
+    const res = await cli(["--json", "run", "-f", file, "What is a work queue?"]);
+    expect(res.stderr).toBe("");
+    expect(res.code).toBe(0);
+    const lines = res.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, Record<string, unknown>>);
+    const events = lines.filter((l) => l["event"] !== undefined).map((l) => l["event"]!);
+    expect(events.filter((e) => e["stepCompleted"] !== undefined)).toHaveLength(2);
+    expect(lines.at(-1)?.["run"]?.["status"]).toBe("RUN_STATUS_COMPLETED");
+  }, 90_000);
+
+  it("cli - keys create shows the secret once, the key works, list shows it, revoke ends it", async () => {
+    const created = await cli(["--json", "keys", "create", "ci"]);
+    expect(created.code).toBe(0);
+    const key = JSON.parse(created.stdout) as { id: string; secret: string };
+    expect(key.secret).toMatch(/^ens_/);
+
+    const viaKey = await cli(["--json", "whoami"], {
+      env: { ENSEMBLE_API_KEY: key.secret, XDG_CONFIG_HOME: join(home, "nobody") },
+    });
+    expect(viaKey.code).toBe(0);
+    expect(JSON.parse(viaKey.stdout)).toMatchObject({ email, apiKeyId: key.id });
+
+    const list = await cli(["keys", "list"]);
+    expect(list.stdout).toContain(key.id);
+    expect(list.stdout).not.toContain(key.secret);
+
+    const revoked = await cli(["keys", "revoke", key.id]);
+    expect(revoked.code).toBe(0);
+    const after = await cli(["--json", "keys", "list", "--revoked"]);
+    const keys = (
+      JSON.parse(after.stdout) as { apiKeys: Array<{ id: string; revoked: string | null }> }
+    ).apiKeys;
+    expect(keys.find((k) => k.id === key.id)?.revoked).not.toBeNull();
+  }, 60_000);
+
+  it("cli - models lists the catalog and usage counts this user's calls", async () => {
+    const models = await cli(["--json", "models", "--provider", "simulator"]);
+    expect(models.code).toBe(0);
+    const ids = (JSON.parse(models.stdout) as { models: Array<{ id: string }> }).models.map(
+      (m) => m.id,
+    );
+    expect(ids).toContain("sim-fast");
+
+    // The ledger is written in batches; give it a moment.
+    let total = { requests: 0, costUsd: 0 };
+    for (let i = 0; i < 20 && total.requests === 0; i++) {
+      const usage = await cli(["--json", "usage", "--days", "1", "--by", "model"]);
+      expect(usage.code).toBe(0);
+      total = (JSON.parse(usage.stdout) as { total: typeof total }).total;
+      if (total.requests === 0) await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(total.requests).toBeGreaterThan(0);
+  }, 60_000);
+
+  it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
+    const bad = await cli(["runs", "list", "--limt", "5"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("unknown option '--limt'");
+    expect(bad.stderr).toContain("--limit");
+    expect(bad.stderr).toContain("--help");
+    expect(bad.stdout).toBe("");
+
+    const value = await cli(["usage", "--by", "weekday"]);
+    expect(value.code).toBe(2);
+    expect(value.stderr).toMatch(/--by weekday: expected one of .*model/);
+
+    const help = await cli(["run", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("--template <id>");
+  }, 30_000);
+
+  it("cli - logout ends the session: later calls ask to log in", async () => {
+    const out = await cli(["logout"]);
+    expect(out.code).toBe(0);
+    const after = await cli(["models"]);
+    expect(after.code).toBe(1);
+    expect(after.stderr).toContain("ensemble login");
+  }, 30_000);
+});
