@@ -133,22 +133,13 @@ export class Collections {
 
   async #fill(ref: CollectionRef, index: VectorIndex): Promise<VectorIndex> {
     const started = performance.now();
+    const docs = await this.#store.documents(ref);
     let chunks = 0;
-    // Chunks of one document are grouped: put() replaces a document's chunks as a whole.
-    for await (const batch of this.#store.chunks(ref)) {
-      const byDoc = new Map<string, typeof batch>();
-      for (const c of batch) {
-        const list = byDoc.get(c.documentId) ?? index.document(c.documentId).map((e) => e);
-        list.push(c);
-        byDoc.set(c.documentId, list);
-      }
-      index.put(
-        [...byDoc].map(([documentId, list]) => ({
-          documentId,
-          chunks: list.sort((a, b) => a.chunkIndex - b.chunkIndex),
-        })),
-      );
-      chunks += batch.length;
+    // In batches, yielding between them: adding to the graph is synchronous.
+    for (let i = 0; i < docs.length; i += 256) {
+      const batch = docs.slice(i, i + 256);
+      index.put(batch);
+      for (const d of batch) chunks += d.chunks.length;
       await tick();
     }
     this.#logger.info(

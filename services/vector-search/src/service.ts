@@ -282,7 +282,12 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
         if (c.deleted) throw new NotFoundError(`collection ${req.collectionId} not found`);
         const index = await c.index;
         const at = now();
-        await store.putDocuments(c.ref, docs, at);
+        await store.putDocuments(
+          c.ref,
+          docs,
+          docs.filter((d) => index.has(d.documentId)).map((d) => d.documentId),
+          at,
+        );
         // The stored vectors are copied into the index (which normalises cosine ones in place).
         index.put(
           docs.map((d) => ({

@@ -1,12 +1,17 @@
 // MongoDB, the source of truth. Two collections:
 // - `collections`: one document per (tenant, id), the Collection message in binary (`payload`,
 //   lossless) plus the fields queries use.
-// - `chunks`: one document per chunk, keyed (tenant, collection, document, chunkIndex); the
-//   vector as little-endian float32 bytes, metadata as JSON text (keys may hold dots or start
-//   with "$", which MongoDB field names may not, and filters run in memory anyway).
-// Writes are single-document upserts and deletes (no transactions, FerretDB has none). Replacing
-// a document upserts its chunks 0..n-1 and then deletes its chunks >= n, so a crash in between
-// leaves at worst stale trailing chunks that the client's retry of the idempotent Upsert removes.
+// - `chunks`: one document per chunk; the vector as little-endian float32 bytes, metadata as JSON
+//   text (keys may hold dots or start with "$", which MongoDB field names may not, and filters
+//   run in memory anyway).
+//
+// Writing a document inserts its new chunks under a fresh `version` (each row also carries the
+// version's chunk count), then deletes the document's rows of other versions. Inserts only, and
+// one delete per request: FerretDB (SQLite) pushes no filter down to an index, so a per-chunk
+// replaceOne scans the whole collection each time (measured: 1,000 upserts took 8 s into a
+// collection of 1,600 rows). A crash between the insert and the delete leaves two versions; the
+// loader keeps each document's newest complete version, so a half-written document never shows
+// and a finished one is never lost. No transactions (FerretDB has none).
 import { fromBinary, toBinary, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { AlreadyExistsError } from "@ensemble/kit";
@@ -26,6 +31,13 @@ interface ChunkDoc {
   collectionId: string;
   documentId: string;
   chunkIndex: number;
+  /**
+   * The write that produced this row (fixed-width, so newer sorts later as a string); a
+   * document's rows of older versions are garbage.
+   */
+  version: string;
+  /** Chunks of this version of the document (a version with fewer rows is incomplete). */
+  chunkCount: number;
   text: string;
   vector: Buffer;
   metadata: string;
@@ -50,6 +62,8 @@ const chunkSchema = new Schema<ChunkDoc>(
     collectionId: { type: String, required: true },
     documentId: { type: String, required: true },
     chunkIndex: { type: Number, required: true },
+    version: { type: String, required: true },
+    chunkCount: { type: Number, required: true },
     text: { type: String, default: "" },
     vector: { type: Buffer, required: true },
     metadata: { type: String, default: "{}" },
@@ -57,7 +71,9 @@ const chunkSchema = new Schema<ChunkDoc>(
   },
   { versionKey: false, strict: "throw" },
 );
-chunkSchema.index({ tenantId: 1, collectionId: 1, documentId: 1, chunkIndex: 1 }, { unique: true });
+// Not unique: FerretDB 1.24 reported duplicates for rows differing only in `version` under a
+// unique index over these fields; versions are unique by construction (nextVersion).
+chunkSchema.index({ tenantId: 1, collectionId: 1, documentId: 1, version: 1, chunkIndex: 1 });
 
 /** Bytes of a stored Binary: lean() reads give a BSON Binary (bytes in `.buffer`), documents a Buffer. */
 function bytes(value: unknown): Uint8Array {
@@ -191,85 +207,104 @@ export class Store {
     return res.deletedCount > 0;
   }
 
-  /** Replaces each document's chunks with the given ones. */
+  /**
+   * Replaces each document's chunks with the given ones. `known` are the ids that may have rows
+   * already (the others are new, so nothing needs deleting).
+   */
   async putDocuments(
     ref: CollectionRef,
     docs: Array<{ documentId: string; chunks: StoredChunk[] }>,
+    known: string[],
     now: Date,
   ): Promise<void> {
-    const ops: Parameters<Model<ChunkDoc>["bulkWrite"]>[0] = [];
+    const version = nextVersion(now);
+    const rows: ChunkDoc[] = [];
     for (const d of docs) {
       for (const c of d.chunks) {
-        const key = {
+        rows.push({
           tenantId: ref.tenantId,
           collectionId: ref.id,
           documentId: d.documentId,
           chunkIndex: c.chunkIndex,
-        };
-        ops.push({
-          replaceOne: {
-            filter: key,
-            replacement: {
-              ...key,
-              text: c.text,
-              vector: vectorToBytes(c.vector),
-              metadata: JSON.stringify(c.metadata),
-              updateTime: now,
-            },
-            upsert: true,
-          },
+          version,
+          chunkCount: d.chunks.length,
+          text: c.text,
+          vector: vectorToBytes(c.vector),
+          metadata: JSON.stringify(c.metadata),
+          updateTime: now,
         });
       }
     }
-    for (let i = 0; i < ops.length; i += 500) {
-      await this.#chunks.bulkWrite(ops.slice(i, i + 500), { ordered: true });
+    for (let i = 0; i < rows.length; i += 500) {
+      await this.#chunks.insertMany(rows.slice(i, i + 500), { ordered: true, lean: true });
     }
-    const trailing = docs.map((d) => ({
-      documentId: d.documentId,
-      chunkIndex: { $gte: d.chunks.length },
-    }));
-    for (let i = 0; i < trailing.length; i += 200) {
+    if (known.length > 0) {
       await this.#chunks.deleteMany({
         tenantId: ref.tenantId,
         collectionId: ref.id,
-        $or: trailing.slice(i, i + 200),
+        documentId: { $in: known },
+        version: { $ne: version },
       });
     }
   }
 
   async deleteDocuments(ref: CollectionRef, documentIds: string[]): Promise<number> {
-    let n = 0;
-    for (let i = 0; i < documentIds.length; i += 500) {
-      const res = await this.#chunks.deleteMany({
-        tenantId: ref.tenantId,
-        collectionId: ref.id,
-        documentId: { $in: documentIds.slice(i, i + 500) },
-      });
-      n += res.deletedCount;
-    }
-    return n;
+    if (documentIds.length === 0) return 0;
+    const res = await this.#chunks.deleteMany({
+      tenantId: ref.tenantId,
+      collectionId: ref.id,
+      documentId: { $in: documentIds },
+    });
+    return res.deletedCount;
   }
 
-  /** Every chunk of a collection, in batches (the index rebuild). */
-  async *chunks(ref: CollectionRef, batchSize = 1_000): AsyncGenerator<StoredChunk[]> {
+  /**
+   * Every document of a collection with its newest complete version's chunks (the index
+   * rebuild). Rows come in storage order, so a document is only known complete at the end.
+   */
+  async documents(
+    ref: CollectionRef,
+  ): Promise<Array<{ documentId: string; chunks: StoredChunk[] }>> {
+    const best = new Map<string, { version: string; count: number; chunks: StoredChunk[] }>();
+    const partial = new Map<string, Map<string, { count: number; chunks: StoredChunk[] }>>();
     const cursor = this.#chunks
       .find({ tenantId: ref.tenantId, collectionId: ref.id })
       .lean<ChunkDoc>()
-      .cursor({ batchSize });
-    let batch: StoredChunk[] = [];
+      .cursor({ batchSize: 1_000 });
     for await (const doc of cursor) {
-      batch.push({
+      let versions = partial.get(doc.documentId);
+      if (versions === undefined) {
+        versions = new Map<string, { count: number; chunks: StoredChunk[] }>();
+        partial.set(doc.documentId, versions);
+      }
+      let v = versions.get(doc.version);
+      if (v === undefined) versions.set(doc.version, (v = { count: doc.chunkCount, chunks: [] }));
+      v.chunks.push({
         documentId: doc.documentId,
         chunkIndex: doc.chunkIndex,
         text: doc.text,
         vector: vectorFromBytes(doc.vector),
         metadata: JSON.parse(doc.metadata) as JsonObject,
       });
-      if (batch.length >= batchSize) {
-        yield batch;
-        batch = [];
+    }
+    for (const [documentId, versions] of partial) {
+      for (const [version, v] of versions) {
+        if (v.chunks.length < v.count) continue;
+        const current = best.get(documentId);
+        if (current === undefined || version > current.version)
+          best.set(documentId, { version, ...v });
       }
     }
-    if (batch.length > 0) yield batch;
+    return [...best].map(([documentId, v]) => ({
+      documentId,
+      chunks: v.chunks.sort((a, b) => a.chunkIndex - b.chunkIndex),
+    }));
   }
+}
+
+let lastVersion = 0;
+/** Increasing within a process, and across restarts while the clock does not go back. */
+function nextVersion(now: Date): string {
+  lastVersion = Math.max(lastVersion + 1, now.getTime() * 1_000);
+  return String(lastVersion).padStart(20, "0");
 }
