@@ -268,7 +268,12 @@ export class VectorIndex {
       }
       if (filter === undefined && hits.length >= live) return hits.sort(byScore);
       if (asked >= live + this.#removed || wanted >= MAX_CANDIDATES) break;
-      wanted = Math.min(wanted * 4, MAX_CANDIDATES);
+      // Ask for as many as this round's pass rate says k hits need (with a margin); when that
+      // is beyond what the graph can give cheaply, the filter is selective: scan instead.
+      const passRate = hits.length / Math.max(1, found.keys.length);
+      const need = passRate > 0 ? Math.ceil((k / passRate) * 1.5) : Infinity;
+      if (need > MAX_CANDIDATES) break;
+      wanted = Math.min(Math.max(wanted * 2, need), MAX_CANDIDATES);
     }
     // The filter is selective (or the graph came back short): the filtered set, exactly.
     return this.exact(q, opts.k, filter);
