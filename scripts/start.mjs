@@ -78,6 +78,15 @@ const SERVICES = [
     example: "ensemble.categorizer.v1.CategorizerService/ListRoutes",
   },
   {
+    name: "vector-search",
+    main: "services/vector-search/dist/src/main.js",
+    portVar: "VECTOR_SEARCH_PORT",
+    port: 50056,
+    metricsVar: "VECTOR_SEARCH_METRICS_PORT",
+    metricsPort: 9156,
+    example: "ensemble.vectorsearch.v1.VectorSearchService/ListCollections",
+  },
+  {
     name: "workflow",
     main: "services/workflow-engine/dist/src/main.js",
     portVar: "WORKFLOW_PORT",

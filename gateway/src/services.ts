@@ -8,6 +8,7 @@ import {
   RegistryService,
   RunService,
   SessionService,
+  VectorSearchService,
 } from "@ensemble/proto";
 
 export interface Upstream {
@@ -32,6 +33,7 @@ export const UPSTREAMS: readonly UpstreamRow[] = [
   { name: "model-proxy", services: [ModelProxyService], addrVar: "MODEL_PROXY_ADDR" },
   { name: "categorizer", services: [CategorizerService], addrVar: "CATEGORIZER_ADDR" },
   { name: "workflow", services: [RunService, SessionService], addrVar: "WORKFLOW_ADDR" },
+  { name: "vector-search", services: [VectorSearchService], addrVar: "VECTOR_SEARCH_ADDR" },
 ];
 
 /** The rows whose address is set in `env`. */

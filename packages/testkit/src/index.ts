@@ -20,10 +20,12 @@ export {
   startModelProxyProcess,
   startCategorizerProcess,
   startWorkflowProcess,
+  startVectorSearchProcess,
   workflowSharedNames,
   type AuthProcess,
   type CategorizerProcessOptions,
   type MeshProcess,
   type ModelProxyProcessOptions,
+  type VectorSearchProcessOptions,
   type WorkflowProcessOptions,
 } from "./mesh.js";

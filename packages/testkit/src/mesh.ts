@@ -196,6 +196,40 @@ export async function startCategorizerProcess(
   return handle(proc, `127.0.0.1:${port}`);
 }
 
+export interface VectorSearchProcessOptions {
+  jwksUrl: string;
+  /** model-proxy, for text embeddings (default: an address nothing listens on). */
+  modelProxyAddress?: string;
+  /** Its database; pass the same one to a restarted process to keep the data (default: fresh). */
+  database?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** The built vector-search with its own database (or the given one). */
+export async function startVectorSearchProcess(
+  opts: VectorSearchProcessOptions,
+): Promise<MeshProcess> {
+  const port = await freePort();
+  const proc = new ServerProcess(
+    "vector-search",
+    process.execPath,
+    [join(repoRoot, "services/vector-search/dist/src/main.js")],
+    {
+      ...process.env,
+      LOG_LEVEL: "info",
+      VECTOR_SEARCH_ADDR: `127.0.0.1:${port}`,
+      METRICS_PORT: "0",
+      JWKS_URL: opts.jwksUrl,
+      MONGODB_URL: mongoUrl(),
+      MONGODB_DB: opts.database ?? uniqueName("vectorsearch"),
+      MODEL_PROXY_ADDR: opts.modelProxyAddress ?? `127.0.0.1:${await freePort()}`,
+      ...opts.env,
+    },
+  );
+  await proc.waitForLine(/vector-search listening/, 90_000);
+  return handle(proc, `127.0.0.1:${port}`);
+}
+
 export interface WorkflowProcessOptions {
   jwksUrl: string;
   authAddress: string;
