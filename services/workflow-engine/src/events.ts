@@ -208,11 +208,16 @@ export class RunEventPublisher {
       h.set("x-event-type", EVENT_TOKENS[init.type]);
       try {
         const ack = await this.#js.publish(subject, toBinary(RunEventSchema, event), {
-          msgID: `${ref.runId}:${cursor.runSeq + 1}`,
+          // An event with a deterministic id (a step's or the run's end) is de-duplicated by
+          // that id: a replica that dies after publishing it but before recording so makes the
+          // next one publish it again, under a later sequence, and the server drops that copy
+          // (within the duplicate window).
+          msgID: init.eventId !== undefined ? `e:${eventId}` : `${ref.runId}:${cursor.runSeq + 1}`,
           headers: h,
           expect: { lastSubjectSequence: cursor.streamSeq, lastSubjectSequenceSubject: filter },
           timeout: 5_000,
         });
+        if (ack.duplicate) return event; // stored before; the run's last event is unchanged
         this.#remember(ref.runId, { streamSeq: ack.seq, runSeq: cursor.runSeq + 1 });
         return event;
       } catch (err) {
