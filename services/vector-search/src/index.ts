@@ -11,3 +11,7 @@ export {
 } from "./vector-index.js";
 export { chunkText, normalize, stripMarkup, textOptions, tokenize } from "./text.js";
 export { compileFilter } from "./filter.js";
+// The service in-process (bench/src/vector-grpc.ts measures Search through gRPC).
+export { build, SERVICE_NAME } from "./server.js";
+export { Store } from "./store.js";
+export { Collections } from "./collections.js";

@@ -82,6 +82,12 @@ export function scoreFn(metric: DistanceMetric): (a: Float32Array, b: Float32Arr
   };
 }
 
+function toKeys(keys: number[]): BigUint64Array {
+  const out = new BigUint64Array(keys.length);
+  for (let i = 0; i < keys.length; i++) out[i] = BigInt(keys[i]!);
+  return out;
+}
+
 /** Best first; ties in a stable order (document, then chunk). */
 function byScore(a: Hit, b: Hit): number {
   return (
@@ -104,15 +110,20 @@ export class VectorIndex {
   readonly params: IndexParams;
   readonly #score: (a: Float32Array, b: Float32Array) => number;
   #graph: UsearchIndex;
-  readonly #entries = new Map<bigint, Entry>();
-  readonly #documents = new Map<string, bigint[]>();
-  #nextKey = 1n;
+  readonly #entries = new Map<number, Entry>();
+  readonly #documents = new Map<string, number[]>();
+  #nextKey = 1;
   /** Nodes removed from the graph since it was built (USearch keeps them as tombstones). */
   #removed = 0;
+
+  /** USearch's distance as the contract's score: 1 - ip is the distance for ip and cosine. */
+  readonly #distanceToScore: (d: number) => number;
 
   constructor(params: IndexParams) {
     this.params = params;
     this.#score = scoreFn(params.metric);
+    this.#distanceToScore =
+      params.metric === DistanceMetric.L2 ? (d) => -Math.sqrt(Math.max(0, d)) : (d) => 1 - d;
     this.#graph = this.#newGraph();
   }
 
@@ -170,11 +181,11 @@ export class VectorIndex {
 
   /** Replaces documents (all their previous chunks) in one synchronous step. */
   put(docs: Array<{ documentId: string; chunks: ChunkInput[] }>): void {
-    const keys: bigint[] = [];
+    const keys: number[] = [];
     const vectors: Float32Array[] = [];
     for (const d of docs) {
       this.#drop(d.documentId);
-      const own: bigint[] = [];
+      const own: number[] = [];
       for (const c of d.chunks) {
         if (c.vector.length !== this.params.dimensions) {
           throw new Error(
@@ -191,7 +202,7 @@ export class VectorIndex {
       if (own.length > 0) this.#documents.set(d.documentId, own);
     }
     if (keys.length === 0) return;
-    this.#addToGraph(BigUint64Array.from(keys), vectors);
+    this.#addToGraph(keys, vectors);
     this.#maybeCompact();
   }
 
@@ -207,17 +218,17 @@ export class VectorIndex {
     const keys = this.#documents.get(documentId);
     if (keys === undefined) return 0;
     for (const k of keys) this.#entries.delete(k);
-    this.#graph.remove(BigUint64Array.from(keys));
+    this.#graph.remove(toKeys(keys));
     this.#removed += keys.length;
     this.#documents.delete(documentId);
     return keys.length;
   }
 
-  #addToGraph(keys: BigUint64Array, vectors: Float32Array[]): void {
+  #addToGraph(keys: number[], vectors: Float32Array[]): void {
     const d = this.params.dimensions;
     const flat = new Float32Array(vectors.length * d);
     vectors.forEach((v, i) => flat.set(v, i * d));
-    this.#graph.add(keys, flat, this.params.addThreads ?? 0);
+    this.#graph.add(toKeys(keys), flat, this.params.addThreads ?? 0);
   }
 
   #maybeCompact(): void {
@@ -228,7 +239,7 @@ export class VectorIndex {
     for (let i = 0; i < keys.length; i += 4_096) {
       const batch = keys.slice(i, i + 4_096);
       this.#addToGraph(
-        BigUint64Array.from(batch),
+        batch,
         batch.map((k) => this.#entries.get(k)!.vector),
       );
     }
@@ -249,18 +260,19 @@ export class VectorIndex {
     if (k === 0) return [];
     if (opts.exact === true) return this.exact(q, opts.k, opts.filter);
     const filter = opts.filter;
-    const ef = Math.max(opts.ef ?? 0, this.params.efSearch);
-    // USearch widens its candidate list to the number of results asked for, so asking for
-    // max(k, ef) results is a per-query ef.
+    // USearch searches with max(its configured ef, results asked), so asking for max(k, ef)
+    // results is a per-query ef; within the configured ef, asking for k is the same search.
+    const ef = opts.ef !== undefined && opts.ef > this.params.efSearch ? opts.ef : 0;
     let wanted = Math.max(filter === undefined ? k : k * 2, ef);
+    const toScore = this.#distanceToScore;
     for (;;) {
       const asked = Math.min(wanted, live + this.#removed);
       const found = this.#graph.search(q, asked, 1);
       const hits: Hit[] = [];
       for (let i = 0; i < found.keys.length; i++) {
-        const entry = this.#entries.get(found.keys[i]!);
+        const entry = this.#entries.get(Number(found.keys[i]!));
         if (entry === undefined || (filter !== undefined && !filter(entry.metadata))) continue;
-        hits.push({ entry, score: this.#score(q, entry.vector) });
+        hits.push({ entry, score: toScore(found.distances[i]!) });
       }
       if (hits.length >= k) {
         hits.sort(byScore);
