@@ -74,6 +74,15 @@ export const workflowEnv = z.object({
   RUN_TIMEOUT_MS: positiveInt.default(3_600_000),
   /** How often every replica looks for runs in flight whose steps are neither queued nor done. */
   RECOVERY_INTERVAL_MS: positiveInt.default(30_000),
+
+  // ---- schedules
+  /** How often every replica looks for due schedules (it also wakes for the next one it knows). */
+  SCHEDULE_TICK_MS: positiveInt.default(1_000),
+  /**
+   * How long a claimed occurrence may stay without its run (its replica died) before another
+   * replica starts it.
+   */
+  SCHEDULE_CLAIM_GRACE_MS: positiveInt.default(30_000),
 });
 
 export type WorkflowConfig = z.output<typeof workflowEnv>;

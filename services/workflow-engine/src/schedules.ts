@@ -45,7 +45,7 @@ import { Schema, type Connection, type Model } from "mongoose";
 import { Counter, type Registry } from "prom-client";
 import type { Engine } from "./engine.js";
 import { planFor } from "./plan.js";
-import { claim, decode, encode, isDuplicateKey } from "./store.js";
+import { byId, claim, decode, encode, isDuplicateKey, retryBusy, setFields } from "./store.js";
 import { CallerTokens, type TokenSource } from "./tokens.js";
 
 /** nextFireMs of a schedule that will not fire again (sorts last in ListSchedules). */
@@ -57,6 +57,8 @@ const FIRE_CONCURRENCY = 8;
 const BATCH = 200;
 
 export interface ScheduleDoc {
+  /** scheduleKey(tenantId, id). */
+  _id?: string;
   tenantId: string;
   id: string;
   /** The owner; runs start as this user. */
@@ -112,6 +114,8 @@ export type FireStatus = "claimed" | "started" | "failed" | "cancelled";
 
 /** One occurrence of one schedule, claimed by the replica that fires it. */
 export interface ScheduleFireDoc {
+  /** fireKey(tenantId, scheduleId, occurrence). */
+  _id?: string;
   tenantId: string;
   scheduleId: string;
   occurrence: Date;
@@ -157,6 +161,18 @@ export async function openScheduleModels(conn: Connection): Promise<ScheduleMode
   };
   await Promise.all([models.schedules.init(), models.fires.init()]);
   return models;
+}
+
+// Documents are addressed by a deterministic `_id` made of their unique key, as the engine's are
+// (store.ts: FerretDB's SQLite backend uses an index only for an exact {_id} filter), so the
+// per-schedule and per-occurrence reads and writes never scan a collection.
+
+export function scheduleKey(tenantId: string, id: string): string {
+  return JSON.stringify([tenantId, id]);
+}
+
+export function fireKey(tenantId: string, scheduleId: string, occurrence: Date): string {
+  return JSON.stringify([tenantId, scheduleId, occurrence.getTime()]);
 }
 
 /** The id of the run an occurrence starts: the same on every replica, so it is created once. */
@@ -254,7 +270,7 @@ export interface SchedulerSettings {
 
 export interface SchedulerDeps {
   models: ScheduleModels;
-  engine: Pick<Engine, "createRun" | "listDocs">;
+  engine: Pick<Engine, "createRun" | "findRun">;
   /** Plans specs at creation, the way StartRun does (templates, addons). */
   registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
   /** False without a categorizer: AUTO specs are refused like StartRun refuses them. */
@@ -274,6 +290,7 @@ export class Scheduler {
   #stopping = true;
   #timer: NodeJS.Timeout | undefined;
   #pass: Promise<void> | undefined;
+  #lastRecovery = 0;
 
   constructor(deps: SchedulerDeps) {
     this.#d = deps;
@@ -342,7 +359,12 @@ export class Scheduler {
     if (this.#d.tokens instanceof CallerTokens) {
       this.#d.tokens.remember(p.tenantId, p.subject, token);
     }
-    await this.#d.models.schedules.collection.insertOne({ ...doc });
+    await retryBusy(() =>
+      this.#d.models.schedules.collection.insertOne({
+        ...doc,
+        _id: scheduleKey(doc.tenantId, doc.id),
+      } as Record<string, unknown>),
+    );
     this.#log.info(
       { tenantId: doc.tenantId, userId: doc.userId, scheduleId: doc.id },
       "schedule created",
@@ -391,16 +413,22 @@ export class Scheduler {
   /** Deletes the schedule; runs it already started go on. */
   async delete(p: Principal, scheduleId: string): Promise<void> {
     const doc = await this.#find(p, scheduleId);
-    await this.#d.models.schedules.deleteOne({ tenantId: doc.tenantId, id: doc.id });
+    await retryBusy(() =>
+      this.#d.models.schedules.collection.deleteOne({
+        _id: scheduleKey(doc.tenantId, doc.id) as never,
+      }),
+    );
     this.#log.info({ tenantId: doc.tenantId, scheduleId: doc.id }, "schedule deleted");
   }
 
   /** The caller's schedule (owner, or a tenant admin), else NOT_FOUND. */
   async #find(p: Principal, scheduleId: string): Promise<ScheduleDoc> {
-    const doc = await this.#d.models.schedules
-      .findOne({ tenantId: p.tenantId, id: scheduleId })
-      .lean<ScheduleDoc>();
-    if (doc === null || (doc.userId !== p.subject && !p.roles.includes("admin"))) {
+    const doc = await byId(this.#d.models.schedules, scheduleKey(p.tenantId, scheduleId));
+    if (
+      doc === null ||
+      doc.tenantId !== p.tenantId ||
+      (doc.userId !== p.subject && !p.roles.includes("admin"))
+    ) {
       throw new NotFoundError(`schedule "${scheduleId}" not found`);
     }
     return doc;
@@ -482,7 +510,12 @@ export class Scheduler {
           ),
       );
     }
-    if (!this.#stopping) await this.#recoverFires();
+    // Orphaned claims are rare and only due after the grace period: a scan every third of it.
+    const recoverEvery = Math.max(this.#d.settings.tickMs, this.#d.settings.claimGraceMs / 3);
+    if (!this.#stopping && Date.now() - this.#lastRecovery >= recoverEvery) {
+      this.#lastRecovery = Date.now();
+      await this.#recoverFires();
+    }
     if (due.length === BATCH) return 0;
     return upcoming !== undefined ? upcoming.nextFireMs - Date.now() : this.#d.settings.tickMs;
   }
@@ -491,6 +524,7 @@ export class Scheduler {
     const occurrence = dueOccurrence(doc, now);
     const key = { tenantId: doc.tenantId, scheduleId: doc.id, occurrence: new Date(occurrence) };
     const fire: ScheduleFireDoc = {
+      _id: fireKey(doc.tenantId, doc.id, key.occurrence),
       ...key,
       runId: scheduledRunId(doc.tenantId, doc.id, key.occurrence),
       status: "claimed",
@@ -516,7 +550,9 @@ export class Scheduler {
       }
       return;
     }
-    const held = await this.#d.models.fires.findOne(key).lean<ScheduleFireDoc>();
+    const held =
+      (await byId(this.#d.models.fires, fire._id!)) ??
+      (await this.#d.models.fires.findOne(key).lean<ScheduleFireDoc>());
     if (held === null) return;
     if (held.status === "claimed") {
       // Its claimer is at work, or died: after the grace period, finish what it started.
@@ -537,24 +573,25 @@ export class Scheduler {
       runId: fire.runId,
       occurrence: fire.occurrence.toISOString(),
     });
-    const key = {
-      tenantId: fire.tenantId,
-      scheduleId: fire.scheduleId,
-      occurrence: fire.occurrence,
+    const key = { _id: fire._id ?? fireKey(fire.tenantId, fire.scheduleId, fire.occurrence) };
+    const owner: Principal = {
+      subject: doc.userId,
+      tenantId: doc.tenantId,
+      roles: ["user"],
+      kind: "user",
+      ...(doc.apiKeyId !== "" ? { apiKeyId: doc.apiKeyId } : {}),
+      expiresAt: new Date(Date.now() + 60_000),
     };
-    const exists =
-      (await this.#d.engine.listDocs({ tenantId: doc.tenantId, id: fire.runId }, 1)).length > 0;
+    const exists = await this.#d.engine.findRun(owner, fire.runId).then(
+      () => true,
+      (err: unknown) => {
+        if (err instanceof NotFoundError) return false;
+        throw err;
+      },
+    );
     if (!exists) {
       try {
         const token = await this.#d.tokens.forUser(doc.tenantId, doc.userId, `schedule:${doc.id}`);
-        const owner: Principal = {
-          subject: doc.userId,
-          tenantId: doc.tenantId,
-          roles: ["user"],
-          kind: "user",
-          ...(doc.apiKeyId !== "" ? { apiKeyId: doc.apiKeyId } : {}),
-          expiresAt: new Date(Date.now() + 60_000),
-        };
         await this.#d.engine.createRun(owner, decode(RunSpecSchema, doc.spec), {
           token,
           idempotencyKey: "",
@@ -571,8 +608,9 @@ export class Scheduler {
             throw err;
           }
           log.warn({ err }, "the scheduled run could not be started");
-          await this.#d.models.fires.updateOne(key, {
-            $set: { status: "failed", error: status.rawMessage },
+          await setFields(this.#d.models.fires, key, {
+            status: "failed",
+            error: status.rawMessage,
           });
           this.#fired?.inc({ result: "failed" });
           return;
@@ -580,16 +618,21 @@ export class Scheduler {
         // Another replica created it first (late recovery racing the original claimer).
       }
     }
-    await this.#d.models.fires.updateOne(key, { $set: { status: "started" } });
+    await setFields(this.#d.models.fires, key, { status: "started" });
     this.#fired?.inc({ result: "started" });
   }
 
   /** Records `occurrence` as fired and moves the schedule to its next occurrence after now. */
   async #advance(doc: ScheduleDoc, occurrence: number): Promise<void> {
+    const key = scheduleKey(doc.tenantId, doc.id);
+    const current = await byId(this.#d.models.schedules, key);
+    // Deleted meanwhile, or already past this occurrence (a slower replica must not move it back).
+    if (current === null || current.lastFireMs > occurrence) return;
     const next = nextOccurrence(doc, Math.max(Date.now(), occurrence));
-    await this.#d.models.schedules.updateOne(
-      { tenantId: doc.tenantId, id: doc.id, lastFireMs: { $lte: occurrence } },
-      { $set: { nextFireMs: next, lastFireMs: occurrence, updateTime: new Date() } },
+    await setFields(
+      this.#d.models.schedules,
+      { _id: key },
+      { nextFireMs: next, lastFireMs: occurrence, updateTime: new Date() },
     );
     await this.#refresh(doc);
   }
@@ -604,9 +647,10 @@ export class Scheduler {
         .sort({ occurrence: -1 })
         .lean<ScheduleFireDoc>(),
     ]);
-    await this.#d.models.schedules.updateOne(
-      { tenantId: doc.tenantId, id: doc.id },
-      { $set: { fireCount: count, lastRunId: latest?.runId ?? "" } },
+    await setFields(
+      this.#d.models.schedules,
+      { _id: scheduleKey(doc.tenantId, doc.id) },
+      { fireCount: count, lastRunId: latest?.runId ?? "" },
     );
   }
 
@@ -620,18 +664,16 @@ export class Scheduler {
       .lean<ScheduleFireDoc[]>();
     for (const fire of fires) {
       if (this.#stopping) return;
-      const key = {
-        tenantId: fire.tenantId,
-        scheduleId: fire.scheduleId,
-        occurrence: fire.occurrence,
-      };
+      const key = { _id: fire._id ?? fireKey(fire.tenantId, fire.scheduleId, fire.occurrence) };
       try {
-        const doc = await this.#d.models.schedules
-          .findOne({ tenantId: fire.tenantId, id: fire.scheduleId })
-          .lean<ScheduleDoc>();
+        const doc = await byId(
+          this.#d.models.schedules,
+          scheduleKey(fire.tenantId, fire.scheduleId),
+        );
         if (doc === null) {
-          await this.#d.models.fires.updateOne(key, {
-            $set: { status: "cancelled", error: "the schedule was deleted before its run started" },
+          await setFields(this.#d.models.fires, key, {
+            status: "cancelled",
+            error: "the schedule was deleted before its run started",
           });
           continue;
         }

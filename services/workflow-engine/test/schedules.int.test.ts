@@ -1,0 +1,467 @@
+// Run schedules against the built engine as processes: two replicas sharing one database, step
+// queue and event stream fire each occurrence once; an occurrence missed while no replica looked
+// at the schedules fires once when they come back; a claimed occurrence whose claimer died is
+// started by another replica after the grace period. Real auth (users, an invite, service
+// tokens), registry, model-proxy and the LLM simulator; MODEL runs on sim-fast.
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { closeMongo, connectMongo, createClient, type GrpcClient } from "@ensemble/kit";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { AuthService, RunService, RunStatus, type Run, type Schedule } from "@ensemble/proto";
+import {
+  captureLogs,
+  mongoUrl,
+  startAuthProcess,
+  startModelProxyProcess,
+  startRegistryProcess,
+  startWorkflowProcess,
+  workflowSharedNames,
+  type AuthProcess,
+  type MeshProcess,
+} from "@ensemble/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fireKey, openScheduleModels, scheduledRunId, scheduleKey } from "../src/schedules.js";
+
+const PASSWORD = "correct-Horse-battery-9";
+const SPEC = {
+  input: "scheduled hello",
+  mode: { case: "model" as const, value: { model: "sim-fast" } },
+};
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: MeshProcess;
+let proxy: MeshProcess;
+const engines: MeshProcess[] = [];
+let shared: ReturnType<typeof workflowSharedNames>;
+let engineOpts: Parameters<typeof startWorkflowProcess>[0];
+/** Serves the API but looks for due schedules only when it starts (tick of an hour). */
+let idle: GrpcClient<typeof RunService>;
+/** The two replicas that run the scheduler (started by the first test). */
+let a: GrpcClient<typeof RunService>;
+let b: GrpcClient<typeof RunService>;
+let owner: { token: string; id: string; tenantId: string };
+let member: { token: string; id: string };
+let stranger: { token: string };
+
+const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
+const ms = (t: Parameters<typeof timestampDate>[0] | undefined) =>
+  t === undefined ? undefined : timestampDate(t).getTime();
+const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
+
+async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to fail, but it succeeded");
+}
+
+async function schedule(client: GrpcClient<typeof RunService>, id: string): Promise<Schedule> {
+  return (await client.getSchedule({ scheduleId: id }, as(owner.token))).schedule!;
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+async function runsOf(scheduleId: string): Promise<Run[]> {
+  const res = await a.listRuns({ scheduleId, page: { pageSize: 500 } }, as(owner.token));
+  return res.runs;
+}
+
+async function waitEnd(id: string): Promise<Run> {
+  return until(`run ${id} to end`, async () => {
+    const run = (await a.getRun({ runId: id }, as(owner.token))).run!;
+    return [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED].includes(run.status)
+      ? run
+      : undefined;
+  });
+}
+
+beforeAll(async () => {
+  sim = await startSimulator({ defaults: { ttftMs: 0 } });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+  });
+  shared = workflowSharedNames();
+  engineOpts = {
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+    serviceToken: await auth.mintServiceToken("workflow"),
+    shared,
+    env: { SCHEDULE_TICK_MS: "200" },
+  };
+  const idleEngine = await startWorkflowProcess({
+    ...engineOpts,
+    env: { SCHEDULE_TICK_MS: "3600000" },
+  });
+  engines.push(idleEngine);
+  idle = createClient(RunService, idleEngine.address);
+
+  const authClient = createClient(AuthService, auth.address);
+  const stamp = Date.now();
+  const o = await authClient.signup({
+    email: `sched-owner-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "tenantName", value: "schedules" },
+  });
+  owner = { token: o.tokens!.accessToken, id: o.user!.id, tenantId: o.user!.tenantId };
+  const invite = await authClient.createInvite({}, as(owner.token));
+  const m = await authClient.signup({
+    email: `sched-member-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "inviteToken", value: invite.token },
+  });
+  member = { token: m.tokens!.accessToken, id: m.user!.id };
+  const s = await authClient.signup({
+    email: `sched-stranger-${stamp}@example.com`,
+    password: PASSWORD,
+    tenant: { case: "tenantName", value: "elsewhere" },
+  });
+  stranger = { token: s.tokens!.accessToken };
+}, 240_000);
+
+afterAll(async () => {
+  await Promise.allSettled(engines.map((e) => e.stop()));
+  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await sim?.close();
+});
+
+describe("schedules", () => {
+  it("occurrences missed while no replica looked fire once, the latest only, when replicas start", async () => {
+    // Three occurrences one second apart, then none for a minute.
+    const first = Math.ceil(Date.now() / 1000) + 5;
+    const seconds = [0, 1, 2].map((i) => (first + i) % 60);
+    const cron = (
+      await idle.createSchedule(
+        {
+          name: "three seconds",
+          spec: SPEC,
+          when: { case: "cron", value: { expression: `${seconds.join(",")} * * * * *` } },
+        },
+        as(owner.token),
+      )
+    ).schedule!;
+    const once = (
+      await idle.createSchedule(
+        {
+          name: "once, missed",
+          spec: SPEC,
+          when: { case: "at", value: timestampFromDate(new Date(first * 1000 + 500)) },
+        },
+        as(owner.token),
+      )
+    ).schedule!;
+    await sleep(first * 1000 + 2_500 - Date.now());
+    const missed = await schedule(idle, cron.id);
+    const missedOnce = await schedule(idle, once.id);
+
+    // Both replicas come up at the same time and race for the missed occurrences.
+    const [ea, eb] = await Promise.all([
+      startWorkflowProcess(engineOpts),
+      startWorkflowProcess(engineOpts),
+    ]);
+    engines.push(ea, eb);
+    a = createClient(RunService, ea.address);
+    b = createClient(RunService, eb.address);
+    expect(ms(missed.nextFireTime)).toBe(first * 1000);
+    expect(missed.fireCount).toBe(0n);
+    expect(missedOnce.fireCount).toBe(0n);
+    await until("the missed cron occurrence", async () =>
+      (await schedule(a, cron.id)).fireCount > 0n ? true : undefined,
+    );
+    await until("the missed one-time occurrence", async () =>
+      (await schedule(b, once.id)).fireCount > 0n ? true : undefined,
+    );
+    await sleep(1_000);
+
+    const latest = new Date((first + 2) * 1000);
+    const fired = await schedule(a, cron.id);
+    expect(fired.fireCount).toBe(1n);
+    expect(ms(fired.lastFireTime)).toBe(latest.getTime());
+    expect(fired.lastRunId).toBe(scheduledRunId(owner.tenantId, cron.id, latest));
+    expect(ms(fired.nextFireTime)).toBe((first + 60) * 1000);
+    const cronRuns = await runsOf(cron.id);
+    expect(cronRuns.map((r) => r.id)).toEqual([fired.lastRunId]);
+    const run = await waitEnd(fired.lastRunId);
+    expect(run.status).toBe(RunStatus.COMPLETED);
+    expect(run.userId).toBe(owner.id);
+    expect(run.scheduleId).toBe(cron.id);
+    expect(run.output).toContain("[simulated");
+
+    const onceFired = await schedule(b, once.id);
+    expect(onceFired.fireCount).toBe(1n);
+    expect(onceFired.nextFireTime).toBeUndefined();
+    expect((await runsOf(once.id)).map((r) => r.id)).toEqual([onceFired.lastRunId]);
+    await a.deleteSchedule({ scheduleId: cron.id }, as(owner.token));
+  }, 120_000);
+
+  it("a seconds cron on two replicas starts exactly one run per occurrence; deleting it stops it", async () => {
+    const created = (
+      await a.createSchedule(
+        {
+          name: "every two seconds",
+          spec: SPEC,
+          when: { case: "cron", value: { expression: "*/2 * * * * *", timeZone: "Europe/Berlin" } },
+        },
+        as(owner.token),
+      )
+    ).schedule!;
+    const fired = await until(
+      "three occurrences",
+      async () => {
+        const s = await schedule(b, created.id);
+        return s.fireCount >= 3n ? s : undefined;
+      },
+      30_000,
+    );
+    await b.deleteSchedule({ scheduleId: created.id }, as(owner.token));
+    const deletedAt = Date.now();
+    expect((await rejection(a.getSchedule({ scheduleId: created.id }, as(owner.token)))).code).toBe(
+      Code.NotFound,
+    );
+    // An occurrence claimed just before the deletion may still start its run.
+    await sleep(2_000);
+    const runs = await runsOf(created.id);
+
+    // Every run is the run of one even second between creation and deletion, each at most once.
+    // (A gap is allowed: a replica too busy to look for two seconds fires only the latest.)
+    const start = Math.ceil(ms(created.createTime)! / 2000) * 2000;
+    const occurrences = new Map<string, number>();
+    for (let t = start; t <= deletedAt; t += 2000) {
+      occurrences.set(scheduledRunId(owner.tenantId, created.id, new Date(t)), t);
+    }
+    const times = runs.map((r) => occurrences.get(r.id));
+    expect(times.every((t) => t !== undefined)).toBe(true);
+    expect(new Set(times).size).toBe(runs.length);
+    expect(runs.length).toBeGreaterThanOrEqual(Number(fired.fireCount));
+    expect(runs.length).toBeLessThanOrEqual(Number(fired.fireCount) + 1);
+    expect(runs.every((r) => r.userId === owner.id && r.scheduleId === created.id)).toBe(true);
+    for (const r of runs) expect((await waitEnd(r.id)).status).toBe(RunStatus.COMPLETED);
+
+    // Deleted: nothing more fires.
+    await sleep(4_000);
+    expect((await runsOf(created.id)).length).toBe(runs.length);
+  }, 90_000);
+
+  it("a one-time schedule fires once and then has no next fire time", async () => {
+    const created = (
+      await b.createSchedule(
+        {
+          name: "once",
+          spec: SPEC,
+          when: { case: "at", value: timestampFromDate(new Date(Date.now() + 3_000)) },
+        },
+        as(owner.token),
+      )
+    ).schedule!;
+    expect(created.when.case).toBe("at");
+    expect(ms(created.nextFireTime)).toBe(
+      created.when.case === "at" ? ms(created.when.value) : undefined,
+    );
+    const fired = await until("the occurrence", async () => {
+      const s = await schedule(a, created.id);
+      return s.fireCount > 0n ? s : undefined;
+    });
+    expect(fired.nextFireTime).toBeUndefined();
+    expect(ms(fired.lastFireTime)).toBe(ms(created.nextFireTime));
+    expect((await waitEnd(fired.lastRunId)).status).toBe(RunStatus.COMPLETED);
+    await sleep(1_000);
+    const again = await schedule(b, created.id);
+    expect(again.fireCount).toBe(1n);
+    expect((await runsOf(created.id)).map((r) => r.id)).toEqual([fired.lastRunId]);
+  }, 60_000);
+
+  it("a claimed occurrence whose claimer died is started once by another replica", async () => {
+    const logger = captureLogs({ level: "warn" }).logger;
+    const mongo = await connectMongo({ url: mongoUrl(), dbName: shared.database, logger });
+    try {
+      const models = await openScheduleModels(mongo);
+      const created = (
+        await a.createSchedule(
+          {
+            name: "orphaned claim",
+            spec: SPEC,
+            when: { case: "at", value: timestampFromDate(new Date(Date.now() + 3_600_000)) },
+          },
+          as(owner.token),
+        )
+      ).schedule!;
+      // What a replica leaves when it dies right after claiming: the schedule due, the
+      // occurrence claimed (longer ago than the grace period), no run.
+      const occurrence = new Date(Date.now() - 1_000);
+      const runId = scheduledRunId(owner.tenantId, created.id, occurrence);
+      await models.fires.collection.insertOne({
+        _id: fireKey(owner.tenantId, created.id, occurrence) as never,
+        tenantId: owner.tenantId,
+        scheduleId: created.id,
+        occurrence,
+        runId,
+        status: "claimed",
+        error: "",
+        createTime: new Date(Date.now() - 60_000),
+      });
+      await models.schedules.collection.updateOne(
+        { _id: scheduleKey(owner.tenantId, created.id) as never },
+        { $set: { at: occurrence, nextFireMs: occurrence.getTime() } },
+      );
+      const fired = await until("the orphaned occurrence", async () => {
+        const s = await schedule(a, created.id);
+        return s.lastRunId !== "" ? s : undefined;
+      });
+      expect(fired.lastRunId).toBe(runId);
+      expect(fired.fireCount).toBe(1n);
+      expect(fired.nextFireTime).toBeUndefined();
+      expect((await waitEnd(runId)).status).toBe(RunStatus.COMPLETED);
+      await sleep(1_000);
+      expect((await runsOf(created.id)).map((r) => r.id)).toEqual([runId]);
+      expect(await models.fires.countDocuments({ scheduleId: created.id })).toBe(1);
+    } finally {
+      await closeMongo(mongo);
+    }
+  }, 60_000);
+
+  it("schedules belong to their owner; a tenant admin sees the tenant's; other tenants get NOT_FOUND", async () => {
+    const later = (h: number) => timestampFromDate(new Date(Date.now() + h * 3_600_000));
+    const mine = (
+      await a.createSchedule(
+        { name: "daily", spec: SPEC, when: { case: "cron", value: { expression: "@daily" } } },
+        as(owner.token),
+      )
+    ).schedule!;
+    const soon = (
+      await a.createSchedule(
+        { name: "in an hour", spec: SPEC, when: { case: "at", value: later(1) } },
+        as(owner.token),
+      )
+    ).schedule!;
+    const theirs = (
+      await b.createSchedule(
+        { name: "member's", spec: SPEC, when: { case: "at", value: later(2) } },
+        as(member.token),
+      )
+    ).schedule!;
+    expect(theirs.userId).toBe(member.id);
+
+    // The owner's, by next fire time (the fired one-time schedules, with none, last).
+    const listed = (await a.listSchedules({}, as(owner.token))).schedules;
+    expect(listed.every((s) => s.userId === owner.id)).toBe(true);
+    const ids = listed.map((s) => s.id);
+    expect(ids.indexOf(soon.id)).toBeLessThan(ids.indexOf(mine.id));
+    expect(ids).not.toContain(theirs.id);
+    const next = listed.map((s) => ms(s.nextFireTime) ?? Infinity);
+    expect(next).toEqual([...next].sort((x, y) => x - y));
+    // Paging walks the same order.
+    const paged: string[] = [];
+    let token = "";
+    do {
+      const page = await a.listSchedules(
+        { page: { pageSize: 2, pageToken: token } },
+        as(owner.token),
+      );
+      paged.push(...page.schedules.map((s) => s.id));
+      token = page.page?.nextPageToken ?? "";
+    } while (token !== "");
+    expect(paged).toEqual(ids);
+
+    // A member sees only their own; an admin the tenant's.
+    const forMember = (await b.listSchedules({}, as(member.token))).schedules.map((s) => s.id);
+    expect(forMember).toEqual([theirs.id]);
+    expect((await rejection(b.listSchedules({ allUsers: true }, as(member.token)))).code).toBe(
+      Code.PermissionDenied,
+    );
+    expect((await rejection(b.getSchedule({ scheduleId: mine.id }, as(member.token)))).code).toBe(
+      Code.NotFound,
+    );
+    expect(
+      (await rejection(b.deleteSchedule({ scheduleId: mine.id }, as(member.token)))).code,
+    ).toBe(Code.NotFound);
+    const all = (await a.listSchedules({ allUsers: true }, as(owner.token))).schedules;
+    expect(all.map((s) => s.id)).toEqual(expect.arrayContaining([mine.id, theirs.id]));
+    expect((await a.getSchedule({ scheduleId: theirs.id }, as(owner.token))).schedule?.name).toBe(
+      "member's",
+    );
+
+    // Another tenant sees nothing and can delete nothing.
+    for (const id of [mine.id, theirs.id]) {
+      expect((await rejection(a.getSchedule({ scheduleId: id }, as(stranger.token)))).code).toBe(
+        Code.NotFound,
+      );
+      expect((await rejection(a.deleteSchedule({ scheduleId: id }, as(stranger.token)))).code).toBe(
+        Code.NotFound,
+      );
+    }
+    expect((await a.listSchedules({}, as(stranger.token))).schedules).toEqual([]);
+    expect((await a.getSchedule({ scheduleId: mine.id }, as(owner.token))).schedule?.id).toBe(
+      mine.id,
+    );
+
+    // An admin may delete a member's schedule.
+    await a.deleteSchedule({ scheduleId: theirs.id }, as(owner.token));
+    expect((await b.listSchedules({}, as(member.token))).schedules).toEqual([]);
+    for (const id of [mine.id, soon.id])
+      await a.deleteSchedule({ scheduleId: id }, as(owner.token));
+  });
+
+  it("bad expressions, time zones, times and specs are refused and never become schedules", async () => {
+    const before = (await a.listSchedules({}, as(owner.token))).schedules.length;
+    type Init = Parameters<typeof a.createSchedule>[0];
+    const create = (when: NonNullable<Init["when"]>, spec: Init["spec"] = SPEC) =>
+      rejection(a.createSchedule({ name: "bad", spec, when }, as(owner.token)));
+
+    const badMinute = await create({ case: "cron", value: { expression: "61 * * * *" } });
+    expect(badMinute.code).toBe(Code.InvalidArgument);
+    expect(badMinute.rawMessage).toMatch(/cron\.expression.*61 \* \* \* \*/);
+    const tooShort = await create({ case: "cron", value: { expression: "* * *" } });
+    expect(tooShort.code).toBe(Code.InvalidArgument);
+    expect(tooShort.rawMessage).toContain("expression");
+    const seven = await create({ case: "cron", value: { expression: "* * * * * * *" } });
+    expect(seven.code).toBe(Code.InvalidArgument);
+    const never = await create({ case: "cron", value: { expression: "0 0 30 2 *" } });
+    expect(never.code).toBe(Code.InvalidArgument);
+    expect(never.rawMessage).toContain("never fires");
+    const zone = await create({
+      case: "cron",
+      value: { expression: "0 9 * * 1-5", timeZone: "Mars/Olympus_Mons" },
+    });
+    expect(zone.code).toBe(Code.InvalidArgument);
+    expect(zone.rawMessage).toContain("cron.time_zone");
+    const past = await create({
+      case: "at",
+      value: timestampFromDate(new Date(Date.now() - 60_000)),
+    });
+    expect(past.code).toBe(Code.InvalidArgument);
+    expect((await create({ case: undefined })).code).toBe(Code.InvalidArgument);
+
+    // The spec is planned as StartRun would: unknown addons, templates and AUTO without a
+    // categorizer are refused now, not at the first occurrence.
+    const daily = { case: "cron" as const, value: { expression: "@daily" } };
+    const addon = await create(daily, { ...SPEC, addons: ["no-such-addon"] });
+    expect(addon.code).toBe(Code.InvalidArgument);
+    expect(addon.rawMessage).toContain("no-such-addon");
+    const template = await create(daily, {
+      input: "x",
+      mode: { case: "workflow", value: { definition: { case: "templateId", value: "no-such" } } },
+    });
+    expect(template.code).toBe(Code.NotFound);
+    const auto = await create(daily, { input: "x" });
+    expect(auto.code).toBe(Code.FailedPrecondition);
+
+    expect((await a.listSchedules({}, as(owner.token))).schedules.length).toBe(before);
+  });
+});
