@@ -57,6 +57,8 @@ export const gatewayEnv = z.object({
     .default("ensemble_gateway_ratelimit"),
   /** How long an API key's exchanged token is reused (bounded by the token's own expiry). */
   GATEWAY_API_KEY_CACHE_MS: z.coerce.number().int().min(0).max(300_000).default(30_000),
+  /** The built web console served at `/` (default: gateway/console/dist beside this package). */
+  GATEWAY_CONSOLE_DIR: z.string().min(1).optional(),
 });
 
 export type GatewayConfig = z.output<typeof gatewayEnv>;

@@ -12,6 +12,8 @@ import {
   startMetricsServer,
   type Logger,
 } from "@ensemble/kit";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
 import { build } from "./server.js";
 import { configuredUpstreams } from "./services.js";
@@ -50,6 +52,11 @@ async function main(config: GatewayConfig, logger: Logger): Promise<void> {
     logger.warn("SERVICE_TOKEN is not set: API keys are refused (access tokens still work)");
   }
 
+  const consoleDir =
+    config.GATEWAY_CONSOLE_DIR ?? fileURLToPath(new URL("../../console/dist", import.meta.url));
+  if (!existsSync(consoleDir)) {
+    logger.warn({ consoleDir }, "the web console is not built: / serves nothing");
+  }
   const gateway = build({
     version: VERSION,
     logger,
@@ -64,10 +71,16 @@ async function main(config: GatewayConfig, logger: Logger): Promise<void> {
     maxMessageBytes: config.GATEWAY_MAX_MESSAGE_BYTES,
     maxTimeoutMs: config.GATEWAY_MAX_TIMEOUT_MS,
     apiKeyCacheMs: config.GATEWAY_API_KEY_CACHE_MS,
+    consoleDir,
   });
   const port = await gateway.listen(config.GATEWAY_PORT, config.GATEWAY_HOST);
   logger.info(
-    { host: config.GATEWAY_HOST, port, services: upstreams.map((u) => u.name) },
+    {
+      host: config.GATEWAY_HOST,
+      port,
+      services: upstreams.map((u) => u.name),
+      console: existsSync(consoleDir),
+    },
     "gateway listening",
   );
 

@@ -41,6 +41,7 @@ import {
   RunService,
 } from "@ensemble/proto";
 import { Authenticator, scopeAllows, ServiceTokenSource, type AuthApi } from "./authn.js";
+import { openConsole } from "./console.js";
 import { renderDocs } from "./docs.js";
 import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
 import { listenDual, type Listener } from "./listen.js";
@@ -67,6 +68,8 @@ export interface GatewayDeps {
   maxMessageBytes?: number;
   maxTimeoutMs?: number;
   apiKeyCacheMs?: number;
+  /** The built web console (gateway/console/dist), served at `/`; none when unset or unbuilt. */
+  consoleDir?: string;
   /** WebSocket keepalive (GET /v1/ws): ping interval; a peer that misses a pong is dropped. */
   wsPingIntervalMs?: number;
 }
@@ -356,6 +359,7 @@ export function build(deps: GatewayDeps): Gateway {
 
   // --- operational endpoints ---------------------------------------------------------------
 
+  const consoleSite = deps.consoleDir !== undefined ? openConsole(deps.consoleDir) : undefined;
   let docsHtml: string | undefined;
   let jwksCache: { body: string; fetchedAt: number } | undefined;
 
@@ -505,16 +509,25 @@ export function build(deps: GatewayDeps): Gateway {
       return;
     }
     if (req.method === "GET" && !path.startsWith("/ensemble.") && !path.startsWith("/grpc.")) {
-      endpoint(path, res).then(
-        (handled) => {
-          if (!handled) sendJson(res, 404, { code: "not_found", message: "not found" });
-        },
-        (err: unknown) => {
-          logger.error({ err, path }, "endpoint failed");
-          if (!res.headersSent) sendJson(res, 500, { code: "internal", message: "internal error" });
-          else res.end();
-        },
-      );
+      endpoint(path, res)
+        .then(async (handled) => {
+          if (handled) return true;
+          const etag = req.headers["if-none-match"];
+          return (
+            consoleSite?.serve(path, typeof etag === "string" ? etag : undefined, res) ?? false
+          );
+        })
+        .then(
+          (handled) => {
+            if (!handled) sendJson(res, 404, { code: "not_found", message: "not found" });
+          },
+          (err: unknown) => {
+            logger.error({ err, path }, "endpoint failed");
+            if (!res.headersSent)
+              sendJson(res, 500, { code: "internal", message: "internal error" });
+            else res.end();
+          },
+        );
       return;
     }
     connectHandler(req, res);

@@ -129,6 +129,8 @@ export interface GatewayOptions {
   serviceToken?: string;
   apiKeyCacheMs?: number;
   wsPingIntervalMs?: number;
+  /** Serve the built web console from this directory. */
+  consoleDir?: string;
 }
 
 export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
@@ -155,6 +157,7 @@ export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
     development: opts.development ?? false,
     ...(opts.serviceToken !== undefined ? { serviceToken: opts.serviceToken } : {}),
     ...(opts.apiKeyCacheMs !== undefined ? { apiKeyCacheMs: opts.apiKeyCacheMs } : {}),
+    ...(opts.consoleDir !== undefined ? { consoleDir: opts.consoleDir } : {}),
     ...(opts.wsPingIntervalMs !== undefined ? { wsPingIntervalMs: opts.wsPingIntervalMs } : {}),
     maxMessageBytes: 64 * 1024,
   });

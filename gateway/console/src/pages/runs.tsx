@@ -1,0 +1,142 @@
+// Runs: the caller's runs (an admin may list the whole tenant's), newest first, with filters.
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { RunMode, RunStatus } from "@ensemble/proto";
+import { useState } from "react";
+import { api } from "../api";
+import { Link } from "../router";
+import { useSession } from "../session";
+import { Guard, enumLabel, fmtMs, fmtTime, fmtUsd, useLoad } from "../ui";
+
+const STATUSES = [
+  RunStatus.PENDING,
+  RunStatus.RUNNING,
+  RunStatus.COMPLETED,
+  RunStatus.FAILED,
+  RunStatus.CANCELLED,
+];
+const MODES = [RunMode.AUTO, RunMode.MODEL, RunMode.WORKFLOW, RunMode.COMPARE];
+
+export function RunsPage() {
+  const { me } = useSession();
+  const [status, setStatus] = useState<RunStatus>(RunStatus.UNSPECIFIED);
+  const [mode, setMode] = useState<RunMode>(RunMode.UNSPECIFIED);
+  const [template, setTemplate] = useState("");
+  const [model, setModel] = useState("");
+  const [days, setDays] = useState(0);
+  const [allUsers, setAllUsers] = useState(false);
+  const runs = useLoad(
+    () =>
+      api.runs.listRuns({
+        page: { pageSize: 100 },
+        statuses: status === RunStatus.UNSPECIFIED ? [] : [status],
+        mode,
+        templateId: template.trim(),
+        model: model.trim(),
+        allUsers,
+        ...(days > 0 ? { createdAfter: timestampFromMs(Date.now() - days * 86_400_000) } : {}),
+      }),
+    [status, mode, template, model, days, allUsers],
+  );
+
+  return (
+    <div>
+      <h1>Runs</h1>
+      <form className="filters" onSubmit={(e) => e.preventDefault()} aria-label="Filters">
+        <label>
+          Status
+          <select value={status} onChange={(e) => setStatus(Number(e.target.value))}>
+            <option value={RunStatus.UNSPECIFIED}>any</option>
+            {STATUSES.map((s) => (
+              <option key={s} value={s}>
+                {enumLabel(RunStatus, s)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Mode
+          <select value={mode} onChange={(e) => setMode(Number(e.target.value))}>
+            <option value={RunMode.UNSPECIFIED}>any</option>
+            {MODES.map((m) => (
+              <option key={m} value={m}>
+                {enumLabel(RunMode, m)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Template
+          <input value={template} onChange={(e) => setTemplate(e.target.value)} />
+        </label>
+        <label>
+          Model
+          <input value={model} onChange={(e) => setModel(e.target.value)} />
+        </label>
+        <label>
+          Created
+          <select value={days} onChange={(e) => setDays(Number(e.target.value))}>
+            <option value={0}>any time</option>
+            <option value={1}>last 24 hours</option>
+            <option value={7}>last 7 days</option>
+            <option value={30}>last 30 days</option>
+          </select>
+        </label>
+        {me?.admin === true && (
+          <label className="check">
+            <input
+              type="checkbox"
+              checked={allUsers}
+              onChange={(e) => setAllUsers(e.target.checked)}
+            />
+            every user of the tenant
+          </label>
+        )}
+      </form>
+      <Guard
+        loaded={runs}
+        empty={(r) => r.runs.length === 0}
+        emptyText="No runs match. Start one from Chat, Compare or the Catalog's templates."
+      >
+        {(r) => (
+          <div className="table-wrap">
+            <table className="runs">
+              <thead>
+                <tr>
+                  <th>Question</th>
+                  <th>Mode</th>
+                  <th>Status</th>
+                  <th>Created</th>
+                  <th>Latency</th>
+                  <th>Tokens</th>
+                  <th>Cost</th>
+                </tr>
+              </thead>
+              <tbody>
+                {r.runs.map((run) => (
+                  <tr key={run.id}>
+                    <td>
+                      <Link to={`/runs/${run.id}`}>
+                        {(run.spec?.input ?? run.id).slice(0, 80) || run.id}
+                      </Link>
+                      {run.templateId !== "" && <span className="tag">{run.templateId}</span>}
+                    </td>
+                    <td>{enumLabel(RunMode, run.mode)}</td>
+                    <td>
+                      <span className={`status s-${RunStatus[run.status]?.toLowerCase()}`}>
+                        {enumLabel(RunStatus, run.status)}
+                      </span>
+                    </td>
+                    <td>{fmtTime(run.createTime)}</td>
+                    <td>{fmtMs(run.latency)}</td>
+                    <td>{String(run.usage?.totalTokens ?? 0n)}</td>
+                    <td>{fmtUsd(run.usage?.costUsd)}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </Guard>
+    </div>
+  );
+}

@@ -1,0 +1,101 @@
+// Shared pieces every page uses: loading/empty/error states, a data-loading hook, formatters.
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { useCallback, useEffect, useState } from "react";
+import type { ReactNode } from "react";
+import { errorText } from "./api";
+
+export interface Loaded<T> {
+  data: T | undefined;
+  error: string | undefined;
+  loading: boolean;
+  reload: () => void;
+}
+
+/** Runs `load` on mount and whenever `deps` change; stale answers are dropped. */
+export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> {
+  const [state, setState] = useState<{ data?: T; error?: string; loading: boolean }>({
+    loading: true,
+  });
+  const [tick, setTick] = useState(0);
+  // The caller names the inputs `load` depends on, as with useEffect.
+  const run = useCallback(load, deps);
+  useEffect(() => {
+    let live = true;
+    setState((s) => ({ ...s, loading: true }));
+    run().then(
+      (data) => live && setState({ data, loading: false }),
+      (err: unknown) => live && setState({ error: errorText(err), loading: false }),
+    );
+    return () => {
+      live = false;
+    };
+  }, [run, tick]);
+  const reload = useCallback(() => setTick((t) => t + 1), []);
+  return {
+    data: state.data,
+    error: state.error,
+    loading: state.loading,
+    reload,
+  };
+}
+
+export function ErrorBox({ error }: { error: string | undefined }) {
+  if (error === undefined) return null;
+  return (
+    <p className="error" role="alert">
+      {error}
+    </p>
+  );
+}
+
+export function Loading({ what = "Loading" }: { what?: string }) {
+  return (
+    <p className="muted" aria-live="polite">
+      {what}…
+    </p>
+  );
+}
+
+export function Empty({ children }: { children: ReactNode }) {
+  return <p className="empty">{children}</p>;
+}
+
+/** Loading, error or empty state, else the content. */
+export function Guard<T>(props: {
+  loaded: Loaded<T>;
+  empty?: (data: T) => boolean;
+  emptyText?: string;
+  children: (data: T) => ReactNode;
+}) {
+  const { loaded } = props;
+  if (loaded.error !== undefined) return <ErrorBox error={loaded.error} />;
+  if (loaded.data === undefined) return <Loading />;
+  if (props.empty?.(loaded.data) === true)
+    return <Empty>{props.emptyText ?? "Nothing yet."}</Empty>;
+  return <>{props.children(loaded.data)}</>;
+}
+
+export function ms(d: Duration | undefined): number {
+  if (d === undefined) return 0;
+  return Number(d.seconds) * 1000 + d.nanos / 1e6;
+}
+
+export function fmtMs(d: Duration | undefined): string {
+  const v = ms(d);
+  return v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${Math.round(v)} ms`;
+}
+
+export function fmtUsd(v: number | undefined): string {
+  const n = v ?? 0;
+  return n === 0 ? "$0" : n < 0.01 ? `$${n.toFixed(6)}` : `$${n.toFixed(4)}`;
+}
+
+export function fmtTime(t: Timestamp | undefined): string {
+  return t === undefined ? "—" : timestampDate(t).toLocaleString();
+}
+
+/** A generated enum's value name (already without its prefix), for people. */
+export function enumLabel(names: Record<number, string>, value: number): string {
+  return (names[value] ?? String(value)).toLowerCase().replaceAll("_", " ");
+}
