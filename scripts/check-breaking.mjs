@@ -12,13 +12,19 @@ if (!/^[0-9a-f]{7,40}$/.test(baseline)) {
   console.log("buf breaking: no baseline commit in proto/BREAKING_BASELINE yet; skipped");
   process.exit(0);
 }
+// buf clones the repository without the full history, where an abbreviated hash resolves to
+// nothing: it gets the full one.
+let commit;
 try {
-  execFileSync("git", ["cat-file", "-e", `${baseline}^{commit}`], { cwd: repo, stdio: "ignore" });
+  commit = execFileSync("git", ["rev-parse", "--verify", `${baseline}^{commit}`], {
+    cwd: repo,
+    encoding: "utf8",
+  }).trim();
 } catch {
   console.error(`buf breaking: baseline ${baseline} is not in this clone's history`);
   process.exit(1);
 }
-execFileSync("buf", ["breaking", "--against", `.git#ref=${baseline}`], {
+execFileSync("buf", ["breaking", "--against", `.git#ref=${commit}`], {
   cwd: repo,
   stdio: "inherit",
 });
