@@ -33,6 +33,7 @@ import {
 } from "@ensemble/kit";
 import { AckPolicy, DeliverPolicy, type Consumer, type JsMsg } from "@nats-io/jetstream";
 import {
+  ChatMessageSchema,
   ClassificationSchema,
   JudgePolicy,
   RankingResultSchema,
@@ -47,6 +48,7 @@ import {
   StepStatus,
   UsageSchema,
   type CategorizerService,
+  type ChatMessage,
   type Classification,
   type ModelProxyService,
   type RankingResult,
@@ -60,6 +62,7 @@ import {
 import type { Counter, Histogram } from "prom-client";
 import { addUsage, executeStep, runErrorOf } from "./executor.js";
 import type { FailureExplainer } from "./explainer.js";
+import type { PluginInvoker } from "./plugins.js";
 import { subjectToken, type EventInit, type RunEventPublisher, type RunRef } from "./events.js";
 import {
   decodePlan,
@@ -71,10 +74,17 @@ import {
   type Plan,
 } from "./plan.js";
 import {
+  byId,
   claim,
   decode,
   encode,
   IDEMPOTENCY_TTL_MS,
+  isKeyed,
+  keyKey,
+  retryBusy,
+  runKey,
+  setFields,
+  stepKey,
   type Models,
   type RunDoc,
   type RunOutcomeDoc,
@@ -114,6 +124,8 @@ export interface EngineDeps {
   logger: Logger;
   registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
   modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
+  /** Plugin steps (registry lookup + Invoke); none = they fail with FAILED_PRECONDITION. */
+  plugins?: PluginInvoker | undefined;
   categorizer?: Pick<GrpcClient<typeof CategorizerService>, "classify"> | undefined;
   tokens: TokenSource;
   /** Set when there is no SERVICE_TOKEN: the starting call's token is remembered for its steps. */
@@ -123,6 +135,9 @@ export interface EngineDeps {
   /** Writes the user-facing explanation of a failed run (EXPLAINER_MODEL); none = no explanation. */
   explainer?: FailureExplainer | undefined;
 }
+
+/** Delay before the n-th redelivery of a step whose handling failed (not its model call). */
+const STEP_RETRY_DELAYS_MS = [1_000, 5_000, 15_000, 30_000];
 
 const TERMINAL = new Set([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]);
 const STEP_ENDED = new Set([
@@ -177,13 +192,69 @@ interface RunState {
   plan: Plan;
 }
 
+/**
+ * What this replica knows for certain about a run's steps: dispatch claims and outcomes are
+ * inserted once and never change (but for an outcome's eventPublished flag, which may be stale
+ * here: a stale false only makes the end event be published again, and the server drops that
+ * copy by its message id). What is not known is read.
+ */
+interface Known {
+  dispatched: Map<string, RunStepDoc>;
+  outcomes: Map<string, StepOutcomeDoc>;
+}
+
+/** Runs kept in memory per replica (state and known steps); the oldest are dropped. */
+const RUN_CACHE_SIZE = 5_000;
+/** A step still running after this has its RUNNING state written (GetRun shows it). */
+const RUNNING_MARK_MS = 100;
+
+function remember<V>(map: Map<string, V>, key: string, value: V): V {
+  map.set(key, value);
+  if (map.size > RUN_CACHE_SIZE) {
+    const first = map.keys().next();
+    if (first.done !== true) map.delete(first.value);
+  }
+  return value;
+}
+
+/** Filters addressing a run's documents: by `_id` (see store.ts), or by fields for old runs. */
+function runWhere(doc: RunDoc): Record<string, unknown> {
+  return isKeyed(doc) ? { _id: doc._id } : { tenantId: doc.tenantId, id: doc.id };
+}
+function outcomeWhere(doc: RunDoc): Record<string, unknown> {
+  return isKeyed(doc)
+    ? { _id: runKey(doc.tenantId, doc.id) }
+    : { tenantId: doc.tenantId, runId: doc.id };
+}
+function stepWhere(doc: RunDoc, stepId: string): Record<string, unknown> {
+  return isKeyed(doc)
+    ? { _id: stepKey(doc.tenantId, doc.id, stepId) }
+    : { tenantId: doc.tenantId, runId: doc.id, stepId };
+}
+
+/** The steps `stepId` depends on, directly or transitively. */
+function upstreamOf(plan: Plan, stepId: string): string[] {
+  const byId = new Map(plan.template.steps.map((s) => [s.id, s]));
+  const seen = new Set<string>();
+  const todo = [...(byId.get(stepId)?.dependsOn ?? [])];
+  for (let id = todo.pop(); id !== undefined; id = todo.pop()) {
+    if (seen.has(id)) continue;
+    seen.add(id);
+    todo.push(...(byId.get(id)?.dependsOn ?? []));
+  }
+  return [...seen];
+}
+
 export class Engine {
   readonly #d: EngineDeps;
   readonly #log: Logger;
   /** runId -> controllers of step calls in flight on this replica. */
   readonly #inflight = new Map<string, Set<AbortController>>();
   readonly #tenantBusy = new Map<string, number>();
+  readonly #tenantWaiters = new Map<string, Array<() => void>>();
   readonly #plans = new Map<string, Plan>();
+  readonly #states = new Map<string, RunState>();
+  readonly #known = new Map<string, Known>();
   #stopping = false;
   #consumer: Consumer | undefined;
   readonly #workers: Array<Promise<void>> = [];
@@ -218,9 +289,9 @@ export class Engine {
       retention: "workqueue",
       duplicate_window: 2 * 60 * 1_000_000_000,
     });
-    const backoff = [1_000, 5_000, 15_000, 30_000]
-      .slice(0, Math.max(0, this.#s.maxDeliver - 1))
-      .map((ms) => ms * 1_000_000);
+    // No consumer-level backoff: JetStream then uses backoff[n] instead of ack_wait for the n-th
+    // redelivery, so a step running longer than the first entry was delivered twice. The delay
+    // after a failed handling is given on the nak itself (STEP_RETRY_DELAYS_MS).
     const consumerConfig = {
       durable_name: this.#s.stepConsumer,
       ack_policy: AckPolicy.Explicit,
@@ -229,7 +300,6 @@ export class Engine {
       max_deliver: this.#s.maxDeliver,
       max_ack_pending: 100_000,
       filter_subject: `${this.#s.subjectPrefix}.steps.>`,
-      ...(backoff.length > 0 ? { backoff } : {}),
     };
     try {
       await this.#d.jsm.consumers.add(this.#s.stepStream, consumerConfig);
@@ -294,8 +364,19 @@ export class Engine {
 
   // ------------------------------------------------------------------------------ runs
 
+  /** The run document by its `_id`, else (written before keyed ids) by its fields. */
+  async #runDoc(tenantId: string, runId: string): Promise<RunDoc | null> {
+    return (
+      (await byId(this.#d.models.runs, runKey(tenantId, runId))) ??
+      (await this.#d.models.runs.findOne({ tenantId, id: runId }).lean<RunDoc>())
+    );
+  }
+
+  /** The run's immutable part (who, spec, deadline, plan), cached once planned. */
   async #runState(tenantId: string, runId: string): Promise<RunState | undefined> {
-    const doc = await this.#d.models.runs.findOne({ tenantId, id: runId }).lean<RunDoc>();
+    const cached = this.#states.get(runId);
+    if (cached !== undefined && cached.doc.tenantId === tenantId) return cached;
+    const doc = await this.#runDoc(tenantId, runId);
     if (doc === null) return undefined;
     let plan = this.#plans.get(runId);
     if (plan === undefined && doc.plan !== undefined && doc.planExtras !== undefined) {
@@ -307,14 +388,25 @@ export class Engine {
       }
     }
     if (plan === undefined) return undefined;
-    return { doc, plan };
+    return remember(this.#states, runId, { doc, plan });
+  }
+
+  #knownOf(runId: string): Known {
+    return (
+      this.#known.get(runId) ??
+      remember(this.#known, runId, { dispatched: new Map(), outcomes: new Map() })
+    );
+  }
+
+  #forgetRun(runId: string): void {
+    this.#states.delete(runId);
+    this.#known.delete(runId);
+    this.#plans.delete(runId);
   }
 
   /** The caller's run (owner, or a tenant admin), else NOT_FOUND. */
   async findRun(p: Principal, runId: string): Promise<RunDoc> {
-    const doc = await this.#d.models.runs
-      .findOne({ tenantId: p.tenantId, id: runId })
-      .lean<RunDoc>();
+    const doc = await this.#runDoc(p.tenantId, runId);
     if (doc === null || (doc.userId !== p.subject && !p.roles.includes("admin"))) {
       throw new NotFoundError(`run "${runId}" not found`);
     }
@@ -328,7 +420,15 @@ export class Engine {
   async createRun(
     p: Principal,
     spec: RunSpec,
-    opts: { token: string; idempotencyKey: string; runId?: string; scheduleId?: string },
+    opts: {
+      token: string;
+      idempotencyKey: string;
+      runId?: string;
+      scheduleId?: string;
+      /** A session's reply: its session and the conversation before `spec.input` (sessions.ts). */
+      sessionId?: string;
+      context?: ChatMessage[];
+    },
   ): Promise<{ doc: RunDoc; existing: boolean }> {
     const keyDoc = { tenantId: p.tenantId, userId: p.subject, key: opts.idempotencyKey };
     if (opts.idempotencyKey !== "") {
@@ -345,7 +445,12 @@ export class Engine {
     const plan = mode === RunMode.AUTO ? undefined : await planFor(spec, opts.token, this.#d);
     const runId = opts.runId ?? newRunId();
     if (opts.idempotencyKey !== "") {
-      const won = await claim(this.#d.models.runKeys, { ...keyDoc, runId, createTime: new Date() });
+      const won = await claim(this.#d.models.runKeys, {
+        _id: keyKey(p.tenantId, p.subject, opts.idempotencyKey),
+        ...keyDoc,
+        runId,
+        createTime: new Date(),
+      });
       if (!won) {
         const prior = await this.#priorRun(p, opts.idempotencyKey);
         if (prior !== undefined) return { doc: prior, existing: true };
@@ -358,15 +463,19 @@ export class Engine {
         ? Number(spec.timeout.seconds) * 1000 + spec.timeout.nanos / 1e6
         : this.#s.runTimeoutMs;
     const doc: RunDoc = {
+      _id: runKey(p.tenantId, runId),
       tenantId: p.tenantId,
       id: runId,
       userId: p.subject,
-      sessionId: "",
+      sessionId: opts.sessionId ?? "",
       apiKeyId: p.apiKeyId ?? "",
       scheduleId: opts.scheduleId ?? "",
       mode,
       status: plan === undefined ? RunStatus.PENDING : RunStatus.RUNNING,
       spec: encode(RunSpecSchema, spec),
+      ...(opts.context !== undefined && opts.context.length > 0
+        ? { context: opts.context.map((m) => encode(ChatMessageSchema, m)) }
+        : {}),
       ...(plan !== undefined ? encodePlan(plan) : {}),
       templateId:
         plan?.template.id !== undefined && spec.mode.case === "workflow" ? plan.template.id : "",
@@ -383,7 +492,9 @@ export class Engine {
       ...(plan !== undefined ? { startTime: now } : {}),
       updateTime: now,
     };
-    await this.#d.models.runs.collection.insertOne({ ...doc });
+    await retryBusy(() =>
+      this.#d.models.runs.collection.insertOne({ ...doc } as Record<string, unknown>),
+    );
     if (plan !== undefined) this.#plans.set(runId, plan);
     this.#d.metrics?.runsStarted.inc({ mode: RunMode[mode] ?? "UNKNOWN" });
     const ref = refOf(doc);
@@ -402,30 +513,27 @@ export class Engine {
     });
     if (plan === undefined) {
       await this.#classifyAndPlan(doc, spec, opts.token);
-    } else {
-      await this.#dispatchReady({ doc, plan });
+      return { doc: (await this.#runDoc(p.tenantId, runId)) ?? doc, existing: false };
     }
-    return {
-      doc:
-        (await this.#d.models.runs.findOne({ tenantId: p.tenantId, id: runId }).lean<RunDoc>()) ??
-        doc,
-      existing: false,
-    };
+    // A run just inserted has no step documents anywhere yet: nothing to read.
+    const state = remember(this.#states, runId, { doc, plan });
+    this.#knownOf(runId);
+    await this.#dispatchReady(state);
+    return { doc, existing: false };
   }
 
   async #priorRun(p: Principal, key: string): Promise<RunDoc | undefined> {
-    const k = await this.#d.models.runKeys
-      .findOne({ tenantId: p.tenantId, userId: p.subject, key })
-      .lean();
+    const k =
+      (await byId(this.#d.models.runKeys, keyKey(p.tenantId, p.subject, key))) ??
+      (await this.#d.models.runKeys
+        .findOne({ tenantId: p.tenantId, userId: p.subject, key })
+        .lean());
     if (k === null) return undefined;
     if (k.createTime.getTime() < Date.now() - IDEMPOTENCY_TTL_MS) {
       await this.#d.models.runKeys.deleteOne({ tenantId: p.tenantId, userId: p.subject, key });
       return undefined;
     }
-    const doc = await this.#d.models.runs
-      .findOne({ tenantId: p.tenantId, id: k.runId })
-      .lean<RunDoc>();
-    return doc ?? undefined;
+    return (await this.#runDoc(p.tenantId, k.runId)) ?? undefined;
   }
 
   /** AUTO: ask the categorizer, publish `classified`, store the plan, start. Failures end the run. */
@@ -457,23 +565,19 @@ export class Engine {
     const planned = encodePlan(plan);
     const target = classification.route?.target;
     const now = new Date();
-    await this.#d.models.runs.updateOne(
-      { tenantId: doc.tenantId, id: doc.id },
-      {
-        $set: {
-          ...planned,
-          classification: encode(ClassificationSchema, classification),
-          templateId: target?.case === "templateId" ? target.value : "",
-          templateVersion: target?.case === "templateId" ? plan.template.version : 0,
-          outputStepId: plan.template.outputStep,
-          models: planModels(plan.template),
-          status: RunStatus.RUNNING,
-          startTime: now,
-          updateTime: now,
-        },
-      },
-    );
+    await setFields(this.#d.models.runs, runWhere(doc), {
+      ...planned,
+      classification: encode(ClassificationSchema, classification),
+      templateId: target?.case === "templateId" ? target.value : "",
+      templateVersion: target?.case === "templateId" ? plan.template.version : 0,
+      outputStepId: plan.template.outputStep,
+      models: planModels(plan.template),
+      status: RunStatus.RUNNING,
+      startTime: now,
+      updateTime: now,
+    });
     this.#plans.set(doc.id, plan);
+    this.#states.delete(doc.id);
     await this.#emit(ref, {
       type: RunEventType.CLASSIFIED,
       payload: { case: "classified", value: { classification, plan: plannedSteps(plan.template) } },
@@ -488,24 +592,85 @@ export class Engine {
 
   // ------------------------------------------------------------------------------ dispatch
 
+  /**
+   * The run's dispatch claims and step outcomes. `fresh` (GetRun, recovery): everything is read.
+   * Otherwise only what this replica does not know yet, and of that only outcomes that can
+   * exist: a step whose dependencies are not all completed was never dispatched, so rounds of
+   * reads follow the graph from what is known.
+   */
   async #progress(
-    tenantId: string,
-    runId: string,
+    state: RunState,
+    fresh: boolean,
   ): Promise<{
     dispatched: RunStepDoc[];
     outcomes: StepOutcomeDoc[];
   }> {
-    const [dispatched, outcomes] = await Promise.all([
-      this.#d.models.runSteps.find({ tenantId, runId }).lean<RunStepDoc[]>(),
-      this.#d.models.stepOutcomes.find({ tenantId, runId }).lean<StepOutcomeDoc[]>(),
-    ]);
-    return { dispatched, outcomes };
+    const { doc, plan } = state;
+    const known = this.#knownOf(doc.id);
+    const steps = plan.template.steps;
+    if (!isKeyed(doc)) {
+      const [dispatched, outcomes] = await Promise.all([
+        this.#d.models.runSteps
+          .find({ tenantId: doc.tenantId, runId: doc.id })
+          .lean<RunStepDoc[]>(),
+        this.#d.models.stepOutcomes
+          .find({ tenantId: doc.tenantId, runId: doc.id })
+          .lean<StepOutcomeDoc[]>(),
+      ]);
+      for (const d of dispatched) known.dispatched.set(d.stepId, d);
+      for (const o of outcomes) known.outcomes.set(o.stepId, o);
+      return { dispatched, outcomes };
+    }
+    const key = (id: string) => stepKey(doc.tenantId, doc.id, id);
+    if (fresh) {
+      const [dispatched, outcomes] = await Promise.all([
+        Promise.all(steps.map((s) => byId(this.#d.models.runSteps, key(s.id)))),
+        Promise.all(steps.map((s) => byId(this.#d.models.stepOutcomes, key(s.id)))),
+      ]);
+      for (const d of dispatched) if (d !== null) known.dispatched.set(d.stepId, d);
+      for (const o of outcomes) if (o !== null) known.outcomes.set(o.stepId, o);
+      return {
+        dispatched: dispatched.filter((d) => d !== null),
+        outcomes: outcomes.filter((o) => o !== null),
+      };
+    }
+    const completed = (id: string) => known.outcomes.get(id)?.status === StepStatus.COMPLETED;
+    const asked = new Set<string>();
+    for (;;) {
+      const ask = steps.filter(
+        (s) => !known.outcomes.has(s.id) && !asked.has(s.id) && s.dependsOn.every(completed),
+      );
+      if (ask.length === 0) break;
+      const found = await Promise.all(
+        ask.map((s) => {
+          asked.add(s.id);
+          return byId(this.#d.models.stepOutcomes, key(s.id));
+        }),
+      );
+      for (const o of found) if (o !== null) known.outcomes.set(o.stepId, o);
+    }
+    // Dispatch claims matter only when the run's cap on parallel steps can bind (to count the
+    // steps in flight); otherwise claiming a step someone else claimed just loses the claim.
+    const maxParallel =
+      plan.template.maxParallel > 0 ? plan.template.maxParallel : this.#s.runMaxParallel;
+    if (steps.length > maxParallel) {
+      const ask = steps.filter(
+        (s) =>
+          !known.dispatched.has(s.id) && !known.outcomes.has(s.id) && s.dependsOn.every(completed),
+      );
+      const found = await Promise.all(ask.map((s) => byId(this.#d.models.runSteps, key(s.id))));
+      for (const d of found) if (d !== null) known.dispatched.set(d.stepId, d);
+    }
+    return { dispatched: [...known.dispatched.values()], outcomes: [...known.outcomes.values()] };
   }
 
-  /** Dispatches every ready step (claims first, so each is queued once), or ends the run. */
-  async #dispatchReady(state: RunState): Promise<void> {
+  /**
+   * Dispatches every ready step (claims first, so each is queued once), or ends the run.
+   * Returns true when the run ended.
+   */
+  async #dispatchReady(state: RunState, fresh = false): Promise<boolean> {
     const { doc, plan } = state;
-    const { dispatched, outcomes } = await this.#progress(doc.tenantId, doc.id);
+    const { dispatched, outcomes } = await this.#progress(state, fresh);
     const completed = new Set(
       outcomes.filter((o) => o.status === StepStatus.COMPLETED).map((o) => o.stepId),
     );
@@ -518,11 +683,11 @@ export class Engine {
       await this.#finishRun(refOf(doc), RunStatus.FAILED, {
         ...(record.error !== undefined ? { error: record.error } : {}),
       });
-      return;
+      return true;
     }
     if (plan.template.steps.every((s) => completed.has(s.id))) {
       await this.#finishRun(refOf(doc), RunStatus.COMPLETED, {});
-      return;
+      return true;
     }
     const maxParallel =
       plan.template.maxParallel > 0 ? plan.template.maxParallel : this.#s.runMaxParallel;
@@ -534,7 +699,7 @@ export class Engine {
     await Promise.all(
       ready.map(async (stepId) => {
         const queuedAt = new Date();
-        const won = await claim(this.#d.models.runSteps, {
+        const claimDoc: RunStepDoc = {
           tenantId: doc.tenantId,
           runId: doc.id,
           stepId,
@@ -543,10 +708,16 @@ export class Engine {
           model: "",
           fallbackUsed: false,
           queuedAt,
+        };
+        const won = await claim(this.#d.models.runSteps, {
+          _id: stepKey(doc.tenantId, doc.id, stepId),
+          ...claimDoc,
         });
+        if (won) this.#knownOf(doc.id).dispatched.set(stepId, claimDoc);
         if (won) await this.#enqueue(doc.tenantId, doc.id, stepId, queuedAt);
       }),
     );
+    return false;
   }
 
   async #enqueue(tenantId: string, runId: string, stepId: string, queuedAt: Date): Promise<void> {
@@ -591,7 +762,9 @@ export class Engine {
           { err, delivery: msg.info.deliveryCount },
           "step handling failed; it will be redelivered",
         );
-        msg.nak();
+        msg.nak(
+          STEP_RETRY_DELAYS_MS[Math.min(msg.info.deliveryCount, STEP_RETRY_DELAYS_MS.length) - 1],
+        );
       }
     }
   }
@@ -631,13 +804,15 @@ export class Engine {
       log.warn("unknown step; dropped");
       return true;
     }
+    // On its first delivery a step has no outcome (it is dispatched once; a republished copy
+    // that races a completion only repeats the work, and its outcome claim then loses), so only
+    // a redelivered step looks for one.
+    const known = this.#knownOf(body.runId);
     const [runOutcome, outcome] = await Promise.all([
-      this.#d.models.runOutcomes
-        .findOne({ tenantId: body.tenantId, runId: body.runId })
-        .lean<RunOutcomeDoc>(),
-      this.#d.models.stepOutcomes
-        .findOne({ tenantId: body.tenantId, runId: body.runId, stepId: body.stepId })
-        .lean<StepOutcomeDoc>(),
+      this.#runOutcomeOf(state.doc),
+      known.outcomes.has(step.id) || msg.info.deliveryCount > 1
+        ? this.#outcomeOf(state.doc, step.id)
+        : null,
     ]);
     if (outcome !== null) {
       // Redelivered after the outcome was claimed: only the tail (events, next steps) is repeated.
@@ -658,13 +833,7 @@ export class Engine {
       });
       return true;
     }
-    // Per-tenant cap on this replica: leave the step to another replica or a moment later.
-    const busy = this.#tenantBusy.get(body.tenantId) ?? 0;
-    if (busy >= this.#s.tenantMaxParallel) {
-      msg.nak(250);
-      return false;
-    }
-    this.#tenantBusy.set(body.tenantId, busy + 1);
+    if (!(await this.#acquireTenant(body.tenantId, msg))) return false;
     const controller = new AbortController();
     let set = this.#inflight.get(body.runId);
     if (set === undefined) {
@@ -674,16 +843,20 @@ export class Engine {
     set.add(controller);
     const heartbeat = setInterval(() => msg.working(), Math.max(1_000, this.#s.ackWaitMs / 3));
     this.#d.metrics?.dispatchSeconds.observe(Math.max(0, takenAt - body.queuedAt) / 1000);
+    // The RUNNING state is written only for a step that takes a while: a fast step goes from
+    // QUEUED to its outcome without a write nobody would have seen.
+    const startTime = new Date(takenAt);
+    const runningMark = setTimeout(() => {
+      void setFields(this.#d.models.runSteps, stepWhere(state.doc, step.id), {
+        status: StepStatus.RUNNING,
+        startTime,
+      }).catch((err: unknown) => log.warn({ err }, "could not mark the step running"));
+    }, RUNNING_MARK_MS);
     try {
-      const startTime = new Date();
-      await this.#d.models.runSteps.updateOne(
-        { tenantId: body.tenantId, runId: body.runId, stepId: body.stepId },
-        { $set: { status: StepStatus.RUNNING, startTime } },
-      );
-      const outcomes = await this.#d.models.stepOutcomes
-        .find({ tenantId: body.tenantId, runId: body.runId, status: StepStatus.COMPLETED })
-        .lean<StepOutcomeDoc[]>();
-      const records = new Map(outcomes.map((o) => [o.stepId, decode(RunStepSchema, o.record)]));
+      const upstream = upstreamOf(state.plan, step.id);
+      if (step.kind === StepKind.RANK && !upstream.includes(step.rankStep))
+        upstream.push(step.rankStep);
+      const records = await this.#completedRecords(state, upstream);
       const outputs: Record<string, string> = {};
       const vars: Record<string, string> = { ...state.plan.extras.vars };
       for (const s of state.plan.template.steps) {
@@ -703,6 +876,7 @@ export class Engine {
           runAddons: spec.addons,
           addonTexts: state.plan.extras.addonTexts,
           attachments: spec.attachments,
+          history: (state.doc.context ?? []).map((m) => decode(ChatMessageSchema, m)),
           responseFormat: responseFormatOf(state.plan.extras),
           compared: step.kind === StepKind.RANK ? records.get(step.rankStep) : undefined,
           rankBy: state.plan.extras.rankBy,
@@ -715,25 +889,72 @@ export class Engine {
           emit: (init) => this.#emit(ref, init),
           delta: (init) => this.#d.publisher.publishDelta(ref, init),
         },
-        { modelProxy: this.#d.modelProxy },
+        { modelProxy: this.#d.modelProxy, plugins: this.#d.plugins },
       );
       const queuedAt = body.queuedAt;
-      record.queueTime = durationFromMs(Math.max(0, startTime.getTime() - queuedAt));
+      record.queueTime = durationFromMs(Math.max(0, takenAt - queuedAt));
       this.#d.metrics?.stepsExecuted.inc({
         kind: StepKind[step.kind] ?? "UNKNOWN",
         status: StepStatus[record.status] ?? "UNKNOWN",
       });
+      clearTimeout(runningMark);
       await this.#claimOutcome(body.tenantId, body.runId, record, record.attempts);
       await this.#afterStep(state, body.stepId);
       return true;
     } finally {
+      clearTimeout(runningMark);
       clearInterval(heartbeat);
       set.delete(controller);
       if (set.size === 0) this.#inflight.delete(body.runId);
-      const n = (this.#tenantBusy.get(body.tenantId) ?? 1) - 1;
-      if (n <= 0) this.#tenantBusy.delete(body.tenantId);
-      else this.#tenantBusy.set(body.tenantId, n);
+      this.#releaseTenant(body.tenantId);
     }
+  }
+
+  /**
+   * A slot under the tenant's cap on this replica. Over it, the step waits here for a slot (its
+   * message kept alive) while fewer than the cap of the tenant's steps wait; beyond that it is
+   * nak'ed for another replica or a moment later. Every nak costs a delivery (STEP_MAX_DELIVER),
+   * and a message out of deliveries would never come back, so one near its last waits instead.
+   */
+  async #acquireTenant(tenantId: string, msg: JsMsg): Promise<boolean> {
+    const busy = this.#tenantBusy.get(tenantId) ?? 0;
+    if (busy < this.#s.tenantMaxParallel) {
+      this.#tenantBusy.set(tenantId, busy + 1);
+      return true;
+    }
+    let waiters = this.#tenantWaiters.get(tenantId);
+    if (
+      (waiters?.length ?? 0) >= this.#s.tenantMaxParallel &&
+      msg.info.deliveryCount < this.#s.maxDeliver - 1
+    ) {
+      msg.nak(250);
+      return false;
+    }
+    if (waiters === undefined) {
+      waiters = [];
+      this.#tenantWaiters.set(tenantId, waiters);
+    }
+    const queue = waiters;
+    const heartbeat = setInterval(() => msg.working(), Math.max(1_000, this.#s.ackWaitMs / 3));
+    try {
+      await new Promise<void>((resolve) => queue.push(resolve));
+    } finally {
+      clearInterval(heartbeat);
+    }
+    return true; // the releasing step handed its slot over
+  }
+
+  #releaseTenant(tenantId: string): void {
+    const waiters = this.#tenantWaiters.get(tenantId);
+    const next = waiters?.shift();
+    if (waiters !== undefined && waiters.length === 0) this.#tenantWaiters.delete(tenantId);
+    if (next !== undefined) {
+      next();
+      return;
+    }
+    const n = (this.#tenantBusy.get(tenantId) ?? 1) - 1;
+    if (n <= 0) this.#tenantBusy.delete(tenantId);
+    else this.#tenantBusy.set(tenantId, n);
   }
 
   async #claimOutcome(
@@ -742,7 +963,7 @@ export class Engine {
     record: RunStep,
     attempt: number,
   ): Promise<boolean> {
-    return claim(this.#d.models.stepOutcomes, {
+    const outcome: StepOutcomeDoc = {
       tenantId,
       runId,
       stepId: record.stepId,
@@ -751,7 +972,44 @@ export class Engine {
       record: encode(RunStepSchema, record),
       eventPublished: false,
       createTime: new Date(),
+    };
+    const won = await claim(this.#d.models.stepOutcomes, {
+      _id: stepKey(tenantId, runId, record.stepId),
+      ...outcome,
     });
+    if (won) this.#knownOf(runId).outcomes.set(record.stepId, outcome);
+    return won;
+  }
+
+  /** A step's outcome: known here, else read. */
+  async #outcomeOf(doc: RunDoc, stepId: string): Promise<StepOutcomeDoc | null> {
+    const known = this.#knownOf(doc.id);
+    const have = known.outcomes.get(stepId);
+    if (have !== undefined) return have;
+    const where = stepWhere(doc, stepId);
+    const found = isKeyed(doc)
+      ? await byId(this.#d.models.stepOutcomes, where["_id"] as string)
+      : await this.#d.models.stepOutcomes.findOne(where).lean<StepOutcomeDoc>();
+    if (found !== null) known.outcomes.set(stepId, found);
+    return found;
+  }
+
+  /** The completed records of these steps (known here, else read). */
+  async #completedRecords(state: RunState, stepIds: string[]): Promise<Map<string, RunStep>> {
+    const outcomes = await Promise.all(stepIds.map((id) => this.#outcomeOf(state.doc, id)));
+    const out = new Map<string, RunStep>();
+    for (const o of outcomes) {
+      if (o?.status === StepStatus.COMPLETED) out.set(o.stepId, decode(RunStepSchema, o.record));
+    }
+    return out;
+  }
+
+  /** The run's outcome, if claimed. */
+  async #runOutcomeOf(doc: RunDoc): Promise<RunOutcomeDoc | null> {
+    const where = outcomeWhere(doc);
+    return isKeyed(doc)
+      ? await byId(this.#d.models.runOutcomes, where["_id"] as string)
+      : await this.#d.models.runOutcomes.findOne(where).lean<RunOutcomeDoc>();
   }
 
   /**
@@ -760,13 +1018,12 @@ export class Engine {
    */
   async #afterStep(state: RunState, stepId: string): Promise<void> {
     const { doc } = state;
-    const outcome = await this.#d.models.stepOutcomes
-      .findOne({ tenantId: doc.tenantId, runId: doc.id, stepId })
-      .lean<StepOutcomeDoc>();
+    const outcome = await this.#outcomeOf(doc, stepId);
     if (outcome === null) return;
+    const publish = !outcome.eventPublished;
     const record = decode(RunStepSchema, outcome.record);
     const ref = refOf(doc);
-    if (!outcome.eventPublished) {
+    if (publish) {
       if (record.status === StepStatus.COMPLETED) {
         await this.#emit(ref, {
           type: RunEventType.STEP_COMPLETED,
@@ -800,13 +1057,19 @@ export class Engine {
           },
         });
       }
-      await this.#d.models.stepOutcomes.updateOne(
-        { tenantId: doc.tenantId, runId: doc.id, stepId },
-        { $set: { eventPublished: true } },
-      );
     }
-    if (record.status === StepStatus.CANCELLED || record.status === StepStatus.SKIPPED) return;
-    await this.#dispatchReady(state);
+    const runEnded =
+      record.status !== StepStatus.CANCELLED &&
+      record.status !== StepStatus.SKIPPED &&
+      (await this.#dispatchReady(state));
+    // Recovery republishes the event of an outcome not marked; once the run's end is claimed,
+    // recovery finalizes the run instead and never looks at its steps, so no mark is needed.
+    if (publish && !runEnded) {
+      await setFields(this.#d.models.stepOutcomes, stepWhere(doc, stepId), {
+        eventPublished: true,
+      });
+      outcome.eventPublished = true;
+    }
   }
 
   // ------------------------------------------------------------------------------ run end
@@ -817,7 +1080,8 @@ export class Engine {
     status: RunStatus,
     opts: { error?: RunError; reason?: string; by?: string },
   ): Promise<RunOutcomeDoc> {
-    const candidate: RunOutcomeDoc = {
+    const candidate: RunOutcomeDoc & { _id: string } = {
+      _id: runKey(ref.tenantId, ref.runId),
       tenantId: ref.tenantId,
       runId: ref.runId,
       status,
@@ -833,9 +1097,10 @@ export class Engine {
     }
     const outcome = won
       ? candidate
-      : await this.#d.models.runOutcomes
+      : ((await byId(this.#d.models.runOutcomes, candidate._id)) ??
+        (await this.#d.models.runOutcomes
           .findOne({ tenantId: ref.tenantId, runId: ref.runId })
-          .lean<RunOutcomeDoc>();
+          .lean<RunOutcomeDoc>()));
     if (outcome === null) throw new Error("run outcome vanished");
     if (!outcome.finalized) await this.#finalize(ref, outcome);
     return outcome;
@@ -851,7 +1116,7 @@ export class Engine {
     if (explainer === undefined || error.code === "CANCELED") return;
     const doc =
       (await this.#runState(ref.tenantId, ref.runId))?.doc ??
-      (await this.#d.models.runs.findOne({ tenantId: ref.tenantId, id: ref.runId }).lean<RunDoc>());
+      (await this.#runDoc(ref.tenantId, ref.runId));
     if (doc === null) return;
     const explanation = await explainer.explain({
       tenantId: ref.tenantId,
@@ -864,26 +1129,31 @@ export class Engine {
     if (explanation === "") return;
     const explained: RunError = { ...error, explanation };
     outcome.error = encode(RunErrorSchema, explained);
-    await this.#d.models.runOutcomes.updateOne(
-      { tenantId: ref.tenantId, runId: ref.runId },
-      { $set: { error: outcome.error } },
+    // The outcome was just claimed here, with its keyed `_id`.
+    await setFields(
+      this.#d.models.runOutcomes,
+      { _id: runKey(ref.tenantId, ref.runId) },
+      { error: outcome.error },
     );
   }
 
   /** Writes the run record's end and publishes the terminal event; repeatable. */
   async #finalize(ref: RunRef, outcome: RunOutcomeDoc): Promise<void> {
     const state = await this.#runState(ref.tenantId, ref.runId);
-    const doc =
-      state?.doc ??
-      (await this.#d.models.runs.findOne({ tenantId: ref.tenantId, id: ref.runId }).lean<RunDoc>());
+    const doc = state?.doc ?? (await this.#runDoc(ref.tenantId, ref.runId));
     if (doc === null) return;
     // Every replica aborts the run's calls in flight (cancellation, or a sibling step's failure).
     this.#d.nc.publish(this.cancelSubject(ref.tenantId, ref.runId), ref.runId);
     this.#abortLocal(ref.runId);
 
-    const outcomes = await this.#d.models.stepOutcomes
-      .find({ tenantId: ref.tenantId, runId: ref.runId })
-      .lean<StepOutcomeDoc[]>();
+    // A completed run's steps are all completed, which is what this replica learns following
+    // the graph; a failed or cancelled one may have outcomes anywhere, so all are read.
+    const outcomes =
+      state !== undefined
+        ? (await this.#progress(state, outcome.status !== RunStatus.COMPLETED)).outcomes
+        : await this.#d.models.stepOutcomes
+            .find({ tenantId: ref.tenantId, runId: ref.runId })
+            .lean<StepOutcomeDoc[]>();
     const records = new Map(outcomes.map((o) => [o.stepId, decode(RunStepSchema, o.record)]));
     let usage = create(UsageSchema);
     const models = new Set(doc.models);
@@ -915,23 +1185,18 @@ export class Engine {
     const start = doc.startTime ?? doc.createTime;
     const latencyMs = endTime.getTime() - start.getTime();
     const error = outcome.error !== undefined ? decode(RunErrorSchema, outcome.error) : undefined;
-    await this.#d.models.runs.updateOne(
-      { tenantId: ref.tenantId, id: ref.runId },
-      {
-        $set: {
-          status: outcome.status,
-          output,
-          ...(ranking !== undefined ? { ranking: encode(RankingResultSchema, ranking) } : {}),
-          usage: usageDoc(usage),
-          latencyMs,
-          ...(outcome.error !== undefined ? { error: outcome.error } : {}),
-          cancelReason: outcome.status === RunStatus.CANCELLED ? outcome.reason : "",
-          models: [...models],
-          endTime,
-          updateTime: endTime,
-        },
-      },
-    );
+    await setFields(this.#d.models.runs, runWhere(doc), {
+      status: outcome.status,
+      output,
+      ...(ranking !== undefined ? { ranking: encode(RankingResultSchema, ranking) } : {}),
+      usage: usageDoc(usage),
+      latencyMs,
+      ...(outcome.error !== undefined ? { error: outcome.error } : {}),
+      cancelReason: outcome.status === RunStatus.CANCELLED ? outcome.reason : "",
+      models: [...models],
+      endTime,
+      updateTime: endTime,
+    });
     const latency = durationFromMs(latencyMs);
     const eventId = `${ref.runId}:end`;
     if (outcome.status === RunStatus.COMPLETED) {
@@ -968,13 +1233,10 @@ export class Engine {
         },
       });
     }
-    await this.#d.models.runOutcomes.updateOne(
-      { tenantId: ref.tenantId, runId: ref.runId },
-      { $set: { finalized: true } },
-    );
+    await setFields(this.#d.models.runOutcomes, outcomeWhere(doc), { finalized: true });
     this.#d.metrics?.runsEnded.inc({ status: RunStatus[outcome.status] ?? "UNKNOWN" });
     this.#d.publisher.forget(ref.runId);
-    this.#plans.delete(ref.runId);
+    this.#forgetRun(ref.runId);
   }
 
   /** CancelRun: the first end claimed wins; in-flight calls on every replica are aborted. */
@@ -995,9 +1257,7 @@ export class Engine {
         `run "${runId}" has already ended (${RunStatus[outcome.status]?.toLowerCase()})`,
       );
     }
-    return (
-      (await this.#d.models.runs.findOne({ tenantId: p.tenantId, id: runId }).lean<RunDoc>()) ?? doc
-    );
+    return (await this.#runDoc(p.tenantId, runId)) ?? doc;
   }
 
   // ------------------------------------------------------------------------------ recovery
@@ -1030,9 +1290,7 @@ export class Engine {
 
   async #recoverRun(doc: RunDoc): Promise<boolean> {
     const ref = refOf(doc);
-    const outcome = await this.#d.models.runOutcomes
-      .findOne({ tenantId: doc.tenantId, runId: doc.id })
-      .lean<RunOutcomeDoc>();
+    const outcome = await this.#runOutcomeOf(doc);
     if (outcome !== null) {
       if (!outcome.finalized) await this.#finalize(ref, outcome);
       return true;
@@ -1056,7 +1314,7 @@ export class Engine {
       }
       return false;
     }
-    const { dispatched, outcomes } = await this.#progress(doc.tenantId, doc.id);
+    const { dispatched, outcomes } = await this.#progress(state, true);
     const ended = new Set(outcomes.map((o) => o.stepId));
     let touched = false;
     for (const d of dispatched) {
@@ -1075,7 +1333,7 @@ export class Engine {
         touched = true;
       }
     }
-    await this.#dispatchReady(state);
+    await this.#dispatchReady(state, true);
     return touched;
   }
 
@@ -1127,7 +1385,7 @@ export class Engine {
         ? decodePlan(bytesOf(doc.plan), doc.planExtras)
         : undefined);
     if (plan === undefined) return run;
-    const { dispatched, outcomes } = await this.#progress(doc.tenantId, doc.id);
+    const { dispatched, outcomes } = await this.#progress({ doc, plan }, true);
     const byStep = new Map(dispatched.map((d) => [d.stepId, d]));
     const ended = new Map(outcomes.map((o) => [o.stepId, o]));
     const terminal = isTerminal(doc.status);

@@ -47,6 +47,8 @@ export interface StepContext {
   runAddons: string[];
   addonTexts: Readonly<Record<string, string>>;
   attachments: ContentPart[];
+  /** A session's conversation before the input: sent before it, to the steps given {{input}}. */
+  history?: ChatMessage[] | undefined;
   responseFormat?: ResponseFormat | undefined;
   /** Rank steps: the compare step's record. */
   compared?: RunStep | undefined;
@@ -205,14 +207,17 @@ function messagesFor(
   const content: Array<MessageInitShape<typeof import("@ensemble/proto").ContentPartSchema>> = [
     { part: { case: "text", value: prompt } },
   ];
-  // Attachments go with the run's input: to the steps whose prompt uses {{input}}.
-  if (ctx.attachments.length > 0 && /\{\{\s*input\s*\}\}/.test(ctx.step.prompt)) {
+  // Attachments (and a session's history) go with the run's input: to the steps whose prompt
+  // uses {{input}}.
+  const withInput = /\{\{\s*input\s*\}\}/.test(ctx.step.prompt);
+  if (ctx.attachments.length > 0 && withInput) {
     user.push(...ctx.attachments);
   }
   return [
     ...(system !== ""
       ? [{ role: ChatRole.SYSTEM, content: [{ part: { case: "text" as const, value: system } }] }]
       : []),
+    ...(withInput ? (ctx.history ?? []) : []),
     { role: ChatRole.USER, content: [...content, ...user] },
   ];
 }

@@ -27,8 +27,11 @@ import { Counter, Histogram } from "prom-client";
 import { loadWorkflowConfig, type WorkflowConfig } from "./config.js";
 import { Engine, type EngineMetrics } from "./engine.js";
 import { FailureExplainer } from "./explainer.js";
+import { RegistryPlugins } from "./plugins.js";
 import { ensureRunEventsStream, RunEventPublisher } from "./events.js";
+import { Scheduler, openScheduleModels } from "./schedules.js";
 import { build, SERVICE_NAME } from "./server.js";
+import { openSessionModels, SessionStore } from "./sessions.store.js";
 import { openModels } from "./store.js";
 import { CallerTokens, ServiceTokens } from "./tokens.js";
 import { VERSION } from "./version.js";
@@ -115,6 +118,7 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     logger,
     root: config.RUN_EVENTS_SUBJECT_ROOT,
   });
+  const registry = createClient(RegistryService, config.REGISTRY_ADDR, { metrics });
   const engine = new Engine({
     models,
     nc,
@@ -122,8 +126,9 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     jsm,
     publisher,
     logger,
-    registry: createClient(RegistryService, config.REGISTRY_ADDR, { metrics }),
+    registry,
     modelProxy,
+    plugins: new RegistryPlugins({ registry, metrics }),
     categorizer:
       config.CATEGORIZER_ADDR !== undefined
         ? createClient(CategorizerService, config.CATEGORIZER_ADDR, { metrics })
@@ -155,6 +160,18 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     },
   });
   await engine.start();
+  // Every replica runs the scheduler loop; claims decide which one fires an occurrence.
+  const scheduler = new Scheduler({
+    models: await openScheduleModels(mongo),
+    engine,
+    registry: createClient(RegistryService, config.REGISTRY_ADDR, { metrics }),
+    autoAvailable: config.CATEGORIZER_ADDR !== undefined,
+    tokens,
+    logger,
+    settings: { tickMs: config.SCHEDULE_TICK_MS, claimGraceMs: config.SCHEDULE_CLAIM_GRACE_MS },
+    metricsRegistry: metrics.registry,
+  });
+  scheduler.start();
 
   const server = build({
     version: VERSION,
@@ -166,6 +183,10 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     js,
     eventsStream: config.RUN_EVENTS_STREAM,
     eventsRoot: config.RUN_EVENTS_SUBJECT_ROOT,
+    scheduler,
+    sessions: new SessionStore(await openSessionModels(mongo)),
+    registry,
+    autoAvailable: config.CATEGORIZER_ADDR !== undefined,
   });
   const port = await server.listen(config.WORKFLOW_ADDR);
   const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
@@ -182,6 +203,8 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
         name: "grpc server",
         run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
       },
+      // No new occurrences; one being fired finishes (or is left claimed for another replica).
+      { name: "scheduler", run: () => scheduler.stop() },
       // Steps in flight finish and ack (or are redelivered to another replica).
       { name: "engine", run: () => engine.stop() },
       { name: "nats drain", run: () => nc.drain() },

@@ -17,6 +17,7 @@ import { DeliverPolicy } from "@nats-io/jetstream";
 import { RunEventType, RunMode, RunView, type RunEvent, type RunService } from "@ensemble/proto";
 import { decodeEvent, runSubjectBase, TERMINAL_EVENTS } from "./events.js";
 import { isTerminal, newRunId, type Engine } from "./engine.js";
+import type { Scheduler } from "./schedules.js";
 import type { RunDoc } from "./store.js";
 
 export interface RunServiceDeps {
@@ -26,9 +27,11 @@ export interface RunServiceDeps {
   eventsStream: string;
   /** Subject root of run events ("ensemble.runs"). */
   eventsRoot: string;
+  /** Run schedules; none = the schedule methods are UNIMPLEMENTED. */
+  scheduler?: Scheduler | undefined;
 }
 
-function tokenOf(ctx: HandlerContext): string {
+export function tokenOf(ctx: HandlerContext): string {
   const header = ctx.requestHeader.get("authorization") ?? currentCall()?.authorization ?? "";
   return header.replace(/^Bearer\s+/i, "");
 }
@@ -37,16 +40,16 @@ function isAdmin(p: Principal): boolean {
   return p.roles.includes("admin");
 }
 
-interface PageCursor {
+export interface PageCursor {
   t: number;
   id: string;
 }
 
-function encodeCursor(c: PageCursor): string {
+export function encodeCursor(c: PageCursor): string {
   return Buffer.from(JSON.stringify(c)).toString("base64url");
 }
 
-function decodeCursor(token: string): PageCursor {
+export function decodeCursor(token: string): PageCursor {
   try {
     const c = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as PageCursor;
     if (typeof c.t !== "number" || typeof c.id !== "string") throw new Error("bad cursor");
@@ -89,7 +92,7 @@ class Channel<T> {
  * The run's events: stored ones (sequence > afterSeq) replayed then live, plus live deltas when
  * asked; ends after the terminal event or when `signal` fires.
  */
-async function* runEvents(
+export async function* runEvents(
   deps: RunServiceDeps,
   tenantId: string,
   runId: string,
@@ -119,11 +122,20 @@ async function* runEvents(
     void messages.close();
   };
   opts.signal.addEventListener("abort", stop, { once: true });
+  // Deltas come on core NATS, ahead of the stored events from JetStream; a step's deltas are
+  // held until its step.started has been read, so a watcher sees events in the run's order.
+  const started = new Set<string>();
+  const held = new Map<string, RunEvent[]>();
   void (async () => {
     try {
       for await (const m of messages) {
         const event = decodeEvent(m.data);
         if (event.sequence > opts.afterSeq) channel.push(event);
+        if (event.type === RunEventType.STEP_STARTED) {
+          started.add(event.stepId);
+          for (const delta of held.get(event.stepId) ?? []) channel.push(delta);
+          held.delete(event.stepId);
+        }
         if (TERMINAL_EVENTS.has(event.type)) break;
       }
     } catch {
@@ -134,7 +146,11 @@ async function* runEvents(
   if (deltaSub !== undefined) {
     void (async () => {
       try {
-        for await (const m of deltaSub) channel.push(decodeEvent(m.data));
+        for await (const m of deltaSub) {
+          const delta = decodeEvent(m.data);
+          if (started.has(delta.stepId)) channel.push(delta);
+          else held.set(delta.stepId, (held.get(delta.stepId) ?? []).concat(delta));
+        }
       } catch {
         /* closed */
       }
@@ -282,9 +298,25 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
       }
     },
 
-    createSchedule: unimplemented,
-    getSchedule: unimplemented,
-    listSchedules: unimplemented,
-    deleteSchedule: unimplemented,
+    async createSchedule(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      return { schedule: await scheduler.create(principalOf(ctx), req, tokenOf(ctx)) };
+    },
+
+    async getSchedule(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      return { schedule: await scheduler.get(principalOf(ctx), req.scheduleId) };
+    },
+
+    async listSchedules(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      return scheduler.list(principalOf(ctx), req);
+    },
+
+    async deleteSchedule(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      await scheduler.delete(principalOf(ctx), req.scheduleId);
+      return {};
+    },
   };
 }

@@ -33,6 +33,8 @@ export function encode<D extends DescMessage>(schema: D, message: MessageShape<D
 }
 
 export interface RunDoc {
+  /** runKey(tenantId, id); an ObjectId on runs written before keyed ids. */
+  _id?: unknown;
   tenantId: string;
   id: string;
   userId: string;
@@ -43,6 +45,8 @@ export interface RunDoc {
   status: RunStatus;
   /** RunSpec, as given. */
   spec: Buffer;
+  /** A session's reply: the conversation before the input (ChatMessage each, binary). */
+  context?: Buffer[] | undefined;
   /** The executed step graph (WorkflowTemplate, binary); absent until planned (AUTO). */
   plan?: Buffer | undefined;
   /** Plan extras as JSON (PlanExtras). */
@@ -86,6 +90,7 @@ const runSchema = new Schema<RunDoc>(
     mode: { type: Number, required: true },
     status: { type: Number, required: true },
     spec: { type: Buffer, required: true },
+    context: { type: [Buffer], default: undefined },
     plan: { type: Buffer },
     planExtras: { type: String },
     classification: { type: Buffer },
@@ -253,15 +258,83 @@ export async function openModels(conn: Connection): Promise<Models> {
   return models;
 }
 
+// Addressing: FerretDB's SQLite backend uses an index only for a filter that is exactly
+// {_id: <value>}; any other filter reads and decodes the whole collection (v1.24
+// backends/sqlite/collection.go), so a lookup by (tenant, run, step) costs O(collection) and
+// an update holds the write lock while it scans. The engine's documents of a run are therefore
+// keyed by a deterministic `_id` built from their unique key, and the hot path reads and writes
+// them by `_id` only. The (tenantId, runId, ...) fields and unique indexes stay: queries over
+// many runs use them, and documents written before this scheme (ObjectId `_id`) are still found
+// through them (see `isKeyed`).
+
+/** `_id` of a run document and of its run outcome. */
+export function runKey(tenantId: string, runId: string): string {
+  return JSON.stringify([tenantId, runId]);
+}
+
+/** `_id` of a step's dispatch claim and of its outcome. */
+export function stepKey(tenantId: string, runId: string, stepId: string): string {
+  return JSON.stringify([tenantId, runId, stepId]);
+}
+
+/** `_id` of an idempotency key document. */
+export function keyKey(tenantId: string, userId: string, key: string): string {
+  return JSON.stringify([tenantId, userId, key]);
+}
+
+/** True for a run written with a deterministic `_id` (its step documents are keyed too). */
+export function isKeyed(doc: { _id?: unknown }): boolean {
+  return typeof doc._id === "string";
+}
+
+/** The document with this `_id` (the driver's own read: no casting of `_id` to an ObjectId). */
+export async function byId<T>(m: Model<T>, id: string): Promise<T | null> {
+  return (await m.collection.findOne({ _id: id as never })) as T | null;
+}
+
 /** True for MongoDB's duplicate-key error (a lost claim). */
 export function isDuplicateKey(err: unknown): boolean {
   return err !== null && typeof err === "object" && "code" in err && err.code === 11000;
 }
 
+/**
+ * FerretDB on SQLite refuses a write with "database is locked" (SQLITE_BUSY) when writers
+ * collide: an update reads before it writes (a deferred transaction), and SQLite answers the
+ * upgrade conflict at once instead of waiting. The write did not happen, so it is simply tried
+ * again a moment later (jittered, growing). MongoDB never says this.
+ */
+export function isBusy(err: unknown): boolean {
+  return err instanceof Error && /SQLITE_BUSY|database is locked/.test(err.message);
+}
+
+const BUSY_ATTEMPTS = 12;
+
+/** Runs a single-document write, again while the server answers SQLITE_BUSY. */
+export async function retryBusy<T>(write: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write();
+    } catch (err) {
+      if (!isBusy(err) || attempt >= BUSY_ATTEMPTS) throw err;
+      const ms = Math.min(200, 2 ** attempt) * (0.5 + Math.random());
+      await new Promise((r) => setTimeout(r, ms));
+    }
+  }
+}
+
+/** `$set` on the one document matching `filter` (retried while SQLITE_BUSY). */
+export async function setFields<T>(
+  m: Model<T>,
+  filter: Record<string, unknown>,
+  fields: Record<string, unknown>,
+): Promise<void> {
+  await retryBusy(() => m.collection.updateOne(filter, { $set: fields }));
+}
+
 /** Inserts `doc`; false when the unique key is already taken. */
-export async function claim<T>(m: Model<T>, doc: T): Promise<boolean> {
+export async function claim<T>(m: Model<T>, doc: T & { _id?: string }): Promise<boolean> {
   try {
-    await m.collection.insertOne(doc as Record<string, unknown>);
+    await retryBusy(() => m.collection.insertOne({ ...(doc as Record<string, unknown>) }));
     return true;
   } catch (err) {
     if (isDuplicateKey(err)) return false;

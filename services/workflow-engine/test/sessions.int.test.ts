@@ -206,10 +206,9 @@ beforeAll(async () => {
       stepConsumer: "workers",
       subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
       ackWaitMs: 10_000,
-      // One delivery: with more, the engine gives the step consumer a JetStream backoff whose
-      // first entry (1 s) replaces ack_wait, and its heartbeat (every ackWait/3) comes too late,
-      // so a first step slower than 1 s is redelivered and runs twice (reported; engine.ts).
-      maxDeliver: 1,
+      // Several deliveries, as in production: a reply slower than a second must still run once
+      // (a consumer backoff used to replace ack_wait and redeliver it).
+      maxDeliver: 5,
       workerConcurrency: 8,
       tenantMaxParallel: 8,
       runMaxParallel: 8,
