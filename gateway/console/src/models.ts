@@ -1,6 +1,6 @@
 // Catalog look-ups shared by the chat, compare and catalog pages.
 import type { Classification, Model, PromptAddon } from "@ensemble/proto";
-import { Category } from "@ensemble/proto";
+import { Capability, Category } from "@ensemble/proto";
 import { api } from "./api";
 
 let modelsPromise: Promise<Model[]> | undefined;
@@ -15,6 +15,13 @@ export function loadModels(): Promise<Model[]> {
     },
   );
   return modelsPromise;
+}
+
+/** Models that can answer a chat (the catalog also holds embedding, image and video models). */
+export function loadChatModels(): Promise<Model[]> {
+  return loadModels().then((models) =>
+    models.filter((m) => m.capabilities.includes(Capability.CHAT)),
+  );
 }
 
 export function loadAddons(): Promise<PromptAddon[]> {

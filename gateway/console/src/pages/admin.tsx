@@ -21,7 +21,10 @@ export function AdminPage() {
 
 function ApiKeys() {
   const keys = useLoad(
-    () => api.auth.listApiKeys({ allUsers: true, page: { pageSize: 200 } }).then((r) => r.apiKeys),
+    () =>
+      api.auth
+        .listApiKeys({ allUsers: true, includeRevoked: true, page: { pageSize: 200 } })
+        .then((r) => r.apiKeys),
     [],
   );
   const [name, setName] = useState("");

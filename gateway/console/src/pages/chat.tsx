@@ -14,7 +14,7 @@ import {
 import { useEffect, useMemo, useRef, useState } from "react";
 import type { FormEvent, KeyboardEvent } from "react";
 import { api, errorText, isCode } from "../api";
-import { describeRoute, loadAddons, loadModels } from "../models";
+import { describeRoute, loadAddons, loadChatModels } from "../models";
 import { ErrorBox, Loading, fmtMs, fmtUsd, useLoad } from "../ui";
 
 interface Turn {
@@ -52,7 +52,7 @@ function applyEvent(turn: Turn, event: RunEvent): Turn {
 }
 
 export function ChatPage() {
-  const models = useLoad(loadModels, []);
+  const models = useLoad(loadChatModels, []);
   const addons = useLoad(loadAddons, []);
   // undefined: not known yet; false: SessionService is not routed here.
   const [sessionsAvailable, setSessionsAvailable] = useState<boolean>();
@@ -155,10 +155,11 @@ export function ChatPage() {
     }
   };
 
-  useEffect(
-    () => bottom.current?.scrollIntoView?.({ block: "end" }),
-    [pending, branch, localTurns],
-  );
+  // Braces matter: newer browsers return a promise from scrollIntoView, and an effect must
+  // return nothing or a cleanup function.
+  useEffect(() => {
+    void bottom.current?.scrollIntoView({ block: "end" });
+  }, [pending, branch, localTurns]);
 
   const sendViaSession = async (text: string) => {
     let id = sessionId;

@@ -5,7 +5,7 @@ import { RankCriterion, type ModelAnswer, type RankingResult, type Run } from "@
 import { useState } from "react";
 import type { FormEvent } from "react";
 import { api, errorText } from "../api";
-import { loadModels } from "../models";
+import { loadChatModels } from "../models";
 import { ErrorBox, Guard, fmtMs, fmtUsd, useLoad } from "../ui";
 import { Link } from "../router";
 
@@ -18,7 +18,7 @@ const CRITERIA: Array<{ value: RankCriterion; label: string }> = [
 ];
 
 export function ComparePage() {
-  const models = useLoad(loadModels, []);
+  const models = useLoad(loadChatModels, []);
   const [picked, setPicked] = useState<string[]>([]);
   const [judge, setJudge] = useState("");
   const [criteria, setCriteria] = useState<RankCriterion[]>([RankCriterion.LATENCY]);
@@ -210,6 +210,11 @@ export function ComparePage() {
             {ranking.rationale}
           </p>
         </section>
+      )}
+      {run?.error !== undefined && (
+        <p className="error" role="alert">
+          {run.error.explanation || run.error.message}
+        </p>
       )}
       {run !== undefined && (
         <p>

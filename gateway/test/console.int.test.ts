@@ -1,0 +1,359 @@
+// The web console in a real browser (Debian's chromium driven by playwright-core) against the
+// whole mesh as built processes: auth, registry, model-proxy, categorizer and the workflow
+// engine behind a gateway that serves the built console (gateway/console/dist). The simulator
+// streams slowly enough that a person would see answers grow. Each page is screenshotted into
+// test-artifacts/console/.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import {
+  AuthService,
+  CategorizerService,
+  ModelProxyService,
+  RegistryService,
+  RunService,
+  SessionService,
+} from "@ensemble/proto";
+import { startCategorizerProcess, startWorkflowProcess, type MeshProcess } from "@ensemble/testkit";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import {
+  repoRoot,
+  startAuthProcess,
+  startGateway,
+  startModelProxyProcess,
+  startRegistryProcess,
+  type AuthProcess,
+  type TestGateway,
+} from "./harness.js";
+
+const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
+const ARTIFACTS = join(repoRoot, "test-artifacts/console");
+const PASSWORD = "correct-Horse-battery-9";
+
+let sim: Simulator;
+let auth: AuthProcess;
+let registry: MeshProcess;
+let proxy: MeshProcess;
+let categorizer: MeshProcess;
+let workflow: MeshProcess;
+let gw: TestGateway;
+let browser: Browser;
+let alice: BrowserContext;
+let page: Page;
+/** Runs alice started, for the other tenant to look for. */
+const aliceRuns: string[] = [];
+
+beforeAll(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  // Slow enough that an answer visibly streams (tens of deltas over a second or so).
+  sim = await startSimulator({ defaults: { ttftMs: 50, tokensPerSecond: 150 } });
+  auth = await startAuthProcess();
+  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
+  proxy = await startModelProxyProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    simulatorUrl: `${sim.url}/v1`,
+  });
+  categorizer = await startCategorizerProcess({
+    jwksUrl: auth.jwksUrl,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+  });
+  workflow = await startWorkflowProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+    categorizerAddress: categorizer.address,
+    serviceToken: await auth.mintServiceToken("workflow"),
+  });
+  gw = await startGateway({
+    jwksUrl: auth.jwksUrl,
+    serviceToken: await auth.mintServiceToken("gateway"),
+    consoleDir: join(repoRoot, "gateway/console/dist"),
+    upstreams: [
+      { name: "auth", services: [AuthService], address: auth.address },
+      { name: "registry", services: [RegistryService], address: registry.address },
+      { name: "model-proxy", services: [ModelProxyService], address: proxy.address },
+      { name: "categorizer", services: [CategorizerService], address: categorizer.address },
+      { name: "workflow", services: [RunService, SessionService], address: workflow.address },
+    ],
+  });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+  });
+  alice = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await alice.newPage();
+}, 240_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await gw?.close();
+  await Promise.all([workflow?.stop(), categorizer?.stop()]);
+  await proxy?.stop();
+  await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
+});
+
+// A failing step leaves a picture of what the page showed.
+afterEach(async (ctx) => {
+  if (ctx.task.result?.state === "fail" && page !== undefined) {
+    await shot(page, `failed-${ctx.task.name.replace(/[^a-z0-9]+/gi, "-").slice(0, 60)}`);
+  }
+});
+
+const shot = (p: Page, name: string) =>
+  p.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+
+async function signup(p: Page, email: string): Promise<void> {
+  await p.goto(gw.url);
+  await p.getByRole("tab", { name: "Sign up" }).click();
+  await p.getByLabel("Email").fill(email);
+  await p.getByLabel("Password").fill(PASSWORD);
+  await p.getByLabel("Organisation").fill(`org of ${email}`);
+  await p.getByRole("button", { name: "Create account" }).click();
+  await p.getByRole("button", { name: "Log out" }).waitFor();
+}
+
+async function nav(p: Page, label: string): Promise<void> {
+  await p.getByRole("navigation").getByRole("link", { name: label }).click();
+}
+
+// Browser-side snippets run with page.evaluate (as source text: this project has no DOM types).
+
+/** Records every distinct text of the nodes matching `selector` into window.__texts. */
+const recordTexts = (p: Page, selector: string) =>
+  p.evaluate(`(() => {
+    const seen = (window.__texts = []);
+    const sample = () => {
+      for (const n of document.querySelectorAll(${JSON.stringify(selector)})) {
+        const t = n.textContent ?? "";
+        if (t !== seen.at(-1)) seen.push(t);
+      }
+    };
+    new MutationObserver(sample).observe(document.body, { subtree: true, childList: true, characterData: true });
+  })()`);
+
+const recorded = (p: Page) => p.evaluate<string[]>("window.__texts");
+
+/** Records the state of every step of the run view, each time it changes, into window.__states. */
+const recordSteps = (p: Page) =>
+  p.evaluate(`(() => {
+    const states = (window.__states = []);
+    const sample = () => {
+      const now = [...document.querySelectorAll("[data-step]")]
+        .map((n) => n.getAttribute("data-step") + "=" + n.getAttribute("data-status"))
+        .join(",");
+      if (now !== states.at(-1)) states.push(now);
+    };
+    sample();
+    new MutationObserver(sample).observe(document.body, { subtree: true, attributes: true, childList: true });
+  })()`);
+
+const storedSession = async (p: Page) =>
+  JSON.parse(
+    (await p.evaluate<string | null>('localStorage.getItem("ensemble.session")')) ?? "{}",
+  ) as { refreshToken: string; accessExpiresAt: number };
+
+describe("console", () => {
+  it("console - the gateway serves the app at / with SPA fallback, caching, and API paths untouched", async () => {
+    const root = await fetch(`${gw.url}/`);
+    expect(root.status).toBe(200);
+    expect(root.headers.get("content-type")).toContain("text/html");
+    expect(root.headers.get("cache-control")).toBe("no-cache");
+    expect(root.headers.get("content-security-policy")).toContain("default-src 'self'");
+    const html = await root.text();
+    const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)?.[1];
+    expect(asset).toBeDefined();
+    const js = await fetch(`${gw.url}${asset}`);
+    expect(js.status).toBe(200);
+    expect(js.headers.get("cache-control")).toContain("immutable");
+    expect(js.headers.get("content-type")).toContain("javascript");
+    // Deep links get the app; revalidation answers 304.
+    const deep = await fetch(`${gw.url}/runs/some-run`);
+    expect(await deep.text()).toBe(html);
+    const again = await fetch(`${gw.url}/`, {
+      headers: { "if-none-match": root.headers.get("etag") ?? "" },
+    });
+    expect(again.status).toBe(304);
+    // API and operational paths are not shadowed; missing files and traversal are 404s.
+    expect((await fetch(`${gw.url}/live`)).status).toBe(200);
+    expect((await fetch(`${gw.url}/v1/models`)).status).toBe(401);
+    const connectGet = await fetch(`${gw.url}/ensemble.registry.v1.RegistryService/ListModels`);
+    expect(connectGet.headers.get("content-type") ?? "").not.toContain("text/html");
+    expect((await fetch(`${gw.url}/assets/missing.js`)).status).toBe(404);
+    expect((await fetch(`${gw.url}/assets/..%2f..%2fpackage.json`)).status).toBe(404);
+    expect((await fetch(`${gw.url}/..%2f..%2fpackage.json`)).status).toBe(404);
+  });
+
+  it("console - sign up, the session survives a reload, and an expired access token refreshes silently", async () => {
+    await page.goto(gw.url);
+    await shot(page, "01-login");
+    await signup(page, `alice-${Date.now()}@example.com`);
+    await page.getByText("(admin)").waitFor(); // the first user of a new tenant is its admin
+    await page.reload();
+    await page.getByRole("button", { name: "Log out" }).waitFor();
+
+    // Pretend the access token expired: the next call refreshes it (and rotates the refresh token).
+    const before = await storedSession(page);
+    await page.evaluate(`(() => {
+      const s = JSON.parse(localStorage.getItem("ensemble.session"));
+      s.accessExpiresAt = Date.now() - 1000;
+      localStorage.setItem("ensemble.session", JSON.stringify(s));
+    })()`);
+    await page.reload();
+    await page.getByRole("button", { name: "Log out" }).waitFor();
+    const after = await storedSession(page);
+    expect(after.refreshToken).not.toBe(before.refreshToken);
+    expect(after.accessExpiresAt).toBeGreaterThan(Date.now());
+  }, 60_000);
+
+  it("console - chat streams the answer token by token, with the categorizer's decision for auto", async () => {
+    await nav(page, "Chat");
+    await page.getByLabel("Model").selectOption("auto");
+    await recordTexts(page, ".msg.assistant .text");
+    await page.getByLabel("Message").fill(`What is the capital of France? (${Date.now()})`);
+    await page.getByRole("button", { name: "Send" }).click();
+    const reply = page.locator('.msg.assistant[data-streaming="false"]').last();
+    await reply.waitFor({ timeout: 60_000 });
+    const final = (await reply.locator(".text").textContent()) ?? "";
+    expect(final.length).toBeGreaterThan(20);
+    // Partial answers were on screen before the whole one: growing prefixes of it.
+    const partials = (await recorded(page)).filter(
+      (t) => t !== "" && t !== "…" && t !== final && final.startsWith(t),
+    );
+    expect(partials.length).toBeGreaterThan(2);
+    await expect(reply.locator(".route summary").textContent()).resolves.toMatch(/auto: category/);
+    await shot(page, "02-chat");
+    await page.setViewportSize({ width: 390, height: 844 });
+    await shot(page, "02-chat-narrow");
+    await page.setViewportSize({ width: 1280, height: 900 });
+  }, 90_000);
+
+  it("console - compare shows three answers side by side and a ranking", async () => {
+    await nav(page, "Compare");
+    const boxes = page.locator('fieldset input[name="model"]');
+    await boxes.first().waitFor();
+    // The first three catalog models are preselected; only the simulator serves here.
+    await expect(page.locator('fieldset input[name="model"]:checked').count()).resolves.toBe(3);
+    for (const model of ["sim-fast", "sim-medium", "sim-thinking"]) {
+      await page.locator(`fieldset input[name="model"][value="${model}"]`).check();
+    }
+    const checked = await Promise.all(
+      (await page.locator('fieldset input[name="model"]:checked').all()).map(
+        async (box) => (await box.getAttribute("value")) ?? "",
+      ),
+    );
+    for (const value of checked.filter((v) => !v.startsWith("sim-"))) {
+      await page.locator(`fieldset input[name="model"][value="${value}"]`).uncheck();
+    }
+    await expect(page.locator('fieldset input[name="model"]:checked').count()).resolves.toBe(3);
+    await page.getByLabel("Prompt").fill(`Explain a hash map in two sentences (${Date.now()})`);
+    await page.getByRole("button", { name: "Compare" }).click();
+    await page.getByRole("region", { name: "Ranking" }).waitFor({ timeout: 60_000 });
+    const answers = page.locator("article.answer");
+    await expect(answers.count()).resolves.toBe(3);
+    for (let i = 0; i < 3; i++) {
+      const a = answers.nth(i);
+      expect(((await a.locator(".text").textContent()) ?? "").length).toBeGreaterThan(10);
+      await expect(a.locator(".facts").textContent()).resolves.toMatch(/latency.*tokens.*cost/);
+      await expect(a.locator(".rank").textContent()).resolves.toMatch(/^#[123]$/);
+    }
+    const ranking = page.getByRole("region", { name: "Ranking" });
+    await expect(ranking.locator("li").count()).resolves.toBe(3);
+    await expect(ranking.textContent()).resolves.toMatch(/By criteria|Judge/);
+    const href = await page.getByRole("link", { name: "Open this run" }).getAttribute("href");
+    aliceRuns.push(href!.split("/").at(-1)!);
+    await shot(page, "03-compare");
+  }, 90_000);
+
+  it("console - a template run's live view moves through its steps", async () => {
+    await nav(page, "Catalog");
+    await shot(page, "04-catalog");
+    await page.getByRole("tab", { name: "Templates" }).click();
+    const card = page.locator('[data-template="research_report"]');
+    await card.getByRole("button", { name: "Run…" }).click();
+    await card.getByLabel("Input").fill("The impact of remote work on city centres");
+    await card.getByRole("button", { name: "Start run" }).click();
+    await page.waitForURL(/\/runs\/[^/]+$/);
+    aliceRuns.push(page.url().split("/").at(-1)!);
+    // Record every step's state as the page shows it.
+    await page.locator("[data-step]").first().waitFor();
+    await recordSteps(page);
+    await page.getByTestId("run-status").filter({ hasText: "completed" }).waitFor({
+      timeout: 90_000,
+    });
+    await page.getByRole("region", { name: "Result" }).waitFor();
+    const states = await page.evaluate<string[]>("window.__states");
+    // It moved: a moment with a step running while another was still waiting, then all done.
+    expect(states.some((s) => s.includes("=running") && s.includes("=pending"))).toBe(true);
+    expect(states.at(-1)).not.toMatch(/=(pending|running|queued|failed)/);
+    expect(states.at(-1)!.split(",").length).toBeGreaterThanOrEqual(6);
+    await expect(
+      page.getByRole("region", { name: "Events" }).locator("li").count(),
+    ).resolves.toBeGreaterThan(6);
+    await shot(page, "05-run-live");
+
+    await nav(page, "Runs");
+    await page.locator("table.runs tbody tr").first().waitFor();
+    await expect(page.locator("table.runs tbody tr").count()).resolves.toBeGreaterThanOrEqual(2);
+    await shot(page, "06-runs");
+  }, 120_000);
+
+  it("console - an admin creates an API key (shown once) that works, then revokes it", async () => {
+    await nav(page, "Admin");
+    const name = `ci-key-${Date.now()}`;
+    await page.getByLabel("Name").fill(name);
+    await page.getByRole("button", { name: "Create key" }).click();
+    const secret = (await page.getByTestId("api-key-secret").textContent()) ?? "";
+    expect(secret).toMatch(/^ens_/);
+    const row = page.locator(`tr[data-key="${name}"]`);
+    await row.waitFor();
+    // The list never shows the secret, only its prefix.
+    expect(await page.locator("table").first().textContent()).not.toContain(secret);
+    const me = () =>
+      fetch(`${gw.url}/${AuthService.typeName}/GetMe`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${secret}` },
+        body: "{}",
+      });
+    expect((await me()).status).toBe(200);
+    await shot(page, "07-admin");
+    await page.getByRole("button", { name: `Revoke ${name}` }).click();
+    await row.getByText("revoked").waitFor();
+    expect((await me()).status).toBe(401);
+
+    await nav(page, "Usage");
+    await page.locator("figure.chart").first().waitFor({ timeout: 30_000 });
+    await expect(page.locator("figure.chart").count()).resolves.toBeGreaterThanOrEqual(3);
+    await shot(page, "08-usage");
+    await nav(page, "Cluster");
+    await page.getByRole("heading", { name: "Cluster" }).waitFor();
+    await page.waitForSelector(".card, .empty, .error");
+    await shot(page, "09-cluster");
+  }, 60_000);
+
+  it("console - a user of another tenant sees none of it", async () => {
+    const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const bob = await bobContext.newPage();
+    try {
+      await signup(bob, `bob-${Date.now()}@example.com`);
+      await nav(bob, "Runs");
+      await bob.getByText("No runs match").waitFor();
+      await nav(bob, "Chat");
+      await expect(bob.locator(".sessions li").count()).resolves.toBe(0);
+      await nav(bob, "Admin");
+      await bob.getByText("No API keys.").waitFor();
+      await expect(bob.locator("table").first().textContent()).resolves.not.toContain("alice-");
+      // Alice's run by its id: not found for Bob.
+      await bob.goto(`${gw.url}/runs/${aliceRuns[0]}`);
+      await bob.getByRole("alert").waitFor();
+      await expect(bob.getByRole("alert").textContent()).resolves.toMatch(/not found/i);
+      await shot(bob, "10-other-tenant");
+    } finally {
+      await bobContext.close();
+    }
+  }, 60_000);
+});
