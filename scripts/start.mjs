@@ -429,6 +429,8 @@ async function main() {
     const target = `http://${HOST}:${gateway.port}`;
     lines.push(
       "",
+      `Web console: ${target}/  (sign up there)`,
+      "",
       "Call it through the gateway (API reference: " + `${target}/docs):`,
       `  curl -s ${target}/ensemble.auth.v1.AuthService/Signup -H 'content-type: application/json' \\`,
       `    -d '{"email":"alice@example.com","password":"correct-Horse-battery-9"}'`,
