@@ -23,6 +23,8 @@ export const workflowEnv = z.object({
   MODEL_PROXY_ADDR: hostPort.default("127.0.0.1:50055"),
   /** The categorizer; unset = AUTO runs fail with FAILED_PRECONDITION. */
   CATEGORIZER_ADDR: hostPort.optional(),
+  /** vector-search, for retrieve steps; unset = they fail with FAILED_PRECONDITION. */
+  VECTOR_SEARCH_ADDR: hostPort.optional(),
   /**
    * The engine's bootstrap service credential (minted with auth's CLI). Steps call model-proxy
    * with short-lived service tokens acting for the run's user, issued with it, so a run outlives

@@ -60,7 +60,7 @@ import {
   type Usage,
 } from "@ensemble/proto";
 import type { Counter, Histogram } from "prom-client";
-import { addUsage, executeStep, runErrorOf } from "./executor.js";
+import { addUsage, executeStep, runErrorOf, type StepDeps } from "./executor.js";
 import type { FailureExplainer } from "./explainer.js";
 import type { PluginInvoker } from "./plugins.js";
 import { subjectToken, type EventInit, type RunEventPublisher, type RunRef } from "./events.js";
@@ -126,6 +126,8 @@ export interface EngineDeps {
   modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
   /** Plugin steps (registry lookup + Invoke); none = they fail with FAILED_PRECONDITION. */
   plugins?: PluginInvoker | undefined;
+  /** Retrieve steps (VECTOR_SEARCH_ADDR); none = they fail with FAILED_PRECONDITION. */
+  vectorSearch?: StepDeps["vectorSearch"];
   categorizer?: Pick<GrpcClient<typeof CategorizerService>, "classify"> | undefined;
   tokens: TokenSource;
   /** Set when there is no SERVICE_TOKEN: the starting call's token is remembered for its steps. */
@@ -889,7 +891,11 @@ export class Engine {
           emit: (init) => this.#emit(ref, init),
           delta: (init) => this.#d.publisher.publishDelta(ref, init),
         },
-        { modelProxy: this.#d.modelProxy, plugins: this.#d.plugins },
+        {
+          modelProxy: this.#d.modelProxy,
+          plugins: this.#d.plugins,
+          vectorSearch: this.#d.vectorSearch,
+        },
       );
       const queuedAt = body.queuedAt;
       record.queueTime = durationFromMs(Math.max(0, takenAt - queuedAt));

@@ -1,12 +1,13 @@
 // Executing one step: llm (one model, retries, then the fallback model), compare (the same prompt
 // to several models in parallel), rank (a judge model and/or measurable criteria over a compare
-// step's answers), transform (rendering only) and plugin (Invoke on a registered plugin, see
-// plugins.ts). Model calls go to model-proxy's StreamChat with a token acting for the run's
+// step's answers), transform (rendering only), retrieve (a vector-search Search of the run's
+// tenant's collection) and plugin (Invoke on a registered plugin, see plugins.ts). Model calls go to model-proxy's StreamChat with a token acting for the run's
 // user and the attribution {run, step, attempt}, so the ledger bills
 // a redelivered attempt once; every piece of text is published as a step.delta event.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { JsonObject } from "@bufbuild/protobuf";
 import type { GrpcClient } from "@ensemble/kit";
 import {
   ChatRole,
@@ -29,7 +30,9 @@ import {
   type ResponseFormat,
   type RunError,
   type RunStep,
+  type SearchHit,
   type Usage,
+  type VectorSearchService,
   type WorkflowStep,
 } from "@ensemble/proto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -72,6 +75,8 @@ export interface StepDeps {
   modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
   /** Plugin steps; none = they fail with FAILED_PRECONDITION. */
   plugins?: PluginInvoker | undefined;
+  /** Retrieve steps (VECTOR_SEARCH_ADDR); none = they fail with FAILED_PRECONDITION. */
+  vectorSearch?: Pick<GrpcClient<typeof VectorSearchService>, "search"> | undefined;
 }
 
 /** A failed attempt, carried to the record as RunError. */
@@ -155,6 +160,9 @@ export async function executeStep(ctx: StepContext, deps: StepDeps): Promise<Run
         break;
       case StepKind.PLUGIN:
         await runPlugin(ctx, deps, record);
+        break;
+      case StepKind.RETRIEVE:
+        await runRetrieve(ctx, deps, record);
         break;
       default:
         throw new StepFailure(
@@ -789,6 +797,103 @@ async function invokeOnce(
     timeoutMs: call.timeoutMs,
     signal: ctx.signal,
   });
+}
+
+/** Passages a retrieve step returns when its `top_k` is 0. */
+export const DEFAULT_TOP_K = 5;
+
+/**
+ * A retrieve step: Search `collection` (rendered, so a template can take it from an input) for
+ * the rendered prompt (empty: the run's input), `top_k` hits, with a token acting for the run's
+ * user, so vector-search resolves the collection in the run's tenant only. The structured output
+ * is `{"hits": [...]}`; the text output numbers the passages, `[n] (document) text`, so a later
+ * prompt can ask for citations as [n]. Search has no side effects, so transient failures are
+ * retried up to `retries` times.
+ */
+async function runRetrieve(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
+  const fail = (code: string, message: string): StepFailure =>
+    new StepFailure(
+      create(RunErrorSchema, { code, message, stepId: ctx.step.id }),
+      create(UsageSchema),
+    );
+  const vectorSearch = deps.vectorSearch;
+  if (vectorSearch === undefined) {
+    throw fail(
+      "FAILED_PRECONDITION",
+      "vector-search is not configured for this workflow engine (VECTOR_SEARCH_ADDR), so retrieve steps cannot run",
+    );
+  }
+  const collection = renderTemplate(ctx.step.collection, ctx.scope).trim();
+  if (collection === "") {
+    throw fail("INVALID_ARGUMENT", "the retrieve step's collection is empty");
+  }
+  const query = (
+    ctx.step.prompt !== "" ? renderTemplate(ctx.step.prompt, ctx.scope) : ctx.scope.input
+  ).trim();
+  if (query === "") {
+    throw fail("INVALID_ARGUMENT", "the retrieve step has nothing to search for (empty prompt)");
+  }
+  const k = ctx.step.topK > 0 ? ctx.step.topK : DEFAULT_TOP_K;
+  for (let attempt = 1; ; attempt++) {
+    record.attempts = attempt;
+    await ctx.emit({
+      type: RunEventType.STEP_STARTED,
+      stepId: ctx.step.id,
+      attempt,
+      payload: started_(ctx),
+    });
+    try {
+      const timeoutMs = attemptTimeout(ctx);
+      const token = await ctx.token();
+      const res = await vectorSearch.search(
+        // Search caps its text at 64 KiB; a longer rendered prompt searches with its beginning.
+        { collectionId: collection, text: query.slice(0, 65_536), k },
+        { headers: { authorization: `Bearer ${token}` }, signal: ctx.signal, timeoutMs },
+      );
+      record.usage = addUsage(record.usage, res.usage);
+      record.structuredOutput = { hits: res.hits.map((h, i) => hitJson(h, i + 1)) };
+      record.output = passagesText(res.hits, collection);
+      return;
+    } catch (err) {
+      if (ctx.signal.aborted) throw new ConnectError("the run was cancelled", Code.Canceled);
+      const ce = ConnectError.from(err);
+      // Another tenant's collection is NOT_FOUND too: vector-search never reveals it exists.
+      const failure = new ConnectError(
+        ce.code === Code.NotFound
+          ? `collection "${collection}" was not found in this tenant's vector-search`
+          : `retrieve from collection "${collection}" failed: ${ce.rawMessage}`,
+        ce.code,
+      );
+      const error = runErrorOf(failure, ctx.step.id);
+      const willRetry = error.retryable && attempt <= ctx.retries;
+      if (!willRetry) throw failure;
+      await ctx.emit({
+        type: RunEventType.STEP_FAILED,
+        stepId: ctx.step.id,
+        attempt,
+        payload: { case: "stepFailed", value: { error, willRetry, fallbackModel: "" } },
+      });
+    }
+  }
+}
+
+/** One hit of a retrieve step's structured output; `n` is its number in the text output. */
+function hitJson(hit: SearchHit, n: number): JsonObject {
+  return {
+    n,
+    id: `${hit.documentId}#${hit.chunkIndex}`,
+    documentId: hit.documentId,
+    chunkIndex: hit.chunkIndex,
+    text: hit.text,
+    score: hit.score,
+    metadata: hit.metadata ?? {},
+  };
+}
+
+/** The hits as numbered passages, best first: `[1] (document-id) text`. */
+export function passagesText(hits: SearchHit[], collection: string): string {
+  if (hits.length === 0) return `(no passages found in collection "${collection}")`;
+  return hits.map((h, i) => `[${i + 1}] (${h.documentId}) ${h.text}`).join("\n\n");
 }
 
 /** Milliseconds of a RunStep's start (for queue-time arithmetic elsewhere). */

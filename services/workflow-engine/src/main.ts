@@ -22,6 +22,7 @@ import {
   CategorizerService,
   ModelProxyService,
   RegistryService,
+  VectorSearchService,
 } from "@ensemble/proto";
 import { Counter, Histogram } from "prom-client";
 import { loadWorkflowConfig, type WorkflowConfig } from "./config.js";
@@ -109,6 +110,9 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
   if (config.CATEGORIZER_ADDR === undefined) {
     logger.warn("CATEGORIZER_ADDR is not set: AUTO runs are refused (FAILED_PRECONDITION)");
   }
+  if (config.VECTOR_SEARCH_ADDR === undefined) {
+    logger.warn("VECTOR_SEARCH_ADDR is not set: retrieve steps fail (FAILED_PRECONDITION)");
+  }
   const modelProxy = createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics });
   const publisher = new RunEventPublisher({
     nc,
@@ -129,6 +133,10 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
     registry,
     modelProxy,
     plugins: new RegistryPlugins({ registry, metrics }),
+    vectorSearch:
+      config.VECTOR_SEARCH_ADDR !== undefined
+        ? createClient(VectorSearchService, config.VECTOR_SEARCH_ADDR, { metrics })
+        : undefined,
     categorizer:
       config.CATEGORIZER_ADDR !== undefined
         ? createClient(CategorizerService, config.CATEGORIZER_ADDR, { metrics })

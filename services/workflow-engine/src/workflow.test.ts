@@ -56,11 +56,31 @@ describe("workflow format", () => {
     expect(stray.map((i) => i.field)).toEqual(["template.steps[1].prompt"]);
   });
 
-  it("workflow format - refuses step kinds the engine cannot run yet", () => {
-    const issues = validateRunnable(
-      template([{ id: "r", kind: StepKind.RETRIEVE, collection: "docs", prompt: "{{input}}" }]),
-    );
+  it("workflow format - refuses step kinds the engine cannot run", () => {
+    const issues = validateRunnable(template([{ id: "x", kind: StepKind.UNSPECIFIED }]));
     expect(issues.map((i) => i.field)).toEqual(["template.steps[0].kind"]);
+  });
+
+  it("workflow format - retrieve steps run, need a collection, which may only name a declared input", () => {
+    const retrieve = { id: "r", kind: StepKind.RETRIEVE, prompt: "{{input}}" };
+    expect(validateRunnable(template([{ ...retrieve, collection: "docs" }]))).toEqual([]);
+    expect(
+      validateRunnable(
+        template([{ ...retrieve, collection: "{{ vars.kb }}" }], { inputs: [{ name: "kb" }] }),
+      ),
+    ).toEqual([]);
+    expect(validateRunnable(template([retrieve])).map((i) => i.field)).toEqual([
+      "template.steps[0].collection",
+    ]);
+    const stray = validateRunnable(
+      template([{ ...retrieve, collection: "{{vars.other}}-{{input}}" }], {
+        inputs: [{ name: "kb" }],
+      }),
+    ).map((i) => i.message);
+    expect(stray).toEqual([
+      "template.steps[0].collection: {{vars.other}} is not allowed here; a collection may only use {{vars.<name>}} of a declared input",
+      "template.steps[0].collection: {{input}} is not allowed here; a collection may only use {{vars.<name>}} of a declared input",
+    ]);
   });
 
   it("workflow format - plugin steps run, and need plugin and plugin_method", () => {

@@ -282,18 +282,26 @@ function upstreamSets(
   return steps.map((_, i) => compute(i));
 }
 
-/** Step kinds this engine executes (retrieve comes with vector-search). */
+/** Step kinds this engine executes. */
 export const SUPPORTED_KINDS: ReadonlySet<StepKind> = new Set([
   StepKind.LLM,
   StepKind.COMPARE,
   StepKind.RANK,
   StepKind.TRANSFORM,
+  StepKind.RETRIEVE,
   StepKind.PLUGIN,
 ]);
 
-/** The graph rules plus what this engine can run: every step's kind must be supported. */
+/**
+ * The graph rules plus what this engine can run: every step's kind must be supported, and a
+ * retrieve step's `collection` may name a declared input (`{{vars.<input>}}`) so that a template
+ * can leave the collection to the caller. Only inputs: they are known when the run is planned,
+ * so a bad reference is refused before anything runs. The registry does not check this field
+ * (it is this engine that renders it).
+ */
 export function validateRunnable(template: WorkflowTemplate, prefix = "template"): TemplateIssue[] {
   const issues = validateTemplate(template, prefix);
+  const inputs = new Set(template.inputs.map((input) => input.name));
   template.steps.forEach((step, i) => {
     if (!SUPPORTED_KINDS.has(step.kind)) {
       const field = `${prefix}.steps[${i}].kind`;
@@ -301,6 +309,18 @@ export function validateRunnable(template: WorkflowTemplate, prefix = "template"
         field,
         message: `${field}: ${StepKind[step.kind] ?? String(step.kind)} steps are not supported by the workflow engine yet`,
       });
+    }
+    if (step.kind === StepKind.RETRIEVE) {
+      const field = `${prefix}.steps[${i}].collection`;
+      for (const match of step.collection.matchAll(VARIABLE)) {
+        const name = VAR_REF.exec(match[1] ?? "")?.[1];
+        if (name === undefined || !inputs.has(name)) {
+          issues.push({
+            field,
+            message: `${field}: {{${match[1] ?? ""}}} is not allowed here; a collection may only use {{vars.<name>}} of a declared input`,
+          });
+        }
+      }
     }
   });
   return issues;
