@@ -69,15 +69,6 @@ const SERVICES = [
     example: "ensemble.modelproxy.v1.ModelProxyService/CountTokens",
   },
   {
-    name: "categorizer",
-    main: "services/categorizer/dist/src/main.js",
-    portVar: "CATEGORIZER_PORT",
-    port: 50053,
-    metricsVar: "CATEGORIZER_METRICS_PORT",
-    metricsPort: 9153,
-    example: "ensemble.categorizer.v1.CategorizerService/ListRoutes",
-  },
-  {
     name: "vector-search",
     main: "services/vector-search/dist/src/main.js",
     portVar: "VECTOR_SEARCH_PORT",
@@ -85,6 +76,16 @@ const SERVICES = [
     metricsVar: "VECTOR_SEARCH_METRICS_PORT",
     metricsPort: 9156,
     example: "ensemble.vectorsearch.v1.VectorSearchService/ListCollections",
+  },
+  // VECTOR_SEARCH_ADDR (in the shared environment) turns on its semantic routing.
+  {
+    name: "categorizer",
+    main: "services/categorizer/dist/src/main.js",
+    portVar: "CATEGORIZER_PORT",
+    port: 50053,
+    metricsVar: "CATEGORIZER_METRICS_PORT",
+    metricsPort: 9153,
+    example: "ensemble.categorizer.v1.CategorizerService/ListRoutes",
   },
   {
     name: "workflow",

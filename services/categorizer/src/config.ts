@@ -59,6 +59,21 @@ export const categorizerEnv = z.object({
    * estimate comes within this fraction of a context window; 0 = never.
    */
   CATEGORIZER_EXACT_COUNT_MARGIN: z.coerce.number().min(0).max(1).default(0.25),
+  /**
+   * vector-search, for semantic routing (routes' example utterances); unset or empty = semantic
+   * routing off (examples are stored with their routes but not used).
+   */
+  VECTOR_SEARCH_ADDR: z.preprocess((v) => (v === "" ? undefined : v), hostPort.optional()),
+  /** Model (id or alias) that embeds route examples and requests; fixed per tenant collection. */
+  CATEGORIZER_EMBEDDING_MODEL: z.string().min(1).max(128).default("embedding"),
+  /** Its vector length (text-embedding-3-small: 1536; the simulator's sim-embed takes any). */
+  CATEGORIZER_EMBEDDING_DIMENSIONS: z.coerce.number().int().min(1).max(8192).default(1536),
+  /** Nearest examples that vote per request. */
+  CATEGORIZER_SEMANTIC_K: z.coerce.number().int().min(1).max(100).default(8),
+  /** Cosine similarity the winning route's closest example needs (a route's min_similarity wins). */
+  CATEGORIZER_SEMANTIC_THRESHOLD: z.coerce.number().min(0).max(1).default(0.5),
+  /** The Search's deadline on the Classify path; past it the routes are judged without examples. */
+  CATEGORIZER_SEMANTIC_TIMEOUT_MS: z.coerce.number().int().positive().default(2_000),
 });
 
 export type CategorizerConfig = z.output<typeof categorizerEnv>;

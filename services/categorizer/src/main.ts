@@ -13,11 +13,12 @@ import {
   startMetricsServer,
   type Logger,
 } from "@ensemble/kit";
-import { ModelProxyService, RegistryService } from "@ensemble/proto";
+import { ModelProxyService, RegistryService, VectorSearchService } from "@ensemble/proto";
 import { ModelCatalog } from "./catalog.js";
 import { loadCategorizerConfig, type CategorizerConfig } from "./config.js";
 import { RouteStore } from "./route-store.js";
 import { loadRouteSeeds } from "./seed.js";
+import { SemanticRouter } from "./semantic.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { VERSION } from "./version.js";
 
@@ -42,6 +43,26 @@ async function main(config: CategorizerConfig, logger: Logger): Promise<void> {
 
   const registry = createClient(RegistryService, config.REGISTRY_ADDR, { metrics });
   const modelProxy = createClient(ModelProxyService, config.MODEL_PROXY_ADDR, { metrics });
+  const semantic =
+    config.VECTOR_SEARCH_ADDR === undefined
+      ? undefined
+      : new SemanticRouter(
+          createClient(VectorSearchService, config.VECTOR_SEARCH_ADDR, { metrics }),
+          {
+            embeddingModel: config.CATEGORIZER_EMBEDDING_MODEL,
+            dimensions: config.CATEGORIZER_EMBEDDING_DIMENSIONS,
+            k: config.CATEGORIZER_SEMANTIC_K,
+            minSimilarity: config.CATEGORIZER_SEMANTIC_THRESHOLD,
+            searchTimeoutMs: config.CATEGORIZER_SEMANTIC_TIMEOUT_MS,
+            missingTtlMs: config.ROUTE_CACHE_TTL_MS,
+          },
+          logger,
+        );
+  if (semantic === undefined) {
+    logger.warn(
+      "semantic routing is off (VECTOR_SEARCH_ADDR is not set): routes' example utterances are not used",
+    );
+  }
   const server = build({
     version: VERSION,
     logger,
@@ -57,6 +78,7 @@ async function main(config: CategorizerConfig, logger: Logger): Promise<void> {
       timeoutMs: config.CATEGORIZER_JUDGE_TIMEOUT_MS,
     },
     exactCountMargin: config.CATEGORIZER_EXACT_COUNT_MARGIN,
+    ...(semantic !== undefined ? { semantic } : {}),
   });
   const port = await server.listen(config.CATEGORIZER_ADDR);
   const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
@@ -66,6 +88,10 @@ async function main(config: CategorizerConfig, logger: Logger): Promise<void> {
       port,
       metricsPort: metricsServer.port,
       judge: config.CATEGORIZER_JUDGE_MODEL ?? null,
+      semanticRouting:
+        config.VECTOR_SEARCH_ADDR === undefined
+          ? null
+          : { vectorSearch: config.VECTOR_SEARCH_ADDR, model: config.CATEGORIZER_EMBEDDING_MODEL },
     },
     "categorizer listening",
   );

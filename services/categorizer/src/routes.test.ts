@@ -75,13 +75,27 @@ describe("routes - matching", () => {
     expect(routeMatches(r, signals({ estimatedTokens: 2001 }))).toBe(false);
   });
 
-  it("a disabled route never matches; a route with only examples never matches (no semantic routing yet)", () => {
+  it("a disabled route never matches; a route with only examples never matches without semantic routing", () => {
     const off = route("off", 1, {});
     off.enabled = false;
     expect(routeMatches(off, signals())).toBe(false);
     const semantic = route("sem", 1, {});
     semantic.examples = ["book me a flight"];
     expect(routeMatches(semantic, signals())).toBe(false);
+  });
+
+  it("with semantic routing a route with examples matches only when it won the vote, and its other conditions still apply", () => {
+    const sem = route("sem", 1, {});
+    sem.examples = ["book me a flight"];
+    expect(routeMatches(sem, signals(), { winner: "sem" })).toBe(true);
+    expect(routeMatches(sem, signals(), { winner: "other" })).toBe(false);
+    expect(routeMatches(sem, signals(), { winner: undefined })).toBe(false);
+    const onlyL = route("sem-l", 1, { categories: [Category.L] });
+    onlyL.examples = ["book me a flight"];
+    expect(routeMatches(onlyL, signals(), { winner: "sem-l" })).toBe(false);
+    expect(routeMatches(onlyL, signals({ category: Category.L }), { winner: "sem-l" })).toBe(true);
+    // Routes without examples are unaffected by the vote.
+    expect(routeMatches(route("plain", 1, {}), signals(), { winner: "sem" })).toBe(true);
   });
 
   it("rule routes are the ones with explicit signals", () => {

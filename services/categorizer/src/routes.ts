@@ -55,6 +55,11 @@ export function isRuleRoute(route: Route): boolean {
   );
 }
 
+/** A route that decides on the category (and token bounds) alone. */
+export function isCategoryOnlyRoute(route: Route): boolean {
+  return !isRuleRoute(route) && route.examples.length === 0;
+}
+
 function hasConditions(route: Route): boolean {
   const m = route.match;
   return (
@@ -98,15 +103,22 @@ function keywordPattern(route: Route): RegExp | null {
 }
 
 /**
- * Whether every set condition of the route holds. Semantic routing (example utterances) needs
- * vector-search, which is not part of the mesh yet: a route is judged on its other conditions,
- * and a route that has examples but no other condition never matches (rather than matching
- * everything).
+ * Whether every set condition of the route holds. A route with examples (semantic routing) also
+ * needs the semantic vote: with semantic routing on (`semantic` given), it matches only when it
+ * won the vote and its other conditions hold. With semantic routing off it is judged on its other
+ * conditions, and a route that has examples but no other condition never matches (rather than
+ * matching everything).
  */
-export function routeMatches(route: Route, s: RouteSignals): boolean {
+export function routeMatches(
+  route: Route,
+  s: RouteSignals,
+  semantic?: { winner: string | undefined },
+): boolean {
   if (!route.enabled) return false;
+  const byExamples = semantic !== undefined && route.examples.length > 0;
+  if (byExamples && semantic.winner !== route.id) return false;
   const m = route.match;
-  if (m === undefined || !hasConditions(route)) return route.examples.length === 0;
+  if (m === undefined || !hasConditions(route)) return byExamples || route.examples.length === 0;
   if (m.categories.length > 0 && !m.categories.includes(s.category)) return false;
   if (m.modalities.length > 0 && !m.modalities.some((x) => s.modalities.includes(x))) return false;
   if (m.domainTags.length > 0) {

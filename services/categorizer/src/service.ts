@@ -1,12 +1,15 @@
 // CategorizerService handlers. Classify: the fast classifier (features.ts), the judge when it is
 // unsure and one is configured (judge.ts), a token estimate, the first route in effect that
 // matches (routes.ts, route-store.ts), and the context-window check against the catalog
-// (catalog.ts) that upgrades to a larger-context model of the same role or refuses.
+// (catalog.ts) that upgrades to a larger-context model of the same role or refuses. With
+// vector-search configured, routes with example utterances take part through the nearest
+// examples' vote (semantic.ts): one Search per Classify, only when such routes are in effect.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   FailedPreconditionError,
+  UnavailableError,
   InvalidArgumentError,
   loggerOf,
   NotFoundError,
@@ -34,7 +37,15 @@ import { ALIAS_ROLE, type ModelCatalog } from "./catalog.js";
 import { CATEGORY_OF, classifyFast, type CategoryLetter } from "./features.js";
 import { askJudge, combine, judgeFailure, parseVerdict } from "./judge.js";
 import { GLOBAL_TENANT, type RouteStore } from "./route-store.js";
-import { isRuleRoute, kindAllowed, kindOf, routeMatches, type RouteKind } from "./routes.js";
+import {
+  isCategoryOnlyRoute,
+  isRuleRoute,
+  kindAllowed,
+  kindOf,
+  routeMatches,
+  type RouteKind,
+} from "./routes.js";
+import { hasSemanticRoutes, type SemanticDecision, type SemanticRouter } from "./semantic.js";
 
 export interface JudgeOptions {
   /** Model id or alias; undefined = no judge. */
@@ -52,6 +63,29 @@ export interface CategorizerDeps {
   judge: JudgeOptions;
   /** Ask CountTokens when the estimate is within this fraction of a window (0 = never). */
   exactCountMargin: number;
+  /** Semantic routing through vector-search; undefined = off (examples are not used). */
+  semantic?: SemanticRouter;
+}
+
+/** A vector-search failure while writing examples, as the admin should read it. */
+function examplesFailure(err: unknown): Error {
+  if (err instanceof ConnectError) {
+    if (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded) {
+      return new UnavailableError(
+        `vector-search is unavailable, so the route's examples could not be stored (${Code[err.code]}); nothing was changed`,
+        { cause: err },
+      );
+    }
+    return new FailedPreconditionError(
+      `the route's examples could not be stored in vector-search (${Code[err.code]}: ${err.rawMessage}); nothing was changed`,
+      { cause: err },
+    );
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+function quote(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 77)}...` : text);
 }
 
 /** Cheap token estimate: about four characters per token for English prose and code. */
@@ -243,9 +277,36 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
       text: req.text,
       estimatedTokens: inputTokens + outputTokens,
     };
+    const effective = await routes.effective(tenantId);
+
+    // ---- semantic routing: the nearest examples vote (one Search, only when it can matter)
+    let semantic: SemanticDecision | undefined;
+    if (deps.semantic !== undefined && hasSemanticRoutes(effective)) {
+      try {
+        semantic = await deps.semantic.decide(tenantId, req.text, effective, token);
+      } catch (err) {
+        if (ctx.signal.aborted) throw err;
+        loggerOf(ctx).warn({ reason: judgeFailure(err) }, "semantic routing search failed");
+        reasons.push(
+          `semantic routing unavailable (${judgeFailure(err)}); routes were judged without their examples`,
+        );
+      }
+    }
+    // A semantic match is explicit evidence, like a rule's keyword: routes that decide on the
+    // category alone come after it whatever their priority (else every semantic route would
+    // need a priority above the category routes to ever win).
+    const ordered =
+      semantic?.route === undefined
+        ? effective
+        : [
+            ...effective.filter((r) => !isCategoryOnlyRoute(r)),
+            ...effective.filter(isCategoryOnlyRoute),
+          ];
+    const vote = semantic === undefined ? undefined : { winner: semantic.route?.id };
+
     let chosen: Route | undefined;
-    for (const route of await routes.effective(tenantId)) {
-      if (!routeMatches(route, signals)) continue;
+    for (const route of ordered) {
+      if (!routeMatches(route, signals, vote)) continue;
       const kind = kindOf(route.target);
       if (kind === undefined || !allowed(kind)) continue;
       if (needsVision && route.target?.target.case === "model") {
@@ -264,8 +325,23 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
         `no route of an allowed kind matches this request (category ${category}); allow model or template routes, or add a compare route`,
       );
     }
+    const bySemantic = chosen !== undefined && chosen === semantic?.route;
+    if (bySemantic && semantic !== undefined) {
+      decidedBy = Decider.SEMANTIC;
+      const top = semantic.matches[0];
+      reasons.splice(
+        1,
+        0,
+        `semantic route ${chosen?.id ?? ""}: ${semantic.matches.length} of the nearest examples are its own, the closest ${top === undefined ? "" : `${quote(top.example)} (similarity ${top.similarity.toFixed(2)})`}`,
+      );
+    } else if (semantic?.nearMiss !== undefined) {
+      const n = semantic.nearMiss;
+      reasons.push(
+        `closest example belongs to route ${n.routeId} (similarity ${n.similarity.toFixed(2)}, below its threshold ${n.threshold.toFixed(2)}): not routed by examples`,
+      );
+    }
     if (chosen !== undefined) {
-      if (isRuleRoute(chosen)) decidedBy = Decider.RULE;
+      if (isRuleRoute(chosen) && !bySemantic) decidedBy = Decider.RULE;
       reasons.splice(
         1,
         0,
@@ -346,6 +422,7 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
       reasons,
       decidedBy,
       judgeModel,
+      semanticMatches: bySemantic ? (semantic?.matches ?? []) : [],
       upgradedForContext: upgraded,
       decisionTime: create(DurationSchema, {
         seconds: BigInt(Math.floor(elapsedMs / 1000)),
@@ -404,6 +481,20 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
     }
   }
 
+  /** Best effort: a global route's examples reach the tenant's collection with an admin's token. */
+  async function copyGlobals(tenantId: string, token: string, ctx: HandlerContext) {
+    if (deps.semantic === undefined) return;
+    const globals = (await routes.effective(tenantId)).filter((r) => r.tenantId === GLOBAL_TENANT);
+    try {
+      await deps.semantic.copyGlobals(tenantId, globals, token);
+    } catch (err) {
+      loggerOf(ctx).warn(
+        { reason: judgeFailure(err) },
+        "copying the global routes' examples failed; they are retried on the next route change",
+      );
+    }
+  }
+
   return {
     classify,
 
@@ -438,8 +529,28 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
       const route = req.route;
       if (route === undefined)
         throw new InvalidArgumentError("route is required", { field: "route" });
-      await checkTarget(tenantId, route.target, bearer(ctx));
+      const token = bearer(ctx);
+      await checkTarget(tenantId, route.target, token);
+      const before = (await routes.effective(tenantId)).find(
+        (r) => r.id === route.id && r.tenantId === tenantId,
+      );
+      if (deps.semantic === undefined) {
+        if (route.examples.length > 0) {
+          loggerOf(ctx).warn(
+            { routeId: route.id },
+            "route has examples but semantic routing is off (no VECTOR_SEARCH_ADDR): they are stored, not used",
+          );
+        }
+      } else if (route.examples.length > 0 || (before?.examples.length ?? 0) > 0) {
+        // Examples first: when vector-search refuses them, the route is not stored either.
+        try {
+          await deps.semantic.putRoute(tenantId, route, token);
+        } catch (err) {
+          throw examplesFailure(err);
+        }
+      }
       const stored = await routes.upsert(tenantId, route);
+      await copyGlobals(tenantId, token, ctx);
       loggerOf(ctx).info(
         { routeId: route.id, target: targetLabel(route.target) },
         "route upserted",
@@ -449,6 +560,7 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
 
     async deleteRoute(req, ctx) {
       const tenantId = adminTenant(ctx);
+      const token = bearer(ctx);
       if (!(await routes.delete(tenantId, req.id))) {
         const global = (await routes.effective(GLOBAL_TENANT)).some((r) => r.id === req.id);
         throw new NotFoundError(
@@ -457,6 +569,19 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
             : `route ${req.id} does not exist`,
         );
       }
+      if (deps.semantic !== undefined) {
+        // Always, not only when this replica's cache saw examples (another replica may have
+        // added them). The route is gone, so its examples no longer vote even if this fails.
+        try {
+          await deps.semantic.removeRoute(req.id, token);
+        } catch (err) {
+          loggerOf(ctx).warn(
+            { routeId: req.id, reason: judgeFailure(err) },
+            "deleting the route's examples failed; they no longer vote",
+          );
+        }
+      }
+      await copyGlobals(tenantId, token, ctx);
       loggerOf(ctx).info({ routeId: req.id }, "route deleted");
       return {};
     },
