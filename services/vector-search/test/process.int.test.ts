@@ -63,15 +63,30 @@ describe("vector-search process", () => {
 
     async function allFound(): Promise<void> {
       // A search waits for the collection's index to be rebuilt; Stats then reports it ready.
-      let found = 0;
+      // Exact search proves every sampled document is in the rebuilt index; the graph search
+      // must find nearly all of them too (HNSW can leave a node or two out of reach of its own
+      // vector: 198 of 200 once on CI's machine, so it is not held to all).
+      let exact = 0;
+      let approximate = 0;
       for (let i = 0; i < vectors.length; i += 10) {
-        const res = await vs.search(
-          { collectionId: "kept", vector: vectors[i]!, k: 1, efSearch: 512 },
-          as(user),
-        );
-        if (res.hits[0]?.documentId === `v${i}`) found++;
+        for (const mode of ["exact", "approximate"] as const) {
+          const res = await vs.search(
+            {
+              collectionId: "kept",
+              vector: vectors[i]!,
+              k: 1,
+              efSearch: 512,
+              exact: mode === "exact",
+            },
+            as(user),
+          );
+          if (res.hits[0]?.documentId !== `v${i}`) continue;
+          if (mode === "exact") exact++;
+          else approximate++;
+        }
       }
-      expect(found).toBe(200);
+      expect(exact).toBe(200);
+      expect(approximate).toBeGreaterThanOrEqual(194);
       const stats = await vs.stats({ collectionId: "kept" }, as(user));
       expect(stats.documents).toBe(2_000n);
       expect(stats.indexState).toBe(IndexState.READY);
@@ -82,8 +97,10 @@ describe("vector-search process", () => {
       await (how === "stop" ? proc.stop() : proc.kill());
       proc = await startVectorSearchProcess({ jwksUrl: issuer.jwksUrl, database });
       vs = createClient(VectorSearchService, proc.address);
-      await allFound();
+      // The first search waits for the rebuild (checked before the log's kept tail moves on).
+      await vs.search({ collectionId: "kept", vector: vectors[0]!, k: 1 }, as(user));
       expect(proc.output()).toMatch(/vector index built/);
+      await allFound();
     }
     // Another tenant still sees nothing of it.
     const list = await vs.listCollections({}, as(other));
