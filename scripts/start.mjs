@@ -418,12 +418,13 @@ async function main() {
     ...(simNote !== "" ? [["llm-sim", process.env.LLM_SIM_URL ?? "", simNote]] : []),
   ];
   const width = Math.max(...rows.map((row) => (row[1] ?? "").length));
+  const nameWidth = Math.max(...rows.map((row) => (row[0] ?? "").length));
   const lines = [
     "",
     wanted.length > 0 ? "Ensemble is running:" : "Infrastructure is running (--infra-only):",
   ];
   for (const [name = "", where = "", note = ""] of rows)
-    lines.push(`  ${name.padEnd(10)} ${where.padEnd(width)}  ${note}`);
+    lines.push(`  ${name.padEnd(nameWidth)}  ${where.padEnd(width)}  ${note}`);
   const gateway = wanted.find((svc) => svc.name === "gateway");
   const first = wanted.find((svc) => !svc.httpReady);
   if (gateway && auth) {

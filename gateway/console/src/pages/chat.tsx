@@ -76,8 +76,13 @@ export function ChatPage() {
       setSessions(res.sessions);
       setSessionsAvailable(true);
     } catch (err) {
+      // Without SessionService chat falls back to single runs; so does a first probe that
+      // fails (a later failed refresh keeps what is known).
       if (isCode(err, Code.Unimplemented)) setSessionsAvailable(false);
-      else setError(errorText(err));
+      else {
+        setError(errorText(err));
+        setSessionsAvailable((known) => known ?? false);
+      }
     }
   };
   useEffect(() => {
@@ -230,7 +235,9 @@ export function ChatPage() {
   const send = async (e?: FormEvent) => {
     e?.preventDefault();
     const text = input.trim();
-    if (text === "" || busy) return;
+    // Until the session probe answers, where the reply would be kept is not known (a reply sent
+    // as a single run vanished from the screen when the probe then found SessionService).
+    if (text === "" || busy || sessionsAvailable === undefined) return;
     setBusy(true);
     setError(undefined);
     setInput("");
@@ -439,7 +446,11 @@ export function ChatPage() {
             onChange={(e) => setInput(e.target.value)}
             onKeyDown={onKeyDown}
           />
-          <button type="submit" className="primary" disabled={busy || input.trim() === ""}>
+          <button
+            type="submit"
+            className="primary"
+            disabled={busy || input.trim() === "" || sessionsAvailable === undefined}
+          >
             {busy ? "Answering…" : "Send"}
           </button>
         </form>
