@@ -20,7 +20,7 @@ export default tseslint.config(
     languageOptions: {
       parserOptions: {
         projectService: {
-          allowDefaultProject: ["*.js", "*.ts"],
+          allowDefaultProject: ["*.js", "*.ts", "packages/*/bin/*.mjs"],
         },
         tsconfigRootDir: import.meta.dirname,
       },
