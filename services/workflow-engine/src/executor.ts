@@ -1,9 +1,10 @@
 // Executing one step: llm (one model, retries, then the fallback model), compare (the same prompt
 // to several models in parallel), rank (a judge model and/or measurable criteria over a compare
 // step's answers), transform (rendering only), retrieve (a vector-search Search of the run's
-// tenant's collection) and plugin (Invoke on a registered plugin, see plugins.ts). Model calls go to model-proxy's StreamChat with a token acting for the run's
-// user and the attribution {run, step, attempt}, so the ledger bills
-// a redelivered attempt once; every piece of text is published as a step.delta event.
+// tenant's collection) and plugin (Invoke on a registered plugin, see plugins.ts). Model calls
+// go to model-proxy's StreamChat with a token acting for the run's user and the attribution
+// {run, step, attempt}, so the ledger bills a redelivered attempt once; every piece of text is
+// published as a step.delta event.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -90,6 +91,14 @@ export class StepFailure extends Error {
   }
 }
 
+/** A step failure before any model was called (nothing to bill), e.g. a missing dependency. */
+function stepFailure(ctx: StepContext, code: string, message: string): StepFailure {
+  return new StepFailure(
+    create(RunErrorSchema, { code, message, stepId: ctx.step.id }),
+    create(UsageSchema),
+  );
+}
+
 const RETRYABLE = new Set<Code>([
   Code.Unavailable,
   Code.DeadlineExceeded,
@@ -165,13 +174,10 @@ export async function executeStep(ctx: StepContext, deps: StepDeps): Promise<Run
         await runRetrieve(ctx, deps, record);
         break;
       default:
-        throw new StepFailure(
-          create(RunErrorSchema, {
-            code: "FAILED_PRECONDITION",
-            message: `${StepKind[ctx.step.kind] ?? "this"} steps are not supported by the workflow engine yet`,
-            stepId: ctx.step.id,
-          }),
-          create(UsageSchema),
+        throw stepFailure(
+          ctx,
+          "FAILED_PRECONDITION",
+          `${StepKind[ctx.step.kind] ?? "this"} steps are not supported by the workflow engine yet`,
         );
     }
     record.status = StepStatus.COMPLETED;
@@ -233,14 +239,7 @@ function messagesFor(
 function attemptTimeout(ctx: StepContext): number {
   const left = ctx.deadline - Date.now();
   if (left <= 0) {
-    throw new StepFailure(
-      create(RunErrorSchema, {
-        code: "DEADLINE_EXCEEDED",
-        message: "the run's deadline passed",
-        stepId: ctx.step.id,
-      }),
-      create(UsageSchema),
-    );
+    throw stepFailure(ctx, "DEADLINE_EXCEEDED", "the run's deadline passed");
   }
   return Math.min(ctx.timeoutMs, left);
 }
@@ -605,13 +604,10 @@ async function runRank(ctx: StepContext, deps: StepDeps, record: RunStep): Promi
   const compared = ctx.compared;
   const candidates = (compared?.answers ?? []).filter((a) => a.error === undefined);
   if (compared === undefined || candidates.length === 0) {
-    throw new StepFailure(
-      create(RunErrorSchema, {
-        code: "FAILED_PRECONDITION",
-        message: `step "${ctx.step.rankStep}" has no answers to rank`,
-        stepId: ctx.step.id,
-      }),
-      create(UsageSchema),
+    throw stepFailure(
+      ctx,
+      "FAILED_PRECONDITION",
+      `step "${ctx.step.rankStep}" has no answers to rank`,
     );
   }
   const ranking: RankingResult = create(RankingResultSchema, {
@@ -728,16 +724,40 @@ async function runRank(ctx: StepContext, deps: StepDeps, record: RunStep): Promi
 async function runPlugin(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
   const plugins = deps.plugins;
   if (plugins === undefined) {
-    throw new StepFailure(
-      create(RunErrorSchema, {
-        code: "FAILED_PRECONDITION",
-        message: "this workflow engine has no plugin registry configured",
-        stepId: ctx.step.id,
-      }),
-      create(UsageSchema),
+    throw stepFailure(
+      ctx,
+      "FAILED_PRECONDITION",
+      "this workflow engine has no plugin registry configured",
     );
   }
   const inputs = pluginInputs(ctx.step.prompt, (text) => renderTemplate(text, ctx.scope));
+  await withAttempts(
+    ctx,
+    record,
+    async ({ attempt, token, timeoutMs }) => {
+      const { response } = await invokeOnce(plugins, ctx, { inputs, attempt, token, timeoutMs });
+      record.output = response.text !== "" ? response.text : JSON.stringify(response.outputs ?? {});
+      record.usage = addUsage(record.usage, response.usage);
+    },
+    // Retried only when asking again is safe: a transient failure of a method the plugin
+    // declares idempotent (Describe).
+    { mayRetry: isIdempotentFailure },
+  );
+}
+
+/**
+ * The attempts of a step that calls one service (plugin, retrieve): step.started per attempt,
+ * the call with a token acting for the run's user and the attempt's deadline (the gRPC deadline
+ * bounds the attempt; the run's signal cancels it), then step.failed and another attempt while
+ * the failure is retryable, `mayRetry` allows it and `retries` are left. `failure` may restate
+ * an error for the run's record first.
+ */
+async function withAttempts(
+  ctx: StepContext,
+  record: RunStep,
+  call: (a: { attempt: number; token: string; timeoutMs: number }) => Promise<void>,
+  opts: { mayRetry: (err: unknown) => boolean; failure?: (err: unknown) => unknown },
+): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     record.attempts = attempt;
     await ctx.emit({
@@ -747,19 +767,14 @@ async function runPlugin(ctx: StepContext, deps: StepDeps, record: RunStep): Pro
       payload: started_(ctx),
     });
     try {
-      // The gRPC deadline bounds the attempt (the plugin sees it); the run's signal cancels it.
       const timeoutMs = attemptTimeout(ctx);
-      const token = await ctx.token();
-      const { response } = await invokeOnce(plugins, ctx, { inputs, attempt, token, timeoutMs });
-      record.output = response.text !== "" ? response.text : JSON.stringify(response.outputs ?? {});
-      record.usage = addUsage(record.usage, response.usage);
+      await call({ attempt, token: await ctx.token(), timeoutMs });
       return;
-    } catch (err) {
+    } catch (caught) {
       if (ctx.signal.aborted) throw new ConnectError("the run was cancelled", Code.Canceled);
+      const err = opts.failure !== undefined ? opts.failure(caught) : caught;
       const error = runErrorOf(err, ctx.step.id);
-      // Retried only when asking again is safe: a transient failure of a method the plugin
-      // declares idempotent (Describe).
-      const willRetry = error.retryable && isIdempotentFailure(err) && attempt <= ctx.retries;
+      const willRetry = error.retryable && opts.mayRetry(err) && attempt <= ctx.retries;
       if (!willRetry) throw err;
       await ctx.emit({
         type: RunEventType.STEP_FAILED,
@@ -811,40 +826,33 @@ export const DEFAULT_TOP_K = 5;
  * retried up to `retries` times.
  */
 async function runRetrieve(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
-  const fail = (code: string, message: string): StepFailure =>
-    new StepFailure(
-      create(RunErrorSchema, { code, message, stepId: ctx.step.id }),
-      create(UsageSchema),
-    );
   const vectorSearch = deps.vectorSearch;
   if (vectorSearch === undefined) {
-    throw fail(
+    throw stepFailure(
+      ctx,
       "FAILED_PRECONDITION",
       "vector-search is not configured for this workflow engine (VECTOR_SEARCH_ADDR), so retrieve steps cannot run",
     );
   }
   const collection = renderTemplate(ctx.step.collection, ctx.scope).trim();
   if (collection === "") {
-    throw fail("INVALID_ARGUMENT", "the retrieve step's collection is empty");
+    throw stepFailure(ctx, "INVALID_ARGUMENT", "the retrieve step's collection is empty");
   }
   const query = (
     ctx.step.prompt !== "" ? renderTemplate(ctx.step.prompt, ctx.scope) : ctx.scope.input
   ).trim();
   if (query === "") {
-    throw fail("INVALID_ARGUMENT", "the retrieve step has nothing to search for (empty prompt)");
+    throw stepFailure(
+      ctx,
+      "INVALID_ARGUMENT",
+      "the retrieve step has nothing to search for (empty prompt)",
+    );
   }
   const k = ctx.step.topK > 0 ? ctx.step.topK : DEFAULT_TOP_K;
-  for (let attempt = 1; ; attempt++) {
-    record.attempts = attempt;
-    await ctx.emit({
-      type: RunEventType.STEP_STARTED,
-      stepId: ctx.step.id,
-      attempt,
-      payload: started_(ctx),
-    });
-    try {
-      const timeoutMs = attemptTimeout(ctx);
-      const token = await ctx.token();
+  await withAttempts(
+    ctx,
+    record,
+    async ({ token, timeoutMs }) => {
       const res = await vectorSearch.search(
         // Search caps its text at 64 KiB; a longer rendered prompt searches with its beginning.
         { collectionId: collection, text: query.slice(0, 65_536), k },
@@ -853,28 +861,22 @@ async function runRetrieve(ctx: StepContext, deps: StepDeps, record: RunStep): P
       record.usage = addUsage(record.usage, res.usage);
       record.structuredOutput = { hits: res.hits.map((h, i) => hitJson(h, i + 1)) };
       record.output = passagesText(res.hits, collection);
-      return;
-    } catch (err) {
-      if (ctx.signal.aborted) throw new ConnectError("the run was cancelled", Code.Canceled);
-      const ce = ConnectError.from(err);
-      // Another tenant's collection is NOT_FOUND too: vector-search never reveals it exists.
-      const failure = new ConnectError(
-        ce.code === Code.NotFound
-          ? `collection "${collection}" was not found in this tenant's vector-search`
-          : `retrieve from collection "${collection}" failed: ${ce.rawMessage}`,
-        ce.code,
-      );
-      const error = runErrorOf(failure, ctx.step.id);
-      const willRetry = error.retryable && attempt <= ctx.retries;
-      if (!willRetry) throw failure;
-      await ctx.emit({
-        type: RunEventType.STEP_FAILED,
-        stepId: ctx.step.id,
-        attempt,
-        payload: { case: "stepFailed", value: { error, willRetry, fallbackModel: "" } },
-      });
-    }
-  }
+    },
+    {
+      // Search has no side effects: any transient failure may be retried.
+      mayRetry: () => true,
+      failure: (err) => {
+        const ce = ConnectError.from(err);
+        // Another tenant's collection is NOT_FOUND too: vector-search never reveals it exists.
+        return new ConnectError(
+          ce.code === Code.NotFound
+            ? `collection "${collection}" was not found in this tenant's vector-search`
+            : `retrieve from collection "${collection}" failed: ${ce.rawMessage}`,
+          ce.code,
+        );
+      },
+    },
+  );
 }
 
 /** One hit of a retrieve step's structured output; `n` is its number in the text output. */

@@ -172,7 +172,7 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
   const scheduler = new Scheduler({
     models: await openScheduleModels(mongo),
     engine,
-    registry: createClient(RegistryService, config.REGISTRY_ADDR, { metrics }),
+    registry,
     autoAvailable: config.CATEGORIZER_ADDR !== undefined,
     tokens,
     logger,

@@ -1,27 +1,16 @@
 // Retrieve steps against the real mesh: auth, registry (seeded from deploy/config, so the
 // rag_answer template is there), model-proxy and vector-search as built processes, the simulator
 // as chat and embedding provider (its embeddings are deterministic and texts sharing words are
-// closer; its chat answer quotes the prompt), NATS and the MongoDB-wire server; the engine
-// in-process as main.ts wires it. Collections belong to a tenant: the search runs as the run's
-// user, so another tenant's run never sees them.
+// closer; its chat answer quotes the prompt), NATS and the MongoDB-wire server; the engine as a
+// built process too, given VECTOR_SEARCH_ADDR as npm start gives it. Collections belong to a
+// tenant: the search runs as the run's user, so another tenant's run never sees them.
 import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
-import {
-  closeMongo,
-  connectMongo,
-  createClient,
-  createJwksVerifier,
-  jetstream,
-  jetstreamManager,
-  type GrpcClient,
-  type KitServer,
-} from "@ensemble/kit";
+import { createClient, type GrpcClient } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
   AuthService,
   ChunkStrategy,
   DistanceMetric,
-  ModelProxyService,
-  RegistryService,
   RunService,
   RunStatus,
   StepKind,
@@ -32,25 +21,15 @@ import {
   type RunSpecSchema,
 } from "@ensemble/proto";
 import {
-  captureLogs,
-  mongoUrl,
-  natsUrl,
   startAuthProcess,
   startModelProxyProcess,
   startRegistryProcess,
   startVectorSearchProcess,
-  uniqueName,
+  startWorkflowProcess,
   type AuthProcess,
   type MeshProcess,
 } from "@ensemble/testkit";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Engine } from "../src/engine.js";
-import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
-import { build } from "../src/server.js";
-import { openModels } from "../src/store.js";
-import { ServiceTokens } from "../src/tokens.js";
 
 const PASSWORD = "correct-Horse-battery-9";
 
@@ -59,10 +38,7 @@ let auth: AuthProcess;
 let registryProc: MeshProcess;
 let proxy: MeshProcess;
 let vectorProc: MeshProcess;
-let mongo: Connection;
-let nc: NatsConnection;
-let server: KitServer;
-let engine: Engine;
+let workflow: MeshProcess;
 let runs: GrpcClient<typeof RunService>;
 let vs: GrpcClient<typeof VectorSearchService>;
 let userA: string;
@@ -154,53 +130,16 @@ beforeAll(async () => {
     jwksUrl: auth.jwksUrl,
     modelProxyAddress: proxy.address,
   });
-  const logger = captureLogs({ level: "warn" }).logger;
-  mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("workflow"), logger });
-  nc = await connect({ servers: natsUrl() });
-  const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
-  const root = `t${uniqueName("rag").replace(/[^A-Za-z0-9]/g, "")}`;
-  const stream = uniqueName("RUN_EVENTS").replace(/[^A-Za-z0-9_-]/g, "_");
-  await ensureRunEventsStream(jsm, stream, 3_600_000, root);
-  const publisher = new RunEventPublisher({ nc, js, jsm, stream, logger, root });
+  workflow = await startWorkflowProcess({
+    jwksUrl: auth.jwksUrl,
+    authAddress: auth.address,
+    registryAddress: registryProc.address,
+    modelProxyAddress: proxy.address,
+    serviceToken: await auth.mintServiceToken("workflow"),
+    env: { VECTOR_SEARCH_ADDR: vectorProc.address },
+  });
+  runs = createClient(RunService, workflow.address);
   const authClient = createClient(AuthService, auth.address);
-  engine = new Engine({
-    models: await openModels(mongo),
-    nc,
-    js,
-    jsm,
-    publisher,
-    logger,
-    registry: createClient(RegistryService, registryProc.address),
-    modelProxy: createClient(ModelProxyService, proxy.address),
-    vectorSearch: createClient(VectorSearchService, vectorProc.address),
-    tokens: new ServiceTokens(authClient, await auth.mintServiceToken("workflow")),
-    settings: {
-      stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
-      stepConsumer: "workers",
-      subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
-      ackWaitMs: 10_000,
-      maxDeliver: 5,
-      workerConcurrency: 16,
-      tenantMaxParallel: 16,
-      runMaxParallel: 8,
-      stepTimeoutMs: 10_000,
-      runTimeoutMs: 30_000,
-      recoveryIntervalMs: 60_000,
-    },
-  });
-  await engine.start();
-  server = build({
-    version: "test",
-    logger,
-    verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
-    engine,
-    nc,
-    js,
-    eventsStream: stream,
-    eventsRoot: root,
-  });
-  runs = createClient(RunService, `127.0.0.1:${await server.listen("127.0.0.1:0")}`);
   vs = createClient(VectorSearchService, vectorProc.address);
   const stamp = Date.now();
   const signup = async (who: string) =>
@@ -218,10 +157,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await server?.shutdown({ timeoutMs: 2_000 });
-  await engine?.stop();
-  await nc?.close();
-  if (mongo !== undefined) await closeMongo(mongo);
+  await workflow?.stop();
   await Promise.allSettled([vectorProc?.stop(), proxy?.stop(), registryProc?.stop(), auth?.stop()]);
   await sim?.close();
 });
