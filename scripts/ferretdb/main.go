@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,6 +22,11 @@ func main() {
 	dir := flag.String("sqlite-dir", ".data/mongo", "directory holding the SQLite databases")
 	level := flag.String("log-level", "error", "log level: debug, info, warn, error")
 	flag.Parse()
+	// FERRETDB_PPROF_ADDR (e.g. 127.0.0.1:6060) serves Go's pprof there: where the server's CPU
+	// goes under a benchmark (go tool pprof <binary> http://<addr>/debug/pprof/profile).
+	if addr := os.Getenv("FERRETDB_PPROF_ADDR"); addr != "" {
+		go func() { _ = http.ListenAndServe(addr, nil) }()
+	}
 
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {

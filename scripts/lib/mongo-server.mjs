@@ -1,7 +1,8 @@
 // Finds or builds the local MongoDB-wire server: `mongod` on PATH when there is one, otherwise
 // FerretDB (SQLite backend) built from the small wrapper in scripts/ferretdb. We wrap FerretDB's
 // embeddable package because a module-proxy build of its own cmd/ferretdb has no version stamp
-// and refuses to start.
+// and refuses to start. scripts/ferretdb/patches.json lists small fixes applied to FerretDB's
+// vendored sources at build time (the module cache stays untouched); each says why.
 import { performance } from "node:perf_hooks";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -21,7 +22,7 @@ import {
 } from "./tools.mjs";
 
 export const ferretdbSourceDir = join(repoRoot, "scripts", "ferretdb");
-const SOURCES = ["go.mod", "go.sum", "main.go"];
+const SOURCES = ["go.mod", "go.sum", "main.go", "patches.json"];
 
 /**
  * @typedef {{ kind: "mongod" | "ferretdb"; path: string }} MongoServer
@@ -89,9 +90,11 @@ export async function ensureMongoServer(opts = {}) {
     `mongodb: no mongod on PATH; building FerretDB from scripts/ferretdb with go build ` +
       `(${go}; about 3 minutes on a fresh machine, seconds when Go's cache is warm) into ${dir}…`,
   );
+  const sources = `${binary}.src-${process.pid}`;
   try {
-    const res = await run("go", ["build", "-o", scratch, "."], {
-      cwd: ferretdbSourceDir,
+    await patchedSources(sources, env);
+    const res = await run("go", ["build", "-mod=vendor", "-o", scratch, "."], {
+      cwd: sources,
       env,
       timeoutMs: 20 * 60_000,
     });
@@ -105,7 +108,43 @@ export async function ensureMongoServer(opts = {}) {
     await writeFile(stamp, want + "\n");
   } finally {
     await rm(scratch, { force: true });
+    await rm(sources, { recursive: true, force: true });
   }
   progress(`mongodb: built FerretDB in ${seconds(start)}: ${binary}`);
   return { kind: "ferretdb", path: binary };
+}
+
+/**
+ * A copy of scripts/ferretdb in `dir` with its dependencies vendored and the patches of
+ * scripts/ferretdb/patches.json applied to the vendored FerretDB (Go refuses to overlay files in
+ * the module cache, and the cache must stay pristine). A patch whose text is not found exactly
+ * once fails the build: the module changed under it.
+ * @param {string} dir
+ * @param {NodeJS.ProcessEnv} env
+ */
+async function patchedSources(dir, env) {
+  await mkdir(dir, { recursive: true });
+  for (const name of ["go.mod", "go.sum", "main.go"]) {
+    await writeFile(join(dir, name), await readFile(join(ferretdbSourceDir, name)));
+  }
+  const vendor = await run("go", ["mod", "vendor"], { cwd: dir, env, timeoutMs: 15 * 60_000 });
+  if (vendor.code !== 0) {
+    throw new ToolError(`FerretDB: go mod vendor failed:\n${tail(vendor.stderr + vendor.stdout)}`);
+  }
+  /** @type {unknown} */
+  const parsed = JSON.parse(await readFile(join(ferretdbSourceDir, "patches.json"), "utf8"));
+  const patches = /** @type {{ file: string; find: string; replace: string; why: string }[]} */ (
+    parsed
+  );
+  for (const [i, patch] of patches.entries()) {
+    const file = join(dir, "vendor", "github.com", "FerretDB", "FerretDB", patch.file);
+    const text = await readFile(file, "utf8");
+    const at = text.indexOf(patch.find);
+    if (at < 0 || text.indexOf(patch.find, at + 1) >= 0) {
+      throw new ToolError(
+        `FerretDB: patch ${i + 1} (${patch.file}) does not apply: its text is not found exactly once`,
+      );
+    }
+    await writeFile(file, text.replace(patch.find, patch.replace));
+  }
 }
