@@ -16,7 +16,7 @@
 // its steps' queue time (queued -> taken by a replica) gives the dispatch latency percentiles;
 // the engine's ensemble_workflow_step_dispatch_seconds histogram is printed beside them.
 //
-// Usage: npm run build && node bench/dist/workflow.js [seconds-per-level=8] [levels=16,64,128]
+// Usage: npm run build && node bench/dist/workflow.js [seconds-per-level=8] [levels=4,16,64,128]
 // BENCH_CPU_PROF=workflow,model-proxy writes V8 CPU profiles of those processes (at their exit)
 // into a temporary directory that is printed at the end.
 import { execFile } from "node:child_process";
@@ -51,9 +51,9 @@ import pino from "pino";
 import { summarise } from "./stats.js";
 
 const secondsPerLevel = Number(process.argv[2] ?? 8);
-const LEVELS = (process.argv[3] ?? "16,64,128").split(",").map(Number);
+const LEVELS = (process.argv[3] ?? "4,16,64,128").split(",").map(Number);
 if (!(secondsPerLevel > 0) || LEVELS.some((n) => !(n > 0))) {
-  console.error("usage: node bench/dist/workflow.js [seconds-per-level > 0] [levels=16,64,128]");
+  console.error("usage: node bench/dist/workflow.js [seconds-per-level > 0] [levels=4,16,64,128]");
   process.exit(2);
 }
 const BASELINE_SECONDS = Math.max(2, secondsPerLevel / 2);
@@ -219,6 +219,10 @@ async function startMesh(): Promise<Mesh> {
     STEP_STREAM: `WORKFLOW_STEPS_${Date.now()}`,
     WORKFLOW_SUBJECT_PREFIX: `benchwf${Date.now()}`,
     SERVICE_TOKEN: serviceToken.trim(),
+    // One tenant drives the whole load: its per-replica cap (16 by default, a fairness policy
+    // between tenants) would otherwise bound the measurement instead of the engine. Equal to
+    // the replica's own WORKER_CONCURRENCY default, so that limit still holds.
+    TENANT_MAX_PARALLEL: "64",
   });
   await waitForPort(engine, enginePort);
   return {
