@@ -40,10 +40,14 @@ func main() {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *listen},
-		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: "file:" + *dir + "/",
+		Listener: ferretdb.ListenerConfig{TCP: *listen},
+		Logger:   logger,
+		Handler:  "sqlite",
+		// WAL with synchronous=NORMAL: a commit survives the server being killed, and only an
+		// operating-system crash or power loss can undo the last commits (as MongoDB's default
+		// write concern, whose journal is flushed every 100 ms). FULL (SQLite's default) fsyncs
+		// the log on every commit, and a test or benchmark mesh pays that on every write.
+		SQLiteURL: "file:" + *dir + "/?_pragma=synchronous(normal)",
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ferretdb: %v\n", err)
