@@ -16,6 +16,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 COPY packages/proto/package.json packages/proto/
 COPY packages/kit/package.json packages/kit/
+COPY packages/workflow/package.json packages/workflow/
 COPY packages/testkit/package.json packages/testkit/
 COPY packages/llm-sim/package.json packages/llm-sim/
 COPY packages/cli/package.json packages/cli/

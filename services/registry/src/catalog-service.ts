@@ -27,7 +27,7 @@ import {
 import type { QueryFilter } from "mongoose";
 import type { CatalogDoc, RegistryModels } from "./catalog.model.js";
 import { CatalogStore, GLOBAL_TENANT, type CatalogKind } from "./catalog-store.js";
-import { validateTemplate } from "./template-validation.js";
+import { validateTemplate } from "@ensemble/workflow";
 
 export interface Catalog {
   models: CatalogStore<typeof ModelSchema>;

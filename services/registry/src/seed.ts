@@ -26,7 +26,7 @@ import { validateMessage, type Logger } from "@ensemble/kit";
 import { parse } from "yaml";
 import type { Catalog } from "./catalog-service.js";
 import { GLOBAL_TENANT, type CatalogStore } from "./catalog-store.js";
-import { validateTemplate } from "./template-validation.js";
+import { validateTemplate } from "@ensemble/workflow";
 import { WorkflowTemplateSchema, type WorkflowTemplate } from "@ensemble/proto";
 
 export class SeedError extends Error {

@@ -92,7 +92,7 @@ import {
   type StepOutcomeDoc,
 } from "./store.js";
 import type { CallerTokens, TokenSource } from "./tokens.js";
-import { readySteps } from "./workflow.js";
+import { readySteps } from "@ensemble/workflow";
 
 export interface EngineSettings {
   stepStream: string;

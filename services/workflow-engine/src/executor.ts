@@ -39,7 +39,7 @@ import {
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { EventInit, RunRef } from "./events.js";
 import { isIdempotentFailure, pluginInputs, type PluginInvoker } from "./plugins.js";
-import { renderTemplate, type RenderScope } from "./workflow.js";
+import { renderTemplate, type RenderScope } from "@ensemble/workflow";
 
 /** What a step needs from the run beyond its own definition. */
 export interface StepContext {

@@ -25,7 +25,7 @@ import {
 import { Code, ConnectError } from "@connectrpc/connect";
 import { create as createMsg } from "@bufbuild/protobuf";
 import { PlannedStepSchema } from "@ensemble/proto";
-import { resolveInputs, validateRunnable } from "./workflow.js";
+import { resolveInputs, validateRunnable } from "@ensemble/workflow";
 
 /** What the engine stores besides the graph. */
 export interface PlanExtras {

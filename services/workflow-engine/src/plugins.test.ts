@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { pluginInputs } from "./plugins.js";
-import { renderTemplate } from "./workflow.js";
+import { renderTemplate } from "@ensemble/workflow";
 
 const scope = {
   input: 'say "hi"\nthen leave',

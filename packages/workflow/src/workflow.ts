@@ -1,6 +1,6 @@
-// The workflow format, as pure functions: the semantic checks of a step graph (the same rules
-// the registry applies to templates on write, kept in step with services/registry's
-// template-validation.ts because services share contracts, not code), the variables a run
+// The workflow format, as pure functions, shared by the registry (which checks every template it
+// stores) and the workflow engine (which checks every definition it runs): the semantic checks
+// of a step graph beyond what protovalidate expresses in the contract, the variables a run
 // supplies, prompt rendering, readiness of steps, and parsing of a JSON/YAML definition.
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import {

@@ -1,5 +1,4 @@
-import { readFile } from "node:fs/promises";
-import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import {
   StepKind,
   WorkflowStepSchema,
@@ -8,8 +7,7 @@ import {
   type WorkflowTemplate,
 } from "@ensemble/proto";
 import { describe, expect, it } from "vitest";
-import { parse } from "yaml";
-import { validateTemplate } from "./template-validation.js";
+import { validateTemplate } from "./workflow.js";
 
 type StepInit = Partial<Omit<WorkflowStep, "$typeName" | "$unknown">>;
 type TemplateInit = Partial<Omit<WorkflowTemplate, "$typeName" | "$unknown" | "steps">>;
@@ -145,19 +143,5 @@ describe("template validation", () => {
     expect(messages(t)).toEqual([
       'template.steps[1].rank_step: step "cmp" must be a dependency of "rank"',
     ]);
-  });
-});
-
-describe("template format documentation", () => {
-  it("template validation - the example in the README is a valid template", async () => {
-    const readme = await readFile(new URL("../README.md", import.meta.url), "utf8");
-    const block = [...readme.matchAll(/```yaml\n([\s\S]*?)```/g)]
-      .map((m) => m[1] ?? "")
-      .find((text) => text.startsWith("templates:"));
-    expect(block).toBeDefined();
-    const doc = parse(block ?? "") as { templates: JsonValue[] };
-    const example = fromJson(WorkflowTemplateSchema, doc.templates[0] ?? null);
-    expect(example.steps).toHaveLength(5);
-    expect(validateTemplate(example)).toEqual([]);
   });
 });
