@@ -9,20 +9,8 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
-  closeMongo,
-  connectMongo,
-  createClient,
-  createJwksVerifier,
-  jetstream,
-  jetstreamManager,
-  type GrpcClient,
-  type KitServer,
-} from "@ensemble/kit";
-import { startSimulator, type Simulator } from "@ensemble/llm-sim";
-import {
-  AuthService,
-  ModelProxyService,
   RegistryService,
   RunService,
   RunStatus,
@@ -31,42 +19,14 @@ import {
   WorkflowTemplateSchema,
   type Run,
 } from "@ensemble/proto";
-import {
-  captureLogs,
-  freePort,
-  mongoUrl,
-  natsUrl,
-  repoRoot,
-  ServerProcess,
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
-  uniqueName,
-  type AuthProcess,
-  type MeshProcess,
-} from "@ensemble/testkit";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import type { Connection } from "mongoose";
+import { freePort, repoRoot, ServerProcess } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Engine } from "../src/engine.js";
-import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
-import { RegistryPlugins } from "../src/plugins.js";
-import { build } from "../src/server.js";
-import { openModels } from "../src/store.js";
-import { ServiceTokens } from "../src/tokens.js";
+import { startEngineMesh, type EngineMesh } from "./engine-mesh.js";
 
-const PASSWORD = "correct-Horse-battery-9";
 const execFileAsync = promisify(execFile);
 
 let python: string;
-let sim: Simulator;
-let auth: AuthProcess;
-let registryProc: MeshProcess;
-let proxy: MeshProcess;
-let mongo: Connection;
-let nc: NatsConnection;
-let server: KitServer;
-let engine: Engine;
+let mesh: EngineMesh;
 let runs: GrpcClient<typeof RunService>;
 let registry: GrpcClient<typeof RegistryService>;
 let userA: string;
@@ -102,7 +62,7 @@ async function startPlugin(id: string, ttlMs: number): Promise<ServerProcess> {
     {
       ...process.env,
       PYTHONUNBUFFERED: "1",
-      ENSEMBLE_ADDR: registryProc.address,
+      ENSEMBLE_ADDR: mesh.registry.address,
       ENSEMBLE_TOKEN: userA,
       PLUGIN_ID: id,
       PLUGIN_LISTEN: `127.0.0.1:${await freePort()}`,
@@ -161,93 +121,27 @@ function wordsOf(text: string): string[] {
 
 beforeAll(async () => {
   python = await installPython();
-  sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registryProc = await startRegistryProcess({
-    jwksUrl: auth.jwksUrl,
+  mesh = await startEngineMesh({
+    name: "plugins",
     // Short sweeps and health checks so removals show within a test.
-    env: {
+    registryEnv: {
       PLUGIN_SWEEP_INTERVAL_MS: "200",
       PLUGIN_HEALTH_INTERVAL_MS: "300",
       PLUGIN_HEALTH_FAILURES: "2",
       PLUGIN_HEALTH_TIMEOUT_MS: "500",
     },
+    plugins: true,
+    settings: { stepTimeoutMs: 10_000, runTimeoutMs: 60_000 },
   });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registryProc.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
-  const logger = captureLogs({ level: "warn" }).logger;
-  mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("workflow"), logger });
-  nc = await connect({ servers: natsUrl() });
-  const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
-  const root = `t${uniqueName("plg").replace(/[^A-Za-z0-9]/g, "")}`;
-  const stream = uniqueName("RUN_EVENTS").replace(/[^A-Za-z0-9_-]/g, "_");
-  await ensureRunEventsStream(jsm, stream, 3_600_000, root);
-  const publisher = new RunEventPublisher({ nc, js, jsm, stream, logger, root });
-  const authClient = createClient(AuthService, auth.address);
-  registry = createClient(RegistryService, registryProc.address);
-  engine = new Engine({
-    models: await openModels(mongo),
-    nc,
-    js,
-    jsm,
-    publisher,
-    logger,
-    registry,
-    modelProxy: createClient(ModelProxyService, proxy.address),
-    plugins: new RegistryPlugins({ registry }),
-    tokens: new ServiceTokens(authClient, await auth.mintServiceToken("workflow")),
-    settings: {
-      stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
-      stepConsumer: "workers",
-      subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
-      ackWaitMs: 10_000,
-      maxDeliver: 5,
-      workerConcurrency: 16,
-      tenantMaxParallel: 16,
-      runMaxParallel: 8,
-      stepTimeoutMs: 10_000,
-      runTimeoutMs: 60_000,
-      recoveryIntervalMs: 60_000,
-    },
-  });
-  await engine.start();
-  server = build({
-    version: "test",
-    logger,
-    verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
-    engine,
-    nc,
-    js,
-    eventsStream: stream,
-    eventsRoot: root,
-  });
-  runs = createClient(RunService, `127.0.0.1:${await server.listen("127.0.0.1:0")}`);
-  const stamp = Date.now();
-  const signup = async (who: string) =>
-    (
-      await authClient.signup({
-        email: `plugins-${who}-${stamp}@example.com`,
-        password: PASSWORD,
-        tenant: { case: "tenantName", value: `plugins ${who}` },
-      })
-    ).tokens?.accessToken ?? "";
-  userA = await signup("a");
-  userB = await signup("b");
+  registry = mesh.registryClient;
+  runs = createClient(RunService, await mesh.serve());
+  userA = (await mesh.signup("a")).token;
+  userB = (await mesh.signup("b")).token;
 }, 600_000);
 
 afterAll(async () => {
   await Promise.allSettled(plugins.map((p) => p.kill()));
-  await server?.shutdown({ timeoutMs: 2_000 });
-  await engine?.stop();
-  await nc?.close();
-  if (mongo !== undefined) await closeMongo(mongo);
-  await Promise.allSettled([proxy?.stop(), registryProc?.stop(), auth?.stop()]);
-  await sim?.close();
+  await mesh?.stop();
 });
 
 describe("plugins", () => {

@@ -1,27 +1,13 @@
-// Runs against the real mesh: auth, registry (seeded from deploy/config) and model-proxy as built
+// Runs against the real mesh (test/engine-mesh.ts): auth, registry and model-proxy as built
 // processes, the LLM simulator as the only provider, NATS JetStream and the MongoDB-wire server
-// from the test kit, and the engine in-process through build(deps) + Engine with its own database,
-// streams and subjects. Tokens are real: users sign up through auth; steps run with service
-// tokens issued by auth for the run's user.
+// from the test kit, and the engine in-process.
 import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { createClient, type GrpcClient } from "@ensemble/kit";
+import type { Simulator } from "@ensemble/llm-sim";
 import {
-  closeMongo,
-  connectMongo,
-  createClient,
-  createJwksVerifier,
-  jetstream,
-  jetstreamManager,
-  type GrpcClient,
-  type KitServer,
-} from "@ensemble/kit";
-import { startSimulator, type Simulator } from "@ensemble/llm-sim";
-import {
-  AuthService,
-  ModelProxyService,
   RankCriterion,
-  RegistryService,
   RunEventType,
   RunService,
   RunStatus,
@@ -32,37 +18,11 @@ import {
   type RunEvent,
   type RunSpec,
 } from "@ensemble/proto";
-import {
-  captureLogs,
-  mongoUrl,
-  natsUrl,
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
-  uniqueName,
-  type AuthProcess,
-  type MeshProcess,
-} from "@ensemble/testkit";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Engine } from "../src/engine.js";
-import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
-import { FailureExplainer } from "../src/explainer.js";
-import { build } from "../src/server.js";
-import { openModels } from "../src/store.js";
-import { ServiceTokens } from "../src/tokens.js";
+import { startEngineMesh, type EngineMesh } from "./engine-mesh.js";
 
-const PASSWORD = "correct-Horse-battery-9";
-
+let mesh: EngineMesh;
 let sim: Simulator;
-let auth: AuthProcess;
-let registry: MeshProcess;
-let proxy: MeshProcess;
-let mongo: Connection;
-let nc: NatsConnection;
-let server: KitServer;
-let engine: Engine;
 let runs: GrpcClient<typeof RunService>;
 let userA: string;
 let userB: string;
@@ -113,95 +73,22 @@ const ms = (t: { seconds: bigint; nanos: number } | undefined) =>
   t === undefined ? NaN : timestampDate(t as never).getTime();
 
 beforeAll(async () => {
-  sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
+  mesh = await startEngineMesh({
+    name: "runs",
     // One provider call per attempt, and no breaker opening while tests make models fail: the
     // engine's own retries and fallbacks are what is under test.
-    env: { RETRY_MAX_ATTEMPTS: "1", BREAKER_THRESHOLD: "100000" },
-  });
-  const logger = captureLogs({ level: "warn" }).logger;
-  mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("workflow"), logger });
-  nc = await connect({ servers: natsUrl() });
-  const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
-  const root = `t${uniqueName("runs").replace(/[^A-Za-z0-9]/g, "")}`;
-  const stream = uniqueName("RUN_EVENTS").replace(/[^A-Za-z0-9_-]/g, "_");
-  await ensureRunEventsStream(jsm, stream, 3_600_000, root);
-  const publisher = new RunEventPublisher({ nc: nc, js, jsm, stream, logger, root });
-  const authClient = createClient(AuthService, auth.address);
-  const serviceToken = await auth.mintServiceToken("workflow");
-  engine = new Engine({
-    models: await openModels(mongo),
-    nc: nc,
-    js,
-    jsm,
-    publisher,
-    logger,
-    registry: createClient(RegistryService, registry.address),
-    modelProxy: createClient(ModelProxyService, proxy.address),
-    tokens: new ServiceTokens(authClient, serviceToken),
+    proxyEnv: { RETRY_MAX_ATTEMPTS: "1", BREAKER_THRESHOLD: "100000" },
     // Failed runs get a user-facing explanation from a model that the failure tests leave up.
-    explainer: new FailureExplainer({
-      modelProxy: createClient(ModelProxyService, proxy.address),
-      tokens: new ServiceTokens(authClient, serviceToken),
-      model: "sim-medium",
-      timeoutMs: 10_000,
-    }),
-    settings: {
-      stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
-      stepConsumer: "workers",
-      subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
-      ackWaitMs: 10_000,
-      maxDeliver: 5,
-      workerConcurrency: 16,
-      tenantMaxParallel: 16,
-      runMaxParallel: 8,
-      stepTimeoutMs: 20_000,
-      runTimeoutMs: 120_000,
-      recoveryIntervalMs: 60_000,
-    },
+    explainerModel: "sim-medium",
   });
-  await engine.start();
-  server = build({
-    version: "test",
-    logger,
-    verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
-    engine,
-    nc: nc,
-    js,
-    eventsStream: stream,
-    eventsRoot: root,
-  });
-  runs = createClient(RunService, `127.0.0.1:${await server.listen("127.0.0.1:0")}`);
-
-  const stamp = Date.now();
-  const a = await authClient.signup({
-    email: `wf-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "workflow A" },
-  });
-  userA = a.tokens?.accessToken ?? "";
-  const b = await authClient.signup({
-    email: `wf-b-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "workflow B" },
-  });
-  userB = b.tokens?.accessToken ?? "";
+  sim = mesh.sim;
+  runs = createClient(RunService, await mesh.serve());
+  userA = (await mesh.signup("a")).token;
+  userB = (await mesh.signup("b")).token;
 }, 240_000);
 
 afterAll(async () => {
-  await server?.shutdown({ timeoutMs: 2_000 });
-  await engine?.stop();
-  await nc?.close();
-  if (mongo !== undefined) await closeMongo(mongo);
-  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
-  await sim?.close();
+  await mesh?.stop();
 });
 
 function inline(steps: Array<Record<string, unknown>>, extra: Record<string, unknown> = {}) {

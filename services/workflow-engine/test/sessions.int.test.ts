@@ -1,30 +1,16 @@
-// Conversations against the real mesh, set up like runs.int.test.ts: auth, registry (seeded from
-// deploy/config) and model-proxy as built processes, the LLM simulator as the only provider, NATS
-// JetStream and the MongoDB-wire server from the test kit, the engine in-process with its own
-// database, streams and subjects. Users sign up through auth; a second user joins tenant A by
-// invite, a third has a tenant of their own.
+// Conversations against the real mesh (test/engine-mesh.ts, with a categorizer): auth, registry
+// and model-proxy as built processes, the LLM simulator as the only provider, NATS JetStream and
+// the MongoDB-wire server from the test kit, the engine in-process. Users sign up through auth; a
+// second user joins tenant A by invite, a third has a tenant of their own.
 //
 // What the model received is checked through the simulator's determinism: its answer is a hash
 // of the whole conversation it was sent, so a reply equals model-proxy's answer to exactly the
 // messages the context should hold, and differs from the answer to any other context.
 import { Code, ConnectError } from "@connectrpc/connect";
+import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
-  closeMongo,
-  connectMongo,
-  createClient,
-  createJwksVerifier,
-  jetstream,
-  jetstreamManager,
-  type GrpcClient,
-  type KitServer,
-} from "@ensemble/kit";
-import { startSimulator, type Simulator } from "@ensemble/llm-sim";
-import {
-  AuthService,
-  CategorizerService,
   ChatRole,
   ModelProxyService,
-  RegistryService,
   RunEventType,
   RunService,
   RunStatus,
@@ -33,43 +19,15 @@ import {
   type RunEvent,
   type SessionMessage,
 } from "@ensemble/proto";
-import {
-  captureLogs,
-  mongoUrl,
-  natsUrl,
-  startAuthProcess,
-  startCategorizerProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
-  uniqueName,
-  type AuthProcess,
-  type MeshProcess,
-} from "@ensemble/testkit";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Engine } from "../src/engine.js";
-import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
-import { build } from "../src/server.js";
 import { openSessionModels, SessionStore } from "../src/sessions.store.js";
-import { openModels } from "../src/store.js";
-import { ServiceTokens } from "../src/tokens.js";
+import { PASSWORD, startEngineMesh, type EngineMesh } from "./engine-mesh.js";
 
-const PASSWORD = "correct-Horse-battery-9";
 const MODEL = "sim-fast";
 
-let sim: Simulator;
-let auth: AuthProcess;
-let registry: MeshProcess;
-let proxy: MeshProcess;
-let categorizer: MeshProcess;
-let mongo: Connection;
-let nc: NatsConnection;
-let server: KitServer;
-let engine: Engine;
+let mesh: EngineMesh;
 let sessions: GrpcClient<typeof SessionService>;
 /** The same engine behind a server that has no categorizer configured for sessions. */
-let noAuto: KitServer;
 let sessionsNoAuto: GrpcClient<typeof SessionService>;
 let runs: GrpcClient<typeof RunService>;
 let modelProxy: GrpcClient<typeof ModelProxyService>;
@@ -164,111 +122,40 @@ async function answerTo(...turns: string[]): Promise<string> {
 }
 
 beforeAll(async () => {
-  sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-    env: { RETRY_MAX_ATTEMPTS: "1" },
+  mesh = await startEngineMesh({
+    name: "sessions",
+    proxyEnv: { RETRY_MAX_ATTEMPTS: "1" },
+    categorizer: true,
+    settings: { workerConcurrency: 8, tenantMaxParallel: 8, runTimeoutMs: 60_000 },
   });
-  categorizer = await startCategorizerProcess({
-    jwksUrl: auth.jwksUrl,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-  });
-  const logger = captureLogs({ level: "warn" }).logger;
-  mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("sessions"), logger });
-  nc = await connect({ servers: natsUrl() });
-  const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
-  const root = `t${uniqueName("ses").replace(/[^A-Za-z0-9]/g, "")}`;
-  const stream = uniqueName("RUN_EVENTS").replace(/[^A-Za-z0-9_-]/g, "_");
-  await ensureRunEventsStream(jsm, stream, 3_600_000, root);
-  const publisher = new RunEventPublisher({ nc, js, jsm, stream, logger, root });
-  const authClient = createClient(AuthService, auth.address);
-  const registryClient = createClient(RegistryService, registry.address);
-  engine = new Engine({
-    models: await openModels(mongo),
-    nc,
-    js,
-    jsm,
-    publisher,
-    logger,
-    registry: registryClient,
-    modelProxy: createClient(ModelProxyService, proxy.address),
-    categorizer: createClient(CategorizerService, categorizer.address),
-    tokens: new ServiceTokens(authClient, await auth.mintServiceToken("workflow")),
-    settings: {
-      stepStream: uniqueName("STEPS").replace(/[^A-Za-z0-9_-]/g, "_"),
-      stepConsumer: "workers",
-      subjectPrefix: `w${uniqueName("wf").replace(/[^A-Za-z0-9]/g, "")}`,
-      ackWaitMs: 10_000,
-      // Several deliveries, as in production: a reply slower than a second must still run once
-      // (a consumer backoff used to replace ack_wait and redeliver it).
-      maxDeliver: 5,
-      workerConcurrency: 8,
-      tenantMaxParallel: 8,
-      runMaxParallel: 8,
-      stepTimeoutMs: 20_000,
-      runTimeoutMs: 60_000,
-      recoveryIntervalMs: 60_000,
-    },
-  });
-  await engine.start();
-  const serverDeps = {
-    version: "test",
-    logger,
-    verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
-    engine,
-    nc,
-    js,
-    eventsStream: stream,
-    eventsRoot: root,
-    sessions: new SessionStore(await openSessionModels(mongo)),
-    registry: registryClient,
+  const base = {
+    sessions: new SessionStore(await openSessionModels(mesh.mongo)),
+    registry: mesh.registryClient,
   };
-  server = build({ ...serverDeps, autoAvailable: true });
-  noAuto = build({ ...serverDeps, autoAvailable: false, fallbackModel: MODEL });
-  const address = `127.0.0.1:${await server.listen("127.0.0.1:0")}`;
+  const address = await mesh.serve({ ...base, autoAvailable: true });
   sessions = createClient(SessionService, address);
-  sessionsNoAuto = createClient(SessionService, `127.0.0.1:${await noAuto.listen("127.0.0.1:0")}`);
   runs = createClient(RunService, address);
-  modelProxy = createClient(ModelProxyService, proxy.address);
+  sessionsNoAuto = createClient(
+    SessionService,
+    await mesh.serve({ ...base, autoAvailable: false, fallbackModel: MODEL }),
+  );
+  modelProxy = mesh.modelProxy;
 
-  const stamp = Date.now();
-  const a = await authClient.signup({
-    email: `ses-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "sessions A" },
-  });
-  userA = a.tokens?.accessToken ?? "";
-  const { token: invite } = await authClient.createInvite({}, as(userA));
-  const a2 = await authClient.signup({
-    email: `ses-a2-${stamp}@example.com`,
+  const a = await mesh.signup("a");
+  userA = a.token;
+  const { token: invite } = await mesh.authClient.createInvite({}, as(userA));
+  const a2 = await mesh.authClient.signup({
+    email: `sessions-a2-${Date.now()}@example.com`,
     password: PASSWORD,
     tenant: { case: "inviteToken", value: invite },
   });
   userA2 = a2.tokens?.accessToken ?? "";
-  expect(a2.tenant?.id).toBe(a.tenant?.id);
-  const b = await authClient.signup({
-    email: `ses-b-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "sessions B" },
-  });
-  userB = b.tokens?.accessToken ?? "";
+  expect(a2.tenant?.id).toBe(a.tenantId);
+  userB = (await mesh.signup("b")).token;
 }, 240_000);
 
 afterAll(async () => {
-  await server?.shutdown({ timeoutMs: 2_000 });
-  await noAuto?.shutdown({ timeoutMs: 2_000 });
-  await engine?.stop();
-  await nc?.close();
-  if (mongo !== undefined) await closeMongo(mongo);
-  await Promise.allSettled([categorizer?.stop(), proxy?.stop(), registry?.stop(), auth?.stop()]);
-  await sim?.close();
+  await mesh?.stop();
 });
 
 describe("SessionService", () => {
@@ -335,13 +222,13 @@ describe("SessionService", () => {
   it("sessions - Regenerate adds a sibling reply; GetSession returns the tree", async () => {
     const id = await newSession();
     const first = await send({ sessionId: id, text: "Tell me a joke." });
-    const calls = sim.requests(MODEL);
+    const calls = mesh.sim.requests(MODEL);
     const again = await regenerate(id, first.assistant.id);
 
     expect(again.order.includes("user")).toBe(false);
     expect(again.order.at(-1)).toBe("assistant");
     expect(again.events.some((e) => e.type === RunEventType.STEP_DELTA)).toBe(true);
-    expect(sim.requests(MODEL)).toBe(calls + 1);
+    expect(mesh.sim.requests(MODEL)).toBe(calls + 1);
     const sibling = again.assistant;
     expect(sibling.id).not.toBe(first.assistant.id);
     expect(sibling.parentMessageId).toBe(first.user?.id);
