@@ -2,6 +2,15 @@
 // ensemble: the command line for an Ensemble gateway (see cli.ts; README.md for the commands).
 import { run } from "./cli.js";
 
+// A reader that stops early (`ensemble runs list | head`) closes the pipe: stop quietly with
+// success, as Unix tools do, instead of dying on an unhandled EPIPE.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE") process.exit(0);
+    throw err;
+  });
+}
+
 const code = await run(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,

@@ -44,7 +44,7 @@ interface CliResult {
 
 function cli(
   args: string[],
-  opts: { stdin?: string; env?: NodeJS.ProcessEnv } = {},
+  opts: { stdin?: string; env?: NodeJS.ProcessEnv; closeStdout?: boolean } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
@@ -67,6 +67,8 @@ function cli(
     child.on("close", (code) =>
       resolve({ code, stdout: chunks.map((c) => c.text).join(""), stderr, chunks }),
     );
+    // As `| head` that has read enough: the pipe's read end is gone before the CLI writes.
+    if (opts.closeStdout === true) child.stdout.destroy();
     child.stdin.end(opts.stdin ?? "");
   });
 }
@@ -334,6 +336,12 @@ describe("ensemble CLI against a live mesh", () => {
     const help = await cli(["run", "--help"]);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain("--template <id>");
+  }, 30_000);
+
+  it("cli - a reader that closes the pipe early (| head) ends it quietly with success", async () => {
+    const cut = await cli(["--help"], { closeStdout: true });
+    expect(cut.stderr).not.toMatch(/EPIPE|Unhandled/);
+    expect(cut.code).toBe(0);
   }, 30_000);
 
   it("cli - logout ends the session: later calls ask to log in", async () => {
