@@ -13,6 +13,7 @@ export {
   type RelativeTime,
 } from "./issuer.js";
 export { captureLogs, type CapturedLogs, type LogLine } from "./logs.js";
+export { rejection } from "./rejection.js";
 export {
   repoRoot,
   startAuthProcess,

@@ -3,7 +3,7 @@
 // in-process through build(deps) with its own database on the test kit's MongoDB-wire server.
 // Tokens are real: users sign up through auth.
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import {
   closeMongo,
   connectMongo,
@@ -28,6 +28,7 @@ import {
 import {
   captureLogs,
   mongoUrl,
+  rejection,
   repoRoot,
   startAuthProcess,
   startModelProxyProcess,
@@ -66,16 +67,6 @@ async function classify(token: string, req: Req, client = plain) {
   const c = res.classification;
   if (c === undefined) throw new Error("no classification");
   return c;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof ConnectError) return err;
-    throw err;
-  }
-  throw new Error("expected the call to fail, but it succeeded");
 }
 
 beforeAll(async () => {

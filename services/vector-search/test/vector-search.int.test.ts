@@ -3,7 +3,7 @@
 // and texts sharing words are closer), MongoDB-wire from the test kit, and vector-search itself
 // in-process through build(deps) with its own database. Tokens are real: users sign up through
 // auth.
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import {
   closeMongo,
   connectMongo,
@@ -26,6 +26,7 @@ import {
 import {
   captureLogs,
   mongoUrl,
+  rejection,
   startAuthProcess,
   startModelProxyProcess,
   startRegistryProcess,
@@ -56,15 +57,6 @@ const logs = captureLogs({ level: "warn" });
 const logger = logs.logger;
 
 const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail, but it succeeded");
-}
 
 /** vector-search as main.ts wires it, on a free port, over `dbName`. */
 async function startService(): Promise<void> {

@@ -3,7 +3,7 @@
 // from the test kit, and the engine in-process.
 import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import type { Simulator } from "@ensemble/llm-sim";
 import {
@@ -18,6 +18,7 @@ import {
   type RunEvent,
   type RunSpec,
 } from "@ensemble/proto";
+import { rejection } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startEngineMesh, type EngineMesh } from "./engine-mesh.js";
 
@@ -29,15 +30,6 @@ let userB: string;
 
 type SpecInit = Parameters<GrpcClient<typeof RunService>["startRun"]>[0]["spec"];
 const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail, but it succeeded");
-}
 
 async function start(spec: SpecInit, token = userA): Promise<Run> {
   const res = await runs.startRun({ spec }, as(token));

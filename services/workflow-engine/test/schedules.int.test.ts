@@ -4,13 +4,14 @@
 // started by another replica after the grace period. Real auth (users, an invite, service
 // tokens), registry, model-proxy and the LLM simulator; MODEL runs on sim-fast.
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { closeMongo, connectMongo, createClient, type GrpcClient } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { AuthService, RunService, RunStatus, type Run, type Schedule } from "@ensemble/proto";
 import {
   captureLogs,
   mongoUrl,
+  rejection,
   startAuthProcess,
   startModelProxyProcess,
   startRegistryProcess,
@@ -48,15 +49,6 @@ const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } }
 const ms = (t: Parameters<typeof timestampDate>[0] | undefined) =>
   t === undefined ? undefined : timestampDate(t).getTime();
 const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail, but it succeeded");
-}
 
 async function schedule(client: GrpcClient<typeof RunService>, id: string): Promise<Schedule> {
   return (await client.getSchedule({ scheduleId: id }, as(owner.token))).schedule!;

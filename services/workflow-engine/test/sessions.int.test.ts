@@ -6,7 +6,7 @@
 // What the model received is checked through the simulator's determinism: its answer is a hash
 // of the whole conversation it was sent, so a reply equals model-proxy's answer to exactly the
 // messages the context should hold, and differs from the answer to any other context.
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
   ChatRole,
@@ -19,6 +19,7 @@ import {
   type RunEvent,
   type SessionMessage,
 } from "@ensemble/proto";
+import { rejection } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSessionModels, SessionStore } from "../src/sessions.store.js";
 import { PASSWORD, startEngineMesh, type EngineMesh } from "./engine-mesh.js";
@@ -39,15 +40,6 @@ let userA2: string;
 let userB: string;
 
 const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail, but it succeeded");
-}
 
 async function drain<T>(stream: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
