@@ -22,23 +22,19 @@
 // Usage: npm run build && node bench/dist/gateway-overhead.js [seconds-per-rate=4]
 // BENCH_CPU_PROF=gateway,model-proxy writes V8 CPU profiles of those processes (at their exit)
 // into a temporary directory that is printed at the end.
-import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { connect } from "node:net";
-import { loadavg, tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
-import {
-  freePort,
-  repoRoot,
-  ServerProcess,
-  startMongo,
-  startNats,
-  uniqueName,
-  type RunningMongo,
-  type RunningServer,
-} from "@ensemble/testkit";
+import { loadavg } from "node:os";
+import { freePort, uniqueName } from "@ensemble/testkit";
 import { Pool } from "undici";
+import {
+  BenchMesh,
+  cpuTicks,
+  machineTicks,
+  PASSWORD,
+  rssMb,
+  sleep,
+  waitForHttp,
+  type Watched,
+} from "./mesh.js";
 import { summarise, type Summary } from "./stats.js";
 
 const secondsPerRate = Number(process.argv[2] ?? 4);
@@ -53,83 +49,14 @@ const SEARCH_RATES = [
 const ROUND_S = 2;
 const P99_LIMIT_MS = 50;
 const TARGETS = { addedP50Ms: 1, addedP99Ms: 5, sustainedRps: 1_800, rssMb: 150 };
-const PASSWORD = "correct-Horse-battery-9";
 const CHAT_BODY = JSON.stringify({
   model: "sim-fast",
   messages: [{ role: "user", content: "Say hello to the benchmark in a few words." }],
   max_tokens: 16,
 });
-const profiled = new Set(
-  (process.env["BENCH_CPU_PROF"] ?? "")
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== ""),
-);
-const profileDir = profiled.size > 0 ? mkdtempSync(join(tmpdir(), "gateway-overhead-prof-")) : "";
-
 // ---------------------------------------------------------------- processes
 
-interface Started {
-  name: string;
-  proc: ServerProcess;
-}
-/** In start order; stopped in reverse. */
-const started: Started[] = [];
-let nats: RunningServer | undefined;
-let mongo: RunningMongo | undefined;
-
-function nodeProcess(name: string, script: string, args: string[], env: NodeJS.ProcessEnv) {
-  const flags = profiled.has(name)
-    ? ["--cpu-prof", "--cpu-prof-dir", profileDir, "--cpu-prof-name", `${name}.cpuprofile`]
-    : [];
-  const proc = new ServerProcess(
-    name,
-    process.execPath,
-    [...flags, join(repoRoot, script), ...args],
-    env,
-  );
-  started.push({ name, proc });
-  return proc;
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Resolves once something accepts a TCP connection on the port (the process logs at warn only). */
-async function waitForPort(proc: ServerProcess, port: number, timeoutMs = 90_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!proc.running) throw proc.failure("exited before it was ready");
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, "127.0.0.1");
-      socket.once("connect", () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once("error", () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw proc.failure(`did not listen on ${port} within ${timeoutMs} ms`);
-}
-
-async function waitForHttp(proc: ServerProcess, url: string, timeoutMs = 90_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = "";
-  while (Date.now() < deadline) {
-    if (!proc.running) throw proc.failure("exited before it was ready");
-    try {
-      const res = await fetch(url);
-      last = `HTTP ${res.status}`;
-      await res.arrayBuffer();
-      if (res.ok) return;
-    } catch (err) {
-      last = err instanceof Error ? err.message : String(err);
-    }
-    await sleep(200);
-  }
-  throw proc.failure(`${url} not ready within ${timeoutMs} ms (last: ${last})`);
-}
+const bench = new BenchMesh("gateway-overhead");
 
 interface Mesh {
   simUrl: string;
@@ -138,86 +65,20 @@ interface Mesh {
 }
 
 async function startMesh(): Promise<Mesh> {
-  nats = await startNats();
-  mongo = await startMongo();
-  const base: NodeJS.ProcessEnv = {
-    ...process.env,
-    LOG_LEVEL: "warn",
-    METRICS_PORT: "0",
-    NATS_URL: nats.url,
-    MONGODB_URL: mongo.url,
-  };
-  delete base["JWKS_URL"];
-  delete base["NODE_OPTIONS"];
-
-  const simPort = await freePort();
-  const sim = nodeProcess(
-    "simulator",
-    "packages/llm-sim/dist/cli.js",
-    ["--port", String(simPort), "--ttft-ms", "0", "--tokens-per-second", "0", "--latency-ms", "0"],
-    base,
-  );
-  const simUrl = `http://127.0.0.1:${simPort}`;
-
-  const [authPort, jwksPort] = [await freePort(), await freePort()];
-  const authEnv: NodeJS.ProcessEnv = {
-    ...base,
-    NODE_ENV: "development",
-    AUTH_ADDR: `127.0.0.1:${authPort}`,
-    AUTH_JWKS_PORT: String(jwksPort),
-    MONGODB_DB: uniqueName("auth"),
-    AUTH_ARGON2_MEMORY_KIB: "8192",
-    AUTH_ARGON2_TIME_COST: "1",
-  };
-  const auth = nodeProcess("auth", "services/auth/dist/src/main.js", [], authEnv);
-  const jwksUrl = `http://127.0.0.1:${jwksPort}/.well-known/jwks.json`;
-  await sim.waitForLine(/listening/, 30_000);
-  await waitForPort(auth, authPort);
-  await waitForHttp(auth, jwksUrl);
-
-  const registryPort = await freePort();
-  const registry = nodeProcess("registry", "services/registry/dist/src/main.js", [], {
-    ...base,
-    REGISTRY_ADDR: `127.0.0.1:${registryPort}`,
-    JWKS_URL: jwksUrl,
-    MONGODB_DB: uniqueName("registry"),
-    INSTANCE_BUCKET: uniqueName("instances"),
-    REGISTRY_SEED_DIR: join(repoRoot, "deploy/config"),
-  });
-  await waitForPort(registry, registryPort);
-
-  const proxyPort = await freePort();
-  const proxy = nodeProcess("model-proxy", "services/model-proxy/dist/src/main.js", [], {
-    ...base,
-    MODEL_PROXY_ADDR: `127.0.0.1:${proxyPort}`,
-    JWKS_URL: jwksUrl,
-    AUTH_ADDR: `127.0.0.1:${authPort}`,
-    REGISTRY_ADDR: `127.0.0.1:${registryPort}`,
-    MONGODB_DB: uniqueName("modelproxy"),
-    RATE_LIMIT_BUCKET: uniqueName("limits"),
-    SPEND_BUCKET: uniqueName("spend"),
-    CACHE_BUCKET: uniqueName("cache"),
-    LLM_SIM_URL: `${simUrl}/v1`,
-  });
-  await waitForPort(proxy, proxyPort);
-
-  const execFileAsync = promisify(execFile);
-  const { stdout: serviceToken } = await execFileAsync(
-    process.execPath,
-    [join(repoRoot, "services/auth/dist/src/mint-service-token.js"), "--service", "gateway"],
-    { env: authEnv, timeout: 30_000 },
-  );
+  const core = await bench.startCore();
+  const { base, simUrl, jwksUrl } = core;
+  const serviceToken = await bench.mintServiceToken("gateway");
 
   const gatewayPort = await freePort();
-  const gateway = nodeProcess("gateway", "gateway/dist/src/main.js", [], {
+  const gateway = bench.node("gateway", "gateway/dist/src/main.js", [], {
     ...base,
     GATEWAY_HOST: "127.0.0.1",
     GATEWAY_PORT: String(gatewayPort),
-    AUTH_ADDR: `127.0.0.1:${authPort}`,
-    REGISTRY_ADDR: `127.0.0.1:${registryPort}`,
-    MODEL_PROXY_ADDR: `127.0.0.1:${proxyPort}`,
+    AUTH_ADDR: core.authAddress,
+    REGISTRY_ADDR: core.registryAddress,
+    MODEL_PROXY_ADDR: core.proxyAddress,
     JWKS_URL: jwksUrl,
-    SERVICE_TOKEN: serviceToken.trim(),
+    SERVICE_TOKEN: serviceToken,
     // Far above any offered rate: the bench measures the limiter's cost, not its refusals.
     GATEWAY_RATE_LIMIT_RPS: "1000000",
     GATEWAY_RATE_LIMIT_BURST: "1000000",
@@ -238,69 +99,6 @@ async function startMesh(): Promise<Mesh> {
   if (!res.ok) throw new Error(`Signup through the gateway: ${res.status} ${await res.text()}`);
   const { tokens } = (await res.json()) as { tokens: { accessToken: string } };
   return { simUrl, gatewayUrl, accessToken: tokens.accessToken };
-}
-
-async function stopAll(): Promise<void> {
-  // The gateway first (it stops taking requests), then model-proxy (flushes its ledger), then
-  // the rest; the infrastructure last.
-  for (const { proc } of [...started].reverse()) await proc.stop(15_000).catch(() => undefined);
-  await mongo?.stop().catch(() => undefined);
-  await nats?.stop().catch(() => undefined);
-}
-
-// ---------------------------------------------------------------- /proc sampling
-
-function rssMb(pid: number): number | undefined {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m?.[1] !== undefined ? Number(m[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** utime + stime of a process, in clock ticks (100 per second on Linux). */
-function cpuTicks(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[11]) + Number(fields[12]);
-  } catch {
-    return 0;
-  }
-}
-
-/**
- * Ticks of the whole machine (every core): user+nice+system (process time), irq+softirq+steal
- * (interrupts, loopback packet processing, the hypervisor), and the total.
- */
-function machineTicks(): { process: number; other: number; total: number } {
-  const n = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "")
-    .trim()
-    .split(/\s+/)
-    .slice(1)
-    .map(Number);
-  const at = (i: number) => n[i] ?? 0;
-  return {
-    process: at(0) + at(1) + at(2),
-    other: at(5) + at(6) + at(7),
-    total: n.slice(0, 8).reduce((s, x) => s + x, 0),
-  };
-}
-
-interface Watched {
-  name: string;
-  pid: number;
-}
-
-function watchedProcesses(): Watched[] {
-  const out: Watched[] = [];
-  for (const { name, proc } of started)
-    if (proc.pid !== undefined) out.push({ name, pid: proc.pid });
-  out.push({ name: "bench (load generator)", pid: process.pid });
-  if (nats?.process.pid !== undefined) out.push({ name: "nats-server", pid: nats.process.pid });
-  if (mongo?.process.pid !== undefined) out.push({ name: mongo.kind, pid: mongo.process.pid });
-  return out;
 }
 
 class RssSampler {
@@ -482,7 +280,7 @@ async function main(): Promise<void> {
     "starting nats-server, the MongoDB-wire server, simulator, auth, registry, model-proxy, gateway ...",
   );
   const mesh = await startMesh();
-  const procs = watchedProcesses();
+  const procs = bench.watched();
   console.log(
     `mesh up in ${((performance.now() - t0) / 1000).toFixed(1)} s (${procs.map((p) => `${p.name} ${p.pid}`).join(", ")})\n`,
   );
@@ -573,7 +371,7 @@ async function main(): Promise<void> {
   let rssOk = true;
   for (const p of procs) {
     const peak = rss1000?.peak.get(p.name) ?? 0;
-    const ours = p.name !== "nats-server" && p.name !== mongo?.kind;
+    const ours = p.infrastructure !== true;
     if (ours) rssOk &&= peak < TARGETS.rssMb;
     console.log(
       `  ${p.name.padEnd(24)} ${peak.toFixed(1).padStart(7)}   whole run ${(overall.peak.get(p.name) ?? 0).toFixed(1).padStart(7)}${ours ? (peak < TARGETS.rssMb ? "" : "   over target") : "   (infrastructure, not counted)"}`,
@@ -623,7 +421,7 @@ main()
     exitCode = 1;
   })
   .finally(async () => {
-    await stopAll();
-    if (profileDir !== "") console.log(`CPU profiles: ${profileDir}`);
+    await bench.stop();
+    if (bench.profileDir !== "") console.log(`CPU profiles: ${bench.profileDir}`);
     process.exit(exitCode);
   });

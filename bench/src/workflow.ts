@@ -19,12 +19,6 @@
 // Usage: npm run build && node bench/dist/workflow.js [seconds-per-level=8] [levels=4,16,64,128]
 // BENCH_CPU_PROF=workflow,model-proxy writes V8 CPU profiles of those processes (at their exit)
 // into a temporary directory that is printed at the end.
-import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { connect as tcpConnect } from "node:net";
-import { loadavg, tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { connectNats, createClient } from "@ensemble/kit";
 import {
@@ -37,17 +31,17 @@ import {
   StepKind,
   WorkflowTemplateSchema,
 } from "@ensemble/proto";
-import {
-  freePort,
-  repoRoot,
-  ServerProcess,
-  startMongo,
-  startNats,
-  uniqueName,
-  type RunningMongo,
-  type RunningServer,
-} from "@ensemble/testkit";
+import { freePort, uniqueName } from "@ensemble/testkit";
 import pino from "pino";
+import {
+  BenchMesh,
+  cpuTicks,
+  loadText,
+  machineTicks,
+  PASSWORD,
+  sleep,
+  waitForPort,
+} from "./mesh.js";
 import { summarise } from "./stats.js";
 
 const secondsPerLevel = Number(process.argv[2] ?? 8);
@@ -59,15 +53,6 @@ if (!(secondsPerLevel > 0) || LEVELS.some((n) => !(n > 0))) {
 const BASELINE_SECONDS = Math.max(2, secondsPerLevel / 2);
 const TARGETS = { runsPerSecond: 200, dispatchP50Ms: 5 };
 const MODEL = "sim-fast";
-const PASSWORD = "correct-Horse-battery-9";
-const profiled = new Set(
-  (process.env["BENCH_CPU_PROF"] ?? "")
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== ""),
-);
-const profileDir = profiled.size > 0 ? mkdtempSync(join(tmpdir(), "workflow-prof-")) : "";
-
 const TEMPLATE = create(WorkflowTemplateSchema, {
   id: "bench",
   name: "Bench",
@@ -87,43 +72,7 @@ const TEMPLATE = create(WorkflowTemplateSchema, {
 
 // ---------------------------------------------------------------- processes
 
-const started: Array<{ name: string; proc: ServerProcess }> = [];
-let nats: RunningServer | undefined;
-let mongo: RunningMongo | undefined;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function nodeProcess(name: string, script: string, args: string[], env: NodeJS.ProcessEnv) {
-  const flags = profiled.has(name)
-    ? ["--cpu-prof", "--cpu-prof-dir", profileDir, "--cpu-prof-name", `${name}.cpuprofile`]
-    : [];
-  const proc = new ServerProcess(
-    name,
-    process.execPath,
-    [...flags, join(repoRoot, script), ...args],
-    env,
-  );
-  started.push({ name, proc });
-  return proc;
-}
-
-/** Resolves once something accepts a TCP connection on the port (the processes log at warn). */
-async function waitForPort(proc: ServerProcess, port: number, timeoutMs = 90_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!proc.running) throw proc.failure("exited before it was ready");
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = tcpConnect(port, "127.0.0.1");
-      socket.once("connect", () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once("error", () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw proc.failure(`did not listen on ${port} within ${timeoutMs} ms`);
-}
+const bench = new BenchMesh("workflow");
 
 interface Mesh {
   authAddress: string;
@@ -134,91 +83,28 @@ interface Mesh {
 }
 
 async function startMesh(): Promise<Mesh> {
-  nats = await startNats();
-  mongo = await startMongo();
-  const base: NodeJS.ProcessEnv = {
-    ...process.env,
-    LOG_LEVEL: "warn",
-    METRICS_PORT: "0",
-    NATS_URL: nats.url,
-    MONGODB_URL: mongo.url,
-  };
-  delete base["JWKS_URL"];
-  delete base["NODE_OPTIONS"];
-
-  const simPort = await freePort();
-  const sim = nodeProcess(
-    "simulator",
-    "packages/llm-sim/dist/cli.js",
-    ["--port", String(simPort), "--ttft-ms", "0", "--tokens-per-second", "0", "--latency-ms", "0"],
-    base,
-  );
-  const [authPort, jwksPort] = [await freePort(), await freePort()];
-  const authEnv: NodeJS.ProcessEnv = {
-    ...base,
-    NODE_ENV: "development",
-    AUTH_ADDR: `127.0.0.1:${authPort}`,
-    AUTH_JWKS_PORT: String(jwksPort),
-    MONGODB_DB: uniqueName("auth"),
-    AUTH_ARGON2_MEMORY_KIB: "8192",
-    AUTH_ARGON2_TIME_COST: "1",
-  };
-  const auth = nodeProcess("auth", "services/auth/dist/src/main.js", [], authEnv);
-  const jwksUrl = `http://127.0.0.1:${jwksPort}/.well-known/jwks.json`;
-  await sim.waitForLine(/listening/, 30_000);
-  await waitForPort(auth, authPort);
-  await waitForPort(auth, jwksPort);
-
-  const registryPort = await freePort();
-  const registry = nodeProcess("registry", "services/registry/dist/src/main.js", [], {
-    ...base,
-    REGISTRY_ADDR: `127.0.0.1:${registryPort}`,
-    JWKS_URL: jwksUrl,
-    MONGODB_DB: uniqueName("registry"),
-    INSTANCE_BUCKET: uniqueName("instances"),
-    REGISTRY_SEED_DIR: join(repoRoot, "deploy/config"),
-  });
-  await waitForPort(registry, registryPort);
-
-  const proxyPort = await freePort();
-  const proxy = nodeProcess("model-proxy", "services/model-proxy/dist/src/main.js", [], {
-    ...base,
-    MODEL_PROXY_ADDR: `127.0.0.1:${proxyPort}`,
-    JWKS_URL: jwksUrl,
-    AUTH_ADDR: `127.0.0.1:${authPort}`,
-    REGISTRY_ADDR: `127.0.0.1:${registryPort}`,
-    MONGODB_DB: uniqueName("modelproxy"),
-    RATE_LIMIT_BUCKET: uniqueName("limits"),
-    SPEND_BUCKET: uniqueName("spend"),
-    CACHE_BUCKET: uniqueName("cache"),
-    LLM_SIM_URL: `http://127.0.0.1:${simPort}/v1`,
+  const core = await bench.startCore({
     // On a loaded machine an occasional simulator call fails; a breaker that opens then fails
     // every run of the level, which measures the breaker instead of the engine.
-    BREAKER_THRESHOLD: "1000000",
+    proxyEnv: { BREAKER_THRESHOLD: "1000000" },
   });
-  await waitForPort(proxy, proxyPort);
-
-  const { stdout: serviceToken } = await promisify(execFile)(
-    process.execPath,
-    [join(repoRoot, "services/auth/dist/src/mint-service-token.js"), "--service", "workflow"],
-    { env: authEnv, timeout: 30_000 },
-  );
+  const serviceToken = await bench.mintServiceToken("workflow");
   const [enginePort, metricsPort] = [await freePort(), await freePort()];
   const eventsRoot = `benchruns${Date.now()}`;
-  const engine = nodeProcess("workflow", "services/workflow-engine/dist/src/main.js", [], {
-    ...base,
+  const engine = bench.node("workflow", "services/workflow-engine/dist/src/main.js", [], {
+    ...core.base,
     WORKFLOW_ADDR: `127.0.0.1:${enginePort}`,
     METRICS_PORT: String(metricsPort),
-    JWKS_URL: jwksUrl,
-    AUTH_ADDR: `127.0.0.1:${authPort}`,
-    REGISTRY_ADDR: `127.0.0.1:${registryPort}`,
-    MODEL_PROXY_ADDR: `127.0.0.1:${proxyPort}`,
+    JWKS_URL: core.jwksUrl,
+    AUTH_ADDR: core.authAddress,
+    REGISTRY_ADDR: core.registryAddress,
+    MODEL_PROXY_ADDR: core.proxyAddress,
     MONGODB_DB: uniqueName("workflow"),
     RUN_EVENTS_STREAM: `RUN_EVENTS_${Date.now()}`,
     RUN_EVENTS_SUBJECT_ROOT: eventsRoot,
     STEP_STREAM: `WORKFLOW_STEPS_${Date.now()}`,
     WORKFLOW_SUBJECT_PREFIX: `benchwf${Date.now()}`,
-    SERVICE_TOKEN: serviceToken.trim(),
+    SERVICE_TOKEN: serviceToken,
     // One tenant drives the whole load: its per-replica cap (16 by default, a fairness policy
     // between tenants) would otherwise bound the measurement instead of the engine. Equal to
     // the replica's own WORKER_CONCURRENCY default, so that limit still holds.
@@ -226,58 +112,13 @@ async function startMesh(): Promise<Mesh> {
   });
   await waitForPort(engine, enginePort);
   return {
-    authAddress: `127.0.0.1:${authPort}`,
-    proxyAddress: `127.0.0.1:${proxyPort}`,
+    authAddress: core.authAddress,
+    proxyAddress: core.proxyAddress,
     engineAddress: `127.0.0.1:${enginePort}`,
     engineMetricsUrl: `http://127.0.0.1:${metricsPort}/metrics`,
     eventsRoot,
   };
 }
-
-async function stopAll(): Promise<void> {
-  for (const { proc } of [...started].reverse()) await proc.stop(15_000).catch(() => undefined);
-  await mongo?.stop().catch(() => undefined);
-  await nats?.stop().catch(() => undefined);
-}
-
-// ---------------------------------------------------------------- /proc
-
-function cpuTicks(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[11]) + Number(fields[12]);
-  } catch {
-    return 0;
-  }
-}
-
-function machineTicks(): { process: number; total: number } {
-  const n = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "")
-    .trim()
-    .split(/\s+/)
-    .slice(1)
-    .map(Number);
-  return {
-    process: (n[0] ?? 0) + (n[1] ?? 0) + (n[2] ?? 0),
-    total: n.slice(0, 8).reduce((s, x) => s + x, 0),
-  };
-}
-
-function watched(): Array<{ name: string; pid: number }> {
-  const out: Array<{ name: string; pid: number }> = [];
-  for (const { name, proc } of started)
-    if (proc.pid !== undefined) out.push({ name, pid: proc.pid });
-  out.push({ name: "bench (load generator)", pid: process.pid });
-  if (nats?.process.pid !== undefined) out.push({ name: "nats-server", pid: nats.process.pid });
-  if (mongo?.process.pid !== undefined) out.push({ name: mongo.kind, pid: mongo.process.pid });
-  return out;
-}
-
-const loadText = () =>
-  loadavg()
-    .map((x) => x.toFixed(2))
-    .join(" ");
 
 // ---------------------------------------------------------------- load
 
@@ -302,7 +143,7 @@ async function closedLoop(
   seconds: number,
   one: (i: number) => Promise<string>,
 ): Promise<Phase> {
-  const procs = watched();
+  const procs = bench.watched();
   const before = procs.map((p) => cpuTicks(p.pid));
   const phase: Phase = {
     label,
@@ -383,7 +224,7 @@ async function main(): Promise<void> {
     "starting nats-server, the MongoDB-wire server, simulator, auth, registry, model-proxy, workflow ...",
   );
   const mesh = await startMesh();
-  const procs = watched();
+  const procs = bench.watched();
   console.log(`mesh up (${procs.map((p) => `${p.name} ${p.pid}`).join(", ")})\n`);
 
   const signup = await createClient(AuthService, mesh.authAddress).signup({
@@ -398,7 +239,7 @@ async function main(): Promise<void> {
 
   // Run ends, from RUN_EVENTS' subjects on core NATS (the engine pays nothing for them).
   const nc = await connectNats({
-    url: nats!.url,
+    url: bench.natsUrl,
     name: "bench-workflow",
     logger: pino({ level: "warn" }),
   });
@@ -575,8 +416,8 @@ async function main(): Promise<void> {
   );
   await nc.close();
   if (process.env["BENCH_LOGS"] !== undefined) {
-    for (const { name, proc } of started)
-      console.log(`\n--- ${name} (last output)\n${proc.output(4_000)}`);
+    for (const { name, text } of bench.lastOutput())
+      console.log(`\n--- ${name} (last output)\n${text}`);
   }
 }
 
@@ -592,7 +433,7 @@ main()
     exitCode = 1;
   })
   .finally(async () => {
-    await stopAll();
-    if (profileDir !== "") console.log(`CPU profiles in ${profileDir}`);
+    await bench.stop();
+    if (bench.profileDir !== "") console.log(`CPU profiles in ${bench.profileDir}`);
     process.exit(exitCode);
   });
