@@ -74,6 +74,22 @@ const DEFAULT_OUTPUT_ESTIMATE = 512;
 
 type Impl = ServiceImpl<typeof ModelProxyService>;
 
+/** One call as the ledger records it (see record() in modelProxyHandlers). */
+interface RecordFields {
+  id: string;
+  requested: string;
+  model: Model;
+  served?: ServedBy;
+  usage?: Usage;
+  latencyMs: number;
+  ttftMs?: number;
+  streaming?: boolean;
+  cacheHit?: boolean;
+  status?: string;
+  attribution: CallAttribution | undefined;
+  metadata?: Record<string, string>;
+}
+
 export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
   const { catalog, router, accounting, cache } = deps;
 
@@ -176,24 +192,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     });
   }
 
-  function record(
-    caller: Caller,
-    op: UsageOperation,
-    fields: {
-      id: string;
-      requested: string;
-      model: Model;
-      served?: ServedBy;
-      usage?: Usage;
-      latencyMs: number;
-      ttftMs?: number;
-      streaming?: boolean;
-      cacheHit?: boolean;
-      status?: string;
-      attribution: CallAttribution | undefined;
-      metadata?: Record<string, string>;
-    },
-  ): void {
+  function record(caller: Caller, op: UsageOperation, fields: RecordFields): void {
     const a = fields.attribution;
     const ok = fields.status === undefined || fields.status === "OK";
     const entry: LedgerEntry = {
@@ -262,45 +261,79 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     }
   }
 
+  /**
+   * What a chat call does before any provider is asked, streaming or not: the caller, the model,
+   * the input checked against its context window, the budget, an id, and (when the cache is on
+   * for this call) a cached answer, re-issued at zero cost.
+   */
+  async function beginChat(req: ChatRequest, ctx: HandlerContext) {
+    const started = performance.now();
+    const { caller } = callerOf(ctx);
+    const model = await resolveModel(caller, req.model);
+    const input = checkChat(model, req);
+    await accounting.checkBudget(caller, costOf(model, input, 0));
+    const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
+    const useCache = cacheOn(caller.tenantId, req.cache);
+    const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
+    const cached = useCache ? await fromCache(caller.tenantId, key) : undefined;
+    const hit =
+      cached === undefined
+        ? undefined
+        : {
+            response: cached,
+            served: cachedServedBy(cached.servedBy, req.model),
+            usage: cachedUsage(cached.usage),
+          };
+    /** Puts this call in the ledger (its id, requested model, attribution and metadata). */
+    const recordChat = (
+      fields: Omit<RecordFields, "id" | "requested" | "attribution" | "metadata">,
+    ) =>
+      record(caller, UsageOperation.CHAT, {
+        ...fields,
+        id,
+        requested: req.model,
+        attribution: req.attribution,
+        metadata: req.metadata,
+      });
+    /** The error for a call that failed before it answered, recorded as failed. */
+    const fail = (err: unknown, streaming: boolean) =>
+      failed(
+        caller,
+        UsageOperation.CHAT,
+        id,
+        req.model,
+        model,
+        started,
+        err,
+        req.attribution,
+        streaming,
+      );
+    return { started, caller, model, input, id, useCache, key, hit, recordChat, fail };
+  }
+
   return {
     async chat(req, ctx) {
-      const started = performance.now();
-      const { caller } = callerOf(ctx);
-      const model = await resolveModel(caller, req.model);
-      const input = checkChat(model, req);
-      await accounting.checkBudget(caller, costOf(model, input, 0));
-      const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-
-      const useCache = cacheOn(caller.tenantId, req.cache);
-      const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
-      if (useCache) {
-        const hit = await fromCache(caller.tenantId, key);
-        if (hit !== undefined) {
-          const served = cachedServedBy(hit.servedBy, req.model);
-          const usage = cachedUsage(hit.usage);
-          const latency = performance.now() - started;
-          const response = create(ChatResponseSchema, {
-            ...hit,
-            id,
-            servedBy: served,
-            usage,
-            latency: duration(latency),
-            timeToFirstToken: duration(latency),
-            createTime: timestampNow(),
-          });
-          record(caller, UsageOperation.CHAT, {
-            id,
-            requested: req.model,
-            model,
-            served,
-            usage,
-            latencyMs: latency,
-            cacheHit: true,
-            attribution: req.attribution,
-            metadata: req.metadata,
-          });
-          return response;
-        }
+      const { started, caller, model, input, id, useCache, key, hit, recordChat, fail } =
+        await beginChat(req, ctx);
+      if (hit !== undefined) {
+        const latency = performance.now() - started;
+        const response = create(ChatResponseSchema, {
+          ...hit.response,
+          id,
+          servedBy: hit.served,
+          usage: hit.usage,
+          latency: duration(latency),
+          timeToFirstToken: duration(latency),
+          createTime: timestampNow(),
+        });
+        recordChat({
+          model,
+          served: hit.served,
+          usage: hit.usage,
+          latencyMs: latency,
+          cacheHit: true,
+        });
+        return response;
       }
 
       try {
@@ -328,89 +361,54 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           timeToFirstToken: duration(latency),
           createTime: timestampNow(),
         });
-        record(caller, UsageOperation.CHAT, {
-          id,
-          requested: req.model,
-          model: routed.model,
-          served,
-          usage,
-          latencyMs: latency,
-          attribution: req.attribution,
-          metadata: req.metadata,
-        });
+        recordChat({ model: routed.model, served, usage, latencyMs: latency });
         if (useCache && r.finishReason !== FinishReason.LENGTH) {
           void cache.set(caller.tenantId, key, toBinary(ChatResponseSchema, response));
         }
         return response;
       } catch (err) {
-        throw failed(
-          caller,
-          UsageOperation.CHAT,
-          id,
-          req.model,
-          model,
-          started,
-          err,
-          req.attribution,
-          false,
-        );
+        throw fail(err, false);
       }
     },
 
     async *streamChat(sreq, ctx) {
       const req = sreq.chat;
       if (req === undefined) throw new InvalidArgumentError("chat is required", { field: "chat" });
-      const started = performance.now();
-      const { caller } = callerOf(ctx);
       const log = loggerOf(ctx);
-      const model = await resolveModel(caller, req.model);
-      const input = checkChat(model, req);
-      await accounting.checkBudget(caller, costOf(model, input, 0));
-      const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-
-      const useCache = cacheOn(caller.tenantId, req.cache);
-      const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
-      if (useCache) {
-        const hit = await fromCache(caller.tenantId, key);
-        if (hit !== undefined) {
-          const served = cachedServedBy(hit.servedBy, req.model);
-          const usage = cachedUsage(hit.usage);
-          yield event({
-            case: "start",
-            value: { id, servedBy: served, createTime: timestampNow() },
-          });
-          let text = "";
-          for (const p of hit.message?.content ?? [])
-            if (p.part.case === "text") text += p.part.value;
-          yield event({
-            case: "delta",
-            value: { content: text, reasoning: hit.reasoning, toolCalls: [] },
-          });
-          const latency = performance.now() - started;
-          yield event({
-            case: "end",
-            value: {
-              finishReason: hit.finishReason,
-              usage,
-              latency: duration(latency),
-              timeToFirstToken: duration(latency),
-              servedBy: served,
-            },
-          });
-          record(caller, UsageOperation.CHAT, {
-            id,
-            requested: req.model,
-            model,
-            served,
-            usage,
-            latencyMs: latency,
-            cacheHit: true,
-            streaming: true,
-            attribution: req.attribution,
-            metadata: req.metadata,
-          });
-          return;
-        }
+      const { started, caller, model, input, id, useCache, key, hit, recordChat, fail } =
+        await beginChat(req, ctx);
+      if (hit !== undefined) {
+        yield event({
+          case: "start",
+          value: { id, servedBy: hit.served, createTime: timestampNow() },
+        });
+        let text = "";
+        for (const p of hit.response.message?.content ?? [])
+          if (p.part.case === "text") text += p.part.value;
+        yield event({
+          case: "delta",
+          value: { content: text, reasoning: hit.response.reasoning, toolCalls: [] },
+        });
+        const latency = performance.now() - started;
+        yield event({
+          case: "end",
+          value: {
+            finishReason: hit.response.finishReason,
+            usage: hit.usage,
+            latency: duration(latency),
+            timeToFirstToken: duration(latency),
+            servedBy: hit.served,
+          },
+        });
+        recordChat({
+          model,
+          served: hit.served,
+          usage: hit.usage,
+          latencyMs: latency,
+          cacheHit: true,
+          streaming: true,
+        });
+        return;
       }
 
       let routed: Routed<{ it: AsyncIterator<ChatChunk>; first: ChatChunk }>;
@@ -438,17 +436,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           },
         );
       } catch (err) {
-        throw failed(
-          caller,
-          UsageOperation.CHAT,
-          id,
-          req.model,
-          model,
-          started,
-          err,
-          req.attribution,
-          true,
-        );
+        throw fail(err, true);
       }
 
       const ttft = performance.now() - started;
@@ -477,17 +465,13 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             const latency = performance.now() - started;
             const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
             finished = true;
-            record(caller, UsageOperation.CHAT, {
-              id,
-              requested: req.model,
+            recordChat({
               model: routed.model,
               served,
               usage,
               latencyMs: latency,
               ttftMs: ttft,
               streaming: true,
-              attribution: req.attribution,
-              metadata: req.metadata,
             });
             if (useCache && chunk.finishReason !== FinishReason.LENGTH) {
               const response = create(ChatResponseSchema, {
@@ -539,9 +523,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           // Cut, failed or abandoned by the client: the provider still produced what we saw.
           await it.return?.();
           const output = estimateTextTokens(content + reasoning);
-          record(caller, UsageOperation.CHAT, {
-            id,
-            requested: req.model,
+          recordChat({
             model: routed.model,
             served,
             usage: usageOf(routed.model, input, output, false),
@@ -549,8 +531,6 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             ttftMs: ttft,
             streaming: true,
             status: ctx.signal.aborted ? "Canceled" : "Unavailable",
-            attribution: req.attribution,
-            metadata: req.metadata,
           });
         }
       }
