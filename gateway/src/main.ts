@@ -1,16 +1,13 @@
 // Start-up only: config -> logger -> tracing -> metrics -> verifier -> NATS (rate limit state)
 // -> build -> listen -> shutdown wiring.
 import {
-  ConfigError,
   connectNats,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
   openKvRateLimiter,
+  runService,
+  type ServiceRuntime,
   startMetricsServer,
-  type Logger,
 } from "@ensemble/kit";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -21,15 +18,12 @@ import { VERSION } from "./version.js";
 
 const SERVICE_NAME = "gateway";
 
-async function main(config: GatewayConfig, logger: Logger): Promise<void> {
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<GatewayConfig>): Promise<void> {
   const metricsServer =
     config.METRICS_PORT === undefined
       ? undefined
@@ -99,20 +93,4 @@ async function main(config: GatewayConfig, logger: Logger): Promise<void> {
   });
 }
 
-let config: GatewayConfig;
-try {
-  config = loadGatewayConfig();
-} catch (err) {
-  process.stderr.write(`gateway: ${err instanceof ConfigError ? err.message : String(err)}\n`);
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
-  version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "gateway failed to start");
-  logger.flush();
-  process.exit(1);
-});
+runService({ name: SERVICE_NAME, version: VERSION, loadConfig: loadGatewayConfig, start: main });

@@ -1,10 +1,69 @@
-// Graceful shutdown and start-up retries.
+// A service's start-up frame, graceful shutdown and start-up retries.
 //
 // On SIGTERM/SIGINT a service stops taking work, drains in-flight calls, drains NATS, disconnects
 // MongoDB and exits (DESIGN.md). The order is the caller's `steps`; this module only runs them
 // in order, logs each, bounds the whole with a timeout and picks the exit code. The core
 // (runShutdown) never exits, so tests can drive it.
-import type { Logger } from "./logger.js";
+import { ConfigError } from "./config.js";
+import { createRootLogger, type Logger } from "./logger.js";
+import { createMetrics, type Metrics } from "./metrics.js";
+import { initTracing, type Tracing } from "./tracing.js";
+
+/** What every service's `start` gets from runService. */
+export interface ServiceRuntime<C> {
+  config: C;
+  /** The process's root logger (`service`, `version` in every line). */
+  logger: Logger;
+  tracing: Tracing;
+  metrics: Metrics;
+}
+
+/**
+ * The frame of every service's main.ts: config -> root logger -> tracing -> metrics -> `start`
+ * (which connects, builds, listens and wires its shutdown steps). Start-up ends early in two
+ * ways only: a bad configuration is one readable line on stderr (`<name>: <reason>`, no stack,
+ * before any logger exists) and exit code 1; a failure inside `start` is logged as fatal
+ * (`<name> failed to start`) and exits 1.
+ */
+export function runService<
+  C extends { LOG_LEVEL: string; OTEL_EXPORTER_OTLP_ENDPOINT?: string | undefined },
+>(opts: {
+  name: string;
+  version: string;
+  loadConfig: () => C;
+  start: (runtime: ServiceRuntime<C>) => Promise<void>;
+}): void {
+  let config: C;
+  try {
+    config = opts.loadConfig();
+  } catch (err) {
+    process.stderr.write(
+      `${opts.name}: ${err instanceof ConfigError ? err.message : String(err)}\n`,
+    );
+    process.exit(1);
+  }
+  const logger = createRootLogger({
+    service: opts.name,
+    version: opts.version,
+    level: config.LOG_LEVEL,
+  });
+  const start = async () => {
+    const tracing = initTracing({
+      service: opts.name,
+      version: opts.version,
+      ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
+        ? {}
+        : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
+    });
+    const metrics = createMetrics({ service: opts.name });
+    await opts.start({ config, logger, tracing, metrics });
+  };
+  start().catch((err: unknown) => {
+    logger.fatal({ err }, `${opts.name} failed to start`);
+    logger.flush();
+    process.exit(1);
+  });
+}
 
 export interface ShutdownStep {
   name: string;

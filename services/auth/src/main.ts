@@ -2,15 +2,12 @@
 // server -> listen -> metrics -> key rotation schedule -> shutdown wiring.
 import {
   closeMongo,
-  ConfigError,
   connectMongo,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
+  runService,
+  type ServiceRuntime,
   startMetricsServer,
-  type Logger,
 } from "@ensemble/kit";
 import { authModels, ensureIndexes } from "./auth.model.js";
 import { loadAuthConfig, type AuthConfig } from "./config.js";
@@ -20,15 +17,12 @@ import { build, SERVICE_NAME } from "./server.js";
 import { keyStoreFrom, settingsFrom } from "./setup.js";
 import { VERSION } from "./version.js";
 
-async function main(config: AuthConfig, logger: Logger): Promise<void> {
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<AuthConfig>): Promise<void> {
   const mongo = await connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger });
   const models = authModels(mongo);
   await ensureIndexes(models);
@@ -115,21 +109,4 @@ async function main(config: AuthConfig, logger: Logger): Promise<void> {
   });
 }
 
-let config: AuthConfig;
-try {
-  config = loadAuthConfig();
-} catch (err) {
-  // Before a logger exists: one readable message, no stack.
-  process.stderr.write(`auth: ${err instanceof ConfigError ? err.message : String(err)}\n`);
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
-  version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "auth failed to start");
-  logger.flush();
-  process.exit(1);
-});
+runService({ name: SERVICE_NAME, version: VERSION, loadConfig: loadAuthConfig, start: main });

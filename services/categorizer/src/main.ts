@@ -2,16 +2,13 @@
 // listen -> metrics -> shutdown wiring. Everything else lives in build(deps).
 import {
   closeMongo,
-  ConfigError,
   connectMongo,
   createClient,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
+  runService,
+  type ServiceRuntime,
   startMetricsServer,
-  type Logger,
 } from "@ensemble/kit";
 import { ModelProxyService, RegistryService, VectorSearchService } from "@ensemble/proto";
 import { ModelCatalog } from "./catalog.js";
@@ -22,15 +19,12 @@ import { SemanticRouter } from "./semantic.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { VERSION } from "./version.js";
 
-async function main(config: CategorizerConfig, logger: Logger): Promise<void> {
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<CategorizerConfig>): Promise<void> {
   const verifier = createJwksVerifier({
     jwksUrl: config.JWKS_URL,
     issuer: config.JWT_ISSUER,
@@ -111,21 +105,9 @@ async function main(config: CategorizerConfig, logger: Logger): Promise<void> {
   });
 }
 
-let config: CategorizerConfig;
-try {
-  config = loadCategorizerConfig();
-} catch (err) {
-  // Before a logger exists: one readable message, no stack.
-  process.stderr.write(`categorizer: ${err instanceof ConfigError ? err.message : String(err)}\n`);
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
+runService({
+  name: SERVICE_NAME,
   version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "categorizer failed to start");
-  logger.flush();
-  process.exit(1);
+  loadConfig: loadCategorizerConfig,
+  start: main,
 });

@@ -2,17 +2,14 @@
 // accounting -> server -> listen -> metrics -> shutdown wiring. Everything else lives in build(deps).
 import {
   closeMongo,
-  ConfigError,
   connectMongo,
   connectNats,
   createClient,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
+  runService,
+  type ServiceRuntime,
   startMetricsServer,
-  type Logger,
 } from "@ensemble/kit";
 import { AuthService, RegistryService } from "@ensemble/proto";
 import { openAccounting } from "./accounting/index.js";
@@ -25,21 +22,18 @@ import { Router } from "./router.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { VERSION } from "./version.js";
 
-async function main(config: ModelProxyConfig, logger: Logger): Promise<void> {
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<ModelProxyConfig>): Promise<void> {
   const deployments = deploymentsFrom(config);
   if (deployments.length === 0) {
     logger.warn(
       "no provider is configured (LLM_SIM_URL, OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, OPENROUTER_API_KEY or MODEL_PROXY_DEPLOYMENTS): every model call fails until one is",
     );
   }
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
   const verifier = createJwksVerifier({
     jwksUrl: config.JWKS_URL,
     issuer: config.JWT_ISSUER,
@@ -126,21 +120,4 @@ async function main(config: ModelProxyConfig, logger: Logger): Promise<void> {
   });
 }
 
-let config: ModelProxyConfig;
-try {
-  config = loadModelProxyConfig();
-  deploymentsFrom(config); // fail fast on a bad deployment list, before any connection
-} catch (err) {
-  process.stderr.write(`model-proxy: ${err instanceof ConfigError ? err.message : String(err)}\n`);
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
-  version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "model-proxy failed to start");
-  logger.flush();
-  process.exit(1);
-});
+runService({ name: SERVICE_NAME, version: VERSION, loadConfig: loadModelProxyConfig, start: main });

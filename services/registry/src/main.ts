@@ -3,16 +3,13 @@
 import { hostname } from "node:os";
 import {
   closeMongo,
-  ConfigError,
   connectMongo,
   connectNats,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
+  runService,
+  type ServiceRuntime,
   startMetricsServer,
-  type Logger,
 } from "@ensemble/kit";
 import { loadRegistryConfig, type RegistryConfig } from "./config.js";
 import { ensureIndexes, registryModels } from "./catalog.model.js";
@@ -23,15 +20,12 @@ import { loadSeeds } from "./seed.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { VERSION } from "./version.js";
 
-async function main(config: RegistryConfig, logger: Logger): Promise<void> {
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<RegistryConfig>): Promise<void> {
   const verifier = createJwksVerifier({
     jwksUrl: config.JWKS_URL,
     issuer: config.JWT_ISSUER,
@@ -116,21 +110,4 @@ function advertised(listen: string, port: number): string {
   return `${reachable}:${port}`;
 }
 
-let config: RegistryConfig;
-try {
-  config = loadRegistryConfig();
-} catch (err) {
-  // Before a logger exists: one readable message, no stack.
-  process.stderr.write(`registry: ${err instanceof ConfigError ? err.message : String(err)}\n`);
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
-  version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "registry failed to start");
-  logger.flush();
-  process.exit(1);
-});
+runService({ name: SERVICE_NAME, version: VERSION, loadConfig: loadRegistryConfig, start: main });

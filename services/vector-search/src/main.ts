@@ -3,16 +3,13 @@
 // -> metrics -> shutdown wiring. Everything else lives in build(deps).
 import {
   closeMongo,
-  ConfigError,
   connectMongo,
   createClient,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
+  runService,
+  type ServiceRuntime,
   startMetricsServer,
-  type Logger,
 } from "@ensemble/kit";
 import { ModelProxyService } from "@ensemble/proto";
 import { Collections } from "./collections.js";
@@ -21,15 +18,12 @@ import { build, SERVICE_NAME } from "./server.js";
 import { Store } from "./store.js";
 import { VERSION } from "./version.js";
 
-async function main(config: VectorSearchConfig, logger: Logger): Promise<void> {
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<VectorSearchConfig>): Promise<void> {
   const verifier = createJwksVerifier({
     jwksUrl: config.JWKS_URL,
     issuer: config.JWT_ISSUER,
@@ -77,23 +71,9 @@ async function main(config: VectorSearchConfig, logger: Logger): Promise<void> {
   });
 }
 
-let config: VectorSearchConfig;
-try {
-  config = loadVectorSearchConfig();
-} catch (err) {
-  // Before a logger exists: one readable message, no stack.
-  process.stderr.write(
-    `vector-search: ${err instanceof ConfigError ? err.message : String(err)}\n`,
-  );
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
+runService({
+  name: SERVICE_NAME,
   version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "vector-search failed to start");
-  logger.flush();
-  process.exit(1);
+  loadConfig: loadVectorSearchConfig,
+  start: main,
 });

@@ -2,20 +2,17 @@
 // server -> listen -> metrics -> shutdown wiring. Everything else lives in engine.ts / build(deps).
 import {
   closeMongo,
-  ConfigError,
   connectMongo,
   connectNats,
   createClient,
   createJwksVerifier,
-  createMetrics,
-  createRootLogger,
   handleShutdown,
-  initTracing,
   jetstream,
   jetstreamManager,
-  startMetricsServer,
-  type Logger,
   type Metrics,
+  runService,
+  type ServiceRuntime,
+  startMetricsServer,
 } from "@ensemble/kit";
 import {
   AuthService,
@@ -67,15 +64,12 @@ function engineMetrics(metrics: Metrics): EngineMetrics {
   };
 }
 
-async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
-  const tracing = initTracing({
-    service: SERVICE_NAME,
-    version: VERSION,
-    ...(config.OTEL_EXPORTER_OTLP_ENDPOINT === undefined
-      ? {}
-      : { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT }),
-  });
-  const metrics = createMetrics({ service: SERVICE_NAME });
+async function main({
+  config,
+  logger,
+  tracing,
+  metrics,
+}: ServiceRuntime<WorkflowConfig>): Promise<void> {
   const verifier = createJwksVerifier({
     jwksUrl: config.JWKS_URL,
     issuer: config.JWT_ISSUER,
@@ -223,20 +217,4 @@ async function main(config: WorkflowConfig, logger: Logger): Promise<void> {
   });
 }
 
-let config: WorkflowConfig;
-try {
-  config = loadWorkflowConfig();
-} catch (err) {
-  process.stderr.write(`workflow: ${err instanceof ConfigError ? err.message : String(err)}\n`);
-  process.exit(1);
-}
-const logger = createRootLogger({
-  service: SERVICE_NAME,
-  version: VERSION,
-  level: config.LOG_LEVEL,
-});
-main(config, logger).catch((err: unknown) => {
-  logger.fatal({ err }, "workflow failed to start");
-  logger.flush();
-  process.exit(1);
-});
+runService({ name: SERVICE_NAME, version: VERSION, loadConfig: loadWorkflowConfig, start: main });
