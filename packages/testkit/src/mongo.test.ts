@@ -40,6 +40,33 @@ describe("startMongo", () => {
     await client.close();
   });
 
+  it("startMongo - a lookup by _id is an index search, not a scan of the collection", async () => {
+    // FerretDB 1.24 (SQLite) filtered by a path its _id index does not match, so every find,
+    // update and delete by _id scanned the collection; the installer patches that
+    // (scripts/ferretdb/patches.json). FerretDB's explain carries SQLite's plan; mongod's its own.
+    const client = await new MongoClient(mongoUrl(), { serverSelectionTimeoutMS: 5_000 }).connect();
+    try {
+      const db = client.db(uniqueName("byid"));
+      await db
+        .collection<{ _id: string; n: number }>("docs")
+        .insertMany(Array.from({ length: 50 }, (_, n) => ({ _id: `d${n}`, n })));
+      const explained = (await db.command({
+        explain: { find: "docs", filter: { _id: "d7" } },
+      })) as { queryPlanner?: { Plan?: string[]; winningPlan?: unknown } };
+      const sqlitePlan = explained.queryPlanner?.Plan;
+      if (sqlitePlan !== undefined) {
+        expect(sqlitePlan.join("\n")).toMatch(/SEARCH \S+ USING INDEX \S+__id_/);
+        expect(sqlitePlan.join("\n")).not.toMatch(/\bSCAN\b/);
+      } else {
+        expect(JSON.stringify(explained.queryPlanner?.winningPlan)).toMatch(
+          /IDHACK|EXPRESS|IXSCAN/,
+        );
+      }
+    } finally {
+      await client.close();
+    }
+  });
+
   it("mongoUrl - the global setup's server answers ping", async () => {
     const client = await new MongoClient(mongoUrl(), { serverSelectionTimeoutMS: 5_000 }).connect();
     try {
