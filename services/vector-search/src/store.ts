@@ -7,7 +7,7 @@
 //
 // Writing a document inserts its new chunks under a fresh `version` (each row also carries the
 // version's chunk count), then deletes the document's rows of other versions. Inserts only, and
-// one delete per request: FerretDB (SQLite) pushes no filter down to an index, so a per-chunk
+// one delete per request: FerretDB (SQLite) uses an index for `{_id}` alone, so a per-chunk
 // replaceOne scans the whole collection each time (measured: 1,000 upserts took 8 s into a
 // collection of 1,600 rows). A crash between the insert and the delete leaves two versions; the
 // loader keeps each document's newest complete version, so a half-written document never shows

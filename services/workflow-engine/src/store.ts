@@ -259,7 +259,8 @@ export async function openModels(conn: Connection): Promise<Models> {
 }
 
 // Addressing: FerretDB's SQLite backend uses an index only for a filter that is exactly
-// {_id: <value>}; any other filter reads and decodes the whole collection (v1.24
+// {_id: <value>} (and only as built by scripts/ferretdb, whose patch makes that filter match the
+// _id index at all); any other filter reads and decodes the whole collection (v1.24
 // backends/sqlite/collection.go), so a lookup by (tenant, run, step) costs O(collection) and
 // an update holds the write lock while it scans. The engine's documents of a run are therefore
 // keyed by a deterministic `_id` built from their unique key, and the hot path reads and writes
