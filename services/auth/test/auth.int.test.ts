@@ -420,14 +420,16 @@ describe("auth admin and tenancy", () => {
     });
     keep(member.tokens!.refreshToken);
     const client = h.client(keep(member.tokens!.accessToken));
+    // One call at a time: calls started together and awaited in turn leave the later ones'
+    // rejections unhandled until their turn (vitest reports those as errors).
     for (const call of [
-      client.listUsers({}),
-      client.setUserRole({ userId: admin.user.id, role: Role.USER }),
-      client.setUserDisabled({ userId: admin.user.id, disabled: true }),
-      client.createInvite({}),
-      client.setBudget({ scope: BudgetScope.TENANT, monthlyLimitUsd: 1 }),
+      () => client.listUsers({}),
+      () => client.setUserRole({ userId: admin.user.id, role: Role.USER }),
+      () => client.setUserDisabled({ userId: admin.user.id, disabled: true }),
+      () => client.createInvite({}),
+      () => client.setBudget({ scope: BudgetScope.TENANT, monthlyLimitUsd: 1 }),
     ]) {
-      expect((await rejection(call)).code).toBe(Code.PermissionDenied);
+      expect((await rejection(call())).code).toBe(Code.PermissionDenied);
     }
     const last = await rejection(
       h.client(admin.tokens.accessToken).setUserRole({ userId: admin.user.id, role: Role.USER }),

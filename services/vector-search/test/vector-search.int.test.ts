@@ -237,15 +237,20 @@ describe("vector-search", () => {
   it("tenant isolation - tenant B never sees tenant A's collections or documents, even under the same id", async () => {
     const listB = await vs.listCollections({}, as(adminB));
     expect(listB.collections.map((c) => c.id)).not.toContain("notes");
+    // One call at a time (started together, a later rejection would wait unhandled).
     for (const call of [
-      vs.getCollection({ collectionId: "notes" }, as(adminB)),
-      vs.search({ collectionId: "notes", text: "cat", k: 3 }, as(adminB)),
-      vs.upsert({ collectionId: "notes", documents: [{ id: "x", text: "intruder" }] }, as(adminB)),
-      vs.stats({ collectionId: "notes" }, as(adminB)),
-      vs.delete({ collectionId: "notes", ids: ["cats"] }, as(adminB)),
-      vs.deleteCollection({ collectionId: "notes" }, as(adminB)),
+      () => vs.getCollection({ collectionId: "notes" }, as(adminB)),
+      () => vs.search({ collectionId: "notes", text: "cat", k: 3 }, as(adminB)),
+      () =>
+        vs.upsert(
+          { collectionId: "notes", documents: [{ id: "x", text: "intruder" }] },
+          as(adminB),
+        ),
+      () => vs.stats({ collectionId: "notes" }, as(adminB)),
+      () => vs.delete({ collectionId: "notes", ids: ["cats"] }, as(adminB)),
+      () => vs.deleteCollection({ collectionId: "notes" }, as(adminB)),
     ]) {
-      expect((await rejection(call)).code).toBe(Code.NotFound);
+      expect((await rejection(call())).code).toBe(Code.NotFound);
     }
     // B's own "notes" is a different collection with different documents.
     await vs.createCollection(
