@@ -3,13 +3,15 @@
 import { run } from "./cli.js";
 
 // A reader that stops early (`ensemble runs list | head`) closes the pipe: stop quietly with
-// success, as Unix tools do, instead of dying on an unhandled EPIPE.
-for (const stream of [process.stdout, process.stderr]) {
-  stream.on("error", (err: NodeJS.ErrnoException) => {
-    if (err.code === "EPIPE") process.exit(0);
-    throw err;
-  });
-}
+// success instead of dying on an unhandled EPIPE. A closed stderr only loses the diagnostics:
+// the command goes on and still exits with its own code (a failure must not turn into 0).
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code === "EPIPE") process.exit(0);
+  throw err;
+});
+process.stderr.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code !== "EPIPE") throw err;
+});
 
 const code = await run(process.argv.slice(2), {
   stdout: process.stdout,
