@@ -1028,53 +1028,56 @@ export class Engine {
     if (outcome === null) return;
     const publish = !outcome.eventPublished;
     const record = decode(RunStepSchema, outcome.record);
-    const ref = refOf(doc);
     if (publish) {
-      if (record.status === StepStatus.COMPLETED) {
-        await this.#emit(ref, {
-          type: RunEventType.STEP_COMPLETED,
-          stepId,
-          attempt: record.attempts,
-          eventId: `${doc.id}:${stepId}:completed`,
-          payload: {
-            case: "stepCompleted",
-            value: {
-              ...cut(record.output),
-              answers: record.answers,
-              ...(record.ranking !== undefined ? { ranking: record.ranking } : {}),
-              ...(record.usage !== undefined ? { usage: record.usage } : {}),
-              ...(record.latency !== undefined ? { latency: record.latency } : {}),
-            },
-          },
-        });
-      } else if (record.status === StepStatus.FAILED) {
-        await this.#emit(ref, {
-          type: RunEventType.STEP_FAILED,
-          stepId,
-          attempt: record.attempts,
-          eventId: `${doc.id}:${stepId}:failed`,
-          payload: {
-            case: "stepFailed",
-            value: {
-              ...(record.error !== undefined ? { error: record.error } : {}),
-              willRetry: false,
-              ...(record.usage !== undefined ? { usage: record.usage } : {}),
-            },
-          },
-        });
-      }
+      await this.#publishStepEnd(refOf(doc), stepId, record);
+      outcome.eventPublished = true; // known here at once; stored below
     }
-    const runEnded =
-      record.status !== StepStatus.CANCELLED &&
-      record.status !== StepStatus.SKIPPED &&
-      (await this.#dispatchReady(state));
-    // Recovery republishes the event of an outcome not marked; once the run's end is claimed,
-    // recovery finalizes the run instead and never looks at its steps, so no mark is needed.
-    if (publish && !runEnded) {
+    if (record.status !== StepStatus.CANCELLED && record.status !== StepStatus.SKIPPED) {
+      await this.#dispatchReady(state);
+    }
+    // Stored also when the run has ended with this step, so nothing that looks at the step later
+    // (a redelivery, recovery repeating the run's end) publishes its event again after the run's.
+    if (publish) {
       await setFields(this.#d.models.stepOutcomes, stepWhere(doc, stepId), {
         eventPublished: true,
       });
-      outcome.eventPublished = true;
+    }
+  }
+
+  /** A step's end event (completed or failed; none for cancelled or skipped); repeatable. */
+  async #publishStepEnd(ref: RunRef, stepId: string, record: RunStep): Promise<void> {
+    if (record.status === StepStatus.COMPLETED) {
+      await this.#emit(ref, {
+        type: RunEventType.STEP_COMPLETED,
+        stepId,
+        attempt: record.attempts,
+        eventId: `${ref.runId}:${stepId}:completed`,
+        payload: {
+          case: "stepCompleted",
+          value: {
+            ...cut(record.output),
+            answers: record.answers,
+            ...(record.ranking !== undefined ? { ranking: record.ranking } : {}),
+            ...(record.usage !== undefined ? { usage: record.usage } : {}),
+            ...(record.latency !== undefined ? { latency: record.latency } : {}),
+          },
+        },
+      });
+    } else if (record.status === StepStatus.FAILED) {
+      await this.#emit(ref, {
+        type: RunEventType.STEP_FAILED,
+        stepId,
+        attempt: record.attempts,
+        eventId: `${ref.runId}:${stepId}:failed`,
+        payload: {
+          case: "stepFailed",
+          value: {
+            ...(record.error !== undefined ? { error: record.error } : {}),
+            willRetry: false,
+            ...(record.usage !== undefined ? { usage: record.usage } : {}),
+          },
+        },
+      });
     }
   }
 
@@ -1161,6 +1164,19 @@ export class Engine {
             .find({ tenantId: ref.tenantId, runId: ref.runId })
             .lean<StepOutcomeDoc[]>();
     const records = new Map(outcomes.map((o) => [o.stepId, decode(RunStepSchema, o.record)]));
+    // Every step's end event goes out before the run's: a replica that died between storing a
+    // step's outcome and publishing its event leaves that to whoever ends the run (a copy that
+    // the step's redelivery publishes too is dropped by JetStream as a duplicate).
+    for (const o of outcomes) {
+      const record = records.get(o.stepId);
+      if (o.eventPublished || record === undefined) continue;
+      if (record.status !== StepStatus.COMPLETED && record.status !== StepStatus.FAILED) continue;
+      await this.#publishStepEnd(ref, o.stepId, record);
+      o.eventPublished = true;
+      await setFields(this.#d.models.stepOutcomes, stepWhere(doc, o.stepId), {
+        eventPublished: true,
+      });
+    }
     let usage = create(UsageSchema);
     const models = new Set(doc.models);
     for (const r of records.values()) {

@@ -4,8 +4,9 @@
 // taken, executed and completed. The survivor gets the dead replica's un-acked steps redelivered
 // (STEP_ACK_WAIT_MS) and finishes its half-done tails. Then, for every run: COMPLETED; the run
 // record has its three steps, each completed once; model-proxy's ledger (the bill) has exactly
-// one entry per (run, step); RUN_EVENTS has gapless per-run sequences, one step.completed per
-// step and one terminal event.
+// one entry per (run, step), besides calls the kill cut mid-answer (billed for what was produced,
+// without a step); RUN_EVENTS has gapless per-run sequences, one step.completed per step and
+// one terminal event, the run's last.
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { createClient, jetstreamManager } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
@@ -229,29 +230,43 @@ describe("workflow crash", () => {
 
     // The bill: one ledger entry per (run, step), each a successful call. The ledger is written
     // in batches, so wait until every step's entry is there, then look for more.
-    const ledger = ledgerDb!.collection<{ runId: string; stepId: string; status: string }>(
-      "ledger",
-    );
+    const ledger = ledgerDb!.collection<{
+      runId: string;
+      stepId: string;
+      status: string;
+      attempt: number;
+    }>("ledger");
     const wanted = RUNS * STEPS.length;
     const ledgerBy = Date.now() + 15_000;
-    while ((await ledger.countDocuments({ runId: { $in: ids } })) < wanted) {
+    while ((await ledger.countDocuments({ runId: { $in: ids }, stepId: { $ne: "" } })) < wanted) {
       if (Date.now() > ledgerBy) break;
       await sleep(250);
     }
     await sleep(1_000);
     const entries = await ledger
-      .find({ runId: { $in: ids } }, { projection: { runId: 1, stepId: 1, status: 1 } })
+      .find({ runId: { $in: ids } }, { projection: { runId: 1, stepId: 1, status: 1, attempt: 1 } })
       .toArray();
+    // A call the SIGKILL cut mid-answer is billed for what the provider produced, without a step
+    // id (a failed call never takes the step's slot, so the retry that succeeds bills the step).
+    const cut = entries.filter((e) => e.stepId === "");
+    expect(cut.filter((e) => e.status !== "Canceled")).toEqual([]);
     const perStep = new Map<string, string[]>();
     for (const e of entries) {
+      if (e.stepId === "") continue;
       const key = `${e.runId}/${e.stepId}`;
-      perStep.set(key, [...(perStep.get(key) ?? []), e.status]);
+      perStep.set(key, [...(perStep.get(key) ?? []), `${e.status}#${e.attempt}`]);
     }
     const twice = [...perStep].filter(([, s]) => s.length > 1);
     expect(twice, "ledger entries billed more than once").toEqual([]);
+    const expected = new Set(ids.flatMap((id) => STEPS.map((step) => `${id}/${step}`)));
+    expect(
+      [...perStep].filter(([key]) => !expected.has(key)),
+      "ledger entries of no step of the runs",
+    ).toEqual([]);
     expect(perStep.size).toBe(wanted);
     for (const id of ids) {
-      for (const step of STEPS) expect(perStep.get(`${id}/${step}`)).toEqual(["OK"]);
+      for (const step of STEPS)
+        expect(perStep.get(`${id}/${step}`)).toEqual([expect.stringMatching(/^OK#/)]);
     }
 
     // The events: per run a gapless sequence from 1, each step completed once, one end.
