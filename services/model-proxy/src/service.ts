@@ -39,6 +39,7 @@ import {
 import type { Accounting, Caller, LedgerEntry } from "./accounting/index.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import { costOf, requireCapability, type Catalog } from "./catalog.js";
+import { coalesceDeltas } from "./providers/coalesce.js";
 import { ProviderError, type ChatChunk, type Deployment } from "./providers/types.js";
 import { toDomainError, type Router, type Routed } from "./router.js";
 import { countChat, countText, estimateChatTokens, estimateTextTokens } from "./tokens.js";
@@ -441,7 +442,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
 
       const ttft = performance.now() - started;
       const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
-      const { it } = routed.value;
+      const it = coalesceDeltas(routed.value.it);
       let chunk: ChatChunk | undefined = routed.value.first;
       let content = "";
       let reasoning = "";
