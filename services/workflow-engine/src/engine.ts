@@ -1371,8 +1371,12 @@ export class Engine {
       .lean<RunDoc[]>();
   }
 
-  /** The run record (FULL or BASIC view). */
-  async toRun(doc: RunDoc, full: boolean): Promise<Run> {
+  /**
+   * The run record (FULL or BASIC view). `justCreated`: this replica created the run in this
+   * call, so what it knows of the run's steps and events is the snapshot to return (StartRun's
+   * answer costs no reads); else, or once the run ended and was forgotten here, everything is read.
+   */
+  async toRun(doc: RunDoc, full: boolean, justCreated = false): Promise<Run> {
     const spec = decode(RunSpecSchema, doc.spec);
     const run = create(RunSchema, {
       id: doc.id,
@@ -1407,7 +1411,11 @@ export class Engine {
         ? decodePlan(bytesOf(doc.plan), doc.planExtras)
         : undefined);
     if (plan === undefined) return run;
-    const { dispatched, outcomes } = await this.#progress({ doc, plan }, true);
+    const known = justCreated ? this.#known.get(doc.id) : undefined;
+    const { dispatched, outcomes } =
+      known !== undefined
+        ? { dispatched: [...known.dispatched.values()], outcomes: [...known.outcomes.values()] }
+        : await this.#progress({ doc, plan }, true);
     const byStep = new Map(dispatched.map((d) => [d.stepId, d]));
     const ended = new Map(outcomes.map((o) => [o.stepId, o]));
     const terminal = isTerminal(doc.status);
@@ -1450,7 +1458,10 @@ export class Engine {
       run.steps.push(step);
     }
     if (!terminal) run.usage = live;
-    run.lastSequence = BigInt(await this.#d.publisher.lastSequence(doc.tenantId, doc.id));
+    run.lastSequence = BigInt(
+      (justCreated ? this.#d.publisher.knownSequence(doc.id) : undefined) ??
+        (await this.#d.publisher.lastSequence(doc.tenantId, doc.id)),
+    );
     return run;
   }
 }

@@ -179,6 +179,11 @@ export class RunEventPublisher {
     return (await this.#readLast(tenantId, runId)).runSeq;
   }
 
+  /** The run's last event number as this replica published or read it, if it knows. */
+  knownSequence(runId: string): number | undefined {
+    return this.#cursors.get(runId)?.runSeq;
+  }
+
   /** Forget a finished run's cursor. */
   forget(runId: string): void {
     this.#cursors.delete(runId);

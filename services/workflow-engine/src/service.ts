@@ -177,11 +177,11 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
       const p = principalOf(ctx);
       if (req.spec === undefined)
         throw new InvalidArgumentError("spec: required", { field: "spec" });
-      const { doc } = await engine.createRun(p, req.spec, {
+      const { doc, existing } = await engine.createRun(p, req.spec, {
         token: tokenOf(ctx),
         idempotencyKey: req.idempotencyKey,
       });
-      return { run: await engine.toRun(doc, true) };
+      return { run: await engine.toRun(doc, true, !existing) };
     },
 
     async *run(req, ctx) {
@@ -206,7 +206,7 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
         throw err;
       }
       if (existing) deltaSub?.unsubscribe();
-      yield { item: { case: "run", value: await engine.toRun(doc, true) } };
+      yield { item: { case: "run", value: await engine.toRun(doc, true, !existing) } };
       for await (const event of runEvents(deps, p.tenantId, doc.id, {
         afterSeq: 0n,
         deltas: !req.omitDeltas,
