@@ -17,7 +17,7 @@ import { openResponseCache } from "./cache.js";
 import { Catalog } from "./catalog.js";
 import { deploymentsFrom, loadModelProxyConfig, type ModelProxyConfig } from "./config.js";
 import { openDeploymentLimiter } from "./limits.js";
-import { createProviderClient } from "./providers/index.js";
+import { providerClients } from "./providers/index.js";
 import { Router } from "./router.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { VERSION } from "./version.js";
@@ -61,7 +61,7 @@ async function main({
       batchSize: config.LEDGER_BATCH_SIZE,
     }),
   ]);
-  const router = new Router(deployments, createProviderClient, {
+  const router = new Router(deployments, await providerClients(deployments), {
     maxAttempts: config.RETRY_MAX_ATTEMPTS,
     baseDelayMs: config.RETRY_BASE_DELAY_MS,
     maxDelayMs: config.RETRY_MAX_DELAY_MS,
