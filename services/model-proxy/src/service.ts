@@ -227,26 +227,19 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     accounting.record(entry);
   }
 
+  /** Records a call that failed before it answered (with its gRPC status); returns the error. */
   function failed(
     caller: Caller,
     op: UsageOperation,
-    id: string,
-    requested: string,
-    model: Model,
+    call: Pick<RecordFields, "id" | "requested" | "model" | "attribution" | "streaming">,
     started: number,
     err: unknown,
-    attribution: CallAttribution | undefined,
-    streaming: boolean,
   ): ConnectError {
     const error = toConnectError(err);
     record(caller, op, {
-      id,
-      requested,
-      model,
+      ...call,
       latencyMs: performance.now() - started,
       status: Code[error.code],
-      attribution,
-      streaming,
     });
     return error;
   }
@@ -301,13 +294,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       failed(
         caller,
         UsageOperation.CHAT,
-        id,
-        req.model,
-        model,
+        { id, requested: req.model, model, attribution: req.attribution, streaming },
         started,
         err,
-        req.attribution,
-        streaming,
       );
     return { started, caller, model, input, id, useCache, key, hit, recordChat, fail };
   }
@@ -615,13 +604,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         throw failed(
           caller,
           UsageOperation.EMBED,
-          id,
-          req.model,
-          model,
+          { id, requested: req.model, model, attribution: req.attribution },
           started,
           err,
-          req.attribution,
-          false,
         );
       }
     },
@@ -680,13 +665,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         throw failed(
           caller,
           UsageOperation.IMAGE,
-          id,
-          req.model,
-          model,
+          { id, requested: req.model, model, attribution: req.attribution },
           started,
           err,
-          req.attribution,
-          false,
         );
       }
     },
