@@ -14,6 +14,7 @@ export {
 } from "./issuer.js";
 export { captureLogs, type CapturedLogs, type LogLine } from "./logs.js";
 export { rejection } from "./rejection.js";
+export { signUpTwoTenants, TEST_PASSWORD, type SignupClient, type TwoTenants } from "./tenants.js";
 export {
   repoRoot,
   startAuthProcess,

@@ -30,6 +30,7 @@ import {
   mongoUrl,
   rejection,
   repoRoot,
+  signUpTwoTenants,
   startAuthProcess,
   startModelProxyProcess,
   startRegistryProcess,
@@ -43,8 +44,6 @@ import { ModelCatalog } from "../src/catalog.js";
 import { RouteStore } from "../src/route-store.js";
 import { loadRouteSeeds } from "../src/seed.js";
 import { build, type CategorizerServerDeps } from "../src/server.js";
-
-const PASSWORD = "correct-Horse-battery-9";
 
 let sim: Simulator;
 let auth: AuthProcess;
@@ -100,26 +99,7 @@ beforeAll(async () => {
   judged = createClient(CategorizerService, `127.0.0.1:${await withJudge.listen("127.0.0.1:0")}`);
 
   const authClient = createClient(AuthService, auth.address);
-  const stamp = Date.now();
-  const a = await authClient.signup({
-    email: `cat-admin-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "categorizer A" },
-  });
-  adminA = a.tokens?.accessToken ?? "";
-  const invite = await authClient.createInvite({ role: Role.USER }, as(adminA));
-  const member = await authClient.signup({
-    email: `cat-member-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "inviteToken", value: invite.token },
-  });
-  memberA = member.tokens?.accessToken ?? "";
-  const b = await authClient.signup({
-    email: `cat-admin-b-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "categorizer B" },
-  });
-  adminB = b.tokens?.accessToken ?? "";
+  ({ adminA, memberA, adminB } = await signUpTwoTenants(authClient, "categorizer", Role.USER));
 }, 240_000);
 
 afterAll(async () => {

@@ -30,10 +30,12 @@ import {
   captureLogs,
   mongoUrl,
   repoRoot,
+  signUpTwoTenants,
   startAuthProcess,
   startModelProxyProcess,
   startRegistryProcess,
   startVectorSearchProcess,
+  TEST_PASSWORD,
   uniqueName,
   type AuthProcess,
   type MeshProcess,
@@ -45,8 +47,6 @@ import { GLOBAL_TENANT, RouteStore } from "../src/route-store.js";
 import { loadRouteSeeds } from "../src/seed.js";
 import { ROUTES_COLLECTION, SemanticRouter } from "../src/semantic.js";
 import { build, type CategorizerServerDeps } from "../src/server.js";
-
-const PASSWORD = "correct-Horse-battery-9";
 
 const BILLING_EXAMPLES = [
   "I want a refund for my subscription",
@@ -197,26 +197,7 @@ beforeAll(async () => {
   );
 
   authClient = createClient(AuthService, auth.address);
-  const stamp = Date.now();
-  const a = await authClient.signup({
-    email: `sem-admin-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "semantic A" },
-  });
-  adminA = a.tokens?.accessToken ?? "";
-  const invite = await authClient.createInvite({ role: Role.USER }, as(adminA));
-  const member = await authClient.signup({
-    email: `sem-member-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "inviteToken", value: invite.token },
-  });
-  memberA = member.tokens?.accessToken ?? "";
-  const b = await authClient.signup({
-    email: `sem-admin-b-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "semantic B" },
-  });
-  adminB = b.tokens?.accessToken ?? "";
+  ({ adminA, memberA, adminB } = await signUpTwoTenants(authClient, "semantic", Role.USER));
 }, 240_000);
 
 afterAll(async () => {
@@ -340,7 +321,7 @@ describe("semantic routing", () => {
     try {
       const c = await authClient.signup({
         email: `sem-admin-c-${Date.now()}@example.com`,
-        password: PASSWORD,
+        password: TEST_PASSWORD,
         tenant: { case: "tenantName", value: "semantic C" },
       });
       const adminC = c.tokens?.accessToken ?? "";

@@ -27,6 +27,7 @@ import {
   captureLogs,
   mongoUrl,
   rejection,
+  signUpTwoTenants,
   startAuthProcess,
   startModelProxyProcess,
   startRegistryProcess,
@@ -39,8 +40,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Collections } from "../src/collections.js";
 import { build } from "../src/server.js";
 import { Store } from "../src/store.js";
-
-const PASSWORD = "correct-Horse-battery-9";
 
 let sim: Simulator;
 let auth: AuthProcess;
@@ -101,26 +100,7 @@ beforeAll(async () => {
   await startService();
 
   const authClient = createClient(AuthService, auth.address);
-  const stamp = Date.now();
-  const a = await authClient.signup({
-    email: `vs-admin-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "vectors A" },
-  });
-  adminA = a.tokens?.accessToken ?? "";
-  const invite = await authClient.createInvite({ role: Role.USER }, as(adminA));
-  const member = await authClient.signup({
-    email: `vs-member-a-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "inviteToken", value: invite.token },
-  });
-  memberA = member.tokens?.accessToken ?? "";
-  const b = await authClient.signup({
-    email: `vs-admin-b-${stamp}@example.com`,
-    password: PASSWORD,
-    tenant: { case: "tenantName", value: "vectors B" },
-  });
-  adminB = b.tokens?.accessToken ?? "";
+  ({ adminA, memberA, adminB } = await signUpTwoTenants(authClient, "vectors", Role.USER));
 }, 240_000);
 
 afterAll(async () => {
