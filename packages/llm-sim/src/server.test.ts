@@ -289,6 +289,21 @@ describe("llm-sim", () => {
     expect(events).not.toContain("[DONE]");
   });
 
+  it("conditions - a cut one-shot answer (embeddings, images) starts its JSON, then drops", async () => {
+    for (const [path, body] of [
+      ["/v1/embeddings", { model: "sim-embed", input: "rivers" }],
+      ["/v1/images/generations", { prompt: "a red fox" }],
+    ] as const) {
+      const res = await post(path, body, { "x-sim-fail": "cut" });
+      expect(res.status, path).toBe(200);
+      const text = await res.text().then(
+        () => "a whole body",
+        (err: unknown) => err,
+      );
+      expect(text, path).toBeInstanceOf(Error);
+    }
+  });
+
   it("conditions - x-sim-latency-ms delays the response by at least that long", async () => {
     const start = performance.now();
     const res = await post("/v1/chat/completions", hello, { "x-sim-latency-ms": "250" });

@@ -291,6 +291,30 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     });
   }
 
+  /**
+   * A one-shot (not streamed) answer's conditions, once its latency has passed and its failure
+   * (if any) is applied: undefined when that failure answered, the body was cut after
+   * `cutPrefix`, or the client left.
+   */
+  async function beforeAnswer(
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+    model: string,
+    profile: ModelProfile,
+    cutPrefix: string,
+  ): Promise<Conditions | undefined> {
+    const c = conditionsFor(req, model, profile);
+    await sleep(c.latencyMs, signal);
+    const failure = await applyFailure(c, res, signal);
+    if (failure === "handled" || signal.aborted) return undefined;
+    if (failure === "cut") {
+      await cutBody(res, cutPrefix, signal);
+      return undefined;
+    }
+    return c;
+  }
+
   async function handle(
     req: IncomingMessage,
     res: ServerResponse,
@@ -693,11 +717,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
           : `BatchEmbedContentsRequest.requests[${i}]`;
       return embed(embedText(one, path), embedDimensions(one, path) ?? DEFAULT_DIMENSIONS);
     });
-    const c = conditionsFor(req, model, profile);
-    await sleep(c.latencyMs, signal);
-    const failure = await applyFailure(c, res, signal);
-    if (failure === "handled" || signal.aborted) return;
-    if (failure === "cut") return cutBody(res, '{"embeddings":[{"values":[', signal);
+    const c = await beforeAnswer(req, res, signal, model, profile, '{"embeddings":[{"values":[');
+    if (c === undefined) return;
     await sleep(c.ttftMs, signal);
     if (signal.aborted) return;
     sendJson(
@@ -724,17 +745,17 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     const prompt = typeof content === "string" ? content : "";
     if (prompt.trim() === "") throw googleInvalid("The image prompt must contain text.");
     const [width, height] = imageSize(aspectRatio);
-    const c = conditionsFor(req, model, profile);
-    await sleep(c.latencyMs, signal);
-    const failure = await applyFailure(c, res, signal);
-    if (failure === "handled" || signal.aborted) return;
-    if (failure === "cut") return cutBody(res, '{"candidates":[{"content":{"parts":[', signal);
-    const h = stableHash({ model, prompt, size: `${width}x${height}`, i: 0 });
-    const rgb: [number, number, number] = [
-      parseInt(h.slice(0, 2), 16),
-      parseInt(h.slice(2, 4), 16),
-      parseInt(h.slice(4, 6), 16),
-    ];
+    const c = await beforeAnswer(
+      req,
+      res,
+      signal,
+      model,
+      profile,
+      '{"candidates":[{"content":{"parts":[',
+    );
+    if (c === undefined) return;
+    const what = { model, prompt, size: `${width}x${height}`, i: 0 };
+    const rgb = colourOf(what);
     const promptTokens = countTokens(prompt);
     sendJson(res, 200, {
       candidates: [
@@ -760,7 +781,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         totalTokenCount: promptTokens + IMAGE_OUTPUT_TOKENS,
       },
       modelVersion: model,
-      responseId: `sim${h.slice(0, 12)}`,
+      responseId: `sim${stableHash(what).slice(0, 12)}`,
     });
   }
 
@@ -808,17 +829,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         "invalid_value",
       );
     }
-    const c = conditionsFor(req, model, profile);
-    await sleep(c.latencyMs, signal);
-    const failure = await applyFailure(c, res, signal);
-    if (failure === "handled" || signal.aborted) return;
-    if (failure === "cut") {
-      res.writeHead(200, { "content-type": "application/json" });
-      res.write('{"object":"list","data":[');
-      await sleep(10, signal);
-      res.destroy();
-      return;
-    }
+    const c = await beforeAnswer(req, res, signal, model, profile, '{"object":"list","data":[');
+    if (c === undefined) return;
     const dimensions = typeof dims === "number" ? dims : DEFAULT_DIMENSIONS;
     const tokens = inputs.reduce((s, t) => s + countTokens(t), 0);
     await sleep(c.ttftMs, signal);
@@ -887,25 +899,9 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         "invalid_value",
       );
     }
-    const c = conditionsFor(req, model, profile);
-    await sleep(c.latencyMs, signal);
-    const failure = await applyFailure(c, res, signal);
-    if (failure === "handled" || signal.aborted) return;
-    if (failure === "cut") {
-      res.writeHead(200, { "content-type": "application/json" });
-      res.write('{"created":');
-      await sleep(10, signal);
-      res.destroy();
-      return;
-    }
+    if ((await beforeAnswer(req, res, signal, model, profile, '{"created":')) === undefined) return;
     const data = Array.from({ length: n }, (_, i) => {
-      const h = stableHash({ model, prompt, size, i });
-      const rgb: [number, number, number] = [
-        parseInt(h.slice(0, 2), 16),
-        parseInt(h.slice(2, 4), 16),
-        parseInt(h.slice(4, 6), 16),
-      ];
-      const b64 = solidPng(width, height, rgb).toString("base64");
+      const b64 = solidPng(width, height, colourOf({ model, prompt, size, i })).toString("base64");
       const revised_prompt = `[simulated ${model}] ${prompt}`;
       return format === "url"
         ? { url: `data:image/png;base64,${b64}`, revised_prompt }
@@ -986,6 +982,12 @@ function startSse(res: ServerResponse, headers: Record<string, string>): void {
 }
 
 /** Headers and the start of a JSON body, then the connection drops (the unary `cut`). */
+/** The colour of a simulated image: a function of what was asked. */
+function colourOf(what: Record<string, unknown>): [number, number, number] {
+  const h = stableHash(what);
+  return [parseInt(h.slice(0, 2), 16), parseInt(h.slice(2, 4), 16), parseInt(h.slice(4, 6), 16)];
+}
+
 async function cutBody(res: ServerResponse, prefix: string, signal: AbortSignal): Promise<void> {
   res.writeHead(200, { "content-type": "application/json" });
   res.write(prefix);
