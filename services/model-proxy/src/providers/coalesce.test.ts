@@ -80,12 +80,13 @@ describe("coalesceDeltas", () => {
   });
 
   it("a paced answer still goes out token by token", async () => {
-    // 200 tokens/s: a token every 5 ms, each in its own network write.
-    const paced = { "x-sim-tokens-per-second": "200" };
+    // 50 tokens/s: a token every 20 ms, each in its own network write. Only an event-loop stall
+    // longer than that (a loaded CI machine) lets two arrive together, hence "most", not "all".
+    const paced = { "x-sim-tokens-per-second": "50" };
     const plain = await drain(stream(paced));
     const merged = await drain(coalesceDeltas(stream(paced)));
     expect(text(merged)).toBe(text(plain));
-    expect(deltas(merged).length).toBeGreaterThanOrEqual(deltas(plain).length * 0.8);
+    expect(deltas(merged).length).toBeGreaterThanOrEqual(deltas(plain).length * 0.6);
   });
 
   it("deltas before an error are sent, then the error; the end and tool calls survive merging", async () => {
