@@ -213,6 +213,17 @@ describe("openai chat request", () => {
     expect(
       refusal({ model: "m", messages: hello, max_tokens: 5, max_completion_tokens: 6 }).status,
     ).toBe(400);
+    // An absent object is a missing parameter, not "expected an object, but got an object".
+    const noFunction = refusal({ model: "m", messages: hello, tools: [{ type: "function" }] });
+    expect(noFunction.code).toBe("missing_required_parameter");
+    expect(noFunction.message).toBe("Missing required parameter: 'tools[0].function'.");
+    const noSchema = refusal({
+      model: "m",
+      messages: hello,
+      response_format: { type: "json_schema" },
+    });
+    expect(noSchema.param).toBe("response_format.json_schema");
+    expect(noSchema.code).toBe("missing_required_parameter");
   });
 
   it("auto - model auto is parsed; the categorizer is asked about the last user message", () => {

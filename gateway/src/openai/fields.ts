@@ -15,6 +15,8 @@ export function describe(value: unknown): string {
       return Number.isInteger(value) ? "an integer" : "a decimal";
     case "boolean":
       return "a boolean";
+    case "undefined":
+      return "nothing";
     default:
       return "an object";
   }
@@ -49,7 +51,9 @@ export function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** `value` as an object; absent (undefined) is a missing parameter, anything else a wrong type. */
 export function objectAt(value: unknown, path: string): JsonObject {
+  if (value === undefined) throw missing(path);
   if (!isObject(value)) throw wrongType(path, "an object", value);
   return value;
 }
