@@ -11,14 +11,18 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import {
   bearerToken,
+  checkAccess,
   MalformedAuthorizationError,
+  PermissionDeniedError,
   UnauthenticatedError,
   UnavailableError,
   type Principal,
+  type RateLimiter,
   type TokenVerifier,
 } from "@ensemble/kit";
 import {
   ApiKeyScope,
+  type Access,
   type AuthenticateApiKeyRequestSchema,
   type AuthenticateApiKeyResponse,
   type IssueServiceTokenRequestSchema,
@@ -208,15 +212,45 @@ export class Authenticator {
   }
 }
 
+export type ScopeKind = "public" | "read" | "write" | "admin";
+
+/**
+ * Whether an authenticated caller may go on, the same on every edge (Connect/gRPC, the OpenAI
+ * routes, the WebSocket): the method's access rule, the API key's scope for that kind of
+ * operation, then the caller's rate limit. A refusal over the limit is RESOURCE_EXHAUSTED saying
+ * when to retry, also as `retry-after` (seconds) and `retry-after-ms`.
+ */
+export async function admit(
+  caller: Caller,
+  access: Access,
+  kind: ScopeKind,
+  limiter: RateLimiter,
+): Promise<void> {
+  checkAccess(access, caller.principal);
+  if (caller.apiKey !== undefined && !scopeAllows(caller.apiKey.scopes, kind)) {
+    throw new PermissionDeniedError(`this API key lacks the ${kind} scope`);
+  }
+  const decision = await limiter.take(caller.limitKey);
+  if (!decision.ok) {
+    const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+    const who = caller.apiKey !== undefined ? "this API key" : "this user";
+    throw new ConnectError(
+      `rate limit exceeded for ${who} on the gateway; retry in ${seconds} s`,
+      Code.ResourceExhausted,
+      new Headers({
+        "retry-after": String(seconds),
+        "retry-after-ms": String(Math.ceil(decision.retryAfterMs)),
+      }),
+    );
+  }
+}
+
 /**
  * API key scopes against the method (auth contract): READ allows NO_SIDE_EFFECTS methods, WRITE
  * every USER method, ADMIN the ADMIN methods (the token's roles still decide admin rights). A
  * key with the ADMIN scope may also write.
  */
-export function scopeAllows(
-  scopes: readonly ApiKeyScope[],
-  kind: "public" | "read" | "write" | "admin",
-): boolean {
+export function scopeAllows(scopes: readonly ApiKeyScope[], kind: ScopeKind): boolean {
   switch (kind) {
     case "public":
       return true;

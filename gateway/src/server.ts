@@ -22,7 +22,6 @@ import {
   codeLabel,
   createClient,
   isUnexpected,
-  PermissionDeniedError,
   toConnectError,
   type GrpcClient,
   type Logger,
@@ -40,7 +39,7 @@ import {
   RegistryService,
   RunService,
 } from "@ensemble/proto";
-import { Authenticator, scopeAllows, ServiceTokenSource, type AuthApi } from "./authn.js";
+import { admit, Authenticator, ServiceTokenSource, type AuthApi } from "./authn.js";
 import { openConsole } from "./console.js";
 import { renderDocs } from "./docs.js";
 import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
@@ -183,25 +182,13 @@ export function build(deps: GatewayDeps): Gateway {
       const caller = await authenticator.authenticate(ctx.requestHeader);
       checkAccess(access, caller?.principal);
       if (caller === undefined) return; // unreachable: checkAccess refused
-      if (caller.apiKey !== undefined) {
-        const kind =
-          access === Access.ADMIN
-            ? "admin"
-            : ctx.method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS
-              ? "read"
-              : "write";
-        if (!scopeAllows(caller.apiKey.scopes, kind)) {
-          throw new PermissionDeniedError(`this API key lacks the ${kind} scope`);
-        }
-      }
-      const decision = await deps.rateLimiter.take(caller.limitKey);
-      if (!decision.ok) {
-        const metadata = new Headers({
-          "retry-after": String(Math.max(1, Math.ceil(decision.retryAfterMs / 1000))),
-          "retry-after-ms": String(Math.ceil(decision.retryAfterMs)),
-        });
-        throw new ConnectError("rate limit exceeded", Code.ResourceExhausted, metadata);
-      }
+      const kind =
+        access === Access.ADMIN
+          ? "admin"
+          : ctx.method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS
+            ? "read"
+            : "write";
+      await admit(caller, access, kind, deps.rateLimiter);
       ctx.values.set(callerKey, caller);
     } catch (err) {
       const error = toConnectError(err);

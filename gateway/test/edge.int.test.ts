@@ -64,7 +64,11 @@ describe("gateway rate limit", () => {
     expect(statuses).toEqual([200, 200, 200, 429, 429]);
     const refused = await echoUser(gw.url, alice);
     expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
-    expect(((await refused.json()) as Record<string, string>)["code"]).toBe("resource_exhausted");
+    const body = (await refused.json()) as Record<string, string>;
+    expect(body["code"]).toBe("resource_exhausted");
+    expect(body["message"]).toMatch(
+      /^rate limit exceeded for this user on the gateway; retry in \d+ s$/,
+    );
 
     const client = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
     const err = await client

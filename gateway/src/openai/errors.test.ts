@@ -58,6 +58,21 @@ describe("openai errors", () => {
     );
     expect(limited.code).toBe("rate_limit_exceeded");
     expect(limited.headers).toEqual({ "retry-after": "2", "retry-after-ms": "1500" });
+    // The gateway's own limit (admit) carries the wait on the error itself, not in trailers.
+    const own = toOpenAiError(
+      new ConnectError(
+        "rate limit exceeded",
+        Code.ResourceExhausted,
+        new Headers({ "retry-after-ms": "300" }),
+      ),
+      chat,
+      logs.logger,
+    );
+    expect([own.status, own.code, own.headers["retry-after"]]).toEqual([
+      429,
+      "rate_limit_exceeded",
+      "1",
+    ]);
     const budget = toOpenAiError(
       new ConnectError("monthly budget of the tenant exceeded", Code.ResourceExhausted),
       chat,

@@ -88,7 +88,9 @@ export function toOpenAiError(err: unknown, ctx: ErrorContext, logger: Logger): 
         ? new OpenAiError(404, message, "invalid_request_error", "model", "model_not_found")
         : new OpenAiError(404, message, "invalid_request_error", null, "not_found");
     case Code.ResourceExhausted: {
-      const retryAfterMs = Number(ctx.trailers?.get("retry-after-ms"));
+      const retryAfterMs = Number(
+        ctx.trailers?.get("retry-after-ms") ?? upstream.metadata.get("retry-after-ms"),
+      );
       if (Number.isFinite(retryAfterMs) && retryAfterMs > 0) {
         return rateLimited(message, retryAfterMs);
       }

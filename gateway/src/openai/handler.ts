@@ -11,9 +11,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import {
-  checkAccess,
   UnauthenticatedError,
-  PermissionDeniedError,
   type GrpcClient,
   type Logger,
   type Metrics,
@@ -29,7 +27,7 @@ import {
   type ServedBy,
   type StreamChatStart,
 } from "@ensemble/proto";
-import { scopeAllows, type Authenticator, type Caller } from "../authn.js";
+import { admit, type Authenticator, type Caller } from "../authn.js";
 import {
   AUTO_MODEL,
   autoModelError,
@@ -41,13 +39,7 @@ import {
   type ChatRequestInit,
 } from "./chat.js";
 import { embeddingsJson, embedParam, parseEmbedRequest } from "./embeddings.js";
-import {
-  invalidRequest,
-  OpenAiError,
-  rateLimited,
-  toOpenAiError,
-  type ErrorContext,
-} from "./errors.js";
+import { invalidRequest, OpenAiError, toOpenAiError, type ErrorContext } from "./errors.js";
 import { isObject, type JsonObject } from "./fields.js";
 import { imagesJson, parseImageRequest } from "./images.js";
 import { modelJson, modelListJson } from "./models.js";
@@ -372,12 +364,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
         "missing credentials: send an access token or an API key as 'Authorization: Bearer <token>', or an API key as 'x-api-key'",
       );
     }
-    checkAccess(Access.USER, caller.principal);
-    if (caller.apiKey !== undefined && !scopeAllows(caller.apiKey.scopes, route.scope)) {
-      throw new PermissionDeniedError(`this API key lacks the ${route.scope} scope`);
-    }
-    const decision = await deps.rateLimiter.take(caller.limitKey);
-    if (!decision.ok) throw rateLimited("rate limit exceeded", decision.retryAfterMs);
+    await admit(caller, Access.USER, route.scope, deps.rateLimiter);
     return caller;
   }
 

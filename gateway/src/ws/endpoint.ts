@@ -20,9 +20,7 @@ import type { Duplex } from "node:stream";
 import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import {
-  checkAccess,
   codeLabel,
-  PermissionDeniedError,
   toConnectError,
   UnauthenticatedError,
   type GrpcClient,
@@ -44,7 +42,7 @@ import {
   type WatchRunResponse,
 } from "@ensemble/proto";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
-import { scopeAllows, type Authenticator, type Caller } from "../authn.js";
+import { admit, type Authenticator, type Caller } from "../authn.js";
 import {
   AUTO_MODEL,
   autoModelError,
@@ -261,20 +259,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
         `missing credentials: send 'Authorization: Bearer <token or API key>' on the upgrade, or offer the subprotocols '${WS_PROTOCOL}' and '${WS_BEARER_PREFIX}<token>'`,
       );
     }
-    checkAccess(Access.USER, caller.principal);
-    if (scope !== undefined && caller.apiKey !== undefined) {
-      if (!scopeAllows(caller.apiKey.scopes, scope)) {
-        throw new PermissionDeniedError(`this API key lacks the ${scope} scope`);
-      }
-    }
-    const decision = await deps.rateLimiter.take(caller.limitKey);
-    if (!decision.ok) {
-      throw new ConnectError(
-        "rate limit exceeded",
-        Code.ResourceExhausted,
-        new Headers({ "retry-after-ms": String(Math.ceil(decision.retryAfterMs)) }),
-      );
-    }
+    await admit(caller, Access.USER, scope ?? "public", deps.rateLimiter);
     return caller;
   }
 
