@@ -3,7 +3,12 @@
 // list of violations as a `buf.validate.Violations` error detail, never an INTERNAL.
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { pathToString } from "@bufbuild/protobuf/reflect";
-import { createValidator, violationsToProto, type Violation } from "@bufbuild/protovalidate";
+import {
+  createValidator,
+  RuntimeError,
+  violationsToProto,
+  type Violation,
+} from "@bufbuild/protovalidate";
 import { Code, ConnectError } from "@connectrpc/connect";
 
 // The validator caches compiled rules per message type, so one per process.
@@ -18,7 +23,8 @@ export function describeViolation(violation: Violation): string {
 /**
  * Checks a request against its contract's rules. Returns undefined when valid, else the error
  * to send. Rules that fail to compile are a bug in the contract: INTERNAL, with the cause kept
- * for the log.
+ * for the log. A rule whose CEL expression fails on this request's values (a timestamp
+ * difference beyond CEL's duration range, a division by zero) is the request's: INVALID_ARGUMENT.
  */
 export function validateMessage<Desc extends DescMessage>(
   schema: Desc,
@@ -44,6 +50,15 @@ export function validateMessage<Desc extends DescMessage>(
       );
     }
     case "error":
+      if (result.error instanceof RuntimeError && result.error.cause !== undefined) {
+        return new ConnectError(
+          `the request's values are out of the range its rules can check: ${result.error.message}`,
+          Code.InvalidArgument,
+          undefined,
+          undefined,
+          result.error,
+        );
+      }
       return new ConnectError("internal error", Code.Internal, undefined, undefined, result.error);
   }
 }
