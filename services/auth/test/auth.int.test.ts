@@ -232,6 +232,18 @@ describe("auth accounts", () => {
     }
   });
 
+  it("list users - a query is a case-insensitive prefix; one with a NUL is INVALID_ARGUMENT", async () => {
+    const admin = await signup("Prefix");
+    const client = h.client(admin.tokens.accessToken);
+    const found = await client.listUsers({ query: "PREFIX" });
+    expect(found.users.map((u) => u.id)).toEqual([admin.user.id]);
+    expect((await client.listUsers({ query: "zz-nobody" })).users).toEqual([]);
+    // The query becomes a regular expression, which BSON cannot carry with a NUL in it.
+    const err = await rejection(client.listUsers({ query: "pre\u0000fix" }));
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toMatch(/^query: /);
+  });
+
   it("logout - revokes the login's refresh tokens; logging out again succeeds", async () => {
     const u = await signup("logout");
     await h.client().logout({ refreshToken: u.tokens.refreshToken });
