@@ -1,7 +1,7 @@
 import { ConfigError } from "@ensemble/kit";
 import { describe, expect, it } from "vitest";
 import { loadGatewayConfig } from "./config.js";
-import { configuredUpstreams } from "./services.js";
+import { configuredUpstreams, UPSTREAMS } from "./services.js";
 
 const base = { JWKS_URL: "http://127.0.0.1:9051/.well-known/jwks.json" };
 
@@ -44,6 +44,14 @@ describe("gateway config", () => {
   it("upstreams - only services whose address is set are routed", () => {
     const c = loadGatewayConfig({ ...base, REGISTRY_ADDR: "127.0.0.1:50052" });
     expect(configuredUpstreams(c).map((u) => u.name)).toEqual(["registry"]);
+  });
+
+  it("upstreams - every routed service's address variable is read (none dropped by the schema)", () => {
+    for (const row of UPSTREAMS) {
+      const c = loadGatewayConfig({ ...base, [row.addrVar]: "127.0.0.1:50099" });
+      expect(configuredUpstreams(c).map((u) => u.name)).toEqual([row.name]);
+    }
+    expect(UPSTREAMS.map((r) => r.name)).toContain("vector-search");
   });
 
   it("upstreams - MODEL_PROXY_ADDR routes ModelProxyService; a bad address is named", () => {

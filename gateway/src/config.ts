@@ -23,12 +23,13 @@ export const gatewayEnv = z.object({
   GATEWAY_PORT: portSchema.default(8080),
   /** Metrics are served on the main port (/metrics); a side port is optional. */
   METRICS_PORT: portSchema.optional(),
-  /** Peers: a service is routed when its address is set. */
+  /** Peers: a service is routed when its address is set (one per row of UPSTREAMS). */
   AUTH_ADDR: hostPort.optional(),
   REGISTRY_ADDR: hostPort.optional(),
   MODEL_PROXY_ADDR: hostPort.optional(),
   CATEGORIZER_ADDR: hostPort.optional(),
   WORKFLOW_ADDR: hostPort.optional(),
+  VECTOR_SEARCH_ADDR: hostPort.optional(),
   /** Long-lived bootstrap service token (minted by auth's CLI); needed for API keys. */
   SERVICE_TOKEN: z.string().min(1).optional(),
   /** Browser origins allowed by CORS (exact match). "*" only when NODE_ENV=development. */
