@@ -1,7 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
-import { GetUsageRequestSchema } from "@ensemble/proto";
+import {
+  CreateCollectionRequestSchema,
+  GetUsageRequestSchema,
+  type UsageDimension,
+} from "@ensemble/proto";
 import { describe, expect, it } from "vitest";
 import { validateMessage } from "./validation.js";
 
@@ -28,5 +32,21 @@ describe("kit validation", () => {
     const err = validateMessage(GetUsageRequestSchema, usage("0001-01-01", "9999-12-31"));
     expect(err?.code).toBe(Code.InvalidArgument);
     expect(err?.rawMessage).toMatch(/out of the range its rules can check: .*out of range/);
+  });
+
+  it("enums - an unset or unknown enum value names the values the caller may send", () => {
+    const unset = validateMessage(
+      CreateCollectionRequestSchema,
+      create(CreateCollectionRequestSchema, { collection: { id: "c", dimensions: 8 } }),
+    );
+    expect(unset?.rawMessage).toBe(
+      "collection.metric: must be one of DISTANCE_METRIC_COSINE, DISTANCE_METRIC_DOT, DISTANCE_METRIC_L2",
+    );
+    const unknown = validateMessage(GetUsageRequestSchema, {
+      ...usage("2026-11-01", "2026-11-30"),
+      groupBy: [77 as UsageDimension],
+    });
+    expect(unknown?.code).toBe(Code.InvalidArgument);
+    expect(unknown?.rawMessage).toMatch(/^group_by\[0\]: must be one of USAGE_DIMENSION_DAY, /);
   });
 });

@@ -1,8 +1,8 @@
 // Input rules live in the contract (protovalidate annotations); this is the one place that
 // checks them. Bad input is INVALID_ARGUMENT with the field path in the message and the full
 // list of violations as a `buf.validate.Violations` error detail, never an INTERNAL.
-import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { pathToString } from "@bufbuild/protobuf/reflect";
+import type { DescEnum, DescMessage, MessageShape } from "@bufbuild/protobuf";
+import { pathToString, type Path } from "@bufbuild/protobuf/reflect";
 import {
   createValidator,
   RuntimeError,
@@ -17,7 +17,32 @@ const validator = createValidator();
 /** "name: value length must be at least 1 characters" (no rule id: that is for machines). */
 export function describeViolation(violation: Violation): string {
   const path = pathToString(violation.field);
-  return path.length > 0 ? `${path}: ${violation.message}` : violation.message;
+  const message = enumMessage(violation) ?? violation.message;
+  return path.length > 0 ? `${path}: ${message}` : message;
+}
+
+/**
+ * Enum rules name the values a caller may send instead of protovalidate's "must not be in list
+ * [0]" (the contracts' way of saying "required") or "must be one of the defined enum values".
+ */
+function enumMessage(violation: Violation): string | undefined {
+  const unspecified =
+    violation.ruleId === "enum.not_in" && violation.message === "must not be in list [0]";
+  if (!unspecified && violation.ruleId !== "enum.defined_only") return undefined;
+  const values = enumOf(violation.field)?.values.filter((v) => v.number !== 0);
+  if (values === undefined || values.length === 0) return undefined;
+  return `must be one of ${values.map((v) => v.name).join(", ")}`;
+}
+
+/** The enum of the field a path ends at (through list items and map values). */
+function enumOf(path: Path): DescEnum | undefined {
+  for (let i = path.length - 1; i >= 0; i--) {
+    const item = path[i];
+    if (item === undefined) return undefined;
+    if (item.kind === "list_sub" || item.kind === "map_sub") continue;
+    return item.kind === "field" ? item.enum : undefined;
+  }
+  return undefined;
 }
 
 /**
