@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { TimeoutError } from "@nats-io/transport-node";
 import { describe, expect, it } from "vitest";
 import {
   InvalidArgumentError,
@@ -44,5 +45,28 @@ describe("errors", () => {
     expect(err.cause).toBe(secret);
     expect(isUnexpected(err)).toBe(true);
     expect(toConnectError("a string").rawMessage).toBe("internal error");
+  });
+
+  it("errors - MongoDB or NATS not answering is UNAVAILABLE naming which, without the driver's text", () => {
+    const mongo = Object.assign(new Error("connection <monitor> to 10.1.2.3:27017 timed out"), {
+      name: "MongoServerSelectionError",
+    });
+    const fromMongo = toConnectError(mongo);
+    expect([fromMongo.code, fromMongo.rawMessage]).toEqual([
+      Code.Unavailable,
+      "MongoDB is not answering right now; try again shortly",
+    ]);
+    expect(fromMongo.cause).toBe(mongo);
+    expect(isUnexpected(fromMongo)).toBe(false);
+    // A NATS request timeout, also when wrapped by the code that made the request.
+    const wrapped = new Error("could not publish", { cause: new TimeoutError() });
+    const fromNats = toConnectError(wrapped);
+    expect([fromNats.code, fromNats.rawMessage]).toEqual([
+      Code.Unavailable,
+      "NATS is not answering right now; try again shortly",
+    ]);
+    // Other timeouts are not a dependency's (AbortSignal.timeout's DOMException, a plain error).
+    expect(toConnectError(new DOMException("timed out", "TimeoutError")).code).toBe(Code.Internal);
+    expect(toConnectError(new Error("timeout")).code).toBe(Code.Internal);
   });
 });

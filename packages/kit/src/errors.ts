@@ -5,6 +5,14 @@
 // INTERNAL "internal error": its message and stack can hold driver messages, peer addresses or
 // worse, so they go to the log (the caller logs `cause`) and never to the client.
 import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  ClosedConnectionError,
+  ConnectionError,
+  DrainingConnectionError,
+  NoRespondersError,
+  RequestError,
+  TimeoutError,
+} from "@nats-io/transport-node";
 
 export interface ErrorOptions {
   cause?: unknown;
@@ -87,6 +95,8 @@ export const INTERNAL_ERROR_MESSAGE = "internal error";
  * The one mapping from a thrown value to what the client sees.
  * - ConnectError: passed through unchanged (the thrower chose the code and message).
  * - kit domain errors: their code and message (`field` / `retryAfterMs` go into metadata).
+ * - MongoDB or NATS unreachable or not answering in time: UNAVAILABLE naming which (a client
+ *   retries that), with the driver's error kept as `cause` for the log.
  * - anything else: INTERNAL "internal error", with the original kept as `cause` for the log.
  */
 export function toConnectError(err: unknown): ConnectError {
@@ -101,7 +111,49 @@ export function toConnectError(err: unknown): ConnectError {
     }
     return new ConnectError(err.message, err.code, metadata, undefined, err);
   }
+  const dependency = unavailableDependency(err);
+  if (dependency !== undefined) {
+    return new ConnectError(
+      `${dependency} is not answering right now; try again shortly`,
+      Code.Unavailable,
+      undefined,
+      undefined,
+      err,
+    );
+  }
   return new ConnectError(INTERNAL_ERROR_MESSAGE, Code.Internal, undefined, undefined, err);
+}
+
+// The MongoDB driver's errors for "cannot reach or lost the server" (by name: the driver is
+// mongoose's, and a service may hold another copy of it).
+const MONGO_UNREACHABLE = new Set([
+  "MongoServerSelectionError",
+  "MongoNetworkError",
+  "MongoNetworkTimeoutError",
+  "MongoTopologyClosedError",
+  "MongoPoolClearedError",
+  "MongoNotConnectedError",
+]);
+
+/** Which backing service an error says is unreachable or too slow (its cause chain included). */
+export function unavailableDependency(err: unknown): "MongoDB" | "NATS" | undefined {
+  let e: unknown = err;
+  for (let depth = 0; e instanceof Error && depth < 4; depth++, e = e.cause) {
+    if (MONGO_UNREACHABLE.has(e.name)) return "MongoDB";
+    // mongoose queues operations while disconnected and gives up after bufferTimeoutMS.
+    if (e.name === "MongooseError" && /buffering timed out/.test(e.message)) return "MongoDB";
+    if (
+      e instanceof TimeoutError ||
+      e instanceof ClosedConnectionError ||
+      e instanceof ConnectionError ||
+      e instanceof DrainingConnectionError ||
+      e instanceof NoRespondersError ||
+      e instanceof RequestError
+    ) {
+      return "NATS";
+    }
+  }
+  return undefined;
 }
 
 /** True when the error is one we generated for an unknown failure (the caller logs its stack). */

@@ -27,7 +27,7 @@ import * as grpc from "@grpc/grpc-js";
 import { context as otelContext, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { checkAccess, type Principal, type TokenVerifier } from "./auth.js";
 import { loggerKey, principalKey, requestIdKey, runInCall, type CallInfo } from "./context.js";
-import { isUnexpected, toConnectError, UnauthenticatedError } from "./errors.js";
+import { DomainError, isUnexpected, toConnectError, UnauthenticatedError } from "./errors.js";
 import { createHealthImpl, HealthState, ServingStatus } from "./health.js";
 import type { Logger } from "./logger.js";
 import {
@@ -428,7 +428,13 @@ function startCall(
         if (outcome !== undefined && isUnexpected(outcome)) {
           logger.error({ ...fields, err: outcome.cause }, "call failed with an unexpected error");
         } else if (outcome !== undefined && isServerFault(outcome.code)) {
-          logger.warn({ ...fields, error: outcome.rawMessage }, "call failed");
+          // A dependency's own error (the driver's) stays in the log, not in the answer.
+          const foreign =
+            outcome.cause instanceof Error &&
+            !(outcome.cause instanceof ConnectError) &&
+            !(outcome.cause instanceof DomainError);
+          const cause = foreign ? { err: outcome.cause } : {};
+          logger.warn({ ...fields, error: outcome.rawMessage, ...cause }, "call failed");
         } else if (outcome !== undefined) {
           logger.info({ ...fields, error: outcome.rawMessage }, "call finished");
         } else {
