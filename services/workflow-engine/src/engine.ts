@@ -24,6 +24,7 @@ import {
   ensureStream,
   FailedPreconditionError,
   NotFoundError,
+  unavailableDependency,
   type GrpcClient,
   type JetStreamClient,
   type JetStreamManager,
@@ -258,6 +259,8 @@ export class Engine {
   readonly #states = new Map<string, RunState>();
   readonly #known = new Map<string, Known>();
   #stopping = false;
+  /** Failed pulls since the last one that worked (0 = pulling fine). */
+  #pullFailures = 0;
   #consumer: Consumer | undefined;
   readonly #workers: Array<Promise<void>> = [];
   #recoveryTimer: NodeJS.Timeout | undefined;
@@ -343,9 +346,16 @@ export class Engine {
         msg = (await this.#consumer?.next({ expires: 2_000 })) ?? null;
       } catch (err) {
         if (this.#stopping) return;
-        this.#log.warn({ err }, "step consumer pull failed; retrying");
+        // Every worker pulls: an outage is logged once, not by each worker every half second.
+        if (this.#pullFailures++ === 0) {
+          this.#log.warn({ err }, "step consumer pull failed; retrying every 0.5 s");
+        }
         await new Promise((r) => setTimeout(r, 500));
         continue;
+      }
+      if (this.#pullFailures > 0) {
+        this.#log.info({ failedPulls: this.#pullFailures }, "step consumer pulls again");
+        this.#pullFailures = 0;
       }
       if (msg === null) continue;
       const work = this.#handle(msg);
@@ -500,19 +510,31 @@ export class Engine {
     if (plan !== undefined) this.#plans.set(runId, plan);
     this.#d.metrics?.runsStarted.inc({ mode: RunMode[mode] ?? "UNKNOWN" });
     const ref = refOf(doc);
-    await this.#emit(ref, {
-      type: RunEventType.CREATED,
-      payload: {
-        case: "created",
-        value: {
-          inputPreview: spec.input.slice(0, 1000),
-          templateId: doc.templateId,
-          plan: plan !== undefined ? plannedSteps(plan.template) : [],
-          scheduleId: doc.scheduleId,
-          metadata: spec.metadata,
+    try {
+      await this.#emit(ref, {
+        type: RunEventType.CREATED,
+        payload: {
+          case: "created",
+          value: {
+            inputPreview: spec.input.slice(0, 1000),
+            templateId: doc.templateId,
+            plan: plan !== undefined ? plannedSteps(plan.template) : [],
+            scheduleId: doc.scheduleId,
+            metadata: spec.metadata,
+          },
         },
-      },
-    });
+      });
+    } catch (err) {
+      // Not announced, so not accepted: the caller is told it failed (UNAVAILABLE when NATS
+      // does not answer) and may retry, so recovery must not run this one behind its back.
+      await this.#abandon(doc, opts.idempotencyKey).catch((again: unknown) =>
+        this.#log.warn(
+          { err: again, runId },
+          "could not remove a run whose start failed; recovery will run it",
+        ),
+      );
+      throw err;
+    }
     if (plan === undefined) {
       await this.#classifyAndPlan(doc, spec, opts.token);
       return { doc: (await this.#runDoc(p.tenantId, runId)) ?? doc, existing: false };
@@ -520,8 +542,26 @@ export class Engine {
     // A run just inserted has no step documents anywhere yet: nothing to read.
     const state = remember(this.#states, runId, { doc, plan });
     this.#knownOf(runId);
-    await this.#dispatchReady(state);
+    try {
+      await this.#dispatchReady(state);
+    } catch (err) {
+      if (unavailableDependency(err) === undefined) throw err;
+      // Stored and announced: the run is accepted. Recovery queues its ready steps (a claim
+      // without its message included) once NATS or MongoDB answer again.
+      this.#log.warn({ err, runId }, "could not queue a new run's first steps; recovery will");
+    }
     return { doc, existing: false };
+  }
+
+  /** Removes a run that was stored but never announced (and its idempotency key's claim). */
+  async #abandon(doc: RunDoc, idempotencyKey: string): Promise<void> {
+    this.#forgetRun(doc.id);
+    this.#d.publisher.forget(doc.id);
+    await retryBusy(() => this.#d.models.runs.collection.deleteOne({ _id: doc._id as never }));
+    if (idempotencyKey !== "") {
+      const _id = keyKey(doc.tenantId, doc.userId, idempotencyKey);
+      await retryBusy(() => this.#d.models.runKeys.collection.deleteOne({ _id: _id as never }));
+    }
   }
 
   async #priorRun(p: Principal, key: string): Promise<RunDoc | undefined> {

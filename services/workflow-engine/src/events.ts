@@ -159,9 +159,12 @@ export class RunEventPublisher {
       () => this.#publishNow(ref, init),
     );
     this.#chains.set(ref.runId, next);
-    void next.finally(() => {
+    // then(f, f), not finally(f): a failed publish rejects `next` for the caller, and a
+    // finally() chain nobody awaits would reject too (an unhandled rejection ends the process).
+    const release = () => {
       if (this.#chains.get(ref.runId) === next) this.#chains.delete(ref.runId);
-    });
+    };
+    next.then(release, release);
     return next;
   }
 

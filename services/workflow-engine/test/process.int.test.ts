@@ -1,6 +1,8 @@
 // The built engine as a process (what npm start runs), with a bootstrap service credential and
 // the categorizer: AUTO runs are classified and executed; a replica killed with SIGKILL in the
-// middle of a run leaves its step to a restarted replica, and the run completes once.
+// middle of a run leaves its step to a restarted replica, and the run completes once; NATS that
+// stops answering for a while neither kills the engine nor loses or hides a run.
+import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
@@ -12,8 +14,10 @@ import {
   type Run,
 } from "@ensemble/proto";
 import {
+  rejection,
   startAuthProcess,
   startCategorizerProcess,
+  startNats,
   startModelProxyProcess,
   startRegistryProcess,
   startWorkflowProcess,
@@ -155,4 +159,63 @@ describe("workflow process", () => {
       sim.configure("sim-thinking", { latencyMs: 20 });
     }
   });
+
+  it("nats pause - the engine outlives NATS not answering; a run started before completes, one refused during it is not run", async () => {
+    // Its own nats-server, so that pausing it touches nothing else of the suite.
+    const nats = await startNats();
+    const engine = await startWorkflowProcess({
+      jwksUrl: auth.jwksUrl,
+      authAddress: auth.address,
+      registryAddress: registry.address,
+      modelProxyAddress: proxy.address,
+      serviceToken: await auth.mintServiceToken("workflow"),
+      env: { NATS_URL: nats.url, RECOVERY_INTERVAL_MS: "1000" },
+    });
+    engines.push(engine);
+    const natsPid = nats.process.pid;
+    if (natsPid === undefined) throw new Error("nats-server has no pid");
+    sim.configure("sim-thinking", { latencyMs: 1_500 });
+    try {
+      const client = createClient(RunService, engine.address);
+      const model = (name: string) => ({ case: "model" as const, value: { model: name } });
+      const before = await client.startRun(
+        { spec: { input: "before the pause", mode: model("sim-thinking") } },
+        as(token),
+      );
+      process.kill(natsPid, "SIGSTOP");
+      let refused;
+      try {
+        // Stored, but its `created` event cannot be: the caller hears UNAVAILABLE (publish and
+        // its check time out after ~10 s), not INTERNAL, and the run is not left behind.
+        refused = await rejection(
+          client.startRun(
+            { spec: { input: "during the pause", mode: model("sim-fast") } },
+            as(token),
+          ),
+        );
+      } finally {
+        process.kill(natsPid, "SIGCONT");
+      }
+      expect(refused.code).toBe(Code.Unavailable);
+      expect(refused.rawMessage).toMatch(/NATS/);
+      const done = await waitEnd(client, before.run!.id, 60_000);
+      expect(done.status).toBe(RunStatus.COMPLETED);
+      const types: RunEventType[] = [];
+      for await (const item of client.watchRun({ runId: done.id }, as(token))) {
+        if (item.item.case === "event") types.push(item.item.value.type);
+      }
+      expect(types[0]).toBe(RunEventType.CREATED);
+      expect(types.filter((t) => t === RunEventType.STEP_COMPLETED)).toHaveLength(1);
+      expect(types.at(-1)).toBe(RunEventType.COMPLETED);
+      // Recovery (every second here) found no orphan to run: only the first run exists.
+      await new Promise((r) => setTimeout(r, 2_500));
+      const listed = await client.listRuns({}, as(token));
+      expect(listed.runs.map((r) => r.spec?.input)).not.toContain("during the pause");
+      expect(engine.output()).not.toMatch(/triggerUncaughtException|Unhandled/);
+    } finally {
+      sim.configure("sim-thinking", { latencyMs: 20 });
+      await engine.stop();
+      await nats.stop();
+    }
+  }, 120_000);
 });
