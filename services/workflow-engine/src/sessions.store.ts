@@ -7,6 +7,7 @@
 // (not $inc'ed) after each insert: FerretDB's $inc is not atomic under concurrency (store.ts), a
 // recount written last is right.
 import { randomUUID } from "node:crypto";
+import { NotFoundError } from "@ensemble/kit";
 import type { ChatRole, SessionMessageStatus } from "@ensemble/proto";
 import { Schema, type Connection, type Model } from "mongoose";
 
@@ -194,7 +195,9 @@ export class SessionStore {
 
   /**
    * Adds a message and moves the session on: last message, a fresh count, the update time and,
-   * for a session still without a title, the title.
+   * for a session still without a title, the title. When the session was deleted meanwhile (a
+   * reply starting while its session is deleted), the message is removed again and NOT_FOUND
+   * thrown: nothing of a deleted session stays behind.
    */
   async addMessage(o: Owner, doc: MessageDoc, title?: string): Promise<void> {
     await this.#m.messages.collection.insertOne({ ...doc });
@@ -208,10 +211,19 @@ export class SessionStore {
       messageCount: count,
       updateTime: new Date(),
     };
-    await this.#m.sessions.updateOne(
+    const moved = await this.#m.sessions.updateOne(
       { tenantId: o.tenantId, userId: o.userId, id: doc.sessionId },
       { $set: set },
     );
+    if (moved.matchedCount === 0) {
+      await this.#m.messages.deleteOne({
+        tenantId: o.tenantId,
+        userId: o.userId,
+        sessionId: doc.sessionId,
+        id: doc.id,
+      });
+      throw new NotFoundError(`session "${doc.sessionId}" not found (deleted)`);
+    }
     if (title !== undefined && title !== "") {
       await this.#m.sessions.updateOne(
         { tenantId: o.tenantId, userId: o.userId, id: doc.sessionId, title: "" },

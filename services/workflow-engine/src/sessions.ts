@@ -365,7 +365,14 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       throw err;
     }
     const o = owner(a.p);
-    const userMessage = await before();
+    // The session deleted while the reply starts (addMessage: NOT_FOUND): nobody is left to
+    // answer, so the run is cancelled rather than left to run and bill.
+    const dropRun = async (err: unknown): Promise<never> => {
+      deltaSub.unsubscribe();
+      await engine.cancelRun(a.p, runId, "its session was deleted").catch(() => undefined);
+      throw err;
+    };
+    const userMessage = await before().catch(dropRun);
     const now = new Date();
     const questionTime =
       userMessage?.createTime !== undefined
@@ -387,7 +394,7 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       // After the question, even within the same millisecond (GetSession lists oldest first).
       createTime: new Date(Math.max(now.getTime(), questionTime.getTime() + 1)),
     };
-    await store.addMessage(o, reply);
+    await store.addMessage(o, reply).catch(dropRun);
 
     const signal = a.ctx.signal;
     return (async function* () {

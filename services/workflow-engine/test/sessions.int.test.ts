@@ -31,6 +31,7 @@ let sessions: GrpcClient<typeof SessionService>;
 /** The same engine behind a server that has no categorizer configured for sessions. */
 let sessionsNoAuto: GrpcClient<typeof SessionService>;
 let runs: GrpcClient<typeof RunService>;
+let store: SessionStore;
 let modelProxy: GrpcClient<typeof ModelProxyService>;
 /** Admin of tenant A. */
 let userA: string;
@@ -120,8 +121,9 @@ beforeAll(async () => {
     categorizer: true,
     settings: { workerConcurrency: 8, tenantMaxParallel: 8, runTimeoutMs: 60_000 },
   });
+  store = new SessionStore(await openSessionModels(mesh.mongo));
   const base = {
-    sessions: new SessionStore(await openSessionModels(mesh.mongo)),
+    sessions: store,
     registry: mesh.registryClient,
   };
   const address = await mesh.serve({ ...base, autoAvailable: true });
@@ -430,6 +432,32 @@ describe("SessionService", () => {
     );
     // The run stays in the run history.
     expect((await runs.getRun({ runId }, as(token))).run?.sessionId).toBe(s1);
+  });
+
+  it("sessions - a message that lands after its session was deleted is removed again (NOT_FOUND)", async () => {
+    // A reply starting while its session is deleted (the stream then ends NOT_FOUND and its run
+    // is cancelled): nothing of the deleted session may stay stored.
+    const token = userB;
+    const sessionId = await newSession({ model: MODEL }, token, "deleted meanwhile");
+    const me = (await mesh.authClient.getMe({}, as(token))).user;
+    const owner = { tenantId: me?.tenantId ?? "", userId: me?.id ?? "" };
+    await sessions.deleteSession({ sessionId }, as(token));
+    const late = {
+      ...owner,
+      sessionId,
+      id: "msg_late",
+      parentId: "",
+      role: ChatRole.ASSISTANT,
+      content: [],
+      status: SessionMessageStatus.STREAMING,
+      runId: "run_late",
+      model: MODEL,
+      latencyMs: 0,
+      simulated: false,
+      createTime: new Date(),
+    };
+    await expect(store.addMessage(owner, late)).rejects.toThrow(/not found \(deleted\)/);
+    expect(await store.messages(owner, sessionId)).toEqual([]);
   });
 
   it("sessions - bad input is INVALID_ARGUMENT, an unknown parent NOT_FOUND", async () => {
