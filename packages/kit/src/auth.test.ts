@@ -217,7 +217,9 @@ describe("auth verifier", () => {
 
   it("auth - a verified token is reused until it expires, then is refused as expired", async () => {
     const verifier = createJwksVerifier({ jwksUrl, clockToleranceSec: 0 });
-    const exp = Math.floor(Date.now() / 1000) + 1;
+    // At least a full second of life: with "+ 1" a token minted at x.999 s was already expired
+    // by the first verify (seen once on CI).
+    const exp = Math.floor(Date.now() / 1000) + 2;
     const token = await mint({ expiresIn: exp });
     const first = await verifier.verify(token);
     // A caller changing its principal must not change what the next call with the token gets.
