@@ -111,6 +111,19 @@ describe("template validation", () => {
     ]);
   });
 
+  it("template validation - a variable left unclosed is refused, not sent to the model as text", () => {
+    expect(messages(template([llm("a", { prompt: "Summarise {{input" })]))).toEqual([
+      'template.steps[0].prompt: "{{input" opens a variable that is never closed with }}',
+    ]);
+    expect(messages(template([llm("a", { system: "Be brief. {{input}" })]))).toEqual([
+      'template.steps[0].system: "{{input}" opens a variable that is never closed with }}',
+    ]);
+    // Closed placeholders, single braces and a lone "}}" are fine.
+    expect(messages(template([llm("a", { prompt: '{{ input }} as JSON: {"a": 1} }}' })]))).toEqual(
+      [],
+    );
+  });
+
   it("template validation - output vars may not shadow inputs", () => {
     expect(messages(template([llm("a", { outputVar: "audience" })]))).toEqual([
       'template.steps[0].output_var: "audience" is already the name of an input',

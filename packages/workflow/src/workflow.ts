@@ -221,6 +221,13 @@ function checkVariables(
       `unknown variable ${shown} (use {{input}}, {{vars.<name>}} or {{steps.<id>.output}})`,
     );
   }
+  // A "{{" left once the placeholders are taken out was meant as one ("{{input}" or "{{input"):
+  // as literal text it would reach the model unreplaced.
+  const rest = text.replace(VARIABLE, "");
+  const open = rest.indexOf("{{");
+  if (open >= 0) {
+    problems.push(`"${rest.slice(open, open + 24)}" opens a variable that is never closed with }}`);
+  }
   return problems;
 }
 
