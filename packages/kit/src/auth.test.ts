@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { Access } from "@ensemble/proto";
+import { thrown } from "@ensemble/testkit";
 import {
   exportJWK,
   exportSPKI,
@@ -89,15 +90,7 @@ afterAll(async () => {
   await new Promise((r) => jwksServer.close(r));
 });
 
-async function failureOf(p: Promise<unknown>): Promise<UnauthenticatedError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(UnauthenticatedError);
-    return err as UnauthenticatedError;
-  }
-  throw new Error("expected verification to fail");
-}
+const failureOf = (p: Promise<unknown>) => thrown(p, UnauthenticatedError);
 
 describe("auth verifier", () => {
   const cases: Array<{ name: string; token: () => Promise<string>; reason: string }> = [

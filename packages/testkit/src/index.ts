@@ -13,7 +13,7 @@ export {
   type RelativeTime,
 } from "./issuer.js";
 export { captureLogs, type CapturedLogs, type LogLine } from "./logs.js";
-export { rejection } from "./rejection.js";
+export { collect, rejection, thrown } from "./rejection.js";
 export { signUpTwoTenants, TEST_PASSWORD, type SignupClient, type TwoTenants } from "./tenants.js";
 export {
   repoRoot,

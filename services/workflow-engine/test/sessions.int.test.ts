@@ -19,7 +19,7 @@ import {
   type RunEvent,
   type SessionMessage,
 } from "@ensemble/proto";
-import { rejection } from "@ensemble/testkit";
+import { collect, rejection } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSessionModels, SessionStore } from "../src/sessions.store.js";
 import { PASSWORD, startEngineMesh, type EngineMesh } from "./engine-mesh.js";
@@ -41,12 +41,6 @@ let userA2: string;
 let userB: string;
 
 const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-
-async function drain<T>(stream: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const item of stream) out.push(item);
-  return out;
-}
 
 interface Reply {
   user?: SessionMessage;
@@ -77,11 +71,11 @@ function reply(items: Array<{ item: { case: string | undefined; value?: unknown 
 type SendInit = Parameters<GrpcClient<typeof SessionService>["sendMessage"]>[0];
 
 async function send(req: SendInit, token = userA): Promise<Reply> {
-  return reply(await drain(sessions.sendMessage(req, as(token))));
+  return reply(await collect(sessions.sendMessage(req, as(token))));
 }
 
 async function regenerate(sessionId: string, messageId: string, token = userA): Promise<Reply> {
-  return reply(await drain(sessions.regenerate({ sessionId, messageId }, as(token))));
+  return reply(await collect(sessions.regenerate({ sessionId, messageId }, as(token))));
 }
 
 async function newSession(
@@ -347,7 +341,7 @@ describe("SessionService", () => {
     for (const model of ["", "auto"]) {
       const res = await sessionsNoAuto.createSession({ settings: { model } }, as(userA));
       const r = reply(
-        await drain(
+        await collect(
           sessionsNoAuto.sendMessage(
             { sessionId: res.session!.id, text: "Which model are you?" },
             as(userA),

@@ -13,6 +13,7 @@ import {
   type ChatRequest,
 } from "@ensemble/proto";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { collect, thrown } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createAnthropicClient } from "./anthropic.js";
 import { createGoogleClient } from "./google.js";
@@ -85,25 +86,16 @@ function messageText(m: ChatMessage): string {
   return m.content.map((p) => (p.part.case === "text" ? p.part.value : "")).join("");
 }
 
-async function collect(
+function streamed(
   client: ProviderClient,
   model: string,
   req: ChatRequest,
   signal: AbortSignal,
 ): Promise<ChatChunk[]> {
-  const out: ChatChunk[] = [];
-  for await (const c of client.streamChat({ model, request: req, signal })) out.push(c);
-  return out;
+  return collect(client.streamChat({ model, request: req, signal }));
 }
 
-async function failure(p: Promise<unknown>): Promise<ProviderError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ProviderError);
-  return err as ProviderError;
-}
+const failure = (p: Promise<unknown>) => thrown(p, ProviderError);
 
 const never = (): AbortSignal => new AbortController().signal;
 
@@ -150,7 +142,7 @@ describe.each([ANTHROPIC, GOOGLE])("$api adapter", (adapter) => {
   it("streamChat yields deltas that add up to the answer, then one end with usage", async () => {
     const client = adapter.createClient(deployment(adapter));
     const unary = await client.chat({ model: "sim-medium", request: ask, signal: never() });
-    const chunks = await collect(client, "sim-medium", ask, never());
+    const chunks = await streamed(client, "sim-medium", ask, never());
     const deltas = chunks.filter((c) => c.type === "delta");
     expect(deltas.length).toBeGreaterThan(3);
     expect(deltas.map((c) => c.content).join("")).toBe(messageText(unary.message));
@@ -215,7 +207,7 @@ describe.each([ANTHROPIC, GOOGLE])("$api adapter", (adapter) => {
     const id = res.message.toolCalls[0]?.id ?? "";
     expect(id).not.toBe("");
 
-    const chunks = await collect(client, "sim-fast", req, never());
+    const chunks = await streamed(client, "sim-fast", req, never());
     const calls = chunks.flatMap((c) => (c.type === "delta" ? c.toolCalls : []));
     expect(calls[0]).toMatchObject({ index: 0, id, name: "lookup" });
     expect(calls.map((c) => c.arguments).join("")).toBe("{}");
@@ -270,7 +262,7 @@ describe.each([ANTHROPIC, GOOGLE])("$api adapter", (adapter) => {
       const err = await failure(failing.chat({ model: "sim-fast", request: ask, signal: never() }));
       expect(sim.requests("sim-fast")).toBe(beforeFail + 1);
       expect([err.kind, err.status, err.deploymentFault]).toEqual(["server", status, true]);
-      const streamErr = await failure(collect(failing, "sim-fast", ask, never()));
+      const streamErr = await failure(streamed(failing, "sim-fast", ask, never()));
       expect(streamErr.kind).toBe("server");
     }
   });
@@ -306,7 +298,7 @@ describe.each([ANTHROPIC, GOOGLE])("$api adapter", (adapter) => {
     const stalling = adapter.createClient(
       deployment(adapter, { timeoutMs: 200, headers: { "x-sim-tokens-per-second": "4" } }),
     );
-    expect((await failure(collect(stalling, "sim-fast", ask, never()))).kind).toBe("timeout");
+    expect((await failure(streamed(stalling, "sim-fast", ask, never()))).kind).toBe("timeout");
 
     const ac = new AbortController();
     const reason = new Error("caller went away");
@@ -324,7 +316,7 @@ describe.each([ANTHROPIC, GOOGLE])("$api adapter", (adapter) => {
     expect(err.message).toContain("[redacted]");
     expect(err.message).not.toContain(adapter.key);
     expect(String(err)).not.toContain(adapter.key);
-    const streamErr = await failure(collect(client, "sim-fast", ask, never()));
+    const streamErr = await failure(streamed(client, "sim-fast", ask, never()));
     expect(streamErr.message).not.toContain(adapter.key);
   });
 

@@ -2,9 +2,10 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { ChatRequestSchema, ChatRole, FinishReason, type ChatRequest } from "@ensemble/proto";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { collect, thrown } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOpenAiClient } from "./openai.js";
-import { ProviderError, type ChatChunk, type Deployment } from "./types.js";
+import { ProviderError, type Deployment } from "./types.js";
 
 const KEY = "sk-openai-test-1a2b3c4d5e";
 let sim: Simulator;
@@ -41,20 +42,7 @@ function ask(text: string, over: MessageInitShape<typeof ChatRequestSchema> = {}
   });
 }
 
-async function failure(p: Promise<unknown>): Promise<ProviderError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ProviderError);
-  return err as ProviderError;
-}
-
-async function drain(it: AsyncIterable<ChatChunk>): Promise<ChatChunk[]> {
-  const out: ChatChunk[] = [];
-  for await (const c of it) out.push(c);
-  return out;
-}
+const failure = (p: Promise<unknown>) => thrown(p, ProviderError);
 
 const signal = (): AbortSignal => new AbortController().signal;
 
@@ -77,7 +65,7 @@ describe("openai adapter", () => {
 
   it("streamChat - deltas, then one end carrying usage; max_tokens ends with LENGTH", async () => {
     const client = createOpenAiClient(deployment());
-    const chunks = await drain(
+    const chunks = await collect(
       client.streamChat({
         model: "sim-fast",
         request: ask("Tell me a story", { maxTokens: 5 }),
@@ -105,7 +93,7 @@ describe("openai adapter", () => {
       ).kind,
     ).toBe("server");
     const cut = await failure(
-      drain(
+      collect(
         headers("cut").streamChat({
           model: "sim-fast",
           request: ask("a long answer please"),
