@@ -18,11 +18,11 @@ import {
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
-  checkAccess,
   codeLabel,
   createClient,
   isUnexpected,
   toConnectError,
+  UnauthenticatedError,
   type GrpcClient,
   type Logger,
   type Metrics,
@@ -180,8 +180,7 @@ export function build(deps: GatewayDeps): Gateway {
       }
       if (access === Access.PUBLIC) return;
       const caller = await authenticator.authenticate(ctx.requestHeader);
-      checkAccess(access, caller?.principal);
-      if (caller === undefined) return; // unreachable: checkAccess refused
+      if (caller === undefined) throw new UnauthenticatedError("missing access token");
       const kind =
         access === Access.ADMIN
           ? "admin"
