@@ -4,21 +4,49 @@
 // then `timeoutMs` between events, so a long answer may run on but a stalled one fails.
 import type { Deployment } from "./types.js";
 
+/**
+ * A signal that aborts when `caller` does, until dispose(). Hand this, not the caller's signal,
+ * to an SDK: the SDKs add an abort listener to the signal they are given and never remove it,
+ * so every attempt would leave one on the call's signal, and the kit's abort at the end of each
+ * call would then run them all (each making an AbortError with a stack: ~2 % of model-proxy's
+ * CPU at 500 req/s, measured).
+ */
+export class LinkedSignal {
+  readonly #ac = new AbortController();
+  readonly #onAbort = (): void => this.#ac.abort(this.caller.reason);
+
+  constructor(readonly caller: AbortSignal) {
+    if (caller.aborted) this.#ac.abort(caller.reason);
+    else caller.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.#ac.signal;
+  }
+
+  /** Aborts the linked signal only (e.g. the time ran out). */
+  abort(reason: unknown): void {
+    this.#ac.abort(reason);
+  }
+
+  dispose(): void {
+    this.caller.removeEventListener("abort", this.#onAbort);
+  }
+}
+
 export class Deadline {
   /** Aborts when the caller aborts or the time runs out; hand it to the SDK. */
   readonly signal: AbortSignal;
   #timedOut = false;
   #timer: NodeJS.Timeout | undefined;
-  readonly #ac = new AbortController();
-  readonly #onAbort = (): void => this.#ac.abort(this.caller.reason);
+  readonly #link: LinkedSignal;
 
   constructor(
     readonly caller: AbortSignal,
     readonly ms: number,
   ) {
-    this.signal = this.#ac.signal;
-    if (caller.aborted) this.#ac.abort(caller.reason);
-    else caller.addEventListener("abort", this.#onAbort, { once: true });
+    this.#link = new LinkedSignal(caller);
+    this.signal = this.#link.signal;
     this.touch();
   }
 
@@ -32,13 +60,13 @@ export class Deadline {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.#timedOut = true;
-      this.#ac.abort(new Error(`no answer within ${this.ms} ms`));
+      this.#link.abort(new Error(`no answer within ${this.ms} ms`));
     }, this.ms);
   }
 
   dispose(): void {
     clearTimeout(this.#timer);
-    this.caller.removeEventListener("abort", this.#onAbort);
+    this.#link.dispose();
   }
 }
 

@@ -3,6 +3,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { ChatRequestSchema, ChatRole, FinishReason, type ChatRequest } from "@ensemble/proto";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { collect, thrown } from "@ensemble/testkit";
+import { getEventListeners } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOpenAiClient } from "./openai.js";
 import { ProviderError, type Deployment } from "./types.js";
@@ -154,5 +155,32 @@ describe("openai adapter", () => {
     });
     expect(img.images).toHaveLength(2);
     expect(Buffer.from(img.images[0]!.data.subarray(1, 4)).toString()).toBe("PNG");
+  });
+
+  it("leaves no listener on the caller's signal, and the caller's abort still ends a call", async () => {
+    // The SDK never removes the listener it adds; left on the call's signal, each would run
+    // (and make an AbortError) when the call ends.
+    const client = createOpenAiClient(deployment());
+    const ac = new AbortController();
+    const listeners = () => getEventListeners(ac.signal, "abort").length;
+    await client.chat({ model: "sim-fast", request: ask("hi"), signal: ac.signal });
+    await client.embed({ model: "sim-embed", inputs: ["a"], signal: ac.signal });
+    await client.generateImage({
+      model: "sim-image",
+      prompt: "a dot",
+      n: 1,
+      size: "32x32",
+      quality: "",
+      format: 0,
+      signal: ac.signal,
+    });
+    await collect(client.streamChat({ model: "sim-fast", request: ask("hi"), signal: ac.signal }));
+    expect(listeners()).toBe(0);
+
+    const slow = createOpenAiClient(deployment({ headers: { "x-sim-latency-ms": "5000" } }));
+    const reason = new Error("caller left");
+    const pending = slow.chat({ model: "sim-fast", request: ask("hi"), signal: ac.signal });
+    setTimeout(() => ac.abort(reason), 50);
+    expect(await pending.catch((err: unknown) => err)).toBe(reason);
   });
 });

@@ -23,7 +23,7 @@ import type {
   ChatCompletionMessageParam,
   ChatCompletionToolChoiceOption,
 } from "openai/resources/chat/completions";
-import { Deadline, redact } from "./deadline.js";
+import { Deadline, LinkedSignal, redact } from "./deadline.js";
 import { pooledFetch } from "./http.js";
 import {
   kindOfStatus,
@@ -57,10 +57,10 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
 
   return {
     async chat(call: ChatCall): Promise<ChatResult> {
-      const completion = await guard(d, call.signal, () =>
+      const completion = await guard(d, call.signal, (signal) =>
         client.chat.completions.create(
           { ...chatParams(call.model, call.request, native), stream: false },
-          { signal: call.signal },
+          { signal },
         ),
       );
       const choice = completion.choices[0];
@@ -160,14 +160,14 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
     },
 
     async embed(call: EmbedCall): Promise<EmbedResult> {
-      const res = await guard(d, call.signal, () =>
+      const res = await guard(d, call.signal, (signal) =>
         client.embeddings.create(
           {
             model: call.model,
             input: call.inputs,
             ...(call.dimensions !== undefined ? { dimensions: call.dimensions } : {}),
           },
-          { signal: call.signal },
+          { signal },
         ),
       );
       const vectors: number[][] = new Array<number[]>(call.inputs.length);
@@ -180,7 +180,7 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
 
     async generateImage(call: ImageCall): Promise<ImageResult> {
       const dalle = call.model.startsWith("dall-e");
-      const res = await guard(d, call.signal, () =>
+      const res = await guard(d, call.signal, (signal) =>
         client.images.generate(
           {
             model: call.model,
@@ -194,7 +194,7 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
               ? { output_format: formatName(call.format) }
               : {}),
           },
-          { signal: call.signal },
+          { signal },
         ),
       );
       const images = await Promise.all(
@@ -246,12 +246,22 @@ async function download(
   };
 }
 
-/** Runs one SDK call, turning any failure into a ProviderError (or the caller's abort). */
-async function guard<T>(d: Deployment, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs one SDK call on a signal linked to the caller's (see LinkedSignal), turning any failure
+ * into a ProviderError (or the caller's abort).
+ */
+async function guard<T>(
+  d: Deployment,
+  caller: AbortSignal,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const link = new LinkedSignal(caller);
   try {
-    return await fn();
+    return await fn(link.signal);
   } catch (err) {
-    throw classify(d, err, signal, false);
+    throw classify(d, err, caller, false);
+  } finally {
+    link.dispose();
   }
 }
 
