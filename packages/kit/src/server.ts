@@ -41,7 +41,7 @@ import {
 import { codeLabel, type Metrics } from "./metrics.js";
 import { addReflection } from "./reflection.js";
 import { extractTraceContext } from "./tracing.js";
-import { validateMessage } from "./validation.js";
+import { prepareValidation, validateMessage } from "./validation.js";
 
 export interface ServiceRegistration {
   service: DescService;
@@ -183,6 +183,7 @@ function addService(
     if (fn === undefined) continue; // unimplemented: grpc-js answers UNIMPLEMENTED
     if (typeof fn !== "function")
       throw new Error(`${desc.typeName}.${method.name}: implementation is not a function`);
+    prepareValidation(method.input);
     const binding: MethodBinding = {
       service: desc,
       method,

@@ -1,5 +1,16 @@
-import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { create, createFileRegistry, setExtension } from "@bufbuild/protobuf";
+import {
+  FieldDescriptorProto_Label,
+  FieldDescriptorProto_Type,
+  FieldOptionsSchema,
+  FileDescriptorProtoSchema,
+  timestampFromDate,
+} from "@bufbuild/protobuf/wkt";
+import {
+  field,
+  FieldRulesSchema,
+  file_buf_validate_validate,
+} from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { Code } from "@connectrpc/connect";
 import {
   CreateCollectionRequestSchema,
@@ -7,7 +18,40 @@ import {
   type UsageDimension,
 } from "@ensemble/proto";
 import { describe, expect, it } from "vitest";
-import { validateMessage } from "./validation.js";
+import { prepareValidation, validateMessage } from "./validation.js";
+
+/** A message type whose one field carries the CEL rule `expression`. */
+function typeWithRule(expression: string) {
+  const options = create(FieldOptionsSchema);
+  setExtension(options, field, create(FieldRulesSchema, { cel: [{ id: "r", expression }] }));
+  const file = create(FileDescriptorProtoSchema, {
+    name: "rule_test.proto",
+    package: "ruletest",
+    syntax: "proto3",
+    dependency: ["buf/validate/validate.proto"],
+    messageType: [
+      {
+        name: "Probe",
+        field: [
+          {
+            name: "text",
+            jsonName: "text",
+            number: 1,
+            type: FieldDescriptorProto_Type.STRING,
+            label: FieldDescriptorProto_Label.OPTIONAL,
+            options,
+          },
+        ],
+      },
+    ],
+  });
+  const registry = createFileRegistry(file, (name) =>
+    name === "buf/validate/validate.proto" ? file_buf_validate_validate : undefined,
+  );
+  const schema = registry.getMessage("ruletest.Probe");
+  if (schema === undefined) throw new Error("no ruletest.Probe");
+  return schema;
+}
 
 const usage = (start: string, end: string) =>
   create(GetUsageRequestSchema, {
@@ -16,6 +60,19 @@ const usage = (start: string, end: string) =>
   });
 
 describe("kit validation", () => {
+  it("prepare - rules are compiled before the first request; rules that do not compile stop the start", () => {
+    const good = typeWithRule("this.size() < 5 ? '' : 'too long'");
+    prepareValidation(good);
+    const tooLong = validateMessage(good, create(good, { text: "abcdefgh" }));
+    expect(tooLong?.code).toBe(Code.InvalidArgument);
+    expect(tooLong?.rawMessage).toBe("text: too long");
+
+    const broken = typeWithRule("this.size( <");
+    expect(() => prepareValidation(broken)).toThrow(
+      "the contract rules of ruletest.Probe do not compile",
+    );
+  });
+
   it("cel - a message rule that holds passes, one that fails names its message", () => {
     expect(validateMessage(GetUsageRequestSchema, usage("2026-11-01", "2026-11-30"))).toBe(
       undefined,
