@@ -193,7 +193,6 @@ export interface RetryOptions {
   maxDelayMs?: number;
   /** Called after a failed attempt that will be retried. */
   onRetry?: (err: unknown, attempt: number, delayMs: number) => void;
-  signal?: AbortSignal;
 }
 
 /** Retries fn with exponential backoff and full jitter; rethrows the last error. */
@@ -206,7 +205,6 @@ export async function retryWithBackoff<T>(
   const max = opts.maxDelayMs ?? 5_000;
   let lastError: unknown;
   for (let attempt = 1; attempt <= attempts; attempt++) {
-    opts.signal?.throwIfAborted();
     try {
       return await fn(attempt);
     } catch (err) {
@@ -216,17 +214,7 @@ export async function retryWithBackoff<T>(
       // Jitter keeps a fleet of replicas from retrying in lock-step.
       const delayMs = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
       opts.onRetry?.(err, attempt, delayMs);
-      await new Promise<void>((resolve, reject) => {
-        const t = setTimeout(resolve, delayMs);
-        opts.signal?.addEventListener(
-          "abort",
-          () => {
-            clearTimeout(t);
-            reject(opts.signal?.reason as Error);
-          },
-          { once: true },
-        );
-      });
+      await new Promise<void>((resolve) => setTimeout(resolve, delayMs));
     }
   }
   throw lastError;
