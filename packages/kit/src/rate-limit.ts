@@ -125,11 +125,10 @@ class KvRateLimiter implements RateLimiter {
     const need = Math.ceil(cost);
     if (!(need > 0)) return { ok: true };
     if (need > this.#burst) return tooLarge();
-    const id = kvKey(key);
     for (let round = 0; round < 3; round++) {
       const now = this.#now();
-      if (now < this.#kvDownUntil) return this.#fallback.take(id, need);
-      const state = this.#state(id, now);
+      if (now < this.#kvDownUntil) return this.#fallback.take(key, need);
+      const state = this.#state(key, now);
       const held = now < state.leaseExpiresAt ? state.tokens : 0;
       if (held >= need) {
         state.tokens -= need;
@@ -141,7 +140,7 @@ class KvRateLimiter implements RateLimiter {
       // One lease request per key at a time; concurrent calls wait for it and try again.
       state.waiting += need;
       try {
-        state.pending ??= this.#acquire(id, state, need - held).finally(
+        state.pending ??= this.#acquire(key, state, need - held).finally(
           () => (state.pending = undefined),
         );
         await state.pending;
@@ -150,12 +149,13 @@ class KvRateLimiter implements RateLimiter {
       }
     }
     const now = this.#now();
-    const state = this.#state(id, now);
+    const state = this.#state(key, now);
     return { ok: false, reason: "rate", retryAfterMs: Math.max(1, state.refusedUntil - now) };
   }
 
-  #state(id: string, now: number): LocalState {
-    let state = this.#local.get(id);
+  /** Per caller key as given (local memory); only the shared KV sees the hashed key. */
+  #state(key: string, now: number): LocalState {
+    let state = this.#local.get(key);
     if (state === undefined) {
       if (this.#local.size >= MAX_LOCAL_ENTRIES) this.#evict(now);
       state = {
@@ -167,7 +167,7 @@ class KvRateLimiter implements RateLimiter {
         waiting: 0,
         lastUsed: now,
       };
-      this.#local.set(id, state);
+      this.#local.set(key, state);
     }
     state.lastUsed = now;
     return state;
@@ -190,7 +190,8 @@ class KvRateLimiter implements RateLimiter {
    * one replica then costs one round trip rather than one each (and is not refused for lack
    * of rounds while the global bucket still has tokens).
    */
-  async #acquire(id: string, state: LocalState, missing: number): Promise<void> {
+  async #acquire(key: string, state: LocalState, missing: number): Promise<void> {
+    const id = kvKey(key);
     try {
       for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
         this.#kvOps += 1;
