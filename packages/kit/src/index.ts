@@ -11,5 +11,6 @@ export * from "./client.js";
 export * from "./config.js";
 export * from "./nats.js";
 export * from "./rate-limit.js";
+export * from "./cache.js";
 export * from "./mongo.js";
 export * from "./lifecycle.js";

@@ -3,7 +3,7 @@
 // registry with the caller's own token (so tenant models and visibility apply) and reused per
 // tenant for a short TTL, so a warm Classify makes no registry round trip.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { UnavailableError, type GrpcClient } from "@ensemble/kit";
+import { TtlCache, UnavailableError, type GrpcClient } from "@ensemble/kit";
 import { ModelRole, type Model, type RegistryService } from "@ensemble/proto";
 
 export interface CatalogOptions {
@@ -23,32 +23,6 @@ export const ALIAS_ROLE: Record<string, ModelRole> = {
   video: ModelRole.VIDEO_GENERATION,
   embedding: ModelRole.EMBEDDING,
 };
-
-const MAX_ENTRIES = 20_000;
-
-class TtlCache<V> {
-  readonly #entries = new Map<string, { value: Promise<V>; expiresAt: number }>();
-  constructor(
-    private readonly ttlMs: number,
-    private readonly now: () => number,
-  ) {}
-
-  get(key: string, load: () => Promise<V>): Promise<V> {
-    const now = this.now();
-    let entry = this.#entries.get(key);
-    if (entry === undefined || entry.expiresAt <= now) {
-      entry = { value: load(), expiresAt: now + this.ttlMs };
-      if (this.#entries.size >= MAX_ENTRIES) this.#entries.clear();
-      this.#entries.set(key, entry);
-      const current = entry;
-      // A failed lookup is not cached.
-      current.value.catch(() => {
-        if (this.#entries.get(key) === current) this.#entries.delete(key);
-      });
-    }
-    return entry.value;
-  }
-}
 
 function auth(token: string) {
   return { headers: { authorization: `Bearer ${token}` }, timeoutMs: 5_000 };
@@ -72,9 +46,9 @@ export class ModelCatalog {
   constructor(registry: GrpcClient<typeof RegistryService>, opts: CatalogOptions) {
     const now = opts.now ?? Date.now;
     this.#registry = registry;
-    this.#models = new TtlCache(opts.ttlMs, now);
-    this.#roles = new TtlCache(opts.ttlMs, now);
-    this.#templates = new TtlCache(opts.ttlMs, now);
+    this.#models = new TtlCache({ ttlMs: opts.ttlMs, now });
+    this.#roles = new TtlCache({ ttlMs: opts.ttlMs, now });
+    this.#templates = new TtlCache({ ttlMs: opts.ttlMs, now });
   }
 
   /** The tenant's model by id or alias; undefined when the catalog has none. */

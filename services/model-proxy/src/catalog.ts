@@ -6,6 +6,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  TtlCache,
   UnavailableError,
   type GrpcClient,
 } from "@ensemble/kit";
@@ -16,23 +17,13 @@ export interface CatalogOptions {
   now?: () => number;
 }
 
-interface Entry {
-  model: Promise<Model>;
-  expiresAt: number;
-}
-
-const MAX_ENTRIES = 20_000;
-
 export class Catalog {
   readonly #registry: GrpcClient<typeof RegistryService>;
-  readonly #ttlMs: number;
-  readonly #now: () => number;
-  readonly #entries = new Map<string, Entry>();
+  readonly #models: TtlCache<Model>;
 
   constructor(registry: GrpcClient<typeof RegistryService>, opts: CatalogOptions) {
     this.#registry = registry;
-    this.#ttlMs = opts.ttlMs;
-    this.#now = opts.now ?? Date.now;
+    this.#models = new TtlCache(opts);
   }
 
   /**
@@ -46,19 +37,9 @@ export class Catalog {
         { field: "model" },
       );
     }
-    const key = `${tenantId}\u0000${name}`;
-    const now = this.#now();
-    let entry = this.#entries.get(key);
-    if (entry === undefined || entry.expiresAt <= now) {
-      entry = { model: this.#fetch(name, token), expiresAt: now + this.#ttlMs };
-      if (this.#entries.size >= MAX_ENTRIES) this.#entries.clear();
-      this.#entries.set(key, entry);
-      // A failed lookup is not cached.
-      entry.model.catch(() => {
-        if (this.#entries.get(key) === entry) this.#entries.delete(key);
-      });
-    }
-    const model = await entry.model;
+    const model = await this.#models.get(`${tenantId}\u0000${name}`, () =>
+      this.#fetch(name, token),
+    );
     if (!model.enabled)
       throw new FailedPreconditionError(`model ${model.id} is disabled in the catalog`);
     return model;
