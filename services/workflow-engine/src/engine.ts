@@ -66,6 +66,7 @@ import type { FailureExplainer } from "./explainer.js";
 import type { PluginInvoker } from "./plugins.js";
 import { subjectToken, type EventInit, type RunEventPublisher, type RunRef } from "./events.js";
 import {
+  catalogCache,
   decodePlan,
   encodePlan,
   planFor,
@@ -73,6 +74,7 @@ import {
   plannedSteps,
   responseFormatOf,
   type Plan,
+  type PlanDeps,
 } from "./plan.js";
 import {
   byId,
@@ -123,7 +125,7 @@ export interface EngineDeps {
   jsm: JetStreamManager;
   publisher: RunEventPublisher;
   logger: Logger;
-  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
+  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon" | "getModel">;
   modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
   /** Plugin steps (registry lookup + Invoke); none = they fail with FAILED_PRECONDITION. */
   plugins?: PluginInvoker | undefined;
@@ -256,6 +258,7 @@ export class Engine {
   readonly #tenantBusy = new Map<string, number>();
   readonly #tenantWaiters = new Map<string, Array<() => void>>();
   readonly #plans = new Map<string, Plan>();
+  readonly #planDeps: PlanDeps;
   readonly #states = new Map<string, RunState>();
   readonly #known = new Map<string, Known>();
   #stopping = false;
@@ -270,6 +273,7 @@ export class Engine {
   constructor(deps: EngineDeps) {
     this.#d = deps;
     this.#log = deps.logger.child({ component: "engine" });
+    this.#planDeps = { registry: deps.registry, catalog: catalogCache() };
   }
 
   get #s(): EngineSettings {
@@ -454,7 +458,10 @@ export class Engine {
       );
     }
     // Plan first: a bad spec fails the call and never becomes a run.
-    const plan = mode === RunMode.AUTO ? undefined : await planFor(spec, opts.token, this.#d);
+    const plan =
+      mode === RunMode.AUTO
+        ? undefined
+        : await planFor(spec, { token: opts.token, tenantId: p.tenantId }, this.#planDeps);
     const runId = opts.runId ?? newRunId();
     if (opts.idempotencyKey !== "") {
       const won = await claim(this.#d.models.runKeys, {
@@ -599,7 +606,7 @@ export class Engine {
       if (res.classification === undefined)
         throw new ConnectError("no classification", Code.Internal);
       classification = res.classification;
-      plan = await planFor(spec, token, this.#d, classification);
+      plan = await planFor(spec, { token, tenantId: doc.tenantId }, this.#planDeps, classification);
     } catch (err) {
       await this.#finishRun(ref, RunStatus.FAILED, { error: runErrorOf(err, "") });
       return;

@@ -7,6 +7,7 @@ import {
   InvalidArgumentError,
   FailedPreconditionError,
   NotFoundError,
+  TtlCache,
   type GrpcClient,
 } from "@ensemble/kit";
 import {
@@ -15,6 +16,7 @@ import {
   StepKind,
   WorkflowTemplateSchema,
   type Classification,
+  type Model,
   type PlannedStep,
   type RankingPolicy,
   type RegistryService,
@@ -142,7 +144,22 @@ export function compareTemplate(
 }
 
 export interface PlanDeps {
-  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
+  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon" | "getModel">;
+  /** The catalog's answer per tenant and model name, reused for a moment (see checkModels). */
+  catalog: TtlCache<Model | undefined>;
+}
+
+/** Who is planning: registry reads use the token; catalog answers are kept per tenant. */
+export interface Planner {
+  token: string;
+  tenantId: string;
+}
+
+/** How long a catalog answer is reused by the model check. */
+export const CATALOG_TTL_MS = 5_000;
+
+export function catalogCache(): TtlCache<Model | undefined> {
+  return new TtlCache({ ttlMs: CATALOG_TTL_MS });
 }
 
 function bearer(token: string) {
@@ -160,10 +177,14 @@ function invalid(issues: Array<{ message: string }>): InvalidArgumentError {
  */
 export async function planFor(
   spec: RunSpec,
-  token: string,
+  caller: Planner,
   deps: PlanDeps,
   route?: Classification,
 ): Promise<Plan> {
+  const token = caller.token;
+  /** Where the caller wrote a step's model field (undefined: a stored template's, or a route's). */
+  let locate: (step: number, field: string) => string | undefined = () => undefined;
+  let checked = true;
   const extras: PlanExtras = { vars: {}, addonTexts: {}, rankBy: [], winnerIsOutput: false };
   let template: WorkflowTemplate;
   const mode = spec.mode;
@@ -172,11 +193,13 @@ export async function planFor(
     switch (target?.case) {
       case "model":
         template = modelTemplate(target.value, {});
+        checked = false; // the categorizer checked its routes' models when they were saved
         break;
       case "compare":
         template = compareTemplate(target.value.models, target.value.ranking, {});
         extras.rankBy = target.value.ranking?.by ?? [];
         extras.winnerIsOutput = true;
+        checked = false;
         break;
       case "templateId":
         template = await fetchTemplate(target.value, 0, token, deps);
@@ -190,6 +213,7 @@ export async function planFor(
       temperature: mode.value.temperature,
       maxTokens: mode.value.maxTokens,
     });
+    locate = () => "spec.model.model";
     if (mode.value.responseFormat !== undefined) {
       extras.responseFormat = Buffer.from(
         toBinary(ResponseFormatSchema, mode.value.responseFormat),
@@ -202,12 +226,15 @@ export async function planFor(
     });
     extras.rankBy = mode.value.ranking?.by ?? [];
     extras.winnerIsOutput = true;
+    locate = (_step, field) =>
+      field === "judge_model" ? "spec.compare.ranking.judge_model" : `spec.compare.${field}`;
   } else if (mode.case === "workflow") {
     const def = mode.value.definition;
     if (def.case === "inline") {
       template = def.value;
       const issues = validateRunnable(template, "spec.workflow.inline");
       if (issues.length > 0) throw invalid(issues);
+      locate = (step, field) => `spec.workflow.inline.steps[${step}].${field}`;
     } else if (def.case === "templateId") {
       template = await fetchTemplate(def.value, mode.value.templateVersion, token, deps);
     } else {
@@ -226,8 +253,10 @@ export async function planFor(
   // token so the executing replica needs no registry round trip.
   const ids = new Set<string>(spec.addons);
   for (const s of template.steps) for (const a of s.addons) ids.add(a);
-  await Promise.all(
-    [...ids].map(async (id) => {
+  const planned = template;
+  await Promise.all([
+    checked ? checkModels(planned, locate, caller, deps) : undefined,
+    ...[...ids].map(async (id) => {
       try {
         const res = await deps.registry.getAddon({ id }, bearer(token));
         extras.addonTexts[id] = res.addon?.prompt ?? "";
@@ -241,8 +270,71 @@ export async function planFor(
         throw err;
       }
     }),
-  );
+  ]);
   return { template, extras };
+}
+
+/**
+ * Every model a plan names must be in the tenant's catalog and enabled, so a typo is refused
+ * before a run exists instead of failing the run at its first step: INVALID_ARGUMENT with the
+ * field's path for a name the caller wrote, FAILED_PRECONDITION for a stored template's (or a
+ * disabled model). Answers are reused per tenant for CATALOG_TTL_MS. The check is advisory:
+ * when the registry cannot answer, the run is accepted and model-proxy (the authority, with
+ * its own cache) decides at the step, as before.
+ */
+async function checkModels(
+  template: WorkflowTemplate,
+  locate: (step: number, field: string) => string | undefined,
+  caller: Planner,
+  deps: PlanDeps,
+): Promise<void> {
+  const uses: Array<{ name: string; step: number; field: string }> = [];
+  template.steps.forEach((s, step) => {
+    if (s.model !== "") uses.push({ name: s.model, step, field: "model" });
+    s.models.forEach((name, i) => uses.push({ name, step, field: `models[${i}]` }));
+    if (s.fallbackModel !== "") uses.push({ name: s.fallbackModel, step, field: "fallback_model" });
+    if (s.judgeModel !== "") uses.push({ name: s.judgeModel, step, field: "judge_model" });
+  });
+  const names = [...new Set(uses.map((u) => u.name))];
+  let answers: Map<string, Model | undefined>;
+  try {
+    answers = new Map(
+      await Promise.all(
+        names.map(
+          async (name) =>
+            [
+              name,
+              await deps.catalog.get(`${caller.tenantId}\u0000${name}`, async () => {
+                try {
+                  return (await deps.registry.getModel({ id: name }, bearer(caller.token))).model;
+                } catch (err) {
+                  if (ConnectError.from(err).code === Code.NotFound) return undefined;
+                  throw err;
+                }
+              }),
+            ] as const,
+        ),
+      ),
+    );
+  } catch {
+    return; // the registry did not answer: model-proxy decides at the step
+  }
+  for (const use of uses) {
+    const model = answers.get(use.name);
+    if (model?.enabled === true) continue;
+    const where = locate(use.step, use.field);
+    const state = model === undefined ? "is not in the catalog" : "is disabled in the catalog";
+    if (where === undefined) {
+      const stepId = template.steps[use.step]?.id ?? "";
+      throw new FailedPreconditionError(
+        `workflow template "${template.id}" step "${stepId}" uses model "${use.name}", which ${state}`,
+      );
+    }
+    if (model === undefined) {
+      throw new InvalidArgumentError(`${where}: model "${use.name}" ${state}`, { field: where });
+    }
+    throw new FailedPreconditionError(`${where}: model "${use.name}" ${state}`);
+  }
 }
 
 async function fetchTemplate(

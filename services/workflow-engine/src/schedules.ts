@@ -44,7 +44,7 @@ import { Cron } from "croner";
 import { Schema, type Connection, type Model } from "mongoose";
 import { Counter, type Registry } from "prom-client";
 import type { Engine } from "./engine.js";
-import { planFor } from "./plan.js";
+import { catalogCache, planFor, type Planner } from "./plan.js";
 import { byId, claim, decode, encode, isDuplicateKey, retryBusy, setFields } from "./store.js";
 import { CallerTokens, type TokenSource } from "./tokens.js";
 
@@ -271,8 +271,8 @@ export interface SchedulerSettings {
 export interface SchedulerDeps {
   models: ScheduleModels;
   engine: Pick<Engine, "createRun" | "findRun">;
-  /** Plans specs at creation, the way StartRun does (templates, addons). */
-  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon">;
+  /** Plans specs at creation, the way StartRun does (templates, addons, models). */
+  registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon" | "getModel">;
   /** False without a categorizer: AUTO specs are refused like StartRun refuses them. */
   autoAvailable: boolean;
   /** Tokens acting for a schedule's owner when an occurrence fires. */
@@ -291,6 +291,7 @@ export class Scheduler {
   #timer: NodeJS.Timeout | undefined;
   #pass: Promise<void> | undefined;
   #lastRecovery = 0;
+  readonly #catalog = catalogCache();
 
   constructor(deps: SchedulerDeps) {
     this.#d = deps;
@@ -355,7 +356,7 @@ export class Scheduler {
         throw new InvalidArgumentError("when: `at` or `cron` is required", { field: "when" });
     }
     // A bad spec fails the call and never becomes a schedule.
-    await this.#validate(spec, token);
+    await this.#validate(spec, { token, tenantId: p.tenantId });
     if (this.#d.tokens instanceof CallerTokens) {
       this.#d.tokens.remember(p.tenantId, p.subject, token);
     }
@@ -435,7 +436,7 @@ export class Scheduler {
   }
 
   /** What StartRun checks before a run exists: AUTO needs the categorizer; other modes plan. */
-  async #validate(spec: RunSpec, token: string): Promise<void> {
+  async #validate(spec: RunSpec, caller: Planner): Promise<void> {
     if (spec.mode.case === "auto" || spec.mode.case === undefined) {
       if (!this.#d.autoAvailable) {
         throw new FailedPreconditionError(
@@ -444,7 +445,7 @@ export class Scheduler {
       }
       return;
     }
-    await planFor(spec, token, { registry: this.#d.registry });
+    await planFor(spec, caller, { registry: this.#d.registry, catalog: this.#catalog });
   }
 
   // ------------------------------------------------------------------------------ the loop

@@ -10,6 +10,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
   principalOf,
@@ -362,7 +363,7 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       });
     } catch (err) {
       deltaSub.unsubscribe();
-      throw err;
+      throw modelRefusal(err, a.modelOverride !== "", model);
     }
     const o = owner(a.p);
     // The session deleted while the reply starts (addMessage: NOT_FOUND): nobody is left to
@@ -588,4 +589,25 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       }
     },
   };
+}
+
+/**
+ * StartRun names the spec's field when a model is refused ("spec.model.model: ..."); a session's
+ * caller wrote either the request's `model` (an override) or the session's settings.
+ */
+function modelRefusal(err: unknown, override: boolean, model: string): unknown {
+  const unknown = err instanceof InvalidArgumentError && err.field === "spec.model.model";
+  const disabled =
+    err instanceof FailedPreconditionError && err.message.startsWith("spec.model.model: ");
+  if (!unknown && !disabled) return err;
+  const state = err.message.slice(err.message.indexOf(`model "${model}"`));
+  if (!override) {
+    return new FailedPreconditionError(
+      `the session's ${state}; choose another with UpdateSession (settings.model)`,
+      { cause: err },
+    );
+  }
+  return unknown
+    ? new InvalidArgumentError(state, { field: "model", cause: err })
+    : new FailedPreconditionError(state, { cause: err });
 }

@@ -501,6 +501,78 @@ describe("runs", () => {
     expect(err3.rawMessage).toContain('spec.workflow.variables["nope"]');
   });
 
+  it("validation - a model not in the catalog is refused before a run exists, naming where it was written", async () => {
+    const refused = async (spec: SpecInit) => {
+      const err = await rejection(start(spec));
+      return { code: err.code, message: err.rawMessage };
+    };
+    expect(
+      await refused({ input: "x", mode: { case: "model", value: { model: "gpt-nope" } } }),
+    ).toEqual({
+      code: Code.InvalidArgument,
+      message: 'spec.model.model: model "gpt-nope" is not in the catalog',
+    });
+    // Aliases resolve as model-proxy resolves them.
+    const aliased = await start({ input: "x", mode: { case: "model", value: { model: "fast" } } });
+    expect((await waitEnd(aliased.id)).status).toBe(RunStatus.COMPLETED);
+    expect(
+      await refused({
+        input: "x",
+        mode: {
+          case: "compare",
+          value: { models: ["sim-fast", "sim-nope"], ranking: { by: [RankCriterion.LATENCY] } },
+        },
+      }),
+    ).toEqual({
+      code: Code.InvalidArgument,
+      message: 'spec.compare.models[1]: model "sim-nope" is not in the catalog',
+    });
+    const typo = inline([
+      { id: "a", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}}" },
+      {
+        id: "b",
+        kind: StepKind.LLM,
+        model: "sim-fast",
+        fallbackModel: "sim-fsat",
+        dependsOn: ["a"],
+        prompt: "{{steps.a.output}}",
+      },
+    ]);
+    expect(
+      await refused({
+        input: "x",
+        mode: { case: "workflow", value: { definition: { case: "inline", value: typo } } },
+      }),
+    ).toEqual({
+      code: Code.InvalidArgument,
+      message:
+        'spec.workflow.inline.steps[1].fallback_model: model "sim-fsat" is not in the catalog',
+    });
+
+    // A stored template that names a missing model is the template's fault, not the caller's.
+    await mesh.registryClient.upsertTemplate(
+      { template: { ...typo, id: "typo_template", name: "Typo" } },
+      as(userA),
+    );
+    expect(
+      await refused({
+        input: "x",
+        mode: {
+          case: "workflow",
+          value: { definition: { case: "templateId", value: "typo_template" } },
+        },
+      }),
+    ).toEqual({
+      code: Code.FailedPrecondition,
+      message:
+        'workflow template "typo_template" step "b" uses model "sim-fsat", which is not in the catalog',
+    });
+    // None of them became a run.
+    for (const filter of [{ model: "gpt-nope" }, { templateId: "typo_template" }]) {
+      expect((await runs.listRuns(filter, as(userA))).runs).toEqual([]);
+    }
+  });
+
   it("auto - without a categorizer AUTO is FAILED_PRECONDITION", async () => {
     const err = await rejection(start({ input: "anything" }));
     expect(err.code).toBe(Code.FailedPrecondition);

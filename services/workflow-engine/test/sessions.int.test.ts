@@ -293,8 +293,12 @@ describe("SessionService", () => {
   });
 
   it("sessions - a reply that fails is stored FAILED with its error and the stream ends normally", async () => {
-    const id = await newSession({ model: "no-such-model" });
-    const r = await send({ sessionId: id, text: "Hello?" });
+    // sim-vision has no fallback chain in the catalog, so its provider failing fails the reply.
+    const id = await newSession({ model: "sim-vision" });
+    mesh.sim.configure("sim-vision", { fail: "503" });
+    const r = await send({ sessionId: id, text: "Hello?" }).finally(() =>
+      mesh.sim.configure("sim-vision", { fail: undefined }),
+    );
     expect(r.order[0]).toBe("user");
     expect(r.events.at(-1)?.type).toBe(RunEventType.FAILED);
     expect(r.assistant.status).toBe(SessionMessageStatus.FAILED);
@@ -308,6 +312,24 @@ describe("SessionService", () => {
     expect((await runs.getRun({ runId: r.assistant.runId }, as(userA))).run?.status).toBe(
       RunStatus.FAILED,
     );
+  });
+
+  it("sessions - a model not in the catalog is refused before anything is stored, naming the setting", async () => {
+    const id = await newSession({ model: "no-such-model" });
+    const err = await rejection(send({ sessionId: id, text: "Hello?" }));
+    expect(err.code).toBe(Code.FailedPrecondition);
+    expect(err.rawMessage).toBe(
+      'the session\'s model "no-such-model" is not in the catalog; choose another with UpdateSession (settings.model)',
+    );
+    const good = await newSession();
+    const override = await rejection(
+      send({ sessionId: good, text: "Hello?", model: "no-such-model" }),
+    );
+    expect(override.code).toBe(Code.InvalidArgument);
+    expect(override.rawMessage).toBe('model "no-such-model" is not in the catalog');
+    for (const sessionId of [id, good]) {
+      expect((await sessions.getSession({ sessionId }, as(userA))).messages).toEqual([]);
+    }
   });
 
   it("sessions - model auto: the categorizer picks the model and the reply carries its classification", async () => {
