@@ -69,12 +69,15 @@ import {
   catalogCache,
   decodePlan,
   encodePlan,
+  lookupModel,
+  modelRefusal,
   planFor,
   planModels,
   plannedSteps,
   responseFormatOf,
   type Plan,
   type PlanDeps,
+  type Planner,
 } from "./plan.js";
 import {
   byId,
@@ -278,6 +281,22 @@ export class Engine {
 
   get #s(): EngineSettings {
     return this.#d.settings;
+  }
+
+  /**
+   * Refuses a model name the caller wrote at `where` (a session's `settings.model`) the way
+   * StartRun refuses one in its spec, with the same catalog answers; advisory like that check
+   * (when the registry does not answer, nothing is refused).
+   */
+  async checkModel(caller: Planner, name: string, where: string): Promise<void> {
+    let model;
+    try {
+      model = await lookupModel(this.#planDeps, caller, name);
+    } catch {
+      return;
+    }
+    const refusal = modelRefusal(name, model, where);
+    if (refusal !== undefined) throw refusal;
   }
 
   stepSubject(tenantId: string, runId: string, stepId: string): string {

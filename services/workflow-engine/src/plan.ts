@@ -275,12 +275,49 @@ export async function planFor(
 }
 
 /**
+ * The tenant's catalog entry for a model name (id or alias), as model-proxy resolves it;
+ * undefined when the catalog has none. Rejects when the registry does not answer. Answers are
+ * kept per tenant for CATALOG_TTL_MS.
+ */
+export function lookupModel(
+  deps: PlanDeps,
+  caller: Planner,
+  name: string,
+): Promise<Model | undefined> {
+  return deps.catalog.get(`${caller.tenantId}\u0000${name}`, async () => {
+    try {
+      return (await deps.registry.getModel({ id: name }, bearer(caller.token))).model;
+    } catch (err) {
+      if (ConnectError.from(err).code === Code.NotFound) return undefined;
+      throw err;
+    }
+  });
+}
+
+/**
+ * Why a model the caller wrote at `where` cannot run: INVALID_ARGUMENT when the catalog has no
+ * such model, FAILED_PRECONDITION when it is disabled; undefined when it can.
+ */
+export function modelRefusal(
+  name: string,
+  model: Model | undefined,
+  where: string,
+): InvalidArgumentError | FailedPreconditionError | undefined {
+  if (model?.enabled === true) return undefined;
+  if (model === undefined) {
+    return new InvalidArgumentError(`${where}: model "${name}" is not in the catalog`, {
+      field: where,
+    });
+  }
+  return new FailedPreconditionError(`${where}: model "${name}" is disabled in the catalog`);
+}
+
+/**
  * Every model a plan names must be in the tenant's catalog and enabled, so a typo is refused
  * before a run exists instead of failing the run at its first step: INVALID_ARGUMENT with the
  * field's path for a name the caller wrote, FAILED_PRECONDITION for a stored template's (or a
- * disabled model). Answers are reused per tenant for CATALOG_TTL_MS. The check is advisory:
- * when the registry cannot answer, the run is accepted and model-proxy (the authority, with
- * its own cache) decides at the step, as before.
+ * disabled model). The check is advisory: when the registry cannot answer, the run is accepted
+ * and model-proxy (the authority, with its own cache) decides at the step, as before.
  */
 async function checkModels(
   template: WorkflowTemplate,
@@ -300,20 +337,7 @@ async function checkModels(
   try {
     answers = new Map(
       await Promise.all(
-        names.map(
-          async (name) =>
-            [
-              name,
-              await deps.catalog.get(`${caller.tenantId}\u0000${name}`, async () => {
-                try {
-                  return (await deps.registry.getModel({ id: name }, bearer(caller.token))).model;
-                } catch (err) {
-                  if (ConnectError.from(err).code === Code.NotFound) return undefined;
-                  throw err;
-                }
-              }),
-            ] as const,
-        ),
+        names.map(async (name) => [name, await lookupModel(deps, caller, name)] as const),
       ),
     );
   } catch {
@@ -321,19 +345,18 @@ async function checkModels(
   }
   for (const use of uses) {
     const model = answers.get(use.name);
-    if (model?.enabled === true) continue;
     const where = locate(use.step, use.field);
+    if (where !== undefined) {
+      const refusal = modelRefusal(use.name, model, where);
+      if (refusal !== undefined) throw refusal;
+      continue;
+    }
+    if (model?.enabled === true) continue;
+    const stepId = template.steps[use.step]?.id ?? "";
     const state = model === undefined ? "is not in the catalog" : "is disabled in the catalog";
-    if (where === undefined) {
-      const stepId = template.steps[use.step]?.id ?? "";
-      throw new FailedPreconditionError(
-        `workflow template "${template.id}" step "${stepId}" uses model "${use.name}", which ${state}`,
-      );
-    }
-    if (model === undefined) {
-      throw new InvalidArgumentError(`${where}: model "${use.name}" ${state}`, { field: where });
-    }
-    throw new FailedPreconditionError(`${where}: model "${use.name}" ${state}`);
+    throw new FailedPreconditionError(
+      `workflow template "${template.id}" step "${stepId}" uses model "${use.name}", which ${state}`,
+    );
   }
 }
 

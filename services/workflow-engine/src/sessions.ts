@@ -288,6 +288,17 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
     return Math.max(0, window - answer);
   }
 
+  /** A session's model must be one the catalog can run ("auto" and empty: the categorizer's). */
+  async function checkSettings(
+    ctx: HandlerContext,
+    settings: SessionSettings | undefined,
+  ): Promise<void> {
+    const model = settings?.model ?? "";
+    if (model === "" || model === "auto") return;
+    const caller = { token: tokenOf(ctx), tenantId: principalOf(ctx).tenantId };
+    await engine.checkModel(caller, model, "settings.model");
+  }
+
   interface ReplyArgs {
     p: Principal;
     ctx: HandlerContext;
@@ -417,6 +428,7 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
     async createSession(req, ctx) {
       const p = principalOf(ctx);
       const now = new Date();
+      await checkSettings(ctx, req.settings);
       const doc: SessionDoc = {
         tenantId: p.tenantId,
         id: newSessionId(),
@@ -467,6 +479,7 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       const p = principalOf(ctx);
       const o = owner(p);
       await sessionOf(o, req.sessionId);
+      await checkSettings(ctx, req.settings);
       const set: Partial<SessionDoc> = {};
       if (req.title !== undefined) set.title = req.title.trim();
       if (req.settings !== undefined) set.settings = encode(SessionSettingsSchema, req.settings);

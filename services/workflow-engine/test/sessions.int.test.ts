@@ -6,6 +6,7 @@
 // What the model received is checked through the simulator's determinism: its answer is a hash
 // of the whole conversation it was sent, so a reply equals model-proxy's answer to exactly the
 // messages the context should hold, and differs from the answer to any other context.
+import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
@@ -16,12 +17,14 @@ import {
   RunStatus,
   SessionMessageStatus,
   SessionService,
+  SessionSettingsSchema,
   type RunEvent,
   type SessionMessage,
 } from "@ensemble/proto";
 import { collect, rejection } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSessionModels, SessionStore } from "../src/sessions.store.js";
+import { encode } from "../src/store.js";
 import { PASSWORD, startEngineMesh, type EngineMesh } from "./engine-mesh.js";
 
 const MODEL = "sim-fast";
@@ -315,21 +318,38 @@ describe("SessionService", () => {
   });
 
   it("sessions - a model not in the catalog is refused before anything is stored, naming the setting", async () => {
-    const id = await newSession({ model: "no-such-model" });
-    const err = await rejection(send({ sessionId: id, text: "Hello?" }));
-    expect(err.code).toBe(Code.FailedPrecondition);
-    expect(err.rawMessage).toBe(
-      'the session\'s model "no-such-model" is not in the catalog; choose another with UpdateSession (settings.model)',
-    );
-    const good = await newSession();
-    const override = await rejection(
-      send({ sessionId: good, text: "Hello?", model: "no-such-model" }),
-    );
-    expect(override.code).toBe(Code.InvalidArgument);
-    expect(override.rawMessage).toBe('model "no-such-model" is not in the catalog');
-    for (const sessionId of [id, good]) {
-      expect((await sessions.getSession({ sessionId }, as(userA))).messages).toEqual([]);
-    }
+    const refusal = async (p: Promise<unknown>) => {
+      const err = await rejection(p);
+      return { code: err.code, message: err.rawMessage };
+    };
+    const unknown = 'model "no-such-model" is not in the catalog';
+    expect(await refusal(newSession({ model: "no-such-model" }))).toEqual({
+      code: Code.InvalidArgument,
+      message: `settings.model: ${unknown}`,
+    });
+    const id = await newSession();
+    expect(
+      await refusal(
+        sessions.updateSession({ sessionId: id, settings: { model: "no-such-model" } }, as(userA)),
+      ),
+    ).toEqual({ code: Code.InvalidArgument, message: `settings.model: ${unknown}` });
+    expect(await refusal(send({ sessionId: id, text: "Hello?", model: "no-such-model" }))).toEqual({
+      code: Code.InvalidArgument,
+      message: unknown,
+    });
+
+    // A session whose model has left the catalog since it was saved.
+    const me = (await mesh.authClient.getMe({}, as(userA))).user;
+    const owner = { tenantId: me?.tenantId ?? "", userId: me?.id ?? "" };
+    await store.updateSession(owner, id, {
+      settings: encode(SessionSettingsSchema, create(SessionSettingsSchema, { model: "retired" })),
+    });
+    expect(await refusal(send({ sessionId: id, text: "Hello?" }))).toEqual({
+      code: Code.FailedPrecondition,
+      message:
+        'the session\'s model "retired" is not in the catalog; choose another with UpdateSession (settings.model)',
+    });
+    expect((await sessions.getSession({ sessionId: id }, as(userA))).messages).toEqual([]);
   });
 
   it("sessions - model auto: the categorizer picks the model and the reply carries its classification", async () => {
