@@ -51,6 +51,7 @@ import {
   type CategorizerService,
   type ChatMessage,
   type Classification,
+  type Model,
   type ModelProxyService,
   type RankingResult,
   type RegistryService,
@@ -284,6 +285,15 @@ export class Engine {
   }
 
   /**
+   * The tenant's catalog entry for a model name (id or alias), from the same per-tenant cache as
+   * the plans' model check; undefined when the catalog has none. Rejects when the registry does
+   * not answer.
+   */
+  findModel(caller: Planner, name: string): Promise<Model | undefined> {
+    return lookupModel(this.#planDeps, caller, name);
+  }
+
+  /**
    * Refuses a model name the caller wrote at `where` (a session's `settings.model`) the way
    * StartRun refuses one in its spec, with the same catalog answers; advisory like that check
    * (when the registry does not answer, nothing is refused).
@@ -291,7 +301,7 @@ export class Engine {
   async checkModel(caller: Planner, name: string, where: string): Promise<void> {
     let model;
     try {
-      model = await lookupModel(this.#planDeps, caller, name);
+      model = await this.findModel(caller, name);
     } catch {
       return;
     }

@@ -187,7 +187,6 @@ async function main({
     eventsRoot: config.RUN_EVENTS_SUBJECT_ROOT,
     scheduler,
     sessions: new SessionStore(await openSessionModels(mongo)),
-    registry,
     autoAvailable: config.CATEGORIZER_ADDR !== undefined,
   });
   const port = await server.listen(config.WORKFLOW_ADDR);

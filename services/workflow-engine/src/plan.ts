@@ -253,9 +253,8 @@ export async function planFor(
   // token so the executing replica needs no registry round trip.
   const ids = new Set<string>(spec.addons);
   for (const s of template.steps) for (const a of s.addons) ids.add(a);
-  const planned = template;
   await Promise.all([
-    checked ? checkModels(planned, locate, caller, deps) : undefined,
+    checked ? checkModels(template, locate, caller, deps) : undefined,
     ...[...ids].map(async (id) => {
       try {
         const res = await deps.registry.getAddon({ id }, bearer(token));

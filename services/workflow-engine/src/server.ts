@@ -21,7 +21,6 @@ export interface WorkflowServerDeps extends RunServiceDeps {
   metrics?: Metrics;
   /** SessionService (served when its store is given). */
   sessions?: SessionServiceDeps["sessions"];
-  registry?: SessionServiceDeps["registry"];
   autoAvailable?: boolean;
   fallbackModel?: string;
 }

@@ -14,7 +14,6 @@ import {
   InvalidArgumentError,
   NotFoundError,
   principalOf,
-  type GrpcClient,
   type Logger,
   type Principal,
 } from "@ensemble/kit";
@@ -33,7 +32,6 @@ import {
   UsageSchema,
   type ChatMessage,
   type ContentPart,
-  type RegistryService,
   type Run,
   type RunEvent,
   type RunSpec,
@@ -56,8 +54,6 @@ import { decode, encode } from "./store.js";
 
 export interface SessionServiceDeps extends RunServiceDeps {
   sessions: SessionStore;
-  /** Context windows of named models (max_context_tokens 0); without it DEFAULT_CONTEXT_TOKENS. */
-  registry?: Pick<GrpcClient<typeof RegistryService>, "getModel"> | undefined;
   /** The categorizer is configured, so "auto" replies are AUTO runs. */
   autoAvailable: boolean;
   /** The model of "auto" replies when there is no categorizer (default "fast"). */
@@ -269,19 +265,16 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
     if (settings.maxContextTokens > 0) return settings.maxContextTokens;
     let window = DEFAULT_CONTEXT_TOKENS;
     let answer = settings.maxTokens ?? DEFAULT_ANSWER_TOKENS;
-    if (model !== "auto" && deps.registry !== undefined) {
+    if (model !== "auto") {
       try {
-        const res = await deps.registry.getModel(
-          { id: model },
-          { headers: { authorization: `Bearer ${tokenOf(ctx)}` }, timeoutMs: 5_000 },
-        );
-        if (res.model !== undefined && res.model.contextWindow > 0) {
-          window = res.model.contextWindow;
-          if (settings.maxTokens === undefined && res.model.maxOutputTokens > 0)
-            answer = Math.min(res.model.maxOutputTokens, Math.floor(window / 4));
+        const entry = await engine.findModel(callerOf(ctx), model);
+        if (entry !== undefined && entry.contextWindow > 0) {
+          window = entry.contextWindow;
+          if (settings.maxTokens === undefined && entry.maxOutputTokens > 0)
+            answer = Math.min(entry.maxOutputTokens, Math.floor(window / 4));
         }
       } catch (err) {
-        // An unknown model fails the run itself with a proper error; the default budget holds.
+        // The registry did not answer: the default budget holds (the run is checked anyway).
         deps.logger?.debug({ err, model }, "no catalog entry for the session's model");
       }
     }
@@ -295,8 +288,7 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
   ): Promise<void> {
     const model = settings?.model ?? "";
     if (model === "" || model === "auto") return;
-    const caller = { token: tokenOf(ctx), tenantId: principalOf(ctx).tenantId };
-    await engine.checkModel(caller, model, "settings.model");
+    await engine.checkModel(callerOf(ctx), model, "settings.model");
   }
 
   interface ReplyArgs {
@@ -602,6 +594,11 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       }
     },
   };
+}
+
+/** Who asks the catalog: the caller's token, kept per tenant. */
+function callerOf(ctx: HandlerContext): { token: string; tenantId: string } {
+  return { token: tokenOf(ctx), tenantId: principalOf(ctx).tenantId };
 }
 
 /**

@@ -121,7 +121,6 @@ beforeAll(async () => {
   store = new SessionStore(await openSessionModels(mesh.mongo));
   const base = {
     sessions: store,
-    registry: mesh.registryClient,
   };
   const address = await mesh.serve({ ...base, autoAvailable: true });
   sessions = createClient(SessionService, address);
