@@ -146,6 +146,11 @@ export class Store {
 
   async createCollection(tenantId: string, c: Collection, now: Date): Promise<Collection> {
     const stored = { ...c, tenantId: "", createTime: undefined, updateTime: undefined };
+    // A new collection starts empty: an upsert another replica finished after this id's last
+    // DeleteCollection (it had checked the collection just before) left chunks under the id.
+    if ((await this.#collections.exists({ tenantId, id: c.id })) === null) {
+      await this.#chunks.deleteMany({ tenantId, collectionId: c.id });
+    }
     try {
       await this.#collections.create({
         tenantId,

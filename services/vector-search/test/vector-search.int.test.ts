@@ -592,10 +592,30 @@ describe("vector-search", () => {
     expect((await rejection(vs.stats({ collectionId: "busy" }, as(memberA)))).code).toBe(
       Code.NotFound,
     );
+    // An upsert by another replica that landed after the delete (it checked the collection
+    // before): the id's next collection must still start empty, also once loaded from storage.
+    const tenantId = (await vs.listCollections({}, as(memberA))).collections[0]!.tenantId;
+    const late = new Float32Array(8).fill(0.5);
+    await (
+      await Store.open(mongo)
+    ).putDocuments(
+      { tenantId, id: "busy" },
+      [
+        {
+          documentId: "late",
+          chunks: [{ documentId: "late", chunkIndex: 0, text: "", vector: late, metadata: {} }],
+        },
+      ],
+      [],
+      new Date(),
+    );
     await vs.createCollection(
       { collection: { id: "busy", dimensions: 8, metric: DistanceMetric.DOT } },
       as(adminA),
     );
     expect((await vs.stats({ collectionId: "busy" }, as(memberA))).documents).toBe(0n);
-  });
+    await stopService();
+    await startService();
+    expect((await vs.stats({ collectionId: "busy" }, as(memberA))).documents).toBe(0n);
+  }, 60_000);
 });
