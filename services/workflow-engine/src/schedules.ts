@@ -79,6 +79,8 @@ export interface ScheduleDoc {
   lastFireMs: number;
   lastRunId: string;
   fireCount: number;
+  /** The latest fire's error when it started no run (Schedule.last_error). */
+  lastError: string;
   createTime: Date;
   updateTime: Date;
 }
@@ -98,6 +100,7 @@ const scheduleSchema = new Schema<ScheduleDoc>(
     lastFireMs: { type: Number, default: -1 },
     lastRunId: { type: String, default: "" },
     fireCount: { type: Number, default: 0 },
+    lastError: { type: String, default: "" },
     createTime: { type: Date, required: true },
     updateTime: { type: Date, required: true },
   },
@@ -323,6 +326,7 @@ export class Scheduler {
       lastFireMs: -1,
       lastRunId: "",
       fireCount: 0,
+      lastError: "",
       createTime: new Date(now),
       updateTime: new Date(now),
     };
@@ -638,20 +642,28 @@ export class Scheduler {
     await this.#refresh(doc);
   }
 
-  /** fireCount and lastRunId, recomputed from the fires (a repeat writes the same values). */
+  /**
+   * fireCount, lastRunId and lastError, recomputed from the fires (a repeat writes the same
+   * values): lastError is the latest fire's error when that fire started no run.
+   */
   async #refresh(doc: ScheduleDoc): Promise<void> {
     const scope = { tenantId: doc.tenantId, scheduleId: doc.id };
-    const [count, latest] = await Promise.all([
+    const [count, latest, newest] = await Promise.all([
       this.#d.models.fires.countDocuments({ ...scope, status: { $in: ["claimed", "started"] } }),
       this.#d.models.fires
         .findOne({ ...scope, status: "started" })
         .sort({ occurrence: -1 })
         .lean<ScheduleFireDoc>(),
+      this.#d.models.fires.findOne(scope).sort({ occurrence: -1 }).lean<ScheduleFireDoc>(),
     ]);
     await setFields(
       this.#d.models.schedules,
       { _id: scheduleKey(doc.tenantId, doc.id) },
-      { fireCount: count, lastRunId: latest?.runId ?? "" },
+      {
+        fireCount: count,
+        lastRunId: latest?.runId ?? "",
+        lastError: newest?.status === "failed" ? newest.error : "",
+      },
     );
   }
 
@@ -713,6 +725,7 @@ export function toSchedule(doc: ScheduleDoc): Schedule {
     ...(doc.lastFireMs >= 0 ? { lastFireTime: timestampFromDate(new Date(doc.lastFireMs)) } : {}),
     lastRunId: doc.lastRunId,
     fireCount: BigInt(doc.fireCount),
+    lastError: doc.lastError ?? "",
     createTime: timestampFromDate(doc.createTime),
     updateTime: timestampFromDate(doc.updateTime),
   });

@@ -7,7 +7,15 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { closeMongo, connectMongo, createClient, type GrpcClient } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
-import { AuthService, RunService, RunStatus, type Run, type Schedule } from "@ensemble/proto";
+import {
+  AuthService,
+  Capability,
+  RegistryService,
+  RunService,
+  RunStatus,
+  type Run,
+  type Schedule,
+} from "@ensemble/proto";
 import {
   captureLogs,
   mongoUrl,
@@ -277,6 +285,45 @@ describe("schedules", () => {
     const again = await schedule(b, created.id);
     expect(again.fireCount).toBe(1n);
     expect((await runsOf(created.id)).map((r) => r.id)).toEqual([fired.lastRunId]);
+  }, 60_000);
+
+  it("an occurrence that cannot start its run says why on the schedule, and makes no run", async () => {
+    // A model of the tenant's own, removed from the catalog after the schedule was made.
+    const catalog = createClient(RegistryService, registry.address);
+    await catalog.upsertModel(
+      {
+        model: {
+          id: "house-model",
+          provider: "simulator",
+          providerModelId: "sim-fast",
+          displayName: "House model",
+          capabilities: [Capability.CHAT],
+          contextWindow: 32_000,
+          enabled: true,
+        },
+      },
+      as(owner.token),
+    );
+    const created = (
+      await b.createSchedule(
+        {
+          name: "retired model",
+          spec: { input: "hello", mode: { case: "model", value: { model: "house-model" } } },
+          when: { case: "at", value: timestampFromDate(new Date(Date.now() + 3_000)) },
+        },
+        as(owner.token),
+      )
+    ).schedule!;
+    expect(created.lastError).toBe("");
+    await catalog.deleteModel({ id: "house-model" }, as(owner.token));
+    const failed = await until("the failed occurrence", async () => {
+      const s = await schedule(a, created.id);
+      return s.lastError !== "" ? s : undefined;
+    });
+    expect(failed.lastError).toBe('spec.model.model: model "house-model" is not in the catalog');
+    expect(failed.fireCount).toBe(0n);
+    expect(failed.lastRunId).toBe("");
+    expect(await runsOf(created.id)).toEqual([]);
   }, 60_000);
 
   it("a claimed occurrence whose claimer died is started once by another replica", async () => {
