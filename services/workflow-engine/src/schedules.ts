@@ -612,7 +612,13 @@ export class Scheduler {
             this.#fired?.inc({ result: "retry" });
             throw err;
           }
-          log.warn({ err }, "the scheduled run could not be started");
+          // The owner sees the reason as the schedule's lastError; no stack for a refusal.
+          log.warn(
+            PERMANENT.has(status.code)
+              ? { code: Code[status.code], reason: status.rawMessage }
+              : { err },
+            "the scheduled run could not be started",
+          );
           await setFields(this.#d.models.fires, key, {
             status: "failed",
             error: status.rawMessage,
