@@ -34,6 +34,9 @@ describe("mongo", () => {
     }
     expect(conn.readyState).toBe(mongoose.ConnectionStates.disconnected);
     await closeMongo(conn); // a second close is a no-op
+    // Our own close is no warning.
+    expect(logs.find("MongoDB connection closed")).toHaveLength(1);
+    expect(logs.find("MongoDB disconnected")).toHaveLength(0);
   });
 
   it("mongo - an unreachable server fails after N attempts naming the host, never credentials", async () => {

@@ -85,7 +85,9 @@ export async function connectMongo(opts: ConnectMongoOptions): Promise<mongoose.
     );
   }
   log.info({ db: conn.name }, "MongoDB connected");
-  conn.on("disconnected", () => log.warn("MongoDB disconnected"));
+  conn.on("disconnected", () =>
+    closing.has(conn) ? log.info("MongoDB connection closed") : log.warn("MongoDB disconnected"),
+  );
   conn.on("reconnected", () => log.info("MongoDB reconnected"));
   conn.on("error", (err: unknown) =>
     log.error({ reason: scrub(errorMessage(err), opts.url) }, "MongoDB connection error"),
@@ -94,8 +96,12 @@ export async function connectMongo(opts: ConnectMongoOptions): Promise<mongoose.
 }
 
 /** Closes the connection (waits for in-flight operations; the shutdown timeout bounds it). */
+/** Connections being closed on purpose: their disconnect is no warning. */
+const closing = new WeakSet<mongoose.Connection>();
+
 export async function closeMongo(conn: mongoose.Connection): Promise<void> {
   if (conn.readyState === mongoose.ConnectionStates.disconnected) return;
+  closing.add(conn);
   await conn.close();
 }
 
