@@ -32,7 +32,13 @@ import {
   type NatsConnection,
   type Principal,
 } from "@ensemble/kit";
-import { AckPolicy, DeliverPolicy, type Consumer, type JsMsg } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type Consumer,
+  type ConsumerMessages,
+  type JsMsg,
+} from "@nats-io/jetstream";
 import {
   ChatMessageSchema,
   ClassificationSchema,
@@ -269,7 +275,11 @@ export class Engine {
   /** Failed pulls since the last one that worked (0 = pulling fine). */
   #pullFailures = 0;
   #consumer: Consumer | undefined;
-  readonly #workers: Array<Promise<void>> = [];
+  /** The pull loop (one fetch at a time for the free workers), and its current fetch. */
+  #puller: Promise<void> | undefined;
+  #batch: ConsumerMessages | undefined;
+  /** Wakes a pull loop that waits for a worker to finish. */
+  #slotFreed: (() => void) | undefined;
   #recoveryTimer: NodeJS.Timeout | undefined;
   #cancelSub: { unsubscribe(): void } | undefined;
   readonly #active = new Set<Promise<void>>();
@@ -355,7 +365,7 @@ export class Engine {
     });
     this.#cancelSub = sub;
 
-    for (let i = 0; i < this.#s.workerConcurrency; i++) this.#workers.push(this.#workerLoop());
+    this.#puller = this.#pullLoop();
     this.#recoveryTimer = setInterval(() => {
       void this.recover().catch((err: unknown) => this.#log.warn({ err }, "recovery pass failed"));
     }, this.#s.recoveryIntervalMs);
@@ -368,37 +378,57 @@ export class Engine {
     this.#stopping = true;
     if (this.#recoveryTimer !== undefined) clearInterval(this.#recoveryTimer);
     this.#cancelSub?.unsubscribe();
+    await this.#batch?.close().catch(() => undefined);
+    this.#slotFreed?.();
+    await this.#puller;
     await Promise.allSettled([...this.#active]);
-    await Promise.allSettled(this.#workers);
   }
 
-  async #workerLoop(): Promise<void> {
+  /**
+   * Takes steps for the replica's free workers (WORKER_CONCURRENCY): one pull at a time for as
+   * many messages as there are free workers, each handed to a worker as it arrives, so no step
+   * waits in this process for a worker while its ack clock runs. An idle replica keeps one pull
+   * open (renewed every 2 s) rather than one per worker: 64 workers each renewing their own
+   * pull cost ~4 % of a core and ~1.5 % of nats-server's doing nothing.
+   */
+  async #pullLoop(): Promise<void> {
     while (!this.#stopping) {
-      let msg: JsMsg | null = null;
+      const free = this.#s.workerConcurrency - this.#active.size;
+      if (free <= 0) {
+        await new Promise<void>((resolve) => (this.#slotFreed = resolve));
+        this.#slotFreed = undefined;
+        continue;
+      }
       try {
-        msg = (await this.#consumer?.next({ expires: 2_000 })) ?? null;
+        this.#batch = await this.#consumer!.fetch({ max_messages: free, expires: 2_000 });
+        for await (const msg of this.#batch) this.#take(msg);
       } catch (err) {
         if (this.#stopping) return;
-        // Every worker pulls: an outage is logged once, not by each worker every half second.
+        // An outage is logged once, not every half second.
         if (this.#pullFailures++ === 0) {
           this.#log.warn({ err }, "step consumer pull failed; retrying every 0.5 s");
         }
         await new Promise((r) => setTimeout(r, 500));
         continue;
+      } finally {
+        this.#batch = undefined;
       }
       if (this.#pullFailures > 0) {
         this.#log.info({ failedPulls: this.#pullFailures }, "step consumer pulls again");
         this.#pullFailures = 0;
       }
-      if (msg === null) continue;
-      const work = this.#handle(msg);
-      this.#active.add(work);
-      try {
-        await work;
-      } finally {
-        this.#active.delete(work);
-      }
     }
+  }
+
+  /** Hands a step to a worker (a slot of WORKER_CONCURRENCY until it is acked or given back). */
+  #take(msg: JsMsg): void {
+    const work: Promise<void> = this.#handle(msg)
+      .catch((err: unknown) => this.#log.error({ err }, "step handling failed unexpectedly"))
+      .finally(() => {
+        this.#active.delete(work);
+        this.#slotFreed?.();
+      });
+    this.#active.add(work);
   }
 
   #abortLocal(runId: string): void {
