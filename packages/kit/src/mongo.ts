@@ -95,10 +95,10 @@ export async function connectMongo(opts: ConnectMongoOptions): Promise<mongoose.
   return conn;
 }
 
-/** Closes the connection (waits for in-flight operations; the shutdown timeout bounds it). */
 /** Connections being closed on purpose: their disconnect is no warning. */
 const closing = new WeakSet<mongoose.Connection>();
 
+/** Closes the connection (waits for in-flight operations; the shutdown timeout bounds it). */
 export async function closeMongo(conn: mongoose.Connection): Promise<void> {
   if (conn.readyState === mongoose.ConnectionStates.disconnected) return;
   closing.add(conn);

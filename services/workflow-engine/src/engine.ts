@@ -304,18 +304,18 @@ export class Engine {
   }
 
   /**
-   * Refuses a model name the caller wrote at `where` (a session's `settings.model`) the way
-   * StartRun refuses one in its spec, with the same catalog answers; advisory like that check
-   * (when the registry does not answer, nothing is refused).
+   * Refuses a model named at `where` (a session's `settings.model`, stored when it was saved
+   * earlier) the way StartRun refuses one in its spec, with the same catalog answers; advisory
+   * like that check (when the registry does not answer, nothing is refused).
    */
-  async checkModel(caller: Planner, name: string, where: string): Promise<void> {
-    let model;
+  async checkModel(caller: Planner, name: string, where: string, stored = false): Promise<void> {
+    let model: Model | undefined;
     try {
       model = await this.findModel(caller, name);
     } catch {
       return;
     }
-    const refusal = modelRefusal(name, model, where);
+    const refusal = modelRefusal(name, model, where, stored);
     if (refusal !== undefined) throw refusal;
   }
 

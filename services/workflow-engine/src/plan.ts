@@ -294,21 +294,21 @@ export function lookupModel(
 }
 
 /**
- * Why a model the caller wrote at `where` cannot run: INVALID_ARGUMENT when the catalog has no
- * such model, FAILED_PRECONDITION when it is disabled; undefined when it can.
+ * Why a model named at `where` cannot run, undefined when it can: a name the caller just wrote
+ * is INVALID_ARGUMENT when the catalog has no such model; a stored one (a template's, a session
+ * setting) and a disabled model are FAILED_PRECONDITION.
  */
 export function modelRefusal(
   name: string,
   model: Model | undefined,
   where: string,
+  stored = false,
 ): InvalidArgumentError | FailedPreconditionError | undefined {
   if (model?.enabled === true) return undefined;
-  if (model === undefined) {
-    return new InvalidArgumentError(`${where}: model "${name}" is not in the catalog`, {
-      field: where,
-    });
-  }
-  return new FailedPreconditionError(`${where}: model "${name}" is disabled in the catalog`);
+  const state = model === undefined ? "is not in the catalog" : "is disabled in the catalog";
+  const message = `${where}: model "${name}" ${state}`;
+  if (model === undefined && !stored) return new InvalidArgumentError(message, { field: where });
+  return new FailedPreconditionError(message);
 }
 
 /**
@@ -343,19 +343,11 @@ async function checkModels(
     return; // the registry did not answer: model-proxy decides at the step
   }
   for (const use of uses) {
-    const model = answers.get(use.name);
-    const where = locate(use.step, use.field);
-    if (where !== undefined) {
-      const refusal = modelRefusal(use.name, model, where);
-      if (refusal !== undefined) throw refusal;
-      continue;
-    }
-    if (model?.enabled === true) continue;
-    const stepId = template.steps[use.step]?.id ?? "";
-    const state = model === undefined ? "is not in the catalog" : "is disabled in the catalog";
-    throw new FailedPreconditionError(
-      `workflow template "${template.id}" step "${stepId}" uses model "${use.name}", which ${state}`,
-    );
+    const written = locate(use.step, use.field);
+    const where =
+      written ?? `workflow template "${template.id}" step "${template.steps[use.step]?.id ?? ""}"`;
+    const refusal = modelRefusal(use.name, answers.get(use.name), where, written === undefined);
+    if (refusal !== undefined) throw refusal;
   }
 }
 

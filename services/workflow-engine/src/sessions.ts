@@ -10,7 +10,6 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
-  FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
   principalOf,
@@ -351,6 +350,16 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
               },
             },
     });
+    // Named as the caller knows it: the request's override, or the setting saved earlier.
+    if (model !== "auto") {
+      const override = a.modelOverride !== "";
+      await engine.checkModel(
+        callerOf(a.ctx),
+        model,
+        override ? "model" : "settings.model",
+        !override,
+      );
+    }
     const runId = newRunId();
     // Deltas are live only: listen before the run exists so none is missed (as RunService.Run).
     const deltaSub = deps.nc.subscribe(
@@ -366,7 +375,7 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
       });
     } catch (err) {
       deltaSub.unsubscribe();
-      throw modelRefusal(err, a.modelOverride !== "", model);
+      throw err;
     }
     const o = owner(a.p);
     // The session deleted while the reply starts (addMessage: NOT_FOUND): nobody is left to
@@ -599,25 +608,4 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
 /** Who asks the catalog: the caller's token, kept per tenant. */
 function callerOf(ctx: HandlerContext): { token: string; tenantId: string } {
   return { token: tokenOf(ctx), tenantId: principalOf(ctx).tenantId };
-}
-
-/**
- * StartRun names the spec's field when a model is refused ("spec.model.model: ..."); a session's
- * caller wrote either the request's `model` (an override) or the session's settings.
- */
-function modelRefusal(err: unknown, override: boolean, model: string): unknown {
-  const unknown = err instanceof InvalidArgumentError && err.field === "spec.model.model";
-  const disabled =
-    err instanceof FailedPreconditionError && err.message.startsWith("spec.model.model: ");
-  if (!unknown && !disabled) return err;
-  const state = err.message.slice(err.message.indexOf(`model "${model}"`));
-  if (!override) {
-    return new FailedPreconditionError(
-      `the session's ${state}; choose another with UpdateSession (settings.model)`,
-      { cause: err },
-    );
-  }
-  return unknown
-    ? new InvalidArgumentError(state, { field: "model", cause: err })
-    : new FailedPreconditionError(state, { cause: err });
 }

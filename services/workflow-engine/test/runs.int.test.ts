@@ -564,8 +564,7 @@ describe("runs", () => {
       }),
     ).toEqual({
       code: Code.FailedPrecondition,
-      message:
-        'workflow template "typo_template" step "b" uses model "sim-fsat", which is not in the catalog',
+      message: 'workflow template "typo_template" step "b": model "sim-fsat" is not in the catalog',
     });
     // None of them became a run.
     for (const filter of [{ model: "gpt-nope" }, { templateId: "typo_template" }]) {

@@ -334,7 +334,7 @@ describe("SessionService", () => {
     ).toEqual({ code: Code.InvalidArgument, message: `settings.model: ${unknown}` });
     expect(await refusal(send({ sessionId: id, text: "Hello?", model: "no-such-model" }))).toEqual({
       code: Code.InvalidArgument,
-      message: unknown,
+      message: `model: ${unknown}`,
     });
 
     // A session whose model has left the catalog since it was saved.
@@ -345,8 +345,7 @@ describe("SessionService", () => {
     });
     expect(await refusal(send({ sessionId: id, text: "Hello?" }))).toEqual({
       code: Code.FailedPrecondition,
-      message:
-        'the session\'s model "retired" is not in the catalog; choose another with UpdateSession (settings.model)',
+      message: 'settings.model: model "retired" is not in the catalog',
     });
     expect((await sessions.getSession({ sessionId: id }, as(userA))).messages).toEqual([]);
   });
