@@ -263,8 +263,8 @@ function upstreamOf(plan: Plan, stepId: string): string[] {
 export class Engine {
   readonly #d: EngineDeps;
   readonly #log: Logger;
-  /** runId -> controllers of step calls in flight on this replica. */
-  readonly #inflight = new Map<string, Set<AbortController>>();
+  /** runId -> step calls in flight on this replica (their controllers, and which step). */
+  readonly #inflight = new Map<string, Map<AbortController, string>>();
   readonly #tenantBusy = new Map<string, number>();
   readonly #tenantWaiters = new Map<string, Array<() => void>>();
   readonly #plans = new Map<string, Plan>();
@@ -432,9 +432,15 @@ export class Engine {
   }
 
   #abortLocal(runId: string): void {
-    const set = this.#inflight.get(runId);
-    if (set === undefined) return;
-    for (const c of set) c.abort();
+    const calls = this.#inflight.get(runId);
+    if (calls === undefined) return;
+    for (const c of calls.keys()) c.abort();
+  }
+
+  /** Whether this replica is executing the step (between taking its message and its tail). */
+  #runningHere(runId: string, stepId: string): boolean {
+    for (const id of this.#inflight.get(runId)?.values() ?? []) if (id === stepId) return true;
+    return false;
   }
 
   // ------------------------------------------------------------------------------ runs
@@ -701,14 +707,22 @@ export class Engine {
   // ------------------------------------------------------------------------------ dispatch
 
   /**
-   * The run's dispatch claims and step outcomes. `fresh` (GetRun, recovery): everything is read.
-   * Otherwise only what this replica does not know yet, and of that only outcomes that can
-   * exist: a step whose dependencies are not all completed was never dispatched, so rounds of
-   * reads follow the graph from what is known.
+   * The run's dispatch claims and step outcomes, as far as `read` asks:
+   * - "all" (GetRun, recovery, a run's end other than completed): everything is read.
+   * - "known": what this replica does not know yet, and of that only outcomes that can exist:
+   *   a step whose dependencies are not all completed was never dispatched, so rounds of reads
+   *   follow the graph from what is known.
+   * - "dispatch" (#dispatchReady): as "known", but only outcomes that no one else will act on.
+   *   Not read: a step running here (its outcome is claimed here first, and its tail then takes
+   *   the next steps with this replica's knowledge), and, when the run's cap on parallel steps
+   *   cannot bind, a step this replica has not seen dispatched (#dispatchReady claims it, and
+   *   only a lost claim says it may have an outcome, read then). Whoever stores a step's outcome
+   *   reads the others' afterwards, so of two steps ending at once on two replicas at least one
+   *   sees both.
    */
   async #progress(
     state: RunState,
-    fresh: boolean,
+    read: "all" | "known" | "dispatch",
   ): Promise<{
     dispatched: RunStepDoc[];
     outcomes: StepOutcomeDoc[];
@@ -730,7 +744,7 @@ export class Engine {
       return { dispatched, outcomes };
     }
     const key = (id: string) => stepKey(doc.tenantId, doc.id, id);
-    if (fresh) {
+    if (read === "all") {
       const [dispatched, outcomes] = await Promise.all([
         Promise.all(steps.map((s) => byId(this.#d.models.runSteps, key(s.id)))),
         Promise.all(steps.map((s) => byId(this.#d.models.stepOutcomes, key(s.id)))),
@@ -742,11 +756,21 @@ export class Engine {
         outcomes: outcomes.filter((o) => o !== null),
       };
     }
+    // Dispatch claims matter only when the run's cap on parallel steps can bind (to count the
+    // steps in flight); otherwise claiming a step someone else claimed just loses the claim.
+    const maxParallel =
+      plan.template.maxParallel > 0 ? plan.template.maxParallel : this.#s.runMaxParallel;
+    const capBinds = steps.length > maxParallel;
     const completed = (id: string) => known.outcomes.get(id)?.status === StepStatus.COMPLETED;
     const asked = new Set<string>();
     for (;;) {
       const ask = steps.filter(
-        (s) => !known.outcomes.has(s.id) && !asked.has(s.id) && s.dependsOn.every(completed),
+        (s) =>
+          !known.outcomes.has(s.id) &&
+          !asked.has(s.id) &&
+          s.dependsOn.every(completed) &&
+          (read === "known" ||
+            ((capBinds || known.dispatched.has(s.id)) && !this.#runningHere(doc.id, s.id))),
       );
       if (ask.length === 0) break;
       const found = await Promise.all(
@@ -757,11 +781,7 @@ export class Engine {
       );
       for (const o of found) if (o !== null) known.outcomes.set(o.stepId, o);
     }
-    // Dispatch claims matter only when the run's cap on parallel steps can bind (to count the
-    // steps in flight); otherwise claiming a step someone else claimed just loses the claim.
-    const maxParallel =
-      plan.template.maxParallel > 0 ? plan.template.maxParallel : this.#s.runMaxParallel;
-    if (steps.length > maxParallel) {
+    if (capBinds) {
       const ask = steps.filter(
         (s) =>
           !known.dispatched.has(s.id) && !known.outcomes.has(s.id) && s.dependsOn.every(completed),
@@ -778,7 +798,7 @@ export class Engine {
    */
   async #dispatchReady(state: RunState, fresh = false): Promise<boolean> {
     const { doc, plan } = state;
-    const { dispatched, outcomes } = await this.#progress(state, fresh);
+    const { dispatched, outcomes } = await this.#progress(state, fresh ? "all" : "dispatch");
     const completed = new Set(
       outcomes.filter((o) => o.status === StepStatus.COMPLETED).map((o) => o.stepId),
     );
@@ -804,8 +824,12 @@ export class Engine {
       { dispatched: new Set(dispatched.map((d) => d.stepId)), completed, ended },
       maxParallel,
     );
+    const known = this.#knownOf(doc.id);
+    const lost: string[] = [];
     await Promise.all(
       ready.map(async (stepId) => {
+        // Two steps ending here at once both find their common next step ready: one claims it.
+        if (known.dispatched.has(stepId)) return;
         const queuedAt = new Date();
         const claimDoc: RunStepDoc = {
           tenantId: doc.tenantId,
@@ -817,14 +841,27 @@ export class Engine {
           fallbackUsed: false,
           queuedAt,
         };
-        const won = await claim(this.#d.models.runSteps, {
-          _id: stepKey(doc.tenantId, doc.id, stepId),
-          ...claimDoc,
-        });
-        if (won) this.#knownOf(doc.id).dispatched.set(stepId, claimDoc);
+        // Dispatched from here on, whoever wins the claim (a lost claim's entry is ours, not the
+        // winner's; only its step id is used). Unknown again if the claim could not be written.
+        known.dispatched.set(stepId, claimDoc);
+        let won: boolean;
+        try {
+          won = await claim(this.#d.models.runSteps, {
+            _id: stepKey(doc.tenantId, doc.id, stepId),
+            ...claimDoc,
+          });
+        } catch (err) {
+          known.dispatched.delete(stepId);
+          throw err;
+        }
         if (won) await this.#enqueue(doc.tenantId, doc.id, stepId, queuedAt);
+        else lost.push(stepId);
       }),
     );
+    // Dispatched before (elsewhere, or here before a restart): it may have ended, and what
+    // follows it is then for whoever learns that first.
+    const found = await Promise.all(lost.map((stepId) => this.#outcomeOf(doc, stepId)));
+    if (found.some((o) => o !== null)) return this.#dispatchReady(state);
     return false;
   }
 
@@ -945,10 +982,10 @@ export class Engine {
     const controller = new AbortController();
     let set = this.#inflight.get(body.runId);
     if (set === undefined) {
-      set = new Set();
+      set = new Map();
       this.#inflight.set(body.runId, set);
     }
-    set.add(controller);
+    set.set(controller, step.id);
     const heartbeat = setInterval(() => msg.working(), Math.max(1_000, this.#s.ackWaitMs / 3));
     this.#d.metrics?.dispatchSeconds.observe(Math.max(0, takenAt - body.queuedAt) / 1000);
     // The RUNNING state is written only for a step that takes a while: a fast step goes from
@@ -1265,7 +1302,8 @@ export class Engine {
     // the graph; a failed or cancelled one may have outcomes anywhere, so all are read.
     const outcomes =
       state !== undefined
-        ? (await this.#progress(state, outcome.status !== RunStatus.COMPLETED)).outcomes
+        ? (await this.#progress(state, outcome.status !== RunStatus.COMPLETED ? "all" : "known"))
+            .outcomes
         : await this.#d.models.stepOutcomes
             .find({ tenantId: ref.tenantId, runId: ref.runId })
             .lean<StepOutcomeDoc[]>();
@@ -1442,7 +1480,7 @@ export class Engine {
       }
       return false;
     }
-    const { dispatched, outcomes } = await this.#progress(state, true);
+    const { dispatched, outcomes } = await this.#progress(state, "all");
     const ended = new Set(outcomes.map((o) => o.stepId));
     let touched = false;
     for (const d of dispatched) {
@@ -1521,7 +1559,7 @@ export class Engine {
     const { dispatched, outcomes } =
       known !== undefined
         ? { dispatched: [...known.dispatched.values()], outcomes: [...known.outcomes.values()] }
-        : await this.#progress({ doc, plan }, true);
+        : await this.#progress({ doc, plan }, "all");
     const byStep = new Map(dispatched.map((d) => [d.stepId, d]));
     const ended = new Map(outcomes.map((o) => [o.stepId, o]));
     const terminal = isTerminal(doc.status);
