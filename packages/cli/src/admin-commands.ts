@@ -12,7 +12,7 @@ import {
   type ApiKey,
 } from "@ensemble/proto";
 import type { Context } from "./context.js";
-import { label, table, usd, when } from "./output.js";
+import { enumValue, label, table, usd, when } from "./output.js";
 import { UsageError } from "./session.js";
 
 /** "30d", "12h", "90m" -> ms. */
@@ -20,23 +20,6 @@ function ttlMs(raw: string): number {
   const m = /^(\d+)([mhd])$/.exec(raw.trim());
   if (m === null) throw new UsageError(`--ttl ${raw}: expected a lifetime like 90m, 12h, 30d`);
   return Number(m[1]) * { m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "m"];
-}
-
-function enumValue<E extends Record<string, string | number>>(
-  e: E,
-  flag: string,
-  raw: string,
-): number {
-  const value = (e as Record<string, string | number>)[
-    raw.trim().toUpperCase().replaceAll("-", "_")
-  ];
-  if (typeof value !== "number" || value === 0) {
-    const names = Object.keys(e)
-      .filter((k) => Number.isNaN(Number(k)) && k !== "UNSPECIFIED")
-      .map((k) => k.toLowerCase().replaceAll("_", "-"));
-    throw new UsageError(`${flag} ${raw}: expected one of ${names.join(", ")}`);
-  }
-  return value;
 }
 
 function keyJson(key: ApiKey): Record<string, unknown> {

@@ -1,6 +1,7 @@
 // Printing: tables and lines for people, JSON for scripts (--json). Progress and notices go to
 // stderr so stdout holds only the result.
 import { durationMs, timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { UsageError } from "./session.js";
 
 export interface Io {
   stdout: NodeJS.WritableStream & { isTTY?: boolean };
@@ -76,4 +77,22 @@ export function usd(value: number): string {
 /** A generated enum's value as a lower-case word (protobuf-es enums map numbers to short names). */
 export function label(names: Record<number, string>, value: number): string {
   return (names[value] ?? String(value)).toLowerCase();
+}
+
+/** The enum value a flag names ("time-to-first-token" -> TIME_TO_FIRST_TOKEN); else a UsageError listing them. */
+export function enumValue<E extends Record<string, string | number>>(
+  e: E,
+  flag: string,
+  raw: string,
+): number {
+  const value = (e as Record<string, string | number>)[
+    raw.trim().toUpperCase().replaceAll("-", "_")
+  ];
+  if (typeof value !== "number" || value === 0) {
+    const names = Object.keys(e)
+      .filter((k) => Number.isNaN(Number(k)) && k !== "UNSPECIFIED")
+      .map((k) => k.toLowerCase().replaceAll("_", "-"));
+    throw new UsageError(`${flag} ${raw}: expected one of ${names.join(", ")}`);
+  }
+  return value;
 }

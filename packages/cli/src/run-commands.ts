@@ -5,6 +5,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import {
   Category,
+  RankCriterion,
   RunEventSchema,
   RunMode,
   RunSchema,
@@ -13,20 +14,26 @@ import {
   RunView,
   StepStatus,
   WorkflowTemplateSchema,
+  type RankingResult,
   type Run,
   type RunEvent,
   type RunSpecSchema,
 } from "@ensemble/proto";
 import { parse as parseYaml } from "yaml";
 import type { Context } from "./context.js";
-import { label, seconds, table, usd, when, type Output } from "./output.js";
+import { enumValue, label, seconds, table, usd, when, type Output } from "./output.js";
 import { UsageError } from "./session.js";
+
+/** The judge of `run --compare` when neither --judge nor --rank-by is given. */
+const DEFAULT_JUDGE = "medium";
 
 interface RunOptions {
   template?: string;
   file?: string;
   model?: string;
   compare?: string;
+  judge?: string;
+  rankBy?: string;
   auto?: boolean;
   var: string[];
   system?: string;
@@ -71,6 +78,9 @@ async function buildSpec(
   if (chosen.length > 1) {
     throw new UsageError("choose one of --template, --file, --model, --compare, --auto");
   }
+  if (opts.compare === undefined && (opts.judge !== undefined || opts.rankBy !== undefined)) {
+    throw new UsageError("--judge and --rank-by rank the answers of --compare");
+  }
   const vars = variables(opts.var);
   let mode: MessageInitShape<typeof RunSpecSchema>["mode"];
   if (opts.template !== undefined) {
@@ -112,7 +122,15 @@ async function buildSpec(
       .filter((m) => m !== "");
     if (models.length < 2)
       throw new UsageError("--compare: name at least two models, comma-separated");
-    mode = { case: "compare", value: { models } };
+    const by = (opts.rankBy ?? "")
+      .split(",")
+      .filter((c) => c.trim() !== "")
+      .map((c) => enumValue(RankCriterion, "--rank-by", c));
+    if (opts.rankBy !== undefined && by.length === 0)
+      throw new UsageError("--rank-by: name at least one criterion, comma-separated");
+    // With neither, the catalog's medium model judges (the bare role aliases are a catalog rule).
+    const judgeModel = opts.judge ?? (by.length > 0 ? "" : DEFAULT_JUDGE);
+    mode = { case: "compare", value: { models, ranking: { judgeModel, by } } };
   } else {
     mode = { case: "auto", value: {} };
   }
@@ -210,10 +228,29 @@ class Progress {
 }
 
 /** The end of a run as a person reads it; sets the exit code of a run that did not complete. */
-function finish(out: Output, run: Run | undefined): void {
+/** A compare run's ranking, best first: who answered, and why there. */
+function rankingLines(ranking: RankingResult): string[] {
+  const how = [
+    ...(ranking.judgeModel !== "" ? [`judged by ${ranking.judgeModel}`] : []),
+    ...(ranking.by.length > 0
+      ? [`by ${ranking.by.map((c) => label(RankCriterion, c).replaceAll("_", "-")).join(", ")}`]
+      : []),
+  ];
+  return [
+    `ranking (${how.join(", ")}):`,
+    ...ranking.ranked.map(
+      (r) => `  ${r.rank}. ${r.model}${r.rationale !== "" ? `: ${r.rationale}` : ""}`,
+    ),
+    ...(ranking.rationale !== "" ? [ranking.rationale] : []),
+  ];
+}
+
+function finish(out: Output, run: Run | undefined, quiet = false): void {
   if (run === undefined) return;
   if (run.status !== RunStatus.COMPLETED) process.exitCode = 1;
   if (out.json) return;
+  if (run.status === RunStatus.COMPLETED && run.ranking !== undefined && !quiet)
+    out.notice(rankingLines(run.ranking).join("\n"));
   if (run.status === RunStatus.COMPLETED)
     out.write(run.output.endsWith("\n") ? run.output : `${run.output}\n`);
   else
@@ -289,6 +326,7 @@ function describe(run: Run): string {
       ),
     );
   }
+  if (run.ranking !== undefined) lines.push("", ...rankingLines(run.ranking));
   if (run.output !== "") lines.push("", run.output);
   return lines.join("\n");
 }
@@ -304,6 +342,14 @@ export function registerRunCommands(program: Command, ctx: Context): void {
     .option("-f, --file <path>", "an inline workflow: YAML or JSON WorkflowTemplate")
     .option("-m, --model <model>", "one model answers")
     .option("-c, --compare <models>", "comma-separated models answer in parallel, then a ranking")
+    .option(
+      "--judge <model>",
+      `with --compare: the model that ranks the answers (default: ${DEFAULT_JUDGE}, unless --rank-by is given)`,
+    )
+    .option(
+      "--rank-by <criteria>",
+      "with --compare: rank by latency, cost, shortest, longest, time-to-first-token (comma-separated, first counts most; with --judge they break its ties)",
+    )
     .option("--auto", "the categorizer picks the route (the default)")
     .option("--var <name=value>", "a workflow variable (repeatable)", collect, [])
     .option("--system <prompt>", "system prompt for every step")
@@ -315,7 +361,7 @@ export function registerRunCommands(program: Command, ctx: Context): void {
     .option("-q, --quiet", "no progress lines, only the output")
     .addHelpText(
       "after",
-      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
+      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run -c fast,medium --rank-by cost,latency "Summarise RFC 9110 in one line"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
     )
     .action(async (words: string[], opts: RunOptions) => {
       const { gw, out } = ctx.get();
@@ -335,7 +381,7 @@ export function registerRunCommands(program: Command, ctx: Context): void {
         );
         return;
       }
-      finish(out, await follow(out, opts.quiet === true, runs.run({ spec })));
+      finish(out, await follow(out, opts.quiet === true, runs.run({ spec })), opts.quiet === true);
     });
 
   const runsCmd = program.command("runs").description("list, inspect, watch and cancel runs");
@@ -392,7 +438,7 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       await follow(out, opts.quiet === true, runs.watchRun({ runId, includeSnapshot: true }));
       const res = await runs.getRun({ runId, view: RunView.FULL });
       if (out.json && res.run !== undefined) out.line({ run: toJson(RunSchema, res.run) });
-      finish(out, res.run);
+      finish(out, res.run, opts.quiet === true);
     });
 
   runsCmd

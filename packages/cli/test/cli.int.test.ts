@@ -277,6 +277,42 @@ describe("ensemble CLI against a live mesh", () => {
     expect(lines.at(-1)?.["run"]?.["status"]).toBe("RUN_STATUS_COMPLETED");
   }, 90_000);
 
+  it("cli - run --compare shows the ranking, by the default judge or by --rank-by", async () => {
+    const judged = await cli(["run", "-c", "sim-fast,sim-medium", "Name a sorting algorithm"]);
+    expect(judged.code, judged.stderr).toBe(0);
+    expect(judged.stderr).toMatch(/ranking \(judged by sim-medium\):\n {2}1\. sim-\w+/);
+    expect(judged.stdout).toContain("simulated");
+
+    const byCost = await cli([
+      "--json",
+      "run",
+      "-c",
+      "sim-fast,sim-thinking",
+      "--rank-by",
+      "cost,latency",
+      "Name a sorting algorithm",
+    ]);
+    expect(byCost.code, byCost.stderr).toBe(0);
+    const last = JSON.parse(byCost.stdout.trim().split("\n").at(-1)!) as {
+      run: {
+        status: string;
+        ranking: { judgeModel?: string; by: string[]; ranked: Array<{ model: string }> };
+      };
+    };
+    expect(last.run.status).toBe("RUN_STATUS_COMPLETED");
+    expect(last.run.ranking.judgeModel ?? "").toBe("");
+    expect(last.run.ranking.by).toEqual(["RANK_CRITERION_COST", "RANK_CRITERION_LATENCY"]);
+    // The cheaper model wins on cost.
+    expect(last.run.ranking.ranked.map((r) => r.model)).toEqual(["sim-fast", "sim-thinking"]);
+
+    const wrong = await cli(["run", "-c", "sim-fast,sim-medium", "--rank-by", "speed", "x"]);
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toContain("--rank-by speed: expected one of latency, cost, shortest");
+    const stray = await cli(["run", "-m", "sim-fast", "--judge", "sim-medium", "x"]);
+    expect(stray.code).not.toBe(0);
+    expect(stray.stderr).toContain("--judge and --rank-by rank the answers of --compare");
+  }, 90_000);
+
   it("cli - keys create shows the secret once, the key works, list shows it, revoke ends it", async () => {
     const created = await cli(["--json", "keys", "create", "ci"]);
     expect(created.code).toBe(0);
