@@ -188,6 +188,57 @@ describe("openai client against the gateway", () => {
     expect(usage?.completion_tokens).toBe(unary.usage?.completion_tokens);
   });
 
+  it("tools - an agent loop: the model calls the tool (unary and streamed), gets its result, then answers", async () => {
+    const openai = client(accessToken);
+    const tools: OpenAI.ChatCompletionTool[] = [
+      {
+        type: "function",
+        function: {
+          name: "get_weather",
+          description: "The weather in a city",
+          parameters: { type: "object", properties: { city: { type: "string" } } },
+        },
+      },
+    ];
+    const messages: OpenAI.ChatCompletionMessageParam[] = [
+      { role: "user", content: "What is the weather in Paris?" },
+    ];
+    const first = await openai.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      tools,
+      tool_choice: "required",
+    });
+    const asked = first.choices[0]!;
+    expect(asked.finish_reason).toBe("tool_calls");
+    const call = asked.message.tool_calls?.[0];
+    expect(call).toMatchObject({ type: "function", function: { name: "get_weather" } });
+    expect(JSON.parse(call?.type === "function" ? call.function.arguments : "")).toEqual({});
+
+    const streamed = await openai.chat.completions
+      .stream({ model: "sim-fast", messages, tools, tool_choice: "required" })
+      .finalChatCompletion();
+    expect(streamed.choices[0]?.finish_reason).toBe("tool_calls");
+    expect(streamed.choices[0]?.message.tool_calls?.[0]).toMatchObject({
+      id: call!.id,
+      function: { name: "get_weather", arguments: "{}" },
+    });
+
+    const answer = await openai.chat.completions.create({
+      model: "sim-fast",
+      tools,
+      tool_choice: "required",
+      messages: [
+        ...messages,
+        asked.message,
+        { role: "tool", tool_call_id: call!.id, content: "sunny, 21 C" },
+      ],
+    });
+    expect(answer.choices[0]?.finish_reason).toBe("stop");
+    expect(answer.choices[0]?.message.content).toContain("[simulated sim-fast]");
+    expect(answer.usage?.prompt_tokens).toBeGreaterThan(first.usage?.prompt_tokens ?? 0);
+  });
+
   it("embeddings - one vector per input; the SDK's default base64 decodes to the same floats", async () => {
     const openai = client(accessToken);
     const input = ["the cat sat on the mat", "a cat sat on a mat", "quantum chromodynamics"];

@@ -13,6 +13,8 @@ export interface ChatRequest {
   stream: boolean;
   includeUsage: boolean;
   maxTokens?: number;
+  /** A function the model must call (tool_choice `required` or a named function), when tools are given. */
+  forcedTool?: string;
 }
 
 export interface ChatAnswer {
@@ -105,7 +107,53 @@ export function parseChatRequest(
     includeUsage: isRecord(streamOptions) && streamOptions["include_usage"] === true,
   };
   if (maxTokens !== undefined) req.maxTokens = maxTokens;
+  const forced = forcedTool(body, messages);
+  if (forced !== undefined) req.forcedTool = forced;
   return { req, profile };
+}
+
+/**
+ * tool_choice `"required"` or `{type:"function", function:{name}}` forces a call (of the first
+ * tool for `required`), unless the conversation already ends with a tool result: then the model
+ * answers in text. `"auto"` and `"none"` answer in text (the simulator never volunteers a call).
+ */
+function forcedTool(body: Record<string, unknown>, messages: unknown[]): string | undefined {
+  const tools = body["tools"];
+  const choice = body["tool_choice"];
+  if (choice === undefined || choice === null || choice === "auto" || choice === "none")
+    return undefined;
+  if (!Array.isArray(tools) || tools.length === 0) {
+    throw invalid(
+      "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+      "tool_choice",
+      "invalid_value",
+    );
+  }
+  const names = tools.map((t) =>
+    isRecord(t) && isRecord(t["function"]) ? t["function"]["name"] : undefined,
+  );
+  let name: unknown;
+  if (choice === "required") name = names[0];
+  else if (isRecord(choice) && choice["type"] === "function" && isRecord(choice["function"])) {
+    name = choice["function"]["name"];
+    if (!names.includes(name)) {
+      throw invalid(
+        `Invalid value for 'tool_choice': function '${String(name)}' is not one of the tools.`,
+        "tool_choice",
+        "invalid_value",
+      );
+    }
+  } else {
+    throw invalid(
+      "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or a function.",
+      "tool_choice",
+      "invalid_value",
+    );
+  }
+  if (typeof name !== "string") return undefined;
+  const last = messages[messages.length - 1];
+  if (isRecord(last) && last["role"] === "tool") return undefined;
+  return name;
 }
 
 function validateMessage(m: unknown, i: number, vision: boolean): void {

@@ -77,4 +77,68 @@ describe("llm-sim with the openai client", () => {
     expect((bad as APIError).status).toBe(400);
     expect((bad as APIError).code).toBe("empty_array");
   });
+
+  it("openai client - tool_choice required or named calls the tool, unary and streamed; a tool result gets text", async () => {
+    const tools: OpenAI.ChatCompletionTool[] = [
+      { type: "function", function: { name: "get_time", parameters: { type: "object" } } },
+      { type: "function", function: { name: "get_weather", parameters: { type: "object" } } },
+    ];
+    const required = await client.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      tools,
+      tool_choice: "required",
+    });
+    const choice = required.choices[0]!;
+    expect(choice.finish_reason).toBe("tool_calls");
+    expect(choice.message.content).toBeNull();
+    const call = choice.message.tool_calls?.[0];
+    expect(call).toMatchObject({
+      type: "function",
+      function: { name: "get_time", arguments: "{}" },
+    });
+    expect(call?.id).toMatch(/^call_sim/);
+
+    // The SDK's stream helper assembles the streamed call.
+    const streamed = await client.chat.completions
+      .stream({
+        model: "sim-fast",
+        messages,
+        tools,
+        tool_choice: { type: "function", function: { name: "get_weather" } },
+      })
+      .finalChatCompletion();
+    expect(streamed.choices[0]?.finish_reason).toBe("tool_calls");
+    expect(streamed.choices[0]?.message.tool_calls?.[0]).toMatchObject({
+      function: { name: "get_weather", arguments: "{}" },
+    });
+
+    // After the tool's result the model answers in text; "auto" never volunteers a call.
+    const after = await client.chat.completions.create({
+      model: "sim-fast",
+      tools,
+      tool_choice: "required",
+      messages: [
+        ...messages,
+        choice.message,
+        { role: "tool", tool_call_id: call!.id, content: "12:00" },
+      ],
+    });
+    expect(after.choices[0]?.finish_reason).toBe("stop");
+    expect(after.choices[0]?.message.content).toContain("[simulated sim-fast]");
+    const auto = await client.chat.completions.create({ model: "sim-fast", messages, tools });
+    expect(auto.choices[0]?.message.tool_calls ?? []).toHaveLength(0);
+
+    const unknown = await client.chat.completions
+      .create({
+        model: "sim-fast",
+        messages,
+        tools,
+        tool_choice: { type: "function", function: { name: "nope" } },
+      })
+      .catch((err: unknown) => err);
+    expect(unknown).toBeInstanceOf(APIError);
+    expect((unknown as APIError).status).toBe(400);
+    expect((unknown as APIError).message).toContain("function 'nope' is not one of the tools");
+  });
 });

@@ -394,7 +394,15 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     if (failure === "handled" || signal.aborted) return;
     const id = `chatcmpl-sim${ans.hash}`;
     const created = Math.floor(Date.now() / 1000);
-    const completionTokens = ans.pieces.length;
+    const call =
+      chatReq.forcedTool !== undefined
+        ? {
+            id: `call_sim${ans.hash}`,
+            type: "function",
+            function: { name: chatReq.forcedTool, arguments: "{}" },
+          }
+        : undefined;
+    const completionTokens = call ? countTokens(JSON.stringify(call)) : ans.pieces.length;
     const usage = {
       prompt_tokens: ans.promptTokens,
       completion_tokens: completionTokens,
@@ -424,9 +432,11 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         choices: [
           {
             index: 0,
-            message: { role: "assistant", content: ans.pieces.join(""), refusal: null },
+            message: call
+              ? { role: "assistant", content: null, tool_calls: [call], refusal: null }
+              : { role: "assistant", content: ans.pieces.join(""), refusal: null },
             logprobs: null,
-            finish_reason: ans.finishReason,
+            finish_reason: call ? "tool_calls" : ans.finishReason,
           },
         ],
         usage,
@@ -452,12 +462,31 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       if (chatReq.includeUsage) chunk["usage"] = null;
       res.write(`data: ${JSON.stringify(chunk)}\n\n`);
     };
-    send({ role: "assistant", content: "", refusal: null }, null);
-    const completed = await streamPieces(ans, c, failure === "cut", res, signal, (text) =>
-      send({ content: text }, null),
-    );
-    if (!completed) return;
-    send({}, ans.finishReason);
+    if (call) {
+      const { name } = call.function;
+      send(
+        {
+          role: "assistant",
+          content: null,
+          tool_calls: [
+            { index: 0, id: call.id, type: "function", function: { name, arguments: "" } },
+          ],
+          refusal: null,
+        },
+        null,
+      );
+      await sleep(c.ttftMs, signal);
+      if (failure === "cut") return cutStream(res, signal);
+      send({ tool_calls: [{ index: 0, function: { arguments: call.function.arguments } }] }, null);
+      send({}, "tool_calls");
+    } else {
+      send({ role: "assistant", content: "", refusal: null }, null);
+      const completed = await streamPieces(ans, c, failure === "cut", res, signal, (text) =>
+        send({ content: text }, null),
+      );
+      if (!completed) return;
+      send({}, ans.finishReason);
+    }
     if (chatReq.includeUsage) {
       res.write(
         `data: ${JSON.stringify({
