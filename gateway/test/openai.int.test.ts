@@ -9,7 +9,9 @@ import {
   RegistryService,
 } from "@ensemble/proto";
 import OpenAI from "openai";
+import { zodResponseFormat } from "openai/helpers/zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
 import { startCategorizerProcess } from "@ensemble/testkit";
 import {
   startAuthProcess,
@@ -237,6 +239,26 @@ describe("openai client against the gateway", () => {
     expect(answer.choices[0]?.finish_reason).toBe("stop");
     expect(answer.choices[0]?.message.content).toContain("[simulated sim-fast]");
     expect(answer.usage?.prompt_tokens).toBeGreaterThan(first.usage?.prompt_tokens ?? 0);
+  });
+
+  it("structured output - the SDK's parse() with a zod schema gets the parsed object back", async () => {
+    const Film = z.object({
+      title: z.string(),
+      rating: z.number().min(1),
+      genres: z.array(z.enum(["drama", "comedy"])),
+      director: z.object({ name: z.string() }),
+    });
+    const res = await client(accessToken).chat.completions.parse({
+      model: "sim-fast",
+      messages: [{ role: "user", content: "Recommend a film" }],
+      response_format: zodResponseFormat(Film, "film"),
+    });
+    expect(res.choices[0]?.message.parsed).toEqual({
+      title: "[simulated sim-fast] title",
+      rating: 1,
+      genres: ["drama"],
+      director: { name: "[simulated sim-fast] name" },
+    });
   });
 
   it("embeddings - one vector per input; the SDK's default base64 decodes to the same floats", async () => {

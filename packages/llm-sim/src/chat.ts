@@ -1,6 +1,7 @@
 import { invalid, SimError } from "./errors.js";
 import { stableHash } from "./hash.js";
 import type { ModelProfile } from "./models.js";
+import { structuredAnswer } from "./structured.js";
 import { countTokens, tokenPieces } from "./tokenizer.js";
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool", "function"]);
@@ -15,6 +16,8 @@ export interface ChatRequest {
   maxTokens?: number;
   /** A function the model must call (tool_choice `required` or a named function), when tools are given. */
   forcedTool?: string;
+  /** `response_format` when it asks for JSON (json_object or json_schema). */
+  responseFormat?: Record<string, unknown>;
 }
 
 export interface ChatAnswer {
@@ -109,7 +112,47 @@ export function parseChatRequest(
   if (maxTokens !== undefined) req.maxTokens = maxTokens;
   const forced = forcedTool(body, messages);
   if (forced !== undefined) req.forcedTool = forced;
+  const format = responseFormat(body["response_format"]);
+  if (format !== undefined) req.responseFormat = format;
   return { req, profile };
+}
+
+/** `response_format`, checked as OpenAI checks it; undefined for none or text. */
+function responseFormat(v: unknown): Record<string, unknown> | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isRecord(v)) {
+    throw invalid(
+      "Invalid type for 'response_format': expected an object.",
+      "response_format",
+      "invalid_type",
+    );
+  }
+  const type = v["type"];
+  if (type === "text") return undefined;
+  if (type === "json_object") return v;
+  if (type === "json_schema") {
+    const spec = v["json_schema"];
+    if (!isRecord(spec) || typeof spec["name"] !== "string" || spec["name"] === "") {
+      throw invalid(
+        "Missing required parameter: 'response_format.json_schema.name'.",
+        "response_format.json_schema.name",
+        "missing_required_parameter",
+      );
+    }
+    if (spec["schema"] !== undefined && !isRecord(spec["schema"])) {
+      throw invalid(
+        "Invalid type for 'response_format.json_schema.schema': expected an object.",
+        "response_format.json_schema.schema",
+        "invalid_type",
+      );
+    }
+    return v;
+  }
+  throw invalid(
+    `Invalid value: '${String(type)}'. Supported values are: 'text', 'json_object', and 'json_schema'.`,
+    "response_format.type",
+    "invalid_value",
+  );
 }
 
 /**
@@ -244,7 +287,7 @@ export function promptTokens(messages: readonly unknown[]): number {
   return total;
 }
 
-/** The answer is a pure function of (model, messages, temperature, top_p, seed). */
+/** The answer is a pure function of (model, messages, temperature, top_p, seed), shaped by response_format. */
 export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAnswer {
   const hash = stableHash({
     model: req.model,
@@ -259,7 +302,9 @@ export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAns
   const said = text.replace(/\s+/g, " ").trim();
   const quoted = said.length > 300 ? `${said.slice(0, 300)}…` : said;
   const imageNote = images > 0 ? ` I received ${images} image${images > 1 ? "s" : ""}.` : "";
-  const full = `[simulated ${req.model}] You said: "${quoted}".${imageNote} Simulated answer ${hash}.`;
+  const sentence = `[simulated ${req.model}] You said: "${quoted}".${imageNote} Simulated answer ${hash}.`;
+  const full =
+    structuredAnswer(req.responseFormat, sentence, `[simulated ${req.model}]`) ?? sentence;
   const all = tokenPieces(full);
   const truncated = req.maxTokens !== undefined && all.length > req.maxTokens;
   return {

@@ -117,6 +117,14 @@ export function parseGeminiRequest(model: string, body: unknown): GeminiRequest 
   if (topP !== undefined) openai["top_p"] = topP;
   if (maxTokens !== undefined) openai["max_tokens"] = Math.floor(maxTokens);
   if (typeof cfg["seed"] === "number") openai["seed"] = cfg["seed"];
+  // JSON mode: responseMimeType application/json, with a schema (responseJsonSchema, or the
+  // OpenAPI-style responseSchema, close enough for an instance) or without.
+  if (cfg["responseMimeType"] === "application/json") {
+    const schema = cfg["responseJsonSchema"] ?? cfg["responseSchema"];
+    openai["response_format"] = isRecord(schema)
+      ? { type: "json_schema", json_schema: { name: "response", schema: lowerTypes(schema) } }
+      : { type: "json_object" };
+  }
   const stop = cfg["stopSequences"];
   const req: GeminiRequest = {
     openai,
@@ -191,4 +199,15 @@ export function imageSize(aspectRatio: string | undefined): [number, number] {
   return w >= h
     ? [256, Math.max(1, Math.round((256 * h) / w))]
     : [Math.max(1, Math.round((256 * w) / h)), 256];
+}
+
+/** Gemini's OpenAPI-style schemas spell types in capitals (OBJECT, STRING); JSON Schema does not. */
+function lowerTypes(schema: unknown): unknown {
+  if (Array.isArray(schema)) return schema.map(lowerTypes);
+  if (!isRecord(schema)) return schema;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(schema)) {
+    out[k] = k === "type" && typeof v === "string" ? v.toLowerCase() : lowerTypes(v);
+  }
+  return out;
 }

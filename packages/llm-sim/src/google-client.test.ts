@@ -1,4 +1,4 @@
-import { ApiError, FinishReason, GoogleGenAI, Modality } from "@google/genai";
+import { ApiError, FinishReason, GoogleGenAI, Modality, Type } from "@google/genai";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cosine } from "./embeddings.js";
@@ -89,6 +89,32 @@ describe("llm-sim with the @google/genai client", () => {
       },
     });
     expect(call.functionCalls).toEqual([{ name: "get_weather", args: {} }]);
+  });
+
+  it("genai client - responseMimeType application/json answers JSON, an instance of responseSchema when given", async () => {
+    const typed = await ai.models.generateContent({
+      model: "sim-fast",
+      contents: "A city",
+      config: {
+        responseMimeType: "application/json",
+        responseSchema: {
+          type: Type.OBJECT,
+          properties: { name: { type: Type.STRING }, population: { type: Type.INTEGER } },
+        },
+      },
+    });
+    expect(JSON.parse(typed.text ?? "")).toEqual({
+      name: "[simulated sim-fast] name",
+      population: 0,
+    });
+    const untyped = await ai.models.generateContent({
+      model: "sim-fast",
+      contents: "A city",
+      config: { responseMimeType: "application/json" },
+    });
+    expect((JSON.parse(untyped.text ?? "") as { answer: string }).answer).toContain(
+      "[simulated sim-fast]",
+    );
   });
 
   it("genai client - embedContent (batchEmbedContents underneath) is deterministic and sized", async () => {

@@ -141,4 +141,75 @@ describe("llm-sim with the openai client", () => {
     expect((unknown as APIError).status).toBe(400);
     expect((unknown as APIError).message).toContain("function 'nope' is not one of the tools");
   });
+
+  it("openai client - response_format json_schema answers an instance of the schema, json_object a JSON object", async () => {
+    const schema = {
+      type: "object",
+      properties: {
+        title: { type: "string" },
+        year: { type: "integer", minimum: 1900 },
+        score: { type: "number" },
+        genre: { type: "string", enum: ["drama", "comedy"] },
+        tags: { type: "array", items: { type: "string" }, minItems: 2 },
+        director: { $ref: "#/$defs/person" },
+        sequel: { anyOf: [{ type: "null" }, { type: "boolean" }] },
+        note: { type: ["string", "null"] },
+      },
+      required: ["title", "year", "score", "genre", "tags", "director", "sequel", "note"],
+      additionalProperties: false,
+      $defs: {
+        person: {
+          type: "object",
+          properties: { name: { type: "string" } },
+          required: ["name"],
+          additionalProperties: false,
+        },
+      },
+    };
+    const res = await client.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      response_format: { type: "json_schema", json_schema: { name: "film", schema, strict: true } },
+    });
+    expect(res.choices[0]?.finish_reason).toBe("stop");
+    expect(JSON.parse(res.choices[0]?.message.content ?? "")).toEqual({
+      title: "[simulated sim-fast] title",
+      year: 1900,
+      score: 0,
+      genre: "drama",
+      tags: ["[simulated sim-fast] tags", "[simulated sim-fast] tags"],
+      director: { name: "[simulated sim-fast] name" },
+      sequel: false,
+      note: "[simulated sim-fast] note",
+    });
+    // Streamed, the pieces add up to the same JSON; usage counts it.
+    const stream = await client.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      stream: true,
+      response_format: { type: "json_schema", json_schema: { name: "film", schema } },
+    });
+    let text = "";
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
+    expect(text).toBe(res.choices[0]?.message.content);
+
+    const object = await client.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      response_format: { type: "json_object" },
+    });
+    const parsed = JSON.parse(object.choices[0]?.message.content ?? "") as { answer: string };
+    expect(parsed.answer).toContain("[simulated sim-fast]");
+
+    const nameless = await client.chat.completions
+      .create({
+        model: "sim-fast",
+        messages,
+        response_format: { type: "json_schema", json_schema: { schema } } as never,
+      })
+      .catch((err: unknown) => err);
+    expect(nameless).toBeInstanceOf(APIError);
+    expect((nameless as APIError).status).toBe(400);
+    expect((nameless as APIError).param).toBe("response_format.json_schema.name");
+  });
 });
