@@ -215,7 +215,9 @@ describe("openai client against the gateway", () => {
     expect(asked.finish_reason).toBe("tool_calls");
     const call = asked.message.tool_calls?.[0];
     expect(call).toMatchObject({ type: "function", function: { name: "get_weather" } });
-    expect(JSON.parse(call?.type === "function" ? call.function.arguments : "")).toEqual({});
+    expect(JSON.parse(call?.type === "function" ? call.function.arguments : "")).toEqual({
+      city: "[simulated sim-fast] city",
+    });
 
     const streamed = await openai.chat.completions
       .stream({ model: "sim-fast", messages, tools, tool_choice: "required" })
@@ -223,7 +225,7 @@ describe("openai client against the gateway", () => {
     expect(streamed.choices[0]?.finish_reason).toBe("tool_calls");
     expect(streamed.choices[0]?.message.tool_calls?.[0]).toMatchObject({
       id: call!.id,
-      function: { name: "get_weather", arguments: "{}" },
+      function: { name: "get_weather", arguments: '{"city":"[simulated sim-fast] city"}' },
     });
 
     const answer = await openai.chat.completions.create({

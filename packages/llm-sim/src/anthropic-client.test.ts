@@ -107,11 +107,20 @@ describe("llm-sim with the anthropic client", () => {
       model: "sim-fast",
       max_tokens: 200,
       messages,
-      tools: [{ name: "lookup", input_schema: { type: "object", properties: {} } }],
+      tools: [
+        {
+          name: "lookup",
+          input_schema: { type: "object", properties: { term: { type: "string" } } },
+        },
+      ],
       tool_choice: { type: "tool", name: "lookup" },
     });
     expect(tool.stop_reason).toBe("tool_use");
-    expect(tool.content[0]).toMatchObject({ type: "tool_use", name: "lookup", input: {} });
+    expect(tool.content[0]).toMatchObject({
+      type: "tool_use",
+      name: "lookup",
+      input: { term: "[simulated sim-fast] term" },
+    });
   });
 
   it("anthropic client - errors come in Anthropic's shape: 429 with retry-after, 401, 400, cut stream", async () => {

@@ -2,6 +2,7 @@
 // is checked the way Anthropic checks it, then rewritten as the equivalent OpenAI chat body, so
 // the same conversation gets the same simulated text from either API.
 import { SimError } from "./errors.js";
+import type { ForcedCall } from "./structured.js";
 
 export interface AnthropicRequest {
   /** The equivalent OpenAI chat body (model, messages, temperature, top_p, max_tokens). */
@@ -9,7 +10,7 @@ export interface AnthropicRequest {
   stream: boolean;
   stopSequences: string[];
   /** A tool the model must call (tool_choice `tool` or `any`), when tools are given. */
-  forcedTool?: string;
+  forcedTool?: ForcedCall;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -150,7 +151,7 @@ export function parseAnthropicRequest(body: unknown): AnthropicRequest {
  * tool_choice `{type:"tool",name}` or `{type:"any"}` forces a call (of the first tool for `any`),
  * unless the conversation already ends with tool results: then the model answers in text.
  */
-function forcedTool(body: Record<string, unknown>, messages: unknown[]): string | undefined {
+function forcedTool(body: Record<string, unknown>, messages: unknown[]): ForcedCall | undefined {
   const tools = body["tools"];
   const choice = body["tool_choice"];
   if (!Array.isArray(tools) || tools.length === 0 || !isRecord(choice)) return undefined;
@@ -163,13 +164,18 @@ function forcedTool(body: Record<string, unknown>, messages: unknown[]): string 
     return undefined;
   }
   const names = tools.map((t) => (isRecord(t) ? t["name"] : undefined));
+  const schemaOf = (name: string): unknown => {
+    const tool: unknown = tools[names.indexOf(name)];
+    return isRecord(tool) ? tool["input_schema"] : undefined;
+  };
   if (choice["type"] === "tool" && typeof choice["name"] === "string") {
     if (!names.includes(choice["name"])) {
       throw bad(`tool_choice.name: '${choice["name"]}' is not one of the tools`);
     }
-    return choice["name"];
+    return { name: choice["name"], schema: schemaOf(choice["name"]) };
   }
-  if (choice["type"] === "any" && typeof names[0] === "string") return names[0];
+  if (choice["type"] === "any" && typeof names[0] === "string")
+    return { name: names[0], schema: schemaOf(names[0]) };
   return undefined;
 }
 

@@ -1,7 +1,7 @@
 import { invalid, SimError } from "./errors.js";
 import { stableHash } from "./hash.js";
 import type { ModelProfile } from "./models.js";
-import { structuredAnswer } from "./structured.js";
+import { structuredAnswer, type ForcedCall } from "./structured.js";
 import { countTokens, tokenPieces } from "./tokenizer.js";
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool", "function"]);
@@ -15,7 +15,7 @@ export interface ChatRequest {
   includeUsage: boolean;
   maxTokens?: number;
   /** A function the model must call (tool_choice `required` or a named function), when tools are given. */
-  forcedTool?: string;
+  forcedTool?: ForcedCall;
   /** `response_format` when it asks for JSON (json_object or json_schema). */
   responseFormat?: Record<string, unknown>;
 }
@@ -160,7 +160,7 @@ function responseFormat(v: unknown): Record<string, unknown> | undefined {
  * tool for `required`), unless the conversation already ends with a tool result: then the model
  * answers in text. `"auto"` and `"none"` answer in text (the simulator never volunteers a call).
  */
-function forcedTool(body: Record<string, unknown>, messages: unknown[]): string | undefined {
+function forcedTool(body: Record<string, unknown>, messages: unknown[]): ForcedCall | undefined {
   const tools = body["tools"];
   const choice = body["tool_choice"];
   if (choice === undefined || choice === null || choice === "auto" || choice === "none")
@@ -172,9 +172,8 @@ function forcedTool(body: Record<string, unknown>, messages: unknown[]): string 
       "invalid_value",
     );
   }
-  const names = tools.map((t) =>
-    isRecord(t) && isRecord(t["function"]) ? t["function"]["name"] : undefined,
-  );
+  const fns = tools.map((t) => (isRecord(t) && isRecord(t["function"]) ? t["function"] : {}));
+  const names = fns.map((f) => f["name"]);
   let name: unknown;
   if (choice === "required") name = names[0];
   else if (isRecord(choice) && choice["type"] === "function" && isRecord(choice["function"])) {
@@ -196,7 +195,7 @@ function forcedTool(body: Record<string, unknown>, messages: unknown[]): string 
   if (typeof name !== "string") return undefined;
   const last = messages[messages.length - 1];
   if (isRecord(last) && last["role"] === "tool") return undefined;
-  return name;
+  return { name, schema: fns[names.indexOf(name)]?.["parameters"] };
 }
 
 function validateMessage(m: unknown, i: number, vision: boolean): void {

@@ -2,13 +2,14 @@
 // chat simulation: contents are checked the way Gemini checks them, then rewritten as the
 // equivalent OpenAI chat body, so the same conversation gets the same simulated text.
 import { SimError } from "./errors.js";
+import type { ForcedCall } from "./structured.js";
 
 export interface GeminiRequest {
   /** The equivalent OpenAI chat body (model, messages, temperature, top_p, seed, max_tokens). */
   openai: Record<string, unknown>;
   stopSequences: string[];
   /** A function the model must call (functionCallingConfig mode ANY), when tools are given. */
-  forcedTool?: string;
+  forcedTool?: ForcedCall;
   /** generationConfig.imageConfig.aspectRatio, for image models. */
   aspectRatio?: string;
 }
@@ -142,7 +143,10 @@ export function parseGeminiRequest(model: string, body: unknown): GeminiRequest 
 }
 
 /** Mode ANY forces a call (of the first allowed function), unless function results end the chat. */
-function forcedFunction(body: Record<string, unknown>, contents: unknown[]): string | undefined {
+function forcedFunction(
+  body: Record<string, unknown>,
+  contents: unknown[],
+): ForcedCall | undefined {
   const cfg = isRecord(body["toolConfig"])
     ? body["toolConfig"]["functionCallingConfig"]
     : undefined;
@@ -155,16 +159,17 @@ function forcedFunction(body: Record<string, unknown>, contents: unknown[]): str
   ) {
     return undefined;
   }
-  const allowed = cfg["allowedFunctionNames"];
-  if (Array.isArray(allowed) && typeof allowed[0] === "string") return allowed[0];
-  const tools = Array.isArray(body["tools"]) ? body["tools"] : [];
-  for (const t of tools) {
-    const decls = isRecord(t) ? t["functionDeclarations"] : undefined;
-    if (Array.isArray(decls) && isRecord(decls[0]) && typeof decls[0]["name"] === "string") {
-      return decls[0]["name"];
-    }
+  const decls: Array<Record<string, unknown>> = [];
+  for (const t of Array.isArray(body["tools"]) ? (body["tools"] as unknown[]) : []) {
+    const list: unknown = isRecord(t) ? t["functionDeclarations"] : undefined;
+    if (Array.isArray(list)) decls.push(...(list as unknown[]).filter(isRecord));
   }
-  return undefined;
+  const allowed: unknown = cfg["allowedFunctionNames"];
+  const name =
+    Array.isArray(allowed) && typeof allowed[0] === "string" ? allowed[0] : decls[0]?.["name"];
+  if (typeof name !== "string") return undefined;
+  const decl = decls.find((d) => d["name"] === name);
+  return { name, schema: decl?.["parametersJsonSchema"] ?? lowerTypes(decl?.["parameters"]) };
 }
 
 /** The texts of an embedContent request (`content.parts[].text`, joined). */

@@ -84,11 +84,23 @@ describe("llm-sim with the @google/genai client", () => {
       model: "sim-fast",
       contents: "Weather in Paris?",
       config: {
-        tools: [{ functionDeclarations: [{ name: "get_weather", description: "weather" }] }],
+        tools: [
+          {
+            functionDeclarations: [
+              {
+                name: "get_weather",
+                description: "weather",
+                parameters: { type: Type.OBJECT, properties: { city: { type: Type.STRING } } },
+              },
+            ],
+          },
+        ],
         toolConfig: { functionCallingConfig: { mode: "ANY" as never } },
       },
     });
-    expect(call.functionCalls).toEqual([{ name: "get_weather", args: {} }]);
+    expect(call.functionCalls).toEqual([
+      { name: "get_weather", args: { city: "[simulated sim-fast] city" } },
+    ]);
   });
 
   it("genai client - responseMimeType application/json answers JSON, an instance of responseSchema when given", async () => {

@@ -81,7 +81,17 @@ describe("llm-sim with the openai client", () => {
   it("openai client - tool_choice required or named calls the tool, unary and streamed; a tool result gets text", async () => {
     const tools: OpenAI.ChatCompletionTool[] = [
       { type: "function", function: { name: "get_time", parameters: { type: "object" } } },
-      { type: "function", function: { name: "get_weather", parameters: { type: "object" } } },
+      {
+        type: "function",
+        function: {
+          name: "get_weather",
+          parameters: {
+            type: "object",
+            properties: { city: { type: "string" }, days: { type: "integer", minimum: 1 } },
+            required: ["city", "days"],
+          },
+        },
+      },
     ];
     const required = await client.chat.completions.create({
       model: "sim-fast",
@@ -110,7 +120,8 @@ describe("llm-sim with the openai client", () => {
       .finalChatCompletion();
     expect(streamed.choices[0]?.finish_reason).toBe("tool_calls");
     expect(streamed.choices[0]?.message.tool_calls?.[0]).toMatchObject({
-      function: { name: "get_weather", arguments: "{}" },
+      // The arguments are an instance of the tool's parameters.
+      function: { name: "get_weather", arguments: '{"city":"[simulated sim-fast] city","days":1}' },
     });
 
     // After the tool's result the model answers in text; "auto" never volunteers a call.

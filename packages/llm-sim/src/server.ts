@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import { anthropicStopReason, parseAnthropicRequest } from "./anthropic.js";
 import { answer, applyStopSequences, parseChatRequest, type ChatAnswer } from "./chat.js";
+import { toolInput } from "./structured.js";
 import { DEFAULT_DIMENSIONS, embed, toBase64 } from "./embeddings.js";
 import { errorBody, invalid, SimError, type Dialect } from "./errors.js";
 import {
@@ -399,7 +400,12 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         ? {
             id: `call_sim${ans.hash}`,
             type: "function",
-            function: { name: chatReq.forcedTool, arguments: "{}" },
+            function: {
+              name: chatReq.forcedTool.name,
+              arguments: JSON.stringify(
+                toolInput(chatReq.forcedTool.schema, `[simulated ${chatReq.model}]`),
+              ),
+            },
           }
         : undefined;
     const completionTokens = call ? countTokens(JSON.stringify(call)) : ans.pieces.length;
@@ -538,7 +544,12 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     const id = `msg_sim${ans.hash}`;
     const tool =
       a.forcedTool !== undefined
-        ? { type: "tool_use", id: `toolu_sim${ans.hash}`, name: a.forcedTool, input: {} }
+        ? {
+            type: "tool_use",
+            id: `toolu_sim${ans.hash}`,
+            name: a.forcedTool.name,
+            input: toolInput(a.forcedTool.schema, `[simulated ${p.model}]`),
+          }
         : undefined;
     const outputTokens = tool ? countTokens(JSON.stringify(tool)) : ans.pieces.length;
     const stopReason = tool
@@ -596,7 +607,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       if (p.cut) return cutStream(res, signal);
       event("content_block_delta", {
         index: 0,
-        delta: { type: "input_json_delta", partial_json: "{}" },
+        delta: { type: "input_json_delta", partial_json: JSON.stringify(tool.input) },
       });
     } else {
       event("content_block_start", { index: 0, content_block: { type: "text", text: "" } });
@@ -659,7 +670,14 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     const { ans, c } = p;
     const responseId = `sim${ans.hash}`;
     const call =
-      g.forcedTool !== undefined ? { functionCall: { name: g.forcedTool, args: {} } } : undefined;
+      g.forcedTool !== undefined
+        ? {
+            functionCall: {
+              name: g.forcedTool.name,
+              args: toolInput(g.forcedTool.schema, `[simulated ${model}]`),
+            },
+          }
+        : undefined;
     const outputTokens = call ? countTokens(JSON.stringify(call)) : ans.pieces.length;
     const usageMetadata = {
       promptTokenCount: ans.promptTokens,

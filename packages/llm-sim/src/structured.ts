@@ -90,3 +90,15 @@ export function structuredAnswer(
   }
   return undefined;
 }
+
+/** A tool call the request forces: the tool's name and its parameters' schema. */
+export interface ForcedCall {
+  name: string;
+  schema: unknown;
+}
+
+/** A forced call's arguments: an instance of the tool's parameters (an object; `{}` without). */
+export function toolInput(schema: unknown, label: string): Record<string, Json> {
+  const v = schemaInstance(isRecord(schema) ? { type: "object", ...schema } : {}, label);
+  return isRecord(v) ? (v) : {};
+}
