@@ -137,6 +137,16 @@ type StreamFn = (req: unknown, opts: CallOptions) => AsyncIterable<unknown>;
 
 export interface ForwardHooks {
   logger: Logger;
+  /**
+   * Completes a request before it goes upstream (e.g. `model: "auto"` becomes the categorizer's
+   * model), with the upstream call's options; its errors reach the client as the call's would.
+   */
+  prepare?: (
+    method: DescMethod,
+    req: unknown,
+    ctx: HandlerContext,
+    opts: CallOptions,
+  ) => Promise<void>;
   /** Called after a successful unary call (e.g. RevokeApiKey invalidates the key cache). */
   afterUnary?: (method: DescMethod, req: unknown, res: unknown) => void;
 }
@@ -157,10 +167,9 @@ export function forwardingImpl(
       impl[method.localName] = async (req: unknown, ctx: HandlerContext) => {
         let trailers: Headers | undefined;
         try {
-          const res = await unary(req, {
-            ...upstreamOptions(ctx),
-            onTrailer: (t) => (trailers = t),
-          });
+          const options = upstreamOptions(ctx);
+          await hooks.prepare?.(method, req, ctx, options);
+          const res = await unary(req, { ...options, onTrailer: (t) => (trailers = t) });
           hooks.afterUnary?.(method, req, res);
           return res;
         } catch (err) {
@@ -172,7 +181,9 @@ export function forwardingImpl(
       impl[method.localName] = async function* (req: unknown, ctx: HandlerContext) {
         let trailers: Headers | undefined;
         try {
-          yield* stream(req, { ...upstreamOptions(ctx), onTrailer: (t) => (trailers = t) });
+          const options = upstreamOptions(ctx);
+          await hooks.prepare?.(method, req, ctx, options);
+          yield* stream(req, { ...options, onTrailer: (t) => (trailers = t) });
         } catch (err) {
           throw upstreamError(err, ctx, trailers, hooks.logger);
         }

@@ -11,6 +11,7 @@ import {
   Code,
   ConnectError,
   createContextValues,
+  type CallOptions,
   type ConnectRouter,
   type ContextValues,
   type HandlerContext,
@@ -38,8 +39,11 @@ import {
   ModelProxyService,
   RegistryService,
   RunService,
+  type ChatRequest,
+  type StreamChatRequest,
 } from "@ensemble/proto";
 import { admit, Authenticator, ServiceTokenSource, type AuthApi } from "./authn.js";
+import { AUTO_MODEL, routeAuto } from "./auto.js";
 import { openConsole } from "./console.js";
 import { renderDocs } from "./docs.js";
 import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
@@ -275,12 +279,42 @@ export function build(deps: GatewayDeps): Gateway {
     }
   };
 
+  // `model: "auto"` in ModelProxyService Chat / StreamChat: the categorizer picks the model, as
+  // on /v1/chat/completions (the decision in the x-ensemble-routed-model / -category headers).
+  const categorizer = clients.find((c) => c.service.typeName === CategorizerService.typeName)
+    ?.client as GrpcClient<typeof CategorizerService> | undefined;
+  const routeAutoChat = async (
+    method: DescMethod,
+    req: unknown,
+    ctx: HandlerContext,
+    options: CallOptions,
+  ): Promise<void> => {
+    const chat =
+      method === ModelProxyService.method.chat
+        ? (req as ChatRequest)
+        : method === ModelProxyService.method.streamChat
+          ? (req as StreamChatRequest).chat
+          : undefined;
+    if (chat?.model !== AUTO_MODEL) return;
+    if (categorizer === undefined) {
+      throw new ConnectError(
+        'model "auto" (automatic model routing) needs the categorizer, which is not configured on this gateway (CATEGORIZER_ADDR); name a catalog model instead',
+        Code.InvalidArgument,
+      );
+    }
+    const routing = await routeAuto(categorizer, chat, options);
+    chat.model = routing.model;
+    ctx.responseHeader.set("x-ensemble-routed-model", routing.model);
+    ctx.responseHeader.set("x-ensemble-category", routing.category);
+  };
+
   // Only routed methods are registered, one by one: router.service() would also add the
   // omitted (INTERNAL) methods as UNIMPLEMENTED routes, and they must not exist at all.
   const routes = (router: ConnectRouter): void => {
     for (const { service, client } of clients) {
       const impl = forwardingImpl(service, client, {
         logger,
+        prepare: routeAutoChat,
         afterUnary: (method, req) => {
           if (method === AuthService.method.revokeApiKey) {
             authenticator.forgetApiKey((req as { id: string }).id);

@@ -2,9 +2,12 @@
 // auth, registry and model-proxy as built processes, the LLM simulator in-process as the only
 // provider, and the gateway in front. Nothing here is mocked.
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   AuthService,
   CategorizerService,
+  ChatRole,
   ModelProxyService,
   RegistryService,
 } from "@ensemble/proto";
@@ -423,6 +426,44 @@ describe("openai client against the gateway", () => {
     let model = "";
     for await (const chunk of stream) model = chunk.model;
     expect(model).toBe("sim-fast");
+  });
+
+  it("auto over Connect and gRPC - ModelProxyService Chat and StreamChat with model auto are routed by the categorizer too", async () => {
+    const headers = { authorization: `Bearer ${accessToken}` };
+    const proof = {
+      model: "auto",
+      messages: [
+        {
+          role: ChatRole.USER,
+          content: [
+            {
+              part: {
+                case: "text" as const,
+                value: "Prove that the square root of 3 is irrational.",
+              },
+            },
+          ],
+        },
+      ],
+    };
+    const connect = createClient(
+      ModelProxyService,
+      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1" }),
+    );
+    let routed = "";
+    const res = await connect.chat(proof, {
+      headers,
+      onHeader: (h) => (routed = h.get("x-ensemble-routed-model") ?? ""),
+    });
+    expect(res.servedBy?.model).toBe("sim-thinking");
+    expect(routed).toBe("thinking");
+
+    const grpc = createClient(ModelProxyService, createGrpcTransport({ baseUrl: gw.url }));
+    let served = "";
+    for await (const m of grpc.streamChat({ chat: proof }, { headers })) {
+      if (m.event.case === "start") served = m.event.value.servedBy?.model ?? "";
+    }
+    expect(served).toBe("sim-thinking");
   });
 
   it("mid-stream failure - a provider stream cut in the middle reaches the SDK as a thrown error, not a clean end", async () => {

@@ -20,9 +20,9 @@ import {
   chatCompletionJson,
   chatParam,
   ChunkEncoder,
-  classifyInput,
   parseChatRequest,
 } from "./chat.js";
+import { classifyInput } from "../auto.js";
 import { OpenAiError } from "./errors.js";
 
 /** The OpenAiError a body is refused with. */

@@ -51,9 +51,6 @@ export interface ParsedChat {
   includeUsage: boolean;
 }
 
-/** `model: "auto"` asks the categorizer to choose the model. */
-export const AUTO_MODEL = "auto";
-
 /** "auto" on a gateway without the categorizer. */
 export function autoModelError(): ReturnType<typeof invalidRequest> {
   return invalidRequest(
@@ -61,27 +58,6 @@ export function autoModelError(): ReturnType<typeof invalidRequest> {
     "model",
     "model_not_supported",
   );
-}
-
-/** What the categorizer is asked about a chat: the last user message and its attachments. */
-export function classifyInput(request: ChatRequestInit): {
-  text: string;
-  attachmentMimeTypes: string[];
-} {
-  const messages = request.messages ?? [];
-  for (let i = messages.length - 1; i >= 0; i--) {
-    const m = messages[i];
-    if (m?.role !== ChatRole.USER) continue;
-    let text = "";
-    const attachmentMimeTypes: string[] = [];
-    for (const p of m.content ?? []) {
-      if (p.part?.case === "text") text += p.part.value;
-      else if (p.part?.case === "image")
-        attachmentMimeTypes.push(p.part.value.mimeType || "image/*");
-    }
-    return { text: text === "" ? " " : text, attachmentMimeTypes };
-  }
-  return { text: " ", attachmentMimeTypes: [] };
 }
 
 const CHAT_KEYS = new Set([

@@ -19,7 +19,6 @@ import {
 } from "@ensemble/kit";
 import {
   Access,
-  Category,
   type CategorizerService,
   type Model,
   type ModelProxyService,
@@ -28,13 +27,12 @@ import {
   type StreamChatStart,
 } from "@ensemble/proto";
 import { admit, type Authenticator, type Caller } from "../authn.js";
+import { AUTO_MODEL, routeAuto, type AutoRouting } from "../auto.js";
 import {
-  AUTO_MODEL,
   autoModelError,
   chatCompletionJson,
   chatParam,
   ChunkEncoder,
-  classifyInput,
   parseChatRequest,
   type ChatRequestInit,
 } from "./chat.js";
@@ -157,10 +155,10 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     async run(call) {
       const parsed = parseChatRequest(call.body);
       const model = parsed.request.model ?? "";
-      let routing: Record<string, unknown> | undefined;
+      let routing: AutoRouting | undefined;
       if (model === AUTO_MODEL) {
         routing = await route(call, parsed.request);
-        parsed.request.model = String(routing["model"]);
+        parsed.request.model = routing.model;
       }
       if (!parsed.stream) {
         const res = await proxy().chat(parsed.request, call.options);
@@ -179,29 +177,12 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
    * completion is one model's answer). The decision is returned under `ensemble.routing` and,
    * for streams, in the x-ensemble-routed-model / x-ensemble-category headers.
    */
-  async function route(call: Call, request: ChatRequestInit): Promise<Record<string, unknown>> {
+  async function route(call: Call, request: ChatRequestInit): Promise<AutoRouting> {
     if (deps.categorizer === undefined) throw autoModelError();
-    const input = classifyInput(request);
-    const res = await deps.categorizer.classify(
-      { ...input, allowedKinds: { model: true } },
-      call.options,
-    );
-    const c = res.classification;
-    const target = c?.route?.target;
-    if (c === undefined || target?.case !== "model") {
-      throw new ConnectError("the categorizer chose no model for this request", Code.Unavailable);
-    }
-    // The contract's JSON name (CATEGORY_L), not the generated enum's short one (L).
-    const category = `CATEGORY_${Category[c.category] ?? "UNSPECIFIED"}`;
-    call.res.setHeader("x-ensemble-routed-model", target.value);
-    call.res.setHeader("x-ensemble-category", category);
-    return {
-      model: target.value,
-      category,
-      route_id: c.routeId,
-      confidence: c.confidence,
-      reasons: c.reasons,
-    };
+    const routing = await routeAuto(deps.categorizer, request, call.options);
+    call.res.setHeader("x-ensemble-routed-model", routing.model);
+    call.res.setHeader("x-ensemble-category", routing.category);
+    return routing;
   }
 
   async function streamChat(

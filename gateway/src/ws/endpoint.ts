@@ -30,7 +30,6 @@ import {
 } from "@ensemble/kit";
 import {
   Access,
-  Category,
   RunEventSchema,
   RunSchema,
   type CategorizerService,
@@ -43,15 +42,8 @@ import {
 } from "@ensemble/proto";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
 import { admit, type Authenticator, type Caller } from "../authn.js";
-import {
-  AUTO_MODEL,
-  autoModelError,
-  chatParam,
-  ChunkEncoder,
-  classifyInput,
-  parseChatRequest,
-  type ChatRequestInit,
-} from "../openai/chat.js";
+import { AUTO_MODEL, routeAuto } from "../auto.js";
+import { autoModelError, chatParam, ChunkEncoder, parseChatRequest } from "../openai/chat.js";
 import { toOpenAiError } from "../openai/errors.js";
 import { errorFrame, FrameError, parseFrame, type ClientFrame } from "./protocol.js";
 
@@ -480,8 +472,9 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     const parsed = parseChatRequest({ ...body, stream: true });
     const requested = parsed.request.model ?? "";
     if (requested === AUTO_MODEL) {
-      const routing = await route(parsed.request, options);
-      parsed.request.model = String(routing["model"]);
+      if (deps.categorizer === undefined) throw autoModelError();
+      const routing = await routeAuto(deps.categorizer, parsed.request, options);
+      parsed.request.model = routing.model;
       await emit(JSON.stringify({ id, type: "routing", routing }));
     }
     const encoder = new ChunkEncoder(parsed.includeUsage, requested);
@@ -523,30 +516,6 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
       }
     }
     throw new ConnectError("stream ended without its end message", Code.Internal);
-  }
-
-  /** `model: "auto"`: the categorizer picks a model, as on /v1/chat/completions. */
-  async function route(
-    request: ChatRequestInit,
-    options: CallOptions,
-  ): Promise<Record<string, unknown>> {
-    if (deps.categorizer === undefined) throw autoModelError();
-    const res = await deps.categorizer.classify(
-      { ...classifyInput(request), allowedKinds: { model: true } },
-      options,
-    );
-    const c = res.classification;
-    const target = c?.route?.target;
-    if (c === undefined || target?.case !== "model") {
-      throw new ConnectError("the categorizer chose no model for this request", Code.Unavailable);
-    }
-    return {
-      model: target.value,
-      category: `CATEGORY_${Category[c.category] ?? "UNSPECIFIED"}`,
-      route_id: c.routeId,
-      confidence: c.confidence,
-      reasons: c.reasons,
-    };
   }
 
   // ---- errors --------------------------------------------------------------------------------

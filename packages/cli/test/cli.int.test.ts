@@ -12,6 +12,7 @@ import {
   repoRoot,
   ServerProcess,
   startAuthProcess,
+  startCategorizerProcess,
   startModelProxyProcess,
   startRegistryProcess,
   startWorkflowProcess,
@@ -29,6 +30,7 @@ let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
 let workflow: MeshProcess;
+let categorizer: MeshProcess;
 let gateway: ServerProcess;
 let gatewayUrl: string;
 let home: string;
@@ -87,6 +89,11 @@ beforeAll(async () => {
     registryAddress: registry.address,
     simulatorUrl: `${sim.url}/v1`,
   });
+  categorizer = await startCategorizerProcess({
+    jwksUrl: auth.jwksUrl,
+    registryAddress: registry.address,
+    modelProxyAddress: proxy.address,
+  });
   workflow = await startWorkflowProcess({
     jwksUrl: auth.jwksUrl,
     authAddress: auth.address,
@@ -111,6 +118,7 @@ beforeAll(async () => {
       REGISTRY_ADDR: registry.address,
       MODEL_PROXY_ADDR: proxy.address,
       WORKFLOW_ADDR: workflow.address,
+      CATEGORIZER_ADDR: categorizer.address,
       GATEWAY_RATE_LIMIT_BUCKET: uniqueName("ratelimit").replace(/[^A-Za-z0-9_-]/g, "_"),
       GATEWAY_RATE_LIMIT_RPS: "1000",
       GATEWAY_RATE_LIMIT_BURST: "1000",
@@ -122,7 +130,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.stop(10_000);
-  await Promise.all([workflow?.stop(), proxy?.stop()]);
+  await Promise.all([workflow?.stop(), categorizer?.stop(), proxy?.stop()]);
   await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
   if (home !== undefined) await rm(home, { recursive: true, force: true });
 });
@@ -199,6 +207,11 @@ describe("ensemble CLI against a live mesh", () => {
     // Streamed: several chunks, the first well before the last.
     expect(res.chunks.length).toBeGreaterThan(3);
     expect(res.chunks.at(-1)!.at - res.chunks[0]!.at).toBeGreaterThan(100);
+
+    // auto: the categorizer picks (a proof goes to the thinking role).
+    const auto = await cli(["--json", "chat", "-m", "auto", "Prove that 17 is prime"]);
+    expect(auto.code, auto.stderr).toBe(0);
+    expect(auto.stdout).toContain('"model":"sim-thinking"');
 
     const json = await cli(["--json", "chat", "-m", "fast", "Hello"]);
     expect(json.code).toBe(0);
