@@ -9,6 +9,7 @@ import {
   ModelRole,
   RegistryService,
   UsageDimension,
+  UsageOperation,
   type ApiKey,
 } from "@ensemble/proto";
 import type { Context } from "./context.js";
@@ -162,7 +163,7 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
       const groupBy = opts.by
         .split(",")
         .filter((s) => s.trim() !== "")
-        .map((s) => enumValue(UsageDimension, "--by", s));
+        .map((s) => enumValue(UsageDimension, "--by", s) as UsageDimension);
       const now = Date.now();
       const res = await gw.client(ModelProxyService).getUsage({
         startTime: timestampFromMs(now - days * 86_400_000),
@@ -176,6 +177,8 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         userId: b.userId || null,
         apiKeyId: b.apiKeyId || null,
         provider: b.provider || null,
+        operation:
+          b.operation !== UsageOperation.UNSPECIFIED ? label(UsageOperation, b.operation) : null,
         requests: Number(b.requests),
         errors: Number(b.errors),
         inputTokens: Number(b.usage?.inputTokens ?? 0n),
@@ -188,14 +191,32 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         outputTokens: Number(res.total?.outputTokens ?? 0n),
         costUsd: res.total?.costUsd ?? 0,
       };
+      // One column per grouping, in the order asked for, then the figures.
+      type Bucket = (typeof buckets)[number];
+      const columns: Array<[string, (b: Bucket) => string | null]> = groupBy.map((d) => {
+        switch (d) {
+          case UsageDimension.DAY:
+            return ["day", (b) => b.period?.slice(0, 10) ?? null];
+          case UsageDimension.HOUR:
+            return ["hour", (b) => b.period?.slice(0, 16).replace("T", " ") ?? null];
+          case UsageDimension.MODEL:
+            return ["model", (b) => b.model];
+          case UsageDimension.USER:
+            return ["user", (b) => b.userId];
+          case UsageDimension.API_KEY:
+            return ["api key", (b) => b.apiKeyId];
+          case UsageDimension.PROVIDER:
+            return ["provider", (b) => b.provider];
+          default:
+            return ["operation", (b) => b.operation];
+        }
+      });
       out.result({ buckets, total }, () =>
         [
           table(
-            ["period", "model", "provider", "requests", "tokens in", "tokens out", "cost"],
+            [...columns.map(([name]) => name), "requests", "tokens in", "tokens out", "cost"],
             buckets.map((b) => [
-              b.period?.slice(0, 10) ?? "-",
-              b.model ?? "-",
-              b.provider ?? "-",
+              ...columns.map(([, value]) => value(b) ?? "-"),
               String(b.requests),
               String(b.inputTokens),
               String(b.outputTokens),

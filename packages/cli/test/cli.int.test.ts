@@ -368,6 +368,13 @@ describe("ensemble CLI against a live mesh", () => {
       if (total.requests === 0) await new Promise((r) => setTimeout(r, 250));
     }
     expect(total.requests).toBeGreaterThan(0);
+
+    // The table has one column per --by dimension, in that order.
+    const table = await cli(["usage", "--days", "1", "--by", "user,hour,operation"]);
+    expect(table.code).toBe(0);
+    const [head, first] = table.stdout.split("\n");
+    expect(head).toMatch(/^user\s+hour\s+operation\s+requests\s+tokens in\s+tokens out\s+cost$/);
+    expect(first).toMatch(/^usr_\w+\s+\d{4}-\d\d-\d\d \d\d:00\s+chat\s+\d+/);
   }, 60_000);
 
   it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
