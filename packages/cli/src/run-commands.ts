@@ -157,10 +157,10 @@ class Progress {
     this.#quiet = quiet;
   }
 
+  /** The run's steps and their names; what is done is counted from the events, which replay from the start. */
   snapshot(run: Run): void {
     this.#total = Math.max(this.#total, run.steps.length);
     for (const step of run.steps) this.#names.set(step.stepId, step.name || step.stepId);
-    this.#done = run.steps.filter((s) => s.status >= StepStatus.COMPLETED).length;
   }
 
   #say(text: string): void {

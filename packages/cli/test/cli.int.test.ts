@@ -251,6 +251,14 @@ describe("ensemble CLI against a live mesh", () => {
       templateId: "research_report",
     });
 
+    // Watching it afterwards replays its events from the start, counted as they happened.
+    const watch = await cli(["runs", "watch", runs[0]!.id]);
+    expect(watch.code).toBe(0);
+    expect(watch.stderr).toMatch(/\[0\/6\] ▶ plan/);
+    const counts = [...watch.stderr.matchAll(/\[(\d+)\/6\]/g)].map((m) => Number(m[1]));
+    expect(Math.max(...counts)).toBe(6);
+    expect(watch.stderr).toMatch(/\[6\/6\] ✓ final/);
+
     const got = await cli(["runs", "get", runs[0]!.id]);
     expect(got.code).toBe(0);
     expect(got.stdout).toContain(`run ${runs[0]!.id}: completed`);
