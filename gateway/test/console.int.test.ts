@@ -189,10 +189,18 @@ describe("console", () => {
   });
 
   it("console - sign up, the session survives a reload, and an expired access token refreshes silently", async () => {
+    // Nothing the page loads fails (the icon is inline: no /favicon.ico 404), nothing logs errors.
+    const errors: string[] = [];
+    const onConsole = (m: { type(): string; text(): string }) => {
+      if (m.type() === "error") errors.push(m.text());
+    };
+    page.on("console", onConsole);
     await page.goto(gw.url);
     await shot(page, "01-login");
     await signup(page, `alice-${Date.now()}@example.com`);
     await page.getByText("(admin)").waitFor(); // the first user of a new tenant is its admin
+    page.off("console", onConsole);
+    expect(errors).toEqual([]);
     await page.reload();
     await page.getByRole("button", { name: "Log out" }).waitFor();
 
