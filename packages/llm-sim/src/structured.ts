@@ -100,5 +100,5 @@ export interface ForcedCall {
 /** A forced call's arguments: an instance of the tool's parameters (an object; `{}` without). */
 export function toolInput(schema: unknown, label: string): Record<string, Json> {
   const v = schemaInstance(isRecord(schema) ? { type: "object", ...schema } : {}, label);
-  return isRecord(v) ? (v) : {};
+  return isRecord(v) ? v : {};
 }
