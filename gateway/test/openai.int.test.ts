@@ -242,7 +242,7 @@ describe("openai client against the gateway", () => {
       ],
     });
     expect(answer.choices[0]?.finish_reason).toBe("stop");
-    expect(answer.choices[0]?.message.content).toContain("[simulated sim-fast]");
+    expect(answer.choices[0]?.message.content).toContain('The tool answered: "sunny, 21 C"');
     expect(answer.usage?.prompt_tokens).toBeGreaterThan(first.usage?.prompt_tokens ?? 0);
   });
 

@@ -296,12 +296,17 @@ export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAns
     seed: body["seed"],
   }).slice(0, 12);
   const msgs = req.messages as Array<Record<string, unknown>>;
-  const lastUser = [...msgs].reverse().find((m) => m["role"] === "user") ?? msgs[msgs.length - 1];
+  // After a tool's result, the answer is about that result (as an agent loop expects).
+  const last = msgs[msgs.length - 1];
+  const fromTool = last?.["role"] === "tool";
+  const lastUser = fromTool
+    ? last
+    : ([...msgs].reverse().find((m) => m["role"] === "user") ?? last);
   const { text, images } = textOf(lastUser?.["content"]);
   const said = text.replace(/\s+/g, " ").trim();
   const quoted = said.length > 300 ? `${said.slice(0, 300)}…` : said;
   const imageNote = images > 0 ? ` I received ${images} image${images > 1 ? "s" : ""}.` : "";
-  const sentence = `[simulated ${req.model}] You said: "${quoted}".${imageNote} Simulated answer ${hash}.`;
+  const sentence = `[simulated ${req.model}] ${fromTool ? "The tool answered" : "You said"}: "${quoted}".${imageNote} Simulated answer ${hash}.`;
   const full =
     structuredAnswer(req.responseFormat, sentence, `[simulated ${req.model}]`) ?? sentence;
   const all = tokenPieces(full);

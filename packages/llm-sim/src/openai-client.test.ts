@@ -136,7 +136,9 @@ describe("llm-sim with the openai client", () => {
       ],
     });
     expect(after.choices[0]?.finish_reason).toBe("stop");
-    expect(after.choices[0]?.message.content).toContain("[simulated sim-fast]");
+    expect(after.choices[0]?.message.content).toContain(
+      '[simulated sim-fast] The tool answered: "12:00"',
+    );
     const auto = await client.chat.completions.create({ model: "sim-fast", messages, tools });
     expect(auto.choices[0]?.message.tool_calls ?? []).toHaveLength(0);
 
