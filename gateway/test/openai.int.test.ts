@@ -247,23 +247,32 @@ describe("openai client against the gateway", () => {
   });
 
   it("structured output - the SDK's parse() with a zod schema gets the parsed object back", async () => {
+    // parse() validates the answer with zod: formats and bounds must hold, not just the shape.
     const Film = z.object({
       title: z.string(),
-      rating: z.number().min(1),
-      genres: z.array(z.enum(["drama", "comedy"])),
-      director: z.object({ name: z.string() }),
+      rating: z.number().min(1).max(5),
+      year: z.number().int().max(1999),
+      code: z.string().max(8),
+      genres: z.array(z.enum(["drama", "comedy"])).max(2),
+      director: z.object({ name: z.string(), email: z.email(), site: z.url() }),
+      id: z.uuid(),
+      released: z.iso.date(),
     });
     const res = await client(accessToken).chat.completions.parse({
       model: "sim-fast",
       messages: [{ role: "user", content: "Recommend a film" }],
       response_format: zodResponseFormat(Film, "film"),
     });
-    expect(res.choices[0]?.message.parsed).toEqual({
+    const film = res.choices[0]?.message.parsed;
+    expect(film).toMatchObject({
       title: "[simulated sim-fast] title",
       rating: 1,
+      code: "[simulat",
       genres: ["drama"],
-      director: { name: "[simulated sim-fast] name" },
+      director: { name: "[simulated sim-fast] name", email: "simulated@example.com" },
+      released: "2000-01-01",
     });
+    expect(film?.year).toBeLessThanOrEqual(1999);
   });
 
   it("embeddings - one vector per input; the SDK's default base64 decodes to the same floats", async () => {

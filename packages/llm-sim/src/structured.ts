@@ -1,9 +1,12 @@
 // Structured output: what a model asked for JSON answers. `json_object` gets an object holding the
 // simulated sentence; `json_schema` gets an instance of the schema, built deterministically from
 // it (every property present, as strict mode requires; enums and consts take their first value;
-// numbers their lower bound; arrays their minimum length, at least one item; strings say that
-// they are simulated). The JSON Schema subset OpenAI's strict mode accepts, plus `$ref` into
-// `$defs`/`definitions`, `anyOf`/`oneOf`/`allOf` (the first branch) and nullable type lists.
+// numbers their lower bound, else 0, within their upper bound; arrays their minimum length, at
+// least one item unless maxItems is 0; strings say that they are simulated, or are a sample of
+// their `format`, fitted to minLength / maxLength), so a client that validates the answer
+// against its schema (the openai SDK's zod parse()) accepts it. The JSON Schema subset OpenAI's
+// strict mode accepts, plus `$ref` into `$defs`/`definitions`, `anyOf`/`oneOf`/`allOf` (the
+// first branch) and nullable type lists; `pattern` is not followed.
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -49,28 +52,65 @@ export function schemaInstance(schema: unknown, label: string): Json {
         return out;
       }
       case "array": {
-        const min = typeof s["minItems"] === "number" ? s["minItems"] : 1;
         if (depth >= MAX_DEPTH) return [];
-        return Array.from({ length: Math.max(1, Math.min(min, 16)) }, () =>
+        const min = typeof s["minItems"] === "number" ? s["minItems"] : 1;
+        const max = typeof s["maxItems"] === "number" ? s["maxItems"] : 16;
+        return Array.from({ length: Math.max(0, Math.min(Math.max(1, min), max, 16)) }, () =>
           build(s["items"], name, depth + 1),
         );
       }
       case "integer":
-      case "number": {
-        const low = s["minimum"] ?? s["exclusiveMinimum"];
-        const base = typeof low === "number" ? low : 0;
-        const n = "exclusiveMinimum" in s && !("minimum" in s) ? base + 1 : base;
-        return type === "integer" ? Math.ceil(n) : n;
-      }
+      case "number":
+        return numberIn(s, type === "integer");
       case "boolean":
         return false;
       case "null":
         return null;
       default:
-        return `${label} ${name}`.trim();
+        return stringFor(s, `${label} ${name}`.trim());
     }
   };
   return build(root, "", 0);
+}
+
+/** The lower bound (exclusive ones stepped over), else 0, kept under the upper bound. */
+function numberIn(s: Record<string, unknown>, integer: boolean): number {
+  const num = (key: string): number | undefined =>
+    typeof s[key] === "number" ? s[key] : undefined;
+  const min = num("minimum");
+  const exMin = num("exclusiveMinimum");
+  const max = num("maximum");
+  const exMax = num("exclusiveMaximum");
+  let n = min ?? (exMin !== undefined ? exMin + (integer ? 1 : 0.5) : 0);
+  if (max !== undefined && n > max) n = max;
+  if (exMax !== undefined && n >= exMax) n = exMax - (integer ? 1 : 0.5);
+  return integer ? Math.ceil(n) : n;
+}
+
+/** Sample values for the string formats structured output uses most (validators check them). */
+const FORMATS: Record<string, string> = {
+  email: "simulated@example.com",
+  uri: "https://example.com/simulated",
+  url: "https://example.com/simulated",
+  uuid: "00000000-0000-4000-8000-000000000000",
+  "date-time": "2000-01-01T00:00:00Z",
+  date: "2000-01-01",
+  time: "00:00:00Z",
+  duration: "PT1S",
+  ipv4: "192.0.2.1",
+  ipv6: "2001:db8::1",
+  hostname: "example.com",
+};
+
+/** The text (or the format's sample), fitted to minLength / maxLength. */
+function stringFor(s: Record<string, unknown>, text: string): string {
+  const format = typeof s["format"] === "string" ? FORMATS[s["format"]] : undefined;
+  let out = format ?? text;
+  const min = typeof s["minLength"] === "number" ? s["minLength"] : 0;
+  const max = typeof s["maxLength"] === "number" ? s["maxLength"] : undefined;
+  if (out.length < min) out = out.padEnd(min, ".");
+  if (max !== undefined && out.length > max) out = out.slice(0, max);
+  return out;
 }
 
 /**
