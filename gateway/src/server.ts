@@ -281,8 +281,10 @@ export function build(deps: GatewayDeps): Gateway {
 
   // `model: "auto"` in ModelProxyService Chat / StreamChat: the categorizer picks the model, as
   // on /v1/chat/completions (the decision in the x-ensemble-routed-model / -category headers).
-  const categorizer = clients.find((c) => c.service.typeName === CategorizerService.typeName)
-    ?.client as GrpcClient<typeof CategorizerService> | undefined;
+  const clientOf = (service: DescService): GrpcClient<DescService> | undefined =>
+    clients.find((c) => c.service.typeName === service.typeName)?.client;
+  const categorizer = clientOf(CategorizerService) as
+    GrpcClient<typeof CategorizerService> | undefined;
   const routeAutoChat = async (
     method: DescMethod,
     req: unknown,
@@ -344,8 +346,6 @@ export function build(deps: GatewayDeps): Gateway {
   });
 
   // The OpenAI-compatible API (/v1/*) on the same clients, authenticator and rate limiter.
-  const clientOf = (service: DescService): GrpcClient<DescService> | undefined =>
-    clients.find((c) => c.service.typeName === service.typeName)?.client;
   const openai = createOpenAiApi({
     logger,
     metrics,
@@ -353,7 +353,7 @@ export function build(deps: GatewayDeps): Gateway {
     rateLimiter: deps.rateLimiter,
     modelProxy: clientOf(ModelProxyService) as GrpcClient<typeof ModelProxyService> | undefined,
     registry: clientOf(RegistryService) as GrpcClient<typeof RegistryService> | undefined,
-    categorizer: clientOf(CategorizerService) as GrpcClient<typeof CategorizerService> | undefined,
+    categorizer,
     maxBodyBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
     maxTimeoutMs: deps.maxTimeoutMs ?? 300_000,
     shutdownSignal: shutdownController.signal,
@@ -368,7 +368,7 @@ export function build(deps: GatewayDeps): Gateway {
     rateLimiter: deps.rateLimiter,
     runs: clientOf(RunService) as GrpcClient<typeof RunService> | undefined,
     modelProxy: clientOf(ModelProxyService) as GrpcClient<typeof ModelProxyService> | undefined,
-    categorizer: clientOf(CategorizerService) as GrpcClient<typeof CategorizerService> | undefined,
+    categorizer,
     maxMessageBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
     maxTimeoutMs: deps.maxTimeoutMs ?? 300_000,
     shutdownSignal: shutdownController.signal,
