@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ensemble/events/v1/events.proto.
  */
 export const file_ensemble_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch9lbnNlbWJsZS9ldmVudHMvdjEvZXZlbnRzLnByb3RvEhJlbnNlbWJsZS5ldmVudHMudjEi6gUKCFJ1bkV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEhAKCHNlcXVlbmNlGAYgASgDEigKBHRpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBHR5cGUYCCABKA4yIC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXZlbnRUeXBlEg8KB3N0ZXBfaWQYCSABKAkSDwoHYXR0ZW1wdBgKIAEoBRIxCgdjcmVhdGVkGBQgASgLMh4uZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkNyZWF0ZWRIABI3CgpjbGFzc2lmaWVkGBUgASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkNsYXNzaWZpZWRIABI3CgxzdGVwX3N0YXJ0ZWQYFiABKAsyHy5lbnNlbWJsZS5ldmVudHMudjEuU3RlcFN0YXJ0ZWRIABIzCgpzdGVwX2RlbHRhGBcgASgLMh0uZW5zZW1ibGUuZXZlbnRzLnYxLlN0ZXBEZWx0YUgAEjsKDnN0ZXBfY29tcGxldGVkGBggASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlN0ZXBDb21wbGV0ZWRIABI1CgtzdGVwX2ZhaWxlZBgZIAEoCzIeLmVuc2VtYmxlLmV2ZW50cy52MS5TdGVwRmFpbGVkSAASNQoJY29tcGxldGVkGBogASgLMiAuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkNvbXBsZXRlZEgAEi8KBmZhaWxlZBgbIAEoCzIdLmVuc2VtYmxlLmV2ZW50cy52MS5SdW5GYWlsZWRIABI1CgljYW5jZWxsZWQYHCABKAsyIC5lbnNlbWJsZS5ldmVudHMudjEuUnVuQ2FuY2VsbGVkSABCCQoHcGF5bG9hZCKNAQoLUGxhbm5lZFN0ZXASDwoHc3RlcF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEiwKBGtpbmQYAyABKA4yHi5lbnNlbWJsZS5yZWdpc3RyeS52MS5TdGVwS2luZBINCgVtb2RlbBgEIAEoCRIOCgZtb2RlbHMYBSADKAkSEgoKZGVwZW5kc19vbhgGIAMoCSLtAQoKUnVuQ3JlYXRlZBIVCg1pbnB1dF9wcmV2aWV3GAEgASgJEhMKC3RlbXBsYXRlX2lkGAIgASgJEi0KBHBsYW4YAyADKAsyHy5lbnNlbWJsZS5ldmVudHMudjEuUGxhbm5lZFN0ZXASEwoLc2NoZWR1bGVfaWQYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5lbnNlbWJsZS5ldmVudHMudjEuUnVuQ3JlYXRlZC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ/Cg1SdW5DbGFzc2lmaWVkEj8KDmNsYXNzaWZpY2F0aW9uGAEgASgLMicuZW5zZW1ibGUuY2F0ZWdvcml6ZXIudjEuQ2xhc3NpZmljYXRpb24SLQoEcGxhbhgCIAMoCzIfLmVuc2VtYmxlLmV2ZW50cy52MS5QbGFubmVkU3RlcCJoCgtTdGVwU3RhcnRlZBIMCgRuYW1lGAEgASgJEiwKBGtpbmQYAiABKA4yHi5lbnNlbWJsZS5yZWdpc3RyeS52MS5TdGVwS2luZBINCgVtb2RlbBgDIAEoCRIOCgZtb2RlbHMYBCADKAkiYAoJU3RlcERlbHRhEgwKBHRleHQYASABKAkSEQoJcmVhc29uaW5nGAIgASgJEhQKDGFuc3dlcl9pbmRleBgDIAEoBRINCgVtb2RlbBgEIAEoCRINCgVpbmRleBgFIAEoAyJiCghSdW5FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSDwoHc3RlcF9pZBgDIAEoCRITCgtleHBsYW5hdGlvbhgEIAEoCRIRCglyZXRyeWFibGUYBSABKAgi8QIKC01vZGVsQW5zd2VyEhQKDGFuc3dlcl9pbmRleBgBIAEoBRIzCglzZXJ2ZWRfYnkYAiABKAsyIC5lbnNlbWJsZS5tb2RlbHByb3h5LnYxLlNlcnZlZEJ5EgwKBHRleHQYAyABKAkSEQoJcmVhc29uaW5nGAQgASgJEjsKDWZpbmlzaF9yZWFzb24YBSABKA4yJC5lbnNlbWJsZS5tb2RlbHByb3h5LnYxLkZpbmlzaFJlYXNvbhIoCgV1c2FnZRgGIAEoCzIZLmVuc2VtYmxlLmNvbW1vbi52MS5Vc2FnZRIqCgdsYXRlbmN5GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoFZXJyb3IYCSABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXJyb3IiYwoMUmFua2VkQW5zd2VyEgwKBHJhbmsYASABKAUSFAoMYW5zd2VyX2luZGV4GAIgASgFEg0KBW1vZGVsGAMgASgJEg0KBXNjb3JlGAQgASgBEhEKCXJhdGlvbmFsZRgFIAEoCSLJAQoNUmFua2luZ1Jlc3VsdBIwCgZyYW5rZWQYASADKAsyIC5lbnNlbWJsZS5ldmVudHMudjEuUmFua2VkQW5zd2VyEhMKC2p1ZGdlX21vZGVsGAIgASgJEhAKCGNyaXRlcmlhGAMgAygJEjIKAmJ5GAQgAygOMiYuZW5zZW1ibGUuY2F0ZWdvcml6ZXIudjEuUmFua0NyaXRlcmlvbhIRCglyYXRpb25hbGUYBSABKAkSGAoQY29tcGFyZWRfc3RlcF9pZBgGIAEoCSL1AQoNU3RlcENvbXBsZXRlZBIOCgZvdXRwdXQYASABKAkSGAoQb3V0cHV0X3RydW5jYXRlZBgCIAEoCBIwCgdhbnN3ZXJzGAMgAygLMh8uZW5zZW1ibGUuZXZlbnRzLnYxLk1vZGVsQW5zd2VyEjIKB3JhbmtpbmcYBCABKAsyIS5lbnNlbWJsZS5ldmVudHMudjEuUmFua2luZ1Jlc3VsdBIoCgV1c2FnZRgFIAEoCzIZLmVuc2VtYmxlLmNvbW1vbi52MS5Vc2FnZRIqCgdsYXRlbmN5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIo8BCgpTdGVwRmFpbGVkEisKBWVycm9yGAEgASgLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkVycm9yEhIKCndpbGxfcmV0cnkYAiABKAgSFgoOZmFsbGJhY2tfbW9kZWwYAyABKAkSKAoFdXNhZ2UYBCABKAsyGS5lbnNlbWJsZS5jb21tb24udjEuVXNhZ2Ui2gEKDFJ1bkNvbXBsZXRlZBIOCgZvdXRwdXQYASABKAkSGAoQb3V0cHV0X3RydW5jYXRlZBgCIAEoCBIWCg5vdXRwdXRfc3RlcF9pZBgDIAEoCRIoCgV1c2FnZRgEIAEoCzIZLmVuc2VtYmxlLmNvbW1vbi52MS5Vc2FnZRIqCgdsYXRlbmN5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKB3JhbmtpbmcYBiABKAsyIS5lbnNlbWJsZS5ldmVudHMudjEuUmFua2luZ1Jlc3VsdCKOAQoJUnVuRmFpbGVkEisKBWVycm9yGAEgASgLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkVycm9yEigKBXVzYWdlGAIgASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iigEKDFJ1bkNhbmNlbGxlZBIOCgZyZWFzb24YASABKAkSFAoMY2FuY2VsbGVkX2J5GAIgASgJEigKBXVzYWdlGAMgASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iugQKClVzYWdlRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRISCgphcGlfa2V5X2lkGAUgASgJEjkKCW9wZXJhdGlvbhgGIAEoDjImLmVuc2VtYmxlLm1vZGVscHJveHkudjEuVXNhZ2VPcGVyYXRpb24SDQoFbW9kZWwYByABKAkSFwoPcmVxdWVzdGVkX21vZGVsGAggASgJEhAKCHByb3ZpZGVyGAkgASgJEhIKCmRlcGxveW1lbnQYCiABKAkSKAoFdXNhZ2UYCyABKAsyGS5lbnNlbWJsZS5jb21tb24udjEuVXNhZ2USKgoHbGF0ZW5jeRgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2ChN0aW1lX3RvX2ZpcnN0X3Rva2VuGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEigKBHRpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXN0cmVhbWluZxgPIAEoCBIRCgljYWNoZV9oaXQYECABKAgSEQoJc2ltdWxhdGVkGBEgASgIEg4KBnN0YXR1cxgSIAEoCRIOCgZydW5faWQYEyABKAkSDwoHc3RlcF9pZBgUIAEoCRISCgpzZXNzaW9uX2lkGBUgASgJEg8KB2F0dGVtcHQYFiABKAUqwwIKDFJ1bkV2ZW50VHlwZRIeChpSVU5fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhoKFlJVTl9FVkVOVF9UWVBFX0NSRUFURUQQARIdChlSVU5fRVZFTlRfVFlQRV9DTEFTU0lGSUVEEAISHwobUlVOX0VWRU5UX1RZUEVfU1RFUF9TVEFSVEVEEAMSHQoZUlVOX0VWRU5UX1RZUEVfU1RFUF9ERUxUQRAEEiEKHVJVTl9FVkVOVF9UWVBFX1NURVBfQ09NUExFVEVEEAUSHgoaUlVOX0VWRU5UX1RZUEVfU1RFUF9GQUlMRUQQBhIcChhSVU5fRVZFTlRfVFlQRV9DT01QTEVURUQQBxIZChVSVU5fRVZFTlRfVFlQRV9GQUlMRUQQCBIcChhSVU5fRVZFTlRfVFlQRV9DQU5DRUxMRUQQCWIGcHJvdG8z", [file_ensemble_categorizer_v1_categorizer, file_ensemble_common_v1_common, file_ensemble_modelproxy_v1_modelproxy, file_ensemble_registry_v1_registry, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch9lbnNlbWJsZS9ldmVudHMvdjEvZXZlbnRzLnByb3RvEhJlbnNlbWJsZS5ldmVudHMudjEi6gUKCFJ1bkV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEhAKCHNlcXVlbmNlGAYgASgDEigKBHRpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBHR5cGUYCCABKA4yIC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXZlbnRUeXBlEg8KB3N0ZXBfaWQYCSABKAkSDwoHYXR0ZW1wdBgKIAEoBRIxCgdjcmVhdGVkGBQgASgLMh4uZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkNyZWF0ZWRIABI3CgpjbGFzc2lmaWVkGBUgASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkNsYXNzaWZpZWRIABI3CgxzdGVwX3N0YXJ0ZWQYFiABKAsyHy5lbnNlbWJsZS5ldmVudHMudjEuU3RlcFN0YXJ0ZWRIABIzCgpzdGVwX2RlbHRhGBcgASgLMh0uZW5zZW1ibGUuZXZlbnRzLnYxLlN0ZXBEZWx0YUgAEjsKDnN0ZXBfY29tcGxldGVkGBggASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlN0ZXBDb21wbGV0ZWRIABI1CgtzdGVwX2ZhaWxlZBgZIAEoCzIeLmVuc2VtYmxlLmV2ZW50cy52MS5TdGVwRmFpbGVkSAASNQoJY29tcGxldGVkGBogASgLMiAuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkNvbXBsZXRlZEgAEi8KBmZhaWxlZBgbIAEoCzIdLmVuc2VtYmxlLmV2ZW50cy52MS5SdW5GYWlsZWRIABI1CgljYW5jZWxsZWQYHCABKAsyIC5lbnNlbWJsZS5ldmVudHMudjEuUnVuQ2FuY2VsbGVkSABCCQoHcGF5bG9hZCKNAQoLUGxhbm5lZFN0ZXASDwoHc3RlcF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEiwKBGtpbmQYAyABKA4yHi5lbnNlbWJsZS5yZWdpc3RyeS52MS5TdGVwS2luZBINCgVtb2RlbBgEIAEoCRIOCgZtb2RlbHMYBSADKAkSEgoKZGVwZW5kc19vbhgGIAMoCSLtAQoKUnVuQ3JlYXRlZBIVCg1pbnB1dF9wcmV2aWV3GAEgASgJEhMKC3RlbXBsYXRlX2lkGAIgASgJEi0KBHBsYW4YAyADKAsyHy5lbnNlbWJsZS5ldmVudHMudjEuUGxhbm5lZFN0ZXASEwoLc2NoZWR1bGVfaWQYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5lbnNlbWJsZS5ldmVudHMudjEuUnVuQ3JlYXRlZC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ/Cg1SdW5DbGFzc2lmaWVkEj8KDmNsYXNzaWZpY2F0aW9uGAEgASgLMicuZW5zZW1ibGUuY2F0ZWdvcml6ZXIudjEuQ2xhc3NpZmljYXRpb24SLQoEcGxhbhgCIAMoCzIfLmVuc2VtYmxlLmV2ZW50cy52MS5QbGFubmVkU3RlcCJoCgtTdGVwU3RhcnRlZBIMCgRuYW1lGAEgASgJEiwKBGtpbmQYAiABKA4yHi5lbnNlbWJsZS5yZWdpc3RyeS52MS5TdGVwS2luZBINCgVtb2RlbBgDIAEoCRIOCgZtb2RlbHMYBCADKAkiYAoJU3RlcERlbHRhEgwKBHRleHQYASABKAkSEQoJcmVhc29uaW5nGAIgASgJEhQKDGFuc3dlcl9pbmRleBgDIAEoBRINCgVtb2RlbBgEIAEoCRINCgVpbmRleBgFIAEoAyJiCghSdW5FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSDwoHc3RlcF9pZBgDIAEoCRITCgtleHBsYW5hdGlvbhgEIAEoCRIRCglyZXRyeWFibGUYBSABKAgi8QIKC01vZGVsQW5zd2VyEhQKDGFuc3dlcl9pbmRleBgBIAEoBRIzCglzZXJ2ZWRfYnkYAiABKAsyIC5lbnNlbWJsZS5tb2RlbHByb3h5LnYxLlNlcnZlZEJ5EgwKBHRleHQYAyABKAkSEQoJcmVhc29uaW5nGAQgASgJEjsKDWZpbmlzaF9yZWFzb24YBSABKA4yJC5lbnNlbWJsZS5tb2RlbHByb3h5LnYxLkZpbmlzaFJlYXNvbhIoCgV1c2FnZRgGIAEoCzIZLmVuc2VtYmxlLmNvbW1vbi52MS5Vc2FnZRIqCgdsYXRlbmN5GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoFZXJyb3IYCSABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXJyb3IihQEKCEFydGlmYWN0EgoKAmlkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDQoFaW5kZXgYAyABKAUSEQoJbWltZV90eXBlGAQgASgJEhIKCnNpemVfYnl0ZXMYBSABKAMSDgoGc2hhMjU2GAYgASgJEhYKDnJldmlzZWRfcHJvbXB0GAcgASgJImMKDFJhbmtlZEFuc3dlchIMCgRyYW5rGAEgASgFEhQKDGFuc3dlcl9pbmRleBgCIAEoBRINCgVtb2RlbBgDIAEoCRINCgVzY29yZRgEIAEoARIRCglyYXRpb25hbGUYBSABKAkiyQEKDVJhbmtpbmdSZXN1bHQSMAoGcmFua2VkGAEgAygLMiAuZW5zZW1ibGUuZXZlbnRzLnYxLlJhbmtlZEFuc3dlchITCgtqdWRnZV9tb2RlbBgCIAEoCRIQCghjcml0ZXJpYRgDIAMoCRIyCgJieRgEIAMoDjImLmVuc2VtYmxlLmNhdGVnb3JpemVyLnYxLlJhbmtDcml0ZXJpb24SEQoJcmF0aW9uYWxlGAUgASgJEhgKEGNvbXBhcmVkX3N0ZXBfaWQYBiABKAkipgIKDVN0ZXBDb21wbGV0ZWQSDgoGb3V0cHV0GAEgASgJEhgKEG91dHB1dF90cnVuY2F0ZWQYAiABKAgSMAoHYW5zd2VycxgDIAMoCzIfLmVuc2VtYmxlLmV2ZW50cy52MS5Nb2RlbEFuc3dlchIyCgdyYW5raW5nGAQgASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlJhbmtpbmdSZXN1bHQSKAoFdXNhZ2UYBSABKAsyGS5lbnNlbWJsZS5jb21tb24udjEuVXNhZ2USKgoHbGF0ZW5jeRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCglhcnRpZmFjdHMYByADKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuQXJ0aWZhY3QijwEKClN0ZXBGYWlsZWQSKwoFZXJyb3IYASABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXJyb3ISEgoKd2lsbF9yZXRyeRgCIAEoCBIWCg5mYWxsYmFja19tb2RlbBgDIAEoCRIoCgV1c2FnZRgEIAEoCzIZLmVuc2VtYmxlLmNvbW1vbi52MS5Vc2FnZSKLAgoMUnVuQ29tcGxldGVkEg4KBm91dHB1dBgBIAEoCRIYChBvdXRwdXRfdHJ1bmNhdGVkGAIgASgIEhYKDm91dHB1dF9zdGVwX2lkGAMgASgJEigKBXVzYWdlGAQgASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoHcmFua2luZxgGIAEoCzIhLmVuc2VtYmxlLmV2ZW50cy52MS5SYW5raW5nUmVzdWx0Ei8KCWFydGlmYWN0cxgHIAMoCzIcLmVuc2VtYmxlLmV2ZW50cy52MS5BcnRpZmFjdCKOAQoJUnVuRmFpbGVkEisKBWVycm9yGAEgASgLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLlJ1bkVycm9yEigKBXVzYWdlGAIgASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iigEKDFJ1bkNhbmNlbGxlZBIOCgZyZWFzb24YASABKAkSFAoMY2FuY2VsbGVkX2J5GAIgASgJEigKBXVzYWdlGAMgASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iugQKClVzYWdlRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRISCgphcGlfa2V5X2lkGAUgASgJEjkKCW9wZXJhdGlvbhgGIAEoDjImLmVuc2VtYmxlLm1vZGVscHJveHkudjEuVXNhZ2VPcGVyYXRpb24SDQoFbW9kZWwYByABKAkSFwoPcmVxdWVzdGVkX21vZGVsGAggASgJEhAKCHByb3ZpZGVyGAkgASgJEhIKCmRlcGxveW1lbnQYCiABKAkSKAoFdXNhZ2UYCyABKAsyGS5lbnNlbWJsZS5jb21tb24udjEuVXNhZ2USKgoHbGF0ZW5jeRgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2ChN0aW1lX3RvX2ZpcnN0X3Rva2VuGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEigKBHRpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXN0cmVhbWluZxgPIAEoCBIRCgljYWNoZV9oaXQYECABKAgSEQoJc2ltdWxhdGVkGBEgASgIEg4KBnN0YXR1cxgSIAEoCRIOCgZydW5faWQYEyABKAkSDwoHc3RlcF9pZBgUIAEoCRISCgpzZXNzaW9uX2lkGBUgASgJEg8KB2F0dGVtcHQYFiABKAUqwwIKDFJ1bkV2ZW50VHlwZRIeChpSVU5fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhoKFlJVTl9FVkVOVF9UWVBFX0NSRUFURUQQARIdChlSVU5fRVZFTlRfVFlQRV9DTEFTU0lGSUVEEAISHwobUlVOX0VWRU5UX1RZUEVfU1RFUF9TVEFSVEVEEAMSHQoZUlVOX0VWRU5UX1RZUEVfU1RFUF9ERUxUQRAEEiEKHVJVTl9FVkVOVF9UWVBFX1NURVBfQ09NUExFVEVEEAUSHgoaUlVOX0VWRU5UX1RZUEVfU1RFUF9GQUlMRUQQBhIcChhSVU5fRVZFTlRfVFlQRV9DT01QTEVURUQQBxIZChVSVU5fRVZFTlRfVFlQRV9GQUlMRUQQCBIcChhSVU5fRVZFTlRfVFlQRV9DQU5DRUxMRUQQCWIGcHJvdG8z", [file_ensemble_categorizer_v1_categorizer, file_ensemble_common_v1_common, file_ensemble_modelproxy_v1_modelproxy, file_ensemble_registry_v1_registry, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A state change of a run.
@@ -479,6 +479,68 @@ export const ModelAnswerSchema: GenMessage<ModelAnswer> = /*@__PURE__*/
   messageDesc(file_ensemble_events_v1_events, 7);
 
 /**
+ * A file a step produced (an image step's images). The bytes are not in events or run records:
+ * RunService.GetArtifact returns them.
+ *
+ * @generated from message ensemble.events.v1.Artifact
+ */
+export type Artifact = Message<"ensemble.events.v1.Artifact"> & {
+  /**
+   * Unique; GetArtifact takes it with the run's id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The step that produced it.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * Position among the step's artifacts.
+   *
+   * @generated from field: int32 index = 3;
+   */
+  index: number;
+
+  /**
+   * e.g. "image/png".
+   *
+   * @generated from field: string mime_type = 4;
+   */
+  mimeType: string;
+
+  /**
+   * @generated from field: int64 size_bytes = 5;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Hex SHA-256 of the bytes.
+   *
+   * @generated from field: string sha256 = 6;
+   */
+  sha256: string;
+
+  /**
+   * The prompt after the provider's rewriting, when it reports one.
+   *
+   * @generated from field: string revised_prompt = 7;
+   */
+  revisedPrompt: string;
+};
+
+/**
+ * Describes the message ensemble.events.v1.Artifact.
+ * Use `create(ArtifactSchema)` to create a new message.
+ */
+export const ArtifactSchema: GenMessage<Artifact> = /*@__PURE__*/
+  messageDesc(file_ensemble_events_v1_events, 8);
+
+/**
  * One answer's place in a ranking.
  *
  * @generated from message ensemble.events.v1.RankedAnswer
@@ -521,7 +583,7 @@ export type RankedAnswer = Message<"ensemble.events.v1.RankedAnswer"> & {
  * Use `create(RankedAnswerSchema)` to create a new message.
  */
 export const RankedAnswerSchema: GenMessage<RankedAnswer> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 8);
+  messageDesc(file_ensemble_events_v1_events, 9);
 
 /**
  * The ranking of a compare step's answers.
@@ -577,7 +639,7 @@ export type RankingResult = Message<"ensemble.events.v1.RankingResult"> & {
  * Use `create(RankingResultSchema)` to create a new message.
  */
 export const RankingResultSchema: GenMessage<RankingResult> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 9);
+  messageDesc(file_ensemble_events_v1_events, 10);
 
 /**
  * @generated from message ensemble.events.v1.StepCompleted
@@ -621,6 +683,13 @@ export type StepCompleted = Message<"ensemble.events.v1.StepCompleted"> & {
    * @generated from field: google.protobuf.Duration latency = 6;
    */
   latency?: Duration | undefined;
+
+  /**
+   * Files the step produced (image steps).
+   *
+   * @generated from field: repeated ensemble.events.v1.Artifact artifacts = 7;
+   */
+  artifacts: Artifact[];
 };
 
 /**
@@ -628,7 +697,7 @@ export type StepCompleted = Message<"ensemble.events.v1.StepCompleted"> & {
  * Use `create(StepCompletedSchema)` to create a new message.
  */
 export const StepCompletedSchema: GenMessage<StepCompleted> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 10);
+  messageDesc(file_ensemble_events_v1_events, 11);
 
 /**
  * @generated from message ensemble.events.v1.StepFailed
@@ -666,7 +735,7 @@ export type StepFailed = Message<"ensemble.events.v1.StepFailed"> & {
  * Use `create(StepFailedSchema)` to create a new message.
  */
 export const StepFailedSchema: GenMessage<StepFailed> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 11);
+  messageDesc(file_ensemble_events_v1_events, 12);
 
 /**
  * @generated from message ensemble.events.v1.RunCompleted
@@ -707,6 +776,13 @@ export type RunCompleted = Message<"ensemble.events.v1.RunCompleted"> & {
    * @generated from field: ensemble.events.v1.RankingResult ranking = 6;
    */
   ranking?: RankingResult | undefined;
+
+  /**
+   * The output step's artifacts (an image run's images).
+   *
+   * @generated from field: repeated ensemble.events.v1.Artifact artifacts = 7;
+   */
+  artifacts: Artifact[];
 };
 
 /**
@@ -714,7 +790,7 @@ export type RunCompleted = Message<"ensemble.events.v1.RunCompleted"> & {
  * Use `create(RunCompletedSchema)` to create a new message.
  */
 export const RunCompletedSchema: GenMessage<RunCompleted> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 12);
+  messageDesc(file_ensemble_events_v1_events, 13);
 
 /**
  * @generated from message ensemble.events.v1.RunFailed
@@ -741,7 +817,7 @@ export type RunFailed = Message<"ensemble.events.v1.RunFailed"> & {
  * Use `create(RunFailedSchema)` to create a new message.
  */
 export const RunFailedSchema: GenMessage<RunFailed> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 13);
+  messageDesc(file_ensemble_events_v1_events, 14);
 
 /**
  * @generated from message ensemble.events.v1.RunCancelled
@@ -775,7 +851,7 @@ export type RunCancelled = Message<"ensemble.events.v1.RunCancelled"> & {
  * Use `create(RunCancelledSchema)` to create a new message.
  */
 export const RunCancelledSchema: GenMessage<RunCancelled> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 14);
+  messageDesc(file_ensemble_events_v1_events, 15);
 
 /**
  * One billed model call, published by model-proxy after the call (streaming included) on
@@ -912,7 +988,7 @@ export type UsageEvent = Message<"ensemble.events.v1.UsageEvent"> & {
  * Use `create(UsageEventSchema)` to create a new message.
  */
 export const UsageEventSchema: GenMessage<UsageEvent> = /*@__PURE__*/
-  messageDesc(file_ensemble_events_v1_events, 15);
+  messageDesc(file_ensemble_events_v1_events, 16);
 
 /**
  * What happened to a run. The comment gives the subject token.
