@@ -246,7 +246,12 @@ describe("llm-sim", () => {
       size: "16x16",
     });
     expect(res.status).toBe(200);
-    const body = (await res.json()) as { data: Array<{ b64_json: string }> };
+    const body = (await res.json()) as {
+      data: Array<{ b64_json: string }>;
+      usage: { input_tokens: number; output_tokens: number };
+    };
+    // Billed like gpt-image-1: prompt tokens in, image tokens out (1,056 per 1024x1024).
+    expect(body.usage).toMatchObject({ input_tokens: 3, output_tokens: 1 });
     const png = Buffer.from(body.data[0]!.b64_json, "base64");
     expect([...png.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
     expect(png.subarray(12, 16).toString("ascii")).toBe("IHDR");

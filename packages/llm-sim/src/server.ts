@@ -954,7 +954,15 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         ? { url: `data:image/png;base64,${b64}`, revised_prompt }
         : { b64_json: b64, revised_prompt };
     });
-    sendJson(res, 200, { created: Math.floor(Date.now() / 1000), data });
+    // Usage as gpt-image-1 reports it: the prompt's tokens in, image tokens out (its medium
+    // quality: 1,056 per 1024x1024, in proportion to the area).
+    const input_tokens = countTokens(prompt);
+    const output_tokens = n * Math.max(1, Math.ceil((1056 * width * height) / (1024 * 1024)));
+    sendJson(res, 200, {
+      created: Math.floor(Date.now() / 1000),
+      data,
+      usage: { input_tokens, output_tokens, total_tokens: input_tokens + output_tokens },
+    });
   }
 
   const server: Server = createServer((req, res) => {
