@@ -137,6 +137,7 @@ describe("template validation", () => {
       { id: "rank", kind: StepKind.RANK, dependsOn: ["a"], rankStep: "a" },
       { id: "get", kind: StepKind.RETRIEVE },
       { id: "plug", kind: StepKind.PLUGIN, plugin: "p" },
+      { id: "draw", kind: StepKind.IMAGE, model: "image" },
     ]);
     expect(messages(t)).toEqual([
       'template.steps[2].rank_step: step "a" is not a STEP_KIND_COMPARE step',
@@ -145,6 +146,7 @@ describe("template validation", () => {
       "template.steps[2].judge_model: STEP_KIND_RANK needs a judge_model or criteria",
       "template.steps[3].collection: required for STEP_KIND_RETRIEVE steps",
       "template.steps[4].plugin_method: required for STEP_KIND_PLUGIN steps",
+      "template.steps[5].prompt: required for STEP_KIND_IMAGE steps",
     ]);
   });
 

@@ -169,6 +169,10 @@ function kindRequirements(step: WorkflowStep): Array<[string, string]> {
       need(step.plugin !== "", "plugin", "STEP_KIND_PLUGIN");
       need(step.pluginMethod !== "", "plugin_method", "STEP_KIND_PLUGIN");
       break;
+    case StepKind.IMAGE:
+      need(step.model !== "", "model", "STEP_KIND_IMAGE");
+      need(step.prompt !== "", "prompt", "STEP_KIND_IMAGE");
+      break;
     default:
       break;
   }
@@ -297,6 +301,7 @@ export const SUPPORTED_KINDS: ReadonlySet<StepKind> = new Set([
   StepKind.TRANSFORM,
   StepKind.RETRIEVE,
   StepKind.PLUGIN,
+  StepKind.IMAGE,
 ]);
 
 /**

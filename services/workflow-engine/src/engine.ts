@@ -40,6 +40,7 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import {
+  ArtifactSchema,
   ChatMessageSchema,
   ClassificationSchema,
   JudgePolicy,
@@ -54,11 +55,11 @@ import {
   StepKind,
   StepStatus,
   UsageSchema,
+  type Artifact,
   type CategorizerService,
   type ChatMessage,
   type Classification,
   type Model,
-  type ModelProxyService,
   type RankingResult,
   type RegistryService,
   type Run,
@@ -68,6 +69,7 @@ import {
   type Usage,
 } from "@ensemble/proto";
 import type { Counter, Histogram } from "prom-client";
+import type { ArtifactStore } from "./artifacts.js";
 import { addUsage, executeStep, runErrorOf, type StepDeps } from "./executor.js";
 import type { FailureExplainer } from "./explainer.js";
 import type { PluginInvoker } from "./plugins.js";
@@ -136,7 +138,9 @@ export interface EngineDeps {
   publisher: RunEventPublisher;
   logger: Logger;
   registry: Pick<GrpcClient<typeof RegistryService>, "getTemplate" | "getAddon" | "getModel">;
-  modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
+  modelProxy: StepDeps["modelProxy"];
+  /** Where image steps store their images. */
+  artifacts: ArtifactStore;
   /** Plugin steps (registry lookup + Invoke); none = they fail with FAILED_PRECONDITION. */
   plugins?: PluginInvoker | undefined;
   /** Retrieve steps (VECTOR_SEARCH_ADDR); none = they fail with FAILED_PRECONDITION. */
@@ -494,6 +498,16 @@ export class Engine {
     return doc;
   }
 
+  /** A file of a run the caller may see (GetArtifact); NOT_FOUND otherwise. */
+  async artifact(p: Principal, runId: string, artifactId: string) {
+    await this.findRun(p, runId);
+    const found = await this.#d.artifacts.get(p.tenantId, runId, artifactId);
+    if (found === undefined) {
+      throw new NotFoundError(`artifact "${artifactId}" of run "${runId}" not found`);
+    }
+    return found;
+  }
+
   /**
    * Creates a run (or returns the caller's run with the same idempotency key), plans it,
    * publishes `created` (and `classified`) and dispatches its first steps.
@@ -653,7 +667,7 @@ export class Engine {
   /** AUTO: ask the categorizer, publish `classified`, store the plan, start. Failures end the run. */
   async #classifyAndPlan(doc: RunDoc, spec: RunSpec, token: string): Promise<void> {
     const ref = refOf(doc);
-    let classification: Classification;
+    let classification: Classification | undefined;
     let plan: Plan;
     try {
       const auto = spec.mode.case === "auto" ? spec.mode.value : undefined;
@@ -673,6 +687,14 @@ export class Engine {
       classification = res.classification;
       plan = await planFor(spec, { token, tenantId: doc.tenantId }, this.#planDeps, classification);
     } catch (err) {
+      // A route that cannot run (a video model) is explained by where the request was sent.
+      if (classification !== undefined) {
+        await setFields(this.#d.models.runs, runWhere(doc), {
+          classification: encode(ClassificationSchema, classification),
+        }).catch((again: unknown) =>
+          this.#log.warn({ err: again, runId: doc.id }, "could not store the classification"),
+        );
+      }
       await this.#finishRun(ref, RunStatus.FAILED, { error: runErrorOf(err, "") });
       return;
     }
@@ -1036,6 +1058,7 @@ export class Engine {
         },
         {
           modelProxy: this.#d.modelProxy,
+          artifacts: this.#d.artifacts,
           plugins: this.#d.plugins,
           vectorSearch: this.#d.vectorSearch,
         },
@@ -1200,6 +1223,7 @@ export class Engine {
           value: {
             ...cut(record.output),
             answers: record.answers,
+            artifacts: record.artifacts,
             ...(record.ranking !== undefined ? { ranking: record.ranking } : {}),
             ...(record.usage !== undefined ? { usage: record.usage } : {}),
             ...(record.latency !== undefined ? { latency: record.latency } : {}),
@@ -1337,8 +1361,10 @@ export class Engine {
       if (chosen !== undefined) ranking = records.get(chosen.id)?.ranking;
     }
     let output = "";
+    let artifacts: Artifact[] = [];
     if (outcome.status === RunStatus.COMPLETED && outRecord !== undefined) {
       output = outRecord.output;
+      artifacts = outRecord.artifacts;
       if (plan?.extras.winnerIsOutput === true && outRecord.ranking !== undefined) {
         const compared = records.get(outRecord.ranking.comparedStepId);
         const win = compared?.answers.find(
@@ -1354,6 +1380,7 @@ export class Engine {
     await setFields(this.#d.models.runs, runWhere(doc), {
       status: outcome.status,
       output,
+      artifacts: artifacts.map((a) => encode(ArtifactSchema, a)),
       ...(ranking !== undefined ? { ranking: encode(RankingResultSchema, ranking) } : {}),
       usage: usageDoc(usage),
       latencyMs,
@@ -1374,6 +1401,7 @@ export class Engine {
           value: {
             ...cut(output),
             outputStepId: outputStep,
+            artifacts,
             usage,
             latency,
             ...(ranking !== undefined ? { ranking } : {}),
@@ -1548,6 +1576,7 @@ export class Engine {
     if (doc.classification !== undefined)
       run.classification = decode(ClassificationSchema, doc.classification);
     if (doc.ranking !== undefined) run.ranking = decode(RankingResultSchema, doc.ranking);
+    run.artifacts = (doc.artifacts ?? []).map((a) => decode(ArtifactSchema, a));
     if (doc.error !== undefined) run.error = decode(RunErrorSchema, doc.error);
     const plan =
       this.#plans.get(doc.id) ??

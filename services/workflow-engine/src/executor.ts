@@ -1,7 +1,8 @@
 // Executing one step: llm (one model, retries, then the fallback model), compare (the same prompt
 // to several models in parallel), rank (a judge model and/or measurable criteria over a compare
 // step's answers), transform (rendering only), retrieve (a vector-search Search of the run's
-// tenant's collection) and plugin (Invoke on a registered plugin, see plugins.ts). Model calls
+// tenant's collection), plugin (Invoke on a registered plugin, see plugins.ts) and image
+// (GenerateImage, the images stored as artifacts, see artifacts.ts). Model calls
 // go to model-proxy's StreamChat with a token acting for the run's user and the attribution
 // {run, step, attempt}, so the ledger bills a redelivered attempt once; every piece of text is
 // published as a step.delta event.
@@ -9,9 +10,10 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
-import type { GrpcClient } from "@ensemble/kit";
+import { toConnectError, type GrpcClient } from "@ensemble/kit";
 import {
   ChatRole,
+  FinishReason,
   ModelAnswerSchema,
   RankCriterion,
   RankingResultSchema,
@@ -24,6 +26,7 @@ import {
   UsageSchema,
   type ChatMessage,
   type ContentPart,
+  type GeneratedImage,
   type ModelAnswer,
   type ModelProxyService,
   type RankedAnswer,
@@ -37,6 +40,7 @@ import {
   type WorkflowStep,
 } from "@ensemble/proto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ArtifactStore } from "./artifacts.js";
 import type { EventInit, RunRef } from "./events.js";
 import { isIdempotentFailure, pluginInputs, type PluginInvoker } from "./plugins.js";
 import { renderTemplate, type RenderScope } from "@ensemble/workflow";
@@ -73,7 +77,9 @@ export interface StepContext {
 }
 
 export interface StepDeps {
-  modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat">;
+  modelProxy: Pick<GrpcClient<typeof ModelProxyService>, "streamChat" | "generateImage">;
+  /** Where image steps store their images; none = they fail with FAILED_PRECONDITION. */
+  artifacts?: Pick<ArtifactStore, "put"> | undefined;
   /** Plugin steps; none = they fail with FAILED_PRECONDITION. */
   plugins?: PluginInvoker | undefined;
   /** Retrieve steps (VECTOR_SEARCH_ADDR); none = they fail with FAILED_PRECONDITION. */
@@ -111,7 +117,7 @@ const RETRYABLE = new Set<Code>([
 /** The RunError of a failure, sanitised (ConnectError messages of our services are safe). */
 export function runErrorOf(err: unknown, stepId: string): RunError {
   if (err instanceof StepFailure) return err.error;
-  const ce = ConnectError.from(err);
+  const ce = toConnectError(err);
   return create(RunErrorSchema, {
     code: codeName(ce.code),
     message: ce.rawMessage,
@@ -172,6 +178,9 @@ export async function executeStep(ctx: StepContext, deps: StepDeps): Promise<Run
         break;
       case StepKind.RETRIEVE:
         await runRetrieve(ctx, deps, record);
+        break;
+      case StepKind.IMAGE:
+        await runImage(ctx, deps, record);
         break;
       default:
         throw stepFailure(
@@ -254,6 +263,24 @@ interface CallSpec {
   responseFormat?: ResponseFormat | undefined;
 }
 
+/** A model call's failure as the step reports it: cancelled run, attempt timeout, or its own. */
+function attemptError(
+  ctx: StepContext,
+  signal: AbortSignal,
+  model: string,
+  timeoutMs: number,
+  err: unknown,
+): unknown {
+  if (ctx.signal.aborted) return new ConnectError("the run was cancelled", Code.Canceled);
+  if (signal.aborted) {
+    return new ConnectError(
+      `no answer from ${model} within ${timeoutMs} ms`,
+      Code.DeadlineExceeded,
+    );
+  }
+  return err;
+}
+
 /** One streamed model call; deltas are published as they come. Throws ConnectError on failure. */
 async function callModel(ctx: StepContext, deps: StepDeps, call: CallSpec): Promise<ModelAnswer> {
   const started = Date.now();
@@ -325,14 +352,7 @@ async function callModel(ctx: StepContext, deps: StepDeps, call: CallSpec): Prom
       }
     }
   } catch (err) {
-    if (ctx.signal.aborted) throw new ConnectError("the run was cancelled", Code.Canceled);
-    if (signal.aborted) {
-      throw new ConnectError(
-        `no answer from ${call.model} within ${timeoutMs} ms`,
-        Code.DeadlineExceeded,
-      );
-    }
-    throw err;
+    throw attemptError(ctx, signal, call.model, timeoutMs, err);
   }
   if (!ended) throw new ConnectError(`the answer of ${call.model} ended early`, Code.Unavailable);
   answer.text = text;
@@ -359,6 +379,8 @@ async function withRetries(
     announce: boolean;
     responseFormat?: ResponseFormat | undefined;
     onAttempt: (attempt: number, model: string) => void;
+    /** One attempt's call; default: a chat with `prompt` (callModel). */
+    call?: (model: string, attempt: number) => Promise<ModelAnswer>;
   },
 ): Promise<{ answer: ModelAnswer; attempt: number; model: string }> {
   const plan: string[] = [];
@@ -380,14 +402,17 @@ async function withRetries(
       });
     }
     try {
-      const answer = await callModel(ctx, deps, {
-        model,
-        messages,
-        answerIndex: opts.answerIndex,
-        attributionStep: opts.attributionStep,
-        attempt,
-        responseFormat: opts.responseFormat,
-      });
+      const answer =
+        opts.call !== undefined
+          ? await opts.call(model, attempt)
+          : await callModel(ctx, deps, {
+              model,
+              messages,
+              answerIndex: opts.answerIndex,
+              attributionStep: opts.attributionStep,
+              attempt,
+              responseFormat: opts.responseFormat,
+            });
       return { answer, attempt, model };
     } catch (err) {
       lastErr = err;
@@ -446,6 +471,103 @@ async function runLlm(ctx: StepContext, deps: StepDeps, record: RunStep): Promis
   record.answers = [answer];
   record.output = answer.text;
   record.usage = addUsage(record.usage, answer.usage);
+}
+
+/**
+ * An image step: GenerateImage on model-proxy with the rendered prompt (retries, then the
+ * fallback model, like an llm step), then each image stored as an artifact. The step's output
+ * describes the images for later steps ({{steps.<id>.output}}); the bytes are fetched with
+ * GetArtifact.
+ */
+async function runImage(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
+  const store = deps.artifacts;
+  if (store === undefined) {
+    throw stepFailure(ctx, "FAILED_PRECONDITION", "this workflow engine stores no artifacts");
+  }
+  const prompt = renderTemplate(ctx.step.prompt, ctx.scope);
+  if (prompt.trim() === "") {
+    throw stepFailure(ctx, "INVALID_ARGUMENT", "the image step has nothing to draw (empty prompt)");
+  }
+  const models = [ctx.step.model];
+  if (ctx.step.fallbackModel !== "" && ctx.step.fallbackModel !== ctx.step.model) {
+    models.push(ctx.step.fallbackModel);
+  }
+  let images: GeneratedImage[] = [];
+  const { answer, model } = await withRetries(ctx, deps, {
+    models,
+    prompt,
+    answerIndex: 0,
+    attributionStep: ctx.step.id,
+    firstAttempt: 1,
+    announce: true,
+    onAttempt: (attempt, m) => {
+      record.attempts = attempt;
+      record.model = m;
+      record.fallbackUsed = m !== ctx.step.model;
+    },
+    call: async (m, attempt) => {
+      const started = Date.now();
+      const timeoutMs = attemptTimeout(ctx);
+      const signal = AbortSignal.any([ctx.signal, AbortSignal.timeout(timeoutMs)]);
+      const token = await ctx.token();
+      let res;
+      try {
+        res = await deps.modelProxy.generateImage(
+          {
+            model: m,
+            prompt,
+            n: ctx.step.imageCount,
+            size: ctx.step.imageSize,
+            attribution: {
+              runId: ctx.ref.runId,
+              stepId: ctx.step.id,
+              sessionId: ctx.ref.sessionId,
+              attempt,
+            },
+          },
+          { headers: { authorization: `Bearer ${token}` }, signal, timeoutMs },
+        );
+      } catch (err) {
+        throw attemptError(ctx, signal, m, timeoutMs, err);
+      }
+      if (res.images.length === 0) {
+        throw new ConnectError(`${m} returned no image`, Code.Unavailable);
+      }
+      images = res.images;
+      return create(ModelAnswerSchema, {
+        answerIndex: 0,
+        ...(res.servedBy !== undefined ? { servedBy: res.servedBy } : {}),
+        ...(res.usage !== undefined ? { usage: res.usage } : {}),
+        finishReason: FinishReason.STOP,
+        latency: durationFromMs(Date.now() - started),
+        timeToFirstToken: durationFromMs(Date.now() - started),
+      });
+    },
+  });
+  record.model = model;
+  record.usage = addUsage(record.usage, answer.usage);
+  record.artifacts = await Promise.all(
+    images.map((image, index) =>
+      store.put({
+        tenantId: ctx.ref.tenantId,
+        runId: ctx.ref.runId,
+        stepId: ctx.step.id,
+        index,
+        mimeType: image.mimeType || "image/png",
+        data: image.data,
+        revisedPrompt: image.revisedPrompt,
+      }),
+    ),
+  );
+  const served = modelOf(answer) || model;
+  record.output = record.artifacts
+    .map(
+      (a, i) =>
+        `Image ${i + 1} of ${record.artifacts.length} (${a.mimeType}, ${a.sizeBytes} bytes, artifact ${a.id}) generated by ${served} for: ${a.revisedPrompt !== "" ? a.revisedPrompt : prompt}`,
+    )
+    .join("\n");
+  answer.text = record.output;
+  record.answers = [answer];
 }
 
 async function runCompare(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {

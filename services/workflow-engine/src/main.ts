@@ -23,6 +23,7 @@ import {
 } from "@ensemble/proto";
 import { Counter, Histogram } from "prom-client";
 import { loadWorkflowConfig, type WorkflowConfig } from "./config.js";
+import { ArtifactStore } from "./artifacts.js";
 import { Engine, type EngineMetrics } from "./engine.js";
 import { FailureExplainer } from "./explainer.js";
 import { RegistryPlugins } from "./plugins.js";
@@ -126,6 +127,7 @@ async function main({
     logger,
     registry,
     modelProxy,
+    artifacts: await ArtifactStore.open(mongo),
     plugins: new RegistryPlugins({ registry, metrics }),
     vectorSearch:
       config.VECTOR_SEARCH_ADDR !== undefined

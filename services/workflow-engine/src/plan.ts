@@ -11,6 +11,7 @@ import {
   type GrpcClient,
 } from "@ensemble/kit";
 import {
+  Capability,
   RankCriterion,
   ResponseFormatSchema,
   StepKind,
@@ -111,6 +112,41 @@ export function modelTemplate(
   });
 }
 
+/** An image run: one image step with the input as its prompt. */
+export function imageTemplate(model: string): WorkflowTemplate {
+  return create(WorkflowTemplateSchema, {
+    id: "image",
+    name: "Image",
+    outputStep: "image",
+    steps: [{ id: "image", name: "Image", kind: StepKind.IMAGE, model, prompt: "{{input}}" }],
+  });
+}
+
+/**
+ * The template of a run answered by one model: an llm step, or an image step when the model
+ * generates images and cannot chat. A model that only generates video cannot run (there is no
+ * video step): FAILED_PRECONDITION, before anything is called. When the registry does not
+ * answer, the llm step stands and model-proxy decides at the step.
+ */
+async function oneModelTemplate(
+  name: string,
+  opts: { temperature?: number | undefined; maxTokens?: number | undefined },
+  caller: Planner,
+  deps: PlanDeps,
+): Promise<WorkflowTemplate> {
+  const model = await lookupModel(deps, caller, name).catch(() => undefined);
+  const caps = model?.capabilities ?? [];
+  if (model !== undefined && !caps.includes(Capability.CHAT)) {
+    if (caps.includes(Capability.IMAGE_GENERATION)) return imageTemplate(name);
+    if (caps.includes(Capability.VIDEO_GENERATION)) {
+      throw new FailedPreconditionError(
+        `model "${name}" (${model.id}) generates video, and runs cannot generate video yet; ask for text or an image instead`,
+      );
+    }
+  }
+  return modelTemplate(name, opts);
+}
+
 export function compareTemplate(
   models: string[],
   ranking: RankingPolicy | undefined,
@@ -192,7 +228,7 @@ export async function planFor(
     const target = route.route?.target;
     switch (target?.case) {
       case "model":
-        template = modelTemplate(target.value, {});
+        template = await oneModelTemplate(target.value, {}, caller, deps);
         checked = false; // the categorizer checked its routes' models when they were saved
         break;
       case "compare":
@@ -209,10 +245,12 @@ export async function planFor(
         throw new FailedPreconditionError("the categorizer returned no route");
     }
   } else if (mode.case === "model") {
-    template = modelTemplate(mode.value.model, {
-      temperature: mode.value.temperature,
-      maxTokens: mode.value.maxTokens,
-    });
+    template = await oneModelTemplate(
+      mode.value.model,
+      { temperature: mode.value.temperature, maxTokens: mode.value.maxTokens },
+      caller,
+      deps,
+    );
     locate = () => "spec.model.model";
     if (mode.value.responseFormat !== undefined) {
       extras.responseFormat = Buffer.from(

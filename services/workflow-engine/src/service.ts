@@ -225,6 +225,10 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
       return { run: await engine.toRun(doc, full(req.view, RunView.FULL)) };
     },
 
+    async getArtifact(req, ctx) {
+      return engine.artifact(principalOf(ctx), req.runId, req.artifactId);
+    },
+
     async listRuns(req, ctx) {
       const p = principalOf(ctx);
       const filter: Record<string, unknown> = { tenantId: p.tenantId };

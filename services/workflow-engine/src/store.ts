@@ -60,6 +60,8 @@ export interface RunDoc {
   /** "key\u0000value" per metadata pair (ListRuns metadata filter). */
   metaPairs: string[];
   output: string;
+  /** The output step's artifacts (Artifact each, binary), once the run completed. */
+  artifacts?: Buffer[] | undefined;
   ranking?: Buffer | undefined;
   usage: { inputTokens: number; outputTokens: number; totalTokens: number; costUsd: number };
   latencyMs: number;
@@ -100,6 +102,7 @@ const runSchema = new Schema<RunDoc>(
     models: { type: [String], default: [] },
     metaPairs: { type: [String], default: [] },
     output: { type: String, default: "" },
+    artifacts: { type: [Buffer], default: undefined },
     ranking: { type: Buffer },
     usage: usageSchema,
     latencyMs: { type: Number, default: 0 },

@@ -35,6 +35,7 @@ import {
 } from "@ensemble/testkit";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { Connection } from "mongoose";
+import { ArtifactStore } from "../src/artifacts.js";
 import { Engine, type EngineSettings } from "../src/engine.js";
 import { ensureRunEventsStream, RunEventPublisher } from "../src/events.js";
 import { FailureExplainer } from "../src/explainer.js";
@@ -153,6 +154,7 @@ async function start(
     logger,
     registry: registryClient,
     modelProxy,
+    artifacts: await ArtifactStore.open(mongo),
     tokens,
     ...(opts.plugins ? { plugins: new RegistryPlugins({ registry: registryClient }) } : {}),
     ...(categorizer !== undefined
