@@ -1,6 +1,7 @@
 // `model: "auto"` on a chat: the categorizer picks the model, on every way into the gateway
 // (ModelProxyService Chat and StreamChat over Connect, gRPC and gRPC-web, /v1/chat/completions,
-// the WebSocket chat). Only model routes: a chat is one model's answer.
+// the WebSocket chat). Only model routes to models that chat: a chat is one model's text answer
+// (a request for an image is answered in words; /v1/images/generations and image runs draw).
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import type { GrpcClient } from "@ensemble/kit";
@@ -54,7 +55,7 @@ export async function routeAuto(
   options: CallOptions,
 ): Promise<AutoRouting> {
   const res = await categorizer.classify(
-    { ...classifyInput(request), allowedKinds: { model: true } },
+    { ...classifyInput(request), allowedKinds: { model: true }, chatOnly: true },
     options,
   );
   const c = res.classification;

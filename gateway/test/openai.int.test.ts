@@ -435,6 +435,15 @@ describe("openai client against the gateway", () => {
     let model = "";
     for await (const chunk of stream) model = chunk.model;
     expect(model).toBe("sim-fast");
+
+    // A chat asking for a picture is answered in words by a model that chats (it used to be
+    // routed to the image model and refused with 400 "does not support chat").
+    const picture = await openai.chat.completions.create({
+      model: "auto",
+      messages: [{ role: "user", content: "Generate an image of a red fox in the snow" }],
+    });
+    expect(picture.model).toBe("sim-fast");
+    expect(picture.choices[0]?.message.content).toContain("red fox");
   });
 
   it("auto over Connect and gRPC - ModelProxyService Chat and StreamChat with model auto are routed by the categorizer too", async () => {

@@ -104,14 +104,15 @@ function defaultTarget(
   category: CategoryLetter,
   modalities: readonly Modality[],
   allowed: (k: RouteKind) => boolean,
+  chatOnly: boolean,
 ): RouteTarget | undefined {
   const model = (m: string) => create(RouteTargetSchema, { target: { case: "model", value: m } });
   if (category === "H" && allowed("template")) {
     return create(RouteTargetSchema, { target: { case: "templateId", value: "research_report" } });
   }
   if (!allowed("model")) return undefined;
-  if (modalities.includes(Modality.VIDEO)) return model("video");
-  if (modalities.includes(Modality.IMAGE_GENERATION)) return model("image");
+  if (!chatOnly && modalities.includes(Modality.VIDEO)) return model("video");
+  if (!chatOnly && modalities.includes(Modality.IMAGE_GENERATION)) return model("image");
   if (category === "L") return model("thinking");
   if (modalities.includes(Modality.IMAGE_INPUT)) return model("vision");
   return model(category === "H" ? "medium" : "fast");
@@ -260,7 +261,9 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
     const attachmentTokens = images * IMAGE_TOKENS + videos * VIDEO_TOKENS;
     const contextTokens = Number(req.contextTokens);
     let inputTokens = estimateTextTokens(req.text) + attachmentTokens + contextTokens;
-    const media = modalities[0] === Modality.IMAGE_GENERATION || modalities[0] === Modality.VIDEO;
+    const media =
+      !req.chatOnly &&
+      (modalities[0] === Modality.IMAGE_GENERATION || modalities[0] === Modality.VIDEO);
     const outputTokens = media
       ? 0
       : fast.requestedWords > 0
@@ -316,10 +319,17 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
           continue;
         }
       }
+      if (req.chatOnly && route.target?.target.case === "model") {
+        const model = await catalog.model(tenantId, route.target.target.value, token);
+        if (model !== undefined && !model.capabilities.includes(Capability.CHAT)) {
+          reasons.push(`route ${route.id} skipped: model ${model.id} cannot chat`);
+          continue;
+        }
+      }
       chosen = route;
       break;
     }
-    let target = chosen?.target ?? defaultTarget(category, modalities, allowed);
+    let target = chosen?.target ?? defaultTarget(category, modalities, allowed, req.chatOnly);
     if (target === undefined) {
       throw new FailedPreconditionError(
         `no route of an allowed kind matches this request (category ${category}); allow model or template routes, or add a compare route`,

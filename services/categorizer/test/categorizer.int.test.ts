@@ -229,6 +229,20 @@ describe("categorizer - categories and modalities go where the routes say", () =
     expect(plainText.decidedBy).toBe(Decider.FEATURES);
   });
 
+  it("classify - chat_only passes over the image and video models: a chat gets a model that answers in text", async () => {
+    for (const text of [
+      "Generate an image of a lighthouse in a storm, oil painting style.",
+      "Make a short video of a paper boat drifting down a rainy street.",
+    ]) {
+      const got = await classify(memberA, { text, allowedKinds: { model: true }, chatOnly: true });
+      expect(got.route?.target).toEqual({ case: "model", value: "fast" });
+      expect(got.reasons.join("\n")).toMatch(
+        /route (image|video)-generation skipped: model \S+ cannot chat/,
+      );
+      expect(got.estimatedOutputTokens).toBeGreaterThan(0n);
+    }
+  });
+
   it("classify - a caller that accepts only models gets a model for a multi-part request", async () => {
     const got = await classify(memberA, {
       text: "Research the evidence on four-day work weeks, compare the main studies, draft a report with an executive summary and sources, then review it for gaps.",
