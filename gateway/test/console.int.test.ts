@@ -155,7 +155,7 @@ const recordSteps = (p: Page) =>
 const storedSession = async (p: Page) =>
   JSON.parse(
     (await p.evaluate<string | null>('localStorage.getItem("ensemble.session")')) ?? "{}",
-  ) as { refreshToken: string; accessExpiresAt: number };
+  ) as { accessToken: string; refreshToken: string; accessExpiresAt: number };
 
 describe("console", () => {
   it("console - the gateway serves the app at / with SPA fallback, caching, and API paths untouched", async () => {
@@ -309,6 +309,48 @@ describe("console", () => {
     await expect(page.locator("table.runs tbody tr").count()).resolves.toBeGreaterThanOrEqual(2);
     await shot(page, "06-runs");
   }, 120_000);
+
+  it("console - an image run's view shows the picture inline, with its type, size and a download", async () => {
+    // No page starts a single-model run outside a chat; start it as a script would.
+    const { accessToken } = await storedSession(page);
+    const started = await fetch(`${gw.url}/${RunService.typeName}/StartRun`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+      body: JSON.stringify({ spec: { input: "A red fox in the snow", model: { model: "image" } } }),
+    });
+    expect(started.status).toBe(200);
+    const runId = ((await started.json()) as { run: { id: string } }).run.id;
+    await page.goto(`${gw.url}/runs/${runId}`);
+    await page.getByTestId("run-status").filter({ hasText: "completed" }).waitFor({
+      timeout: 60_000,
+    });
+    const result = page.getByRole("region", { name: "Result" });
+    const img = result.locator('img[src^="blob:"]');
+    await img.waitFor();
+    // Decoded, not a broken-image icon (a CSP without blob: in img-src would leave it at 0).
+    await expect
+      .poll(
+        () =>
+          page.evaluate<number>(
+            `document.querySelector('[aria-label="Result"] img[src^="blob:"]')?.naturalWidth ?? 0`,
+          ),
+        { timeout: 10_000 },
+      )
+      .toBeGreaterThan(0);
+    expect(await img.isVisible()).toBe(true);
+    await expect(img.getAttribute("alt")).resolves.toMatch(/\S/);
+    await expect(result.locator("figcaption").textContent()).resolves.toMatch(
+      /image\/png · [\d.]+ (B|KiB)/,
+    );
+    // The step that made it shows it too.
+    await page.locator('[data-step] img[src^="blob:"]').first().waitFor();
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      result.getByRole("link", { name: "Download" }).click(),
+    ]);
+    expect(download.suggestedFilename()).toMatch(/\.png$/);
+    await shot(page, "05b-run-image");
+  }, 90_000);
 
   it("console - an admin creates an API key (shown once) that works, then revokes it", async () => {
     await nav(page, "Admin");

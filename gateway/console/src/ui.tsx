@@ -95,6 +95,15 @@ export function fmtTime(t: Timestamp | undefined): string {
   return t === undefined ? "—" : timestampDate(t).toLocaleString();
 }
 
+export function fmtBytes(n: number | bigint): string {
+  const v = Number(n);
+  return v >= 1048576
+    ? `${(v / 1048576).toFixed(1)} MiB`
+    : v >= 1024
+      ? `${(v / 1024).toFixed(1)} KiB`
+      : `${v} B`;
+}
+
 /** A generated enum's value name (already without its prefix), for people. */
 export function enumLabel(names: Record<number, string>, value: number): string {
   return (names[value] ?? String(value)).toLowerCase().replaceAll("_", " ");

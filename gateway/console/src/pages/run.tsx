@@ -1,18 +1,20 @@
 // One run, live: WatchRun sends the current record, then every event (replayed from the start,
 // then as it happens) with the token deltas, until the run ends. The step graph is drawn in
-// layers by dependency depth; each step shows its state and its text as it streams.
+// layers by dependency depth; each step shows its state and its text as it streams, and the
+// files it produced (an image step's images), fetched with GetArtifact.
 import {
   RunEventType,
   RunStatus,
   StepKind,
   StepStatus,
+  type Artifact,
   type Run,
   type RunEvent,
 } from "@ensemble/proto";
-import { useEffect, useState } from "react";
+import { useEffect, useMemo, useState } from "react";
 import { api, errorText } from "../api";
 import { RouteNote } from "./chat";
-import { ErrorBox, Loading, enumLabel, fmtMs, fmtUsd } from "../ui";
+import { ErrorBox, Loading, enumLabel, fmtBytes, fmtMs, fmtUsd } from "../ui";
 
 interface StepView {
   id: string;
@@ -22,6 +24,7 @@ interface StepView {
   dependsOn: string[];
   status: StepStatus;
   text: string;
+  artifacts: Artifact[];
 }
 
 const TERMINAL = new Set([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]);
@@ -38,6 +41,7 @@ function stepsOf(run: Run): Map<string, StepView> {
         dependsOn: s.dependsOn,
         status: s.status,
         text: s.output || s.answers.map((a) => a.text).join("\n\n"),
+        artifacts: s.artifacts,
       },
     ]),
   );
@@ -65,6 +69,50 @@ function layers(steps: StepView[]): StepView[][] {
   const out: StepView[][] = [];
   for (const s of steps) (out[depthOf(s)] ??= []).push(s);
   return out.filter((l) => l !== undefined);
+}
+
+/** An artifact's bytes, fetched once per page even when a step and the result both show it. */
+type BlobOf = (a: Artifact) => Promise<Blob>;
+
+/** One artifact: an image inline (other types only as a download), its type, size and a link. */
+function ArtifactView({ artifact, blobOf }: { artifact: Artifact; blobOf: BlobOf }) {
+  const [url, setUrl] = useState<string>();
+  const [error, setError] = useState<string>();
+  useEffect(() => {
+    let live = true;
+    let objectUrl: string | undefined;
+    blobOf(artifact).then(
+      (blob) => {
+        if (!live) return;
+        objectUrl = URL.createObjectURL(blob);
+        setUrl(objectUrl);
+      },
+      (err: unknown) => live && setError(errorText(err)),
+    );
+    return () => {
+      live = false;
+      if (objectUrl !== undefined) URL.revokeObjectURL(objectUrl);
+    };
+  }, [artifact, blobOf]);
+  const ext = /\/([\w.-]+)/.exec(artifact.mimeType)?.[1] ?? "bin";
+  return (
+    <figure className="artifact" data-artifact={artifact.id}>
+      {url !== undefined && artifact.mimeType.startsWith("image/") && (
+        <img src={url} alt={artifact.revisedPrompt || `generated image ${artifact.index + 1}`} />
+      )}
+      <figcaption className="muted">
+        {artifact.mimeType} · {fmtBytes(artifact.sizeBytes)}{" "}
+        {url !== undefined ? (
+          <a href={url} download={`${artifact.id}.${ext === "jpeg" ? "jpg" : ext}`}>
+            Download
+          </a>
+        ) : (
+          error === undefined && "· loading…"
+        )}
+      </figcaption>
+      <ErrorBox error={error} />
+    </figure>
+  );
 }
 
 function describe(e: RunEvent): string {
@@ -121,6 +169,7 @@ export function RunPage({ runId }: { runId: string }) {
           dependsOn: p.dependsOn,
           status: StepStatus.PENDING,
           text: "",
+          artifacts: [],
         });
       }
       setSteps(current);
@@ -154,6 +203,7 @@ export function RunPage({ runId }: { runId: string }) {
             ...s,
             status: StepStatus.COMPLETED,
             text: p.value.output || s.text,
+            artifacts: p.value.artifacts,
           }));
         } else if (p.case === "stepFailed" && !p.value.willRetry) {
           update(e.stepId, (s) => ({ ...s, status: StepStatus.FAILED }));
@@ -172,6 +222,23 @@ export function RunPage({ runId }: { runId: string }) {
       })
       .finally(() => setLive(false));
     return () => abort.abort();
+  }, [runId]);
+
+  const blobOf = useMemo<BlobOf>(() => {
+    const fetched = new Map<string, Promise<Blob>>();
+    return (a) => {
+      let blob = fetched.get(a.id);
+      if (blob === undefined) {
+        blob = api.runs
+          .getArtifact({ runId, artifactId: a.id })
+          // Decoded bytes are never on a SharedArrayBuffer; the DOM types ask to be told so.
+          .then((res) => new Blob([res.data as Uint8Array<ArrayBuffer>], { type: a.mimeType }));
+        // A failed fetch is not kept: the next view of it asks again.
+        blob.catch(() => fetched.delete(a.id));
+        fetched.set(a.id, blob);
+      }
+      return blob;
+    };
   }, [runId]);
 
   const cancel = async () => {
@@ -234,15 +301,25 @@ export function RunPage({ runId }: { runId: string }) {
                 </header>
                 {s.dependsOn.length > 0 && <p className="muted">after {s.dependsOn.join(", ")}</p>}
                 {s.text !== "" && <div className="text small">{s.text}</div>}
+                {s.artifacts.map((a) => (
+                  <ArtifactView key={a.id} artifact={a} blobOf={blobOf} />
+                ))}
               </article>
             ))}
           </div>
         ))}
       </section>
-      {run.output !== "" && done && (
+      {(run.output !== "" || run.artifacts.length > 0) && done && (
         <section aria-label="Result">
           <h2>Result</h2>
-          <div className="text">{run.output}</div>
+          {run.output !== "" && <div className="text">{run.output}</div>}
+          {run.artifacts.length > 0 && (
+            <div className="artifacts">
+              {run.artifacts.map((a) => (
+                <ArtifactView key={a.id} artifact={a} blobOf={blobOf} />
+              ))}
+            </div>
+          )}
         </section>
       )}
       <section aria-label="Events">
