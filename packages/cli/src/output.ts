@@ -74,6 +74,18 @@ export function usd(value: number): string {
   return `$${value.toFixed(value !== 0 && value < 0.01 ? 6 : 4)}`;
 }
 
+/** A size for people: 830 B, 12.4 KiB, 3.1 MiB. */
+export function bytes(n: number | bigint): string {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let value = Number(n);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
 /** A generated enum's value as a lower-case word (protobuf-es enums map numbers to short names). */
 export function label(names: Record<number, string>, value: number): string {
   return (names[value] ?? String(value)).toLowerCase();

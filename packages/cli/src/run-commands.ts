@@ -1,9 +1,13 @@
-// run (start a run and watch it), runs list / get / cancel / watch.
-import { readFile } from "node:fs/promises";
+// run (start a run and watch it), runs list / get / cancel / watch / artifact.
+import { createHash } from "node:crypto";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { fromJson, toJson, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import type { Client } from "@connectrpc/connect";
 import type { Command } from "commander";
 import {
+  ArtifactSchema,
   Category,
   RankCriterion,
   RunEventSchema,
@@ -14,6 +18,7 @@ import {
   RunView,
   StepStatus,
   WorkflowTemplateSchema,
+  type Artifact,
   type RankingResult,
   type Run,
   type RunEvent,
@@ -21,7 +26,7 @@ import {
 } from "@ensemble/proto";
 import { parse as parseYaml } from "yaml";
 import type { Context } from "./context.js";
-import { enumValue, label, seconds, table, usd, when, type Output } from "./output.js";
+import { bytes, enumValue, label, seconds, table, usd, when, type Output } from "./output.js";
 import { UsageError } from "./session.js";
 
 /** The judge of `run --compare` when neither --judge nor --rank-by is given. */
@@ -40,6 +45,7 @@ interface RunOptions {
   timeout?: string;
   detach?: boolean;
   quiet?: boolean;
+  save?: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -227,7 +233,6 @@ class Progress {
   }
 }
 
-/** The end of a run as a person reads it; sets the exit code of a run that did not complete. */
 /** A compare run's ranking, best first: who answered, and why there. */
 function rankingLines(ranking: RankingResult): string[] {
   const how = [
@@ -245,15 +250,96 @@ function rankingLines(ranking: RankingResult): string[] {
   ];
 }
 
+/** The run's result files (the output step's), else every step's. */
+function artifactsOf(run: Run): Artifact[] {
+  return run.artifacts.length > 0 ? run.artifacts : run.steps.flatMap((s) => s.artifacts);
+}
+
+/** One line per artifact, with the command that saves it. */
+function artifactLines(run: Run): string[] {
+  return artifactsOf(run).map(
+    (a) =>
+      `artifact ${a.id}: ${a.mimeType}, ${bytes(a.sizeBytes)} (save: ensemble runs artifact ${run.id} ${a.id})`,
+  );
+}
+
+/** "<id>.<ext>"; the id comes from the server, so only portable characters reach the file system. */
+function fileName(a: Artifact): string {
+  const sub = /^[\w.+-]+\/([\w.-]+)/.exec(a.mimeType.toLowerCase())?.[1];
+  const ext = sub === "jpeg" ? "jpg" : sub === undefined || sub === "octet-stream" ? "bin" : sub;
+  return `${a.id.replace(/[^\w.-]/g, "_")}.${ext}`;
+}
+
+/** Where downloaded artifacts go: into a directory, each under its own name, or to one file. */
+type SaveTarget = { dir: string } | { file: string };
+
+interface Saved {
+  path: string;
+  artifact: Artifact;
+}
+
+/**
+ * Downloads artifacts with GetArtifact into a directory (each under its own name) or to one
+ * file, checks them against their SHA-256 and says on stderr what was saved.
+ */
+async function saveArtifacts(
+  out: Output,
+  runs: Client<typeof RunService>,
+  runId: string,
+  ids: string[],
+  target: SaveTarget,
+): Promise<Saved[]> {
+  if ("file" in target && ids.length > 1) {
+    throw new UsageError(
+      `--output ${target.file}: the run has ${ids.length} artifacts; name a directory (or one artifact)`,
+    );
+  }
+  if ("dir" in target) await mkdir(target.dir, { recursive: true });
+  const saved: Saved[] = [];
+  for (const artifactId of ids) {
+    const res = await runs.getArtifact({ runId, artifactId });
+    if (res.artifact === undefined) throw new Error("the gateway returned no artifact");
+    const artifact = res.artifact;
+    const sum = createHash("sha256").update(res.data).digest("hex");
+    if (artifact.sha256 !== "" && sum !== artifact.sha256) {
+      throw new Error(`artifact ${artifactId}: the download does not match its SHA-256`);
+    }
+    const path = "file" in target ? target.file : join(target.dir, fileName(artifact));
+    await writeFile(path, res.data);
+    out.notice(`saved ${path} (${artifact.mimeType}, ${bytes(res.data.length)})`);
+    saved.push({ path, artifact });
+  }
+  return saved;
+}
+
+/** Every artifact of the run (see artifactsOf); failing with a clear message when it has none. */
+function saveAll(
+  out: Output,
+  runs: Client<typeof RunService>,
+  run: Run,
+  target: SaveTarget,
+): Promise<Saved[]> {
+  const ids = artifactsOf(run).map((a) => a.id);
+  if (ids.length === 0) {
+    throw new Error(
+      `run ${run.id} has no artifacts${run.status !== RunStatus.COMPLETED ? ` (it is ${label(RunStatus, run.status)})` : ""}`,
+    );
+  }
+  return saveArtifacts(out, runs, run.id, ids, target);
+}
+
+/** The end of a run as a person reads it; sets the exit code of a run that did not complete. */
 function finish(out: Output, run: Run | undefined, quiet = false): void {
   if (run === undefined) return;
   if (run.status !== RunStatus.COMPLETED) process.exitCode = 1;
   if (out.json) return;
   if (run.status === RunStatus.COMPLETED && run.ranking !== undefined && !quiet)
     out.notice(rankingLines(run.ranking).join("\n"));
-  if (run.status === RunStatus.COMPLETED)
+  if (run.status === RunStatus.COMPLETED) {
     out.write(run.output.endsWith("\n") ? run.output : `${run.output}\n`);
-  else
+    const lines = artifactLines(run);
+    if (lines.length > 0 && !quiet) out.notice(lines.join("\n"));
+  } else
     out.notice(
       `run ${run.id} ${label(RunStatus, run.status)}${run.error ? `: ${run.error.message}` : ""}`,
     );
@@ -328,6 +414,8 @@ function describe(run: Run): string {
   }
   if (run.ranking !== undefined) lines.push("", ...rankingLines(run.ranking));
   if (run.output !== "") lines.push("", run.output);
+  const artifacts = artifactLines(run);
+  if (artifacts.length > 0) lines.push("", ...artifacts);
   return lines.join("\n");
 }
 
@@ -359,9 +447,13 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       "start the run, print its id and return (watch later: ensemble runs watch <id>)",
     )
     .option("-q, --quiet", "no progress lines, only the output")
+    .option(
+      "--save <dir>",
+      "when the run completes, save its artifacts (images) into this directory",
+    )
     .addHelpText(
       "after",
-      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run -c fast,medium --rank-by cost,latency "Summarise RFC 9110 in one line"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
+      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -m image --save . "A red fox in the snow"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run -c fast,medium --rank-by cost,latency "Summarise RFC 9110 in one line"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
     )
     .action(async (words: string[], opts: RunOptions) => {
       const { gw, out } = ctx.get();
@@ -374,6 +466,10 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       const spec = await buildSpec(input, opts);
       const runs = gw.client(RunService);
       if (opts.detach === true) {
+        if (opts.save !== undefined)
+          throw new UsageError(
+            "--save waits for the run to complete; it cannot be used with --detach",
+          );
         const res = await runs.startRun({ spec });
         out.result(
           res.run !== undefined ? toJson(RunSchema, res.run) : {},
@@ -381,10 +477,15 @@ export function registerRunCommands(program: Command, ctx: Context): void {
         );
         return;
       }
-      finish(out, await follow(out, opts.quiet === true, runs.run({ spec })), opts.quiet === true);
+      const run = await follow(out, opts.quiet === true, runs.run({ spec }));
+      finish(out, run, opts.quiet === true);
+      if (opts.save !== undefined && run?.status === RunStatus.COMPLETED)
+        await saveAll(out, runs, run, { dir: opts.save });
     });
 
-  const runsCmd = program.command("runs").description("list, inspect, watch and cancel runs");
+  const runsCmd = program
+    .command("runs")
+    .description("list, inspect, watch and cancel runs; save their artifacts");
 
   runsCmd
     .command("list")
@@ -417,7 +518,7 @@ export function registerRunCommands(program: Command, ctx: Context): void {
 
   runsCmd
     .command("get")
-    .description("one run with its steps and output")
+    .description("one run with its steps, output and artifacts")
     .argument("<run-id>")
     .action(async (runId: string) => {
       const { gw, out } = ctx.get();
@@ -439,6 +540,45 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       const res = await runs.getRun({ runId, view: RunView.FULL });
       if (out.json && res.run !== undefined) out.line({ run: toJson(RunSchema, res.run) });
       finish(out, res.run, opts.quiet === true);
+    });
+
+  runsCmd
+    .command("artifact")
+    .description("save a file a run produced (an image), or all of them")
+    .argument("<run-id>")
+    .argument("[artifact-id]", "one artifact (default: all of the run's)")
+    .option(
+      "-o, --output <path>",
+      "the file to write, or a directory to save into (default: <artifact-id>.<ext> here)",
+    )
+    .addHelpText(
+      "after",
+      `\nExamples:\n  ensemble runs artifact <run-id>              # all of them, into the current directory\n  ensemble runs artifact <run-id> -o images/   # all of them, into images/\n  ensemble runs artifact <run-id> <artifact-id> -o fox.png`,
+    )
+    .action(async (runId: string, artifactId: string | undefined, opts: { output?: string }) => {
+      const { gw, out } = ctx.get();
+      const runs = gw.client(RunService);
+      const path = opts.output;
+      const target: SaveTarget =
+        path === undefined
+          ? { dir: "." }
+          : path.endsWith("/") || (await stat(path).catch(() => undefined))?.isDirectory() === true
+            ? { dir: path }
+            : { file: path };
+      let saved: Saved[];
+      if (artifactId !== undefined) {
+        saved = await saveArtifacts(out, runs, runId, [artifactId], target);
+      } else {
+        const res = await runs.getRun({ runId, view: RunView.FULL });
+        if (res.run === undefined) throw new Error("the gateway returned no run");
+        saved = await saveAll(out, runs, res.run, target);
+      }
+      out.result(
+        {
+          saved: saved.map((s) => ({ path: s.path, artifact: toJson(ArtifactSchema, s.artifact) })),
+        },
+        () => "",
+      );
     });
 
   runsCmd

@@ -2,7 +2,7 @@
 // registry, model-proxy, the workflow engine and the gateway as built processes, the simulator
 // standing in for providers. Credentials go to a temporary XDG_CONFIG_HOME.
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
@@ -46,7 +46,7 @@ interface CliResult {
 
 function cli(
   args: string[],
-  opts: { stdin?: string; env?: NodeJS.ProcessEnv; closeStdout?: boolean } = {},
+  opts: { stdin?: string; env?: NodeJS.ProcessEnv; closeStdout?: boolean; cwd?: string } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
@@ -58,6 +58,7 @@ function cli(
         ...opts.env,
       },
       stdio: ["pipe", "pipe", "pipe"],
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     });
     const chunks: CliResult["chunks"] = [];
     let stderr = "";
@@ -332,6 +333,56 @@ describe("ensemble CLI against a live mesh", () => {
     const stray = await cli(["run", "-m", "sim-fast", "--judge", "sim-medium", "x"]);
     expect(stray.code).not.toBe(0);
     expect(stray.stderr).toContain("--judge and --rank-by rank the answers of --compare");
+  }, 90_000);
+
+  it("cli - an image run names its artifact, and runs artifact / run --save write the PNG", async () => {
+    const PNG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+    const res = await cli(["run", "-m", "image", "a red fox in the snow"]);
+    expect(res.code, res.stderr).toBe(0);
+    const line =
+      /artifact (\S+): image\/png, [\d.]+ (?:B|KiB) \(save: ensemble runs artifact (\S+) \1\)/.exec(
+        res.stderr,
+      );
+    expect(line, res.stderr).not.toBeNull();
+    const [, artifactId, runId] = line!;
+
+    const got = await cli(["runs", "get", runId!]);
+    expect(got.code).toBe(0);
+    expect(got.stdout).toContain(`save: ensemble runs artifact ${runId} ${artifactId}`);
+
+    // With no artifact id: every artifact of the run, into the current directory.
+    const here = await mkdtemp(join(home, "here-"));
+    const all = await cli(["runs", "artifact", runId!], { cwd: here });
+    expect(all.code, all.stderr).toBe(0);
+    expect(all.stderr).toMatch(/^saved \S+\.png \(image\/png, [\d.]+ (B|KiB)\)$/m);
+    const files = await readdir(here);
+    expect(files).toHaveLength(1);
+    expect([...(await readFile(join(here, files[0]!))).subarray(0, 8)]).toEqual(PNG);
+
+    // One artifact to a named file.
+    const named = join(here, "fox.png");
+    const one = await cli(["--json", "runs", "artifact", runId!, artifactId!, "-o", named]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(JSON.parse(one.stdout)).toMatchObject({
+      saved: [{ path: named, artifact: { id: artifactId, mimeType: "image/png" } }],
+    });
+    expect([...(await readFile(named)).subarray(0, 8)]).toEqual(PNG);
+
+    // run --save: the images land in the directory once the run completes.
+    const dir = join(home, "saved");
+    const saved = await cli(["run", "-q", "-m", "image", "--save", dir, "a lighthouse at dusk"]);
+    expect(saved.code, saved.stderr).toBe(0);
+    const savedFiles = await readdir(dir);
+    expect(savedFiles).toHaveLength(1);
+    expect([...(await readFile(join(dir, savedFiles[0]!))).subarray(0, 8)]).toEqual(PNG);
+
+    // A text run has nothing to save: a clear error, exit code 1.
+    const text = await cli(["run", "-q", "-m", "sim-fast", "--save", dir, "Say hello"]);
+    expect(text.code).toBe(1);
+    expect(text.stderr).toMatch(/error: run \S+ has no artifacts/);
+    const unknown = await cli(["runs", "artifact", runId!, "no-such-artifact"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^error: NotFound/);
   }, 90_000);
 
   it("cli - keys create shows the secret once, the key works, list shows it, revoke ends it", async () => {
