@@ -244,18 +244,20 @@ describe("console", () => {
     await nav(page, "Compare");
     const boxes = page.locator('fieldset input[name="model"]');
     await boxes.first().waitFor();
-    // The first three catalog models are preselected; only the simulator serves here.
-    await expect(page.locator('fieldset input[name="model"]:checked').count()).resolves.toBe(3);
-    for (const model of ["sim-fast", "sim-medium", "sim-thinking"]) {
-      await page.locator(`fieldset input[name="model"][value="${model}"]`).check();
-    }
-    const checked = await Promise.all(
-      (await page.locator('fieldset input[name="model"]:checked').all()).map(
-        async (box) => (await box.getAttribute("value")) ?? "",
-      ),
+    // Only what can be called here is offered (only the simulator serves here), the first three
+    // preselected.
+    const offered = await Promise.all(
+      (await boxes.all()).map(async (box) => (await box.getAttribute("value")) ?? ""),
     );
-    for (const value of checked.filter((v) => !v.startsWith("sim-"))) {
+    expect(offered.length).toBeGreaterThanOrEqual(3);
+    expect(offered.filter((v) => !v.startsWith("sim-"))).toEqual([]);
+    await expect(page.locator('fieldset input[name="model"]:checked').count()).resolves.toBe(3);
+    const wanted = ["sim-fast", "sim-medium", "sim-thinking"];
+    for (const value of offered.filter((v) => !wanted.includes(v))) {
       await page.locator(`fieldset input[name="model"][value="${value}"]`).uncheck();
+    }
+    for (const model of wanted) {
+      await page.locator(`fieldset input[name="model"][value="${model}"]`).check();
     }
     await expect(page.locator('fieldset input[name="model"]:checked').count()).resolves.toBe(3);
     await page.getByLabel("Prompt").fill(`Explain a hash map in two sentences (${Date.now()})`);

@@ -310,21 +310,39 @@ describe("openai client against the gateway", () => {
     expect(typeof raw.data[0]?.embedding).toBe("string");
   });
 
-  it("models - the catalog in OpenAI's list shape, one model by id, an unknown one is 404", async () => {
+  it("models - what can be called here in OpenAI's list shape: auto, the aliases and the served models; the rest is 404", async () => {
     const openai = client(accessToken);
-    const ids: string[] = [];
-    let fast: OpenAI.Model | undefined;
+    const listed = new Map<string, OpenAI.Model>();
     for await (const model of openai.models.list()) {
       expect(model.object).toBe("model");
-      ids.push(model.id);
-      if (model.id === "sim-fast") fast = model;
+      listed.set(model.id, model);
     }
-    expect(ids).toEqual(expect.arrayContaining(["sim-fast", "sim-embed", SLOW_MODEL]));
-    expect(fast?.owned_by).toBe("simulator");
+    expect([...listed.keys()]).toEqual(
+      expect.arrayContaining(["auto", "fast", "embedding", "sim-fast", "sim-embed", SLOW_MODEL]),
+    );
+    expect(listed.get("sim-fast")?.owned_by).toBe("simulator");
+    // Only the simulator is configured: the alias is answered by its stand-in, and the catalog's
+    // OpenAI and Anthropic models, which no deployment here serves, are not offered.
+    expect(listed.get("fast")?.owned_by).toBe("simulator");
+    expect(listed.has("gpt-4o-mini")).toBe(false);
+    expect([...listed.values()].filter((m) => m.owned_by === "anthropic")).toEqual([]);
+    // Every listed name can be called.
+    const answer = await openai.chat.completions.create({
+      model: "fast",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    expect(answer.model).toBe("sim-fast");
+
     const one = await openai.models.retrieve("sim-embed");
     expect(one).toMatchObject({ id: "sim-embed", object: "model", owned_by: "simulator" });
-    const missing = await openai.models.retrieve("no-such-model").catch((e: unknown) => e);
-    expect(missing).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(await openai.models.retrieve("fast")).toMatchObject({
+      id: "fast",
+      owned_by: "simulator",
+    });
+    for (const id of ["no-such-model", "gpt-4o-mini"]) {
+      const missing = await openai.models.retrieve(id).catch((e: unknown) => e);
+      expect(missing).toBeInstanceOf(OpenAI.NotFoundError);
+    }
   });
 
   it("invalid request - the SDK throws BadRequestError (400) carrying OpenAI's error shape", async () => {

@@ -1,4 +1,5 @@
-// Catalog look-ups shared by the chat, compare and catalog pages.
+// Catalog look-ups shared by the chat, compare and catalog pages: the catalog page shows the
+// whole catalog, the pickers only what can be called here.
 import type { Classification, Model, PromptAddon } from "@ensemble/proto";
 import { Capability, Category } from "@ensemble/proto";
 import { api } from "./api";
@@ -17,11 +18,27 @@ export function loadModels(): Promise<Model[]> {
   return modelsPromise;
 }
 
-/** Models that can answer a chat (the catalog also holds embedding, image and video models). */
+let chatModelsPromise: Promise<Model[]> | undefined;
+
+/**
+ * Models that can answer a chat here: model-proxy's callable ones (a deployment serves their
+ * provider), each with the aliases it answers here (`fast` is sim-fast's without an OpenAI key).
+ */
 export function loadChatModels(): Promise<Model[]> {
-  return loadModels().then((models) =>
-    models.filter((m) => m.capabilities.includes(Capability.CHAT)),
+  chatModelsPromise ??= api.proxy.listCallableModels({ capability: Capability.CHAT }).then(
+    (r) =>
+      r.models.map((m) => ({
+        ...m,
+        aliases: Object.entries(r.aliases)
+          .filter(([, id]) => id === m.id)
+          .map(([alias]) => alias),
+      })),
+    (err: unknown) => {
+      chatModelsPromise = undefined;
+      throw err;
+    },
   );
+  return chatModelsPromise;
 }
 
 export function loadAddons(): Promise<PromptAddon[]> {

@@ -3,7 +3,7 @@
 //   POST /v1/chat/completions   -> ModelProxyService.Chat, or StreamChat as SSE with `stream: true`
 //   POST /v1/embeddings         -> ModelProxyService.Embed
 //   POST /v1/images/generations -> ModelProxyService.GenerateImage
-//   GET  /v1/models[/{id}]      -> RegistryService.ListModels / GetModel
+//   GET  /v1/models[/{id}]      -> ModelProxyService.ListCallableModels
 // Same authentication (access token or API key), API key scopes (models: read; the rest: write),
 // per-caller rate limit, request ids and CORS as the Connect/gRPC routes; the upstream calls carry
 // the caller's token. Every error is in OpenAI's shape (see errors.ts).
@@ -20,9 +20,7 @@ import {
 import {
   Access,
   type CategorizerService,
-  type Model,
   type ModelProxyService,
-  type RegistryService,
   type ServedBy,
   type StreamChatStart,
 } from "@ensemble/proto";
@@ -40,7 +38,7 @@ import { embeddingsJson, embedParam, parseEmbedRequest } from "./embeddings.js";
 import { invalidRequest, OpenAiError, toOpenAiError, type ErrorContext } from "./errors.js";
 import { isObject, type JsonObject } from "./fields.js";
 import { imagesJson, parseImageRequest } from "./images.js";
-import { modelJson, modelListJson } from "./models.js";
+import { callableModels, modelListJson } from "./models.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -54,8 +52,6 @@ export interface OpenAiApiDeps {
   modelProxy: GrpcClient<typeof ModelProxyService> | undefined;
   /** Absent when CATEGORIZER_ADDR is not configured: `model: "auto"` is a 400. */
   categorizer?: GrpcClient<typeof CategorizerService> | undefined;
-  /** Absent when REGISTRY_ADDR is not configured: /v1/models answers 503. */
-  registry: GrpcClient<typeof RegistryService> | undefined;
   maxBodyBytes: number;
   /** Deadline of an upstream call (a client's x-stainless-timeout may shorten it). */
   maxTimeoutMs: number;
@@ -133,18 +129,6 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
       );
     }
     return deps.modelProxy;
-  }
-  function registry(): GrpcClient<typeof RegistryService> {
-    if (deps.registry === undefined) {
-      throw new OpenAiError(
-        503,
-        "model catalog is not configured on this gateway",
-        "server_error",
-        null,
-        "unavailable",
-      );
-    }
-    return deps.registry;
   }
 
   const chat: Route = {
@@ -272,20 +256,8 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     scope: "read",
     errors: { modelRoute: false },
     async run(call) {
-      const client = registry();
-      const models: Model[] = [];
-      let pageToken = "";
-      // The catalog is small; 20 pages of 500 is far beyond any real one.
-      for (let page = 0; page < 20; page++) {
-        const res = await client.listModels(
-          { page: { pageSize: 500, pageToken }, enabled: true },
-          call.options,
-        );
-        models.push(...res.models);
-        pageToken = res.page?.nextPageToken ?? "";
-        if (pageToken === "") break;
-      }
-      sendJson(call.res, 200, modelListJson(models));
+      const res = await proxy().listCallableModels({}, call.options);
+      sendJson(call.res, 200, modelListJson(callableModels(res, deps.categorizer !== undefined)));
     },
   };
 
@@ -295,17 +267,20 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     scope: "read",
     errors: { modelRoute: true },
     async run(call) {
-      const res = await registry().getModel({ id: call.param }, call.options);
-      if (res.model === undefined) {
+      const res = await proxy().listCallableModels({}, call.options);
+      const model = callableModels(res, deps.categorizer !== undefined).find(
+        (m) => m.id === call.param,
+      );
+      if (model === undefined) {
         throw new OpenAiError(
           404,
-          `The model '${call.param}' does not exist`,
+          `The model '${call.param}' does not exist or cannot be called here`,
           "invalid_request_error",
           "model",
           "model_not_found",
         );
       }
-      sendJson(call.res, 200, modelJson(res.model));
+      sendJson(call.res, 200, model);
     },
   };
 

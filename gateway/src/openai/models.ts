@@ -1,6 +1,9 @@
-// GET /v1/models and GET /v1/models/{id}: the registry's catalog in OpenAI's shape
-// (`owned_by` is the provider).
-import type { Model } from "@ensemble/proto";
+// GET /v1/models and GET /v1/models/{id}: what a client can name in a call here, in OpenAI's
+// shape (`owned_by` is the provider): model-proxy's callable models (those a deployment
+// serves), the aliases it answers (owned by the provider of the model that answers each, e.g.
+// `fast` by the simulator when no OpenAI key is configured), and `auto` when the categorizer is.
+import type { ListCallableModelsResponse, Model } from "@ensemble/proto";
+import { AUTO_MODEL } from "../auto.js";
 
 export interface OpenAiModel {
   id: string;
@@ -9,15 +12,29 @@ export interface OpenAiModel {
   owned_by: string;
 }
 
-export function modelJson(model: Model): OpenAiModel {
+function modelJson(id: string, model: Model | undefined, ownedBy?: string): OpenAiModel {
   return {
-    id: model.id,
+    id,
     object: "model",
-    created: model.createTime !== undefined ? Number(model.createTime.seconds) : 0,
-    owned_by: model.provider,
+    created: model?.createTime !== undefined ? Number(model.createTime.seconds) : 0,
+    owned_by: ownedBy ?? model?.provider ?? "",
   };
 }
 
-export function modelListJson(models: readonly Model[]): unknown {
-  return { object: "list", data: models.map(modelJson) };
+/** `auto` (with a categorizer), then the aliases, then the models, each group by id. */
+export function callableModels(res: ListCallableModelsResponse, auto: boolean): OpenAiModel[] {
+  const byId = new Map(res.models.map((m) => [m.id, m]));
+  const aliases = Object.entries(res.aliases)
+    .filter(([alias]) => !byId.has(alias))
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([alias, id]) => modelJson(alias, byId.get(id)));
+  return [
+    ...(auto ? [modelJson(AUTO_MODEL, undefined, "ensemble")] : []),
+    ...aliases,
+    ...res.models.map((m) => modelJson(m.id, m)),
+  ];
+}
+
+export function modelListJson(models: readonly OpenAiModel[]): unknown {
+  return { object: "list", data: models };
 }

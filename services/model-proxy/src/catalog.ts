@@ -20,10 +20,40 @@ export interface CatalogOptions {
 export class Catalog {
   readonly #registry: GrpcClient<typeof RegistryService>;
   readonly #models: TtlCache<Model>;
+  readonly #lists: TtlCache<Model[]>;
 
   constructor(registry: GrpcClient<typeof RegistryService>, opts: CatalogOptions) {
     this.#registry = registry;
     this.#models = new TtlCache(opts);
+    this.#lists = new TtlCache(opts);
+  }
+
+  /** The tenant's enabled models (its own entries over the global ones), by id. */
+  list(tenantId: string, token: string): Promise<Model[]> {
+    return this.#lists.get(tenantId, async () => {
+      const out: Model[] = [];
+      let pageToken = "";
+      try {
+        // The catalog is small; 20 pages of 500 is far beyond any real one.
+        for (let page = 0; page < 20; page++) {
+          const res = await this.#registry.listModels(
+            { enabled: true, page: { pageSize: 500, pageToken } },
+            { headers: { authorization: `Bearer ${token}` }, timeoutMs: 5_000 },
+          );
+          out.push(...res.models);
+          pageToken = res.page?.nextPageToken ?? "";
+          if (pageToken === "") break;
+        }
+      } catch (err) {
+        if (err instanceof ConnectError) {
+          throw new UnavailableError(`the model catalog is unavailable (${Code[err.code]})`, {
+            cause: err,
+          });
+        }
+        throw err;
+      }
+      return out.sort((a, b) => a.id.localeCompare(b.id));
+    });
   }
 
   /**

@@ -109,14 +109,21 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     };
   }
 
+  /** The simulator's model answering role alias `name` when `model` (its catalog model) cannot. */
+  function standIn(name: string, model: Model): string | undefined {
+    if (router.serves(model) || !ROLE_ALIASES.has(name) || !router.hasProvider("simulator")) {
+      return undefined;
+    }
+    return `sim-${name}`;
+  }
+
   /** The catalog model for `name`, with role aliases on the simulator when only it is configured. */
   async function resolveModel(caller: Caller, name: string): Promise<Model> {
     const model = await catalog.resolve(caller.tenantId, name, caller.token);
-    if (router.serves(model) || !ROLE_ALIASES.has(name) || !router.hasProvider("simulator")) {
-      return model;
-    }
+    const sim = standIn(name, model);
+    if (sim === undefined) return model;
     try {
-      return await catalog.resolve(caller.tenantId, `sim-${name}`, caller.token);
+      return await catalog.resolve(caller.tenantId, sim, caller.token);
     } catch {
       return model; // no simulator stand-in: the call fails with the real model's reason
     }
@@ -685,6 +692,25 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         tokenizer: count.tokenizer,
         contextWindow: model.contextWindow,
       };
+    },
+
+    async listCallableModels(req, ctx) {
+      const { caller } = callerOf(ctx);
+      const all = await catalog.list(caller.tenantId, caller.token);
+      const wanted = (m: Model) =>
+        router.serves(m) &&
+        (req.capability === Capability.UNSPECIFIED || m.capabilities.includes(req.capability));
+      // Each alias as a call resolves it (the registry's rule, then the simulator's stand-in).
+      const names = [...new Set(all.flatMap((m) => m.aliases))];
+      const answering = await Promise.all(
+        names.map((name) => resolveModel(caller, name).catch(() => undefined)),
+      );
+      const aliases: Record<string, string> = {};
+      names.forEach((name, i) => {
+        const m = answering[i];
+        if (m !== undefined && wanted(m)) aliases[name] = m.id;
+      });
+      return { models: all.filter(wanted), aliases };
     },
 
     async getUsage(req, ctx) {
