@@ -12,7 +12,7 @@ import {
   RegistryService,
 } from "@ensemble/proto";
 import OpenAI from "openai";
-import { zodResponseFormat } from "openai/helpers/zod";
+import { zodResponseFormat, zodTextFormat } from "openai/helpers/zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { startCategorizerProcess } from "@ensemble/testkit";
@@ -536,6 +536,155 @@ describe("openai client against the gateway", () => {
     expect(res.data).toHaveLength(2);
     const png = Buffer.from(res.data?.[0]?.b64_json ?? "", "base64");
     expect(png.subarray(1, 4).toString("latin1")).toBe("PNG");
+  });
+});
+
+describe("responses API with the openai client", () => {
+  const question = "What is the capital of France?";
+
+  it("responses - text in, output_text out; the stream's events come in order and add up to the same answer", async () => {
+    const openai = client(accessToken);
+    const res = await openai.responses.create({
+      model: "sim-fast",
+      instructions: "Answer in one sentence.",
+      input: question,
+    });
+    expect(res).toMatchObject({ object: "response", status: "completed", model: "sim-fast" });
+    expect(res.output.map((o) => o.type)).toEqual(["message"]);
+    expect(res.output_text).toContain("[simulated sim-fast]");
+    expect(res.output_text).toContain("capital of France");
+    expect(res.usage?.input_tokens).toBeGreaterThan(0);
+    expect(res.usage?.output_tokens).toBeGreaterThan(0);
+
+    const stream = openai.responses.stream({
+      model: "sim-fast",
+      instructions: "Answer in one sentence.",
+      input: [{ role: "user", content: [{ type: "input_text", text: question }] }],
+    });
+    const types: string[] = [];
+    const sequence: number[] = [];
+    let text = "";
+    for await (const event of stream) {
+      types.push(event.type);
+      sequence.push(event.sequence_number);
+      if (event.type === "response.output_text.delta") text += event.delta;
+    }
+    const final = await stream.finalResponse();
+    expect(types.slice(0, 2)).toEqual(["response.created", "response.in_progress"]);
+    expect(types.at(-1)).toBe("response.completed");
+    expect(types.filter((t) => t === "response.output_text.delta").length).toBeGreaterThan(1);
+    expect(sequence).toEqual(sequence.map((_, i) => i));
+    expect(text).toBe(res.output_text);
+    expect(final.output_text).toBe(res.output_text);
+    expect(final.usage?.total_tokens).toBe(res.usage?.total_tokens);
+  });
+
+  it("responses - a function tool: the call is a function_call item (unary and streamed), and its output sent back in input is answered", async () => {
+    const openai = client(accessToken);
+    const tools: OpenAI.Responses.FunctionTool[] = [
+      {
+        type: "function",
+        name: "get_weather",
+        description: "The weather in a city",
+        parameters: {
+          type: "object",
+          properties: { city: { type: "string" } },
+          required: ["city"],
+          additionalProperties: false,
+        },
+        strict: true,
+      },
+    ];
+    const ask = "What is the weather in Paris?";
+    const first = await openai.responses.create({
+      model: "sim-fast",
+      input: ask,
+      tools,
+      tool_choice: "required",
+    });
+    const call = first.output.find((o) => o.type === "function_call");
+    expect(call).toMatchObject({ type: "function_call", name: "get_weather", status: "completed" });
+    expect(JSON.parse(call?.type === "function_call" ? call.arguments : "")).toEqual({
+      city: "[simulated sim-fast] city",
+    });
+
+    const streamed = await openai.responses
+      .stream({ model: "sim-fast", input: ask, tools, tool_choice: "required" })
+      .finalResponse();
+    expect(streamed.output.find((o) => o.type === "function_call")).toMatchObject({
+      call_id: call?.type === "function_call" ? call.call_id : "",
+      arguments: '{"city":"[simulated sim-fast] city"}',
+    });
+
+    const answer = await openai.responses.create({
+      model: "sim-fast",
+      tools,
+      input: [
+        { role: "user", content: ask },
+        ...(first.output as OpenAI.Responses.ResponseInputItem[]),
+        {
+          type: "function_call_output",
+          call_id: call?.type === "function_call" ? call.call_id : "",
+          output: "sunny, 21 C",
+        },
+      ],
+    });
+    expect(answer.output_text).toContain('The tool answered: "sunny, 21 C"');
+  });
+
+  it("responses - structured output with the SDK's parse() and a zod text format; model auto is routed", async () => {
+    const openai = client(accessToken);
+    const City = z.object({ name: z.string(), country: z.string(), population: z.number() });
+    const parsed = await openai.responses.parse({
+      model: "sim-fast",
+      input: question,
+      text: { format: zodTextFormat(City, "city") },
+    });
+    expect(parsed.output_parsed).toMatchObject({ name: "[simulated sim-fast] name" });
+
+    const proof = await openai.responses.create({
+      model: "auto",
+      input: "Prove that the square root of 3 is irrational.",
+    });
+    expect(proof.model).toBe("sim-thinking");
+  });
+
+  it("responses - what cannot work here is a clear 400, and a stream cut mid-way is a thrown error", async () => {
+    const openai = client(accessToken);
+    const refused = async (body: Record<string, unknown>) => {
+      const err = await openai.responses
+        .create({ model: "sim-fast", input: "hi", ...body } as never)
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      return err as InstanceType<typeof OpenAI.BadRequestError>;
+    };
+    const previous = await refused({ previous_response_id: "resp_123" });
+    expect(previous.param).toBe("previous_response_id");
+    expect(previous.message).toContain("Send the earlier turns");
+    expect((await refused({ tools: [{ type: "web_search" }] })).param).toBe("tools[0].type");
+    expect((await refused({ background: true })).code).toBe("unknown_parameter");
+    expect((await refused({ input: [{ type: "item_reference", id: "msg_1" }] })).param).toBe(
+      "input[0].type",
+    );
+
+    const stream = openai.responses.stream({
+      model: CUT_MODEL,
+      input: "this answer will be cut off in the middle",
+    });
+    let text = "";
+    const error = await (async () => {
+      try {
+        for await (const event of stream) {
+          if (event.type === "response.output_text.delta") text += event.delta;
+          if (event.type === "response.completed") return "completed";
+        }
+        return undefined;
+      } catch (err) {
+        return err;
+      }
+    })();
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(text.length).toBeGreaterThan(0);
   });
 });
 

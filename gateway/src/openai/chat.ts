@@ -22,7 +22,7 @@ import {
   type ResponseFormatSchema,
   type Usage,
 } from "@ensemble/proto";
-import { invalidRequest } from "./errors.js";
+import { invalidRequest, type OpenAiError } from "./errors.js";
 import {
   missing,
   objectAt,
@@ -110,7 +110,7 @@ const ROLES: Record<string, ChatRole> = {
 };
 const ROLE_NAMES = Object.keys(ROLES);
 const DETAILS = { auto: ImageDetail.AUTO, low: ImageDetail.LOW, high: ImageDetail.HIGH } as const;
-const REASONING_EFFORTS = ["minimal", "low", "medium", "high"] as const;
+export const REASONING_EFFORTS = ["minimal", "low", "medium", "high"] as const;
 const CACHE_MODES = ["use", "bypass"] as const;
 
 /** Checks an OpenAI chat body and maps it onto the contract's ChatRequest. */
@@ -134,10 +134,6 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
     optBoolean(options, "include_obfuscation", "stream_options"); // nothing to obfuscate
   }
 
-  const temperature = optNumber(body, "temperature");
-  if (temperature !== undefined) request.temperature = temperature;
-  const topP = optNumber(body, "top_p");
-  if (topP !== undefined) request.topP = topP;
   const presence = optNumber(body, "presence_penalty");
   if (presence !== undefined) request.presencePenalty = presence;
   const frequency = optNumber(body, "frequency_penalty");
@@ -179,7 +175,6 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
     request.toolChoice = parseToolChoice(body["tool_choice"]);
   }
   optBoolean(body, "parallel_tool_calls"); // accepted; providers decide (their default is on)
-  optBoolean(body, "store"); // every call is recorded in the usage ledger anyway
 
   const effort = optEnum(body, "reasoning_effort", REASONING_EFFORTS);
   if (effort !== undefined) request.reasoningEffort = effort;
@@ -191,6 +186,22 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
   if (optBoolean(body, "logprobs") === true) {
     throw invalidRequest("logprobs are not supported.", "logprobs", "unsupported_value");
   }
+
+  parseShared(body, request);
+  return { request, stream, includeUsage };
+}
+
+/**
+ * What chat completions and responses share: sampling (`temperature`, `top_p`), `metadata` and
+ * `user` (kept in the ledger's metadata), `store` (accepted: every call is in the usage ledger
+ * anyway) and Ensemble's extensions `cache` and `fallback_models`.
+ */
+export function parseShared(body: JsonObject, request: ChatRequestInit): void {
+  const temperature = optNumber(body, "temperature");
+  if (temperature !== undefined) request.temperature = temperature;
+  const topP = optNumber(body, "top_p");
+  if (topP !== undefined) request.topP = topP;
+  optBoolean(body, "store");
 
   let metadata: Record<string, string> | undefined;
   if (body["metadata"] !== undefined && body["metadata"] !== null) {
@@ -207,7 +218,6 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
   if (body["fallback_models"] !== undefined && body["fallback_models"] !== null) {
     request.fallbackModels = stringArray(body["fallback_models"], "fallback_models");
   }
-  return { request, stream, includeUsage };
 }
 
 function parseMessages(value: unknown): MessageInit[] {
@@ -508,11 +518,11 @@ export class ChunkEncoder {
   }
 
   /** The first event: role "assistant" with empty content. */
-  start(start: StreamChatStart): string {
-    const model = start.servedBy?.model || this.#requestedModel;
+  start(start: StreamChatStart | undefined): string {
+    const model = start?.servedBy?.model || this.#requestedModel;
     this.#prefix =
-      `{"id":${JSON.stringify(start.id)},"object":"chat.completion.chunk",` +
-      `"created":${seconds(start.createTime)},"model":${JSON.stringify(model)},"choices":[{"index":0,"delta":`;
+      `{"id":${JSON.stringify(start?.id ?? "")},"object":"chat.completion.chunk",` +
+      `"created":${seconds(start?.createTime)},"model":${JSON.stringify(model)},"choices":[{"index":0,"delta":`;
     return this.#chunk('{"role":"assistant","content":""}', "null");
   }
 
@@ -553,6 +563,11 @@ export class ChunkEncoder {
       out += `data: ${head}[],"usage":${JSON.stringify(usageJson(end.usage))}}\n\n`;
     }
     return `${out}data: [DONE]\n\n`;
+  }
+
+  /** A failure after the first chunk: its error body, and no `[DONE]`. */
+  error(error: OpenAiError): string {
+    return `data: ${JSON.stringify(error.body())}\n\n`;
   }
 
   #chunk(delta: string, finish: string): string {

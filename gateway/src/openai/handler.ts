@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP API on the gateway (/v1/*), so any OpenAI client library can use
 // Ensemble unchanged:
 //   POST /v1/chat/completions   -> ModelProxyService.Chat, or StreamChat as SSE with `stream: true`
+//   POST /v1/responses          -> the same, in the Responses API's shape (responses.ts)
 //   POST /v1/embeddings         -> ModelProxyService.Embed
 //   POST /v1/images/generations -> ModelProxyService.GenerateImage
 //   GET  /v1/models[/{id}]      -> ModelProxyService.ListCallableModels
@@ -20,8 +21,10 @@ import {
 import {
   Access,
   type CategorizerService,
+  type ChatDelta,
   type ModelProxyService,
   type ServedBy,
+  type StreamChatEnd,
   type StreamChatStart,
 } from "@ensemble/proto";
 import { admit, type Authenticator, type Caller } from "../authn.js";
@@ -39,6 +42,21 @@ import { invalidRequest, OpenAiError, toOpenAiError, type ErrorContext } from ".
 import { isObject, type JsonObject } from "./fields.js";
 import { imagesJson, parseImageRequest } from "./images.js";
 import { callableModels, modelListJson } from "./models.js";
+import {
+  parseResponsesRequest,
+  responseJson,
+  ResponseEventEncoder,
+  responsesParam,
+} from "./responses.js";
+
+/** What turns a StreamChat stream into server-sent events (chat chunks, response events). */
+interface StreamEncoder {
+  start(start: StreamChatStart | undefined): string;
+  delta(delta: ChatDelta): string;
+  end(end: StreamChatEnd, startServedBy: ServedBy | undefined): string;
+  /** The failure after the first byte; the stream ends with it. */
+  error(error: OpenAiError): string;
+}
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -152,7 +170,37 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
         sendJson(call.res, 200, json);
         return;
       }
-      await streamChat(call, parsed.request, new ChunkEncoder(parsed.includeUsage, model));
+      await streamChat(call, chat, parsed.request, new ChunkEncoder(parsed.includeUsage, model));
+    },
+  };
+
+  const responses: Route = {
+    name: "POST /v1/responses",
+    method: "POST",
+    scope: "write",
+    errors: { modelRoute: true, param: responsesParam },
+    async run(call) {
+      const parsed = parseResponsesRequest(call.body);
+      const model = parsed.request.model ?? "";
+      let routing: AutoRouting | undefined;
+      if (model === AUTO_MODEL) {
+        routing = await route(call, parsed.request);
+        parsed.request.model = routing.model;
+      }
+      if (!parsed.stream) {
+        const res = await proxy().chat(parsed.request, call.options);
+        const json = responseJson(res, model, parsed.echo);
+        if (routing !== undefined)
+          (json["ensemble"] as Record<string, unknown>)["routing"] = routing;
+        sendJson(call.res, 200, json);
+        return;
+      }
+      await streamChat(
+        call,
+        responses,
+        parsed.request,
+        new ResponseEventEncoder(model, parsed.echo),
+      );
     },
   };
 
@@ -171,22 +219,20 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   async function streamChat(
     call: Call,
+    route: Route,
     request: ChatRequestInit,
-    encoder: ChunkEncoder,
+    encoder: StreamEncoder,
   ): Promise<void> {
     const { res } = call;
     const client = proxy();
-    const ended = metrics.rpcServer.streamStarted(chat.name);
+    const ended = metrics.rpcServer.streamStarted(route.name);
     let started = false;
     let startServedBy: ServedBy | undefined;
     const begin = (start: StreamChatStart | undefined): string => {
       res.writeHead(200, SSE_HEADERS);
       started = true;
       startServedBy = start?.servedBy;
-      return encoder.start(
-        start ??
-          ({ id: "", servedBy: undefined, createTime: undefined } as unknown as StreamChatStart),
-      );
+      return encoder.start(start);
     };
     try {
       for await (const message of client.streamChat({ chat: request }, call.options)) {
@@ -215,12 +261,10 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     } catch (err) {
       if (!started) throw err;
       // Headers (200) are gone: the failure becomes an error event and the stream ends
-      // WITHOUT [DONE], so OpenAI clients raise an error instead of seeing a clean end.
-      const error = toOpenAiError(err, { ...chat.errors, trailers: call.trailers }, logger);
+      // without its normal end, so OpenAI clients raise an error instead of seeing a clean end.
+      const error = toOpenAiError(err, { ...route.errors, trailers: call.trailers }, logger);
       call.streamError = error;
-      if (!res.destroyed && !res.writableEnded) {
-        res.end(`data: ${JSON.stringify(error.body())}\n\n`);
-      }
+      if (!res.destroyed && !res.writableEnded) res.end(encoder.error(error));
     } finally {
       ended();
     }
@@ -286,6 +330,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const exact = new Map<string, Route>([
     ["/v1/chat/completions", chat],
+    ["/v1/responses", responses],
     ["/v1/embeddings", embeddings],
     ["/v1/images/generations", images],
     ["/v1/models", listModels],
