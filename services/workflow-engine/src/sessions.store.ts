@@ -68,6 +68,8 @@ export interface MessageDoc {
   simulated: boolean;
   /** RunError, binary (FAILED). */
   error?: Buffer | undefined;
+  /** The reply run's artifacts (Artifact each, binary). */
+  artifacts?: Buffer[] | undefined;
   createTime: Date;
 }
 
@@ -88,6 +90,7 @@ const messageSchema = new Schema<MessageDoc>(
     latencyMs: { type: Number, default: 0 },
     simulated: { type: Boolean, default: false },
     error: { type: Buffer },
+    artifacts: { type: [Buffer], default: undefined },
     createTime: { type: Date, required: true },
   },
   { versionKey: false, strict: "throw" },

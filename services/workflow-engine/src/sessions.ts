@@ -19,6 +19,7 @@ import {
 import {
   ChatMessageSchema,
   ChatRole,
+  ArtifactSchema,
   ClassificationSchema,
   ContentPartSchema,
   RunErrorSchema,
@@ -187,6 +188,7 @@ function toMessage(doc: MessageDoc): SessionMessage {
     msg.classification = decode(ClassificationSchema, doc.classification);
   if (doc.usage !== undefined) msg.usage = decode(UsageSchema, doc.usage);
   if (doc.error !== undefined) msg.error = decode(RunErrorSchema, doc.error);
+  msg.artifacts = (doc.artifacts ?? []).map((a) => decode(ArtifactSchema, a));
   return msg;
 }
 
@@ -215,6 +217,9 @@ function replyOf(run: Run): Partial<MessageDoc> {
     usage: encode(UsageSchema, run.usage ?? create(UsageSchema)),
     latencyMs: run.latency !== undefined ? durationMs(run.latency) : 0,
     ...(run.error !== undefined ? { error: encode(RunErrorSchema, run.error) } : {}),
+    ...(run.artifacts.length > 0
+      ? { artifacts: run.artifacts.map((a) => encode(ArtifactSchema, a)) }
+      : {}),
   };
 }
 

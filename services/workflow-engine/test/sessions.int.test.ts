@@ -375,6 +375,26 @@ describe("SessionService", () => {
     expect(second.assistant.usage?.inputTokens).toBeGreaterThan(
       alone.assistant.usage?.inputTokens ?? 0n,
     );
+
+    // A request for a picture is answered with one: the reply carries the image its run made.
+    const picture = await send({
+      sessionId: id,
+      newRoot: true,
+      text: "Generate an image of a red fox in the snow",
+    });
+    const art = picture.assistant.artifacts[0];
+    expect(picture.assistant.status).toBe(SessionMessageStatus.COMPLETE);
+    expect(picture.assistant.artifacts.map((x) => x.mimeType)).toEqual(["image/png"]);
+    expect(text(picture.assistant)).toContain(`artifact ${art?.id ?? "?"}`);
+    const stored = (await sessions.getSession({ sessionId: id }, as(userA))).messages.find(
+      (m) => m.id === picture.assistant.id,
+    );
+    expect(stored?.artifacts).toEqual(picture.assistant.artifacts);
+    const bytes = await runs.getArtifact(
+      { runId: picture.assistant.runId, artifactId: art?.id ?? "" },
+      as(userA),
+    );
+    expect(Buffer.from(bytes.data.subarray(1, 4)).toString()).toBe("PNG");
   });
 
   it("sessions - without a categorizer, model auto (or empty) answers with the fallback model", async () => {
