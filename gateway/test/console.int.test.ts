@@ -354,6 +354,29 @@ describe("console", () => {
     await shot(page, "05b-run-image");
   }, 90_000);
 
+  it("console - asking the chat (auto) for a picture shows the picture in the reply", async () => {
+    await nav(page, "Chat");
+    await page.getByLabel("Model").selectOption("auto");
+    await page
+      .getByLabel("Message")
+      .fill(`Generate an image of a red fox in the snow (${Date.now()})`);
+    await page.getByRole("button", { name: "Send" }).click();
+    const reply = page.locator('.msg.assistant[data-streaming="false"]').last();
+    await reply.waitFor({ timeout: 60_000 });
+    await reply.locator('img[src^="blob:"]').waitFor();
+    await expect
+      .poll(
+        () =>
+          page.evaluate<number>(
+            `[...document.querySelectorAll('.msg.assistant img[src^="blob:"]')].at(-1)?.naturalWidth ?? 0`,
+          ),
+        { timeout: 10_000 },
+      )
+      .toBeGreaterThan(0);
+    await expect(reply.locator("figcaption").textContent()).resolves.toMatch(/image\/png/);
+    await shot(page, "02b-chat-image");
+  }, 90_000);
+
   it("console - an admin creates an API key (shown once) that works, then revokes it", async () => {
     await nav(page, "Admin");
     const name = `ci-key-${Date.now()}`;

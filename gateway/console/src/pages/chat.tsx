@@ -6,6 +6,7 @@ import { Code } from "@connectrpc/connect";
 import {
   ChatRole,
   RunEventType,
+  type Artifact,
   type Classification,
   type RunEvent,
   type Session,
@@ -14,6 +15,7 @@ import {
 import { useEffect, useMemo, useRef, useState } from "react";
 import type { FormEvent, KeyboardEvent } from "react";
 import { api, errorText, isCode } from "../api";
+import { ArtifactView } from "../artifacts";
 import { describeRoute, loadAddons, loadChatModels } from "../models";
 import { ErrorBox, Loading, fmtMs, fmtUsd, useLoad } from "../ui";
 
@@ -26,6 +28,8 @@ interface Turn {
   classification?: Classification | undefined;
   error?: string;
   meta?: string;
+  /** The reply run's result files (an image reply's images). */
+  artifacts?: { runId: string; list: Artifact[] };
   /** Sibling navigation: this message's position among its parent's children. */
   siblings?: { index: number; ids: string[] };
   message?: SessionMessage;
@@ -138,6 +142,7 @@ export function ChatPage() {
         text: textOf(m),
         model: m.model,
         classification: m.classification,
+        ...(m.artifacts.length > 0 ? { artifacts: { runId: m.runId, list: m.artifacts } } : {}),
         ...(m.error !== undefined ? { error: m.error.explanation || m.error.message } : {}),
         meta:
           m.role === ChatRole.USER
@@ -222,6 +227,9 @@ export function ChatPage() {
         reply = {
           ...reply,
           text: run.output || reply.text,
+          ...(run.artifacts.length > 0
+            ? { artifacts: { runId: run.id, list: run.artifacts } }
+            : {}),
           meta: `${fmtMs(run.latency)} · ${run.usage?.totalTokens ?? 0n} tokens · ${fmtUsd(run.usage?.costUsd)}`,
           ...(run.error !== undefined ? { error: run.error.explanation || run.error.message } : {}),
         };
@@ -395,6 +403,9 @@ export function ChatPage() {
                 )}
               </div>
               <div className="text">{t.text || (t.streaming === true ? "…" : "")}</div>
+              {t.artifacts?.list.map((a) => (
+                <ArtifactView key={a.id} runId={t.artifacts!.runId} artifact={a} />
+              ))}
               {t.classification !== undefined && <RouteNote c={t.classification} />}
               {t.error !== undefined && <p className="error">{t.error}</p>}
               {t.meta !== undefined && t.meta !== "" && <div className="meta">{t.meta}</div>}

@@ -11,10 +11,11 @@ import {
   type Run,
   type RunEvent,
 } from "@ensemble/proto";
-import { useEffect, useMemo, useState } from "react";
+import { useEffect, useState } from "react";
 import { api, errorText } from "../api";
 import { RouteNote } from "./chat";
-import { ErrorBox, Loading, enumLabel, fmtBytes, fmtMs, fmtUsd } from "../ui";
+import { ArtifactView } from "../artifacts";
+import { ErrorBox, Loading, enumLabel, fmtMs, fmtUsd } from "../ui";
 
 interface StepView {
   id: string;
@@ -69,50 +70,6 @@ function layers(steps: StepView[]): StepView[][] {
   const out: StepView[][] = [];
   for (const s of steps) (out[depthOf(s)] ??= []).push(s);
   return out.filter((l) => l !== undefined);
-}
-
-/** An artifact's bytes, fetched once per page even when a step and the result both show it. */
-type BlobOf = (a: Artifact) => Promise<Blob>;
-
-/** One artifact: an image inline (other types only as a download), its type, size and a link. */
-function ArtifactView({ artifact, blobOf }: { artifact: Artifact; blobOf: BlobOf }) {
-  const [url, setUrl] = useState<string>();
-  const [error, setError] = useState<string>();
-  useEffect(() => {
-    let live = true;
-    let objectUrl: string | undefined;
-    blobOf(artifact).then(
-      (blob) => {
-        if (!live) return;
-        objectUrl = URL.createObjectURL(blob);
-        setUrl(objectUrl);
-      },
-      (err: unknown) => live && setError(errorText(err)),
-    );
-    return () => {
-      live = false;
-      if (objectUrl !== undefined) URL.revokeObjectURL(objectUrl);
-    };
-  }, [artifact, blobOf]);
-  const ext = /\/([\w.-]+)/.exec(artifact.mimeType)?.[1] ?? "bin";
-  return (
-    <figure className="artifact" data-artifact={artifact.id}>
-      {url !== undefined && artifact.mimeType.startsWith("image/") && (
-        <img src={url} alt={artifact.revisedPrompt || `generated image ${artifact.index + 1}`} />
-      )}
-      <figcaption className="muted">
-        {artifact.mimeType} · {fmtBytes(artifact.sizeBytes)}{" "}
-        {url !== undefined ? (
-          <a href={url} download={`${artifact.id}.${ext === "jpeg" ? "jpg" : ext}`}>
-            Download
-          </a>
-        ) : (
-          error === undefined && "· loading…"
-        )}
-      </figcaption>
-      <ErrorBox error={error} />
-    </figure>
-  );
 }
 
 function describe(e: RunEvent): string {
@@ -224,23 +181,6 @@ export function RunPage({ runId }: { runId: string }) {
     return () => abort.abort();
   }, [runId]);
 
-  const blobOf = useMemo<BlobOf>(() => {
-    const fetched = new Map<string, Promise<Blob>>();
-    return (a) => {
-      let blob = fetched.get(a.id);
-      if (blob === undefined) {
-        blob = api.runs
-          .getArtifact({ runId, artifactId: a.id })
-          // Decoded bytes are never on a SharedArrayBuffer; the DOM types ask to be told so.
-          .then((res) => new Blob([res.data as Uint8Array<ArrayBuffer>], { type: a.mimeType }));
-        // A failed fetch is not kept: the next view of it asks again.
-        blob.catch(() => fetched.delete(a.id));
-        fetched.set(a.id, blob);
-      }
-      return blob;
-    };
-  }, [runId]);
-
   const cancel = async () => {
     try {
       const res = await api.runs.cancelRun({ runId, reason: "cancelled from the console" });
@@ -302,7 +242,7 @@ export function RunPage({ runId }: { runId: string }) {
                 {s.dependsOn.length > 0 && <p className="muted">after {s.dependsOn.join(", ")}</p>}
                 {s.text !== "" && <div className="text small">{s.text}</div>}
                 {s.artifacts.map((a) => (
-                  <ArtifactView key={a.id} artifact={a} blobOf={blobOf} />
+                  <ArtifactView key={a.id} runId={runId} artifact={a} />
                 ))}
               </article>
             ))}
@@ -316,7 +256,7 @@ export function RunPage({ runId }: { runId: string }) {
           {run.artifacts.length > 0 && (
             <div className="artifacts">
               {run.artifacts.map((a) => (
-                <ArtifactView key={a.id} artifact={a} blobOf={blobOf} />
+                <ArtifactView key={a.id} runId={runId} artifact={a} />
               ))}
             </div>
           )}
