@@ -1,6 +1,7 @@
-// The OpenAI-compatible API end to end with the official `openai` client, through a real mesh:
-// auth, registry and model-proxy as built processes, the LLM simulator in-process as the only
-// provider, and the gateway in front. Nothing here is mocked.
+// The OpenAI-compatible API end to end with the official `openai` client (chat completions and
+// the Responses API), and Anthropic's Messages API with the official `@anthropic-ai/sdk`,
+// through a real mesh: auth, registry and model-proxy as built processes, the LLM simulator
+// in-process as the only provider, and the gateway in front. Nothing here is mocked.
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
@@ -11,6 +12,7 @@ import {
   ModelProxyService,
   RegistryService,
 } from "@ensemble/proto";
+import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
 import { zodResponseFormat, zodTextFormat } from "openai/helpers/zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -684,6 +686,180 @@ describe("responses API with the openai client", () => {
       }
     })();
     expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(text.length).toBeGreaterThan(0);
+  });
+});
+
+describe("anthropic messages API with the anthropic client", () => {
+  const anthropic = (opts: { authToken?: string; apiKey?: string } = {}) =>
+    new Anthropic({
+      baseURL: gw.url,
+      maxRetries: 0,
+      ...(opts.apiKey !== undefined
+        ? { apiKey: opts.apiKey }
+        : { apiKey: null, authToken: opts.authToken ?? accessToken }),
+    });
+  const textOf = (m: Anthropic.Message) =>
+    m.content.flatMap((b) => (b.type === "text" ? [b.text] : [])).join("");
+  const question = "What is the capital of France?";
+
+  it("messages - a message with usage, and a stream whose text deltas add up to the same answer", async () => {
+    const client = anthropic();
+    const body = {
+      model: "sim-fast",
+      max_tokens: 300,
+      system: "Answer in one sentence.",
+      messages: [{ role: "user" as const, content: question }],
+    };
+    const msg = await client.messages.create(body);
+    expect(msg).toMatchObject({
+      type: "message",
+      role: "assistant",
+      model: "sim-fast",
+      stop_reason: "end_turn",
+    });
+    expect(msg.id).toMatch(/^msg_/);
+    expect(textOf(msg)).toContain("[simulated sim-fast]");
+    expect(textOf(msg)).toContain("capital of France");
+    expect(msg.usage.input_tokens).toBeGreaterThan(0);
+    expect(msg.usage.output_tokens).toBeGreaterThan(0);
+
+    const stream = client.messages.stream(body);
+    let streamed = "";
+    let deltas = 0;
+    stream.on("text", (delta) => {
+      streamed += delta;
+      deltas++;
+    });
+    const final = await stream.finalMessage();
+    expect(deltas).toBeGreaterThan(1);
+    expect(streamed).toBe(textOf(msg));
+    expect(textOf(final)).toBe(textOf(msg));
+    expect(final.usage).toMatchObject({
+      input_tokens: msg.usage.input_tokens,
+      output_tokens: msg.usage.output_tokens,
+    });
+
+    // An API key as the SDK sends it (x-api-key) works too.
+    const viaKey = await anthropic({ apiKey: writeKey }).messages.create(body);
+    expect(textOf(viaKey)).toBe(textOf(msg));
+  });
+
+  it("messages - a client tool: tool_use (unary and streamed), then its tool_result is answered", async () => {
+    const client = anthropic();
+    const tools: Anthropic.Tool[] = [
+      {
+        name: "get_weather",
+        description: "The weather in a city",
+        input_schema: {
+          type: "object",
+          properties: { city: { type: "string" } },
+          required: ["city"],
+        },
+      },
+    ];
+    const ask = { role: "user" as const, content: "What is the weather in Paris?" };
+    const first = await client.messages.create({
+      model: "sim-fast",
+      max_tokens: 300,
+      tools,
+      tool_choice: { type: "any" },
+      messages: [ask],
+    });
+    expect(first.stop_reason).toBe("tool_use");
+    const use = first.content.find((b) => b.type === "tool_use");
+    expect(use).toMatchObject({
+      name: "get_weather",
+      input: { city: "[simulated sim-fast] city" },
+    });
+
+    const streamed = await client.messages
+      .stream({
+        model: "sim-fast",
+        max_tokens: 300,
+        tools,
+        tool_choice: { type: "tool", name: "get_weather" },
+        messages: [ask],
+      })
+      .finalMessage();
+    expect(streamed.stop_reason).toBe("tool_use");
+    expect(streamed.content.find((b) => b.type === "tool_use")).toMatchObject({
+      id: use?.type === "tool_use" ? use.id : "",
+      input: { city: "[simulated sim-fast] city" },
+    });
+
+    const answer = await client.messages.create({
+      model: "sim-fast",
+      max_tokens: 300,
+      tools,
+      messages: [
+        ask,
+        { role: "assistant", content: first.content },
+        {
+          role: "user",
+          content: [
+            {
+              type: "tool_result",
+              tool_use_id: use?.type === "tool_use" ? use.id : "",
+              content: "sunny, 21 C",
+            },
+          ],
+        },
+      ],
+    });
+    expect(answer.stop_reason).toBe("end_turn");
+    expect(textOf(answer)).toContain('The tool answered: "sunny, 21 C"');
+  });
+
+  it("messages - errors in Anthropic's shape raise the SDK's own exceptions; a stream cut mid-way throws", async () => {
+    const client = anthropic();
+    const noMax = await client.messages
+      .create({ model: "sim-fast", messages: [{ role: "user", content: "hi" }] } as never)
+      .catch((e: unknown) => e);
+    expect(noMax).toBeInstanceOf(Anthropic.BadRequestError);
+    expect((noMax as InstanceType<typeof Anthropic.BadRequestError>).error).toMatchObject({
+      type: "error",
+      error: { type: "invalid_request_error" },
+    });
+    const serverTool = await client.messages
+      .create({
+        model: "sim-fast",
+        max_tokens: 10,
+        messages: [{ role: "user", content: "hi" }],
+        tools: [{ type: "web_search_20250305", name: "web_search" }],
+      })
+      .catch((e: unknown) => e);
+    expect(serverTool).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(String((serverTool as Error).message)).toContain("only client tools");
+    const unknown = await client.messages
+      .create({
+        model: "no-such-model",
+        max_tokens: 10,
+        messages: [{ role: "user", content: "hi" }],
+      })
+      .catch((e: unknown) => e);
+    expect(unknown).toBeInstanceOf(Anthropic.NotFoundError);
+    const badKey = await anthropic({ apiKey: "ens_not-a-key" })
+      .messages.create({
+        model: "sim-fast",
+        max_tokens: 10,
+        messages: [{ role: "user", content: "hi" }],
+      })
+      .catch((e: unknown) => e);
+    expect(badKey).toBeInstanceOf(Anthropic.AuthenticationError);
+
+    const cut = client.messages.stream({
+      model: CUT_MODEL,
+      max_tokens: 500,
+      messages: [{ role: "user", content: "this answer will be cut off in the middle" }],
+    });
+    let text = "";
+    cut.on("text", (d) => (text += d));
+    const error = await cut.finalMessage().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(Anthropic.APIError);
     expect(text.length).toBeGreaterThan(0);
   });
 });

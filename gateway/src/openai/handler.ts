@@ -2,6 +2,7 @@
 // Ensemble unchanged:
 //   POST /v1/chat/completions   -> ModelProxyService.Chat, or StreamChat as SSE with `stream: true`
 //   POST /v1/responses          -> the same, in the Responses API's shape (responses.ts)
+//   POST /v1/messages           -> the same, in Anthropic's Messages API shape (messages.ts)
 //   POST /v1/embeddings         -> ModelProxyService.Embed
 //   POST /v1/images/generations -> ModelProxyService.GenerateImage
 //   GET  /v1/models[/{id}]      -> ModelProxyService.ListCallableModels
@@ -41,6 +42,13 @@ import { embeddingsJson, embedParam, parseEmbedRequest } from "./embeddings.js";
 import { invalidRequest, OpenAiError, toOpenAiError, type ErrorContext } from "./errors.js";
 import { isObject, type JsonObject } from "./fields.js";
 import { imagesJson, parseImageRequest } from "./images.js";
+import {
+  anthropicErrorBody,
+  MessageEventEncoder,
+  messageJson,
+  messagesParam,
+  parseMessagesRequest,
+} from "./messages.js";
 import { callableModels, modelListJson } from "./models.js";
 import {
   parseResponsesRequest,
@@ -106,6 +114,8 @@ interface Route {
   /** API key scope needed. */
   scope: "read" | "write";
   errors: Omit<ErrorContext, "trailers">;
+  /** The error body clients of this route read; default OpenAI's. */
+  errorBody?: (error: OpenAiError) => unknown;
   run(call: Call): Promise<void>;
 }
 
@@ -270,6 +280,32 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     }
   }
 
+  const messages: Route = {
+    name: "POST /v1/messages",
+    method: "POST",
+    scope: "write",
+    errors: { modelRoute: true, param: messagesParam },
+    errorBody: anthropicErrorBody,
+    async run(call) {
+      const parsed = parseMessagesRequest(call.body);
+      const model = parsed.request.model ?? "";
+      let routing: AutoRouting | undefined;
+      if (model === AUTO_MODEL) {
+        routing = await route(call, parsed.request);
+        parsed.request.model = routing.model;
+      }
+      if (!parsed.stream) {
+        const res = await proxy().chat(parsed.request, call.options);
+        const json = messageJson(res, model);
+        if (routing !== undefined)
+          (json["ensemble"] as Record<string, unknown>)["routing"] = routing;
+        sendJson(call.res, 200, json);
+        return;
+      }
+      await streamChat(call, messages, parsed.request, new MessageEventEncoder(model));
+    },
+  };
+
   const embeddings: Route = {
     name: "POST /v1/embeddings",
     method: "POST",
@@ -331,6 +367,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
   const exact = new Map<string, Route>([
     ["/v1/chat/completions", chat],
     ["/v1/responses", responses],
+    ["/v1/messages", messages],
     ["/v1/embeddings", embeddings],
     ["/v1/images/generations", images],
     ["/v1/models", listModels],
@@ -434,7 +471,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
         logger,
       );
       status = error.status;
-      if (!res.headersSent && !res.destroyed) sendError(req, res, error);
+      if (!res.headersSent && !res.destroyed) sendError(req, res, error, route.errorBody);
       else if (!res.writableEnded) res.end();
     } finally {
       res.off("close", onClose);
@@ -615,11 +652,16 @@ function sendJson(
   res.end(text);
 }
 
-function sendError(req: NodeRequest, res: NodeResponse, error: OpenAiError): void {
+function sendError(
+  req: NodeRequest,
+  res: NodeResponse,
+  error: OpenAiError,
+  body: (error: OpenAiError) => unknown = (e) => e.body(),
+): void {
   const headers = { ...error.headers };
   // An unread oversized body is not drained: this HTTP/1.1 connection closes after the answer.
   if (error.status === 413 && req.httpVersionMajor === 1) headers["connection"] = "close";
-  sendJson(res, error.status, error.body(), headers);
+  sendJson(res, error.status, body(error), headers);
 }
 
 /** Resolves when `res` can take more data (or is gone). */
