@@ -745,7 +745,7 @@ describe("anthropic messages API with the anthropic client", () => {
     expect(textOf(viaKey)).toBe(textOf(msg));
   });
 
-  it("messages - a client tool: tool_use (unary and streamed), then its tool_result is answered", async () => {
+  it("messages - a client tool: counted, tool_use (unary and streamed), then its tool_result is answered", async () => {
     const client = anthropic();
     const tools: Anthropic.Tool[] = [
       {
@@ -759,6 +759,15 @@ describe("anthropic messages API with the anthropic client", () => {
       },
     ];
     const ask = { role: "user" as const, content: "What is the weather in Paris?" };
+    // count_tokens: the conversation as it would be sent, the tool definitions included.
+    const bare = await client.messages.countTokens({ model: "sim-fast", messages: [ask] });
+    const withTools = await client.messages.countTokens({
+      model: "sim-fast",
+      messages: [ask],
+      tools,
+    });
+    expect(bare.input_tokens).toBeGreaterThan(5);
+    expect(withTools.input_tokens).toBeGreaterThan(bare.input_tokens + 10);
     const first = await client.messages.create({
       model: "sim-fast",
       max_tokens: 300,

@@ -47,6 +47,7 @@ import {
   MessageEventEncoder,
   messageJson,
   messagesParam,
+  parseCountTokensRequest,
   parseMessagesRequest,
 } from "./messages.js";
 import { callableModels, modelListJson } from "./models.js";
@@ -306,6 +307,25 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     },
   };
 
+  const countTokens: Route = {
+    name: "POST /v1/messages/count_tokens",
+    method: "POST",
+    scope: "read",
+    errors: { modelRoute: true, param: messagesParam },
+    errorBody: anthropicErrorBody,
+    async run(call) {
+      const parsed = parseCountTokensRequest(call.body);
+      if (parsed.model === AUTO_MODEL) {
+        throw invalidRequest(
+          'model "auto" is chosen per request; count the tokens of a named model',
+          "model",
+        );
+      }
+      const res = await proxy().countTokens(parsed, call.options);
+      sendJson(call.res, 200, { input_tokens: Number(res.tokens) });
+    },
+  };
+
   const embeddings: Route = {
     name: "POST /v1/embeddings",
     method: "POST",
@@ -368,6 +388,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     ["/v1/chat/completions", chat],
     ["/v1/responses", responses],
     ["/v1/messages", messages],
+    ["/v1/messages/count_tokens", countTokens],
     ["/v1/embeddings", embeddings],
     ["/v1/images/generations", images],
     ["/v1/models", listModels],

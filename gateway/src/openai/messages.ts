@@ -117,6 +117,33 @@ export function parseMessagesRequest(body: JsonObject): ParsedMessages {
   return { request, stream: optBoolean(body, "stream") ?? false };
 }
 
+const COUNT_KEYS = new Set(["model", "messages", "system", "tools", "tool_choice", "thinking"]);
+
+/**
+ * POST /v1/messages/count_tokens: the same conversation, counted by model-proxy's CountTokens
+ * (exact for the OpenAI family, an estimate otherwise). Tool definitions are counted as the
+ * JSON text they are sent as.
+ */
+export function parseCountTokensRequest(body: JsonObject): {
+  model: string;
+  messages: MessageInit[];
+} {
+  onlyKeys(body, COUNT_KEYS, "");
+  const { request } = parseMessagesRequest({ ...body, max_tokens: 1 });
+  const messages = request.messages ?? [];
+  if (request.tools !== undefined && request.tools.length > 0) {
+    const text = JSON.stringify(
+      request.tools.map((t) => ({
+        name: t.name,
+        description: t.description,
+        input_schema: t.parameters,
+      })),
+    );
+    messages.unshift({ role: ChatRole.SYSTEM, content: [{ part: { case: "text", value: text } }] });
+  }
+  return { model: request.model ?? "", messages };
+}
+
 function textOfBlocks(value: unknown, path: string): string {
   if (!Array.isArray(value)) throw wrongType(path, "a string or an array of text blocks", value);
   return value
