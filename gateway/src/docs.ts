@@ -97,7 +97,18 @@ function collectTypes(services: DescService[]): { messages: DescMessage[]; enums
   return { messages: [...messages.values()].sort(byName), enums: [...enums.values()].sort(byName) };
 }
 
-export function renderDocs(services: DescService[], version: string): string {
+/** A provider-compatible HTTP route of the gateway (the OpenAI and Anthropic APIs). */
+export interface HttpRoute {
+  name: string;
+  scope: "read" | "write";
+  summary: string;
+}
+
+export function renderDocs(
+  services: DescService[],
+  version: string,
+  httpRoutes: readonly HttpRoute[] = [],
+): string {
   const { messages, enums } = collectTypes(services);
   const parts: string[] = [];
   parts.push(`<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -112,6 +123,18 @@ gRPC-web at <code>POST /&lt;service&gt;/&lt;method&gt;</code>; methods without s
 answer Connect GET. Authenticate with <code>Authorization: Bearer &lt;access token&gt;</code>, or an
 API key as <code>Authorization: Bearer ens_…</code> or <code>x-api-key</code>. Internal methods are
 not reachable through the gateway and are not listed.</p>`);
+  if (httpRoutes.length > 0) {
+    parts.push(`<h2 id="http">Provider-compatible HTTP APIs</h2>
+<p>JSON over HTTP for clients written for OpenAI or Anthropic, with the same credentials; an API
+key needs the named scope.</p>
+<table><tr><th>route</th><th>API key scope</th><th>what</th></tr>`);
+    for (const r of httpRoutes) {
+      parts.push(
+        `<tr><td class="t">${esc(r.name)}</td><td>${r.scope}</td><td>${esc(r.summary)}</td></tr>`,
+      );
+    }
+    parts.push("</table>");
+  }
   parts.push("<h2>Services</h2><ul>");
   for (const s of services) {
     parts.push(`<li><a href="#${anchor(s.typeName)}">${esc(s.typeName)}</a></li>`);

@@ -466,7 +466,7 @@ export function build(deps: GatewayDeps): Gateway {
       }
       case "/docs":
       case "/docs/": {
-        docsHtml ??= renderDocs(routedServices, deps.version);
+        docsHtml ??= renderDocs(routedServices, deps.version, openai.routes);
         res.writeHead(200, {
           "content-type": "text/html; charset=utf-8",
           "content-security-policy":

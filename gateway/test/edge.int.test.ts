@@ -212,6 +212,11 @@ describe("gateway endpoints", () => {
     expect(html).toContain("ensemble.registry.v1.Model");
     expect(html).not.toContain("EchoInternal");
     expect(html).not.toContain("RegisterInstance");
+    // The provider-compatible HTTP routes are listed too, with the API key scope they need.
+    for (const route of ["POST /v1/chat/completions", "POST /v1/responses", "POST /v1/messages"]) {
+      expect(html).toMatch(new RegExp(`<td class="t">${route}</td><td>write</td>`));
+    }
+    expect(html).toMatch(/<td class="t">GET \/v1\/models<\/td><td>read<\/td>/);
   });
 });
 

@@ -91,6 +91,8 @@ export interface OpenAiApiDeps {
 export interface OpenAiApi {
   /** Serves a request whose path starts with /v1/. */
   handle(req: NodeRequest, res: NodeResponse, path: string): void;
+  /** The routes, for the API reference (/docs). */
+  readonly routes: ReadonlyArray<{ name: string; scope: "read" | "write"; summary: string }>;
 }
 
 interface Call {
@@ -114,6 +116,8 @@ interface Route {
   method: "GET" | "POST";
   /** API key scope needed. */
   scope: "read" | "write";
+  /** What it is, for the API reference. */
+  summary: string;
   errors: Omit<ErrorContext, "trailers">;
   /** The error body clients of this route read; default OpenAI's. */
   errorBody?: (error: OpenAiError) => unknown;
@@ -162,6 +166,8 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const chat: Route = {
     name: "POST /v1/chat/completions",
+    summary:
+      'OpenAI chat completions (SSE with stream: true) → ModelProxyService Chat / StreamChat; model "auto" asks the categorizer',
     method: "POST",
     scope: "write",
     errors: { modelRoute: true, param: chatParam },
@@ -187,6 +193,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const responses: Route = {
     name: "POST /v1/responses",
+    summary: "OpenAI Responses API, stateless (send earlier turns in input) → Chat / StreamChat",
     method: "POST",
     scope: "write",
     errors: { modelRoute: true, param: responsesParam },
@@ -283,6 +290,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const messages: Route = {
     name: "POST /v1/messages",
+    summary: "Anthropic Messages API (errors in Anthropic's shape) → Chat / StreamChat",
     method: "POST",
     scope: "write",
     errors: { modelRoute: true, param: messagesParam },
@@ -309,6 +317,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const countTokens: Route = {
     name: "POST /v1/messages/count_tokens",
+    summary: "Anthropic token counting → ModelProxyService CountTokens",
     method: "POST",
     scope: "read",
     errors: { modelRoute: true, param: messagesParam },
@@ -328,6 +337,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const embeddings: Route = {
     name: "POST /v1/embeddings",
+    summary: "OpenAI embeddings → ModelProxyService Embed",
     method: "POST",
     scope: "write",
     errors: { modelRoute: true, param: embedParam },
@@ -340,6 +350,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const images: Route = {
     name: "POST /v1/images/generations",
+    summary: "OpenAI image generation → ModelProxyService GenerateImage",
     method: "POST",
     scope: "write",
     errors: { modelRoute: true },
@@ -352,6 +363,8 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const listModels: Route = {
     name: "GET /v1/models",
+    summary:
+      "what can be called here: auto, the aliases, the served models → ModelProxyService ListCallableModels",
     method: "GET",
     scope: "read",
     errors: { modelRoute: false },
@@ -363,6 +376,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const getModel: Route = {
     name: "GET /v1/models/{id}",
+    summary: "one of them, or 404 model_not_found",
     method: "GET",
     scope: "read",
     errors: { modelRoute: true },
@@ -522,6 +536,11 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
   }
 
   return {
+    routes: [...exact.values(), getModel].map(({ name, scope, summary }) => ({
+      name,
+      scope,
+      summary,
+    })),
     handle(req, res, path) {
       const found = resolve(path);
       if (found === undefined) {
