@@ -51,7 +51,7 @@ describe("anthropic messages mapping", () => {
     const body = new Blob([ndjson(sse)]).stream();
     const message = await MessageStream.fromReadableStream(body).finalMessage();
     expect(message).toMatchObject({
-      id: "msg_chatcmpl9",
+      id: "msg_9",
       model: "sim-fast",
       stop_reason: "tool_use",
       usage: { input_tokens: 11, output_tokens: 5 },

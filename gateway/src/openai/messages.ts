@@ -398,7 +398,7 @@ function usageJson(usage: Usage | undefined) {
 }
 
 function messageId(id: string): string {
-  return `msg_${id.replace(/[^A-Za-z0-9]/g, "")}`;
+  return `msg_${id.replace(/^chatcmpl-/, "").replace(/[^A-Za-z0-9]/g, "")}`;
 }
 
 /** Tool arguments as the `input` object Anthropic's clients expect ({} when not JSON). */

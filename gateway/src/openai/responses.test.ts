@@ -69,12 +69,12 @@ describe("responses API mapping", () => {
     expect(done.output).toEqual([
       {
         type: "reasoning",
-        id: "rs_chatcmplabc",
+        id: "rs_abc",
         summary: [{ type: "summary_text", text: "think more" }],
       },
       {
         type: "message",
-        id: "msg_chatcmplabc",
+        id: "msg_abc",
         status: "completed",
         role: "assistant",
         content: [{ type: "output_text", text: "Hello world", annotations: [], logprobs: [] }],

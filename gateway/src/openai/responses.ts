@@ -412,8 +412,9 @@ function statusOf(reason: FinishReason): { status: string; incomplete_details: u
   return { status: "completed", incomplete_details: null };
 }
 
+/** The upstream id without its chat-completion prefix, for resp_/msg_/rs_ ids. */
 function idPart(id: string): string {
-  return id.replace(/[^A-Za-z0-9]/g, "");
+  return id.replace(/^chatcmpl-/, "").replace(/[^A-Za-z0-9]/g, "");
 }
 
 function textPart(text: string) {
