@@ -281,6 +281,17 @@ describe("console", () => {
 
   it("console - a template run's live view moves through its steps", async () => {
     await nav(page, "Catalog");
+    // Only the simulator is configured here: its models are callable, the OpenAI ones are not,
+    // and the alias of a real model shows the simulator's model that answers it.
+    await page
+      .locator('[data-callable="sim-fast"]')
+      .filter({ hasText: /^callable$/ })
+      .waitFor();
+    await page
+      .locator('[data-callable="gpt-4o-mini"]')
+      .filter({ hasText: "no provider configured" })
+      .waitFor();
+    await page.getByText("fast → sim-fast").waitFor();
     await shot(page, "04-catalog");
     await page.getByRole("tab", { name: "Templates" }).click();
     const card = page.locator('[data-template="research_report"]');

@@ -37,6 +37,9 @@ export function CatalogPage() {
 
 function Models() {
   const models = useLoad(loadModels, []);
+  // What this deployment can call (model-proxy's answer): the catalog also lists models whose
+  // provider has no key here. Unknown while loading or when it fails: no claim either way.
+  const callable = useLoad(() => api.proxy.listCallableModels({}), []).data;
   return (
     <Guard loaded={models} empty={(m) => m.length === 0} emptyText="No models in the catalog.">
       {(list) => (
@@ -50,6 +53,7 @@ function Models() {
                 <th>Context</th>
                 <th>$ / M input</th>
                 <th>$ / M output</th>
+                <th>Here</th>
               </tr>
             </thead>
             <tbody>
@@ -57,17 +61,27 @@ function Models() {
                 <tr key={m.id}>
                   <td>
                     <strong>{m.id}</strong>
-                    {m.aliases.map((a) => (
-                      <span key={a} className="tag">
-                        {a}
-                      </span>
-                    ))}
+                    {m.aliases.map((a) => {
+                      const by = callable?.aliases[a];
+                      return (
+                        <span key={a} className="tag">
+                          {by !== undefined && by !== m.id ? `${a} → ${by}` : a}
+                        </span>
+                      );
+                    })}
                   </td>
                   <td>{m.provider}</td>
                   <td>{m.capabilities.map((c) => enumLabel(Capability, c)).join(", ")}</td>
                   <td>{m.contextWindow.toLocaleString()}</td>
                   <td>{m.inputPricePerMtok}</td>
                   <td>{m.outputPricePerMtok}</td>
+                  <td data-callable={m.id}>
+                    {callable === undefined
+                      ? ""
+                      : callable.models.some((c) => c.id === m.id)
+                        ? "callable"
+                        : "no provider configured"}
+                  </td>
                 </tr>
               ))}
             </tbody>
