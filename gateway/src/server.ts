@@ -513,7 +513,7 @@ export function build(deps: GatewayDeps): Gateway {
         return;
       }
       res.writeHead(204, {
-        "access-control-allow-methods": "GET, POST",
+        "access-control-allow-methods": "GET, POST, DELETE",
         "access-control-allow-headers": CORS_ALLOW_HEADERS,
         "access-control-max-age": "7200",
       });

@@ -651,6 +651,71 @@ describe("responses API with the openai client", () => {
     expect(proof.model).toBe("sim-thinking");
   });
 
+  it("responses - previous_response_id continues a stored conversation; retrieve and delete; another user sees none of it", async () => {
+    const openai = client(accessToken);
+    const first = await openai.responses.create({
+      model: "sim-fast",
+      instructions: "Be brief.",
+      input: "My name is Ada and I like sailing.",
+    });
+    expect((first as unknown as { store: boolean }).store).toBe(true);
+    const again = await openai.responses.retrieve(first.id);
+    expect(again.id).toBe(first.id);
+    expect(again.output_text).toBe(first.output_text);
+
+    // The same question with and without the stored turn before it: the model got more.
+    const question = "What is my name?";
+    const alone = await openai.responses.create({
+      model: "sim-fast",
+      input: question,
+      store: false,
+    });
+    const continued = await openai.responses.create({
+      model: "sim-fast",
+      previous_response_id: first.id,
+      input: question,
+    });
+    expect(continued.previous_response_id).toBe(first.id);
+    expect(continued.usage!.input_tokens).toBeGreaterThan(alone.usage!.input_tokens + 10);
+    // store: false keeps nothing.
+    const unstored = await openai.responses.retrieve(alone.id).catch((e: unknown) => e);
+    expect(unstored).toBeInstanceOf(OpenAI.NotFoundError);
+
+    // A streamed answer is stored before the stream says it is complete: continuing at once works.
+    const streamed = await openai.responses
+      .stream({ model: "sim-fast", previous_response_id: continued.id, input: "And my hobby?" })
+      .finalResponse();
+    const third = await openai.responses.create({
+      model: "sim-fast",
+      previous_response_id: streamed.id,
+      input: question,
+    });
+    expect(third.usage!.input_tokens).toBeGreaterThan(continued.usage!.input_tokens);
+
+    // Another user (of another tenant) can neither read nor continue it.
+    const other = (
+      await rpc<{ tokens: { accessToken: string } }>("Signup", {
+        email: `responses-other-${Date.now()}@example.com`,
+        password: PASSWORD,
+        tenantName: "other tenant",
+      })
+    ).tokens.accessToken;
+    const foreign = await client(other)
+      .responses.retrieve(first.id)
+      .catch((e: unknown) => e);
+    expect(foreign).toBeInstanceOf(OpenAI.NotFoundError);
+    const hijack = await client(other)
+      .responses.create({ model: "sim-fast", previous_response_id: first.id, input: question })
+      .catch((e: unknown) => e);
+    expect(hijack).toBeInstanceOf(OpenAI.BadRequestError);
+
+    await openai.responses.delete(first.id);
+    const gone = await openai.responses.retrieve(first.id).catch((e: unknown) => e);
+    expect(gone).toBeInstanceOf(OpenAI.NotFoundError);
+    const deletedTwice = await openai.responses.delete(first.id).catch((e: unknown) => e);
+    expect(deletedTwice).toBeInstanceOf(OpenAI.NotFoundError);
+  });
+
   it("responses - what cannot work here is a clear 400, and a stream cut mid-way is a thrown error", async () => {
     const openai = client(accessToken);
     const refused = async (body: Record<string, unknown>) => {
@@ -662,7 +727,7 @@ describe("responses API with the openai client", () => {
     };
     const previous = await refused({ previous_response_id: "resp_123" });
     expect(previous.param).toBe("previous_response_id");
-    expect(previous.message).toContain("Send the earlier turns");
+    expect(previous.code).toBe("previous_response_not_found");
     expect((await refused({ tools: [{ type: "web_search" }] })).param).toBe("tools[0].type");
     expect((await refused({ background: true })).code).toBe("unknown_parameter");
     expect((await refused({ input: [{ type: "item_reference", id: "msg_1" }] })).param).toBe(

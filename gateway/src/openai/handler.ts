@@ -11,6 +11,7 @@
 // the caller's token. Every error is in OpenAI's shape (see errors.ts).
 import type http from "node:http";
 import type http2 from "node:http2";
+import type { JsonObject as ProtoJsonObject } from "@bufbuild/protobuf";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import {
   UnauthenticatedError,
@@ -21,6 +22,7 @@ import {
 } from "@ensemble/kit";
 import {
   Access,
+  ChatRole,
   type CategorizerService,
   type ChatDelta,
   type ModelProxyService,
@@ -52,6 +54,7 @@ import {
 } from "./messages.js";
 import { callableModels, modelListJson } from "./models.js";
 import {
+  type MessageInit,
   parseResponsesRequest,
   responseJson,
   ResponseEventEncoder,
@@ -113,7 +116,7 @@ interface Call {
 interface Route {
   /** Metrics and log name, e.g. "POST /v1/chat/completions". */
   name: string;
-  method: "GET" | "POST";
+  method: "GET" | "POST" | "DELETE";
   /** API key scope needed. */
   scope: "read" | "write";
   /** What it is, for the API reference. */
@@ -193,32 +196,97 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const responses: Route = {
     name: "POST /v1/responses",
-    summary: "OpenAI Responses API, stateless (send earlier turns in input) → Chat / StreamChat",
+    summary:
+      "OpenAI Responses API → Chat / StreamChat; stored for previous_response_id unless store: false",
     method: "POST",
     scope: "write",
     errors: { modelRoute: true, param: responsesParam },
     async run(call) {
       const parsed = parseResponsesRequest(call.body);
       const model = parsed.request.model ?? "";
+      const conversation = [
+        ...(await earlierTurns(call, parsed.previousResponseId)),
+        ...(parsed.request.messages ?? []),
+      ];
+      parsed.request.messages =
+        parsed.instructions !== undefined ? [parsed.instructions, ...conversation] : conversation;
       let routing: AutoRouting | undefined;
       if (model === AUTO_MODEL) {
         routing = await route(call, parsed.request);
         parsed.request.model = routing.model;
       }
+      /** Keeps the answer for previous_response_id (before the client can see it is complete). */
+      const keep = async (json: Record<string, unknown>, output: MessageInit): Promise<void> => {
+        if (!parsed.store) return;
+        await proxy().storeResponse(
+          {
+            response: {
+              id: json["id"] as string,
+              messages: conversation,
+              output,
+              response: JSON.parse(JSON.stringify(json)) as ProtoJsonObject,
+            },
+          },
+          call.options,
+        );
+      };
       if (!parsed.stream) {
         const res = await proxy().chat(parsed.request, call.options);
         const json = responseJson(res, model, parsed.echo);
         if (routing !== undefined)
           (json["ensemble"] as Record<string, unknown>)["routing"] = routing;
+        await keep(json, res.message ?? { role: ChatRole.ASSISTANT });
         sendJson(call.res, 200, json);
         return;
       }
-      await streamChat(
-        call,
-        responses,
-        parsed.request,
-        new ResponseEventEncoder(model, parsed.echo),
+      const encoder = new ResponseEventEncoder(model, parsed.echo);
+      await streamChat(call, responses, parsed.request, encoder, () =>
+        keep(encoder.final ?? {}, encoder.output()),
       );
+    },
+  };
+
+  /** The conversation of a stored response this call continues (400 when there is none). */
+  async function earlierTurns(call: Call, id: string | undefined): Promise<MessageInit[]> {
+    if (id === undefined) return [];
+    try {
+      const stored = (await proxy().getStoredResponse({ id }, call.options)).response;
+      return stored === undefined
+        ? []
+        : [...stored.messages, ...(stored.output ? [stored.output] : [])];
+    } catch (err) {
+      if (ConnectError.from(err).code === Code.NotFound) {
+        throw invalidRequest(
+          `Previous response with id '${id}' not found.`,
+          "previous_response_id",
+          "previous_response_not_found",
+        );
+      }
+      throw err;
+    }
+  }
+
+  const getResponse: Route = {
+    name: "GET /v1/responses/{id}",
+    summary: "a stored response (yours only) → ModelProxyService GetStoredResponse",
+    method: "GET",
+    scope: "read",
+    errors: { modelRoute: false },
+    async run(call) {
+      const res = await proxy().getStoredResponse({ id: call.param }, call.options);
+      sendJson(call.res, 200, res.response?.response ?? {});
+    },
+  };
+
+  const deleteResponse: Route = {
+    name: "DELETE /v1/responses/{id}",
+    summary: "deletes a stored response → ModelProxyService DeleteStoredResponse",
+    method: "DELETE",
+    scope: "write",
+    errors: { modelRoute: false },
+    async run(call) {
+      await proxy().deleteStoredResponse({ id: call.param }, call.options);
+      sendJson(call.res, 200, { id: call.param, object: "response", deleted: true });
     },
   };
 
@@ -240,6 +308,8 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     route: Route,
     request: ChatRequestInit,
     encoder: StreamEncoder,
+    /** Runs after the answer is complete, before its end is written (a failure is the stream's). */
+    beforeEnd?: () => Promise<void>,
   ): Promise<void> {
     const { res } = call;
     const client = proxy();
@@ -266,10 +336,13 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
             if (text !== "") await write(res, text);
             break;
           }
-          case "end":
+          case "end": {
             if (!started) await write(res, begin(undefined));
-            res.end(encoder.end(event.value, startServedBy));
+            const tail = encoder.end(event.value, startServedBy);
+            await beforeEnd?.();
+            res.end(tail);
             return;
+          }
           default:
             break;
         }
@@ -408,17 +481,25 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     ["/v1/models", listModels],
   ]);
 
-  function resolve(path: string): { route: Route; param: string } | undefined {
+  /** Routes with an {id} in the path, by prefix and method (the first is the default). */
+  const byId: Array<[string, Route[]]> = [
+    ["/v1/models/", [getModel]],
+    ["/v1/responses/", [getResponse, deleteResponse]],
+  ];
+
+  function resolve(path: string, method: string): { route: Route; param: string } | undefined {
     const route = exact.get(path.endsWith("/") && path.length > 4 ? path.slice(0, -1) : path);
     if (route !== undefined) return { route, param: "" };
-    if (path.startsWith("/v1/models/")) {
+    for (const [prefix, routes] of byId) {
+      if (!path.startsWith(prefix)) continue;
       let id: string;
       try {
-        id = decodeURIComponent(path.slice("/v1/models/".length));
+        id = decodeURIComponent(path.slice(prefix.length));
       } catch {
         return undefined;
       }
-      if (id !== "" && !id.includes("/")) return { route: getModel, param: id };
+      if (id === "" || id.includes("/")) return undefined;
+      return { route: routes.find((r) => r.method === method) ?? routes[0]!, param: id };
     }
     return undefined;
   }
@@ -536,13 +617,13 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
   }
 
   return {
-    routes: [...exact.values(), getModel].map(({ name, scope, summary }) => ({
+    routes: [...exact.values(), ...byId.flatMap(([, r]) => r)].map(({ name, scope, summary }) => ({
       name,
       scope,
       summary,
     })),
     handle(req, res, path) {
-      const found = resolve(path);
+      const found = resolve(path, req.method ?? "");
       if (found === undefined) {
         sendError(
           req,

@@ -107,8 +107,8 @@ describe("responses API mapping", () => {
     expect(snapshot?.output_text).toBe("");
   });
 
-  it("responses request - instructions first, output items sent back become the assistant's turn, tool output a tool message", () => {
-    const { request, echo } = parseResponsesRequest({
+  it("responses request - instructions apart, output items sent back become the assistant's turn, tool output a tool message", () => {
+    const { request, echo, instructions, store } = parseResponsesRequest({
       model: "fast",
       instructions: "Be brief.",
       max_output_tokens: 50,
@@ -127,6 +127,9 @@ describe("responses API mapping", () => {
       ],
     });
     expect(request.maxTokens).toBe(50);
+    // Sent first, but not part of the conversation a continuation carries over.
+    expect(instructions).toMatchObject({ role: ChatRole.SYSTEM });
+    expect(store).toBe(true);
     expect(echo).toMatchObject({ instructions: "Be brief.", max_output_tokens: 50 });
     expect(
       request.messages?.map((m) => [
@@ -136,7 +139,6 @@ describe("responses API mapping", () => {
         m.toolCallId ?? "",
       ]),
     ).toEqual([
-      [ChatRole.SYSTEM, "Be brief.", [], ""],
       [ChatRole.USER, "weather?", [], ""],
       [ChatRole.ASSISTANT, "Let me check.", ["c1"], ""],
       [ChatRole.TOOL, "sunny", [], "c1"],

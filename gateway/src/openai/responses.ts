@@ -1,8 +1,10 @@
 // POST /v1/responses: OpenAI's Responses API (the default of the openai SDKs' newer helpers and
 // of agent frameworks) over the same ModelProxyService Chat / StreamChat as chat completions.
-// Stateless: the conversation travels in `input` (earlier output items included, as the SDKs
-// send them back); `previous_response_id` and item references, which need stored responses, are
-// refused with a clear 400. Function tools only.
+// A conversation continues either with its earlier items in `input` (as the SDKs send them back)
+// or with `previous_response_id`: unless a call says `store: false`, its answer and the
+// conversation before it are kept by model-proxy (StoreResponse) for its user, and
+// GET / DELETE /v1/responses/{id} read and remove them. Item references are refused. Function
+// tools only.
 import type { JsonObject as ProtoJsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import {
   ChatRole,
@@ -37,7 +39,7 @@ import {
   type JsonObject,
 } from "./fields.js";
 
-type MessageInit = NonNullable<ChatRequestInit["messages"]>[number];
+export type MessageInit = NonNullable<ChatRequestInit["messages"]>[number];
 type PartInit = MessageInitShape<typeof ContentPartSchema>;
 
 const KEYS = new Set([
@@ -89,8 +91,15 @@ const DETAILS = { auto: ImageDetail.AUTO, low: ImageDetail.LOW, high: ImageDetai
 const HARMLESS_INCLUDES = new Set(["reasoning.encrypted_content"]);
 
 export interface ParsedResponses {
+  /** The call; `messages` holds the input only (see conversation()). */
   request: ChatRequestInit;
   stream: boolean;
+  /** A system message of the `instructions`: sent first, not carried over to a continuation. */
+  instructions?: MessageInit | undefined;
+  /** The stored response this call continues. */
+  previousResponseId?: string | undefined;
+  /** Keep the answer for previous_response_id and GET /v1/responses/{id} (default true). */
+  store: boolean;
   /** Request fields the response object repeats, as OpenAI's does. */
   echo: Record<string, unknown>;
 }
@@ -99,22 +108,10 @@ export interface ParsedResponses {
 export function parseResponsesRequest(body: JsonObject): ParsedResponses {
   onlyKeys(body, KEYS, "");
   const model = reqString(body, "model");
-  if (body["previous_response_id"] !== undefined && body["previous_response_id"] !== null) {
-    throw invalidRequest(
-      "previous_response_id is not supported: responses are not stored here. Send the earlier turns (and the output items you got) in 'input'.",
-      "previous_response_id",
-      "unsupported_parameter",
-    );
-  }
+  const previousResponseId = optString(body, "previous_response_id");
+  const store = optBoolean(body, "store") ?? true;
   const instructions = optString(body, "instructions");
-  const messages = parseInput(body["input"]);
-  if (instructions !== undefined && instructions !== "") {
-    messages.unshift({
-      role: ChatRole.SYSTEM,
-      content: [{ part: { case: "text", value: instructions } }],
-    });
-  }
-  const request: ChatRequestInit = { model, messages };
+  const request: ChatRequestInit = { model, messages: parseInput(body["input"]) };
   parseShared(body, request);
   const limit = optInt32(body, "max_output_tokens");
   if (limit !== undefined) request.maxTokens = limit;
@@ -167,7 +164,21 @@ export function parseResponsesRequest(body: JsonObject): ParsedResponses {
   return {
     request,
     stream: optBoolean(body, "stream") ?? false,
+    ...(instructions !== undefined && instructions !== ""
+      ? {
+          instructions: {
+            role: ChatRole.SYSTEM,
+            content: [{ part: { case: "text", value: instructions } }],
+          },
+        }
+      : {}),
+    ...(previousResponseId !== undefined && previousResponseId !== ""
+      ? { previousResponseId }
+      : {}),
+    store,
     echo: {
+      previous_response_id: previousResponseId ?? null,
+      store,
       instructions: instructions ?? null,
       max_output_tokens: limit ?? null,
       parallel_tool_calls: parallel,
@@ -245,7 +256,7 @@ function parseInput(value: unknown): MessageInit[] {
         break;
       case "item_reference":
         throw invalidRequest(
-          `${path}: item references need stored responses, which this endpoint does not keep; send the item itself.`,
+          `${path}: item references are not supported here; send the item itself, or continue a stored response with previous_response_id.`,
           `${path}.type`,
           "unsupported_value",
         );
@@ -464,9 +475,6 @@ function responseObject(
     incomplete_details: null,
     model,
     output: [],
-    previous_response_id: null,
-    // Nothing is kept to be fetched again (the ledger records the call's usage).
-    store: false,
     usage: null,
     ...echo,
     ...fields,
@@ -523,6 +531,7 @@ export class ResponseEventEncoder {
     { index: number; id: string; name: string; arguments: string }
   >();
   #items = 0;
+  #final: Record<string, unknown> | undefined;
 
   constructor(requestedModel: string, echo: Record<string, unknown>) {
     this.#model = requestedModel;
@@ -703,8 +712,30 @@ export class ResponseEventEncoder {
       usage: usageJson(end.usage),
       ensemble: ensembleJson(servedBy, end.usage),
     });
+    this.#final = response;
     const type = status.status === "completed" ? "response.completed" : "response.incomplete";
     return out + this.#event(type, { response });
+  }
+
+  /** After end(): the response object it completed with. */
+  get final(): Record<string, unknown> | undefined {
+    return this.#final;
+  }
+
+  /** After end(): the answer as a chat message (text and tool calls), as StoreResponse keeps it. */
+  output(): MessageInit {
+    return {
+      role: ChatRole.ASSISTANT,
+      content:
+        this.#message !== undefined && this.#message.text !== ""
+          ? [{ part: { case: "text", value: this.#message.text } }]
+          : [],
+      toolCalls: [...this.#calls.values()].map((c) => ({
+        id: c.id,
+        name: c.name,
+        arguments: c.arguments,
+      })),
+    };
   }
 
   /**

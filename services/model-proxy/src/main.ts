@@ -18,6 +18,7 @@ import { Catalog } from "./catalog.js";
 import { deploymentsFrom, loadModelProxyConfig, type ModelProxyConfig } from "./config.js";
 import { openDeploymentLimiter } from "./limits.js";
 import { providerClients } from "./providers/index.js";
+import { StoredResponses } from "./stored-responses.js";
 import { Router } from "./router.js";
 import { build, SERVICE_NAME } from "./server.js";
 import { VERSION } from "./version.js";
@@ -83,6 +84,7 @@ async function main({
     accounting,
     cache,
     cacheTenants: new Set(config.CACHE_TENANTS),
+    responses: await StoredResponses.open(mongo),
   });
   const port = await server.listen(config.MODEL_PROXY_ADDR);
   const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);

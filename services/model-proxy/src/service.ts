@@ -9,6 +9,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@conn
 import {
   InvalidArgumentError,
   loggerOf,
+  NotFoundError,
   principalOf,
   toConnectError,
   UnavailableError,
@@ -38,6 +39,7 @@ import {
 } from "@ensemble/proto";
 import type { Accounting, Caller, LedgerEntry } from "./accounting/index.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
+import type { StoredResponses } from "./stored-responses.js";
 import { costOf, requireCapability, type Catalog } from "./catalog.js";
 import { coalesceDeltas } from "./providers/coalesce.js";
 import { ProviderError, type ChatChunk, type Deployment } from "./providers/types.js";
@@ -51,6 +53,8 @@ export interface ModelProxyDeps {
   cache: ResponseCache;
   /** Tenants whose calls use the cache unless a call says BYPASS; "*" = every tenant. */
   cacheTenants: ReadonlySet<string>;
+  /** Responses API answers kept for previous_response_id. */
+  responses: StoredResponses;
 }
 
 /**
@@ -711,6 +715,31 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         if (m !== undefined && wanted(m)) aliases[name] = m.id;
       });
       return { models: all.filter(wanted), aliases };
+    },
+
+    async storeResponse(req, ctx) {
+      const p = principalOf(ctx);
+      // protovalidate has checked that `response` is set.
+      await deps.responses.put({ tenantId: p.tenantId, userId: p.subject }, req.response!);
+      return {};
+    },
+
+    async getStoredResponse(req, ctx) {
+      const p = principalOf(ctx);
+      const response = await deps.responses.get(
+        { tenantId: p.tenantId, userId: p.subject },
+        req.id,
+      );
+      if (response === undefined) throw new NotFoundError(`response ${req.id} not found`);
+      return { response };
+    },
+
+    async deleteStoredResponse(req, ctx) {
+      const p = principalOf(ctx);
+      if (!(await deps.responses.delete({ tenantId: p.tenantId, userId: p.subject }, req.id))) {
+        throw new NotFoundError(`response ${req.id} not found`);
+      }
+      return {};
     },
 
     async getUsage(req, ctx) {

@@ -1,0 +1,100 @@
+// Stored Responses API answers (ModelProxyService StoreResponse / GetStoredResponse /
+// DeleteStoredResponse): what lets `previous_response_id` continue a conversation. One document
+// per response in `stored_responses`, keyed by `_id` = [tenant, response id] (the lookup
+// FerretDB answers from its index), with the owner checked on every read and write, and the
+// StoredResponse itself in binary. Kept until deleted (FerretDB 1.24 has no TTL indexes).
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { AlreadyExistsError } from "@ensemble/kit";
+import { StoredResponseSchema, type StoredResponse } from "@ensemble/proto";
+import { Schema, type Connection, type Model } from "mongoose";
+
+interface StoredResponseDoc {
+  _id: string;
+  tenantId: string;
+  userId: string;
+  record: Buffer;
+  createTime: Date;
+}
+
+const schema = new Schema<StoredResponseDoc>(
+  {
+    _id: { type: String, required: true },
+    tenantId: { type: String, required: true },
+    userId: { type: String, required: true },
+    record: { type: Buffer, required: true },
+    createTime: { type: Date, required: true },
+  },
+  { versionKey: false, strict: "throw" },
+);
+
+/** Who a stored response belongs to (from the verified token). */
+export interface Owner {
+  tenantId: string;
+  userId: string;
+}
+
+function key(owner: Owner, id: string): string {
+  return JSON.stringify([owner.tenantId, id]);
+}
+
+function bytesOf(value: unknown): Uint8Array {
+  if (value instanceof Uint8Array) return value;
+  return (value as { buffer: Uint8Array }).buffer;
+}
+
+export class StoredResponses {
+  readonly #model: Model<StoredResponseDoc>;
+
+  private constructor(model: Model<StoredResponseDoc>) {
+    this.#model = model;
+  }
+
+  static async open(conn: Connection): Promise<StoredResponses> {
+    const model =
+      (conn.models["StoredResponse"] as Model<StoredResponseDoc> | undefined) ??
+      conn.model<StoredResponseDoc>("StoredResponse", schema, "stored_responses");
+    await model.init();
+    return new StoredResponses(model);
+  }
+
+  /** Stores (or replaces) the owner's response; an id another user holds is ALREADY_EXISTS. */
+  async put(owner: Owner, response: StoredResponse): Promise<void> {
+    const record = create(StoredResponseSchema, { ...response, createTime: timestampNow() });
+    try {
+      await this.#model.collection.updateOne(
+        { _id: key(owner, response.id) as never, userId: owner.userId },
+        {
+          $set: {
+            tenantId: owner.tenantId,
+            userId: owner.userId,
+            record: Buffer.from(toBinary(StoredResponseSchema, record)),
+            createTime: new Date(),
+          },
+        },
+        { upsert: true },
+      );
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 11000) {
+        throw new AlreadyExistsError(`response id ${response.id} is taken`);
+      }
+      throw err;
+    }
+  }
+
+  /** The owner's response, or undefined (none, or another user's). */
+  async get(owner: Owner, id: string): Promise<StoredResponse | undefined> {
+    const doc = await this.#model.collection.findOne({ _id: key(owner, id) as never });
+    if (doc === null || doc.userId !== owner.userId) return undefined;
+    return fromBinary(StoredResponseSchema, bytesOf(doc.record));
+  }
+
+  /** Deletes the owner's response; false when there was none. */
+  async delete(owner: Owner, id: string): Promise<boolean> {
+    const res = await this.#model.collection.deleteOne({
+      _id: key(owner, id) as never,
+      userId: owner.userId,
+    });
+    return res.deletedCount > 0;
+  }
+}
