@@ -87,6 +87,12 @@ export const modelProxyEnv = z.object({
     .regex(/^[A-Za-z0-9_-]+$/)
     .default("ensemble_response_cache"),
 
+  // ---- stored Responses API answers (previous_response_id)
+  /** How long a stored response is kept (OpenAI: 30 days). */
+  STORED_RESPONSES_TTL_MS: positiveInt.default(30 * 24 * 3_600_000),
+  /** How often expired ones are deleted. */
+  STORED_RESPONSES_SWEEP_MS: positiveInt.default(3_600_000),
+
   // ---- limits and accounting
   RATE_LIMIT_BUCKET: z
     .string()

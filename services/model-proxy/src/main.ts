@@ -62,6 +62,14 @@ async function main({
       batchSize: config.LEDGER_BATCH_SIZE,
     }),
   ]);
+  const responses = await StoredResponses.open(mongo, { ttlMs: config.STORED_RESPONSES_TTL_MS });
+  const sweep = setInterval(() => {
+    responses.sweep().then(
+      (n) => n > 0 && logger.info({ deleted: n }, "expired stored responses deleted"),
+      (err: unknown) => logger.warn({ err }, "could not delete expired stored responses"),
+    );
+  }, config.STORED_RESPONSES_SWEEP_MS);
+  sweep.unref();
   const router = new Router(deployments, await providerClients(deployments), {
     maxAttempts: config.RETRY_MAX_ATTEMPTS,
     baseDelayMs: config.RETRY_BASE_DELAY_MS,
@@ -84,7 +92,7 @@ async function main({
     accounting,
     cache,
     cacheTenants: new Set(config.CACHE_TENANTS),
-    responses: await StoredResponses.open(mongo),
+    responses,
   });
   const port = await server.listen(config.MODEL_PROXY_ADDR);
   const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);
@@ -111,6 +119,13 @@ async function main({
       {
         name: "grpc server",
         run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
+      },
+      {
+        name: "stored responses sweep",
+        run: () => {
+          clearInterval(sweep);
+          return Promise.resolve();
+        },
       },
       // Every accepted call's usage reaches the ledger before the connections close.
       { name: "ledger flush", run: () => accounting.close() },

@@ -2,7 +2,9 @@
 // DeleteStoredResponse): what lets `previous_response_id` continue a conversation. One document
 // per response in `stored_responses`, keyed by `_id` = [tenant, response id] (the lookup
 // FerretDB answers from its index), with the owner checked on every read and write, and the
-// StoredResponse itself in binary. Kept until deleted (FerretDB 1.24 has no TTL indexes).
+// StoredResponse itself in binary. Kept for `ttlMs` (OpenAI keeps them 30 days): an older one is
+// missing to every read at once, and sweep() deletes them (FerretDB 1.24 has no TTL indexes; the
+// sweep's filter on createTime scans the collection there, so it runs rarely, not per call).
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { AlreadyExistsError } from "@ensemble/kit";
@@ -43,19 +45,37 @@ function bytesOf(value: unknown): Uint8Array {
   return (value as { buffer: Uint8Array }).buffer;
 }
 
+export interface StoredResponsesOptions {
+  /** How long a stored response is kept. */
+  ttlMs: number;
+  now?: () => number;
+}
+
 export class StoredResponses {
   readonly #model: Model<StoredResponseDoc>;
+  readonly #ttlMs: number;
+  readonly #now: () => number;
 
-  private constructor(model: Model<StoredResponseDoc>) {
+  private constructor(model: Model<StoredResponseDoc>, opts: StoredResponsesOptions) {
     this.#model = model;
+    this.#ttlMs = opts.ttlMs;
+    this.#now = opts.now ?? Date.now;
   }
 
-  static async open(conn: Connection): Promise<StoredResponses> {
+  static async open(conn: Connection, opts: StoredResponsesOptions): Promise<StoredResponses> {
     const model =
       (conn.models["StoredResponse"] as Model<StoredResponseDoc> | undefined) ??
       conn.model<StoredResponseDoc>("StoredResponse", schema, "stored_responses");
     await model.init();
-    return new StoredResponses(model);
+    return new StoredResponses(model, opts);
+  }
+
+  /** Deletes every response older than the TTL; returns how many. */
+  async sweep(): Promise<number> {
+    const res = await this.#model.collection.deleteMany({
+      createTime: { $lt: new Date(this.#now() - this.#ttlMs) },
+    });
+    return res.deletedCount;
   }
 
   /** Stores (or replaces) the owner's response; an id another user holds is ALREADY_EXISTS. */
@@ -69,7 +89,7 @@ export class StoredResponses {
             tenantId: owner.tenantId,
             userId: owner.userId,
             record: Buffer.from(toBinary(StoredResponseSchema, record)),
-            createTime: new Date(),
+            createTime: new Date(this.#now()),
           },
         },
         { upsert: true },
@@ -84,8 +104,11 @@ export class StoredResponses {
 
   /** The owner's response, or undefined (none, or another user's). */
   async get(owner: Owner, id: string): Promise<StoredResponse | undefined> {
-    const doc = await this.#model.collection.findOne({ _id: key(owner, id) as never });
+    const doc = (await this.#model.collection.findOne({
+      _id: key(owner, id) as never,
+    })) as StoredResponseDoc | null;
     if (doc === null || doc.userId !== owner.userId) return undefined;
+    if (doc.createTime.getTime() < this.#now() - this.#ttlMs) return undefined;
     return fromBinary(StoredResponseSchema, bytesOf(doc.record));
   }
 
