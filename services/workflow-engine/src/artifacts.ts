@@ -104,6 +104,13 @@ export class ArtifactStore {
     return describe(doc);
   }
 
+  /** Deletes these files of the tenant (a deleted run's). */
+  async delete(tenantId: string, ids: readonly string[]): Promise<void> {
+    for (const id of ids) {
+      await retryBusy(() => this.#model.collection.deleteOne({ _id: id as never, tenantId }));
+    }
+  }
+
   /** The file and its description; undefined unless it belongs to this tenant's run. */
   async get(
     tenantId: string,

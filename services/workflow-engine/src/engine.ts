@@ -509,6 +509,36 @@ export class Engine {
   }
 
   /**
+   * Deletes an ended run the caller may see: its stored events first (a WatchRun then finds
+   * nothing to replay), its artifacts, its steps' claims and outcomes, its outcome, then the
+   * record itself, so an interrupted delete can simply be asked again. The ledger keeps the
+   * run's usage: spend is not undone.
+   */
+  async deleteRun(p: Principal, runId: string): Promise<void> {
+    const doc = await this.findRun(p, runId);
+    if (!isTerminal(doc.status)) {
+      throw new FailedPreconditionError(
+        `run "${runId}" is ${RunStatus[doc.status]?.toLowerCase() ?? "not finished"}; cancel it before deleting it`,
+      );
+    }
+    const run = await this.toRun(doc, true);
+    await this.#d.publisher.purge(refOf(doc));
+    await this.#d.artifacts.delete(
+      doc.tenantId,
+      run.steps.flatMap((s) => s.artifacts.map((a) => a.id)),
+    );
+    const m = this.#d.models;
+    for (const s of run.steps) {
+      await retryBusy(() => m.runSteps.collection.deleteOne(stepWhere(doc, s.stepId)));
+      await retryBusy(() => m.stepOutcomes.collection.deleteOne(stepWhere(doc, s.stepId)));
+    }
+    await retryBusy(() => m.runOutcomes.collection.deleteOne(outcomeWhere(doc)));
+    await retryBusy(() => m.runs.collection.deleteOne(runWhere(doc)));
+    this.#forgetRun(runId);
+    this.#d.publisher.forget(runId);
+  }
+
+  /**
    * Creates a run (or returns the caller's run with the same idempotency key), plans it,
    * publishes `created` (and `classified`) and dispatches its first steps.
    */

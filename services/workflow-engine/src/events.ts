@@ -187,6 +187,13 @@ export class RunEventPublisher {
     return this.#cursors.get(runId)?.runSeq;
   }
 
+  /** Removes a run's stored events from the stream (a deleted run). */
+  async purge(ref: RunRef): Promise<void> {
+    await this.#jsm.streams.purge(this.#stream, {
+      filter: `${runSubjectBase(this.root, ref.tenantId, ref.runId)}.>`,
+    });
+  }
+
   /** Forget a finished run's cursor. */
   forget(runId: string): void {
     this.#cursors.delete(runId);

@@ -225,6 +225,11 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
       return { run: await engine.toRun(doc, full(req.view, RunView.FULL)) };
     },
 
+    async deleteRun(req, ctx) {
+      await engine.deleteRun(principalOf(ctx), req.runId);
+      return {};
+    },
+
     async getArtifact(req, ctx) {
       return engine.artifact(principalOf(ctx), req.runId, req.artifactId);
     },

@@ -205,6 +205,43 @@ describe("image runs", () => {
     expect(direct.artifacts).toHaveLength(1);
   });
 
+  it("delete - an ended run goes with its artifacts; a running one is refused until cancelled; another tenant's is NOT_FOUND", async () => {
+    const r = await run(userA, { input: "Generate an image of a lighthouse at dawn" });
+    const art = r.artifacts[0]!;
+    const foreign = await rejection(runs.deleteRun({ runId: r.id }, as(userB)));
+    expect(foreign.code).toBe(Code.NotFound);
+    await runs.deleteRun({ runId: r.id }, as(userA));
+    // Each asked in turn (a rejection nobody awaits yet would be reported as unhandled).
+    const after: Array<() => Promise<unknown>> = [
+      () => runs.getRun({ runId: r.id }, as(userA)),
+      () => runs.getArtifact({ runId: r.id, artifactId: art.id }, as(userA)),
+      () => runs.deleteRun({ runId: r.id }, as(userA)),
+      async () => {
+        for await (const _ of runs.watchRun({ runId: r.id }, as(userA))) void _;
+      },
+    ];
+    for (const call of after) expect((await rejection(call())).code).toBe(Code.NotFound);
+    const listed = await runs.listRuns({}, as(userA));
+    expect(listed.runs.map((x) => x.id)).not.toContain(r.id);
+
+    sim.configure("sim-thinking", { latencyMs: 3_000 });
+    try {
+      const started = await runs.startRun(
+        { spec: { input: "slow", mode: { case: "model", value: { model: "sim-thinking" } } } },
+        as(userA),
+      );
+      const id = started.run!.id;
+      const busy = await rejection(runs.deleteRun({ runId: id }, as(userA)));
+      expect(busy.code).toBe(Code.FailedPrecondition);
+      expect(busy.rawMessage).toContain("cancel it before deleting it");
+      await runs.cancelRun({ runId: id }, as(userA));
+      await runs.deleteRun({ runId: id }, as(userA));
+      expect((await rejection(runs.getRun({ runId: id }, as(userA)))).code).toBe(Code.NotFound);
+    } finally {
+      sim.configure("sim-thinking", { latencyMs: 0 });
+    }
+  });
+
   it("images - video generation, which runs cannot do, is refused with a clear error", async () => {
     const auto = await run(userA, {
       input: "Make a short video of a paper boat drifting down a rainy street.",
