@@ -485,7 +485,7 @@ export function registerRunCommands(program: Command, ctx: Context): void {
 
   const runsCmd = program
     .command("runs")
-    .description("list, inspect, watch and cancel runs; save their artifacts");
+    .description("list, inspect, watch, cancel and delete runs; save their artifacts");
 
   runsCmd
     .command("list")
@@ -594,5 +594,15 @@ export function registerRunCommands(program: Command, ctx: Context): void {
           ? `run ${res.run.id}: ${label(RunStatus, res.run.status)}`
           : "cancelled",
       );
+    });
+
+  runsCmd
+    .command("delete")
+    .description("delete a run that has ended, with its artifacts and events (its usage stays)")
+    .argument("<run-id>")
+    .action(async (runId: string) => {
+      const { gw, out } = ctx.get();
+      await gw.client(RunService).deleteRun({ runId });
+      out.result({ deleted: runId }, () => `run ${runId} deleted`);
     });
 }

@@ -335,7 +335,7 @@ describe("ensemble CLI against a live mesh", () => {
     expect(stray.stderr).toContain("--judge and --rank-by rank the answers of --compare");
   }, 90_000);
 
-  it("cli - an image run names its artifact, and runs artifact / run --save write the PNG", async () => {
+  it("cli - an image run names its artifact, runs artifact / run --save write the PNG, runs delete removes it", async () => {
     const PNG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
     const res = await cli(["run", "-m", "image", "a red fox in the snow"]);
     expect(res.code, res.stderr).toBe(0);
@@ -383,6 +383,14 @@ describe("ensemble CLI against a live mesh", () => {
     const unknown = await cli(["runs", "artifact", runId!, "no-such-artifact"]);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/^error: NotFound/);
+
+    // Deleted, the run and its image are gone.
+    const deleted = await cli(["runs", "delete", runId!]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(deleted.stdout).toContain(`run ${runId} deleted`);
+    const after = await cli(["runs", "artifact", runId!]);
+    expect(after.code).toBe(1);
+    expect(after.stderr).toMatch(/^error: NotFound/);
   }, 90_000);
 
   it("cli - keys create shows the secret once, the key works, list shows it, revoke ends it", async () => {
