@@ -363,6 +363,18 @@ describe("console", () => {
     ]);
     expect(download.suggestedFilename()).toMatch(/\.png$/);
     await shot(page, "05b-run-image");
+
+    // Deleted from its page (after confirming), it is gone from the list.
+    page.once("dialog", (dialog) => void dialog.accept());
+    await page.getByRole("button", { name: "Delete run" }).click();
+    await page.waitForURL(/\/runs$/);
+    await page.locator(`a[href$="/runs/${runId}"]`).waitFor({ state: "detached" });
+    const gone = await fetch(`${gw.url}/${RunService.typeName}/GetRun`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+      body: JSON.stringify({ runId }),
+    });
+    expect(gone.status).toBe(404);
   }, 90_000);
 
   it("console - asking the chat (auto) for a picture shows the picture in the reply", async () => {

@@ -15,6 +15,7 @@ import { useEffect, useState } from "react";
 import { api, errorText } from "../api";
 import { RouteNote } from "./chat";
 import { ArtifactView } from "../artifacts";
+import { useRouter } from "../router";
 import { ErrorBox, Loading, enumLabel, fmtMs, fmtUsd } from "../ui";
 
 interface StepView {
@@ -91,6 +92,7 @@ function describe(e: RunEvent): string {
 }
 
 export function RunPage({ runId }: { runId: string }) {
+  const { go } = useRouter();
   const [run, setRun] = useState<Run>();
   const [steps, setSteps] = useState<Map<string, StepView>>(new Map());
   const [events, setEvents] = useState<RunEvent[]>([]);
@@ -190,6 +192,18 @@ export function RunPage({ runId }: { runId: string }) {
     }
   };
 
+  /** Deletes the ended run (with its images and events), after the user confirms, then lists runs. */
+  const remove = async () => {
+    if (!window.confirm("Delete this run, its images and its events? Its cost stays in usage."))
+      return;
+    try {
+      await api.runs.deleteRun({ runId });
+      go("/runs");
+    } catch (err) {
+      setError(errorText(err));
+    }
+  };
+
   if (run === undefined)
     return error !== undefined ? <ErrorBox error={error} /> : <Loading what="Loading the run" />;
   const done = TERMINAL.has(run.status) && !live;
@@ -214,6 +228,11 @@ export function RunPage({ runId }: { runId: string }) {
         {!TERMINAL.has(run.status) && (
           <button type="button" onClick={() => void cancel()}>
             Cancel run
+          </button>
+        )}
+        {done && (
+          <button type="button" onClick={() => void remove()}>
+            Delete run
           </button>
         )}
       </p>
