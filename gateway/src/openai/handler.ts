@@ -25,6 +25,7 @@ import {
   ChatRole,
   type CategorizerService,
   type ChatDelta,
+  type ChatResponse,
   type ModelProxyService,
   type ServedBy,
   type StreamChatEnd,
@@ -68,6 +69,8 @@ interface StreamEncoder {
   end(end: StreamChatEnd, startServedBy: ServedBy | undefined): string;
   /** The failure after the first byte; the stream ends with it. */
   error(error: OpenAiError): string;
+  /** After end(): the answer as the API's object and as a chat message (see answerChat). */
+  result?(): { json: Record<string, unknown>; output: MessageInit };
 }
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -176,21 +179,11 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     errors: { modelRoute: true, param: chatParam },
     async run(call) {
       const parsed = parseChatRequest(call.body);
-      const model = parsed.request.model ?? "";
-      let routing: AutoRouting | undefined;
-      if (model === AUTO_MODEL) {
-        routing = await route(call, parsed.request);
-        parsed.request.model = routing.model;
-      }
-      if (!parsed.stream) {
-        const res = await proxy().chat(parsed.request, call.options);
-        const json = chatCompletionJson(res, model) as { ensemble?: Record<string, unknown> };
-        if (routing !== undefined && json.ensemble !== undefined)
-          json.ensemble["routing"] = routing;
-        sendJson(call.res, 200, json);
-        return;
-      }
-      await streamChat(call, chat, parsed.request, new ChunkEncoder(parsed.includeUsage, model));
+      await answerChat(call, chat, parsed.request, {
+        stream: parsed.stream,
+        json: chatCompletionJson,
+        encoder: (model) => new ChunkEncoder(parsed.includeUsage, model),
+      });
     },
   };
 
@@ -203,46 +196,35 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     errors: { modelRoute: true, param: responsesParam },
     async run(call) {
       const parsed = parseResponsesRequest(call.body);
-      const model = parsed.request.model ?? "";
       const conversation = [
         ...(await earlierTurns(call, parsed.previousResponseId)),
         ...(parsed.request.messages ?? []),
       ];
       parsed.request.messages =
         parsed.instructions !== undefined ? [parsed.instructions, ...conversation] : conversation;
-      let routing: AutoRouting | undefined;
-      if (model === AUTO_MODEL) {
-        routing = await route(call, parsed.request);
-        parsed.request.model = routing.model;
-      }
-      /** Keeps the answer for previous_response_id (before the client can see it is complete). */
-      const keep = async (json: Record<string, unknown>, output: MessageInit): Promise<void> => {
-        if (!parsed.store) return;
-        await proxy().storeResponse(
-          {
-            response: {
-              id: json["id"] as string,
-              messages: conversation,
-              output,
-              response: JSON.parse(JSON.stringify(json)) as ProtoJsonObject,
-            },
-          },
-          call.options,
-        );
-      };
-      if (!parsed.stream) {
-        const res = await proxy().chat(parsed.request, call.options);
-        const json = responseJson(res, model, parsed.echo);
-        if (routing !== undefined)
-          (json["ensemble"] as Record<string, unknown>)["routing"] = routing;
-        await keep(json, res.message ?? { role: ChatRole.ASSISTANT });
-        sendJson(call.res, 200, json);
-        return;
-      }
-      const encoder = new ResponseEventEncoder(model, parsed.echo);
-      await streamChat(call, responses, parsed.request, encoder, () =>
-        keep(encoder.final ?? {}, encoder.output()),
-      );
+      await answerChat(call, responses, parsed.request, {
+        stream: parsed.stream,
+        json: (res, model) => responseJson(res, model, parsed.echo),
+        encoder: (model) => new ResponseEventEncoder(model, parsed.echo),
+        // Kept for previous_response_id before the client can see that the answer is complete.
+        ...(parsed.store
+          ? {
+              onAnswer: async (json: Record<string, unknown>, output: MessageInit) => {
+                await proxy().storeResponse(
+                  {
+                    response: {
+                      id: json["id"] as string,
+                      messages: conversation,
+                      output,
+                      response: JSON.parse(JSON.stringify(json)) as ProtoJsonObject,
+                    },
+                  },
+                  call.options,
+                );
+              },
+            }
+          : {}),
+      });
     },
   };
 
@@ -289,6 +271,54 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
       sendJson(call.res, 200, { id: call.param, object: "response", deleted: true });
     },
   };
+
+  /**
+   * One chat in an API's shape (chat completions, responses, messages): `model: "auto"` routed
+   * by the categorizer, then the unary answer as `json` makes it (the routing added under
+   * `ensemble.routing`) or the stream as `encoder` writes it. `onAnswer` sees the whole answer
+   * before the client is told it is complete.
+   */
+  async function answerChat(
+    call: Call,
+    r: Route,
+    request: ChatRequestInit,
+    how: {
+      stream: boolean;
+      json: (res: ChatResponse, requestedModel: string) => unknown;
+      encoder: (requestedModel: string) => StreamEncoder;
+      onAnswer?: (json: Record<string, unknown>, output: MessageInit) => Promise<void>;
+    },
+  ): Promise<void> {
+    const requested = request.model ?? "";
+    let routing: AutoRouting | undefined;
+    if (requested === AUTO_MODEL) {
+      routing = await route(call, request);
+      request.model = routing.model;
+    }
+    const onAnswer = how.onAnswer;
+    if (!how.stream) {
+      const res = await proxy().chat(request, call.options);
+      const json = how.json(res, requested) as Record<string, unknown>;
+      const ensemble = json["ensemble"] as Record<string, unknown> | undefined;
+      if (routing !== undefined && ensemble !== undefined) ensemble["routing"] = routing;
+      await onAnswer?.(json, res.message ?? { role: ChatRole.ASSISTANT });
+      sendJson(call.res, 200, json);
+      return;
+    }
+    const encoder = how.encoder(requested);
+    await streamChat(
+      call,
+      r,
+      request,
+      encoder,
+      onAnswer === undefined
+        ? undefined
+        : async () => {
+            const done = encoder.result?.();
+            if (done !== undefined) await onAnswer(done.json, done.output);
+          },
+    );
+  }
 
   /**
    * `model: "auto"`: the categorizer picks a model (only model routes are allowed here: a chat
@@ -370,21 +400,11 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     errorBody: anthropicErrorBody,
     async run(call) {
       const parsed = parseMessagesRequest(call.body);
-      const model = parsed.request.model ?? "";
-      let routing: AutoRouting | undefined;
-      if (model === AUTO_MODEL) {
-        routing = await route(call, parsed.request);
-        parsed.request.model = routing.model;
-      }
-      if (!parsed.stream) {
-        const res = await proxy().chat(parsed.request, call.options);
-        const json = messageJson(res, model);
-        if (routing !== undefined)
-          (json["ensemble"] as Record<string, unknown>)["routing"] = routing;
-        sendJson(call.res, 200, json);
-        return;
-      }
-      await streamChat(call, messages, parsed.request, new MessageEventEncoder(model));
+      await answerChat(call, messages, parsed.request, {
+        stream: parsed.stream,
+        json: messageJson,
+        encoder: (model) => new MessageEventEncoder(model),
+      });
     },
   };
 

@@ -717,13 +717,12 @@ export class ResponseEventEncoder {
     return out + this.#event(type, { response });
   }
 
-  /** After end(): the response object it completed with. */
-  get final(): Record<string, unknown> | undefined {
-    return this.#final;
+  /** After end(): the response object it completed with, and the answer as a chat message. */
+  result(): { json: Record<string, unknown>; output: MessageInit } {
+    return { json: this.#final ?? {}, output: this.#output() };
   }
 
-  /** After end(): the answer as a chat message (text and tool calls), as StoreResponse keeps it. */
-  output(): MessageInit {
+  #output(): MessageInit {
     return {
       role: ChatRole.ASSISTANT,
       content:
