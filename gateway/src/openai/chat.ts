@@ -382,21 +382,32 @@ function parseResponseFormat(value: unknown): MessageInitShape<typeof ResponseFo
     case "json_schema": {
       const spec = objectAt(format["json_schema"], "response_format.json_schema");
       onlyKeys(spec, JSON_SCHEMA_KEYS, "response_format.json_schema");
-      optString(spec, "description", "response_format.json_schema");
-      const schema = spec["schema"];
-      return {
-        type: ResponseFormat_Type.JSON_SCHEMA,
-        schemaName: reqString(spec, "name", "response_format.json_schema"),
-        // OpenAI allows the schema to be left out (any JSON object); the contract needs one.
-        jsonSchema: (schema === undefined || schema === null
-          ? { type: "object" }
-          : objectAt(schema, "response_format.json_schema.schema")) as ProtoJsonObject,
-        strict: optBoolean(spec, "strict", "response_format.json_schema") ?? false,
-      };
+      return jsonSchemaFormat(spec, "response_format.json_schema");
     }
     default:
       throw wrongValue("response_format.type", type, ["text", "json_object", "json_schema"]);
   }
+}
+
+/**
+ * A `json_schema` format from the object holding its `name`, `description`, `schema` and
+ * `strict` (chat completions nest it under `json_schema`, the Responses API does not).
+ */
+export function jsonSchemaFormat(
+  spec: JsonObject,
+  path: string,
+): MessageInitShape<typeof ResponseFormatSchema> {
+  optString(spec, "description", path);
+  const schema = spec["schema"];
+  return {
+    type: ResponseFormat_Type.JSON_SCHEMA,
+    schemaName: reqString(spec, "name", path),
+    // OpenAI allows the schema to be left out (any JSON object); the contract needs one.
+    jsonSchema: (schema === undefined || schema === null
+      ? { type: "object" }
+      : objectAt(schema, `${path}.schema`)) as ProtoJsonObject,
+    strict: optBoolean(spec, "strict", path) ?? false,
+  };
 }
 
 /** Contract field paths in upstream errors -> OpenAI parameter names. */

@@ -23,7 +23,13 @@ import {
   type ToolDefinitionSchema,
   type Usage,
 } from "@ensemble/proto";
-import { ensembleJson, parseShared, REASONING_EFFORTS, type ChatRequestInit } from "./chat.js";
+import {
+  ensembleJson,
+  jsonSchemaFormat,
+  parseShared,
+  REASONING_EFFORTS,
+  type ChatRequestInit,
+} from "./chat.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import {
   missing,
@@ -369,18 +375,8 @@ function parseFormat(format: JsonObject): MessageInitShape<typeof ResponseFormat
       return { type: ResponseFormat_Type.TEXT };
     case "json_object":
       return { type: ResponseFormat_Type.JSON_OBJECT };
-    case "json_schema": {
-      optString(format, "description", "text.format");
-      const schema = format["schema"];
-      return {
-        type: ResponseFormat_Type.JSON_SCHEMA,
-        schemaName: reqString(format, "name", "text.format"),
-        jsonSchema: (schema === undefined || schema === null
-          ? { type: "object" }
-          : objectAt(schema, "text.format.schema")) as ProtoJsonObject,
-        strict: optBoolean(format, "strict", "text.format") ?? false,
-      };
-    }
+    case "json_schema":
+      return jsonSchemaFormat(format, "text.format");
     default:
       throw wrongValue("text.format.type", type, ["text", "json_object", "json_schema"]);
   }
