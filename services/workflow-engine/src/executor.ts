@@ -447,25 +447,40 @@ async function withRetries(
     : new ConnectError("no model to call", Code.FailedPrecondition);
 }
 
-async function runLlm(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
-  const prompt = renderTemplate(ctx.step.prompt, ctx.scope);
+/**
+ * The attempts of a one-model step (llm, image): `model` with its retries, then `fallbackModel`,
+ * each attempt's model and number noted on the record.
+ */
+function withStepModel(
+  ctx: StepContext,
+  deps: StepDeps,
+  record: RunStep,
+  opts: Pick<Parameters<typeof withRetries>[2], "prompt" | "responseFormat" | "call">,
+) {
   const models = [ctx.step.model];
   if (ctx.step.fallbackModel !== "" && ctx.step.fallbackModel !== ctx.step.model) {
     models.push(ctx.step.fallbackModel);
   }
-  const { answer, model } = await withRetries(ctx, deps, {
+  return withRetries(ctx, deps, {
+    ...opts,
     models,
-    prompt,
     answerIndex: 0,
     attributionStep: ctx.step.id,
     firstAttempt: 1,
     announce: true,
-    responseFormat: ctx.responseFormat,
     onAttempt: (attempt, m) => {
       record.attempts = attempt;
       record.model = m;
       record.fallbackUsed = m !== ctx.step.model;
     },
+  });
+}
+
+async function runLlm(ctx: StepContext, deps: StepDeps, record: RunStep): Promise<void> {
+  const prompt = renderTemplate(ctx.step.prompt, ctx.scope);
+  const { answer, model } = await withStepModel(ctx, deps, record, {
+    prompt,
+    responseFormat: ctx.responseFormat,
   });
   record.model = model;
   record.answers = [answer];
@@ -488,23 +503,9 @@ async function runImage(ctx: StepContext, deps: StepDeps, record: RunStep): Prom
   if (prompt.trim() === "") {
     throw stepFailure(ctx, "INVALID_ARGUMENT", "the image step has nothing to draw (empty prompt)");
   }
-  const models = [ctx.step.model];
-  if (ctx.step.fallbackModel !== "" && ctx.step.fallbackModel !== ctx.step.model) {
-    models.push(ctx.step.fallbackModel);
-  }
   let images: GeneratedImage[] = [];
-  const { answer, model } = await withRetries(ctx, deps, {
-    models,
+  const { answer, model } = await withStepModel(ctx, deps, record, {
     prompt,
-    answerIndex: 0,
-    attributionStep: ctx.step.id,
-    firstAttempt: 1,
-    announce: true,
-    onAttempt: (attempt, m) => {
-      record.attempts = attempt;
-      record.model = m;
-      record.fallbackUsed = m !== ctx.step.model;
-    },
     call: async (m, attempt) => {
       const started = Date.now();
       const timeoutMs = attemptTimeout(ctx);
