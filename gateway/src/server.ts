@@ -103,7 +103,7 @@ const CORS_ALLOW_HEADERS = [
   "x-user-agent",
   "x-api-key",
   "x-request-id",
-  // What the openai SDKs send from a browser (/v1/*).
+  // What the openai SDKs send from a browser (/v1/*; the anthropic SDKs send x-stainless-* too).
   "openai-organization",
   "openai-project",
   "x-stainless-arch",
@@ -114,6 +114,10 @@ const CORS_ALLOW_HEADERS = [
   "x-stainless-runtime",
   "x-stainless-runtime-version",
   "x-stainless-timeout",
+  // What the anthropic SDKs send from a browser (/v1/messages).
+  "anthropic-version",
+  "anthropic-beta",
+  "anthropic-dangerous-direct-browser-access",
 ].join(", ");
 const CORS_EXPOSE_HEADERS = [
   "grpc-status",

@@ -808,6 +808,19 @@ describe("anthropic messages API with the anthropic client", () => {
     // An API key as the SDK sends it (x-api-key) works too.
     const viaKey = await anthropic({ apiKey: writeKey }).messages.create(body);
     expect(textOf(viaKey)).toBe(textOf(msg));
+
+    // /v1/models reads in Anthropic's shape too (the same objects, with its fields).
+    const ids: string[] = [];
+    for await (const m of client.models.list()) {
+      expect(m.type).toBe("model");
+      expect(m.display_name).not.toBe("");
+      ids.push(m.id);
+    }
+    expect(ids).toEqual(expect.arrayContaining(["fast", "sim-fast"]));
+    expect(await client.models.retrieve("sim-fast")).toMatchObject({
+      id: "sim-fast",
+      type: "model",
+    });
   });
 
   it("messages - a client tool: counted, tool_use (unary and streamed), then its tool_result is answered", async () => {
@@ -972,7 +985,7 @@ describe("openai routes over plain HTTP", () => {
     }
   });
 
-  it("cors - a browser preflight from an allowed origin may send the openai SDK's headers", async () => {
+  it("cors - a browser preflight from an allowed origin may send the openai and anthropic SDKs' headers", async () => {
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: "OPTIONS",
       headers: {
@@ -984,6 +997,19 @@ describe("openai routes over plain HTTP", () => {
     expect(res.status).toBe(204);
     expect(res.headers.get("access-control-allow-origin")).toBe("https://console.example");
     expect(res.headers.get("access-control-allow-headers")).toContain("x-stainless-os");
+    const anthropic = await fetch(`${gw.url}/v1/messages`, {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://console.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers":
+          "x-api-key, anthropic-version, anthropic-dangerous-direct-browser-access",
+      },
+    });
+    expect(anthropic.status).toBe(204);
+    for (const header of ["anthropic-version", "anthropic-dangerous-direct-browser-access"]) {
+      expect(anthropic.headers.get("access-control-allow-headers")).toContain(header);
+    }
   });
 
   it("disconnect - a client that goes away mid-stream ends the gateway's stream", async () => {

@@ -5,19 +5,30 @@
 import type { ListCallableModelsResponse, Model } from "@ensemble/proto";
 import { AUTO_MODEL } from "../auto.js";
 
+/**
+ * One model in OpenAI's shape and, in the same object, Anthropic's (`type`, `display_name`,
+ * `created_at`), so both SDKs' `models.list()` read it; each ignores the other's fields.
+ */
 export interface OpenAiModel {
   id: string;
   object: "model";
   created: number;
   owned_by: string;
+  type: "model";
+  display_name: string;
+  created_at: string;
 }
 
 function modelJson(id: string, model: Model | undefined, ownedBy?: string): OpenAiModel {
+  const created = model?.createTime !== undefined ? Number(model.createTime.seconds) : 0;
   return {
     id,
     object: "model",
-    created: model?.createTime !== undefined ? Number(model.createTime.seconds) : 0,
+    created,
     owned_by: ownedBy ?? model?.provider ?? "",
+    type: "model",
+    display_name: id === model?.id ? model.displayName || id : id,
+    created_at: new Date(created * 1000).toISOString(),
   };
 }
 
@@ -35,6 +46,13 @@ export function callableModels(res: ListCallableModelsResponse, auto: boolean): 
   ];
 }
 
+/** The list, with Anthropic's paging fields (everything fits one page). */
 export function modelListJson(models: readonly OpenAiModel[]): unknown {
-  return { object: "list", data: models };
+  return {
+    object: "list",
+    data: models,
+    has_more: false,
+    first_id: models[0]?.id ?? null,
+    last_id: models.at(-1)?.id ?? null,
+  };
 }
