@@ -725,7 +725,11 @@ export class Engine {
           this.#log.warn({ err: again, runId: doc.id }, "could not store the classification"),
         );
       }
-      await this.#finishRun(ref, RunStatus.FAILED, { error: runErrorOf(err, "") });
+      const error = runErrorOf(err, "");
+      if (error.code === "INTERNAL") {
+        this.#log.error({ err, runId: doc.id }, "an AUTO run could not be planned");
+      }
+      await this.#finishRun(ref, RunStatus.FAILED, { error });
       return;
     }
     const planned = encodePlan(plan);
@@ -1085,6 +1089,7 @@ export class Engine {
             this.#d.tokens.forUser(state.doc.tenantId, state.doc.userId, `run:${state.doc.id}`),
           emit: (init) => this.#emit(ref, init),
           delta: (init) => this.#d.publisher.publishDelta(ref, init),
+          internalError: (err) => log.error({ err }, "step failed with an internal error"),
         },
         {
           modelProxy: this.#d.modelProxy,

@@ -74,6 +74,11 @@ export interface StepContext {
   emit: (init: EventInit) => Promise<unknown>;
   /** Deltas (core NATS). */
   delta: (init: EventInit) => void;
+  /**
+   * Told the cause of a failure recorded as INTERNAL: the record says only "internal error"
+   * (no stack or driver text reaches users), so the cause goes to the log.
+   */
+  internalError?: (err: unknown) => void;
 }
 
 export interface StepDeps {
@@ -196,6 +201,7 @@ export async function executeStep(ctx: StepContext, deps: StepDeps): Promise<Run
     } else {
       record.status = StepStatus.FAILED;
       record.error = runErrorOf(err, ctx.step.id);
+      if (record.error.code === "INTERNAL") ctx.internalError?.(err);
       if (err instanceof StepFailure) record.usage = addUsage(record.usage, err.usage);
     }
   }
@@ -989,13 +995,18 @@ async function runRetrieve(ctx: StepContext, deps: StepDeps, record: RunStep): P
       // Search has no side effects: any transient failure may be retried.
       mayRetry: () => true,
       failure: (err) => {
-        const ce = ConnectError.from(err);
+        // Our services' messages are safe to show; anything else is "internal error" (the
+        // cause stays attached for the log).
+        const ce = toConnectError(err);
         // Another tenant's collection is NOT_FOUND too: vector-search never reveals it exists.
         return new ConnectError(
           ce.code === Code.NotFound
             ? `collection "${collection}" was not found in this tenant's vector-search`
             : `retrieve from collection "${collection}" failed: ${ce.rawMessage}`,
           ce.code,
+          undefined,
+          undefined,
+          err,
         );
       },
     },

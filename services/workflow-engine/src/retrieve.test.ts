@@ -94,6 +94,25 @@ describe("retrieve steps", () => {
     });
   });
 
+  it("retrieve - an unexpected failure is recorded as INTERNAL without its text, which goes to the log", async () => {
+    const vectorSearch = {
+      search: () => Promise.reject(new TypeError("cannot read properties of undefined (secret)")),
+    } as unknown as StepDeps["vectorSearch"];
+    const logged: unknown[] = [];
+    const record = await executeStep(
+      { ...context({ collection: "notes" }), internalError: (err) => logged.push(err) },
+      { modelProxy: noModels, vectorSearch },
+    );
+    expect(record.status).toBe(StepStatus.FAILED);
+    expect(record.error).toMatchObject({
+      code: "INTERNAL",
+      message: 'retrieve from collection "notes" failed: internal error',
+    });
+    expect(JSON.stringify(record.error)).not.toContain("secret");
+    expect(logged).toHaveLength(1);
+    expect(String((logged[0] as Error).cause)).toContain("secret");
+  });
+
   it("retrieve - no hits is an output that says so, not an empty prompt", () => {
     expect(passagesText([], "notes")).toBe('(no passages found in collection "notes")');
   });
