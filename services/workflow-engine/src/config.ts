@@ -76,6 +76,11 @@ export const workflowEnv = z.object({
   RUN_TIMEOUT_MS: positiveInt.default(3_600_000),
   /** How often every replica looks for runs in flight whose steps are neither queued nor done. */
   RECOVERY_INTERVAL_MS: positiveInt.default(30_000),
+  /**
+   * Ended runs older than this are deleted (with their artifacts and events, as DeleteRun does),
+   * checked every RECOVERY_INTERVAL_MS; 0 = kept until deleted.
+   */
+  RUN_RETENTION_MS: z.coerce.number().int().min(0).default(0),
 
   // ---- schedules
   /** How often every replica looks for due schedules (it also wakes for the next one it knows). */

@@ -121,6 +121,8 @@ export interface EngineSettings {
   stepTimeoutMs: number;
   runTimeoutMs: number;
   recoveryIntervalMs: number;
+  /** Ended runs older than this are deleted each recovery interval; 0 or unset = never. */
+  runRetentionMs?: number;
 }
 
 export interface EngineMetrics {
@@ -372,6 +374,9 @@ export class Engine {
     this.#puller = this.#pullLoop();
     this.#recoveryTimer = setInterval(() => {
       void this.recover().catch((err: unknown) => this.#log.warn({ err }, "recovery pass failed"));
+      void this.deleteExpired().catch((err: unknown) =>
+        this.#log.warn({ err }, "could not delete expired runs"),
+      );
     }, this.#s.recoveryIntervalMs);
     this.#recoveryTimer.unref();
     void this.recover().catch((err: unknown) => this.#log.warn({ err }, "recovery pass failed"));
@@ -521,6 +526,32 @@ export class Engine {
         `run "${runId}" is ${RunStatus[doc.status]?.toLowerCase() ?? "not finished"}; cancel it before deleting it`,
       );
     }
+    await this.#delete(doc);
+  }
+
+  /**
+   * Deletes ended runs that ended longer than RUN_RETENTION_MS ago, up to `limit` per pass (every
+   * replica sweeps; deleting is idempotent, so two replicas on one run do no harm). The filter is
+   * not by `_id`: FerretDB scans the collection for it, which is why it runs per recovery
+   * interval and not more often.
+   */
+  async deleteExpired(limit = 100): Promise<number> {
+    const retention = this.#s.runRetentionMs ?? 0;
+    if (retention <= 0) return 0;
+    const expired = await this.#d.models.runs
+      .find({
+        status: { $in: [...TERMINAL] },
+        endTime: { $lt: new Date(Date.now() - retention) },
+      })
+      .limit(limit)
+      .lean<RunDoc[]>();
+    for (const doc of expired) await this.#delete(doc);
+    if (expired.length > 0) this.#log.info({ deleted: expired.length }, "expired runs deleted");
+    return expired.length;
+  }
+
+  async #delete(doc: RunDoc): Promise<void> {
+    const runId = doc.id;
     const run = await this.toRun(doc, true);
     await this.#d.publisher.purge(refOf(doc));
     await this.#d.artifacts.delete(

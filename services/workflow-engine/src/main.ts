@@ -161,6 +161,7 @@ async function main({
       stepTimeoutMs: config.STEP_TIMEOUT_MS,
       runTimeoutMs: config.RUN_TIMEOUT_MS,
       recoveryIntervalMs: config.RECOVERY_INTERVAL_MS,
+      runRetentionMs: config.RUN_RETENTION_MS,
     },
   });
   await engine.start();

@@ -242,6 +242,45 @@ describe("image runs", () => {
     }
   });
 
+  it("retention - with RUN_RETENTION_MS an ended run is deleted once that old; a running one is not", async () => {
+    const engine = await startWorkflowProcess({
+      jwksUrl: auth.jwksUrl,
+      authAddress: auth.address,
+      registryAddress: registry.address,
+      modelProxyAddress: proxy.address,
+      serviceToken: await auth.mintServiceToken("workflow"),
+      env: { RUN_RETENTION_MS: "1500", RECOVERY_INTERVAL_MS: "300" },
+    });
+    try {
+      const client = createClient(RunService, engine.address);
+      const image = await client.startRun(
+        { spec: { input: "a red kite", mode: { case: "model", value: { model: "image" } } } },
+        as(userA),
+      );
+      sim.configure("sim-thinking", { latencyMs: 4_000 });
+      const slow = await client.startRun(
+        { spec: { input: "slow", mode: { case: "model", value: { model: "sim-thinking" } } } },
+        as(userA),
+      );
+      const until = Date.now() + 15_000;
+      for (;;) {
+        const gone = await client.getRun({ runId: image.run!.id }, as(userA)).then(
+          () => false,
+          () => true,
+        );
+        if (gone) break;
+        if (Date.now() > until) throw new Error("the expired run was not deleted");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      // Still running past the retention: kept.
+      const running = (await client.getRun({ runId: slow.run!.id }, as(userA))).run!;
+      expect(running.status).toBe(RunStatus.RUNNING);
+    } finally {
+      sim.configure("sim-thinking", { latencyMs: 0 });
+      await engine.stop();
+    }
+  });
+
   it("images - video generation, which runs cannot do, is refused with a clear error", async () => {
     const auto = await run(userA, {
       input: "Make a short video of a paper boat drifting down a rainy street.",
