@@ -18,6 +18,19 @@ export interface ConnectMongoOptions {
   serverSelectionTimeoutMS?: number;
 }
 
+/**
+ * The bytes of a stored binary field: lean and raw driver reads give a BSON Binary (bytes in
+ * `.buffer`), hydrated documents a Buffer.
+ */
+export function storedBytes(value: unknown): Uint8Array {
+  if (value instanceof Uint8Array) return value;
+  if (value !== null && typeof value === "object" && "buffer" in value) {
+    const inner = value.buffer;
+    if (inner instanceof Uint8Array) return inner;
+  }
+  throw new Error("stored value is not binary");
+}
+
 /** The host list of a MongoDB URL, without credentials, for logs and errors. */
 export function mongoHosts(url: string): string {
   const m = /^mongodb(?:\+srv)?:\/\/(?:[^@/]*@)?([^/?]*)/.exec(url);

@@ -5,6 +5,7 @@
 // its cache at once, other replicas see them within the TTL.
 import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { storedBytes } from "@ensemble/kit";
 import { RouteSchema, type Route } from "@ensemble/proto";
 import { Schema, type Connection, type Model } from "mongoose";
 import { mergeRoutes } from "./routes.js";
@@ -41,18 +42,8 @@ export function routeModel(conn: Connection): Model<RouteDoc> {
   return existing ?? conn.model<RouteDoc>("Route", routeSchema, "routes");
 }
 
-/** The payload's bytes: lean() reads give a BSON Binary (bytes in `.buffer`), documents a Buffer. */
-export function payloadBytes(value: unknown): Uint8Array {
-  if (value instanceof Uint8Array) return value;
-  if (value !== null && typeof value === "object" && "buffer" in value) {
-    const inner = value.buffer;
-    if (inner instanceof Uint8Array) return inner;
-  }
-  throw new Error("stored route payload is not binary");
-}
-
 function toRoute(doc: RouteDoc): Route {
-  const route = fromBinary(RouteSchema, payloadBytes(doc.payload));
+  const route = fromBinary(RouteSchema, storedBytes(doc.payload));
   route.tenantId = doc.tenantId;
   route.createTime = timestampFromDate(doc.createTime);
   route.updateTime = timestampFromDate(doc.updateTime);
@@ -149,7 +140,7 @@ export class RouteStore {
   /** The stored global routes by id (the seed compares and cleans up with them). */
   async globalIds(): Promise<Map<string, Uint8Array>> {
     const docs = await this.#model.find({ tenantId: GLOBAL_TENANT }).lean<RouteDoc[]>().exec();
-    return new Map(docs.map((d) => [d.id, payloadBytes(d.payload)]));
+    return new Map(docs.map((d) => [d.id, storedBytes(d.payload)]));
   }
 
   clearCache(): void {

@@ -7,7 +7,7 @@
 // sweep's filter on createTime scans the collection there, so it runs rarely, not per call).
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { AlreadyExistsError } from "@ensemble/kit";
+import { AlreadyExistsError, storedBytes } from "@ensemble/kit";
 import { StoredResponseSchema, type StoredResponse } from "@ensemble/proto";
 import { Schema, type Connection, type Model } from "mongoose";
 
@@ -38,11 +38,6 @@ export interface Owner {
 
 function key(owner: Owner, id: string): string {
   return JSON.stringify([owner.tenantId, id]);
-}
-
-function bytesOf(value: unknown): Uint8Array {
-  if (value instanceof Uint8Array) return value;
-  return (value as { buffer: Uint8Array }).buffer;
 }
 
 export interface StoredResponsesOptions {
@@ -109,7 +104,7 @@ export class StoredResponses {
     })) as StoredResponseDoc | null;
     if (doc === null || doc.userId !== owner.userId) return undefined;
     if (doc.createTime.getTime() < this.#now() - this.#ttlMs) return undefined;
-    return fromBinary(StoredResponseSchema, bytesOf(doc.record));
+    return fromBinary(StoredResponseSchema, storedBytes(doc.record));
   }
 
   /** Deletes the owner's response; false when there was none. */

@@ -14,9 +14,9 @@ import {
   type MessageShape,
 } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { InvalidArgumentError, NotFoundError } from "@ensemble/kit";
+import { InvalidArgumentError, NotFoundError, storedBytes } from "@ensemble/kit";
 import type { Model, QueryFilter } from "mongoose";
-import { payloadBytes, type CatalogDoc } from "./catalog.model.js";
+import type { CatalogDoc } from "./catalog.model.js";
 
 export const GLOBAL_TENANT = "";
 export const DEFAULT_PAGE_SIZE = 50;
@@ -174,7 +174,7 @@ export class CatalogStore<Desc extends DescMessage> {
     const docs = await this.collection
       .find({ tenantId }, { id: 1, payload: 1 })
       .lean<CatalogDoc[]>();
-    return docs.map((d) => ({ id: d.id, payload: payloadBytes(d.payload) }));
+    return docs.map((d) => ({ id: d.id, payload: storedBytes(d.payload) }));
   }
 
   async deleteMany(tenantId: string, ids: string[]): Promise<number> {
@@ -184,7 +184,7 @@ export class CatalogStore<Desc extends DescMessage> {
   }
 
   private decode(doc: CatalogDoc): Catalog<Desc> {
-    const message = fromBinary(this.kind.schema, payloadBytes(doc.payload)) as Catalog<Desc>;
+    const message = fromBinary(this.kind.schema, storedBytes(doc.payload)) as Catalog<Desc>;
     message.tenantId = doc.tenantId;
     message.createTime = timestampFromDate(new Date(doc.createTime));
     message.updateTime = timestampFromDate(new Date(doc.updateTime));

@@ -120,13 +120,3 @@ export async function ensureIndexes(models: RegistryModels): Promise<void> {
     models.plugins.init(),
   ]);
 }
-
-/** Bytes of a `payload` as read back (lean reads give a BSON Binary, hydrated ones a Buffer). */
-export function payloadBytes(value: unknown): Uint8Array {
-  if (value instanceof Uint8Array) return value;
-  if (value !== null && typeof value === "object" && "buffer" in value) {
-    const inner = value.buffer;
-    if (inner instanceof Uint8Array) return inner;
-  }
-  throw new Error("stored payload is not binary");
-}

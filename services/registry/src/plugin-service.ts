@@ -14,6 +14,7 @@ import {
   NotFoundError,
   PermissionDeniedError,
   principalOf,
+  storedBytes,
   type Logger,
 } from "@ensemble/kit";
 import {
@@ -25,7 +26,7 @@ import {
 } from "@ensemble/proto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Model } from "mongoose";
-import { payloadBytes, type PluginDoc } from "./catalog.model.js";
+import type { PluginDoc } from "./catalog.model.js";
 import {
   DEFAULT_PAGE_SIZE,
   decodePageToken,
@@ -294,7 +295,7 @@ function timestampMs(t: { seconds: bigint; nanos: number } | undefined): number 
 }
 
 function decode(doc: PluginDoc): PluginRegistration {
-  const plugin = fromBinary(PluginRegistrationSchema, payloadBytes(doc.payload));
+  const plugin = fromBinary(PluginRegistrationSchema, storedBytes(doc.payload));
   plugin.tenantId = doc.tenantId;
   plugin.ttlMs = doc.ttlMs;
   plugin.createTime = timestampFromDate(new Date(doc.createTime));

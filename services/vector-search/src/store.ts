@@ -14,7 +14,7 @@
 // and a finished one is never lost. No transactions (FerretDB has none).
 import { fromBinary, toBinary, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { AlreadyExistsError } from "@ensemble/kit";
+import { AlreadyExistsError, storedBytes } from "@ensemble/kit";
 import { CollectionSchema, type Collection } from "@ensemble/proto";
 import { Schema, type Connection, type Model } from "mongoose";
 
@@ -75,16 +75,6 @@ const chunkSchema = new Schema<ChunkDoc>(
 // unique index over these fields; versions are unique by construction (nextVersion).
 chunkSchema.index({ tenantId: 1, collectionId: 1, documentId: 1, version: 1, chunkIndex: 1 });
 
-/** Bytes of a stored Binary: lean() reads give a BSON Binary (bytes in `.buffer`), documents a Buffer. */
-function bytes(value: unknown): Uint8Array {
-  if (value instanceof Uint8Array) return value;
-  if (value !== null && typeof value === "object" && "buffer" in value) {
-    const inner = value.buffer;
-    if (inner instanceof Uint8Array) return inner;
-  }
-  throw new Error("stored value is not binary");
-}
-
 export function vectorToBytes(v: Float32Array): Buffer {
   const buf = Buffer.alloc(v.length * 4);
   for (let i = 0; i < v.length; i++) buf.writeFloatLE(v[i]!, i * 4);
@@ -92,7 +82,7 @@ export function vectorToBytes(v: Float32Array): Buffer {
 }
 
 export function vectorFromBytes(raw: unknown): Float32Array {
-  const b = bytes(raw);
+  const b = storedBytes(raw);
   const v = new Float32Array(b.byteLength / 4);
   const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
   for (let i = 0; i < v.length; i++) v[i] = view.getFloat32(i * 4, true);
@@ -113,7 +103,7 @@ export interface CollectionRef {
 }
 
 function toCollection(doc: CollectionDoc): Collection {
-  const c = fromBinary(CollectionSchema, bytes(doc.payload));
+  const c = fromBinary(CollectionSchema, storedBytes(doc.payload));
   c.tenantId = doc.tenantId;
   c.createTime = timestampFromDate(doc.createTime);
   c.updateTime = timestampFromDate(doc.updateTime);

@@ -7,8 +7,9 @@
 import { createHash, randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { Schema, type Connection, type Model } from "mongoose";
+import { storedBytes } from "@ensemble/kit";
 import { ArtifactSchema, type Artifact } from "@ensemble/proto";
-import { byId, bytesOf, retryBusy } from "./store.js";
+import { byId, retryBusy } from "./store.js";
 
 interface ArtifactDoc {
   /** The artifact id. */
@@ -119,6 +120,6 @@ export class ArtifactStore {
   ): Promise<{ artifact: Artifact; data: Uint8Array } | undefined> {
     const doc = await byId(this.#model, id);
     if (doc === null || doc.tenantId !== tenantId || doc.runId !== runId) return undefined;
-    return { artifact: describe(doc), data: bytesOf(doc.data) };
+    return { artifact: describe(doc), data: storedBytes(doc.data) };
   }
 }

@@ -24,6 +24,7 @@ import {
   ensureStream,
   FailedPreconditionError,
   NotFoundError,
+  storedBytes,
   unavailableDependency,
   type GrpcClient,
   type JetStreamClient,
@@ -470,7 +471,7 @@ export class Engine {
     if (doc === null) return undefined;
     let plan = this.#plans.get(runId);
     if (plan === undefined && doc.plan !== undefined && doc.planExtras !== undefined) {
-      plan = decodePlan(bytesOf(doc.plan), doc.planExtras);
+      plan = decodePlan(storedBytes(doc.plan), doc.planExtras);
       this.#plans.set(runId, plan);
       if (this.#plans.size > 5_000) {
         const first = this.#plans.keys().next();
@@ -1647,7 +1648,7 @@ export class Engine {
     const plan =
       this.#plans.get(doc.id) ??
       (doc.plan !== undefined && doc.planExtras !== undefined
-        ? decodePlan(bytesOf(doc.plan), doc.planExtras)
+        ? decodePlan(storedBytes(doc.plan), doc.planExtras)
         : undefined);
     if (plan === undefined) return run;
     const known = justCreated ? this.#known.get(doc.id) : undefined;
@@ -1716,13 +1717,6 @@ function modeOf(spec: RunSpec): RunMode {
     default:
       return RunMode.AUTO;
   }
-}
-
-function bytesOf(v: unknown): Uint8Array {
-  if (v instanceof Uint8Array) return v;
-  if (v !== null && typeof v === "object" && "buffer" in v && v.buffer instanceof Uint8Array)
-    return v.buffer;
-  throw new Error("stored payload is not binary");
 }
 
 export { STEP_ENDED, timestampDate, timestampNow };

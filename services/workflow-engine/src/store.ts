@@ -11,21 +11,12 @@
 // Plain updates are only ever written by the one holder of such a claim (or repeat the same
 // values), so a lost update cannot change an outcome.
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { storedBytes } from "@ensemble/kit";
 import type { RunMode, RunStatus, StepStatus } from "@ensemble/proto";
 import { Schema, type Connection, type Model } from "mongoose";
 
-/** The payload's bytes: lean() reads give a BSON Binary (bytes in `.buffer`), documents a Buffer. */
-export function bytesOf(value: unknown): Uint8Array {
-  if (value instanceof Uint8Array) return value;
-  if (value !== null && typeof value === "object" && "buffer" in value) {
-    const inner = value.buffer;
-    if (inner instanceof Uint8Array) return inner;
-  }
-  throw new Error("stored payload is not binary");
-}
-
 export function decode<D extends DescMessage>(schema: D, value: unknown): MessageShape<D> {
-  return fromBinary(schema, bytesOf(value));
+  return fromBinary(schema, storedBytes(value));
 }
 
 export function encode<D extends DescMessage>(schema: D, message: MessageShape<D>): Buffer {
