@@ -1,7 +1,7 @@
-// Stored Responses API answers against the MongoDB-wire server: owner-only reads and deletes,
-// an id another user holds is refused, and the TTL holds on reads before the sweep removes them.
+// Stored Responses API answers against the MongoDB-wire server: owner-only reads, writes and
+// deletes, and the TTL holds on reads before the sweep removes them.
 import { create } from "@bufbuild/protobuf";
-import { closeMongo, connectMongo, AlreadyExistsError } from "@ensemble/kit";
+import { closeMongo, connectMongo } from "@ensemble/kit";
 import { ChatRole, StoredResponseSchema } from "@ensemble/proto";
 import { captureLogs, mongoUrl, uniqueName } from "@ensemble/testkit";
 import type { Connection } from "mongoose";
@@ -40,16 +40,17 @@ afterAll(async () => {
 });
 
 describe("stored responses", () => {
-  it("stored responses - only their user reads, replaces or deletes them; the id is not another user's to take", async () => {
+  it("stored responses - only their user reads, replaces or deletes them; another user's same id is their own", async () => {
     await store.put(ada, answer("resp_1", "first"));
     expect((await store.get(ada, "resp_1"))?.output?.content[0]?.part.value).toBe("first");
     expect(await store.get(bob, "resp_1")).toBeUndefined();
     expect(await store.get({ tenantId: "t2", userId: "ada" }, "resp_1")).toBeUndefined();
-    await expect(store.put(bob, answer("resp_1", "mine now"))).rejects.toBeInstanceOf(
-      AlreadyExistsError,
-    );
+    // Bob storing the same id neither sees nor touches Ada's.
+    await store.put(bob, answer("resp_1", "bob's"));
     await store.put(ada, answer("resp_1", "again"));
     expect((await store.get(ada, "resp_1"))?.output?.content[0]?.part.value).toBe("again");
+    expect((await store.get(bob, "resp_1"))?.output?.content[0]?.part.value).toBe("bob's");
+    expect(await store.delete(bob, "resp_1")).toBe(true);
     expect(await store.delete(bob, "resp_1")).toBe(false);
     expect(await store.delete(ada, "resp_1")).toBe(true);
     expect(await store.get(ada, "resp_1")).toBeUndefined();

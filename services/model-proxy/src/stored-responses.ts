@@ -1,13 +1,14 @@
 // Stored Responses API answers (ModelProxyService StoreResponse / GetStoredResponse /
 // DeleteStoredResponse): what lets `previous_response_id` continue a conversation. One document
-// per response in `stored_responses`, keyed by `_id` = [tenant, response id] (the lookup
-// FerretDB answers from its index), with the owner checked on every read and write, and the
-// StoredResponse itself in binary. Kept for `ttlMs` (OpenAI keeps them 30 days): an older one is
+// per response in `stored_responses`, keyed by `_id` = [tenant, user, response id]: the owner is
+// part of the key, so every read and write is the `{_id}` lookup FerretDB answers from its index
+// (a filter with any other field scans the collection there), and another user's id is simply
+// not there. The StoredResponse itself is in binary. Kept for `ttlMs` (OpenAI keeps them 30 days): an older one is
 // missing to every read at once, and sweep() deletes them (FerretDB 1.24 has no TTL indexes; the
 // sweep's filter on createTime scans the collection there, so it runs rarely, not per call).
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { AlreadyExistsError, storedBytes } from "@ensemble/kit";
+import { storedBytes } from "@ensemble/kit";
 import { StoredResponseSchema, type StoredResponse } from "@ensemble/proto";
 import { Schema, type Connection, type Model } from "mongoose";
 
@@ -37,7 +38,7 @@ export interface Owner {
 }
 
 function key(owner: Owner, id: string): string {
-  return JSON.stringify([owner.tenantId, id]);
+  return JSON.stringify([owner.tenantId, owner.userId, id]);
 }
 
 export interface StoredResponsesOptions {
@@ -73,28 +74,21 @@ export class StoredResponses {
     return res.deletedCount;
   }
 
-  /** Stores (or replaces) the owner's response; an id another user holds is ALREADY_EXISTS. */
+  /** Stores (or replaces) the owner's response. */
   async put(owner: Owner, response: StoredResponse): Promise<void> {
     const record = create(StoredResponseSchema, { ...response, createTime: timestampNow() });
-    try {
-      await this.#model.collection.updateOne(
-        { _id: key(owner, response.id) as never, userId: owner.userId },
-        {
-          $set: {
-            tenantId: owner.tenantId,
-            userId: owner.userId,
-            record: Buffer.from(toBinary(StoredResponseSchema, record)),
-            createTime: new Date(this.#now()),
-          },
+    await this.#model.collection.updateOne(
+      { _id: key(owner, response.id) as never },
+      {
+        $set: {
+          tenantId: owner.tenantId,
+          userId: owner.userId,
+          record: Buffer.from(toBinary(StoredResponseSchema, record)),
+          createTime: new Date(this.#now()),
         },
-        { upsert: true },
-      );
-    } catch (err) {
-      if ((err as { code?: unknown }).code === 11000) {
-        throw new AlreadyExistsError(`response id ${response.id} is taken`);
-      }
-      throw err;
-    }
+      },
+      { upsert: true },
+    );
   }
 
   /** The owner's response, or undefined (none, or another user's). */
@@ -102,17 +96,13 @@ export class StoredResponses {
     const doc = (await this.#model.collection.findOne({
       _id: key(owner, id) as never,
     })) as StoredResponseDoc | null;
-    if (doc === null || doc.userId !== owner.userId) return undefined;
-    if (doc.createTime.getTime() < this.#now() - this.#ttlMs) return undefined;
+    if (doc === null || doc.createTime.getTime() < this.#now() - this.#ttlMs) return undefined;
     return fromBinary(StoredResponseSchema, storedBytes(doc.record));
   }
 
   /** Deletes the owner's response; false when there was none. */
   async delete(owner: Owner, id: string): Promise<boolean> {
-    const res = await this.#model.collection.deleteOne({
-      _id: key(owner, id) as never,
-      userId: owner.userId,
-    });
+    const res = await this.#model.collection.deleteOne({ _id: key(owner, id) as never });
     return res.deletedCount > 0;
   }
 }

@@ -105,10 +105,13 @@ export class ArtifactStore {
     return describe(doc);
   }
 
-  /** Deletes these files of the tenant (a deleted run's). */
-  async delete(tenantId: string, ids: readonly string[]): Promise<void> {
+  /**
+   * Deletes these files: a deleted run's, named by its own records. By `_id` alone, the lookup
+   * FerretDB answers from its index (any other field in the filter scans the collection).
+   */
+  async delete(ids: readonly string[]): Promise<void> {
     for (const id of ids) {
-      await retryBusy(() => this.#model.collection.deleteOne({ _id: id as never, tenantId }));
+      await retryBusy(() => this.#model.collection.deleteOne({ _id: id as never }));
     }
   }
 

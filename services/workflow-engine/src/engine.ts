@@ -555,10 +555,7 @@ export class Engine {
     const runId = doc.id;
     const run = await this.toRun(doc, true);
     await this.#d.publisher.purge(refOf(doc));
-    await this.#d.artifacts.delete(
-      doc.tenantId,
-      run.steps.flatMap((s) => s.artifacts.map((a) => a.id)),
-    );
+    await this.#d.artifacts.delete(run.steps.flatMap((s) => s.artifacts.map((a) => a.id)));
     const m = this.#d.models;
     for (const s of run.steps) {
       await retryBusy(() => m.runSteps.collection.deleteOne(stepWhere(doc, s.stepId)));
