@@ -73,9 +73,11 @@ describe("openai errors", () => {
       "rate_limit_exceeded",
       "1",
     ]);
+    // model-proxy's budget refusal also says when the month ends (retry-after-ms): no Retry-After
+    // here, or the SDKs would retry it.
     const budget = toOpenAiError(
-      new ConnectError("monthly budget of the tenant exceeded", Code.ResourceExhausted),
-      chat,
+      new ConnectError("monthly budget exceeded: your limit ...", Code.ResourceExhausted),
+      { ...chat, trailers: new Headers({ "retry-after-ms": "864000000" }) },
       logs.logger,
     );
     expect([budget.status, budget.type, budget.code]).toEqual([
@@ -83,7 +85,7 @@ describe("openai errors", () => {
       "insufficient_quota",
       "insufficient_quota",
     ]);
-    expect(budget.headers["x-should-retry"]).toBe("false");
+    expect(budget.headers).toEqual({ "x-should-retry": "false" });
   });
 
   it("secrets - upstream details of internal and transport failures never reach the client", () => {

@@ -88,17 +88,18 @@ export function toOpenAiError(err: unknown, ctx: ErrorContext, logger: Logger): 
         ? new OpenAiError(404, message, "invalid_request_error", "model", "model_not_found")
         : new OpenAiError(404, message, "invalid_request_error", null, "not_found");
     case Code.ResourceExhausted: {
+      if (BUDGET_WORDS.test(message)) {
+        // Retrying cannot help until the budget changes (its retry-after-ms is the next month):
+        // tell OpenAI clients not to, which a Retry-After would undo.
+        return new OpenAiError(429, message, "insufficient_quota", null, "insufficient_quota", {
+          "x-should-retry": "false",
+        });
+      }
       const retryAfterMs = Number(
         ctx.trailers?.get("retry-after-ms") ?? upstream.metadata.get("retry-after-ms"),
       );
       if (Number.isFinite(retryAfterMs) && retryAfterMs > 0) {
         return rateLimited(message, retryAfterMs);
-      }
-      if (BUDGET_WORDS.test(message)) {
-        // Retrying cannot help until the budget changes: tell OpenAI clients not to.
-        return new OpenAiError(429, message, "insufficient_quota", null, "insufficient_quota", {
-          "x-should-retry": "false",
-        });
       }
       return new OpenAiError(429, message, "requests", null, "rate_limit_exceeded");
     }
