@@ -1,8 +1,10 @@
-// API keys: created with a name, scopes and an optional expiry, shown once, stored as a
-// SHA-256 hash (a 238-bit random secret needs no slow hash), recognised by "ens_<public id>".
+// API keys: created with a name, scopes, an optional expiry and optional limits (models, a monthly
+// budget; model-proxy enforces them), shown once, stored as a SHA-256 hash (a 238-bit random
+// secret needs no slow hash), recognised by "ens_<public id>".
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
+  FailedPreconditionError,
   loggerOf,
   NotFoundError,
   PermissionDeniedError,
@@ -10,17 +12,23 @@ import {
   UnauthenticatedError,
   type Principal,
 } from "@ensemble/kit";
-import { ApiKeyScope, type ApiKeySchema, type AuthService } from "@ensemble/proto";
+import {
+  ApiKeyScope,
+  type ApiKeyLimits,
+  type ApiKeySchema,
+  type AuthService,
+} from "@ensemble/proto";
+import type { HandlerContext } from "@connectrpc/connect";
 import type { QueryFilter } from "mongoose";
 import { isDuplicateKey, lastUsedTimes, touch, type ApiKeyDoc } from "./auth.model.js";
 import {
   ADMIN,
+  apiKeyRoles,
   callerClaim,
   durationMs,
   nextPageToken,
   paging,
   ts,
-  USER,
   type AuthCore,
 } from "./core.js";
 import { apiKeyPublicId, newApiKey, sameDigest, sha256 } from "./secrets.js";
@@ -53,17 +61,82 @@ function apiKeyMessage(k: ApiKeyDoc, lastUsedTime?: Date): MessageInitShape<type
     expireTime: ts(k.expireTime),
     lastUsedTime: ts(lastUsedTime),
     revokeTime: ts(k.revokeTime),
+    limits: { models: k.models ?? [], monthlyLimitUsd: k.monthlyLimitUsd },
   };
 }
 
+type KeyLimits = Pick<ApiKeyDoc, "models" | "monthlyLimitUsd">;
+
+function limitsOf(l: ApiKeyLimits): KeyLimits {
+  return {
+    ...(l.models.length > 0 ? { models: [...l.models] } : {}),
+    ...(l.monthlyLimitUsd !== undefined ? { monthlyLimitUsd: l.monthlyLimitUsd } : {}),
+  };
+}
+
+const usd = (n: number) => `$${n.toFixed(2)}`;
+
 type ApiKeyHandlers = Pick<
   ServiceImpl<typeof AuthService>,
-  "createApiKey" | "listApiKeys" | "revokeApiKey" | "authenticateApiKey"
+  | "createApiKey"
+  | "listApiKeys"
+  | "getApiKey"
+  | "updateApiKey"
+  | "revokeApiKey"
+  | "authenticateApiKey"
 >;
 
 export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
   const { models } = core;
   const isAdmin = (p: Principal) => p.roles.includes(ADMIN);
+
+  /** The key `id` as `p` may see it: its own, or any of the tenant's for an admin. */
+  function visible(p: Principal, id: string): QueryFilter<ApiKeyDoc> {
+    const owned: QueryFilter<ApiKeyDoc> = { id, tenantId: p.tenantId };
+    // Someone else's key of the same tenant is as invisible to a non-admin as another tenant's.
+    if (!isAdmin(p)) owned.userId = p.subject;
+    return owned;
+  }
+
+  /**
+   * The limits a key made or changed by this caller gets. A caller using a key with limits may
+   * only give keys limits at least as tight (else a limited key could mint an unlimited one);
+   * when it asks for none, the new key inherits its own.
+   */
+  async function limitsFor(
+    ctx: HandlerContext,
+    requested: ApiKeyLimits | undefined,
+  ): Promise<KeyLimits | undefined> {
+    const p = principalOf(ctx);
+    const wanted = requested === undefined ? undefined : limitsOf(requested);
+    if (p.apiKeyId === undefined) return wanted;
+    const own = await models.apiKeys.findOne({ id: p.apiKeyId, tenantId: p.tenantId }).lean();
+    if (own === null) throw new PermissionDeniedError("the API key of this call no longer exists");
+    if (wanted === undefined) {
+      return {
+        ...(own.models !== undefined ? { models: own.models } : {}),
+        ...(own.monthlyLimitUsd !== undefined ? { monthlyLimitUsd: own.monthlyLimitUsd } : {}),
+      };
+    }
+    if (
+      own.models !== undefined &&
+      own.models.length > 0 &&
+      !(wanted.models !== undefined && wanted.models.every((m) => own.models?.includes(m)))
+    ) {
+      throw new PermissionDeniedError(
+        `this call's API key may only call ${own.models.join(", ")}, so the keys it makes or changes may only list models among those`,
+      );
+    }
+    if (
+      own.monthlyLimitUsd !== undefined &&
+      !(wanted.monthlyLimitUsd !== undefined && wanted.monthlyLimitUsd <= own.monthlyLimitUsd)
+    ) {
+      throw new PermissionDeniedError(
+        `this call's API key has a monthly limit of ${usd(own.monthlyLimitUsd)}, so the keys it makes or changes need a limit of at most that`,
+      );
+    }
+    return wanted;
+  }
 
   return {
     async createApiKey(req, ctx) {
@@ -83,6 +156,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       ) {
         throw new PermissionDeniedError("a key cannot create a key with scopes it does not have");
       }
+      const limits = await limitsFor(ctx, req.limits);
       const ttl = durationMs(req.ttl);
       const now = new Date();
       for (let attempt = 0; ; attempt++) {
@@ -96,6 +170,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
           scopes,
           createTime: now,
           ...(ttl !== undefined ? { expireTime: new Date(now.getTime() + ttl) } : {}),
+          ...limits,
         };
         try {
           await models.apiKeys.create(doc);
@@ -137,11 +212,63 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       };
     },
 
+    async getApiKey(req, ctx) {
+      const p = principalOf(ctx);
+      const key = await models.apiKeys.findOne(visible(p, req.id)).lean();
+      if (key === null) throw new NotFoundError("API key not found");
+      const used = await lastUsedTimes(models, [`apikey:${key.id}`]);
+      return { apiKey: apiKeyMessage(key, used.get(`apikey:${key.id}`)) };
+    },
+
+    async updateApiKey(req, ctx) {
+      const p = principalOf(ctx);
+      const owned = visible(p, req.id);
+      const key = await models.apiKeys.findOne(owned).lean();
+      if (key === null) throw new NotFoundError("API key not found");
+      if (key.revokeTime !== undefined) {
+        throw new FailedPreconditionError("the API key is revoked; create a new one");
+      }
+      const $set: Partial<ApiKeyDoc> = {};
+      const $unset: Record<string, 1> = {};
+      if (req.name !== undefined) $set.name = req.name;
+      if (req.limits !== undefined) {
+        const limits = (await limitsFor(ctx, req.limits)) ?? {};
+        if (limits.models !== undefined) $set.models = limits.models;
+        else $unset["models"] = 1;
+        if (limits.monthlyLimitUsd !== undefined) $set.monthlyLimitUsd = limits.monthlyLimitUsd;
+        else $unset["monthlyLimitUsd"] = 1;
+      }
+      const update = {
+        ...(Object.keys($set).length > 0 ? { $set } : {}),
+        ...(Object.keys($unset).length > 0 ? { $unset } : {}),
+      };
+      if (Object.keys(update).length > 0) {
+        const changed = await models.apiKeys.updateOne(
+          { ...owned, revokeTime: { $exists: false } },
+          update,
+        );
+        if (changed.matchedCount === 0) {
+          throw new FailedPreconditionError("the API key is revoked; create a new one");
+        }
+      }
+      const updated = await models.apiKeys.findOne(owned).lean();
+      if (updated === null) throw new NotFoundError("API key not found");
+      loggerOf(ctx).info(
+        {
+          apiKeyId: key.id,
+          ownerId: key.userId,
+          models: updated.models,
+          monthlyLimitUsd: updated.monthlyLimitUsd,
+        },
+        "API key updated",
+      );
+      const used = await lastUsedTimes(models, [`apikey:${key.id}`]);
+      return { apiKey: apiKeyMessage(updated, used.get(`apikey:${key.id}`)) };
+    },
+
     async revokeApiKey(req, ctx) {
       const p = principalOf(ctx);
-      const owned: QueryFilter<ApiKeyDoc> = { id: req.id, tenantId: p.tenantId };
-      // Someone else's key of the same tenant is as invisible to a non-admin as another tenant's.
-      if (!isAdmin(p)) owned.userId = p.subject;
+      const owned = visible(p, req.id);
       const key = await models.apiKeys.findOne(owned).lean();
       if (key === null) throw new NotFoundError("API key not found");
       await models.apiKeys.updateOne(
@@ -169,9 +296,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       }
       const user = await models.users.findOne({ id: key.userId, tenantId: key.tenantId }).lean();
       if (user === null || user.disabled) throw new UnauthenticatedError(BAD_KEY);
-      // The owner's roles, limited by the key's scopes (admin only with the ADMIN scope).
-      const roles =
-        key.scopes.includes("admin") && user.roles.includes(ADMIN) ? [USER, ADMIN] : [USER];
+      const roles = apiKeyRoles(key, user);
       let ttl = core.settings.accessTokenTtlMs;
       if (key.expireTime !== undefined)
         ttl = Math.min(ttl, key.expireTime.getTime() - now.getTime());

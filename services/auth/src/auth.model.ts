@@ -70,6 +70,10 @@ export interface ApiKeyDoc {
   createTime: Date;
   expireTime?: Date;
   revokeTime?: Date;
+  /** ApiKeyLimits.models: catalog ids or aliases; empty or absent = every model. */
+  models?: string[];
+  /** ApiKeyLimits.monthly_limit_usd; absent = none. */
+  monthlyLimitUsd?: number;
 }
 
 export interface InviteDoc {
@@ -202,6 +206,8 @@ const apiKeySchema = new Schema<ApiKeyDoc>(
     createTime: { type: Date, required: true },
     expireTime: { type: Date },
     revokeTime: { type: Date },
+    models: { type: [String], default: undefined },
+    monthlyLimitUsd: { type: Number },
   },
   opts,
 );

@@ -189,3 +189,8 @@ export function callerClaim(ctx: HandlerContext, name: string): unknown {
     return undefined;
   }
 }
+
+/** The roles of a token acting as an API key: the owner's, limited by the key's scopes. */
+export function apiKeyRoles(key: { scopes: string[] }, user: { roles: string[] }): string[] {
+  return key.scopes.includes("admin") && user.roles.includes(ADMIN) ? [USER, ADMIN] : [USER];
+}

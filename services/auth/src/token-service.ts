@@ -3,7 +3,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { loggerOf, PermissionDeniedError, principalOf } from "@ensemble/kit";
 import type { AuthService, SigningKeySchema } from "@ensemble/proto";
-import { durationMs, ts, type AuthCore } from "./core.js";
+import { apiKeyRoles, durationMs, ts, type AuthCore } from "./core.js";
 import type { KeyInfo } from "./signing-keys.js";
 
 function signingKeyMessage(k: KeyInfo): MessageInitShape<typeof SigningKeySchema> {
@@ -47,8 +47,30 @@ export function tokenHandlers(core: AuthCore): TokenHandlers {
         throw new PermissionDeniedError("the user does not belong to that tenant");
       }
       if (user.disabled) throw new PermissionDeniedError("the user is disabled");
+      let claims: Record<string, unknown> = {};
+      let roles = user.roles;
+      if (req.apiKeyId !== "") {
+        // Work started with an API key keeps acting as that key: model-proxy attributes its usage
+        // to the key and applies the key's limits, and the roles are the key's (as when it was
+        // exchanged). A revoked or expired key starts nothing more.
+        const key = await models.apiKeys
+          .findOne({ id: req.apiKeyId, tenantId: user.tenantId, userId: user.id })
+          .lean();
+        if (key === null)
+          throw new PermissionDeniedError("the API key does not belong to that user");
+        if (key.revokeTime !== undefined) {
+          throw new PermissionDeniedError(
+            "the API key this work was started with has been revoked",
+          );
+        }
+        if (key.expireTime !== undefined && key.expireTime <= new Date()) {
+          throw new PermissionDeniedError("the API key this work was started with has expired");
+        }
+        roles = apiKeyRoles(key, user);
+        claims = { akid: key.id, scp: key.scopes };
+      }
       const token = await core.keys.sign(
-        { sub: user.id, tid: user.tenantId, roles: user.roles, typ: "service", svc },
+        { sub: user.id, tid: user.tenantId, roles, typ: "service", svc, ...claims },
         ttl,
       );
       log.info(
@@ -56,6 +78,7 @@ export function tokenHandlers(core: AuthCore): TokenHandlers {
           callerService: svc,
           actsForUserId: user.id,
           actsForTenantId: user.tenantId,
+          ...(req.apiKeyId !== "" ? { apiKeyId: req.apiKeyId } : {}),
           reason: req.reason,
         },
         "service token issued",

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ensemble/auth/v1/auth.proto.
  */
 export const file_ensemble_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChtlbnNlbWJsZS9hdXRoL3YxL2F1dGgucHJvdG8SEGVuc2VtYmxlLmF1dGgudjEiUwoGVGVuYW50EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpwCCgRVc2VyEgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRINCgVlbWFpbBgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkSJwoFcm9sZXMYBSADKA4yGC5lbnNlbWJsZS5jb21tb24udjEuUm9sZRIQCghkaXNhYmxlZBgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3RfbG9naW5fdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiygEKCkF1dGhUb2tlbnMSFAoMYWNjZXNzX3Rva2VuGAEgASgJEjwKGGFjY2Vzc190b2tlbl9leHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgDIAEoCRI9ChlyZWZyZXNoX3Rva2VuX2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0b2tlbl90eXBlGAUgASgJIrcBCg1TaWdudXBSZXF1ZXN0EhkKBWVtYWlsGAEgASgJQgq6SAdyBRj+AWABEhwKCHBhc3N3b3JkGAIgASgJQgq6SAdyBRAMGIACEh0KDGRpc3BsYXlfbmFtZRgDIAEoCUIHukgEcgIYZBIgCgt0ZW5hbnRfbmFtZRgEIAEoCUIJukgGcgQQARhkSAASIgoMaW52aXRlX3Rva2VuGAUgASgJQgq6SAdyBRABGIAESABCCAoGdGVuYW50Io4BCg5TaWdudXBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuZW5zZW1ibGUuYXV0aC52MS5Vc2VyEigKBnRlbmFudBgCIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuVGVuYW50EiwKBnRva2VucxgDIAEoCzIcLmVuc2VtYmxlLmF1dGgudjEuQXV0aFRva2VucyJHCgxMb2dpblJlcXVlc3QSGQoFZW1haWwYASABKAlCCrpIB3IFGP4BYAESHAoIcGFzc3dvcmQYAiABKAlCCrpIB3IFEAEYgAIijQEKDUxvZ2luUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmVuc2VtYmxlLmF1dGgudjEuVXNlchIoCgZ0ZW5hbnQYAiABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLlRlbmFudBIsCgZ0b2tlbnMYAyABKAsyHC5lbnNlbWJsZS5hdXRoLnYxLkF1dGhUb2tlbnMiMwoOUmVmcmVzaFJlcXVlc3QSIQoNcmVmcmVzaF90b2tlbhgBIAEoCUIKukgHcgUQARiABCI/Cg9SZWZyZXNoUmVzcG9uc2USLAoGdG9rZW5zGAEgASgLMhwuZW5zZW1ibGUuYXV0aC52MS5BdXRoVG9rZW5zIkgKDUxvZ291dFJlcXVlc3QSIQoNcmVmcmVzaF90b2tlbhgBIAEoCUIKukgHcgUQARiABBIUCgxhbGxfc2Vzc2lvbnMYAiABKAgiEAoOTG9nb3V0UmVzcG9uc2UiDgoMR2V0TWVSZXF1ZXN0IuIBCg1HZXRNZVJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5lbnNlbWJsZS5hdXRoLnYxLlVzZXISKAoGdGVuYW50GAIgASgLMhguZW5zZW1ibGUuYXV0aC52MS5UZW5hbnQSDQoFcm9sZXMYAyADKAkSLwoNdGVuYW50X2J1ZGdldBgEIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuQnVkZ2V0Ei0KC3VzZXJfYnVkZ2V0GAUgASgLMhguZW5zZW1ibGUuYXV0aC52MS5CdWRnZXQSEgoKYXBpX2tleV9pZBgGIAEoCSLMAgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEgwKBG5hbWUYBCABKAkSDgoGcHJlZml4GAUgASgJEi0KBnNjb3BlcxgGIAMoDjIdLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5U2NvcGUSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIq0BChNDcmVhdGVBcGlLZXlSZXF1ZXN0EhcKBG5hbWUYASABKAlCCbpIBnIEEAEYZBJCCgZzY29wZXMYAiADKA4yHS5lbnNlbWJsZS5hdXRoLnYxLkFwaUtleVNjb3BlQhO6SBCSAQ0QAxgBIgeCAQQQASAAEjkKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIRukgOqgELIgUIgM6JHjICCDwiUQoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USKQoHYXBpX2tleRgBIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSKKAQoSTGlzdEFwaUtleXNSZXF1ZXN0Ei0KBHBhZ2UYASABKAsyHy5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlcXVlc3QSGQoHdXNlcl9pZBgCIAEoCUIIukgFcgMYgAESEQoJYWxsX3VzZXJzGAMgASgIEhcKD2luY2x1ZGVfcmV2b2tlZBgEIAEoCCJxChNMaXN0QXBpS2V5c1Jlc3BvbnNlEioKCGFwaV9rZXlzGAEgAygLMhguZW5zZW1ibGUuYXV0aC52MS5BcGlLZXkSLgoEcGFnZRgCIAEoCzIgLmVuc2VtYmxlLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UiLQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAASJBChRSZXZva2VBcGlLZXlSZXNwb25zZRIpCgdhcGlfa2V5GAEgASgLMhguZW5zZW1ibGUuYXV0aC52MS5BcGlLZXkiOAoZQXV0aGVudGljYXRlQXBpS2V5UmVxdWVzdBIbCgdhcGlfa2V5GAEgASgJQgq6SAdyBRABGIAEItkBChpBdXRoZW50aWNhdGVBcGlLZXlSZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmFwaV9rZXlfaWQYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRIRCgl0ZW5hbnRfaWQYBSABKAkSLQoGc2NvcGVzGAYgAygOMh0uZW5zZW1ibGUuYXV0aC52MS5BcGlLZXlTY29wZRINCgVyb2xlcxgHIAMoCSKpAgoYSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLpIBXIDGIABEhsKCXRlbmFudF9pZBgCIAEoCUIIukgFcgMYgAESNwoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiAwiQHDICCAoSGAoGcmVhc29uGAQgASgJQgi6SAVyAxiAAjqBAbpIfhp8CiNpc3N1ZV9zZXJ2aWNlX3Rva2VuLnRlbmFudF9yZXF1aXJlZBIpdGVuYW50X2lkIGlzIHJlcXVpcmVkIHdoZW4gdXNlcl9pZCBpcyBzZXQaKnRoaXMudXNlcl9pZCA9PSAnJyB8fCB0aGlzLnRlbmFudF9pZCAhPSAnJyJiChlJc3N1ZVNlcnZpY2VUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiEAoOR2V0Sndrc1JlcXVlc3QicgoDSndrEgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDdXNlGAMgASgJEgsKA2FsZxgEIAEoCRILCgNjcnYYBSABKAkSCQoBeBgGIAEoCRIJCgF5GAcgASgJEgkKAW4YCCABKAkSCQoBZRgJIAEoCSI2Cg9HZXRKd2tzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmVuc2VtYmxlLmF1dGgudjEuSndrIjMKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0EhgKBnJlYXNvbhgBIAEoCUIIukgFcgMYgAIiuQEKClNpZ25pbmdLZXkSCwoDa2lkGAEgASgJEgsKA2FsZxgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV0aXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3JlbW92ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ6ChhSb3RhdGVTaWduaW5nS2V5UmVzcG9uc2USLQoHY3VycmVudBgBIAEoCzIcLmVuc2VtYmxlLmF1dGgudjEuU2lnbmluZ0tleRIvCglwdWJsaXNoZWQYAiADKAsyHC5lbnNlbWJsZS5hdXRoLnYxLlNpZ25pbmdLZXkiqgEKEExpc3RVc2Vyc1JlcXVlc3QSLQoEcGFnZRgBIAEoCzIfLmVuc2VtYmxlLmNvbW1vbi52MS5QYWdlUmVxdWVzdBIbCgVxdWVyeRgCIAEoCUIMukgJcgcY/gG6AQEAEjAKBHJvbGUYAyABKA4yGC5lbnNlbWJsZS5jb21tb24udjEuUm9sZUIIukgFggECEAESGAoQaW5jbHVkZV9kaXNhYmxlZBgEIAEoCCJqChFMaXN0VXNlcnNSZXNwb25zZRIlCgV1c2VycxgBIAMoCzIWLmVuc2VtYmxlLmF1dGgudjEuVXNlchIuCgRwYWdlGAIgASgLMiAuZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSJlChJTZXRVc2VyUm9sZVJlcXVlc3QSGwoHdXNlcl9pZBgBIAEoCUIKukgHcgUQARiAARIyCgRyb2xlGAIgASgOMhguZW5zZW1ibGUuY29tbW9uLnYxLlJvbGVCCrpIB4IBBBABIAAiOwoTU2V0VXNlclJvbGVSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuZW5zZW1ibGUuYXV0aC52MS5Vc2VyIkcKFlNldFVzZXJEaXNhYmxlZFJlcXVlc3QSGwoHdXNlcl9pZBgBIAEoCUIKukgHcgUQARiAARIQCghkaXNhYmxlZBgCIAEoCCI/ChdTZXRVc2VyRGlzYWJsZWRSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuZW5zZW1ibGUuYXV0aC52MS5Vc2VyIssCCgZJbnZpdGUSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg0KBWVtYWlsGAMgASgJEiYKBHJvbGUYBCABKA4yGC5lbnNlbWJsZS5jb21tb24udjEuUm9sZRISCgpjcmVhdGVkX2J5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYWNjZXB0X3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2FjY2VwdGVkX2J5GAkgASgJEi8KC3Jldm9rZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKhAQoTQ3JlYXRlSW52aXRlUmVxdWVzdBIcCgVlbWFpbBgBIAEoCUINukgK2AEBcgUY/gFgARIwCgRyb2xlGAIgASgOMhguZW5zZW1ibGUuY29tbW9uLnYxLlJvbGVCCLpIBYIBAhABEjoKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkISukgPqgEMIgUIgJqeATIDCJAcIk8KFENyZWF0ZUludml0ZVJlc3BvbnNlEigKBmludml0ZRgBIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuSW52aXRlEg0KBXRva2VuGAIgASgJIl0KEkxpc3RJbnZpdGVzUmVxdWVzdBItCgRwYWdlGAEgASgLMh8uZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0EhgKEGluY2x1ZGVfaW5hY3RpdmUYAiABKAgicAoTTGlzdEludml0ZXNSZXNwb25zZRIpCgdpbnZpdGVzGAEgAygLMhguZW5zZW1ibGUuYXV0aC52MS5JbnZpdGUSLgoEcGFnZRgCIAEoCzIgLmVuc2VtYmxlLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UiLQoTUmV2b2tlSW52aXRlUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAASJAChRSZXZva2VJbnZpdGVSZXNwb25zZRIoCgZpbnZpdGUYASABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkludml0ZSLVAQoGQnVkZ2V0EiwKBXNjb3BlGAEgASgOMh0uZW5zZW1ibGUuYXV0aC52MS5CdWRnZXRTY29wZRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIeChFtb250aGx5X2xpbWl0X3VzZBgEIAEoAUgAiAEBEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp1cGRhdGVkX2J5GAYgASgJQhQKEl9tb250aGx5X2xpbWl0X3VzZCJnChBHZXRCdWRnZXRSZXF1ZXN0EjgKBXNjb3BlGAEgASgOMh0uZW5zZW1ibGUuYXV0aC52MS5CdWRnZXRTY29wZUIKukgHggEEEAEgABIZCgd1c2VyX2lkGAIgASgJQgi6SAVyAxiAASI9ChFHZXRCdWRnZXRSZXNwb25zZRIoCgZidWRnZXQYASABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkJ1ZGdldCLUAgoQU2V0QnVkZ2V0UmVxdWVzdBI4CgVzY29wZRgBIAEoDjIdLmVuc2VtYmxlLmF1dGgudjEuQnVkZ2V0U2NvcGVCCrpIB4IBBBABIAASGQoHdXNlcl9pZBgCIAEoCUIIukgFcgMYgAESNwoRbW9udGhseV9saW1pdF91c2QYAyABKAFCF7pIFBISGQAAAABlzc1BKQAAAAAAAAAASACIAQE6mwG6SJcBGpQBChJzZXRfYnVkZ2V0LnVzZXJfaWQSU3VzZXJfaWQgaXMgcmVxdWlyZWQgZm9yIEJVREdFVF9TQ09QRV9VU0VSIGFuZCBtdXN0IGJlIGVtcHR5IGZvciBCVURHRVRfU0NPUEVfVEVOQU5UGikodGhpcy5zY29wZSA9PSAyKSA9PSAodGhpcy51c2VyX2lkICE9ICcnKUIUChJfbW9udGhseV9saW1pdF91c2QiPQoRU2V0QnVkZ2V0UmVzcG9uc2USKAoGYnVkZ2V0GAEgASgLMhguZW5zZW1ibGUuYXV0aC52MS5CdWRnZXQqdgoLQXBpS2V5U2NvcGUSHQoZQVBJX0tFWV9TQ09QRV9VTlNQRUNJRklFRBAAEhYKEkFQSV9LRVlfU0NPUEVfUkVBRBABEhcKE0FQSV9LRVlfU0NPUEVfV1JJVEUQAhIXChNBUElfS0VZX1NDT1BFX0FETUlOEAMqWwoLQnVkZ2V0U2NvcGUSHAoYQlVER0VUX1NDT1BFX1VOU1BFQ0lGSUVEEAASFwoTQlVER0VUX1NDT1BFX1RFTkFOVBABEhUKEUJVREdFVF9TQ09QRV9VU0VSEAIyuw8KC0F1dGhTZXJ2aWNlElEKBlNpZ251cBIfLmVuc2VtYmxlLmF1dGgudjEuU2lnbnVwUmVxdWVzdBogLmVuc2VtYmxlLmF1dGgudjEuU2lnbnVwUmVzcG9uc2UiBMjzGAESTgoFTG9naW4SHi5lbnNlbWJsZS5hdXRoLnYxLkxvZ2luUmVxdWVzdBofLmVuc2VtYmxlLmF1dGgudjEuTG9naW5SZXNwb25zZSIEyPMYARJUCgdSZWZyZXNoEiAuZW5zZW1ibGUuYXV0aC52MS5SZWZyZXNoUmVxdWVzdBohLmVuc2VtYmxlLmF1dGgudjEuUmVmcmVzaFJlc3BvbnNlIgTI8xgBElQKBkxvZ291dBIfLmVuc2VtYmxlLmF1dGgudjEuTG9nb3V0UmVxdWVzdBogLmVuc2VtYmxlLmF1dGgudjEuTG9nb3V0UmVzcG9uc2UiB5ACAsjzGAESUQoFR2V0TWUSHi5lbnNlbWJsZS5hdXRoLnYxLkdldE1lUmVxdWVzdBofLmVuc2VtYmxlLmF1dGgudjEuR2V0TWVSZXNwb25zZSIHkAIByPMYAhJjCgxDcmVhdGVBcGlLZXkSJS5lbnNlbWJsZS5hdXRoLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJi5lbnNlbWJsZS5hdXRoLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlIgTI8xgCEmMKC0xpc3RBcGlLZXlzEiQuZW5zZW1ibGUuYXV0aC52MS5MaXN0QXBpS2V5c1JlcXVlc3QaJS5lbnNlbWJsZS5hdXRoLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiB5ACAcjzGAISZgoMUmV2b2tlQXBpS2V5EiUuZW5zZW1ibGUuYXV0aC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiYuZW5zZW1ibGUuYXV0aC52MS5SZXZva2VBcGlLZXlSZXNwb25zZSIHkAICyPMYAhJ1ChJBdXRoZW50aWNhdGVBcGlLZXkSKy5lbnNlbWJsZS5hdXRoLnYxLkF1dGhlbnRpY2F0ZUFwaUtleVJlcXVlc3QaLC5lbnNlbWJsZS5hdXRoLnYxLkF1dGhlbnRpY2F0ZUFwaUtleVJlc3BvbnNlIgTI8xgEEnIKEUlzc3VlU2VydmljZVRva2VuEiouZW5zZW1ibGUuYXV0aC52MS5Jc3N1ZVNlcnZpY2VUb2tlblJlcXVlc3QaKy5lbnNlbWJsZS5hdXRoLnYxLklzc3VlU2VydmljZVRva2VuUmVzcG9uc2UiBMjzGAQSVwoHR2V0SndrcxIgLmVuc2VtYmxlLmF1dGgudjEuR2V0Sndrc1JlcXVlc3QaIS5lbnNlbWJsZS5hdXRoLnYxLkdldEp3a3NSZXNwb25zZSIHkAIByPMYARJvChBSb3RhdGVTaWduaW5nS2V5EikuZW5zZW1ibGUuYXV0aC52MS5Sb3RhdGVTaWduaW5nS2V5UmVxdWVzdBoqLmVuc2VtYmxlLmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlIgTI8xgEEl0KCUxpc3RVc2VycxIiLmVuc2VtYmxlLmF1dGgudjEuTGlzdFVzZXJzUmVxdWVzdBojLmVuc2VtYmxlLmF1dGgudjEuTGlzdFVzZXJzUmVzcG9uc2UiB5ACAcjzGAMSYwoLU2V0VXNlclJvbGUSJC5lbnNlbWJsZS5hdXRoLnYxLlNldFVzZXJSb2xlUmVxdWVzdBolLmVuc2VtYmxlLmF1dGgudjEuU2V0VXNlclJvbGVSZXNwb25zZSIHkAICyPMYAxJvCg9TZXRVc2VyRGlzYWJsZWQSKC5lbnNlbWJsZS5hdXRoLnYxLlNldFVzZXJEaXNhYmxlZFJlcXVlc3QaKS5lbnNlbWJsZS5hdXRoLnYxLlNldFVzZXJEaXNhYmxlZFJlc3BvbnNlIgeQAgLI8xgDEmMKDENyZWF0ZUludml0ZRIlLmVuc2VtYmxlLmF1dGgudjEuQ3JlYXRlSW52aXRlUmVxdWVzdBomLmVuc2VtYmxlLmF1dGgudjEuQ3JlYXRlSW52aXRlUmVzcG9uc2UiBMjzGAMSYwoLTGlzdEludml0ZXMSJC5lbnNlbWJsZS5hdXRoLnYxLkxpc3RJbnZpdGVzUmVxdWVzdBolLmVuc2VtYmxlLmF1dGgudjEuTGlzdEludml0ZXNSZXNwb25zZSIHkAIByPMYAxJmCgxSZXZva2VJbnZpdGUSJS5lbnNlbWJsZS5hdXRoLnYxLlJldm9rZUludml0ZVJlcXVlc3QaJi5lbnNlbWJsZS5hdXRoLnYxLlJldm9rZUludml0ZVJlc3BvbnNlIgeQAgLI8xgDEl0KCUdldEJ1ZGdldBIiLmVuc2VtYmxlLmF1dGgudjEuR2V0QnVkZ2V0UmVxdWVzdBojLmVuc2VtYmxlLmF1dGgudjEuR2V0QnVkZ2V0UmVzcG9uc2UiB5ACAcjzGAISXQoJU2V0QnVkZ2V0EiIuZW5zZW1ibGUuYXV0aC52MS5TZXRCdWRnZXRSZXF1ZXN0GiMuZW5zZW1ibGUuYXV0aC52MS5TZXRCdWRnZXRSZXNwb25zZSIHkAICyPMYA2IGcHJvdG8z", [file_buf_validate_validate, file_ensemble_common_v1_access, file_ensemble_common_v1_common, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChtlbnNlbWJsZS9hdXRoL3YxL2F1dGgucHJvdG8SEGVuc2VtYmxlLmF1dGgudjEiUwoGVGVuYW50EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpwCCgRVc2VyEgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRINCgVlbWFpbBgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkSJwoFcm9sZXMYBSADKA4yGC5lbnNlbWJsZS5jb21tb24udjEuUm9sZRIQCghkaXNhYmxlZBgGIAEoCBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3RfbG9naW5fdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiygEKCkF1dGhUb2tlbnMSFAoMYWNjZXNzX3Rva2VuGAEgASgJEjwKGGFjY2Vzc190b2tlbl9leHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgDIAEoCRI9ChlyZWZyZXNoX3Rva2VuX2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0b2tlbl90eXBlGAUgASgJIrcBCg1TaWdudXBSZXF1ZXN0EhkKBWVtYWlsGAEgASgJQgq6SAdyBRj+AWABEhwKCHBhc3N3b3JkGAIgASgJQgq6SAdyBRAMGIACEh0KDGRpc3BsYXlfbmFtZRgDIAEoCUIHukgEcgIYZBIgCgt0ZW5hbnRfbmFtZRgEIAEoCUIJukgGcgQQARhkSAASIgoMaW52aXRlX3Rva2VuGAUgASgJQgq6SAdyBRABGIAESABCCAoGdGVuYW50Io4BCg5TaWdudXBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuZW5zZW1ibGUuYXV0aC52MS5Vc2VyEigKBnRlbmFudBgCIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuVGVuYW50EiwKBnRva2VucxgDIAEoCzIcLmVuc2VtYmxlLmF1dGgudjEuQXV0aFRva2VucyJHCgxMb2dpblJlcXVlc3QSGQoFZW1haWwYASABKAlCCrpIB3IFGP4BYAESHAoIcGFzc3dvcmQYAiABKAlCCrpIB3IFEAEYgAIijQEKDUxvZ2luUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmVuc2VtYmxlLmF1dGgudjEuVXNlchIoCgZ0ZW5hbnQYAiABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLlRlbmFudBIsCgZ0b2tlbnMYAyABKAsyHC5lbnNlbWJsZS5hdXRoLnYxLkF1dGhUb2tlbnMiMwoOUmVmcmVzaFJlcXVlc3QSIQoNcmVmcmVzaF90b2tlbhgBIAEoCUIKukgHcgUQARiABCI/Cg9SZWZyZXNoUmVzcG9uc2USLAoGdG9rZW5zGAEgASgLMhwuZW5zZW1ibGUuYXV0aC52MS5BdXRoVG9rZW5zIkgKDUxvZ291dFJlcXVlc3QSIQoNcmVmcmVzaF90b2tlbhgBIAEoCUIKukgHcgUQARiABBIUCgxhbGxfc2Vzc2lvbnMYAiABKAgiEAoOTG9nb3V0UmVzcG9uc2UiDgoMR2V0TWVSZXF1ZXN0IuIBCg1HZXRNZVJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5lbnNlbWJsZS5hdXRoLnYxLlVzZXISKAoGdGVuYW50GAIgASgLMhguZW5zZW1ibGUuYXV0aC52MS5UZW5hbnQSDQoFcm9sZXMYAyADKAkSLwoNdGVuYW50X2J1ZGdldBgEIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuQnVkZ2V0Ei0KC3VzZXJfYnVkZ2V0GAUgASgLMhguZW5zZW1ibGUuYXV0aC52MS5CdWRnZXQSEgoKYXBpX2tleV9pZBgGIAEoCSL8AgoGQXBpS2V5EgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEgwKBG5hbWUYBCABKAkSDgoGcHJlZml4GAUgASgJEi0KBnNjb3BlcxgGIAMoDjIdLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5U2NvcGUSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBmxpbWl0cxgLIAEoCzIeLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5TGltaXRzIoIBCgxBcGlLZXlMaW1pdHMSIwoGbW9kZWxzGAEgAygJQhO6SBCSAQ0QZBgBIgdyBRABGIABEjcKEW1vbnRobHlfbGltaXRfdXNkGAIgASgBQhe6SBQSEhkAAAAAZc3NQSkAAAAAAAAAAEgAiAEBQhQKEl9tb250aGx5X2xpbWl0X3VzZCLdAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIXCgRuYW1lGAEgASgJQgm6SAZyBBABGGQSQgoGc2NvcGVzGAIgAygOMh0uZW5zZW1ibGUuYXV0aC52MS5BcGlLZXlTY29wZUITukgQkgENEAMYASIHggEEEAEgABI5CgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CEbpIDqoBCyIFCIDOiR4yAgg8Ei4KBmxpbWl0cxgEIAEoCzIeLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5TGltaXRzIlEKFENyZWF0ZUFwaUtleVJlc3BvbnNlEikKB2FwaV9rZXkYASABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiigEKEkxpc3RBcGlLZXlzUmVxdWVzdBItCgRwYWdlGAEgASgLMh8uZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0EhkKB3VzZXJfaWQYAiABKAlCCLpIBXIDGIABEhEKCWFsbF91c2VycxgDIAEoCBIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgicQoTTGlzdEFwaUtleXNSZXNwb25zZRIqCghhcGlfa2V5cxgBIAMoCzIYLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5Ei4KBHBhZ2UYAiABKAsyIC5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIioKEEdldEFwaUtleVJlcXVlc3QSFgoCaWQYASABKAlCCrpIB3IFEAEYgAEiPgoRR2V0QXBpS2V5UmVzcG9uc2USKQoHYXBpX2tleRgBIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5IoQBChNVcGRhdGVBcGlLZXlSZXF1ZXN0EhYKAmlkGAEgASgJQgq6SAdyBRABGIABEhwKBG5hbWUYAiABKAlCCbpIBnIEEAEYZEgAiAEBEi4KBmxpbWl0cxgDIAEoCzIeLmVuc2VtYmxlLmF1dGgudjEuQXBpS2V5TGltaXRzQgcKBV9uYW1lIkEKFFVwZGF0ZUFwaUtleVJlc3BvbnNlEikKB2FwaV9rZXkYASABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkFwaUtleSItChNSZXZva2VBcGlLZXlSZXF1ZXN0EhYKAmlkGAEgASgJQgq6SAdyBRABGIABIkEKFFJldm9rZUFwaUtleVJlc3BvbnNlEikKB2FwaV9rZXkYASABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkFwaUtleSI4ChlBdXRoZW50aWNhdGVBcGlLZXlSZXF1ZXN0EhsKB2FwaV9rZXkYASABKAlCCrpIB3IFEAEYgAQi2QEKGkF1dGhlbnRpY2F0ZUFwaUtleVJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKYXBpX2tleV9pZBgDIAEoCRIPCgd1c2VyX2lkGAQgASgJEhEKCXRlbmFudF9pZBgFIAEoCRItCgZzY29wZXMYBiADKA4yHS5lbnNlbWJsZS5hdXRoLnYxLkFwaUtleVNjb3BlEg0KBXJvbGVzGAcgAygJIrkDChhJc3N1ZVNlcnZpY2VUb2tlblJlcXVlc3QSGQoHdXNlcl9pZBgBIAEoCUIIukgFcgMYgAESGwoJdGVuYW50X2lkGAIgASgJQgi6SAVyAxiAARI3CgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CD7pIDKoBCSIDCJAcMgIIChIYCgZyZWFzb24YBCABKAlCCLpIBXIDGIACEhwKCmFwaV9rZXlfaWQYBSABKAlCCLpIBXIDGIABOvMBukjvARp8CiNpc3N1ZV9zZXJ2aWNlX3Rva2VuLnRlbmFudF9yZXF1aXJlZBIpdGVuYW50X2lkIGlzIHJlcXVpcmVkIHdoZW4gdXNlcl9pZCBpcyBzZXQaKnRoaXMudXNlcl9pZCA9PSAnJyB8fCB0aGlzLnRlbmFudF9pZCAhPSAnJxpvCiZpc3N1ZV9zZXJ2aWNlX3Rva2VuLmFwaV9rZXlfbmVlZHNfdXNlchIYYXBpX2tleV9pZCBuZWVkcyB1c2VyX2lkGit0aGlzLmFwaV9rZXlfaWQgPT0gJycgfHwgdGhpcy51c2VyX2lkICE9ICcnImIKGUlzc3VlU2VydmljZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIQCg5HZXRKd2tzUmVxdWVzdCJyCgNKd2sSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgN1c2UYAyABKAkSCwoDYWxnGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkSCQoBbhgIIAEoCRIJCgFlGAkgASgJIjYKD0dldEp3a3NSZXNwb25zZRIjCgRrZXlzGAEgAygLMhUuZW5zZW1ibGUuYXV0aC52MS5Kd2siMwoXUm90YXRlU2lnbmluZ0tleVJlcXVlc3QSGAoGcmVhc29uGAEgASgJQgi6SAVyAxiAAiK5AQoKU2lnbmluZ0tleRILCgNraWQYASABKAkSCwoDYWxnGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXRpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmVtb3ZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInoKGFJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRItCgdjdXJyZW50GAEgASgLMhwuZW5zZW1ibGUuYXV0aC52MS5TaWduaW5nS2V5Ei8KCXB1Ymxpc2hlZBgCIAMoCzIcLmVuc2VtYmxlLmF1dGgudjEuU2lnbmluZ0tleSKqAQoQTGlzdFVzZXJzUmVxdWVzdBItCgRwYWdlGAEgASgLMh8uZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0EhsKBXF1ZXJ5GAIgASgJQgy6SAlyBxj+AboBAQASMAoEcm9sZRgDIAEoDjIYLmVuc2VtYmxlLmNvbW1vbi52MS5Sb2xlQgi6SAWCAQIQARIYChBpbmNsdWRlX2Rpc2FibGVkGAQgASgIImoKEUxpc3RVc2Vyc1Jlc3BvbnNlEiUKBXVzZXJzGAEgAygLMhYuZW5zZW1ibGUuYXV0aC52MS5Vc2VyEi4KBHBhZ2UYAiABKAsyIC5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlc3BvbnNlImUKElNldFVzZXJSb2xlUmVxdWVzdBIbCgd1c2VyX2lkGAEgASgJQgq6SAdyBRABGIABEjIKBHJvbGUYAiABKA4yGC5lbnNlbWJsZS5jb21tb24udjEuUm9sZUIKukgHggEEEAEgACI7ChNTZXRVc2VyUm9sZVJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5lbnNlbWJsZS5hdXRoLnYxLlVzZXIiRwoWU2V0VXNlckRpc2FibGVkUmVxdWVzdBIbCgd1c2VyX2lkGAEgASgJQgq6SAdyBRABGIABEhAKCGRpc2FibGVkGAIgASgIIj8KF1NldFVzZXJEaXNhYmxlZFJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5lbnNlbWJsZS5hdXRoLnYxLlVzZXIiywIKBkludml0ZRIKCgJpZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFZW1haWwYAyABKAkSJgoEcm9sZRgEIAEoDjIYLmVuc2VtYmxlLmNvbW1vbi52MS5Sb2xlEhIKCmNyZWF0ZWRfYnkYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthY2NlcHRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYWNjZXB0ZWRfYnkYCSABKAkSLwoLcmV2b2tlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqEBChNDcmVhdGVJbnZpdGVSZXF1ZXN0EhwKBWVtYWlsGAEgASgJQg26SArYAQFyBRj+AWABEjAKBHJvbGUYAiABKA4yGC5lbnNlbWJsZS5jb21tb24udjEuUm9sZUIIukgFggECEAESOgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhK6SA+qAQwiBQiAmp4BMgMIkBwiTwoUQ3JlYXRlSW52aXRlUmVzcG9uc2USKAoGaW52aXRlGAEgASgLMhguZW5zZW1ibGUuYXV0aC52MS5JbnZpdGUSDQoFdG9rZW4YAiABKAkiXQoSTGlzdEludml0ZXNSZXF1ZXN0Ei0KBHBhZ2UYASABKAsyHy5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlcXVlc3QSGAoQaW5jbHVkZV9pbmFjdGl2ZRgCIAEoCCJwChNMaXN0SW52aXRlc1Jlc3BvbnNlEikKB2ludml0ZXMYASADKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkludml0ZRIuCgRwYWdlGAIgASgLMiAuZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSItChNSZXZva2VJbnZpdGVSZXF1ZXN0EhYKAmlkGAEgASgJQgq6SAdyBRABGIABIkAKFFJldm9rZUludml0ZVJlc3BvbnNlEigKBmludml0ZRgBIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuSW52aXRlItUBCgZCdWRnZXQSLAoFc2NvcGUYASABKA4yHS5lbnNlbWJsZS5hdXRoLnYxLkJ1ZGdldFNjb3BlEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEh4KEW1vbnRobHlfbGltaXRfdXNkGAQgASgBSACIAQESLwoLdXBkYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnVwZGF0ZWRfYnkYBiABKAlCFAoSX21vbnRobHlfbGltaXRfdXNkImcKEEdldEJ1ZGdldFJlcXVlc3QSOAoFc2NvcGUYASABKA4yHS5lbnNlbWJsZS5hdXRoLnYxLkJ1ZGdldFNjb3BlQgq6SAeCAQQQASAAEhkKB3VzZXJfaWQYAiABKAlCCLpIBXIDGIABIj0KEUdldEJ1ZGdldFJlc3BvbnNlEigKBmJ1ZGdldBgBIAEoCzIYLmVuc2VtYmxlLmF1dGgudjEuQnVkZ2V0ItQCChBTZXRCdWRnZXRSZXF1ZXN0EjgKBXNjb3BlGAEgASgOMh0uZW5zZW1ibGUuYXV0aC52MS5CdWRnZXRTY29wZUIKukgHggEEEAEgABIZCgd1c2VyX2lkGAIgASgJQgi6SAVyAxiAARI3ChFtb250aGx5X2xpbWl0X3VzZBgDIAEoAUIXukgUEhIZAAAAAGXNzUEpAAAAAAAAAABIAIgBATqbAbpIlwEalAEKEnNldF9idWRnZXQudXNlcl9pZBJTdXNlcl9pZCBpcyByZXF1aXJlZCBmb3IgQlVER0VUX1NDT1BFX1VTRVIgYW5kIG11c3QgYmUgZW1wdHkgZm9yIEJVREdFVF9TQ09QRV9URU5BTlQaKSh0aGlzLnNjb3BlID09IDIpID09ICh0aGlzLnVzZXJfaWQgIT0gJycpQhQKEl9tb250aGx5X2xpbWl0X3VzZCI9ChFTZXRCdWRnZXRSZXNwb25zZRIoCgZidWRnZXQYASABKAsyGC5lbnNlbWJsZS5hdXRoLnYxLkJ1ZGdldCp2CgtBcGlLZXlTY29wZRIdChlBUElfS0VZX1NDT1BFX1VOU1BFQ0lGSUVEEAASFgoSQVBJX0tFWV9TQ09QRV9SRUFEEAESFwoTQVBJX0tFWV9TQ09QRV9XUklURRACEhcKE0FQSV9LRVlfU0NPUEVfQURNSU4QAypbCgtCdWRnZXRTY29wZRIcChhCVURHRVRfU0NPUEVfVU5TUEVDSUZJRUQQABIXChNCVURHRVRfU0NPUEVfVEVOQU5UEAESFQoRQlVER0VUX1NDT1BFX1VTRVIQAjKCEQoLQXV0aFNlcnZpY2USUQoGU2lnbnVwEh8uZW5zZW1ibGUuYXV0aC52MS5TaWdudXBSZXF1ZXN0GiAuZW5zZW1ibGUuYXV0aC52MS5TaWdudXBSZXNwb25zZSIEyPMYARJOCgVMb2dpbhIeLmVuc2VtYmxlLmF1dGgudjEuTG9naW5SZXF1ZXN0Gh8uZW5zZW1ibGUuYXV0aC52MS5Mb2dpblJlc3BvbnNlIgTI8xgBElQKB1JlZnJlc2gSIC5lbnNlbWJsZS5hdXRoLnYxLlJlZnJlc2hSZXF1ZXN0GiEuZW5zZW1ibGUuYXV0aC52MS5SZWZyZXNoUmVzcG9uc2UiBMjzGAESVAoGTG9nb3V0Eh8uZW5zZW1ibGUuYXV0aC52MS5Mb2dvdXRSZXF1ZXN0GiAuZW5zZW1ibGUuYXV0aC52MS5Mb2dvdXRSZXNwb25zZSIHkAICyPMYARJRCgVHZXRNZRIeLmVuc2VtYmxlLmF1dGgudjEuR2V0TWVSZXF1ZXN0Gh8uZW5zZW1ibGUuYXV0aC52MS5HZXRNZVJlc3BvbnNlIgeQAgHI8xgCEmMKDENyZWF0ZUFwaUtleRIlLmVuc2VtYmxlLmF1dGgudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBomLmVuc2VtYmxlLmF1dGgudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiBMjzGAISYwoLTGlzdEFwaUtleXMSJC5lbnNlbWJsZS5hdXRoLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBolLmVuc2VtYmxlLmF1dGgudjEuTGlzdEFwaUtleXNSZXNwb25zZSIHkAIByPMYAhJdCglHZXRBcGlLZXkSIi5lbnNlbWJsZS5hdXRoLnYxLkdldEFwaUtleVJlcXVlc3QaIy5lbnNlbWJsZS5hdXRoLnYxLkdldEFwaUtleVJlc3BvbnNlIgeQAgHI8xgCEmYKDFVwZGF0ZUFwaUtleRIlLmVuc2VtYmxlLmF1dGgudjEuVXBkYXRlQXBpS2V5UmVxdWVzdBomLmVuc2VtYmxlLmF1dGgudjEuVXBkYXRlQXBpS2V5UmVzcG9uc2UiB5ACAsjzGAISZgoMUmV2b2tlQXBpS2V5EiUuZW5zZW1ibGUuYXV0aC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiYuZW5zZW1ibGUuYXV0aC52MS5SZXZva2VBcGlLZXlSZXNwb25zZSIHkAICyPMYAhJ1ChJBdXRoZW50aWNhdGVBcGlLZXkSKy5lbnNlbWJsZS5hdXRoLnYxLkF1dGhlbnRpY2F0ZUFwaUtleVJlcXVlc3QaLC5lbnNlbWJsZS5hdXRoLnYxLkF1dGhlbnRpY2F0ZUFwaUtleVJlc3BvbnNlIgTI8xgEEnIKEUlzc3VlU2VydmljZVRva2VuEiouZW5zZW1ibGUuYXV0aC52MS5Jc3N1ZVNlcnZpY2VUb2tlblJlcXVlc3QaKy5lbnNlbWJsZS5hdXRoLnYxLklzc3VlU2VydmljZVRva2VuUmVzcG9uc2UiBMjzGAQSVwoHR2V0SndrcxIgLmVuc2VtYmxlLmF1dGgudjEuR2V0Sndrc1JlcXVlc3QaIS5lbnNlbWJsZS5hdXRoLnYxLkdldEp3a3NSZXNwb25zZSIHkAIByPMYARJvChBSb3RhdGVTaWduaW5nS2V5EikuZW5zZW1ibGUuYXV0aC52MS5Sb3RhdGVTaWduaW5nS2V5UmVxdWVzdBoqLmVuc2VtYmxlLmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlIgTI8xgEEl0KCUxpc3RVc2VycxIiLmVuc2VtYmxlLmF1dGgudjEuTGlzdFVzZXJzUmVxdWVzdBojLmVuc2VtYmxlLmF1dGgudjEuTGlzdFVzZXJzUmVzcG9uc2UiB5ACAcjzGAMSYwoLU2V0VXNlclJvbGUSJC5lbnNlbWJsZS5hdXRoLnYxLlNldFVzZXJSb2xlUmVxdWVzdBolLmVuc2VtYmxlLmF1dGgudjEuU2V0VXNlclJvbGVSZXNwb25zZSIHkAICyPMYAxJvCg9TZXRVc2VyRGlzYWJsZWQSKC5lbnNlbWJsZS5hdXRoLnYxLlNldFVzZXJEaXNhYmxlZFJlcXVlc3QaKS5lbnNlbWJsZS5hdXRoLnYxLlNldFVzZXJEaXNhYmxlZFJlc3BvbnNlIgeQAgLI8xgDEmMKDENyZWF0ZUludml0ZRIlLmVuc2VtYmxlLmF1dGgudjEuQ3JlYXRlSW52aXRlUmVxdWVzdBomLmVuc2VtYmxlLmF1dGgudjEuQ3JlYXRlSW52aXRlUmVzcG9uc2UiBMjzGAMSYwoLTGlzdEludml0ZXMSJC5lbnNlbWJsZS5hdXRoLnYxLkxpc3RJbnZpdGVzUmVxdWVzdBolLmVuc2VtYmxlLmF1dGgudjEuTGlzdEludml0ZXNSZXNwb25zZSIHkAIByPMYAxJmCgxSZXZva2VJbnZpdGUSJS5lbnNlbWJsZS5hdXRoLnYxLlJldm9rZUludml0ZVJlcXVlc3QaJi5lbnNlbWJsZS5hdXRoLnYxLlJldm9rZUludml0ZVJlc3BvbnNlIgeQAgLI8xgDEl0KCUdldEJ1ZGdldBIiLmVuc2VtYmxlLmF1dGgudjEuR2V0QnVkZ2V0UmVxdWVzdBojLmVuc2VtYmxlLmF1dGgudjEuR2V0QnVkZ2V0UmVzcG9uc2UiB5ACAcjzGAISXQoJU2V0QnVkZ2V0EiIuZW5zZW1ibGUuYXV0aC52MS5TZXRCdWRnZXRSZXF1ZXN0GiMuZW5zZW1ibGUuYXV0aC52MS5TZXRCdWRnZXRSZXNwb25zZSIHkAICyPMYA2IGcHJvdG8z", [file_buf_validate_validate, file_ensemble_common_v1_access, file_ensemble_common_v1_common, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message ensemble.auth.v1.Tenant
@@ -476,6 +476,11 @@ export type ApiKey = Message<"ensemble.auth.v1.ApiKey"> & {
    * @generated from field: google.protobuf.Timestamp revoke_time = 10;
    */
   revokeTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: ensemble.auth.v1.ApiKeyLimits limits = 11;
+   */
+  limits?: ApiKeyLimits | undefined;
 };
 
 /**
@@ -484,6 +489,39 @@ export type ApiKey = Message<"ensemble.auth.v1.ApiKey"> & {
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_ensemble_auth_v1_auth, 13);
+
+/**
+ * What one API key may call and spend, on top of its owner's and its tenant's budgets. model-proxy
+ * enforces them on every model call made with the key: directly (OpenAI-compatible API, Connect,
+ * gRPC) and by the runs, session replies and schedules started with it.
+ *
+ * @generated from message ensemble.auth.v1.ApiKeyLimits
+ */
+export type ApiKeyLimits = Message<"ensemble.auth.v1.ApiKeyLimits"> & {
+  /**
+   * Catalog model ids or aliases the key may call; a request is allowed when its model resolves
+   * to the same catalog model as one of these (so "fast" also allows the model answering it).
+   * Empty = every model. Names not in the catalog allow nothing.
+   *
+   * @generated from field: repeated string models = 1;
+   */
+  models: string[];
+
+  /**
+   * USD per calendar month (UTC) spent through this key; unset = no limit of its own. 0 blocks
+   * every paid call.
+   *
+   * @generated from field: optional double monthly_limit_usd = 2;
+   */
+  monthlyLimitUsd?: number | undefined;
+};
+
+/**
+ * Describes the message ensemble.auth.v1.ApiKeyLimits.
+ * Use `create(ApiKeyLimitsSchema)` to create a new message.
+ */
+export const ApiKeyLimitsSchema: GenMessage<ApiKeyLimits> = /*@__PURE__*/
+  messageDesc(file_ensemble_auth_v1_auth, 14);
 
 /**
  * @generated from message ensemble.auth.v1.CreateApiKeyRequest
@@ -507,6 +545,13 @@ export type CreateApiKeyRequest = Message<"ensemble.auth.v1.CreateApiKeyRequest"
    * @generated from field: google.protobuf.Duration ttl = 3;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Unset = no limits beyond the owner's and the tenant's.
+   *
+   * @generated from field: ensemble.auth.v1.ApiKeyLimits limits = 4;
+   */
+  limits?: ApiKeyLimits | undefined;
 };
 
 /**
@@ -514,7 +559,7 @@ export type CreateApiKeyRequest = Message<"ensemble.auth.v1.CreateApiKeyRequest"
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 14);
+  messageDesc(file_ensemble_auth_v1_auth, 15);
 
 /**
  * @generated from message ensemble.auth.v1.CreateApiKeyResponse
@@ -538,7 +583,7 @@ export type CreateApiKeyResponse = Message<"ensemble.auth.v1.CreateApiKeyRespons
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 15);
+  messageDesc(file_ensemble_auth_v1_auth, 16);
 
 /**
  * @generated from message ensemble.auth.v1.ListApiKeysRequest
@@ -574,7 +619,7 @@ export type ListApiKeysRequest = Message<"ensemble.auth.v1.ListApiKeysRequest"> 
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 16);
+  messageDesc(file_ensemble_auth_v1_auth, 17);
 
 /**
  * @generated from message ensemble.auth.v1.ListApiKeysResponse
@@ -598,7 +643,89 @@ export type ListApiKeysResponse = Message<"ensemble.auth.v1.ListApiKeysResponse"
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 17);
+  messageDesc(file_ensemble_auth_v1_auth, 18);
+
+/**
+ * @generated from message ensemble.auth.v1.GetApiKeyRequest
+ */
+export type GetApiKeyRequest = Message<"ensemble.auth.v1.GetApiKeyRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message ensemble.auth.v1.GetApiKeyRequest.
+ * Use `create(GetApiKeyRequestSchema)` to create a new message.
+ */
+export const GetApiKeyRequestSchema: GenMessage<GetApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_ensemble_auth_v1_auth, 19);
+
+/**
+ * @generated from message ensemble.auth.v1.GetApiKeyResponse
+ */
+export type GetApiKeyResponse = Message<"ensemble.auth.v1.GetApiKeyResponse"> & {
+  /**
+   * @generated from field: ensemble.auth.v1.ApiKey api_key = 1;
+   */
+  apiKey?: ApiKey | undefined;
+};
+
+/**
+ * Describes the message ensemble.auth.v1.GetApiKeyResponse.
+ * Use `create(GetApiKeyResponseSchema)` to create a new message.
+ */
+export const GetApiKeyResponseSchema: GenMessage<GetApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_ensemble_auth_v1_auth, 20);
+
+/**
+ * @generated from message ensemble.auth.v1.UpdateApiKeyRequest
+ */
+export type UpdateApiKeyRequest = Message<"ensemble.auth.v1.UpdateApiKeyRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Set to rename.
+   *
+   * @generated from field: optional string name = 2;
+   */
+  name?: string | undefined;
+
+  /**
+   * Set to replace the limits as a whole (an empty message removes them).
+   *
+   * @generated from field: ensemble.auth.v1.ApiKeyLimits limits = 3;
+   */
+  limits?: ApiKeyLimits | undefined;
+};
+
+/**
+ * Describes the message ensemble.auth.v1.UpdateApiKeyRequest.
+ * Use `create(UpdateApiKeyRequestSchema)` to create a new message.
+ */
+export const UpdateApiKeyRequestSchema: GenMessage<UpdateApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_ensemble_auth_v1_auth, 21);
+
+/**
+ * @generated from message ensemble.auth.v1.UpdateApiKeyResponse
+ */
+export type UpdateApiKeyResponse = Message<"ensemble.auth.v1.UpdateApiKeyResponse"> & {
+  /**
+   * @generated from field: ensemble.auth.v1.ApiKey api_key = 1;
+   */
+  apiKey?: ApiKey | undefined;
+};
+
+/**
+ * Describes the message ensemble.auth.v1.UpdateApiKeyResponse.
+ * Use `create(UpdateApiKeyResponseSchema)` to create a new message.
+ */
+export const UpdateApiKeyResponseSchema: GenMessage<UpdateApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_ensemble_auth_v1_auth, 22);
 
 /**
  * @generated from message ensemble.auth.v1.RevokeApiKeyRequest
@@ -615,7 +742,7 @@ export type RevokeApiKeyRequest = Message<"ensemble.auth.v1.RevokeApiKeyRequest"
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 18);
+  messageDesc(file_ensemble_auth_v1_auth, 23);
 
 /**
  * @generated from message ensemble.auth.v1.RevokeApiKeyResponse
@@ -632,7 +759,7 @@ export type RevokeApiKeyResponse = Message<"ensemble.auth.v1.RevokeApiKeyRespons
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 19);
+  messageDesc(file_ensemble_auth_v1_auth, 24);
 
 /**
  * @generated from message ensemble.auth.v1.AuthenticateApiKeyRequest
@@ -651,7 +778,7 @@ export type AuthenticateApiKeyRequest = Message<"ensemble.auth.v1.AuthenticateAp
  * Use `create(AuthenticateApiKeyRequestSchema)` to create a new message.
  */
 export const AuthenticateApiKeyRequestSchema: GenMessage<AuthenticateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 20);
+  messageDesc(file_ensemble_auth_v1_auth, 25);
 
 /**
  * @generated from message ensemble.auth.v1.AuthenticateApiKeyResponse
@@ -702,7 +829,7 @@ export type AuthenticateApiKeyResponse = Message<"ensemble.auth.v1.AuthenticateA
  * Use `create(AuthenticateApiKeyResponseSchema)` to create a new message.
  */
 export const AuthenticateApiKeyResponseSchema: GenMessage<AuthenticateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 21);
+  messageDesc(file_ensemble_auth_v1_auth, 26);
 
 /**
  * @generated from message ensemble.auth.v1.IssueServiceTokenRequest
@@ -736,6 +863,15 @@ export type IssueServiceTokenRequest = Message<"ensemble.auth.v1.IssueServiceTok
    * @generated from field: string reason = 4;
    */
   reason: string;
+
+  /**
+   * The API key the work was started with (a run, a session reply, a schedule): the token then
+   * carries it as `akid`, so model-proxy attributes usage to it and applies its limits. Must be a
+   * key of that user (PERMISSION_DENIED otherwise); needs user_id.
+   *
+   * @generated from field: string api_key_id = 5;
+   */
+  apiKeyId: string;
 };
 
 /**
@@ -743,7 +879,7 @@ export type IssueServiceTokenRequest = Message<"ensemble.auth.v1.IssueServiceTok
  * Use `create(IssueServiceTokenRequestSchema)` to create a new message.
  */
 export const IssueServiceTokenRequestSchema: GenMessage<IssueServiceTokenRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 22);
+  messageDesc(file_ensemble_auth_v1_auth, 27);
 
 /**
  * @generated from message ensemble.auth.v1.IssueServiceTokenResponse
@@ -765,7 +901,7 @@ export type IssueServiceTokenResponse = Message<"ensemble.auth.v1.IssueServiceTo
  * Use `create(IssueServiceTokenResponseSchema)` to create a new message.
  */
 export const IssueServiceTokenResponseSchema: GenMessage<IssueServiceTokenResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 23);
+  messageDesc(file_ensemble_auth_v1_auth, 28);
 
 /**
  * @generated from message ensemble.auth.v1.GetJwksRequest
@@ -778,7 +914,7 @@ export type GetJwksRequest = Message<"ensemble.auth.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 24);
+  messageDesc(file_ensemble_auth_v1_auth, 29);
 
 /**
  * One public key in JWK form (RFC 7517). EC keys set crv/x/y; RSA keys set n/e.
@@ -837,7 +973,7 @@ export type Jwk = Message<"ensemble.auth.v1.Jwk"> & {
  * Use `create(JwkSchema)` to create a new message.
  */
 export const JwkSchema: GenMessage<Jwk> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 25);
+  messageDesc(file_ensemble_auth_v1_auth, 30);
 
 /**
  * @generated from message ensemble.auth.v1.GetJwksResponse
@@ -854,7 +990,7 @@ export type GetJwksResponse = Message<"ensemble.auth.v1.GetJwksResponse"> & {
  * Use `create(GetJwksResponseSchema)` to create a new message.
  */
 export const GetJwksResponseSchema: GenMessage<GetJwksResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 26);
+  messageDesc(file_ensemble_auth_v1_auth, 31);
 
 /**
  * @generated from message ensemble.auth.v1.RotateSigningKeyRequest
@@ -873,7 +1009,7 @@ export type RotateSigningKeyRequest = Message<"ensemble.auth.v1.RotateSigningKey
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 27);
+  messageDesc(file_ensemble_auth_v1_auth, 32);
 
 /**
  * A signing key's public metadata.
@@ -918,7 +1054,7 @@ export type SigningKey = Message<"ensemble.auth.v1.SigningKey"> & {
  * Use `create(SigningKeySchema)` to create a new message.
  */
 export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 28);
+  messageDesc(file_ensemble_auth_v1_auth, 33);
 
 /**
  * @generated from message ensemble.auth.v1.RotateSigningKeyResponse
@@ -944,7 +1080,7 @@ export type RotateSigningKeyResponse = Message<"ensemble.auth.v1.RotateSigningKe
  * Use `create(RotateSigningKeyResponseSchema)` to create a new message.
  */
 export const RotateSigningKeyResponseSchema: GenMessage<RotateSigningKeyResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 29);
+  messageDesc(file_ensemble_auth_v1_auth, 34);
 
 /**
  * @generated from message ensemble.auth.v1.ListUsersRequest
@@ -980,7 +1116,7 @@ export type ListUsersRequest = Message<"ensemble.auth.v1.ListUsersRequest"> & {
  * Use `create(ListUsersRequestSchema)` to create a new message.
  */
 export const ListUsersRequestSchema: GenMessage<ListUsersRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 30);
+  messageDesc(file_ensemble_auth_v1_auth, 35);
 
 /**
  * @generated from message ensemble.auth.v1.ListUsersResponse
@@ -1004,7 +1140,7 @@ export type ListUsersResponse = Message<"ensemble.auth.v1.ListUsersResponse"> & 
  * Use `create(ListUsersResponseSchema)` to create a new message.
  */
 export const ListUsersResponseSchema: GenMessage<ListUsersResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 31);
+  messageDesc(file_ensemble_auth_v1_auth, 36);
 
 /**
  * @generated from message ensemble.auth.v1.SetUserRoleRequest
@@ -1028,7 +1164,7 @@ export type SetUserRoleRequest = Message<"ensemble.auth.v1.SetUserRoleRequest"> 
  * Use `create(SetUserRoleRequestSchema)` to create a new message.
  */
 export const SetUserRoleRequestSchema: GenMessage<SetUserRoleRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 32);
+  messageDesc(file_ensemble_auth_v1_auth, 37);
 
 /**
  * @generated from message ensemble.auth.v1.SetUserRoleResponse
@@ -1045,7 +1181,7 @@ export type SetUserRoleResponse = Message<"ensemble.auth.v1.SetUserRoleResponse"
  * Use `create(SetUserRoleResponseSchema)` to create a new message.
  */
 export const SetUserRoleResponseSchema: GenMessage<SetUserRoleResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 33);
+  messageDesc(file_ensemble_auth_v1_auth, 38);
 
 /**
  * @generated from message ensemble.auth.v1.SetUserDisabledRequest
@@ -1067,7 +1203,7 @@ export type SetUserDisabledRequest = Message<"ensemble.auth.v1.SetUserDisabledRe
  * Use `create(SetUserDisabledRequestSchema)` to create a new message.
  */
 export const SetUserDisabledRequestSchema: GenMessage<SetUserDisabledRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 34);
+  messageDesc(file_ensemble_auth_v1_auth, 39);
 
 /**
  * @generated from message ensemble.auth.v1.SetUserDisabledResponse
@@ -1084,7 +1220,7 @@ export type SetUserDisabledResponse = Message<"ensemble.auth.v1.SetUserDisabledR
  * Use `create(SetUserDisabledResponseSchema)` to create a new message.
  */
 export const SetUserDisabledResponseSchema: GenMessage<SetUserDisabledResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 35);
+  messageDesc(file_ensemble_auth_v1_auth, 40);
 
 /**
  * An invitation to join a tenant, without its token.
@@ -1156,7 +1292,7 @@ export type Invite = Message<"ensemble.auth.v1.Invite"> & {
  * Use `create(InviteSchema)` to create a new message.
  */
 export const InviteSchema: GenMessage<Invite> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 36);
+  messageDesc(file_ensemble_auth_v1_auth, 41);
 
 /**
  * @generated from message ensemble.auth.v1.CreateInviteRequest
@@ -1189,7 +1325,7 @@ export type CreateInviteRequest = Message<"ensemble.auth.v1.CreateInviteRequest"
  * Use `create(CreateInviteRequestSchema)` to create a new message.
  */
 export const CreateInviteRequestSchema: GenMessage<CreateInviteRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 37);
+  messageDesc(file_ensemble_auth_v1_auth, 42);
 
 /**
  * @generated from message ensemble.auth.v1.CreateInviteResponse
@@ -1213,7 +1349,7 @@ export type CreateInviteResponse = Message<"ensemble.auth.v1.CreateInviteRespons
  * Use `create(CreateInviteResponseSchema)` to create a new message.
  */
 export const CreateInviteResponseSchema: GenMessage<CreateInviteResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 38);
+  messageDesc(file_ensemble_auth_v1_auth, 43);
 
 /**
  * @generated from message ensemble.auth.v1.ListInvitesRequest
@@ -1237,7 +1373,7 @@ export type ListInvitesRequest = Message<"ensemble.auth.v1.ListInvitesRequest"> 
  * Use `create(ListInvitesRequestSchema)` to create a new message.
  */
 export const ListInvitesRequestSchema: GenMessage<ListInvitesRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 39);
+  messageDesc(file_ensemble_auth_v1_auth, 44);
 
 /**
  * @generated from message ensemble.auth.v1.ListInvitesResponse
@@ -1259,7 +1395,7 @@ export type ListInvitesResponse = Message<"ensemble.auth.v1.ListInvitesResponse"
  * Use `create(ListInvitesResponseSchema)` to create a new message.
  */
 export const ListInvitesResponseSchema: GenMessage<ListInvitesResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 40);
+  messageDesc(file_ensemble_auth_v1_auth, 45);
 
 /**
  * @generated from message ensemble.auth.v1.RevokeInviteRequest
@@ -1276,7 +1412,7 @@ export type RevokeInviteRequest = Message<"ensemble.auth.v1.RevokeInviteRequest"
  * Use `create(RevokeInviteRequestSchema)` to create a new message.
  */
 export const RevokeInviteRequestSchema: GenMessage<RevokeInviteRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 41);
+  messageDesc(file_ensemble_auth_v1_auth, 46);
 
 /**
  * @generated from message ensemble.auth.v1.RevokeInviteResponse
@@ -1293,7 +1429,7 @@ export type RevokeInviteResponse = Message<"ensemble.auth.v1.RevokeInviteRespons
  * Use `create(RevokeInviteResponseSchema)` to create a new message.
  */
 export const RevokeInviteResponseSchema: GenMessage<RevokeInviteResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 42);
+  messageDesc(file_ensemble_auth_v1_auth, 47);
 
 /**
  * A monthly spend limit. Months are calendar months in UTC. model-proxy refuses a call that
@@ -1344,7 +1480,7 @@ export type Budget = Message<"ensemble.auth.v1.Budget"> & {
  * Use `create(BudgetSchema)` to create a new message.
  */
 export const BudgetSchema: GenMessage<Budget> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 43);
+  messageDesc(file_ensemble_auth_v1_auth, 48);
 
 /**
  * @generated from message ensemble.auth.v1.GetBudgetRequest
@@ -1368,7 +1504,7 @@ export type GetBudgetRequest = Message<"ensemble.auth.v1.GetBudgetRequest"> & {
  * Use `create(GetBudgetRequestSchema)` to create a new message.
  */
 export const GetBudgetRequestSchema: GenMessage<GetBudgetRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 44);
+  messageDesc(file_ensemble_auth_v1_auth, 49);
 
 /**
  * @generated from message ensemble.auth.v1.GetBudgetResponse
@@ -1385,7 +1521,7 @@ export type GetBudgetResponse = Message<"ensemble.auth.v1.GetBudgetResponse"> & 
  * Use `create(GetBudgetResponseSchema)` to create a new message.
  */
 export const GetBudgetResponseSchema: GenMessage<GetBudgetResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 45);
+  messageDesc(file_ensemble_auth_v1_auth, 50);
 
 /**
  * @generated from message ensemble.auth.v1.SetBudgetRequest
@@ -1416,7 +1552,7 @@ export type SetBudgetRequest = Message<"ensemble.auth.v1.SetBudgetRequest"> & {
  * Use `create(SetBudgetRequestSchema)` to create a new message.
  */
 export const SetBudgetRequestSchema: GenMessage<SetBudgetRequest> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 46);
+  messageDesc(file_ensemble_auth_v1_auth, 51);
 
 /**
  * @generated from message ensemble.auth.v1.SetBudgetResponse
@@ -1433,7 +1569,7 @@ export type SetBudgetResponse = Message<"ensemble.auth.v1.SetBudgetResponse"> & 
  * Use `create(SetBudgetResponseSchema)` to create a new message.
  */
 export const SetBudgetResponseSchema: GenMessage<SetBudgetResponse> = /*@__PURE__*/
-  messageDesc(file_ensemble_auth_v1_auth, 47);
+  messageDesc(file_ensemble_auth_v1_auth, 52);
 
 /**
  * What an API key may do. The gateway enforces scopes from the contract: READ allows methods
@@ -1592,6 +1728,28 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof ListApiKeysRequestSchema;
     output: typeof ListApiKeysResponseSchema;
+  },
+  /**
+   * One API key (never its secret), revoked ones included. Its owner or a tenant admin may read
+   * it; anyone else gets NOT_FOUND. model-proxy reads a caller's key this way to apply its limits.
+   *
+   * @generated from rpc ensemble.auth.v1.AuthService.GetApiKey
+   */
+  getApiKey: {
+    methodKind: "unary";
+    input: typeof GetApiKeyRequestSchema;
+    output: typeof GetApiKeyResponseSchema;
+  },
+  /**
+   * Renames a key or replaces its limits. Its owner or a tenant admin may update it; a revoked
+   * key is FAILED_PRECONDITION. model-proxy applies new limits within BUDGET_CACHE_MS.
+   *
+   * @generated from rpc ensemble.auth.v1.AuthService.UpdateApiKey
+   */
+  updateApiKey: {
+    methodKind: "unary";
+    input: typeof UpdateApiKeyRequestSchema;
+    output: typeof UpdateApiKeyResponseSchema;
   },
   /**
    * Revokes a key. Its owner or a tenant admin may revoke it; revoking twice is not an error.
