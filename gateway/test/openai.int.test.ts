@@ -431,6 +431,49 @@ describe("openai client against the gateway", () => {
     expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError);
   });
 
+  it("api key limits - a key limited to some models lists and calls only those; one over its budget gets insufficient_quota", async () => {
+    const limited = await rpc<{ apiKey: { id: string }; secret: string }>(
+      "CreateApiKey",
+      { name: "team-a", limits: { models: ["fast", "sim-embed"] } },
+      accessToken,
+    );
+    const sdk = client(limited.secret);
+    const ids = [];
+    for await (const m of sdk.models.list()) ids.push(m.id);
+    expect(ids).toContain("fast");
+    expect(ids).toContain("sim-fast");
+    expect(ids).toContain("sim-embed");
+    expect(ids).not.toContain("sim-code");
+    const ok = await sdk.chat.completions.create({
+      model: "fast",
+      messages: [{ role: "user", content: "allowed" }],
+    });
+    expect(ok.choices[0]?.message.content).toContain("allowed");
+    const denied = await sdk.chat.completions
+      .create({ model: "sim-code", messages: [{ role: "user", content: "x" }] })
+      .catch((e: unknown) => e);
+    expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError);
+    expect((denied as InstanceType<typeof OpenAI.PermissionDeniedError>).message).toContain(
+      'API key "team-a" may not call sim-code; it may call fast, sim-embed',
+    );
+
+    // The owner changes the key's limits over Connect: a budget of 0 stops it.
+    const updated = await rpc<{
+      apiKey: { limits: { models?: string[]; monthlyLimitUsd?: number } };
+    }>("UpdateApiKey", { id: limited.apiKey.id, limits: { monthlyLimitUsd: 0 } }, accessToken);
+    expect(updated.apiKey.limits).toEqual({ monthlyLimitUsd: 0 });
+    const broke = await rpc<{ secret: string }>(
+      "CreateApiKey",
+      { name: "broke", limits: { monthlyLimitUsd: 0 } },
+      accessToken,
+    );
+    const refused = await client(broke.secret)
+      .chat.completions.create({ model: "sim-fast", messages: [{ role: "user", content: "x" }] })
+      .catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(OpenAI.RateLimitError);
+    expect((refused as InstanceType<typeof OpenAI.RateLimitError>).code).toBe("insufficient_quota");
+  });
+
   it("auto - the categorizer picks the model: a proof goes to the thinking role, a quick fact to the fast one", async () => {
     const openai = client(accessToken);
     const { data: proof, response } = await openai.chat.completions

@@ -10,6 +10,7 @@ import {
   InvalidArgumentError,
   loggerOf,
   NotFoundError,
+  PermissionDeniedError,
   principalOf,
   toConnectError,
   UnavailableError,
@@ -37,7 +38,7 @@ import {
   type StreamChatResponse,
   type Usage,
 } from "@ensemble/proto";
-import type { Accounting, Caller, LedgerEntry } from "./accounting/index.js";
+import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/index.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import type { StoredResponses } from "./stored-responses.js";
 import { costOf, requireCapability, type Catalog } from "./catalog.js";
@@ -131,6 +132,44 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     } catch {
       return model; // no simulator stand-in: the call fails with the real model's reason
     }
+  }
+
+  /** The catalog models the call's API key may call; undefined: every model. */
+  async function keyModels(
+    caller: Caller,
+  ): Promise<{ key: KeyRules; ids: Set<string> } | undefined> {
+    const key = await accounting.apiKey(caller);
+    if (key === undefined || key.models.length === 0) return undefined;
+    const models = await Promise.all(
+      key.models.map((name) => resolveModel(caller, name).catch(() => undefined)),
+    );
+    return { key, ids: new Set(models.flatMap((m) => (m === undefined ? [] : [m.id]))) };
+  }
+
+  /**
+   * `name` resolved to the model that answers it, refused (PERMISSION_DENIED) when the call's API
+   * key may not call it; `fallbacks` (the request's own, not the catalog's chain) likewise.
+   */
+  async function callableModel(
+    caller: Caller,
+    name: string,
+    fallbacks: readonly string[] = [],
+  ): Promise<Model> {
+    const model = await resolveModel(caller, name);
+    const allowed = await keyModels(caller);
+    if (allowed === undefined) return model;
+    const refuse = (field: string, asked: string, m: Model) =>
+      new PermissionDeniedError(
+        `${field}: API key "${allowed.key.name}" may not call ${asked === m.id ? m.id : `${asked} (${m.id})`}; ` +
+          `it may call ${allowed.key.models.join(", ")}`,
+      );
+    if (!allowed.ids.has(model.id)) throw refuse("model", name, model);
+    for (const [i, fallback] of fallbacks.entries()) {
+      const m = await resolveModel(caller, fallback).catch(() => undefined);
+      if (m !== undefined && !allowed.ids.has(m.id))
+        throw refuse(`fallback_models[${i}]`, fallback, m);
+    }
+    return model;
   }
 
   function cacheOn(tenantId: string, mode: CacheMode): boolean {
@@ -274,7 +313,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
   async function beginChat(req: ChatRequest, ctx: HandlerContext) {
     const started = performance.now();
     const { caller } = callerOf(ctx);
-    const model = await resolveModel(caller, req.model);
+    const model = await callableModel(caller, req.model, req.fallbackModels);
     const input = checkChat(model, req);
     await accounting.checkBudget(caller, costOf(model, input, 0));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
@@ -540,7 +579,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     async embed(req, ctx) {
       const started = performance.now();
       const { caller } = callerOf(ctx);
-      const model = await resolveModel(caller, req.model);
+      const model = await callableModel(caller, req.model);
       requireCapability(model, Capability.EMBEDDINGS, "embeddings");
       const input = req.inputs.reduce((n, text) => n + estimateTextTokens(text), 0);
       await accounting.checkBudget(caller, costOf(model, input, 0));
@@ -625,7 +664,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     async generateImage(req, ctx) {
       const started = performance.now();
       const { caller } = callerOf(ctx);
-      const model = await resolveModel(caller, req.model);
+      const model = await callableModel(caller, req.model);
       requireCapability(model, Capability.IMAGE_GENERATION, "image generation");
       const input = estimateTextTokens(req.prompt);
       await accounting.checkBudget(caller, costOf(model, input, 0));
@@ -701,8 +740,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     async listCallableModels(req, ctx) {
       const { caller } = callerOf(ctx);
       const all = await catalog.list(caller.tenantId, caller.token);
+      const allowed = await keyModels(caller);
       const wanted = (m: Model) =>
         router.serves(m) &&
+        (allowed === undefined || allowed.ids.has(m.id)) &&
         (req.capability === Capability.UNSPECIFIED || m.capabilities.includes(req.capability));
       // Each alias as a call resolves it (the registry's rule, then the simulator's stand-in).
       const names = [...new Set(all.flatMap((m) => m.aliases))];

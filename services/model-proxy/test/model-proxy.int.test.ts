@@ -502,6 +502,101 @@ describe("model-proxy", () => {
     expect(sim.requests("sim-limited")).toBe(ok);
   });
 
+  it("API key limits - a key calls only its models (its own fallbacks too), lists only those, stops at its own budget, and dies with its revocation", async () => {
+    const lena = await signup("lena");
+    const authClient = createClient(AuthService, auth.address);
+    const gateway = { authorization: `Bearer ${await auth.mintServiceToken("gateway")}` };
+    const keyWith = async (limits: { models?: string[]; monthlyLimitUsd?: number }) => {
+      const made = await authClient.createApiKey(
+        { name: "ci-bot", limits },
+        { headers: lena.headers },
+      );
+      const exchanged = await authClient.authenticateApiKey(
+        { apiKey: made.secret },
+        { headers: gateway },
+      );
+      return {
+        id: made.apiKey?.id ?? "",
+        headers: { authorization: `Bearer ${exchanged.accessToken}` },
+      };
+    };
+
+    // "fast" resolves to sim-fast here (no OpenAI deployment): either name is allowed.
+    const narrow = await keyWith({ models: ["fast", "sim-embed"] });
+    for (const model of ["fast", "sim-fast"]) {
+      const res = await mp.chat(chat(model, "hello"), { headers: narrow.headers });
+      expect(res.servedBy?.model).toBe("sim-fast");
+    }
+    const before = sim.requests();
+    const denied = await expectCode(
+      mp.chat(chat("sim-code", "hello"), { headers: narrow.headers }),
+      Code.PermissionDenied,
+    );
+    expect(denied.rawMessage).toBe(
+      'model: API key "ci-bot" may not call sim-code; it may call fast, sim-embed',
+    );
+    const viaFallback = await expectCode(
+      mp.chat(
+        { ...chat("fast", "hello"), fallbackModels: ["sim-code"] },
+        { headers: narrow.headers },
+      ),
+      Code.PermissionDenied,
+    );
+    expect(viaFallback.rawMessage).toMatch(/^fallback_models\[0\]: .*may not call sim-code/);
+    await expectCode(
+      mp.generateImage({ model: "sim-image", prompt: "a fox" }, { headers: narrow.headers }),
+      Code.PermissionDenied,
+    );
+    expect(sim.requests()).toBe(before); // refused before any provider call
+    const embedded = await mp.embed(
+      { model: "sim-embed", inputs: ["allowed"] },
+      { headers: narrow.headers },
+    );
+    expect(embedded.embeddings).toHaveLength(1);
+    const listed = await mp.listCallableModels({}, { headers: narrow.headers });
+    expect(listed.models.map((m) => m.id).sort()).toEqual(["sim-embed", "sim-fast"]);
+    expect(
+      Object.values(listed.aliases).every((id) => ["sim-embed", "sim-fast"].includes(id)),
+    ).toBe(true);
+    // The owner's own login is not limited by the key.
+    await mp.chat(chat("sim-code", "hello"), { headers: lena.headers });
+
+    const broke = await keyWith({ monthlyLimitUsd: 0 });
+    const exhausted = await expectCode(
+      mp.chat(chat("sim-fast", "hello"), { headers: broke.headers }),
+      Code.ResourceExhausted,
+    );
+    expect(exhausted.rawMessage).toMatch(
+      /^monthly budget exceeded: API key "ci-bot"'s limit for \d{4}-\d{2} is \$0 and/,
+    );
+
+    // Usage made with a key is counted against it: a key allowed $0.00002 runs out.
+    const small = await keyWith({ monthlyLimitUsd: 0.00002 });
+    let refused: ConnectError | undefined;
+    for (let i = 0; i < 50 && refused === undefined; i++) {
+      await mp
+        .chat(chat("sim-fast", `question number ${i} with a few more words to cost something`), {
+          headers: small.headers,
+        })
+        .catch((err: unknown) => {
+          refused = err as ConnectError;
+        });
+    }
+    expect(refused?.code).toBe(Code.ResourceExhausted);
+    expect(refused?.rawMessage).toContain('API key "ci-bot"');
+    await mp.chat(chat("sim-fast", "the owner is not out of budget"), { headers: lena.headers });
+
+    // Revoked: the token exchanged before still verifies, but model-proxy asks auth about the key
+    // (once its cached answer is older than BUDGET_CACHE_MS; a new key here has none cached).
+    const revoked = await keyWith({});
+    await authClient.revokeApiKey({ id: revoked.id }, { headers: lena.headers });
+    const dead = await expectCode(
+      mp.chat(chat("sim-fast", "hello"), { headers: revoked.headers }),
+      Code.PermissionDenied,
+    );
+    expect(dead.rawMessage).toBe('API key "ci-bot" has been revoked');
+  });
+
   it("Embed, CountTokens and GenerateImage", async () => {
     const olga = await signup("olga");
     const emb = await mp.embed(

@@ -13,6 +13,7 @@ import {
   tenantSpendKey,
   userSpendKey,
   monthOfKey,
+  apiKeySpendKey,
 } from "./keys.js";
 import { classifyWriteErrors } from "./ledger-writer.js";
 import { addToRows, planUsageQuery, toResponse, type UsageRow } from "./usage-query.js";
@@ -41,11 +42,13 @@ describe("accounting keys", () => {
     expect(hourStart(new Date(t + 29 * 60_000)).toISOString()).toBe("2024-12-31T23:00:00.000Z");
   });
 
-  it("spend keys - any tenant or user id makes a valid KV key that says its month", () => {
+  it("spend keys - any tenant, user or API key id makes a valid KV key that says its month", () => {
     for (const id of ["ten_1", "a.b c", "ü*>", ""]) {
       const t = tenantSpendKey("202501", id);
       const u = userSpendKey("202501", id, `${id}.x`);
-      for (const k of [t, u]) {
+      const a = apiKeySpendKey("202501", id, `${id}.x`);
+      expect(a).not.toBe(u); // a user and a key with the same id count apart
+      for (const k of [t, u, a]) {
         expect(k).toMatch(/^[-/_=.a-zA-Z0-9]+$/);
         expect(monthOfKey(k)).toBe("202501");
       }

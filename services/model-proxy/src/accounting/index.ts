@@ -4,8 +4,8 @@
 // Nothing here puts a database or network round trip on a call's hot path:
 // - checkBudget reads the month's spend from a local copy of the shared counters (NATS KV,
 //   watched by every replica; see spend.ts) plus this replica's own not-yet-shared spend, and the
-//   limits from a cache of auth's GetBudget (see limits.ts). Only a cold or expired limit costs
-//   one call to auth.
+//   limits from a cache of auth's GetBudget and GetApiKey (see limits.ts). Only a cold or expired
+//   limit costs one call to auth.
 // - record() buffers; batches go to MongoDB, then to the spend counters, then to NATS as usage
 //   events (see ledger-writer.ts). flush()/close() write everything before shutdown.
 //
@@ -19,6 +19,7 @@ import {
   ensureStream,
   jetstream,
   jetstreamManager,
+  PermissionDeniedError,
   ResourceExhaustedError,
   type GrpcClient,
   type Logger,
@@ -34,12 +35,13 @@ import {
   monthLabel,
   monthOf,
   msUntilNextMonth,
+  apiKeySpendKey,
   tenantSpendKey,
   userSpendKey,
 } from "./keys.js";
 import { LedgerWriter, type WriterMetrics } from "./ledger-writer.js";
 import { ledgerModel } from "./ledger.model.js";
-import { createLimits } from "./limits.js";
+import { createLimits, type CallerLimits, type KeyRules } from "./limits.js";
 import { openSpendStore } from "./spend.js";
 import type { Accounting, Caller, LedgerEntry } from "./types.js";
 import {
@@ -51,6 +53,7 @@ import {
 } from "./usage-query.js";
 
 export type { Accounting, Caller, LedgerEntry } from "./types.js";
+export type { KeyRules } from "./limits.js";
 export { usageSubject } from "./ledger-writer.js";
 export { ledgerModel, type LedgerDoc } from "./ledger.model.js";
 
@@ -108,7 +111,8 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
   const giveUpMs = deps.flushGiveUpMs ?? DEFAULT_FLUSH_GIVE_UP_MS;
 
   function refuseOver(
-    scope: "tenant" | "user",
+    scope: "tenant" | "user" | "key",
+    whose: string,
     limit: number | undefined,
     spent: number,
     estimate: number,
@@ -118,7 +122,6 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
     // At or over the limit refuses any call (so a limit of 0 blocks even unestimated calls).
     if (spent < limit && spent + estimate <= limit) return;
     metrics?.refusals.inc({ scope });
-    const whose = scope === "tenant" ? "the tenant's" : "your";
     throw new ResourceExhaustedError(
       `monthly budget exceeded: ${whose} limit for ${monthLabel(monthOf(at))} is ${formatUsd(limit)} ` +
         `and ${formatUsd(spent)} is already spent` +
@@ -127,26 +130,51 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
     );
   }
 
+  async function limitsOf(caller: Caller): Promise<CallerLimits> {
+    const { tenantId, userId, apiKeyId } = caller;
+    const cached = limits.cached(tenantId, userId, apiKeyId);
+    const got = cached ?? (await limits.get(tenantId, userId, apiKeyId, caller.token));
+    const key = got.key;
+    // A token outlives the key it was exchanged for by up to its lifetime, and a run started
+    // with a key outlives it by much more: the key's own state decides.
+    if (key?.revoked === true) {
+      throw new PermissionDeniedError(`API key "${key.name}" has been revoked`);
+    }
+    if (key?.expiresAt !== undefined && key.expiresAt <= now()) {
+      throw new PermissionDeniedError(`API key "${key.name}" has expired`);
+    }
+    return got;
+  }
+
   return {
     async checkBudget(caller: Caller, estimatedCostUsd: number): Promise<void> {
-      const { tenant, user } =
-        limits.cached(caller.tenantId, caller.userId) ??
-        (await limits.get(caller.tenantId, caller.userId, caller.token));
-      if (tenant === undefined && user === undefined) return;
+      const { tenant, user, key } = await limitsOf(caller);
+      if (tenant === undefined && user === undefined && key?.monthlyLimitUsd === undefined) return;
       const at = now();
       const month = monthOf(at);
       const estimate = cleanCost(estimatedCostUsd);
+      const spent = (k: string) => spend.spent(k);
       refuseOver(
         "tenant",
+        "the tenant's",
         tenant,
-        spend.spent(tenantSpendKey(month, caller.tenantId)),
+        spent(tenantSpendKey(month, caller.tenantId)),
         estimate,
         at,
       );
       if (caller.userId !== "") {
-        const spent = spend.spent(userSpendKey(month, caller.tenantId, caller.userId));
-        refuseOver("user", user, spent, estimate, at);
+        const used = spent(userSpendKey(month, caller.tenantId, caller.userId));
+        refuseOver("user", "your", user, used, estimate, at);
       }
+      if (key !== undefined) {
+        const used = spent(apiKeySpendKey(month, caller.tenantId, caller.apiKeyId));
+        refuseOver("key", `API key "${key.name}"'s`, key.monthlyLimitUsd, used, estimate, at);
+      }
+    },
+
+    async apiKey(caller: Caller): Promise<KeyRules | undefined> {
+      if (caller.apiKeyId === "") return undefined;
+      return (await limitsOf(caller)).key;
     },
 
     record(entry: LedgerEntry): void {

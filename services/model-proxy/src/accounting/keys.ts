@@ -35,8 +35,8 @@ export function hourStart(time: Date): Date {
 }
 
 /**
- * KV keys of the month's spend counters: one per tenant, one per (tenant, user). The month comes
- * first so a replica can tell a past month's counter from the key alone.
+ * KV keys of the month's spend counters: one per tenant, one per (tenant, user), one per (tenant,
+ * API key). The month comes first so a replica can tell a past month's counter from the key alone.
  */
 export function tenantSpendKey(month: string, tenantId: string): string {
   return `${month}.t.${safeToken(tenantId)}`;
@@ -46,9 +46,13 @@ export function userSpendKey(month: string, tenantId: string, userId: string): s
   return `${month}.u.${safeToken(tenantId)}.${safeToken(userId)}`;
 }
 
+export function apiKeySpendKey(month: string, tenantId: string, apiKeyId: string): string {
+  return `${month}.k.${safeToken(tenantId)}.${safeToken(apiKeyId)}`;
+}
+
 /** The month ("YYYYMM") a spend key belongs to, or undefined for a key that is not ours. */
 export function monthOfKey(key: string): string | undefined {
-  const m = /^(\d{6})\.[tu]\./.exec(key);
+  const m = /^(\d{6})\.[tuk]\./.exec(key);
   return m?.[1];
 }
 

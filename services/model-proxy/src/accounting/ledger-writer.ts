@@ -25,6 +25,7 @@ import {
   hourStart,
   monthOf,
   safeToken,
+  apiKeySpendKey,
   tenantSpendKey,
   userSpendKey,
 } from "./keys.js";
@@ -110,6 +111,9 @@ export class LedgerWriter {
     const month = monthOf(time.getTime());
     const spendKeys = [tenantSpendKey(month, entry.tenantId)];
     if (entry.userId !== "") spendKeys.push(userSpendKey(month, entry.tenantId, entry.userId));
+    if (entry.apiKeyId !== "") {
+      spendKeys.push(apiKeySpendKey(month, entry.tenantId, entry.apiKeyId));
+    }
     for (const k of spendKeys) this.#o.spend.addPending(k, cost);
     this.#buffer.push({
       entry,

@@ -1,4 +1,5 @@
 import type { Principal } from "@ensemble/kit";
+import type { KeyRules } from "./limits.js";
 import type { GetUsageRequest, GetUsageResponse, UsageOperation } from "@ensemble/proto";
 
 /** Who a budget check is for. */
@@ -46,12 +47,17 @@ export interface LedgerEntry {
 
 export interface Accounting {
   /**
-   * Throws the kit's ResourceExhaustedError (the message says whose limit, tenant or user, the
-   * limit and the month's spend, never a token) when spend + estimatedCostUsd would exceed the
-   * tenant's or the user's monthly limit (a limit of 0 blocks every call; estimatedCostUsd may
+   * Throws the kit's ResourceExhaustedError (the message says whose limit, tenant, user or API
+   * key, the limit and the month's spend, never a token) when spend + estimatedCostUsd would
+   * exceed the tenant's, the user's or the key's monthly limit (a limit of 0 blocks every call; estimatedCostUsd may
    * be 0). Warm path: no database and no network round trip.
    */
   checkBudget(caller: Caller, estimatedCostUsd: number): Promise<void>;
+  /**
+   * The limits of the API key the call was made with (undefined without one), from the same
+   * cache as checkBudget. Throws PermissionDeniedError for a revoked or expired key.
+   */
+  apiKey(caller: Caller): Promise<KeyRules | undefined>;
   /**
    * Buffers a ledger entry and its usage event; returns at once. Entries with the same id, or
    * the same (tenant, run, step, attempt) when runId+stepId are set, or the same (tenant,
