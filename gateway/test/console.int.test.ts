@@ -433,6 +433,68 @@ describe("console", () => {
     await shot(page, "09-cluster");
   }, 60_000);
 
+  it("console - an API key is created with limits, the table shows them, and Edit limits replaces them", async () => {
+    await nav(page, "Admin");
+    const name = `limited-${Date.now()}`;
+    const create = page.getByRole("form", { name: "Create API key" });
+    await create.getByLabel("Name").fill(name);
+    // The models offered are those callable here, whatever they do (sim-embed embeds).
+    await create.locator('input[name="keyModel"][value="sim-fast"]').check();
+    await create.locator('input[name="keyModel"][value="sim-embed"]').check();
+    await create.getByLabel("Monthly budget").fill("5");
+    await create.getByRole("button", { name: "Create key" }).click();
+    await expect(page.getByTestId("api-key-secret").textContent()).resolves.toMatch(/^ens_/);
+    const row = page.locator(`tr[data-key="${name}"]`);
+    const models = row.locator('[data-col="models"]');
+    const budget = row.locator('[data-col="budget"]');
+    await row.waitFor();
+    await expect(models.textContent()).resolves.toBe("sim-fast, sim-embed");
+    await expect(budget.textContent()).resolves.toBe("$5.00");
+    // The form is ready for the next key.
+    await expect(create.locator('input[name="keyModel"]:checked').count()).resolves.toBe(0);
+    await expect(create.getByLabel("Monthly budget").inputValue()).resolves.toBe("");
+
+    // Edit limits shows the key's limits; saving replaces them as a whole.
+    await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
+    const edit = page.getByRole("form", { name: `Limits of ${name}` });
+    await expect(edit.locator('input[name="keyModel"]:checked').count()).resolves.toBe(2);
+    await expect(edit.getByLabel("Monthly budget").inputValue()).resolves.toBe("5");
+    await edit.locator('input[name="keyModel"][value="sim-embed"]').uncheck();
+    await edit.getByLabel("Monthly budget").fill("12.5");
+    await shot(page, "07b-admin-key-limits");
+    await edit.getByRole("button", { name: "Save limits" }).click();
+    await edit.waitFor({ state: "detached" });
+    await budget.filter({ hasText: "$12.50" }).waitFor();
+    await expect(models.textContent()).resolves.toBe("sim-fast");
+
+    // A bad budget is refused in the form, and nothing changes.
+    await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
+    await edit.getByLabel("Monthly budget").fill("-3");
+    await edit.getByRole("button", { name: "Save limits" }).click();
+    await expect(edit.getByRole("alert").textContent()).resolves.toMatch(/monthly budget must be/i);
+    await edit.getByRole("button", { name: "Cancel" }).click();
+    await edit.waitFor({ state: "detached" });
+    await expect(budget.textContent()).resolves.toBe("$12.50");
+
+    // Nothing checked and no budget: the key is unlimited again, as auth now has it.
+    await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
+    await edit.locator('input[name="keyModel"][value="sim-fast"]').uncheck();
+    await edit.getByLabel("Monthly budget").fill("");
+    await edit.getByRole("button", { name: "Save limits" }).click();
+    await edit.waitFor({ state: "detached" });
+    await budget.filter({ hasText: "—" }).waitFor();
+    await expect(models.textContent()).resolves.toBe("all");
+    const { accessToken } = await storedSession(page);
+    const listed = await fetch(`${gw.url}/${AuthService.typeName}/ListApiKeys`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+      body: "{}",
+    });
+    const keys = ((await listed.json()) as { apiKeys: Array<{ name: string; limits?: object }> })
+      .apiKeys;
+    expect(keys.find((k) => k.name === name)?.limits ?? {}).toEqual({});
+  }, 60_000);
+
   it("console - a user of another tenant sees none of it", async () => {
     const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const bob = await bobContext.newPage();

@@ -41,6 +41,23 @@ export function loadChatModels(): Promise<Model[]> {
   return chatModelsPromise;
 }
 
+let callablePromise: Promise<{ ids: string[]; aliases: Record<string, string> }> | undefined;
+
+/**
+ * Every model callable here, whatever it does (chat, embeddings, images), with the aliases that
+ * each answers: what an API key's model limits can usefully name.
+ */
+export function loadCallableModels(): Promise<{ ids: string[]; aliases: Record<string, string> }> {
+  callablePromise ??= api.proxy.listCallableModels({}).then(
+    (r) => ({ ids: r.models.map((m) => m.id), aliases: r.aliases }),
+    (err: unknown) => {
+      callablePromise = undefined;
+      throw err;
+    },
+  );
+  return callablePromise;
+}
+
 export function loadAddons(): Promise<PromptAddon[]> {
   addonsPromise ??= api.registry.listAddons({ page: { pageSize: 200 } }).then(
     (r) => r.addons.filter((a) => a.enabled),

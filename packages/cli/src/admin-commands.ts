@@ -1,4 +1,5 @@
-// keys create/list/revoke, models, usage.
+// keys create/list/get/update/revoke, models, usage.
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
@@ -11,16 +12,70 @@ import {
   UsageDimension,
   UsageOperation,
   type ApiKey,
+  type ApiKeyLimits,
+  type ApiKeyLimitsSchema,
 } from "@ensemble/proto";
 import type { Context } from "./context.js";
-import { enumValue, label, table, usd, when } from "./output.js";
-import { UsageError } from "./session.js";
+import { enumValue, label, table, usd, when, type Output } from "./output.js";
+import { UsageError, type Gateway } from "./session.js";
 
 /** "30d", "12h", "90m" -> ms. */
 function ttlMs(raw: string): number {
   const m = /^(\d+)([mhd])$/.exec(raw.trim());
   if (m === null) throw new UsageError(`--ttl ${raw}: expected a lifetime like 90m, 12h, 30d`);
   return Number(m[1]) * { m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "m"];
+}
+
+// The same bounds as ApiKeyLimits' validation rules in auth.proto, checked here so that a bad
+// flag is a usage error (exit 2) naming the flag rather than an INVALID_ARGUMENT from auth.
+const MAX_BUDGET_USD = 1_000_000_000;
+const MAX_MODELS = 100;
+const MAX_MODEL_NAME = 128;
+
+/** "5", "12.50", "$5" -> USD per month; else a UsageError saying what is expected. */
+function budgetUsd(raw: string): number {
+  const text = raw.trim().replace(/^\$/, "");
+  const value = Number(text);
+  if (!/^(\d+(\.\d*)?|\.\d+)$/.test(text) || value > MAX_BUDGET_USD) {
+    throw new UsageError(
+      `--budget ${raw}: expected USD per month, a number from 0 to ${MAX_BUDGET_USD} such as 5 or 12.50 (0 blocks paid calls)`,
+    );
+  }
+  return value;
+}
+
+/** "fast, sim-embed" -> ["fast", "sim-embed"] (duplicates dropped); else a UsageError. */
+function modelNames(raw: string): string[] {
+  const names = [...new Set(raw.split(",").map((s) => s.trim()))].filter((s) => s !== "");
+  if (names.length === 0) {
+    throw new UsageError(
+      `--models ${JSON.stringify(raw)}: expected catalog model ids or aliases, comma-separated, e.g. fast,sim-embed`,
+    );
+  }
+  if (names.length > MAX_MODELS) {
+    throw new UsageError(`--models: at most ${MAX_MODELS} models (${names.length} given)`);
+  }
+  const long = names.find((n) => n.length > MAX_MODEL_NAME);
+  if (long !== undefined) {
+    throw new UsageError(
+      `--models: ${long.slice(0, 40)}...: a model name has at most ${MAX_MODEL_NAME} characters`,
+    );
+  }
+  return names;
+}
+
+/** The models a key may call, for people: "all" or "fast,sim-embed". */
+function modelsText(limits: ApiKeyLimits | undefined): string {
+  return limits === undefined || limits.models.length === 0 ? "all" : limits.models.join(",");
+}
+
+/** A key's monthly limit, for people: "-" (none) or "$5.00". */
+function budgetText(limits: ApiKeyLimits | undefined): string {
+  const v = limits?.monthlyLimitUsd;
+  if (v === undefined) return "-";
+  // Whole cents as $5.00; a finer limit in full rather than rounded to something it is not.
+  const cents = Math.round(v * 100);
+  return Math.abs(v * 100 - cents) < 1e-6 ? `$${(cents / 100).toFixed(2)}` : `$${v}`;
 }
 
 function keyJson(key: ApiKey): Record<string, unknown> {
@@ -30,6 +85,10 @@ function keyJson(key: ApiKey): Record<string, unknown> {
     prefix: key.prefix,
     scopes: key.scopes.map((s) => label(ApiKeyScope, s)),
     userId: key.userId,
+    limits: {
+      models: key.limits?.models ?? [],
+      monthlyLimitUsd: key.limits?.monthlyLimitUsd ?? null,
+    },
     created: when(key.createTime),
     expires: key.expireTime !== undefined ? when(key.expireTime) : null,
     lastUsed: key.lastUsedTime !== undefined ? when(key.lastUsedTime) : null,
@@ -37,8 +96,48 @@ function keyJson(key: ApiKey): Record<string, unknown> {
   };
 }
 
+/** One key as "name  value" lines (keys get, keys update). */
+function describeKey(key: ApiKey): string {
+  const rows: Array<[string, string]> = [
+    ["id", key.id],
+    ["name", key.name],
+    ["prefix", key.prefix],
+    ["scopes", key.scopes.map((s) => label(ApiKeyScope, s)).join(",")],
+    ["models", modelsText(key.limits)],
+    ["budget/month", budgetText(key.limits)],
+    ["created", when(key.createTime)],
+    ["expires", when(key.expireTime)],
+    ["last used", when(key.lastUsedTime)],
+    ["state", key.revokeTime !== undefined ? `revoked ${when(key.revokeTime)}` : "active"],
+  ];
+  return rows.map(([name, value]) => `${name.padEnd(13)}${value}`).join("\n");
+}
+
+/**
+ * Names in --models that nothing callable here answers: a key limited to a misspelt model can
+ * call nothing, so say so (a notice, not an error: the catalog may gain the model later).
+ * Best effort: when model-proxy cannot be asked, nothing is said.
+ */
+async function warnUnknownModels(gw: Gateway, out: Output, names: string[]): Promise<void> {
+  let known: Set<string>;
+  try {
+    const res = await gw.client(ModelProxyService).listCallableModels({});
+    known = new Set([...res.models.map((m) => m.id), ...Object.keys(res.aliases)]);
+  } catch {
+    return;
+  }
+  const unknown = names.filter((n) => !known.has(n));
+  if (unknown.length > 0) {
+    out.notice(
+      `note: nothing callable here is named ${unknown.join(", ")}; the key cannot call ${unknown.length === 1 ? "it" : "them"} (see \`ensemble models\`)`,
+    );
+  }
+}
+
 export function registerAdminCommands(program: Command, ctx: Context): void {
-  const keys = program.command("keys").description("API keys: create (shown once), list, revoke");
+  const keys = program
+    .command("keys")
+    .description("API keys: create (shown once), list, get, update (name, limits), revoke");
 
   keys
     .command("create")
@@ -46,24 +145,53 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
     .argument("<name>", "what the key is for")
     .option("--scope <scopes>", "comma-separated: read, write, admin (default read,write)")
     .option("--ttl <lifetime>", "expires after e.g. 90d (default: never)")
-    .action(async (name: string, opts: { scope?: string; ttl?: string }) => {
-      const { gw, out } = ctx.get();
-      const scopes = (opts.scope ?? "")
-        .split(",")
-        .filter((s) => s.trim() !== "")
-        .map((s) => enumValue(ApiKeyScope, "--scope", s));
-      const res = await gw.client(AuthService).createApiKey({
-        name,
-        scopes,
-        ...(opts.ttl !== undefined ? { ttl: durationFromMs(ttlMs(opts.ttl)) } : {}),
-      });
-      if (res.apiKey === undefined) throw new Error("auth returned no key");
-      const key = res.apiKey;
-      out.result({ ...keyJson(key), secret: res.secret }, () => {
-        out.notice("The secret is shown only now; store it safely (e.g. as ENSEMBLE_API_KEY).");
-        return `${res.secret}\n(id ${key.id}, name ${key.name})`;
-      });
-    });
+    .option(
+      "--models <ids>",
+      "comma-separated catalog model ids or aliases the key may call (default: every model)",
+    )
+    .option(
+      "--budget <usd>",
+      "USD the key may spend per calendar month (UTC), e.g. 5; 0 blocks paid calls (default: no limit of its own)",
+    )
+    .addHelpText(
+      "after",
+      `\nThe key's limits come on top of its owner's and the tenant's budgets.\n\nExample:\n  ensemble keys create ci --models fast,sim-embed --budget 5`,
+    )
+    .action(
+      async (
+        name: string,
+        opts: { scope?: string; ttl?: string; models?: string; budget?: string },
+      ) => {
+        const scopes = (opts.scope ?? "")
+          .split(",")
+          .filter((s) => s.trim() !== "")
+          .map((s) => enumValue(ApiKeyScope, "--scope", s));
+        const ttl = opts.ttl !== undefined ? durationFromMs(ttlMs(opts.ttl)) : undefined;
+        const models = opts.models !== undefined ? modelNames(opts.models) : undefined;
+        const budget = opts.budget !== undefined ? budgetUsd(opts.budget) : undefined;
+        const { gw, out } = ctx.get();
+        const res = await gw.client(AuthService).createApiKey({
+          name,
+          scopes,
+          ...(ttl !== undefined ? { ttl } : {}),
+          ...(models !== undefined || budget !== undefined
+            ? {
+                limits: {
+                  models: models ?? [],
+                  ...(budget !== undefined ? { monthlyLimitUsd: budget } : {}),
+                },
+              }
+            : {}),
+        });
+        if (res.apiKey === undefined) throw new Error("auth returned no key");
+        const key = res.apiKey;
+        if (models !== undefined) await warnUnknownModels(gw, out, models);
+        out.result({ ...keyJson(key), secret: res.secret }, () => {
+          out.notice("The secret is shown only now; store it safely (e.g. as ENSEMBLE_API_KEY).");
+          return `${res.secret}\n(id ${key.id}, name ${key.name}; models: ${modelsText(key.limits)}; budget/month: ${budgetText(key.limits)})`;
+        });
+      },
+    );
 
   keys
     .command("list")
@@ -79,12 +207,24 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
       });
       out.result({ apiKeys: res.apiKeys.map(keyJson) }, () =>
         table(
-          ["id", "name", "prefix", "scopes", "created", "last used", "state"],
+          [
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "models",
+            "budget/month",
+            "created",
+            "last used",
+            "state",
+          ],
           res.apiKeys.map((k) => [
             k.id,
             k.name,
             k.prefix,
             k.scopes.map((s) => label(ApiKeyScope, s)).join(","),
+            modelsText(k.limits),
+            budgetText(k.limits),
             when(k.createTime),
             when(k.lastUsedTime),
             k.revokeTime !== undefined ? "revoked" : "active",
@@ -92,6 +232,99 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         ),
       );
     });
+
+  keys
+    .command("get")
+    .description("one API key (never its secret): scopes, limits, when it was last used")
+    .argument("<key-id>")
+    .action(async (id: string) => {
+      const { gw, out } = ctx.get();
+      const res = await gw.client(AuthService).getApiKey({ id });
+      if (res.apiKey === undefined) throw new Error("auth returned no key");
+      const key = res.apiKey;
+      out.result(keyJson(key), () => describeKey(key));
+    });
+
+  const update = keys
+    .command("update")
+    .description("rename an API key or change its limits")
+    .argument("<key-id>")
+    .option("--name <name>", "a new name")
+    .option("--models <ids>", "comma-separated catalog model ids or aliases the key may call")
+    .option("--all-models", "let the key call every model")
+    .option("--budget <usd>", "USD the key may spend per calendar month (UTC); 0 blocks paid calls")
+    .option("--no-budget", "remove the key's own monthly limit")
+    .addHelpText(
+      "after",
+      `\nThe part of the limits not named is kept: --budget alone keeps the models, and --models alone\nkeeps the budget. model-proxy applies new limits within its BUDGET_CACHE_MS (30s by default).\n\nExamples:\n  ensemble keys update <key-id> --budget 20\n  ensemble keys update <key-id> --all-models --no-budget`,
+    );
+  // --budget and --no-budget set the same value (the last one given wins in commander); record
+  // which were given so that both together are refused rather than one silently ignored.
+  const budgetFlags = new Set<string>();
+  update.on("option:budget", () => budgetFlags.add("--budget"));
+  update.on("option:no-budget", () => budgetFlags.add("--no-budget"));
+  update.action(
+    async (
+      id: string,
+      opts: { name?: string; models?: string; allModels?: boolean; budget?: string | false },
+    ) => {
+      if (opts.models !== undefined && opts.allModels === true) {
+        throw new UsageError("--models and --all-models contradict each other: give one");
+      }
+      if (budgetFlags.size > 1) {
+        throw new UsageError("--budget and --no-budget contradict each other: give one");
+      }
+      if (opts.name !== undefined && opts.name.trim() === "") {
+        throw new UsageError("--name: expected a non-empty name");
+      }
+      // undefined: keep what the key has.
+      const models =
+        opts.allModels === true
+          ? []
+          : opts.models !== undefined
+            ? modelNames(opts.models)
+            : undefined;
+      const budget: number | null | undefined =
+        opts.budget === false
+          ? null
+          : typeof opts.budget === "string"
+            ? budgetUsd(opts.budget)
+            : undefined;
+      if (opts.name === undefined && models === undefined && budget === undefined) {
+        throw new UsageError(
+          "nothing to change: give --name, --models or --all-models, --budget or --no-budget",
+        );
+      }
+      const { gw, out } = ctx.get();
+      const auth = gw.client(AuthService);
+      let limits: MessageInitShape<typeof ApiKeyLimitsSchema> | undefined;
+      if (models !== undefined || budget !== undefined) {
+        // UpdateApiKey replaces the limits as a whole: keep the part not named from the key as
+        // it is now. (Someone changing that part between the two calls would be overwritten;
+        // acceptable for a command a person runs.)
+        const current =
+          models === undefined || budget === undefined
+            ? (await auth.getApiKey({ id })).apiKey?.limits
+            : undefined;
+        const keptModels = models ?? current?.models ?? [];
+        const keptBudget =
+          budget === undefined ? current?.monthlyLimitUsd : budget === null ? undefined : budget;
+        limits = {
+          models: keptModels,
+          ...(keptBudget !== undefined ? { monthlyLimitUsd: keptBudget } : {}),
+        };
+      }
+      const res = await auth.updateApiKey({
+        id,
+        ...(opts.name !== undefined ? { name: opts.name } : {}),
+        ...(limits !== undefined ? { limits } : {}),
+      });
+      if (res.apiKey === undefined) throw new Error("auth returned no key");
+      const key = res.apiKey;
+      if (models !== undefined && models.length > 0) await warnUnknownModels(gw, out, models);
+      out.result(keyJson(key), () => `updated ${key.id}\n${describeKey(key)}`);
+    },
+  );
 
   keys
     .command("revoke")

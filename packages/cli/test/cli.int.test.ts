@@ -418,6 +418,91 @@ describe("ensemble CLI against a live mesh", () => {
     expect(keys.find((k) => k.id === key.id)?.revoked).not.toBeNull();
   }, 60_000);
 
+  it("cli - keys carry limits: create and list show them, update keeps the part not named", async () => {
+    type Limits = { models: string[]; monthlyLimitUsd: number | null };
+    const limitsOf = (r: { stdout: string }) => (JSON.parse(r.stdout) as { limits: Limits }).limits;
+
+    const created = await cli([
+      "--json",
+      "keys",
+      "create",
+      "limited",
+      "--models",
+      "fast,sim-embed",
+      "--budget",
+      "5",
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    const key = JSON.parse(created.stdout) as { id: string; secret: string; limits: Limits };
+    expect(key.limits).toEqual({ models: ["fast", "sim-embed"], monthlyLimitUsd: 5 });
+
+    const list = await cli(["keys", "list"]);
+    expect(list.code, list.stderr).toBe(0);
+    const [head, ...rows] = list.stdout.trimEnd().split("\n");
+    expect(head).toMatch(/\bscopes\s+models\s+budget\/month\s+created\b/);
+    expect(rows.find((r) => r.startsWith(key.id))).toMatch(/\sfast,sim-embed\s+\$5\.00\s/);
+    expect(list.stdout).not.toContain(key.secret);
+
+    // --budget alone: the models stay.
+    const budget = await cli(["--json", "keys", "update", key.id, "--budget", "12.5"]);
+    expect(budget.code, budget.stderr).toBe(0);
+    expect(limitsOf(budget)).toEqual({ models: ["fast", "sim-embed"], monthlyLimitUsd: 12.5 });
+    const got = await cli(["keys", "get", key.id]);
+    expect(got.code, got.stderr).toBe(0);
+    expect(got.stdout).toMatch(/^models\s+fast,sim-embed$/m);
+    expect(got.stdout).toMatch(/^budget\/month\s+\$12\.50$/m);
+
+    // --models alone: the budget stays; a name nothing here answers is pointed out.
+    const models = await cli(["--json", "keys", "update", key.id, "--models", "sim-fast,sim-fsat"]);
+    expect(models.code, models.stderr).toBe(0);
+    expect(limitsOf(models)).toEqual({ models: ["sim-fast", "sim-fsat"], monthlyLimitUsd: 12.5 });
+    expect(models.stderr).toContain("nothing callable here is named sim-fsat;");
+
+    // Both removed: the key is unlimited again.
+    const cleared = await cli([
+      "--json",
+      "keys",
+      "update",
+      key.id,
+      "--name",
+      "unlimited",
+      "--all-models",
+      "--no-budget",
+    ]);
+    expect(cleared.code, cleared.stderr).toBe(0);
+    expect(JSON.parse(cleared.stdout)).toMatchObject({
+      name: "unlimited",
+      limits: { models: [], monthlyLimitUsd: null },
+    });
+    const after = await cli(["keys", "list"]);
+    expect(after.stdout.split("\n").find((r) => r.startsWith(key.id))).toMatch(
+      /\sunlimited\s.*\sall\s+-\s/,
+    );
+
+    // Bad or contradictory flags: exit 2, a message naming the flag, nothing created or changed.
+    const bad = await cli(["keys", "create", "bad-budget", "--budget", "five"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--budget five: expected USD per month");
+    const negative = await cli(["keys", "update", key.id, "--budget", "-1"]);
+    expect(negative.code).toBe(2);
+    expect(negative.stderr).toContain("--budget -1: expected USD per month");
+    const both = await cli(["keys", "update", key.id, "--budget", "5", "--no-budget"]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain("--budget and --no-budget contradict each other");
+    const nothing = await cli(["keys", "update", key.id]);
+    expect(nothing.code).toBe(2);
+    expect(nothing.stderr).toContain("nothing to change");
+    const keys = await cli(["--json", "keys", "list"]);
+    const listed = (
+      JSON.parse(keys.stdout) as { apiKeys: Array<{ id: string; name: string; limits: Limits }> }
+    ).apiKeys;
+    expect(listed.some((k) => k.name === "bad-budget")).toBe(false);
+    expect(listed.find((k) => k.id === key.id)?.limits).toEqual({
+      models: [],
+      monthlyLimitUsd: null,
+    });
+  }, 60_000);
+
   it("cli - models lists the catalog and usage counts this user's calls", async () => {
     const models = await cli(["--json", "models", "--provider", "simulator"]);
     expect(models.code).toBe(0);

@@ -1,12 +1,14 @@
 // Admin (tenant admins only): users and roles, API keys (the secret is shown once, at
-// creation), and monthly budgets for the tenant and per user.
+// creation) with their own limits (models, monthly budget), and monthly budgets for the tenant
+// and per user.
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { ApiKeyScope, BudgetScope, Role, type User } from "@ensemble/proto";
-import { useState } from "react";
+import { ApiKeyScope, BudgetScope, Role, type ApiKey, type User } from "@ensemble/proto";
+import { Fragment, useState } from "react";
 import type { FormEvent } from "react";
 import { api, errorText } from "../api";
+import { loadCallableModels } from "../models";
 import { useSession } from "../session";
-import { ErrorBox, Guard, enumLabel, fmtTime, useLoad } from "../ui";
+import { ErrorBox, Guard, Loading, enumLabel, fmtTime, useLoad } from "../ui";
 
 export function AdminPage() {
   return (
@@ -16,6 +18,158 @@ export function AdminPage() {
       <Users />
       <Budgets />
     </div>
+  );
+}
+
+/** "5", "12.50" -> 5, 12.5; "" -> undefined (no limit); anything else -> null (refused). */
+function parseUsd(text: string): number | undefined | null {
+  const t = text.trim();
+  if (t === "") return undefined;
+  const v = Number(t);
+  // The bounds of ApiKeyLimits / SetBudgetRequest in auth.proto.
+  return Number.isFinite(v) && v >= 0 && v <= 1e9 ? v : null;
+}
+
+const BAD_KEY_BUDGET =
+  "The monthly budget must be an amount in USD (0 or more; 0 blocks paid calls), or empty for none.";
+
+/** A key's monthly limit for the table: "—" (none) or "$5.00". */
+function fmtLimit(v: number | undefined): string {
+  if (v === undefined) return "—";
+  const cents = Math.round(v * 100);
+  return Math.abs(v * 100 - cents) < 1e-6 ? `$${(cents / 100).toFixed(2)}` : `$${v}`;
+}
+
+/**
+ * The models an API key may call, as checkboxes of the models callable here (none checked:
+ * every model). Names the key already has that nothing here answers stay listed, so that saving
+ * does not drop them unseen. When the list cannot be loaded, a comma-separated text field.
+ */
+function ModelPicker(props: { value: string[]; onChange: (models: string[]) => void }) {
+  const callable = useLoad(loadCallableModels, []);
+  const [text, setText] = useState(props.value.join(", "));
+  const { value, onChange } = props;
+  if (callable.error !== undefined || callable.data?.ids.length === 0) {
+    return (
+      <label>
+        Models (comma-separated ids or aliases, empty = all)
+        <input
+          name="keyModels"
+          value={text}
+          onChange={(e) => {
+            setText(e.target.value);
+            onChange([
+              ...new Set(
+                e.target.value
+                  .split(",")
+                  .map((m) => m.trim())
+                  .filter((m) => m !== ""),
+              ),
+            ]);
+          }}
+        />
+      </label>
+    );
+  }
+  const { ids, aliases } = callable.data ?? { ids: [], aliases: {} };
+  const options = [...ids, ...value.filter((m) => !ids.includes(m))];
+  return (
+    <fieldset className="key-models">
+      <legend>Models (none checked = all)</legend>
+      {callable.data === undefined ? (
+        <Loading what="Loading models" />
+      ) : (
+        <div className="checks">
+          {options.map((m) => {
+            const answers = Object.keys(aliases).filter((a) => aliases[a] === m);
+            return (
+              <label key={m} className="check">
+                <input
+                  type="checkbox"
+                  name="keyModel"
+                  value={m}
+                  checked={value.includes(m)}
+                  onChange={() =>
+                    onChange(value.includes(m) ? value.filter((x) => x !== m) : [...value, m])
+                  }
+                />
+                {m}
+                {answers.length > 0 && <span className="muted">({answers.join(", ")})</span>}
+                {!ids.includes(m) && <span className="muted">(not callable here)</span>}
+              </label>
+            );
+          })}
+        </div>
+      )}
+    </fieldset>
+  );
+}
+
+/** The "Edit limits" row under a key: replaces its limits as a whole (UpdateApiKey). */
+function KeyLimitsForm(props: {
+  apiKey: ApiKey;
+  columns: number;
+  onDone: (saved: boolean) => void;
+}) {
+  const { apiKey, onDone } = props;
+  const [models, setModels] = useState<string[]>(apiKey.limits?.models ?? []);
+  const limit = apiKey.limits?.monthlyLimitUsd;
+  const [budget, setBudget] = useState(limit !== undefined ? String(limit) : "");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string>();
+
+  const save = async (e: FormEvent) => {
+    e.preventDefault();
+    setError(undefined);
+    const usd = parseUsd(budget);
+    if (usd === null) {
+      setError(BAD_KEY_BUDGET);
+      return;
+    }
+    setBusy(true);
+    try {
+      await api.auth.updateApiKey({
+        id: apiKey.id,
+        limits: { models, ...(usd !== undefined ? { monthlyLimitUsd: usd } : {}) },
+      });
+      onDone(true);
+    } catch (err) {
+      setError(errorText(err));
+      setBusy(false);
+    }
+  };
+
+  return (
+    <tr className="key-limits">
+      <td colSpan={props.columns}>
+        <form onSubmit={(e) => void save(e)} aria-label={`Limits of ${apiKey.name}`}>
+          <ModelPicker value={models} onChange={setModels} />
+          <div className="inline-row">
+            <label>
+              Monthly budget (USD, empty = none)
+              <input
+                name="keyBudget"
+                inputMode="decimal"
+                value={budget}
+                onChange={(e) => setBudget(e.target.value)}
+              />
+            </label>
+            <button type="submit" className="primary" disabled={busy}>
+              Save limits
+            </button>
+            <button type="button" onClick={() => onDone(false)}>
+              Cancel
+            </button>
+          </div>
+          <p className="hint">
+            The key&apos;s own limits, on top of its owner&apos;s and the tenant&apos;s budgets.
+            Calls made with it see a change once model-proxy&apos;s cache of limits expires (30 s by
+            default).
+          </p>
+          <ErrorBox error={error} />
+        </form>
+      </td>
+    </tr>
   );
 }
 
@@ -29,16 +183,35 @@ function ApiKeys() {
   );
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<ApiKeyScope[]>([ApiKeyScope.READ, ApiKeyScope.WRITE]);
+  const [models, setModels] = useState<string[]>([]);
+  const [budget, setBudget] = useState("");
+  // Remounts the create form's model picker once a key is made, clearing a typed list too.
+  const [created, setCreated] = useState(0);
+  const [editing, setEditing] = useState<string>();
   const [secret, setSecret] = useState<string>();
   const [error, setError] = useState<string>();
 
   const create = async (e: FormEvent) => {
     e.preventDefault();
     setError(undefined);
+    const usd = parseUsd(budget);
+    if (usd === null) {
+      setError(BAD_KEY_BUDGET);
+      return;
+    }
     try {
-      const res = await api.auth.createApiKey({ name, scopes });
+      const res = await api.auth.createApiKey({
+        name,
+        scopes,
+        ...(models.length > 0 || usd !== undefined
+          ? { limits: { models, ...(usd !== undefined ? { monthlyLimitUsd: usd } : {}) } }
+          : {}),
+      });
       setSecret(res.secret);
       setName("");
+      setModels([]);
+      setBudget("");
+      setCreated((n) => n + 1);
       keys.reload();
     } catch (err) {
       setError(errorText(err));
@@ -48,35 +221,49 @@ function ApiKeys() {
     setError(undefined);
     try {
       await api.auth.revokeApiKey({ id });
+      if (editing === id) setEditing(undefined);
       keys.reload();
     } catch (err) {
       setError(errorText(err));
     }
   };
+  const COLUMNS = 8;
 
   return (
     <section aria-label="API keys">
       <h2>API keys</h2>
-      <form className="inline" onSubmit={(e) => void create(e)} aria-label="Create API key">
-        <label>
-          Name
-          <input name="keyName" required value={name} onChange={(e) => setName(e.target.value)} />
-        </label>
-        {[ApiKeyScope.READ, ApiKeyScope.WRITE, ApiKeyScope.ADMIN].map((s) => (
-          <label key={s} className="check">
-            <input
-              type="checkbox"
-              checked={scopes.includes(s)}
-              onChange={() =>
-                setScopes(scopes.includes(s) ? scopes.filter((x) => x !== s) : [...scopes, s])
-              }
-            />
-            {enumLabel(ApiKeyScope, s)}
+      <form onSubmit={(e) => void create(e)} aria-label="Create API key">
+        <div className="inline-row">
+          <label>
+            Name
+            <input name="keyName" required value={name} onChange={(e) => setName(e.target.value)} />
           </label>
-        ))}
-        <button type="submit" className="primary">
-          Create key
-        </button>
+          {[ApiKeyScope.READ, ApiKeyScope.WRITE, ApiKeyScope.ADMIN].map((s) => (
+            <label key={s} className="check">
+              <input
+                type="checkbox"
+                checked={scopes.includes(s)}
+                onChange={() =>
+                  setScopes(scopes.includes(s) ? scopes.filter((x) => x !== s) : [...scopes, s])
+                }
+              />
+              {enumLabel(ApiKeyScope, s)}
+            </label>
+          ))}
+          <label>
+            Monthly budget (USD, empty = none)
+            <input
+              name="keyBudget"
+              inputMode="decimal"
+              value={budget}
+              onChange={(e) => setBudget(e.target.value)}
+            />
+          </label>
+          <button type="submit" className="primary">
+            Create key
+          </button>
+        </div>
+        <ModelPicker key={created} value={models} onChange={setModels} />
       </form>
       {secret !== undefined && (
         <div className="secret" role="status">
@@ -100,36 +287,72 @@ function ApiKeys() {
                   <th>Name</th>
                   <th>Key</th>
                   <th>Scopes</th>
+                  <th>Models</th>
+                  <th>Budget/month</th>
                   <th>Created</th>
                   <th>Last used</th>
                   <th />
                 </tr>
               </thead>
               <tbody>
-                {list.map((k) => (
-                  <tr key={k.id} data-key={k.name}>
-                    <td>{k.name}</td>
-                    <td>
-                      <code>{k.prefix}…</code>
-                    </td>
-                    <td>{k.scopes.map((s) => enumLabel(ApiKeyScope, s)).join(", ")}</td>
-                    <td>{fmtTime(k.createTime)}</td>
-                    <td>{fmtTime(k.lastUsedTime)}</td>
-                    <td>
-                      {k.revokeTime !== undefined && timestampMs(k.revokeTime) > 0 ? (
-                        "revoked"
-                      ) : (
-                        <button
-                          type="button"
-                          onClick={() => void revoke(k.id)}
-                          aria-label={`Revoke ${k.name}`}
-                        >
-                          Revoke
-                        </button>
+                {list.map((k) => {
+                  const revoked = k.revokeTime !== undefined && timestampMs(k.revokeTime) > 0;
+                  const limited = k.limits?.models ?? [];
+                  return (
+                    <Fragment key={k.id}>
+                      <tr data-key={k.name}>
+                        <td>{k.name}</td>
+                        <td>
+                          <code>{k.prefix}…</code>
+                        </td>
+                        <td>{k.scopes.map((s) => enumLabel(ApiKeyScope, s)).join(", ")}</td>
+                        <td data-col="models">
+                          {limited.length === 0 ? (
+                            <span className="muted">all</span>
+                          ) : (
+                            limited.join(", ")
+                          )}
+                        </td>
+                        <td data-col="budget">{fmtLimit(k.limits?.monthlyLimitUsd)}</td>
+                        <td>{fmtTime(k.createTime)}</td>
+                        <td>{fmtTime(k.lastUsedTime)}</td>
+                        <td className="actions">
+                          {revoked ? (
+                            "revoked"
+                          ) : (
+                            <>
+                              <button
+                                type="button"
+                                onClick={() => setEditing(editing === k.id ? undefined : k.id)}
+                                aria-label={`Edit limits of ${k.name}`}
+                                aria-expanded={editing === k.id}
+                              >
+                                Edit limits
+                              </button>{" "}
+                              <button
+                                type="button"
+                                onClick={() => void revoke(k.id)}
+                                aria-label={`Revoke ${k.name}`}
+                              >
+                                Revoke
+                              </button>
+                            </>
+                          )}
+                        </td>
+                      </tr>
+                      {editing === k.id && !revoked && (
+                        <KeyLimitsForm
+                          apiKey={k}
+                          columns={COLUMNS}
+                          onDone={(saved) => {
+                            setEditing(undefined);
+                            if (saved) keys.reload();
+                          }}
+                        />
                       )}
-                    </td>
-                  </tr>
-                ))}
+                    </Fragment>
+                  );
+                })}
               </tbody>
             </table>
           </div>
