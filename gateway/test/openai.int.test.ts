@@ -456,6 +456,15 @@ describe("openai client against the gateway", () => {
     expect((denied as InstanceType<typeof OpenAI.PermissionDeniedError>).message).toContain(
       'API key "team-a" may not call sim-code; it may call fast, sim-embed',
     );
+    // model auto picks among what the key may call: a proof would go to the thinking role.
+    const proof = await sdk.chat.completions.create({
+      model: "auto",
+      messages: [{ role: "user", content: "Prove that the square root of 3 is irrational." }],
+    });
+    expect(proof.model).toBe("sim-fast");
+    const reasons = (proof as unknown as { ensemble: { routing: { reasons: string[] } } }).ensemble
+      .routing.reasons;
+    expect(reasons.join(" ")).toContain("this API key may not call thinking: sim-fast instead");
 
     // The owner changes the key's limits over Connect: a budget of 0 stops it.
     const updated = await rpc<{

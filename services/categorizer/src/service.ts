@@ -9,6 +9,7 @@ import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   FailedPreconditionError,
+  TtlCache,
   UnavailableError,
   InvalidArgumentError,
   loggerOf,
@@ -137,8 +138,85 @@ function targetLabel(t: RouteTarget | undefined): string {
 
 type Impl = ServiceImpl<typeof CategorizerService>;
 
+/** What a caller using an API key may call: model ids and alias names, and the models. */
+interface KeyCallable {
+  names: Set<string>;
+  models: Model[];
+}
+
+/** How long what an API key may call is reused (model-proxy caches the key for as long). */
+const KEY_CALLABLE_TTL_MS = 10_000;
+
 export function categorizerHandlers(deps: CategorizerDeps): Impl {
   const { routes, catalog } = deps;
+  const keyCallables = new TtlCache<KeyCallable>({ ttlMs: KEY_CALLABLE_TTL_MS });
+
+  /**
+   * For a caller using an API key, what it may call, as model-proxy answers ListCallableModels
+   * with the caller's own token (an API key may be limited to some models), so that routing picks
+   * a model the call will be allowed to use. Undefined without a key, without model-proxy, or
+   * when model-proxy does not answer (routing then ignores the key; the call decides).
+   */
+  async function keyCallable(
+    tenantId: string,
+    apiKeyId: string | undefined,
+    token: string,
+    ctx: HandlerContext,
+  ): Promise<KeyCallable | undefined> {
+    const proxy = deps.modelProxy;
+    if (apiKeyId === undefined || proxy === undefined) return undefined;
+    try {
+      return await keyCallables.get(`${tenantId}\u0000${apiKeyId}`, async () => {
+        const res = await proxy.listCallableModels(
+          {},
+          { headers: { authorization: `Bearer ${token}` }, timeoutMs: 3_000 },
+        );
+        return {
+          names: new Set([...res.models.map((m) => m.id), ...Object.keys(res.aliases)]),
+          models: res.models,
+        };
+      });
+    } catch (err) {
+      if (ctx.signal.aborted) throw err;
+      loggerOf(ctx).warn(
+        { reason: judgeFailure(err) },
+        "what the API key may call is unknown; routing ignores its limits",
+      );
+      return undefined;
+    }
+  }
+
+  /**
+   * The category's default model when the caller's key may call it; else the first model the key
+   * may call that can do the same (chat, read images, draw, film).
+   */
+  function defaultForKey(
+    target: RouteTarget,
+    callable: KeyCallable,
+    needsVision: boolean,
+    reasons: string[],
+  ): RouteTarget {
+    if (target.target.case !== "model" || callable.names.has(target.target.value)) return target;
+    const wanted = target.target.value;
+    const need =
+      wanted === "image"
+        ? Capability.IMAGE_GENERATION
+        : wanted === "video"
+          ? Capability.VIDEO_GENERATION
+          : Capability.CHAT;
+    const substitute = callable.models.find(
+      (m) =>
+        m.capabilities.includes(need) &&
+        (!needsVision || need !== Capability.CHAT || m.capabilities.includes(Capability.VISION)),
+    );
+    if (substitute === undefined) {
+      throw new FailedPreconditionError(
+        `this API key may call no model that can answer this request (the default would be ${wanted}); it may call ${[...callable.names].join(", ") || "nothing"}`,
+      );
+    }
+    reasons.push(`this API key may not call ${wanted}: ${substitute.id} instead`);
+    return create(RouteTargetSchema, { target: { case: "model", value: substitute.id } });
+  }
 
   async function modelOrFail(
     tenantId: string,
@@ -307,11 +385,22 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
           ];
     const vote = semantic === undefined ? undefined : { winner: semantic.route?.id };
 
+    const callable = await keyCallable(tenantId, principal.apiKeyId, token, ctx);
     let chosen: Route | undefined;
     for (const route of ordered) {
       if (!routeMatches(route, signals, vote)) continue;
       const kind = kindOf(route.target);
       if (kind === undefined || !allowed(kind)) continue;
+      if (
+        callable !== undefined &&
+        route.target?.target.case === "model" &&
+        !callable.names.has(route.target.target.value)
+      ) {
+        reasons.push(
+          `route ${route.id} skipped: this API key may not call ${route.target.target.value}`,
+        );
+        continue;
+      }
       if (needsVision && route.target?.target.case === "model") {
         const model = await catalog.model(tenantId, route.target.target.value, token);
         if (model !== undefined && !model.capabilities.includes(Capability.VISION)) {
@@ -334,6 +423,9 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
       throw new FailedPreconditionError(
         `no route of an allowed kind matches this request (category ${category}); allow model or template routes, or add a compare route`,
       );
+    }
+    if (chosen === undefined && callable !== undefined) {
+      target = defaultForKey(target, callable, needsVision, reasons);
     }
     const bySemantic = chosen !== undefined && chosen === semantic?.route;
     if (bySemantic && semantic !== undefined) {
