@@ -1,5 +1,6 @@
 import { Code } from "@connectrpc/connect";
 import { ApiKeyScope, BudgetScope, Role } from "@ensemble/proto";
+import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bytes } from "../src/secrets.js";
 import {
@@ -417,6 +418,346 @@ describe("auth API keys", () => {
       h.client(memberToken).authenticateApiKey({ apiKey: "ens_aaaaaaaa_" + "b".repeat(40) }),
     );
     expect(internal.code).toBe(Code.PermissionDenied);
+  });
+});
+
+describe("auth API key limits", () => {
+  /** A user who joins `admin`'s tenant through an invite (role USER). */
+  async function member(admin: Awaited<ReturnType<typeof signup>>, prefix: string) {
+    const invite = await h.client(admin.tokens.accessToken).createInvite({});
+    keep(invite.token);
+    const joined = await h.client().signup({
+      email: email(prefix),
+      password: keep(`${PASSWORD} ${prefix}`),
+      tenant: { case: "inviteToken", value: invite.token },
+    });
+    keep(joined.tokens!.refreshToken);
+    return { user: joined.user!, token: keep(joined.tokens!.accessToken) };
+  }
+
+  /** The access token a key's secret is exchanged for (what the gateway does per request). */
+  async function exchange(secret: string): Promise<string> {
+    const gateway = h.client(await h.serviceToken("gateway"));
+    return keep((await gateway.authenticateApiKey({ apiKey: keep(secret) })).accessToken);
+  }
+
+  it("limits - a key created with limits shows them in CreateApiKey, GetApiKey and ListApiKeys", async () => {
+    const u = await signup("limits");
+    const user = h.client(u.tokens.accessToken);
+    const limits = { models: ["sim-fast", "fast"], monthlyLimitUsd: 12.5 };
+    const created = await user.createApiKey({ name: "limited", limits });
+    keep(created.secret);
+    expect(created.apiKey?.limits).toMatchObject(limits);
+
+    const got = await user.getApiKey({ id: created.apiKey!.id });
+    expect(got.apiKey?.id).toBe(created.apiKey?.id);
+    expect(got.apiKey?.name).toBe("limited");
+    expect(got.apiKey?.limits).toMatchObject(limits);
+    expect(JSON.stringify(got, bigints)).not.toContain(created.secret.slice(13));
+
+    const plain = await user.createApiKey({ name: "plain" });
+    keep(plain.secret);
+    expect(plain.apiKey?.limits?.models ?? []).toEqual([]);
+    expect(plain.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+
+    const listed = await user.listApiKeys({});
+    const byId = new Map(listed.apiKeys.map((k) => [k.id, k]));
+    expect(byId.get(created.apiKey!.id)?.limits).toMatchObject(limits);
+    expect(byId.get(plain.apiKey!.id)?.limits?.models ?? []).toEqual([]);
+    expect(byId.get(plain.apiKey!.id)?.limits?.monthlyLimitUsd).toBeUndefined();
+  });
+
+  it("limits - GetApiKey: another user's key is NOT_FOUND to a member and visible to an admin; another tenant's is NOT_FOUND", async () => {
+    const admin = await signup("getadmin");
+    const m = await member(admin, "getmember");
+    const adminKey = await h.client(admin.tokens.accessToken).createApiKey({ name: "admin's" });
+    keep(adminKey.secret);
+    const memberKey = await h
+      .client(m.token)
+      .createApiKey({ name: "member's", limits: { monthlyLimitUsd: 3 } });
+    keep(memberKey.secret);
+
+    expect((await h.client(m.token).getApiKey({ id: memberKey.apiKey!.id })).apiKey?.name).toBe(
+      "member's",
+    );
+    const hidden = await rejection(h.client(m.token).getApiKey({ id: adminKey.apiKey!.id }));
+    expect(hidden.code).toBe(Code.NotFound);
+    const seen = await h.client(admin.tokens.accessToken).getApiKey({ id: memberKey.apiKey!.id });
+    expect(seen.apiKey?.userId).toBe(m.user.id);
+    expect(seen.apiKey?.limits?.monthlyLimitUsd).toBe(3);
+
+    const other = await signup("getother");
+    const crossed = await rejection(
+      h.client(other.tokens.accessToken).getApiKey({ id: memberKey.apiKey!.id }),
+    );
+    expect(crossed.code).toBe(Code.NotFound);
+    expect(crossed.rawMessage).toBe(hidden.rawMessage);
+    const missing = await rejection(
+      h.client(admin.tokens.accessToken).getApiKey({ id: "nosuchkey" }),
+    );
+    expect(missing.code).toBe(Code.NotFound);
+  });
+
+  it("limits - UpdateApiKey renames, replaces the limits as a whole, removes them with an empty message; a revoked key is FAILED_PRECONDITION", async () => {
+    const u = await signup("update");
+    const user = h.client(u.tokens.accessToken);
+    const created = await user.createApiKey({
+      name: "before",
+      limits: { models: ["sim-fast"], monthlyLimitUsd: 5 },
+    });
+    keep(created.secret);
+    const id = created.apiKey!.id;
+
+    const renamed = await user.updateApiKey({ id, name: "after" });
+    expect(renamed.apiKey?.name).toBe("after");
+    // Only the name was given: the limits stay.
+    expect(renamed.apiKey?.limits).toMatchObject({ models: ["sim-fast"], monthlyLimitUsd: 5 });
+
+    const replaced = await user.updateApiKey({ id, limits: { models: ["sim-medium"] } });
+    expect(replaced.apiKey?.name).toBe("after");
+    expect(replaced.apiKey?.limits?.models).toEqual(["sim-medium"]);
+    // Replaced as a whole: the monthly limit not given is gone.
+    expect(replaced.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+    const read = await user.getApiKey({ id });
+    expect(read.apiKey?.limits?.models).toEqual(["sim-medium"]);
+    expect(read.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+
+    const capped = await user.updateApiKey({ id, limits: { monthlyLimitUsd: 0 } });
+    expect(capped.apiKey?.limits?.models).toEqual([]);
+    expect(capped.apiKey?.limits?.monthlyLimitUsd).toBe(0);
+
+    const removed = await user.updateApiKey({ id, limits: {} });
+    expect(removed.apiKey?.limits?.models ?? []).toEqual([]);
+    expect(removed.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+    const stored = await h.models.apiKeys.findOne({ id }).lean();
+    expect(stored?.models).toBeUndefined();
+    expect(stored?.monthlyLimitUsd).toBeUndefined();
+
+    // A tenant admin may update a member's key; another member may not even see it.
+    const m = await member(u, "updmember");
+    const memberKey = await h.client(m.token).createApiKey({ name: "theirs" });
+    keep(memberKey.secret);
+    const byAdmin = await user.updateApiKey({
+      id: memberKey.apiKey!.id,
+      limits: { monthlyLimitUsd: 1 },
+    });
+    expect(byAdmin.apiKey?.limits?.monthlyLimitUsd).toBe(1);
+    const byMember = await rejection(h.client(m.token).updateApiKey({ id, name: "stolen" }));
+    expect(byMember.code).toBe(Code.NotFound);
+    const other = await signup("updother");
+    const crossed = await rejection(
+      h.client(other.tokens.accessToken).updateApiKey({ id, name: "stolen" }),
+    );
+    expect(crossed.code).toBe(Code.NotFound);
+    expect((await user.getApiKey({ id })).apiKey?.name).toBe("after");
+
+    await user.revokeApiKey({ id });
+    const revoked = await rejection(user.updateApiKey({ id, limits: { monthlyLimitUsd: 1 } }));
+    expect(revoked.code).toBe(Code.FailedPrecondition);
+    const revokedRename = await rejection(user.updateApiKey({ id, name: "again" }));
+    expect(revokedRename.code).toBe(Code.FailedPrecondition);
+    // GetApiKey still shows a revoked key, unchanged.
+    const after = await user.getApiKey({ id });
+    expect(after.apiKey?.revokeTime).toBeDefined();
+    expect(after.apiKey?.name).toBe("after");
+  });
+
+  it("limits - a negative monthly limit or duplicate models are INVALID_ARGUMENT, on create and on update", async () => {
+    const u = await signup("badlimits");
+    const user = h.client(u.tokens.accessToken);
+    const key = await user.createApiKey({ name: "ok" });
+    keep(key.secret);
+    const id = key.apiKey!.id;
+    for (const call of [
+      () => user.createApiKey({ name: "neg", limits: { monthlyLimitUsd: -1 } }),
+      () => user.createApiKey({ name: "dup", limits: { models: ["sim-fast", "sim-fast"] } }),
+      () => user.createApiKey({ name: "empty", limits: { models: [""] } }),
+      () => user.updateApiKey({ id, limits: { monthlyLimitUsd: -0.01 } }),
+      () => user.updateApiKey({ id, limits: { models: ["a", "b", "a"] } }),
+    ]) {
+      const err = await rejection(call());
+      expect(err.code).toBe(Code.InvalidArgument);
+      expect(err.rawMessage).toMatch(/limits\./);
+    }
+    expect((await user.listApiKeys({})).apiKeys.map((k) => k.id)).toEqual([id]);
+    const unchanged = await user.getApiKey({ id });
+    expect(unchanged.apiKey?.limits?.models ?? []).toEqual([]);
+    expect(unchanged.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+  });
+
+  it("limits - a limited key's token cannot make or change keys wider than itself; a key it makes without limits inherits them", async () => {
+    const u = await signup("narrow");
+    const user = h.client(u.tokens.accessToken);
+    const parent = await user.createApiKey({
+      name: "parent",
+      limits: { models: ["sim-fast", "sim-medium"], monthlyLimitUsd: 10 },
+    });
+    const viaKey = h.client(await exchange(parent.secret));
+
+    for (const limits of [
+      {},
+      { models: ["sim-fast"] },
+      { monthlyLimitUsd: 5 },
+      { models: ["sim-fast", "sim-large"], monthlyLimitUsd: 5 },
+      { models: ["sim-fast"], monthlyLimitUsd: 10.01 },
+    ]) {
+      const err = await rejection(viaKey.createApiKey({ name: "wider", limits }));
+      expect(err.code).toBe(Code.PermissionDenied);
+    }
+    const narrower = await viaKey.createApiKey({
+      name: "narrower",
+      limits: { models: ["sim-fast"], monthlyLimitUsd: 10 },
+    });
+    keep(narrower.secret);
+    expect(narrower.apiKey?.limits).toMatchObject({ models: ["sim-fast"], monthlyLimitUsd: 10 });
+
+    const inherited = await viaKey.createApiKey({ name: "child" });
+    keep(inherited.secret);
+    expect(inherited.apiKey?.limits).toMatchObject({
+      models: ["sim-fast", "sim-medium"],
+      monthlyLimitUsd: 10,
+    });
+    expect((await user.getApiKey({ id: inherited.apiKey!.id })).apiKey?.limits).toMatchObject({
+      models: ["sim-fast", "sim-medium"],
+      monthlyLimitUsd: 10,
+    });
+
+    // Nor can it lift the limits of a key through UpdateApiKey, its own included.
+    for (const id of [parent.apiKey!.id, inherited.apiKey!.id]) {
+      const lifted = await rejection(viaKey.updateApiKey({ id, limits: {} }));
+      expect(lifted.code).toBe(Code.PermissionDenied);
+    }
+    const tightened = await viaKey.updateApiKey({
+      id: inherited.apiKey!.id,
+      limits: { models: ["sim-medium"], monthlyLimitUsd: 1 },
+    });
+    expect(tightened.apiKey?.limits).toMatchObject({ models: ["sim-medium"], monthlyLimitUsd: 1 });
+    expect((await user.getApiKey({ id: parent.apiKey!.id })).apiKey?.limits).toMatchObject({
+      models: ["sim-fast", "sim-medium"],
+      monthlyLimitUsd: 10,
+    });
+
+    // The owner's own login is not limited by any key.
+    const unlimited = await user.createApiKey({ name: "free", limits: {} });
+    keep(unlimited.secret);
+    expect(unlimited.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+    // And an unlimited key's token makes keys without limits.
+    const free = await h.client(await exchange(unlimited.secret)).createApiKey({ name: "f2" });
+    keep(free.secret);
+    expect(free.apiKey?.limits?.models ?? []).toEqual([]);
+    expect(free.apiKey?.limits?.monthlyLimitUsd).toBeUndefined();
+  });
+
+  it("service tokens - with api_key_id the token acts as the key: akid and scp claims, roles limited by the key's scopes", async () => {
+    const admin = await signup("svckey");
+    const adminClient = h.client(admin.tokens.accessToken);
+    const plainKey = await adminClient.createApiKey({ name: "no admin" });
+    keep(plainKey.secret);
+    const adminKey = await adminClient.createApiKey({
+      name: "admin",
+      scopes: [ApiKeyScope.READ, ApiKeyScope.WRITE, ApiKeyScope.ADMIN],
+    });
+    keep(adminKey.secret);
+    const engine = h.client(await h.serviceToken("workflow-engine"));
+
+    const acting = await engine.issueServiceToken({
+      userId: admin.user.id,
+      tenantId: admin.tenant.id,
+      apiKeyId: plainKey.apiKey!.id,
+      reason: "run:1",
+    });
+    keep(acting.accessToken);
+    expect(decodeJwt(acting.accessToken)).toMatchObject({
+      typ: "service",
+      svc: "workflow-engine",
+      sub: admin.user.id,
+      tid: admin.tenant.id,
+      akid: plainKey.apiKey?.id,
+      scp: ["read", "write"],
+      roles: ["user"],
+    });
+    const me = await h.client(acting.accessToken).getMe({});
+    expect(me.apiKeyId).toBe(plainKey.apiKey?.id);
+    expect(me.roles).toEqual(["user"]);
+    // Acting as a key without ADMIN, the admin's own powers are gone.
+    const listUsers = await rejection(h.client(acting.accessToken).listUsers({}));
+    expect(listUsers.code).toBe(Code.PermissionDenied);
+
+    const withAdmin = await engine.issueServiceToken({
+      userId: admin.user.id,
+      tenantId: admin.tenant.id,
+      apiKeyId: adminKey.apiKey!.id,
+    });
+    keep(withAdmin.accessToken);
+    expect(decodeJwt(withAdmin.accessToken)).toMatchObject({
+      akid: adminKey.apiKey?.id,
+      roles: ["user", "admin"],
+    });
+
+    // Without api_key_id: the user's own roles, no key.
+    const asUser = await engine.issueServiceToken({
+      userId: admin.user.id,
+      tenantId: admin.tenant.id,
+    });
+    keep(asUser.accessToken);
+    const userClaims = decodeJwt(asUser.accessToken);
+    expect(userClaims["roles"]).toEqual(["user", "admin"]);
+    expect(userClaims["akid"]).toBeUndefined();
+  });
+
+  it("service tokens - api_key_id of another user or tenant, a revoked or expired key, or without user_id is refused", async () => {
+    const admin = await signup("svcrefuse");
+    const m = await member(admin, "svcrefusem");
+    const memberKey = await h.client(m.token).createApiKey({ name: "member's" });
+    keep(memberKey.secret);
+    const other = await signup("svcrefuseo");
+    const otherKey = await h.client(other.tokens.accessToken).createApiKey({ name: "other's" });
+    keep(otherKey.secret);
+    const engine = h.client(await h.serviceToken("workflow-engine"));
+    const forAdmin = { userId: admin.user.id, tenantId: admin.tenant.id };
+
+    // Even a tenant admin's token may not act as a member's key.
+    for (const apiKeyId of [memberKey.apiKey!.id, otherKey.apiKey!.id, "nosuchkey"]) {
+      const err = await rejection(engine.issueServiceToken({ ...forAdmin, apiKeyId }));
+      expect(err.code).toBe(Code.PermissionDenied);
+    }
+    const crossTenant = await rejection(
+      engine.issueServiceToken({
+        userId: other.user.id,
+        tenantId: admin.tenant.id,
+        apiKeyId: otherKey.apiKey!.id,
+      }),
+    );
+    expect(crossTenant.code).toBe(Code.PermissionDenied);
+
+    const mine = await h.client(admin.tokens.accessToken).createApiKey({ name: "soon revoked" });
+    keep(mine.secret);
+    keep((await engine.issueServiceToken({ ...forAdmin, apiKeyId: mine.apiKey!.id })).accessToken);
+    await h.client(admin.tokens.accessToken).revokeApiKey({ id: mine.apiKey!.id });
+    const revoked = await rejection(
+      engine.issueServiceToken({ ...forAdmin, apiKeyId: mine.apiKey!.id }),
+    );
+    expect(revoked.code).toBe(Code.PermissionDenied);
+
+    const expiring = await h
+      .client(admin.tokens.accessToken)
+      .createApiKey({ name: "expiring", ttl: { seconds: 60n } });
+    keep(expiring.secret);
+    await h.models.apiKeys.updateOne(
+      { id: expiring.apiKey!.id },
+      { $set: { expireTime: new Date(Date.now() - 1_000) } },
+    );
+    const expired = await rejection(
+      engine.issueServiceToken({ ...forAdmin, apiKeyId: expiring.apiKey!.id }),
+    );
+    expect(expired.code).toBe(Code.PermissionDenied);
+
+    const noUser = await rejection(engine.issueServiceToken({ apiKeyId: mine.apiKey!.id }));
+    expect(noUser.code).toBe(Code.InvalidArgument);
+    const noUserButTenant = await rejection(
+      engine.issueServiceToken({ tenantId: admin.tenant.id, apiKeyId: mine.apiKey!.id }),
+    );
+    expect(noUserButTenant.code).toBe(Code.InvalidArgument);
   });
 });
 
