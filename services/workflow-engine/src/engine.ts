@@ -613,7 +613,7 @@ export class Engine {
         if (prior !== undefined) return { doc: prior, existing: true };
       }
     }
-    this.#d.callerTokens?.remember(p.tenantId, p.subject, opts.token);
+    this.#d.callerTokens?.remember(p.tenantId, p.subject, p.apiKeyId ?? "", opts.token);
     const now = new Date();
     const timeoutMs =
       spec.timeout !== undefined
@@ -1115,7 +1115,12 @@ export class Engine {
           retries: step.retries,
           signal: controller.signal,
           token: () =>
-            this.#d.tokens.forUser(state.doc.tenantId, state.doc.userId, `run:${state.doc.id}`),
+            this.#d.tokens.forUser(
+              state.doc.tenantId,
+              state.doc.userId,
+              state.doc.apiKeyId,
+              `run:${state.doc.id}`,
+            ),
           emit: (init) => this.#emit(ref, init),
           delta: (init) => this.#d.publisher.publishDelta(ref, init),
           internalError: (err) => log.error({ err }, "step failed with an internal error"),
@@ -1361,6 +1366,7 @@ export class Engine {
     const explanation = await explainer.explain({
       tenantId: ref.tenantId,
       userId: doc.userId,
+      apiKeyId: doc.apiKeyId,
       runId: ref.runId,
       sessionId: doc.sessionId,
       input: decode(RunSpecSchema, doc.spec).input,
@@ -1566,7 +1572,12 @@ export class Engine {
     if (state === undefined) {
       // An AUTO run whose replica died while classifying: classify again as its user.
       if (doc.createTime.getTime() < Date.now() - 30_000) {
-        const token = await this.#d.tokens.forUser(doc.tenantId, doc.userId, `run:${doc.id}`);
+        const token = await this.#d.tokens.forUser(
+          doc.tenantId,
+          doc.userId,
+          doc.apiKeyId,
+          `run:${doc.id}`,
+        );
         await this.#classifyAndPlan(doc, decode(RunSpecSchema, doc.spec), token);
         return true;
       }

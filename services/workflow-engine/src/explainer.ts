@@ -18,6 +18,8 @@ export interface ExplainerDeps {
 export interface FailedRun {
   tenantId: string;
   userId: string;
+  /** The API key the run was started with ("" = none): the explanation is billed to it too. */
+  apiKeyId: string;
   runId: string;
   sessionId: string;
   /** The run's input (what the user asked), shortened. */
@@ -59,7 +61,12 @@ export class FailureExplainer {
   /** The explanation, or "" when the explainer could not answer in time. */
   async explain(run: FailedRun): Promise<string> {
     try {
-      const token = await this.#d.tokens.forUser(run.tenantId, run.userId, `run:${run.runId}`);
+      const token = await this.#d.tokens.forUser(
+        run.tenantId,
+        run.userId,
+        run.apiKeyId,
+        `run:${run.runId}`,
+      );
       const stream = this.#d.modelProxy.streamChat(
         {
           chat: {

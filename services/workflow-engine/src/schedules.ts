@@ -362,7 +362,7 @@ export class Scheduler {
     // A bad spec fails the call and never becomes a schedule.
     await this.#validate(spec, { token, tenantId: p.tenantId });
     if (this.#d.tokens instanceof CallerTokens) {
-      this.#d.tokens.remember(p.tenantId, p.subject, token);
+      this.#d.tokens.remember(p.tenantId, p.subject, p.apiKeyId ?? "", token);
     }
     await retryBusy(() =>
       this.#d.models.schedules.collection.insertOne({
@@ -596,7 +596,12 @@ export class Scheduler {
     );
     if (!exists) {
       try {
-        const token = await this.#d.tokens.forUser(doc.tenantId, doc.userId, `schedule:${doc.id}`);
+        const token = await this.#d.tokens.forUser(
+          doc.tenantId,
+          doc.userId,
+          doc.apiKeyId,
+          `schedule:${doc.id}`,
+        );
         await this.#d.engine.createRun(owner, decode(RunSpecSchema, doc.spec), {
           token,
           idempotencyKey: "",

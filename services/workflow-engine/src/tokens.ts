@@ -1,19 +1,27 @@
 // Tokens steps run with: a short-lived service token acting for the run's user, issued by auth's
-// IssueServiceToken with the engine's bootstrap credential and cached per (tenant, user) until a
-// minute before it expires. So a run keeps working after the user's own access token has expired,
-// and model-proxy still bills the user (the token's sub/tid are the user's).
+// IssueServiceToken with the engine's bootstrap credential and cached per (tenant, user, API key)
+// until a minute before it expires. So a run keeps working after the user's own access token has
+// expired, and model-proxy still bills the user (the token's sub/tid are the user's). Work started
+// with an API key gets a token acting as that key (its `akid`), so model-proxy attributes the
+// usage to the key and applies the key's limits, as it does to the key's direct calls.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { CallOptions } from "@connectrpc/connect";
 import type { GrpcClient } from "@ensemble/kit";
 import type { AuthService } from "@ensemble/proto";
 
 export interface TokenSource {
-  /** A bearer token acting for the user; `fallback` (the caller's token) when none can be issued. */
-  forUser(tenantId: string, userId: string, reason: string): Promise<string>;
+  /**
+   * A bearer token acting for the user and, unless `apiKeyId` is "", as that API key of theirs
+   * (the key the run, session reply or schedule was started with).
+   */
+  forUser(tenantId: string, userId: string, apiKeyId: string, reason: string): Promise<string>;
 }
 
 const RENEW_BEFORE_MS = 60_000;
 const TTL_SECONDS = 15 * 60;
+
+const cacheKey = (tenantId: string, userId: string, apiKeyId: string) =>
+  `${tenantId}\u0000${userId}\u0000${apiKeyId}`;
 
 export class ServiceTokens implements TokenSource {
   readonly #auth: Pick<GrpcClient<typeof AuthService>, "issueServiceToken">;
@@ -32,13 +40,22 @@ export class ServiceTokens implements TokenSource {
     this.#now = now;
   }
 
-  async forUser(tenantId: string, userId: string, reason: string): Promise<string> {
-    const key = `${tenantId}\u0000${userId}`;
+  async forUser(
+    tenantId: string,
+    userId: string,
+    apiKeyId: string,
+    reason: string,
+  ): Promise<string> {
+    // The key is part of the identity: a token acting as one key must never serve another key's
+    // work (nor the user's own, unlimited work).
+    const key = cacheKey(tenantId, userId, apiKeyId);
     const hit = this.#cache.get(key);
     if (hit !== undefined && hit.expiresAt - RENEW_BEFORE_MS > this.#now()) return hit.token;
     let pending = this.#pending.get(key);
     if (pending === undefined) {
-      pending = this.#issue(key, tenantId, userId, reason).finally(() => this.#pending.delete(key));
+      pending = this.#issue(key, { tenantId, userId, apiKeyId, reason }).finally(() =>
+        this.#pending.delete(key),
+      );
       this.#pending.set(key, pending);
     }
     try {
@@ -50,13 +67,16 @@ export class ServiceTokens implements TokenSource {
     }
   }
 
-  async #issue(key: string, tenantId: string, userId: string, reason: string): Promise<string> {
+  async #issue(
+    key: string,
+    who: { tenantId: string; userId: string; apiKeyId: string; reason: string },
+  ): Promise<string> {
     const options: CallOptions = {
       headers: { authorization: `Bearer ${this.#bootstrap}` },
       timeoutMs: 5_000,
     };
     const res = await this.#auth.issueServiceToken(
-      { tenantId, userId, reason, ttl: { seconds: BigInt(TTL_SECONDS) } },
+      { ...who, ttl: { seconds: BigInt(TTL_SECONDS) } },
       options,
     );
     const expiresAt =
@@ -79,12 +99,12 @@ export class ServiceTokens implements TokenSource {
 export class CallerTokens implements TokenSource {
   readonly #byUser = new Map<string, string>();
 
-  remember(tenantId: string, userId: string, token: string): void {
-    this.#byUser.set(`${tenantId}\u0000${userId}`, token);
+  remember(tenantId: string, userId: string, apiKeyId: string, token: string): void {
+    this.#byUser.set(cacheKey(tenantId, userId, apiKeyId), token);
   }
 
-  forUser(tenantId: string, userId: string): Promise<string> {
-    const token = this.#byUser.get(`${tenantId}\u0000${userId}`);
+  forUser(tenantId: string, userId: string, apiKeyId: string): Promise<string> {
+    const token = this.#byUser.get(cacheKey(tenantId, userId, apiKeyId));
     if (token === undefined) {
       return Promise.reject(
         new Error("no service credential (SERVICE_TOKEN) and no caller token for this run"),

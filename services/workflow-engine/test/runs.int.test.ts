@@ -2,7 +2,7 @@
 // processes, the LLM simulator as the only provider, NATS JetStream and the MongoDB-wire server
 // from the test kit, and the engine in-process.
 import { create } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import type { Simulator } from "@ensemble/llm-sim";
@@ -13,6 +13,7 @@ import {
   RunStatus,
   StepKind,
   StepStatus,
+  UsageDimension,
   WorkflowTemplateSchema,
   type Run,
   type RunEvent,
@@ -570,6 +571,103 @@ describe("runs", () => {
     for (const filter of [{ model: "gpt-nope" }, { templateId: "typo_template" }]) {
       expect((await runs.listRuns(filter, as(userA))).runs).toEqual([]);
     }
+  });
+
+  it("api keys - a run started with an API key bills the key: its model calls and its failure explanation, not the user's own runs", async () => {
+    const owner = await mesh.signup("apikey");
+    const created = await mesh.authClient.createApiKey({ name: "runs" }, as(owner.token));
+    const keyId = created.apiKey!.id;
+    // What the gateway does with a key on every request.
+    const gateway = await mesh.auth.mintServiceToken("gateway");
+    const viaKey = (
+      await mesh.authClient.authenticateApiKey({ apiKey: created.secret }, as(gateway))
+    ).accessToken;
+
+    const ok = await waitEnd(
+      (
+        await start(
+          { input: "keyed", mode: { case: "model", value: { model: "sim-fast" } } },
+          viaKey,
+        )
+      ).id,
+      viaKey,
+    );
+    expect(ok.status).toBe(RunStatus.COMPLETED);
+    expect(ok.apiKeyId).toBe(keyId);
+
+    // A failed run's explanation is a model call made for the run, so it is the key's too.
+    // (failFirst cleared: with it set, `fail` would only be the mode of those first failures.)
+    sim.configure("sim-fast", { fail: "500", failFirst: undefined });
+    let failed: Run;
+    try {
+      const template = inline([
+        { id: "x", kind: StepKind.LLM, model: "sim-fast", retries: 0, prompt: "{{input}}" },
+      ]);
+      failed = await waitEnd(
+        (
+          await start(
+            {
+              input: "keyed and doomed",
+              mode: {
+                case: "workflow",
+                value: { definition: { case: "inline", value: template } },
+              },
+            },
+            viaKey,
+          )
+        ).id,
+        viaKey,
+      );
+    } finally {
+      sim.configure("sim-fast", { fail: undefined });
+    }
+    expect(failed.status).toBe(RunStatus.FAILED);
+    expect(failed.error?.explanation).toContain("[simulated sim-medium]");
+
+    // The same user's own run, after the key's token was cached: not the key's.
+    const own = await waitEnd(
+      (
+        await start(
+          { input: "mine", mode: { case: "model", value: { model: "sim-fast" } } },
+          owner.token,
+        )
+      ).id,
+      owner.token,
+    );
+    expect(own.status).toBe(RunStatus.COMPLETED);
+    expect(own.apiKeyId).toBe("");
+
+    // model-proxy writes its ledger in batches: wait for all four calls.
+    const usageBy = async () => {
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const usage = await mesh.modelProxy.getUsage(
+          {
+            startTime: timestampFromMs(Date.now() - 3_600_000),
+            endTime: timestampFromMs(Date.now() + 3_600_000),
+            groupBy: [UsageDimension.API_KEY, UsageDimension.MODEL],
+          },
+          as(owner.token),
+        );
+        if (Number(usage.totalRequests) >= 4 || Date.now() > deadline) return usage;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    const usage = await usageBy();
+    const buckets = usage.buckets.map((b) => ({
+      apiKeyId: b.apiKeyId,
+      model: b.model,
+      requests: Number(b.requests),
+      errors: Number(b.errors),
+    }));
+    expect(buckets).toEqual(
+      expect.arrayContaining([
+        { apiKeyId: keyId, model: "sim-fast", requests: 2, errors: 1 },
+        { apiKeyId: keyId, model: "sim-medium", requests: 1, errors: 0 },
+        { apiKeyId: "", model: "sim-fast", requests: 1, errors: 0 },
+      ]),
+    );
+    expect(buckets).toHaveLength(3);
   });
 
   it("auto - without a categorizer AUTO is FAILED_PRECONDITION", async () => {

@@ -7,6 +7,7 @@
 // of the whole conversation it was sent, so a reply equals model-proxy's answer to exactly the
 // messages the context should hold, and differs from the answer to any other context.
 import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
@@ -18,6 +19,7 @@ import {
   SessionMessageStatus,
   SessionService,
   SessionSettingsSchema,
+  UsageDimension,
   type RunEvent,
   type SessionMessage,
 } from "@ensemble/proto";
@@ -539,5 +541,50 @@ describe("SessionService", () => {
     );
     // Nothing was stored by the refused calls.
     expect((await sessions.getSession({ sessionId: id }, as(userA))).messages).toEqual([]);
+  });
+
+  it("sessions - a reply runs as the API key the message was sent with, and model-proxy bills that key", async () => {
+    const owner = (await mesh.signup("keyed")).token;
+    const created = await mesh.authClient.createApiKey({ name: "chat" }, as(owner));
+    const keyId = created.apiKey!.id;
+    const gateway = await mesh.auth.mintServiceToken("gateway");
+    const viaKey = (
+      await mesh.authClient.authenticateApiKey({ apiKey: created.secret }, as(gateway))
+    ).accessToken;
+    // One session of the user, used through the key and through their own login.
+    const id = await newSession({ model: MODEL }, owner);
+
+    const keyed = await send({ sessionId: id, text: "sent with a key" }, viaKey);
+    expect(keyed.assistant.status).toBe(SessionMessageStatus.COMPLETE);
+    const keyedRun = (await runs.getRun({ runId: keyed.assistant.runId }, as(owner))).run!;
+    expect(keyedRun.apiKeyId).toBe(keyId);
+    // The key of whoever asks for the reply, not of the message answered.
+    const again = await regenerate(id, keyed.assistant.id, owner);
+    const ownRun = (await runs.getRun({ runId: again.assistant.runId }, as(owner))).run!;
+    expect(ownRun.apiKeyId).toBe("");
+
+    // model-proxy writes its ledger in batches.
+    const deadline = Date.now() + 15_000;
+    let byKey: Array<{ apiKeyId: string; requests: number }> = [];
+    for (;;) {
+      const usage = await modelProxy.getUsage(
+        {
+          startTime: timestampFromMs(Date.now() - 3_600_000),
+          endTime: timestampFromMs(Date.now() + 3_600_000),
+          groupBy: [UsageDimension.API_KEY],
+        },
+        as(owner),
+      );
+      byKey = usage.buckets.map((b) => ({ apiKeyId: b.apiKeyId, requests: Number(b.requests) }));
+      if (Number(usage.totalRequests) >= 2 || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(byKey).toEqual(
+      expect.arrayContaining([
+        { apiKeyId: keyId, requests: 1 },
+        { apiKeyId: "", requests: 1 },
+      ]),
+    );
+    expect(byKey).toHaveLength(2);
   });
 });
