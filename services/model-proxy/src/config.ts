@@ -86,6 +86,12 @@ export const modelProxyEnv = z.object({
     .string()
     .regex(/^[A-Za-z0-9_-]+$/)
     .default("ensemble_response_cache"),
+  /** vector-search, for CACHE_MODE_SEMANTIC (unset: semantic lookups act as exact ones). */
+  VECTOR_SEARCH_ADDR: z.preprocess((v) => (v === "" ? undefined : v), hostPort.optional()),
+  /** The model questions are embedded with for semantic lookups (id or alias). */
+  CACHE_SEMANTIC_MODEL: z.string().min(1).default("embedding"),
+  /** How close (cosine) a cached question must be to answer another with its answer. */
+  CACHE_SEMANTIC_MIN_SIMILARITY: z.coerce.number().gt(0).max(1).default(0.95),
 
   // ---- stored Responses API answers (previous_response_id)
   /** How long a stored response is kept (OpenAI: 30 days). */

@@ -11,9 +11,10 @@ import {
   type ServiceRuntime,
   startMetricsServer,
 } from "@ensemble/kit";
-import { AuthService, RegistryService } from "@ensemble/proto";
+import { AuthService, RegistryService, VectorSearchService } from "@ensemble/proto";
 import { openAccounting } from "./accounting/index.js";
 import { openResponseCache } from "./cache.js";
+import { SemanticCache } from "./semantic-cache.js";
 import { Catalog } from "./catalog.js";
 import { deploymentsFrom, loadModelProxyConfig, type ModelProxyConfig } from "./config.js";
 import { openDeploymentLimiter } from "./limits.js";
@@ -93,6 +94,17 @@ async function main({
     cache,
     cacheTenants: new Set(config.CACHE_TENANTS),
     responses,
+    ...(config.VECTOR_SEARCH_ADDR !== undefined
+      ? {
+          semantic: new SemanticCache({
+            vectorSearch: createClient(VectorSearchService, config.VECTOR_SEARCH_ADDR, { metrics }),
+            model: config.CACHE_SEMANTIC_MODEL,
+            minSimilarity: config.CACHE_SEMANTIC_MIN_SIMILARITY,
+            ttlMs: config.CACHE_TTL_MS,
+            logger,
+          }),
+        }
+      : {}),
   });
   const port = await server.listen(config.MODEL_PROXY_ADDR);
   const metricsServer = await startMetricsServer(metrics, config.METRICS_PORT, config.METRICS_HOST);

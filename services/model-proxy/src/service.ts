@@ -40,6 +40,7 @@ import {
 } from "@ensemble/proto";
 import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/index.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
+import type { SemanticCache, SemanticProbe } from "./semantic-cache.js";
 import type { StoredResponses } from "./stored-responses.js";
 import { costOf, requireCapability, type Catalog } from "./catalog.js";
 import { coalesceDeltas } from "./providers/coalesce.js";
@@ -56,6 +57,8 @@ export interface ModelProxyDeps {
   cacheTenants: ReadonlySet<string>;
   /** Responses API answers kept for previous_response_id. */
   responses: StoredResponses;
+  /** CACHE_MODE_SEMANTIC's lookups; undefined = no vector-search (SEMANTIC acts as USE). */
+  semantic?: SemanticCache;
 }
 
 /**
@@ -172,9 +175,51 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     return model;
   }
 
+  /**
+   * The embedding of a chat's last user message for the semantic cache, made with `name` and
+   * billed to the caller as an embedding call (metadata purpose=semantic-cache).
+   */
+  async function embedForCache(
+    caller: Caller,
+    name: string,
+    text: string,
+    signal: AbortSignal,
+  ): Promise<number[]> {
+    const started = performance.now();
+    const id = `emb-${randomUUID().replaceAll("-", "")}`;
+    const model = await resolveModel(caller, name);
+    requireCapability(model, Capability.EMBEDDINGS, "embeddings");
+    const call = { id, requested: name, model, attribution: undefined };
+    try {
+      const routed = await router.run(
+        model,
+        () => Promise.resolve([]),
+        estimateTextTokens(text),
+        signal,
+        (client, _d, m) => client.embed({ model: m.providerModelId, inputs: [text], signal }),
+      );
+      routed.finish();
+      const served = servedBy(name, routed.model, routed.deployment, routed, false);
+      record(caller, UsageOperation.EMBED, {
+        ...call,
+        model: routed.model,
+        served,
+        usage: usageOf(routed.model, routed.value.inputTokens, 0, false),
+        latencyMs: performance.now() - started,
+        metadata: { purpose: "semantic-cache" },
+      });
+      const vector = routed.value.vectors[0];
+      if (vector === undefined)
+        throw new UnavailableError(`${routed.model.id} returned no embedding`);
+      return vector;
+    } catch (err) {
+      throw failed(caller, UsageOperation.EMBED, call, started, err);
+    }
+  }
+
   function cacheOn(tenantId: string, mode: CacheMode): boolean {
     if (mode === CacheMode.BYPASS) return false;
-    if (mode === CacheMode.USE) return true;
+    if (mode === CacheMode.USE || mode === CacheMode.SEMANTIC) return true;
     return deps.cacheTenants.has("*") || deps.cacheTenants.has(tenantId);
   }
 
@@ -319,15 +364,37 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const useCache = cacheOn(caller.tenantId, req.cache);
     const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
-    const cached = useCache ? await fromCache(caller.tenantId, key) : undefined;
+    let cached = useCache ? await fromCache(caller.tenantId, key) : undefined;
+    let similarity = 1;
+    let probe: SemanticProbe | undefined;
+    const semantic = deps.semantic;
+    if (cached === undefined && req.cache === CacheMode.SEMANTIC && semantic !== undefined) {
+      probe = await semantic.lookup(caller.tenantId, req, caller.token, ctx.signal, (text) =>
+        embedForCache(caller, semantic.model, text, ctx.signal),
+      );
+      if (probe?.hit !== undefined) {
+        cached = await fromCache(caller.tenantId, probe.hit.key);
+        similarity = probe.hit.similarity;
+      }
+    }
     const hit =
       cached === undefined
         ? undefined
         : {
             response: cached,
-            served: cachedServedBy(cached.servedBy, req.model),
+            served: cachedServedBy(cached.servedBy, req.model, similarity),
             usage: cachedUsage(cached.usage),
           };
+    /** Caches an answer: by its exact key, and (semantic lookups) by its question's meaning. */
+    const store = (response: ChatResponse) => {
+      void cache
+        .set(caller.tenantId, key, toBinary(ChatResponseSchema, response))
+        .then(() =>
+          probe !== undefined && semantic !== undefined
+            ? semantic.remember(caller.tenantId, probe, key, caller.token)
+            : undefined,
+        );
+    };
     /** Puts this call in the ledger (its id, requested model, attribution and metadata). */
     const recordChat = (
       fields: Omit<RecordFields, "id" | "requested" | "attribution" | "metadata">,
@@ -348,12 +415,12 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         started,
         err,
       );
-    return { started, caller, model, input, id, useCache, key, hit, recordChat, fail };
+    return { started, caller, model, input, id, useCache, hit, store, recordChat, fail };
   }
 
   return {
     async chat(req, ctx) {
-      const { started, caller, model, input, id, useCache, key, hit, recordChat, fail } =
+      const { started, caller, model, input, id, useCache, hit, store, recordChat, fail } =
         await beginChat(req, ctx);
       if (hit !== undefined) {
         const latency = performance.now() - started;
@@ -402,9 +469,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           createTime: timestampNow(),
         });
         recordChat({ model: routed.model, served, usage, latencyMs: latency });
-        if (useCache && r.finishReason !== FinishReason.LENGTH) {
-          void cache.set(caller.tenantId, key, toBinary(ChatResponseSchema, response));
-        }
+        if (useCache && r.finishReason !== FinishReason.LENGTH) store(response);
         return response;
       } catch (err) {
         throw fail(err, false);
@@ -415,7 +480,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       const req = sreq.chat;
       if (req === undefined) throw new InvalidArgumentError("chat is required", { field: "chat" });
       const log = loggerOf(ctx);
-      const { started, caller, model, input, id, useCache, key, hit, recordChat, fail } =
+      const { started, caller, model, input, id, useCache, hit, store, recordChat, fail } =
         await beginChat(req, ctx);
       if (hit !== undefined) {
         yield event({
@@ -525,7 +590,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
                 finishReason: chunk.finishReason,
                 usage,
               });
-              void cache.set(caller.tenantId, key, toBinary(ChatResponseSchema, response));
+              store(response);
             }
             yield event({
               case: "end",
@@ -796,10 +861,11 @@ function event(
 }
 
 /** A cached answer's ServedBy, marked as a cache hit for this caller. */
-function cachedServedBy(from: ServedBy | undefined, requested: string): ServedBy {
+function cachedServedBy(from: ServedBy | undefined, requested: string, similarity = 1): ServedBy {
   const served = from === undefined ? create(ServedBySchema) : clone(ServedBySchema, from);
   served.requestedModel = requested;
   served.cacheHit = true;
+  served.cacheSimilarity = similarity;
   served.attempts = 0;
   served.fallbacksTried = [];
   return served;
