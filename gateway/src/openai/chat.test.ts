@@ -143,6 +143,8 @@ describe("openai chat request", () => {
     expect(req.seed).toBeUndefined();
     expect(req.stop).toEqual(["a", "b"]);
     expect(req.cache).toBe(CacheMode.UNSPECIFIED);
+    const semantic = parseChatRequest({ model: "m", messages: hello, cache: "semantic" }).request;
+    expect(semantic.cache).toBe(CacheMode.SEMANTIC);
     const modes = ["auto", "none", "required"].map(
       (tool_choice) =>
         create(

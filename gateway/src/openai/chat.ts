@@ -111,7 +111,12 @@ const ROLES: Record<string, ChatRole> = {
 const ROLE_NAMES = Object.keys(ROLES);
 const DETAILS = { auto: ImageDetail.AUTO, low: ImageDetail.LOW, high: ImageDetail.HIGH } as const;
 export const REASONING_EFFORTS = ["minimal", "low", "medium", "high"] as const;
-const CACHE_MODES = ["use", "bypass"] as const;
+const CACHE_MODES = ["use", "bypass", "semantic"] as const;
+const CACHE_MODE_OF = {
+  use: CacheMode.USE,
+  bypass: CacheMode.BYPASS,
+  semantic: CacheMode.SEMANTIC,
+} as const;
 
 /** Checks an OpenAI chat body and maps it onto the contract's ChatRequest. */
 export function parseChatRequest(body: JsonObject): ParsedChat {
@@ -214,7 +219,7 @@ export function parseShared(body: JsonObject, request: ChatRequestInit): void {
   if (metadata !== undefined) request.metadata = metadata;
 
   const cache = optEnum(body, "cache", CACHE_MODES);
-  if (cache !== undefined) request.cache = cache === "use" ? CacheMode.USE : CacheMode.BYPASS;
+  if (cache !== undefined) request.cache = CACHE_MODE_OF[cache];
   if (body["fallback_models"] !== undefined && body["fallback_models"] !== null) {
     request.fallbackModels = stringArray(body["fallback_models"], "fallback_models");
   }
@@ -469,6 +474,8 @@ export function ensembleJson(
     },
     cost_usd: usage?.costUsd ?? 0,
     cache_hit: servedBy?.cacheHit ?? false,
+    // 1 for an identical request's answer, below 1 for a similar one's (cache: "semantic").
+    ...(servedBy?.cacheHit === true ? { cache_similarity: servedBy.cacheSimilarity } : {}),
     simulated: servedBy?.simulated ?? false,
   };
 }
