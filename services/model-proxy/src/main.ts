@@ -120,6 +120,14 @@ async function main({
         api: d.api,
         baseUrl: d.baseUrl,
       })),
+      semanticCache:
+        config.VECTOR_SEARCH_ADDR === undefined
+          ? null
+          : {
+              vectorSearch: config.VECTOR_SEARCH_ADDR,
+              model: config.CACHE_SEMANTIC_MODEL,
+              minSimilarity: config.CACHE_SEMANTIC_MIN_SIMILARITY,
+            },
     },
     "model-proxy listening",
   );
