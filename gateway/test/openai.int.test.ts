@@ -481,6 +481,26 @@ describe("openai client against the gateway", () => {
       .catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(OpenAI.RateLimitError);
     expect((refused as InstanceType<typeof OpenAI.RateLimitError>).code).toBe("insufficient_quota");
+
+    // A key's own requests per minute: the next call is a rate limit the SDK may retry later.
+    const paced = await rpc<{ secret: string }>(
+      "CreateApiKey",
+      { name: "paced", limits: { requestsPerMinute: 1 } },
+      accessToken,
+    );
+    const pacedSdk = client(paced.secret);
+    const ask = () =>
+      pacedSdk.chat.completions.create({
+        model: "sim-fast",
+        messages: [{ role: "user", content: "x" }],
+      });
+    await ask();
+    const slowDown = await ask().catch((e: unknown) => e);
+    expect(slowDown).toBeInstanceOf(OpenAI.RateLimitError);
+    const rate = slowDown as InstanceType<typeof OpenAI.RateLimitError>;
+    expect(rate.code).toBe("rate_limit_exceeded");
+    expect(rate.message).toContain('API key "paced" allows 1 requests per minute');
+    expect(Number(rate.headers?.get("retry-after"))).toBeGreaterThan(0);
   });
 
   it("auto - the categorizer picks the model: a proof goes to the thinking role, a quick fact to the fast one", async () => {

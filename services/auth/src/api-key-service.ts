@@ -61,20 +61,38 @@ function apiKeyMessage(k: ApiKeyDoc, lastUsedTime?: Date): MessageInitShape<type
     expireTime: ts(k.expireTime),
     lastUsedTime: ts(lastUsedTime),
     revokeTime: ts(k.revokeTime),
-    limits: { models: k.models ?? [], monthlyLimitUsd: k.monthlyLimitUsd },
+    limits: {
+      models: k.models ?? [],
+      monthlyLimitUsd: k.monthlyLimitUsd,
+      requestsPerMinute: k.requestsPerMinute,
+      tokensPerMinute: k.tokensPerMinute,
+    },
   };
 }
 
-type KeyLimits = Pick<ApiKeyDoc, "models" | "monthlyLimitUsd">;
+/** The limits that are ceilings (unset = none, lower = tighter), as people read them. */
+const CEILINGS = {
+  monthlyLimitUsd: (n: number) => `a monthly limit of $${n.toFixed(2)}`,
+  requestsPerMinute: (n: number) => `a limit of ${n} requests per minute`,
+  tokensPerMinute: (n: number) => `a limit of ${n} tokens per minute`,
+} as const;
+type Ceiling = keyof typeof CEILINGS;
+const CEILING_FIELDS = Object.keys(CEILINGS) as Ceiling[];
 
-function limitsOf(l: ApiKeyLimits): KeyLimits {
-  return {
-    ...(l.models.length > 0 ? { models: [...l.models] } : {}),
-    ...(l.monthlyLimitUsd !== undefined ? { monthlyLimitUsd: l.monthlyLimitUsd } : {}),
-  };
+type KeyLimits = Pick<ApiKeyDoc, "models" | Ceiling>;
+
+/** A key's limits as stored: only what is set. */
+function stored(
+  l: { models?: string[] | undefined } & Partial<Record<Ceiling, number | undefined>>,
+) {
+  const out: KeyLimits = {};
+  if (l.models !== undefined && l.models.length > 0) out.models = [...l.models];
+  for (const f of CEILING_FIELDS) {
+    const v = l[f];
+    if (v !== undefined) out[f] = v;
+  }
+  return out;
 }
-
-const usd = (n: number) => `$${n.toFixed(2)}`;
 
 type ApiKeyHandlers = Pick<
   ServiceImpl<typeof AuthService>,
@@ -108,16 +126,11 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
     requested: ApiKeyLimits | undefined,
   ): Promise<KeyLimits | undefined> {
     const p = principalOf(ctx);
-    const wanted = requested === undefined ? undefined : limitsOf(requested);
+    const wanted = requested === undefined ? undefined : stored(requested);
     if (p.apiKeyId === undefined) return wanted;
     const own = await models.apiKeys.findOne({ id: p.apiKeyId, tenantId: p.tenantId }).lean();
     if (own === null) throw new PermissionDeniedError("the API key of this call no longer exists");
-    if (wanted === undefined) {
-      return {
-        ...(own.models !== undefined ? { models: own.models } : {}),
-        ...(own.monthlyLimitUsd !== undefined ? { monthlyLimitUsd: own.monthlyLimitUsd } : {}),
-      };
-    }
+    if (wanted === undefined) return stored(own);
     if (
       own.models !== undefined &&
       own.models.length > 0 &&
@@ -127,13 +140,14 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
         `this call's API key may only call ${own.models.join(", ")}, so the keys it makes or changes may only list models among those`,
       );
     }
-    if (
-      own.monthlyLimitUsd !== undefined &&
-      !(wanted.monthlyLimitUsd !== undefined && wanted.monthlyLimitUsd <= own.monthlyLimitUsd)
-    ) {
-      throw new PermissionDeniedError(
-        `this call's API key has a monthly limit of ${usd(own.monthlyLimitUsd)}, so the keys it makes or changes need a limit of at most that`,
-      );
+    for (const f of CEILING_FIELDS) {
+      const ceiling = own[f];
+      const asked = wanted[f];
+      if (ceiling !== undefined && !(asked !== undefined && asked <= ceiling)) {
+        throw new PermissionDeniedError(
+          `this call's API key has ${CEILINGS[f](ceiling)}, so the keys it makes or changes need a limit of at most that`,
+        );
+      }
     }
     return wanted;
   }
@@ -233,10 +247,10 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       if (req.name !== undefined) $set.name = req.name;
       if (req.limits !== undefined) {
         const limits = (await limitsFor(ctx, req.limits)) ?? {};
-        if (limits.models !== undefined) $set.models = limits.models;
-        else $unset["models"] = 1;
-        if (limits.monthlyLimitUsd !== undefined) $set.monthlyLimitUsd = limits.monthlyLimitUsd;
-        else $unset["monthlyLimitUsd"] = 1;
+        for (const f of ["models", ...CEILING_FIELDS] as const) {
+          if (limits[f] !== undefined) Object.assign($set, { [f]: limits[f] });
+          else $unset[f] = 1;
+        }
       }
       const update = {
         ...(Object.keys($set).length > 0 ? { $set } : {}),
@@ -257,8 +271,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
         {
           apiKeyId: key.id,
           ownerId: key.userId,
-          models: updated.models,
-          monthlyLimitUsd: updated.monthlyLimitUsd,
+          limits: stored(updated),
         },
         "API key updated",
       );

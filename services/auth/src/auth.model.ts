@@ -74,6 +74,10 @@ export interface ApiKeyDoc {
   models?: string[];
   /** ApiKeyLimits.monthly_limit_usd; absent = none. */
   monthlyLimitUsd?: number;
+  /** ApiKeyLimits.requests_per_minute; absent = none. */
+  requestsPerMinute?: number;
+  /** ApiKeyLimits.tokens_per_minute; absent = none. */
+  tokensPerMinute?: number;
 }
 
 export interface InviteDoc {
@@ -208,6 +212,8 @@ const apiKeySchema = new Schema<ApiKeyDoc>(
     revokeTime: { type: Date },
     models: { type: [String], default: undefined },
     monthlyLimitUsd: { type: Number },
+    requestsPerMinute: { type: Number },
+    tokensPerMinute: { type: Number },
   },
   opts,
 );

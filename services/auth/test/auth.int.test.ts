@@ -590,7 +590,7 @@ describe("auth API key limits", () => {
     const user = h.client(u.tokens.accessToken);
     const parent = await user.createApiKey({
       name: "parent",
-      limits: { models: ["sim-fast", "sim-medium"], monthlyLimitUsd: 10 },
+      limits: { models: ["sim-fast", "sim-medium"], monthlyLimitUsd: 10, requestsPerMinute: 60 },
     });
     const viaKey = h.client(await exchange(parent.secret));
 
@@ -600,22 +600,35 @@ describe("auth API key limits", () => {
       { monthlyLimitUsd: 5 },
       { models: ["sim-fast", "sim-large"], monthlyLimitUsd: 5 },
       { models: ["sim-fast"], monthlyLimitUsd: 10.01 },
+      { models: ["sim-fast"], monthlyLimitUsd: 10 },
+      { models: ["sim-fast"], monthlyLimitUsd: 10, requestsPerMinute: 61 },
     ]) {
       const err = await rejection(viaKey.createApiKey({ name: "wider", limits }));
       expect(err.code).toBe(Code.PermissionDenied);
     }
     const narrower = await viaKey.createApiKey({
       name: "narrower",
-      limits: { models: ["sim-fast"], monthlyLimitUsd: 10 },
+      limits: {
+        models: ["sim-fast"],
+        monthlyLimitUsd: 10,
+        requestsPerMinute: 60,
+        tokensPerMinute: 9,
+      },
     });
     keep(narrower.secret);
-    expect(narrower.apiKey?.limits).toMatchObject({ models: ["sim-fast"], monthlyLimitUsd: 10 });
+    expect(narrower.apiKey?.limits).toMatchObject({
+      models: ["sim-fast"],
+      monthlyLimitUsd: 10,
+      requestsPerMinute: 60,
+      tokensPerMinute: 9,
+    });
 
     const inherited = await viaKey.createApiKey({ name: "child" });
     keep(inherited.secret);
     expect(inherited.apiKey?.limits).toMatchObject({
       models: ["sim-fast", "sim-medium"],
       monthlyLimitUsd: 10,
+      requestsPerMinute: 60,
     });
     expect((await user.getApiKey({ id: inherited.apiKey!.id })).apiKey?.limits).toMatchObject({
       models: ["sim-fast", "sim-medium"],
@@ -629,7 +642,7 @@ describe("auth API key limits", () => {
     }
     const tightened = await viaKey.updateApiKey({
       id: inherited.apiKey!.id,
-      limits: { models: ["sim-medium"], monthlyLimitUsd: 1 },
+      limits: { models: ["sim-medium"], monthlyLimitUsd: 1, requestsPerMinute: 6 },
     });
     expect(tightened.apiKey?.limits).toMatchObject({ models: ["sim-medium"], monthlyLimitUsd: 1 });
     expect((await user.getApiKey({ id: parent.apiKey!.id })).apiKey?.limits).toMatchObject({

@@ -51,6 +51,15 @@ export type DeploymentDecision =
 export interface DeploymentLimiter {
   /** Takes 1 request from `d`'s rpm and `tokens` from its tpm (each only when set). */
   take(d: Deployment, tokens: number): Promise<DeploymentDecision>;
+  /**
+   * The same for any other holder of per-minute limits (an API key): `name` keys its buckets,
+   * which must not collide with a deployment's name.
+   */
+  takeFor(
+    name: string,
+    limits: { rpm?: number | undefined; tpm?: number | undefined },
+    tokens: number,
+  ): Promise<DeploymentDecision>;
 }
 
 const WINDOW_MS = 60_000;
@@ -89,13 +98,21 @@ class KvDeploymentLimiter implements DeploymentLimiter {
     this.#logger = logger;
   }
 
-  async take(d: Deployment, tokens: number): Promise<DeploymentDecision> {
-    if (d.rpm !== undefined) {
-      const decision = await this.#take("rpm", d.name, d.rpm, 1);
+  take(d: Deployment, tokens: number): Promise<DeploymentDecision> {
+    return this.takeFor(d.name, d, tokens);
+  }
+
+  async takeFor(
+    name: string,
+    limits: { rpm?: number | undefined; tpm?: number | undefined },
+    tokens: number,
+  ): Promise<DeploymentDecision> {
+    if (limits.rpm !== undefined) {
+      const decision = await this.#take("rpm", name, limits.rpm, 1);
       if (!decision.ok) return decision;
     }
-    if (d.tpm !== undefined && tokens > 0) {
-      const decision = await this.#take("tpm", d.name, d.tpm, tokens);
+    if (limits.tpm !== undefined && tokens > 0) {
+      const decision = await this.#take("tpm", name, limits.tpm, tokens);
       if (!decision.ok) return decision;
     }
     return { ok: true };

@@ -94,6 +94,7 @@ async function main({
     cache,
     cacheTenants: new Set(config.CACHE_TENANTS),
     responses,
+    limiter,
     ...(config.VECTOR_SEARCH_ADDR !== undefined
       ? {
           semantic: new SemanticCache({

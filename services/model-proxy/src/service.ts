@@ -12,6 +12,7 @@ import {
   NotFoundError,
   PermissionDeniedError,
   principalOf,
+  ResourceExhaustedError,
   toConnectError,
   UnavailableError,
   type Principal,
@@ -41,6 +42,8 @@ import {
 import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/index.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import type { SemanticCache, SemanticProbe } from "./semantic-cache.js";
+import type { DeploymentLimiter } from "./limits.js";
+import { safeToken } from "./accounting/keys.js";
 import type { StoredResponses } from "./stored-responses.js";
 import { costOf, requireCapability, type Catalog } from "./catalog.js";
 import { coalesceDeltas } from "./providers/coalesce.js";
@@ -59,6 +62,8 @@ export interface ModelProxyDeps {
   responses: StoredResponses;
   /** CACHE_MODE_SEMANTIC's lookups; undefined = no vector-search (SEMANTIC acts as USE). */
   semantic?: SemanticCache;
+  /** Shared per-minute buckets, for API keys' own rpm/tpm; undefined = not enforced. */
+  limiter?: DeploymentLimiter;
 }
 
 /**
@@ -217,6 +222,35 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     }
   }
 
+  /**
+   * The call's API key's own per-minute limits (shared by every replica): RESOURCE_EXHAUSTED
+   * with retry-after-ms over them. `tokens` is the call's estimate, as the deployments' tpm.
+   */
+  async function admitKey(caller: Caller, tokens: number): Promise<void> {
+    const limiter = deps.limiter;
+    if (limiter === undefined || caller.apiKeyId === "") return;
+    const key = await accounting.apiKey(caller);
+    const rpm = key?.requestsPerMinute;
+    const tpm = key?.tokensPerMinute;
+    if (key === undefined || (rpm === undefined && tpm === undefined)) return;
+    const bucket = `apikey:${safeToken(caller.tenantId)}:${safeToken(key.id)}`;
+    const decision = await limiter.takeFor(bucket, { rpm, tpm }, tokens);
+    if (decision.ok) return;
+    const allows =
+      decision.limit === "rpm" ? `${rpm} requests per minute` : `${tpm} tokens per minute`;
+    if (decision.reason === "cost-exceeds-burst") {
+      throw new ResourceExhaustedError(
+        `API key "${key.name}" allows ${allows} and this call alone needs about ${tokens} tokens`,
+      );
+    }
+    throw new ResourceExhaustedError(
+      `rate limit exceeded: API key "${key.name}" allows ${allows}`,
+      {
+        retryAfterMs: decision.retryAfterMs,
+      },
+    );
+  }
+
   function cacheOn(tenantId: string, mode: CacheMode): boolean {
     if (mode === CacheMode.BYPASS) return false;
     if (mode === CacheMode.USE || mode === CacheMode.SEMANTIC) return true;
@@ -361,6 +395,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     const model = await callableModel(caller, req.model, req.fallbackModels);
     const input = checkChat(model, req);
     await accounting.checkBudget(caller, costOf(model, input, 0));
+    await admitKey(caller, input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const useCache = cacheOn(caller.tenantId, req.cache);
     const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
@@ -648,6 +683,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       requireCapability(model, Capability.EMBEDDINGS, "embeddings");
       const input = req.inputs.reduce((n, text) => n + estimateTextTokens(text), 0);
       await accounting.checkBudget(caller, costOf(model, input, 0));
+      await admitKey(caller, input);
       const id = `emb-${randomUUID().replaceAll("-", "")}`;
       const useCache = cacheOn(caller.tenantId, req.cache);
       const key = useCache ? cacheKey(EmbedRequestSchema, req) : "";
@@ -733,6 +769,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       requireCapability(model, Capability.IMAGE_GENERATION, "image generation");
       const input = estimateTextTokens(req.prompt);
       await accounting.checkBudget(caller, costOf(model, input, 0));
+      await admitKey(caller, input);
       const id = `img-${randomUUID().replaceAll("-", "")}`;
       try {
         const routed = await router.run(

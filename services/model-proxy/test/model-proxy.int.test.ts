@@ -597,6 +597,66 @@ describe("model-proxy", () => {
     expect(dead.rawMessage).toBe('API key "ci-bot" has been revoked');
   });
 
+  it("API key limits - a key's own requests per minute hold across two replicas; a call bigger than its tokens per minute is refused at once", async () => {
+    const mia = await signup("mia");
+    const authClient = createClient(AuthService, auth.address);
+    const gateway = { authorization: `Bearer ${await auth.mintServiceToken("gateway")}` };
+    const made = await authClient.createApiKey(
+      { name: "cron", limits: { requestsPerMinute: 3, tokensPerMinute: 5_000 } },
+      { headers: mia.headers },
+    );
+    const exchanged = await authClient.authenticateApiKey(
+      { apiKey: made.secret },
+      { headers: gateway },
+    );
+    const headers = { authorization: `Bearer ${exchanged.accessToken}` };
+    const other = createClient(ModelProxyService, replicas[0]!.address);
+    const outcomes: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const client = i % 2 === 0 ? mp : other;
+      const err = await client
+        .chat(chat("sim-fast", `tick ${i}`, { maxTokens: 16 }), { headers })
+        .then(
+          () => undefined,
+          (e: unknown) => e as ConnectError,
+        );
+      outcomes.push(err === undefined ? "ok" : Code[err.code]);
+      if (err !== undefined) {
+        expect(err.rawMessage).toBe(
+          'rate limit exceeded: API key "cron" allows 3 requests per minute',
+        );
+      }
+    }
+    expect(outcomes).toEqual([
+      "ok",
+      "ok",
+      "ok",
+      "ResourceExhausted",
+      "ResourceExhausted",
+      "ResourceExhausted",
+    ]);
+    // The owner's own login is not limited by the key.
+    await mp.chat(chat("sim-fast", "still fine"), { headers: mia.headers });
+
+    const big = await authClient.createApiKey(
+      { name: "small", limits: { tokensPerMinute: 100 } },
+      { headers: mia.headers },
+    );
+    const bigToken = await authClient.authenticateApiKey(
+      { apiKey: big.secret },
+      { headers: gateway },
+    );
+    const tooBig = await expectCode(
+      mp.chat(chat("sim-fast", "hello", { maxTokens: 1_000 }), {
+        headers: { authorization: `Bearer ${bigToken.accessToken}` },
+      }),
+      Code.ResourceExhausted,
+    );
+    expect(tooBig.rawMessage).toMatch(
+      /^API key "small" allows 100 tokens per minute and this call alone needs about \d+ tokens$/,
+    );
+  });
+
   it("Embed, CountTokens and GenerateImage", async () => {
     const olga = await signup("olga");
     const emb = await mp.embed(

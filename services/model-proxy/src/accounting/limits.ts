@@ -25,6 +25,9 @@ export interface KeyRules {
   models: string[];
   /** USD per month; undefined = no limit of its own. */
   monthlyLimitUsd: number | undefined;
+  /** Per-minute limits of its own; undefined = none. */
+  requestsPerMinute: number | undefined;
+  tokensPerMinute: number | undefined;
   revoked: boolean;
   /** Epoch ms; undefined = never. */
   expiresAt: number | undefined;
@@ -76,6 +79,8 @@ export function createLimits(opts: {
       name: key.name,
       models: [...(key.limits?.models ?? [])],
       monthlyLimitUsd: key.limits?.monthlyLimitUsd,
+      requestsPerMinute: key.limits?.requestsPerMinute,
+      tokensPerMinute: key.limits?.tokensPerMinute,
       revoked: key.revokeTime !== undefined,
       expiresAt:
         expire === undefined ? undefined : Number(expire.seconds) * 1000 + expire.nanos / 1e6,
