@@ -442,30 +442,38 @@ describe("console", () => {
     await create.locator('input[name="keyModel"][value="sim-fast"]').check();
     await create.locator('input[name="keyModel"][value="sim-embed"]').check();
     await create.getByLabel("Monthly budget").fill("5");
+    await create.getByLabel("Requests / minute").fill("60");
     await create.getByRole("button", { name: "Create key" }).click();
     await expect(page.getByTestId("api-key-secret").textContent()).resolves.toMatch(/^ens_/);
     const row = page.locator(`tr[data-key="${name}"]`);
     const models = row.locator('[data-col="models"]');
     const budget = row.locator('[data-col="budget"]');
+    const rate = row.locator('[data-col="rate"]');
     await row.waitFor();
     await expect(models.textContent()).resolves.toBe("sim-fast, sim-embed");
     await expect(budget.textContent()).resolves.toBe("$5.00");
+    await expect(rate.textContent()).resolves.toBe("60 rpm");
     // The form is ready for the next key.
     await expect(create.locator('input[name="keyModel"]:checked').count()).resolves.toBe(0);
     await expect(create.getByLabel("Monthly budget").inputValue()).resolves.toBe("");
+    await expect(create.getByLabel("Requests / minute").inputValue()).resolves.toBe("");
 
     // Edit limits shows the key's limits; saving replaces them as a whole.
     await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
     const edit = page.getByRole("form", { name: `Limits of ${name}` });
     await expect(edit.locator('input[name="keyModel"]:checked').count()).resolves.toBe(2);
     await expect(edit.getByLabel("Monthly budget").inputValue()).resolves.toBe("5");
+    await expect(edit.getByLabel("Requests / minute").inputValue()).resolves.toBe("60");
     await edit.locator('input[name="keyModel"][value="sim-embed"]').uncheck();
     await edit.getByLabel("Monthly budget").fill("12.5");
+    await edit.getByLabel("Tokens / minute").fill("90000");
     await shot(page, "07b-admin-key-limits");
     await edit.getByRole("button", { name: "Save limits" }).click();
     await edit.waitFor({ state: "detached" });
     await budget.filter({ hasText: "$12.50" }).waitFor();
     await expect(models.textContent()).resolves.toBe("sim-fast");
+    // The requests per minute not touched are saved again with the rest.
+    await expect(rate.textContent()).resolves.toBe("60 rpm, 90000 tpm");
 
     // A bad budget is refused in the form, and nothing changes.
     await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
@@ -475,15 +483,27 @@ describe("console", () => {
     await edit.getByRole("button", { name: "Cancel" }).click();
     await edit.waitFor({ state: "detached" });
     await expect(budget.textContent()).resolves.toBe("$12.50");
+    await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
+    await edit.getByLabel("Requests / minute").fill("1.5");
+    await edit.getByRole("button", { name: "Save limits" }).click();
+    await expect(edit.getByRole("alert").textContent()).resolves.toMatch(
+      /requests per minute must be a whole number/i,
+    );
+    await edit.getByRole("button", { name: "Cancel" }).click();
+    await edit.waitFor({ state: "detached" });
+    await expect(rate.textContent()).resolves.toBe("60 rpm, 90000 tpm");
 
-    // Nothing checked and no budget: the key is unlimited again, as auth now has it.
+    // Nothing checked and every field empty: the key is unlimited again, as auth now has it.
     await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
     await edit.locator('input[name="keyModel"][value="sim-fast"]').uncheck();
     await edit.getByLabel("Monthly budget").fill("");
+    await edit.getByLabel("Requests / minute").fill("");
+    await edit.getByLabel("Tokens / minute").fill("");
     await edit.getByRole("button", { name: "Save limits" }).click();
     await edit.waitFor({ state: "detached" });
     await budget.filter({ hasText: "—" }).waitFor();
     await expect(models.textContent()).resolves.toBe("all");
+    await expect(rate.textContent()).resolves.toBe("—");
     const { accessToken } = await storedSession(page);
     const listed = await fetch(`${gw.url}/${AuthService.typeName}/ListApiKeys`, {
       method: "POST",

@@ -31,6 +31,8 @@ function ttlMs(raw: string): number {
 const MAX_BUDGET_USD = 1_000_000_000;
 const MAX_MODELS = 100;
 const MAX_MODEL_NAME = 128;
+const MAX_RPM = 1_000_000;
+const MAX_TPM = 1_000_000_000;
 
 /** "5", "12.50", "$5" -> USD per month; else a UsageError saying what is expected. */
 function budgetUsd(raw: string): number {
@@ -42,6 +44,33 @@ function budgetUsd(raw: string): number {
     );
   }
   return value;
+}
+
+/** "60" -> 60 (--rpm) or "90000" -> 90000 (--tpm): a whole number within the proto's bounds. */
+function perMinute(flag: "--rpm" | "--tpm", raw: string): number {
+  const max = flag === "--rpm" ? MAX_RPM : MAX_TPM;
+  const what = flag === "--rpm" ? "requests" : "tokens";
+  const text = raw.trim();
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < 1 || value > max) {
+    throw new UsageError(
+      `${flag} ${raw}: expected ${what} per minute, a whole number from 1 to ${max} such as ${flag === "--rpm" ? 60 : 90000}`,
+    );
+  }
+  return value;
+}
+
+/** A --flag / --no-flag pair as commander gives it: undefined (neither), null (--no-flag), a value. */
+function orRemoved<T>(
+  raw: string | false | undefined,
+  parse: (raw: string) => T,
+): T | null | undefined {
+  return raw === undefined ? undefined : raw === false ? null : parse(raw);
+}
+
+/** One limit after an update: the key's own when not named, none when removed, else the new one. */
+function kept<T>(given: T | null | undefined, current: T | undefined): T | undefined {
+  return given === undefined ? current : given === null ? undefined : given;
 }
 
 /** "fast, sim-embed" -> ["fast", "sim-embed"] (duplicates dropped); else a UsageError. */
@@ -78,6 +107,15 @@ function budgetText(limits: ApiKeyLimits | undefined): string {
   return Math.abs(v * 100 - cents) < 1e-6 ? `$${(cents / 100).toFixed(2)}` : `$${v}`;
 }
 
+/** A key's pace, for people: "-" (none), "60 rpm", "60 rpm, 9000 tpm". */
+function rateText(limits: ApiKeyLimits | undefined): string {
+  const parts = [
+    ...(limits?.requestsPerMinute !== undefined ? [`${limits.requestsPerMinute} rpm`] : []),
+    ...(limits?.tokensPerMinute !== undefined ? [`${limits.tokensPerMinute} tpm`] : []),
+  ];
+  return parts.length === 0 ? "-" : parts.join(", ");
+}
+
 function keyJson(key: ApiKey): Record<string, unknown> {
   return {
     id: key.id,
@@ -88,6 +126,8 @@ function keyJson(key: ApiKey): Record<string, unknown> {
     limits: {
       models: key.limits?.models ?? [],
       monthlyLimitUsd: key.limits?.monthlyLimitUsd ?? null,
+      requestsPerMinute: key.limits?.requestsPerMinute ?? null,
+      tokensPerMinute: key.limits?.tokensPerMinute ?? null,
     },
     created: when(key.createTime),
     expires: key.expireTime !== undefined ? when(key.expireTime) : null,
@@ -105,6 +145,8 @@ function describeKey(key: ApiKey): string {
     ["scopes", key.scopes.map((s) => label(ApiKeyScope, s)).join(",")],
     ["models", modelsText(key.limits)],
     ["budget/month", budgetText(key.limits)],
+    ["requests/min", key.limits?.requestsPerMinute?.toString() ?? "-"],
+    ["tokens/min", key.limits?.tokensPerMinute?.toString() ?? "-"],
     ["created", when(key.createTime)],
     ["expires", when(key.expireTime)],
     ["last used", when(key.lastUsedTime)],
@@ -153,14 +195,29 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
       "--budget <usd>",
       "USD the key may spend per calendar month (UTC), e.g. 5; 0 blocks paid calls (default: no limit of its own)",
     )
+    .option(
+      "--rpm <n>",
+      "model calls per minute the key may make, 1 or more (default: no limit of its own)",
+    )
+    .option(
+      "--tpm <n>",
+      "tokens per minute the key's model calls may use, 1 or more (default: no limit of its own)",
+    )
     .addHelpText(
       "after",
-      `\nThe key's limits come on top of its owner's and the tenant's budgets.\n\nExample:\n  ensemble keys create ci --models fast,sim-embed --budget 5`,
+      `\nThe key's limits come on top of its owner's and the tenant's budgets. Over --rpm or --tpm,\nmodel-proxy refuses a call with ResourceExhausted and says when to retry.\n\nExample:\n  ensemble keys create ci --models fast,sim-embed --budget 5 --rpm 60 --tpm 90000`,
     )
     .action(
       async (
         name: string,
-        opts: { scope?: string; ttl?: string; models?: string; budget?: string },
+        opts: {
+          scope?: string;
+          ttl?: string;
+          models?: string;
+          budget?: string;
+          rpm?: string;
+          tpm?: string;
+        },
       ) => {
         const scopes = (opts.scope ?? "")
           .split(",")
@@ -169,16 +226,20 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         const ttl = opts.ttl !== undefined ? durationFromMs(ttlMs(opts.ttl)) : undefined;
         const models = opts.models !== undefined ? modelNames(opts.models) : undefined;
         const budget = opts.budget !== undefined ? budgetUsd(opts.budget) : undefined;
+        const rpm = opts.rpm !== undefined ? perMinute("--rpm", opts.rpm) : undefined;
+        const tpm = opts.tpm !== undefined ? perMinute("--tpm", opts.tpm) : undefined;
         const { gw, out } = ctx.get();
         const res = await gw.client(AuthService).createApiKey({
           name,
           scopes,
           ...(ttl !== undefined ? { ttl } : {}),
-          ...(models !== undefined || budget !== undefined
+          ...(models !== undefined || budget !== undefined || rpm !== undefined || tpm !== undefined
             ? {
                 limits: {
                   models: models ?? [],
                   ...(budget !== undefined ? { monthlyLimitUsd: budget } : {}),
+                  ...(rpm !== undefined ? { requestsPerMinute: rpm } : {}),
+                  ...(tpm !== undefined ? { tokensPerMinute: tpm } : {}),
                 },
               }
             : {}),
@@ -188,7 +249,7 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         if (models !== undefined) await warnUnknownModels(gw, out, models);
         out.result({ ...keyJson(key), secret: res.secret }, () => {
           out.notice("The secret is shown only now; store it safely (e.g. as ENSEMBLE_API_KEY).");
-          return `${res.secret}\n(id ${key.id}, name ${key.name}; models: ${modelsText(key.limits)}; budget/month: ${budgetText(key.limits)})`;
+          return `${res.secret}\n(id ${key.id}, name ${key.name}; models: ${modelsText(key.limits)}; budget/month: ${budgetText(key.limits)}; rate: ${rateText(key.limits)})`;
         });
       },
     );
@@ -214,6 +275,7 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
             "scopes",
             "models",
             "budget/month",
+            "rate",
             "created",
             "last used",
             "state",
@@ -225,6 +287,7 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
             k.scopes.map((s) => label(ApiKeyScope, s)).join(","),
             modelsText(k.limits),
             budgetText(k.limits),
+            rateText(k.limits),
             when(k.createTime),
             when(k.lastUsedTime),
             k.revokeTime !== undefined ? "revoked" : "active",
@@ -254,64 +317,81 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
     .option("--all-models", "let the key call every model")
     .option("--budget <usd>", "USD the key may spend per calendar month (UTC); 0 blocks paid calls")
     .option("--no-budget", "remove the key's own monthly limit")
+    .option("--rpm <n>", "model calls per minute the key may make, 1 or more")
+    .option("--no-rpm", "remove the key's own requests-per-minute limit")
+    .option("--tpm <n>", "tokens per minute the key's model calls may use, 1 or more")
+    .option("--no-tpm", "remove the key's own tokens-per-minute limit")
     .addHelpText(
       "after",
-      `\nThe part of the limits not named is kept: --budget alone keeps the models, and --models alone\nkeeps the budget. model-proxy applies new limits within its BUDGET_CACHE_MS (30s by default).\n\nExamples:\n  ensemble keys update <key-id> --budget 20\n  ensemble keys update <key-id> --all-models --no-budget`,
+      `\nThe part of the limits not named is kept: --budget alone keeps the models and the per-minute\nlimits, --rpm alone keeps the models, the budget and the tokens per minute. model-proxy applies\nnew limits within its BUDGET_CACHE_MS (30s by default).\n\nExamples:\n  ensemble keys update <key-id> --budget 20\n  ensemble keys update <key-id> --rpm 120 --no-tpm\n  ensemble keys update <key-id> --all-models --no-budget --no-rpm --no-tpm`,
     );
   // --budget and --no-budget set the same value (the last one given wins in commander); record
-  // which were given so that both together are refused rather than one silently ignored.
-  const budgetFlags = new Set<string>();
-  update.on("option:budget", () => budgetFlags.add("--budget"));
-  update.on("option:no-budget", () => budgetFlags.add("--no-budget"));
+  // which were given so that both together are refused rather than one silently ignored. The
+  // same for --rpm / --no-rpm and --tpm / --no-tpm.
+  const limitFlags = { budget: new Set<string>(), rpm: new Set<string>(), tpm: new Set<string>() };
+  for (const [limit, given] of Object.entries(limitFlags)) {
+    update.on(`option:${limit}`, () => given.add(`--${limit}`));
+    update.on(`option:no-${limit}`, () => given.add(`--no-${limit}`));
+  }
   update.action(
     async (
       id: string,
-      opts: { name?: string; models?: string; allModels?: boolean; budget?: string | false },
+      opts: {
+        name?: string;
+        models?: string;
+        allModels?: boolean;
+        budget?: string | false;
+        rpm?: string | false;
+        tpm?: string | false;
+      },
     ) => {
       if (opts.models !== undefined && opts.allModels === true) {
         throw new UsageError("--models and --all-models contradict each other: give one");
       }
-      if (budgetFlags.size > 1) {
-        throw new UsageError("--budget and --no-budget contradict each other: give one");
+      for (const [limit, given] of Object.entries(limitFlags)) {
+        if (given.size > 1) {
+          throw new UsageError(`--${limit} and --no-${limit} contradict each other: give one`);
+        }
       }
       if (opts.name !== undefined && opts.name.trim() === "") {
         throw new UsageError("--name: expected a non-empty name");
       }
-      // undefined: keep what the key has.
+      // undefined: keep what the key has; null: remove the key's own limit.
       const models =
         opts.allModels === true
           ? []
           : opts.models !== undefined
             ? modelNames(opts.models)
             : undefined;
-      const budget: number | null | undefined =
-        opts.budget === false
-          ? null
-          : typeof opts.budget === "string"
-            ? budgetUsd(opts.budget)
-            : undefined;
-      if (opts.name === undefined && models === undefined && budget === undefined) {
+      const budget = orRemoved(opts.budget, budgetUsd);
+      const rpm = orRemoved(opts.rpm, (raw) => perMinute("--rpm", raw));
+      const tpm = orRemoved(opts.tpm, (raw) => perMinute("--tpm", raw));
+      const limitsGiven =
+        models !== undefined || budget !== undefined || rpm !== undefined || tpm !== undefined;
+      if (opts.name === undefined && !limitsGiven) {
         throw new UsageError(
-          "nothing to change: give --name, --models or --all-models, --budget or --no-budget",
+          "nothing to change: give --name or a limit (--models / --all-models, --budget / --no-budget, --rpm / --no-rpm, --tpm / --no-tpm)",
         );
       }
       const { gw, out } = ctx.get();
       const auth = gw.client(AuthService);
       let limits: MessageInitShape<typeof ApiKeyLimitsSchema> | undefined;
-      if (models !== undefined || budget !== undefined) {
+      if (limitsGiven) {
         // UpdateApiKey replaces the limits as a whole: keep the part not named from the key as
         // it is now. (Someone changing that part between the two calls would be overwritten;
         // acceptable for a command a person runs.)
         const current =
-          models === undefined || budget === undefined
+          models === undefined || budget === undefined || rpm === undefined || tpm === undefined
             ? (await auth.getApiKey({ id })).apiKey?.limits
             : undefined;
-        const keptModels = models ?? current?.models ?? [];
-        const keptBudget =
-          budget === undefined ? current?.monthlyLimitUsd : budget === null ? undefined : budget;
+        const keptBudget = kept(budget, current?.monthlyLimitUsd);
+        const keptRpm = kept(rpm, current?.requestsPerMinute);
+        const keptTpm = kept(tpm, current?.tokensPerMinute);
         limits = {
-          models: keptModels,
+          models: models ?? current?.models ?? [],
           ...(keptBudget !== undefined ? { monthlyLimitUsd: keptBudget } : {}),
+          ...(keptRpm !== undefined ? { requestsPerMinute: keptRpm } : {}),
+          ...(keptTpm !== undefined ? { tokensPerMinute: keptTpm } : {}),
         };
       }
       const res = await auth.updateApiKey({

@@ -419,7 +419,12 @@ describe("ensemble CLI against a live mesh", () => {
   }, 60_000);
 
   it("cli - keys carry limits: create and list show them, update keeps the part not named", async () => {
-    type Limits = { models: string[]; monthlyLimitUsd: number | null };
+    type Limits = {
+      models: string[];
+      monthlyLimitUsd: number | null;
+      requestsPerMinute: number | null;
+      tokensPerMinute: number | null;
+    };
     const limitsOf = (r: { stdout: string }) => (JSON.parse(r.stdout) as { limits: Limits }).limits;
 
     const created = await cli([
@@ -431,34 +436,71 @@ describe("ensemble CLI against a live mesh", () => {
       "fast,sim-embed",
       "--budget",
       "5",
+      "--rpm",
+      "60",
+      "--tpm",
+      "90000",
     ]);
     expect(created.code, created.stderr).toBe(0);
     const key = JSON.parse(created.stdout) as { id: string; secret: string; limits: Limits };
-    expect(key.limits).toEqual({ models: ["fast", "sim-embed"], monthlyLimitUsd: 5 });
+    expect(key.limits).toEqual({
+      models: ["fast", "sim-embed"],
+      monthlyLimitUsd: 5,
+      requestsPerMinute: 60,
+      tokensPerMinute: 90000,
+    });
 
     const list = await cli(["keys", "list"]);
     expect(list.code, list.stderr).toBe(0);
     const [head, ...rows] = list.stdout.trimEnd().split("\n");
-    expect(head).toMatch(/\bscopes\s+models\s+budget\/month\s+created\b/);
-    expect(rows.find((r) => r.startsWith(key.id))).toMatch(/\sfast,sim-embed\s+\$5\.00\s/);
+    expect(head).toMatch(/\bscopes\s+models\s+budget\/month\s+rate\s+created\b/);
+    expect(rows.find((r) => r.startsWith(key.id))).toMatch(
+      /\sfast,sim-embed\s+\$5\.00\s+60 rpm, 90000 tpm\s/,
+    );
     expect(list.stdout).not.toContain(key.secret);
 
-    // --budget alone: the models stay.
+    // --budget alone: the models and the per-minute limits stay.
     const budget = await cli(["--json", "keys", "update", key.id, "--budget", "12.5"]);
     expect(budget.code, budget.stderr).toBe(0);
-    expect(limitsOf(budget)).toEqual({ models: ["fast", "sim-embed"], monthlyLimitUsd: 12.5 });
+    expect(limitsOf(budget)).toEqual({
+      models: ["fast", "sim-embed"],
+      monthlyLimitUsd: 12.5,
+      requestsPerMinute: 60,
+      tokensPerMinute: 90000,
+    });
     const got = await cli(["keys", "get", key.id]);
     expect(got.code, got.stderr).toBe(0);
     expect(got.stdout).toMatch(/^models\s+fast,sim-embed$/m);
     expect(got.stdout).toMatch(/^budget\/month\s+\$12\.50$/m);
+    expect(got.stdout).toMatch(/^requests\/min\s+60$/m);
+    expect(got.stdout).toMatch(/^tokens\/min\s+90000$/m);
 
-    // --models alone: the budget stays; a name nothing here answers is pointed out.
+    // --models alone: the rest stays; a name nothing here answers is pointed out.
     const models = await cli(["--json", "keys", "update", key.id, "--models", "sim-fast,sim-fsat"]);
     expect(models.code, models.stderr).toBe(0);
-    expect(limitsOf(models)).toEqual({ models: ["sim-fast", "sim-fsat"], monthlyLimitUsd: 12.5 });
+    expect(limitsOf(models)).toEqual({
+      models: ["sim-fast", "sim-fsat"],
+      monthlyLimitUsd: 12.5,
+      requestsPerMinute: 60,
+      tokensPerMinute: 90000,
+    });
     expect(models.stderr).toContain("nothing callable here is named sim-fsat;");
 
-    // Both removed: the key is unlimited again.
+    // --rpm with --no-tpm: one rate changes, the other goes, models and budget stay.
+    const rates = await cli(["--json", "keys", "update", key.id, "--rpm", "120", "--no-tpm"]);
+    expect(rates.code, rates.stderr).toBe(0);
+    expect(limitsOf(rates)).toEqual({
+      models: ["sim-fast", "sim-fsat"],
+      monthlyLimitUsd: 12.5,
+      requestsPerMinute: 120,
+      tokensPerMinute: null,
+    });
+    const rated = await cli(["keys", "list"]);
+    expect(rated.stdout.split("\n").find((r) => r.startsWith(key.id))).toMatch(
+      /\s\$12\.50\s+120 rpm\s/,
+    );
+
+    // All removed: the key is unlimited again.
     const cleared = await cli([
       "--json",
       "keys",
@@ -468,15 +510,16 @@ describe("ensemble CLI against a live mesh", () => {
       "unlimited",
       "--all-models",
       "--no-budget",
+      "--no-rpm",
     ]);
     expect(cleared.code, cleared.stderr).toBe(0);
     expect(JSON.parse(cleared.stdout)).toMatchObject({
       name: "unlimited",
-      limits: { models: [], monthlyLimitUsd: null },
+      limits: { models: [], monthlyLimitUsd: null, requestsPerMinute: null, tokensPerMinute: null },
     });
     const after = await cli(["keys", "list"]);
     expect(after.stdout.split("\n").find((r) => r.startsWith(key.id))).toMatch(
-      /\sunlimited\s.*\sall\s+-\s/,
+      /\sunlimited\s.*\sall\s+-\s+-\s/,
     );
 
     // Bad or contradictory flags: exit 2, a message naming the flag, nothing created or changed.
@@ -489,6 +532,18 @@ describe("ensemble CLI against a live mesh", () => {
     const both = await cli(["keys", "update", key.id, "--budget", "5", "--no-budget"]);
     expect(both.code).toBe(2);
     expect(both.stderr).toContain("--budget and --no-budget contradict each other");
+    const zero = await cli(["keys", "create", "bad-rpm", "--rpm", "0"]);
+    expect(zero.code).toBe(2);
+    expect(zero.stderr).toContain("--rpm 0: expected requests per minute");
+    const fraction = await cli(["keys", "update", key.id, "--rpm", "1.5"]);
+    expect(fraction.code).toBe(2);
+    expect(fraction.stderr).toContain("--rpm 1.5: expected requests per minute");
+    const tooMany = await cli(["keys", "update", key.id, "--tpm", "1000000001"]);
+    expect(tooMany.code).toBe(2);
+    expect(tooMany.stderr).toContain("--tpm 1000000001: expected tokens per minute");
+    const bothRpm = await cli(["keys", "update", key.id, "--rpm", "5", "--no-rpm"]);
+    expect(bothRpm.code).toBe(2);
+    expect(bothRpm.stderr).toContain("--rpm and --no-rpm contradict each other");
     const nothing = await cli(["keys", "update", key.id]);
     expect(nothing.code).toBe(2);
     expect(nothing.stderr).toContain("nothing to change");
@@ -496,10 +551,12 @@ describe("ensemble CLI against a live mesh", () => {
     const listed = (
       JSON.parse(keys.stdout) as { apiKeys: Array<{ id: string; name: string; limits: Limits }> }
     ).apiKeys;
-    expect(listed.some((k) => k.name === "bad-budget")).toBe(false);
+    expect(listed.some((k) => k.name === "bad-budget" || k.name === "bad-rpm")).toBe(false);
     expect(listed.find((k) => k.id === key.id)?.limits).toEqual({
       models: [],
       monthlyLimitUsd: null,
+      requestsPerMinute: null,
+      tokensPerMinute: null,
     });
   }, 60_000);
 

@@ -1,8 +1,16 @@
 // Admin (tenant admins only): users and roles, API keys (the secret is shown once, at
-// creation) with their own limits (models, monthly budget), and monthly budgets for the tenant
-// and per user.
+// creation) with their own limits (models, monthly budget, requests and tokens per minute), and
+// monthly budgets for the tenant and per user.
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { ApiKeyScope, BudgetScope, Role, type ApiKey, type User } from "@ensemble/proto";
+import {
+  ApiKeyScope,
+  BudgetScope,
+  Role,
+  type ApiKey,
+  type ApiKeyLimitsSchema,
+  type User,
+} from "@ensemble/proto";
 import { Fragment, useState } from "react";
 import type { FormEvent } from "react";
 import { api, errorText } from "../api";
@@ -32,6 +40,114 @@ function parseUsd(text: string): number | undefined | null {
 
 const BAD_KEY_BUDGET =
   "The monthly budget must be an amount in USD (0 or more; 0 blocks paid calls), or empty for none.";
+
+/** "60" -> 60; "" -> undefined (no limit); anything but a whole number in 1..max -> null. */
+function parsePerMinute(text: string, max: number): number | undefined | null {
+  const t = text.trim();
+  if (t === "") return undefined;
+  const v = Number(t);
+  return /^\d+$/.test(t) && v >= 1 && v <= max ? v : null;
+}
+
+// The bounds of ApiKeyLimits' requests_per_minute and tokens_per_minute in auth.proto.
+const MAX_RPM = 1_000_000;
+const MAX_TPM = 1_000_000_000;
+
+/** The text of a key's limit fields, as the create and Edit limits forms hold them. */
+interface LimitFields {
+  budget: string;
+  rpm: string;
+  tpm: string;
+}
+
+const NO_LIMITS: LimitFields = { budget: "", rpm: "", tpm: "" };
+
+/**
+ * The key's limits from the form (UpdateApiKey replaces them as a whole, so every field counts),
+ * or what is wrong with a field. `set` says whether any limit is given at all.
+ */
+function readLimits(
+  models: string[],
+  fields: LimitFields,
+): { limits: MessageInitShape<typeof ApiKeyLimitsSchema>; set: boolean } | { error: string } {
+  const usd = parseUsd(fields.budget);
+  if (usd === null) return { error: BAD_KEY_BUDGET };
+  const rpm = parsePerMinute(fields.rpm, MAX_RPM);
+  if (rpm === null) {
+    return {
+      error: `Requests per minute must be a whole number from 1 to ${MAX_RPM.toLocaleString("en")}, or empty for none.`,
+    };
+  }
+  const tpm = parsePerMinute(fields.tpm, MAX_TPM);
+  if (tpm === null) {
+    return {
+      error: `Tokens per minute must be a whole number from 1 to ${MAX_TPM.toLocaleString("en")}, or empty for none.`,
+    };
+  }
+  return {
+    limits: {
+      models,
+      ...(usd !== undefined ? { monthlyLimitUsd: usd } : {}),
+      ...(rpm !== undefined ? { requestsPerMinute: rpm } : {}),
+      ...(tpm !== undefined ? { tokensPerMinute: tpm } : {}),
+    },
+    set: models.length > 0 || usd !== undefined || rpm !== undefined || tpm !== undefined,
+  };
+}
+
+/** A key's pace for the table: "—" (none), "60 rpm", "60 rpm, 90000 tpm" (a part never split). */
+function Rate(props: { limits: ApiKey["limits"] }) {
+  const { limits } = props;
+  const parts = [
+    ...(limits?.requestsPerMinute !== undefined ? [`${limits.requestsPerMinute} rpm`] : []),
+    ...(limits?.tokensPerMinute !== undefined ? [`${limits.tokensPerMinute} tpm`] : []),
+  ];
+  if (parts.length === 0) return <>—</>;
+  return parts.map((p, i) => (
+    <Fragment key={p}>
+      {i > 0 && ", "}
+      <span className="nowrap">{p}</span>
+    </Fragment>
+  ));
+}
+
+/**
+ * The monthly budget and per-minute fields of a key's limits (the create form and Edit limits).
+ */
+function LimitInputs(props: { value: LimitFields; onChange: (fields: LimitFields) => void }) {
+  const { value, onChange } = props;
+  return (
+    <>
+      <label>
+        Monthly budget (USD, empty = none)
+        <input
+          name="keyBudget"
+          inputMode="decimal"
+          value={value.budget}
+          onChange={(e) => onChange({ ...value, budget: e.target.value })}
+        />
+      </label>
+      <label>
+        Requests / minute (empty = none)
+        <input
+          name="keyRpm"
+          inputMode="numeric"
+          value={value.rpm}
+          onChange={(e) => onChange({ ...value, rpm: e.target.value })}
+        />
+      </label>
+      <label>
+        Tokens / minute (empty = none)
+        <input
+          name="keyTpm"
+          inputMode="numeric"
+          value={value.tpm}
+          onChange={(e) => onChange({ ...value, tpm: e.target.value })}
+        />
+      </label>
+    </>
+  );
+}
 
 /** A key's monthly limit for the table: "—" (none) or "$5.00". */
 function fmtLimit(v: number | undefined): string {
@@ -113,25 +229,26 @@ function KeyLimitsForm(props: {
 }) {
   const { apiKey, onDone } = props;
   const [models, setModels] = useState<string[]>(apiKey.limits?.models ?? []);
-  const limit = apiKey.limits?.monthlyLimitUsd;
-  const [budget, setBudget] = useState(limit !== undefined ? String(limit) : "");
+  const text = (v: number | undefined) => (v !== undefined ? String(v) : "");
+  const [fields, setFields] = useState<LimitFields>({
+    budget: text(apiKey.limits?.monthlyLimitUsd),
+    rpm: text(apiKey.limits?.requestsPerMinute),
+    tpm: text(apiKey.limits?.tokensPerMinute),
+  });
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string>();
 
   const save = async (e: FormEvent) => {
     e.preventDefault();
     setError(undefined);
-    const usd = parseUsd(budget);
-    if (usd === null) {
-      setError(BAD_KEY_BUDGET);
+    const read = readLimits(models, fields);
+    if ("error" in read) {
+      setError(read.error);
       return;
     }
     setBusy(true);
     try {
-      await api.auth.updateApiKey({
-        id: apiKey.id,
-        limits: { models, ...(usd !== undefined ? { monthlyLimitUsd: usd } : {}) },
-      });
+      await api.auth.updateApiKey({ id: apiKey.id, limits: read.limits });
       onDone(true);
     } catch (err) {
       setError(errorText(err));
@@ -145,15 +262,7 @@ function KeyLimitsForm(props: {
         <form onSubmit={(e) => void save(e)} aria-label={`Limits of ${apiKey.name}`}>
           <ModelPicker value={models} onChange={setModels} />
           <div className="inline-row">
-            <label>
-              Monthly budget (USD, empty = none)
-              <input
-                name="keyBudget"
-                inputMode="decimal"
-                value={budget}
-                onChange={(e) => setBudget(e.target.value)}
-              />
-            </label>
+            <LimitInputs value={fields} onChange={setFields} />
             <button type="submit" className="primary" disabled={busy}>
               Save limits
             </button>
@@ -163,8 +272,8 @@ function KeyLimitsForm(props: {
           </div>
           <p className="hint">
             The key&apos;s own limits, on top of its owner&apos;s and the tenant&apos;s budgets.
-            Calls made with it see a change once model-proxy&apos;s cache of limits expires (30 s by
-            default).
+            Over a per-minute limit, calls are refused and told when to retry. Calls made with the
+            key see a change once model-proxy&apos;s cache of limits expires (30 s by default).
           </p>
           <ErrorBox error={error} />
         </form>
@@ -184,7 +293,7 @@ function ApiKeys() {
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<ApiKeyScope[]>([ApiKeyScope.READ, ApiKeyScope.WRITE]);
   const [models, setModels] = useState<string[]>([]);
-  const [budget, setBudget] = useState("");
+  const [fields, setFields] = useState<LimitFields>(NO_LIMITS);
   // Remounts the create form's model picker once a key is made, clearing a typed list too.
   const [created, setCreated] = useState(0);
   const [editing, setEditing] = useState<string>();
@@ -194,23 +303,21 @@ function ApiKeys() {
   const create = async (e: FormEvent) => {
     e.preventDefault();
     setError(undefined);
-    const usd = parseUsd(budget);
-    if (usd === null) {
-      setError(BAD_KEY_BUDGET);
+    const read = readLimits(models, fields);
+    if ("error" in read) {
+      setError(read.error);
       return;
     }
     try {
       const res = await api.auth.createApiKey({
         name,
         scopes,
-        ...(models.length > 0 || usd !== undefined
-          ? { limits: { models, ...(usd !== undefined ? { monthlyLimitUsd: usd } : {}) } }
-          : {}),
+        ...(read.set ? { limits: read.limits } : {}),
       });
       setSecret(res.secret);
       setName("");
       setModels([]);
-      setBudget("");
+      setFields(NO_LIMITS);
       setCreated((n) => n + 1);
       keys.reload();
     } catch (err) {
@@ -227,7 +334,7 @@ function ApiKeys() {
       setError(errorText(err));
     }
   };
-  const COLUMNS = 8;
+  const COLUMNS = 9;
 
   return (
     <section aria-label="API keys">
@@ -250,20 +357,14 @@ function ApiKeys() {
               {enumLabel(ApiKeyScope, s)}
             </label>
           ))}
-          <label>
-            Monthly budget (USD, empty = none)
-            <input
-              name="keyBudget"
-              inputMode="decimal"
-              value={budget}
-              onChange={(e) => setBudget(e.target.value)}
-            />
-          </label>
+        </div>
+        <ModelPicker key={created} value={models} onChange={setModels} />
+        <div className="inline-row">
+          <LimitInputs value={fields} onChange={setFields} />
           <button type="submit" className="primary">
             Create key
           </button>
         </div>
-        <ModelPicker key={created} value={models} onChange={setModels} />
       </form>
       {secret !== undefined && (
         <div className="secret" role="status">
@@ -289,6 +390,7 @@ function ApiKeys() {
                   <th>Scopes</th>
                   <th>Models</th>
                   <th>Budget/month</th>
+                  <th>Rate</th>
                   <th>Created</th>
                   <th>Last used</th>
                   <th />
@@ -314,6 +416,9 @@ function ApiKeys() {
                           )}
                         </td>
                         <td data-col="budget">{fmtLimit(k.limits?.monthlyLimitUsd)}</td>
+                        <td data-col="rate">
+                          <Rate limits={k.limits} />
+                        </td>
                         <td>{fmtTime(k.createTime)}</td>
                         <td>{fmtTime(k.lastUsedTime)}</td>
                         <td className="actions">
