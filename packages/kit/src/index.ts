@@ -14,3 +14,4 @@ export * from "./rate-limit.js";
 export * from "./cache.js";
 export * from "./mongo.js";
 export * from "./lifecycle.js";
+export * from "./paging.js";

@@ -2,7 +2,14 @@
 // admin's tenant from the verified token.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { FailedPreconditionError, loggerOf, NotFoundError, principalOf } from "@ensemble/kit";
+import {
+  FailedPreconditionError,
+  loggerOf,
+  nextPageToken,
+  NotFoundError,
+  paging,
+  principalOf,
+} from "@ensemble/kit";
 import { Role, type AuthService, type InviteSchema } from "@ensemble/proto";
 import type { QueryFilter } from "mongoose";
 import { claim, lastUsedTimes, type InviteDoc, type UserDoc } from "./auth.model.js";
@@ -10,8 +17,6 @@ import {
   ADMIN,
   durationMs,
   newId,
-  nextPageToken,
-  paging,
   revokeSessions,
   ts,
   USER,

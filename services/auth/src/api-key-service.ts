@@ -6,7 +6,9 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import {
   FailedPreconditionError,
   loggerOf,
+  nextPageToken,
   NotFoundError,
+  paging,
   PermissionDeniedError,
   principalOf,
   UnauthenticatedError,
@@ -21,16 +23,7 @@ import {
 import type { HandlerContext } from "@connectrpc/connect";
 import type { QueryFilter } from "mongoose";
 import { isDuplicateKey, lastUsedTimes, touch, type ApiKeyDoc } from "./auth.model.js";
-import {
-  ADMIN,
-  apiKeyRoles,
-  callerClaim,
-  durationMs,
-  nextPageToken,
-  paging,
-  ts,
-  type AuthCore,
-} from "./core.js";
+import { ADMIN, apiKeyRoles, callerClaim, durationMs, ts, type AuthCore } from "./core.js";
 import { apiKeyPublicId, newApiKey, sameDigest, sha256 } from "./secrets.js";
 
 const BAD_KEY = "invalid API key";

@@ -157,26 +157,6 @@ export async function revokeSessions(
   );
 }
 
-/** Offset paging: tokens are opaque to clients, so the scheme can change later. */
-export function paging(page: { pageSize: number; pageToken: string } | undefined): {
-  skip: number;
-  limit: number;
-} {
-  const size = page?.pageSize ?? 0;
-  const limit = size <= 0 ? 50 : Math.min(size, 500);
-  let skip = 0;
-  if (page !== undefined && page.pageToken !== "") {
-    const n = Number(Buffer.from(page.pageToken, "base64url").toString("utf8"));
-    if (Number.isSafeInteger(n) && n >= 0) skip = n;
-  }
-  return { skip, limit };
-}
-
-/** Callers fetch limit + 1 rows; a row beyond the page means there is a next one. */
-export function nextPageToken(skip: number, limit: number, got: number): string {
-  return got <= limit ? "" : Buffer.from(String(skip + limit), "utf8").toString("base64url");
-}
-
 /**
  * A claim of the caller's token that the kit's Principal does not carry (`akid`, `scp`). The
  * kit verified the token before the handler ran, so decoding it again is safe.
