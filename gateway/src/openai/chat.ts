@@ -86,6 +86,7 @@ const CHAT_KEYS = new Set([
   // Ensemble extensions
   "cache",
   "fallback_models",
+  "log",
 ]);
 const STREAM_OPTION_KEYS = new Set(["include_usage", "include_obfuscation"]);
 const MESSAGE_KEYS = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"]);
@@ -199,7 +200,8 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
 /**
  * What chat completions and responses share: sampling (`temperature`, `top_p`), `metadata` and
  * `user` (kept in the ledger's metadata), `store` (accepted: every call is in the usage ledger
- * anyway) and Ensemble's extensions `cache` and `fallback_models`.
+ * anyway) and Ensemble's extensions `cache`, `fallback_models` and `log` (keep the call in the
+ * call log).
  */
 export function parseShared(body: JsonObject, request: ChatRequestInit): void {
   const temperature = optNumber(body, "temperature");
@@ -223,6 +225,7 @@ export function parseShared(body: JsonObject, request: ChatRequestInit): void {
   if (body["fallback_models"] !== undefined && body["fallback_models"] !== null) {
     request.fallbackModels = stringArray(body["fallback_models"], "fallback_models");
   }
+  if (optBoolean(body, "log") === true) request.log = true;
 }
 
 function parseMessages(value: unknown): MessageInit[] {

@@ -54,6 +54,7 @@ const KEYS = new Set([
   // Ensemble extensions
   "cache",
   "fallback_models",
+  "log",
 ]);
 /** Blocks may carry prompt-caching hints and citations; neither changes the answer here. */
 const TEXT_KEYS = new Set(["type", "text", "cache_control", "citations"]);

@@ -70,6 +70,7 @@ const KEYS = new Set([
   // Ensemble extensions
   "cache",
   "fallback_models",
+  "log",
 ]);
 const MESSAGE_KEYS = new Set(["type", "role", "content", "id", "status"]);
 const CALL_KEYS = new Set(["type", "call_id", "name", "arguments", "id", "status"]);

@@ -10,8 +10,8 @@
 //
 // Keys. `cacheKey` hashes (sha256, hex) the request's type name and its binary encoding with the
 // fields that do not change the answer cleared: `cache` (the caller's cache mode),
-// `attribution` (who the call is billed/attributed to) and `metadata` (ledger labels) on
-// ChatRequest and EmbedRequest, wherever a request type has fields of those names. Everything
+// `attribution` (who the call is billed/attributed to), `metadata` (ledger labels) and `log`
+// (whether the call log keeps it) on ChatRequest and EmbedRequest, wherever a request type has fields of those names. Everything
 // else counts: the model as asked (an alias pointed elsewhere keeps serving the old model's
 // answers until they expire), messages, sampling parameters, tools, fallbacks. Map entries are
 // sorted first (JSON Schema Structs in tools and response formats arrive in any key order) and
@@ -47,8 +47,13 @@ export interface ResponseCacheOptions {
   logger: Logger;
 }
 
-/** Fields that never change the answer: the cache mode, attribution, ledger labels. */
-export const CACHE_KEY_IGNORED_FIELDS: readonly string[] = ["cache", "attribution", "metadata"];
+/** Fields that never change the answer: the cache mode, attribution, ledger labels, logging. */
+export const CACHE_KEY_IGNORED_FIELDS: readonly string[] = [
+  "cache",
+  "attribution",
+  "metadata",
+  "log",
+];
 
 /** What KV adds to a value on the wire (subject, headers): kept free below max_payload. */
 const PUBLISH_OVERHEAD = 4 * 1024;

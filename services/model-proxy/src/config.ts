@@ -93,10 +93,16 @@ export const modelProxyEnv = z.object({
   /** How close (cosine) a cached question must be to answer another with its answer. */
   CACHE_SEMANTIC_MIN_SIMILARITY: z.coerce.number().gt(0).max(1).default(0.95),
 
+  // ---- the call log (ChatRequest.log; ListCallLogs / GetCallLog)
+  /** Tenants whose every chat is logged with its prompt and answer ("*" = every tenant). */
+  CALL_LOG_TENANTS: csv,
+  /** How long a logged call is kept. */
+  CALL_LOG_RETENTION_MS: positiveInt.default(7 * 24 * 3_600_000),
+
   // ---- stored Responses API answers (previous_response_id)
   /** How long a stored response is kept (OpenAI: 30 days). */
   STORED_RESPONSES_TTL_MS: positiveInt.default(30 * 24 * 3_600_000),
-  /** How often expired ones are deleted. */
+  /** How often expired ones (and expired call log entries) are deleted. */
   STORED_RESPONSES_SWEEP_MS: positiveInt.default(3_600_000),
 
   // ---- limits and accounting

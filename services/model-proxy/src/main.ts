@@ -15,6 +15,7 @@ import { AuthService, RegistryService, VectorSearchService } from "@ensemble/pro
 import { openAccounting } from "./accounting/index.js";
 import { openResponseCache } from "./cache.js";
 import { SemanticCache } from "./semantic-cache.js";
+import { CallLogs } from "./call-logs.js";
 import { Catalog } from "./catalog.js";
 import { deploymentsFrom, loadModelProxyConfig, type ModelProxyConfig } from "./config.js";
 import { openDeploymentLimiter } from "./limits.js";
@@ -64,11 +65,20 @@ async function main({
     }),
   ]);
   const responses = await StoredResponses.open(mongo, { ttlMs: config.STORED_RESPONSES_TTL_MS });
+  const callLogs = await CallLogs.open(mongo, {
+    retentionMs: config.CALL_LOG_RETENTION_MS,
+    logger,
+  });
   const sweep = setInterval(() => {
-    responses.sweep().then(
-      (n) => n > 0 && logger.info({ deleted: n }, "expired stored responses deleted"),
-      (err: unknown) => logger.warn({ err }, "could not delete expired stored responses"),
-    );
+    for (const [what, expired] of [
+      ["stored responses", () => responses.sweep()],
+      ["call log entries", () => callLogs.sweep()],
+    ] as const) {
+      expired().then(
+        (n) => n > 0 && logger.info({ deleted: n }, `expired ${what} deleted`),
+        (err: unknown) => logger.warn({ err }, `could not delete expired ${what}`),
+      );
+    }
   }, config.STORED_RESPONSES_SWEEP_MS);
   sweep.unref();
   const router = new Router(deployments, await providerClients(deployments), {
@@ -94,6 +104,8 @@ async function main({
     cache,
     cacheTenants: new Set(config.CACHE_TENANTS),
     responses,
+    callLogs,
+    callLogTenants: new Set(config.CALL_LOG_TENANTS),
     limiter,
     ...(config.VECTOR_SEARCH_ADDR !== undefined
       ? {

@@ -42,6 +42,7 @@ import {
 import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/index.js";
 import { cacheKey, type ResponseCache } from "./cache.js";
 import type { SemanticCache, SemanticProbe } from "./semantic-cache.js";
+import type { CallLogs } from "./call-logs.js";
 import type { DeploymentLimiter } from "./limits.js";
 import { safeToken } from "./accounting/keys.js";
 import type { StoredResponses } from "./stored-responses.js";
@@ -60,6 +61,9 @@ export interface ModelProxyDeps {
   cacheTenants: ReadonlySet<string>;
   /** Responses API answers kept for previous_response_id. */
   responses: StoredResponses;
+  /** Logged chats (ChatRequest.log, or tenants in callLogTenants; "*" = every tenant). */
+  callLogs: CallLogs;
+  callLogTenants: ReadonlySet<string>;
   /** CACHE_MODE_SEMANTIC's lookups; undefined = no vector-search (SEMANTIC acts as USE). */
   semantic?: SemanticCache;
   /** Shared per-minute buckets, for API keys' own rpm/tpm; undefined = not enforced. */
@@ -430,10 +434,17 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             : undefined,
         );
     };
-    /** Puts this call in the ledger (its id, requested model, attribution and metadata). */
+    const logIt =
+      req.log || deps.callLogTenants.has("*") || deps.callLogTenants.has(caller.tenantId);
+    type ChatFields = Omit<RecordFields, "id" | "requested" | "attribution" | "metadata">;
+    /**
+     * Puts this call in the ledger (its id, requested model, attribution and metadata) and, when
+     * it is logged, in the call log with its answer or error.
+     */
     const recordChat = (
-      fields: Omit<RecordFields, "id" | "requested" | "attribution" | "metadata">,
-    ) =>
+      fields: ChatFields,
+      outcome: { response?: ChatResponse; error?: string } = {},
+    ) => {
       record(caller, UsageOperation.CHAT, {
         ...fields,
         id,
@@ -441,15 +452,34 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         attribution: req.attribution,
         metadata: req.metadata,
       });
+      if (!logIt) return;
+      deps.callLogs.record({
+        id,
+        tenantId: caller.tenantId,
+        userId: caller.userId,
+        apiKeyId: caller.apiKeyId,
+        requestedModel: req.model,
+        model: fields.served?.model ?? fields.model.id,
+        streaming: fields.streaming ?? false,
+        cacheHit: fields.cacheHit ?? false,
+        status: fields.status ?? "OK",
+        latencyMs: fields.latencyMs,
+        inputTokens: Number(fields.usage?.inputTokens ?? 0n),
+        outputTokens: Number(fields.usage?.outputTokens ?? 0n),
+        costUsd: fields.usage?.costUsd ?? 0,
+        request: req,
+        ...outcome,
+      });
+    };
     /** The error for a call that failed before it answered, recorded as failed. */
-    const fail = (err: unknown, streaming: boolean) =>
-      failed(
-        caller,
-        UsageOperation.CHAT,
-        { id, requested: req.model, model, attribution: req.attribution, streaming },
-        started,
-        err,
+    const fail = (err: unknown, streaming: boolean) => {
+      const error = toConnectError(err);
+      recordChat(
+        { model, latencyMs: performance.now() - started, streaming, status: Code[error.code] },
+        { error: error.rawMessage },
       );
+      return error;
+    };
     return { started, caller, model, input, id, useCache, hit, store, recordChat, fail };
   }
 
@@ -468,13 +498,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           timeToFirstToken: duration(latency),
           createTime: timestampNow(),
         });
-        recordChat({
-          model,
-          served: hit.served,
-          usage: hit.usage,
-          latencyMs: latency,
-          cacheHit: true,
-        });
+        recordChat(
+          { model, served: hit.served, usage: hit.usage, latencyMs: latency, cacheHit: true },
+          { response },
+        );
         return response;
       }
 
@@ -503,7 +530,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           timeToFirstToken: duration(latency),
           createTime: timestampNow(),
         });
-        recordChat({ model: routed.model, served, usage, latencyMs: latency });
+        recordChat({ model: routed.model, served, usage, latencyMs: latency }, { response });
         if (useCache && r.finishReason !== FinishReason.LENGTH) store(response);
         return response;
       } catch (err) {
@@ -540,14 +567,25 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             servedBy: hit.served,
           },
         });
-        recordChat({
-          model,
-          served: hit.served,
-          usage: hit.usage,
-          latencyMs: latency,
-          cacheHit: true,
-          streaming: true,
-        });
+        recordChat(
+          {
+            model,
+            served: hit.served,
+            usage: hit.usage,
+            latencyMs: latency,
+            cacheHit: true,
+            streaming: true,
+          },
+          {
+            response: create(ChatResponseSchema, {
+              ...hit.response,
+              id,
+              servedBy: hit.served,
+              usage: hit.usage,
+              latency: duration(latency),
+            }),
+          },
+        );
         return;
       }
 
@@ -605,28 +643,31 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             const latency = performance.now() - started;
             const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
             finished = true;
-            recordChat({
-              model: routed.model,
-              served,
+            const response = create(ChatResponseSchema, {
+              id,
+              servedBy: served,
+              message: {
+                role: ChatRole.ASSISTANT,
+                content: content === "" ? [] : [{ part: { case: "text", value: content } }],
+              },
+              reasoning,
+              finishReason: chunk.finishReason,
               usage,
-              latencyMs: latency,
-              ttftMs: ttft,
-              streaming: true,
+              latency: duration(latency),
+              timeToFirstToken: duration(ttft),
             });
-            if (useCache && chunk.finishReason !== FinishReason.LENGTH) {
-              const response = create(ChatResponseSchema, {
-                id,
-                servedBy: served,
-                message: {
-                  role: ChatRole.ASSISTANT,
-                  content: content === "" ? [] : [{ part: { case: "text", value: content } }],
-                },
-                reasoning,
-                finishReason: chunk.finishReason,
+            recordChat(
+              {
+                model: routed.model,
+                served,
                 usage,
-              });
-              store(response);
-            }
+                latencyMs: latency,
+                ttftMs: ttft,
+                streaming: true,
+              },
+              { response },
+            );
+            if (useCache && chunk.finishReason !== FinishReason.LENGTH) store(response);
             yield event({
               case: "end",
               value: {
@@ -663,15 +704,33 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           // Cut, failed or abandoned by the client: the provider still produced what we saw.
           await it.return?.();
           const output = estimateTextTokens(content + reasoning);
-          recordChat({
-            model: routed.model,
-            served,
-            usage: usageOf(routed.model, input, output, false),
-            latencyMs: performance.now() - started,
-            ttftMs: ttft,
-            streaming: true,
-            status: ctx.signal.aborted ? "Canceled" : "Unavailable",
-          });
+          const canceled = ctx.signal.aborted;
+          recordChat(
+            {
+              model: routed.model,
+              served,
+              usage: usageOf(routed.model, input, output, false),
+              latencyMs: performance.now() - started,
+              ttftMs: ttft,
+              streaming: true,
+              status: canceled ? "Canceled" : "Unavailable",
+            },
+            {
+              // What was streamed before the end, and why it ended.
+              response: create(ChatResponseSchema, {
+                id,
+                servedBy: served,
+                message: {
+                  role: ChatRole.ASSISTANT,
+                  content: content === "" ? [] : [{ part: { case: "text", value: content } }],
+                },
+                reasoning,
+              }),
+              error: canceled
+                ? "canceled by the client during the stream"
+                : `the stream from ${routed.model.id} failed after it started`,
+            },
+          );
         }
       }
     },
@@ -887,6 +946,16 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
 
     async getUsage(req, ctx) {
       return accounting.getUsage(principalOf(ctx), req);
+    },
+
+    async listCallLogs(req, ctx) {
+      return deps.callLogs.list(principalOf(ctx), req);
+    },
+
+    async getCallLog(req, ctx) {
+      const call = await deps.callLogs.get(principalOf(ctx), req.id);
+      if (call === undefined) throw new NotFoundError(`call ${req.id} not found in the call log`);
+      return { call };
     },
   };
 }

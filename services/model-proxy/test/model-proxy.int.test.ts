@@ -657,6 +657,70 @@ describe("model-proxy", () => {
     );
   });
 
+  it("call log - a chat that asks to be logged can be read back whole (streamed and cut ones too); others are not kept; another tenant sees none", async () => {
+    const nia = await signup("nia");
+    const logged = await mp.chat(
+      { ...chat("sim-fast", "Remember the code word pineapple"), log: true },
+      { headers: nia.headers },
+    );
+    const unlogged = await mp.chat(chat("sim-fast", "not for the log"), { headers: nia.headers });
+    let streamedText = "";
+    let streamedId = "";
+    for await (const e of mp.streamChat(
+      { chat: { ...chat("sim-fast", "stream this one"), log: true } },
+      { headers: nia.headers },
+    )) {
+      if (e.event.case === "start") streamedId = e.event.value.id;
+      if (e.event.case === "delta") streamedText += e.event.value.content;
+    }
+    await addModel(nia, "nia-cut", "simulator", "sim-cut");
+    const cut = await collect(
+      mp.streamChat(
+        { chat: { ...chat("nia-cut", "cut me off"), log: true } },
+        { headers: nia.headers },
+      ),
+    );
+    expect(cut.error).toBeInstanceOf(ConnectError);
+
+    // Written after the answers, off their path: wait for all three.
+    const until = Date.now() + 10_000;
+    let list = await mp.listCallLogs({}, { headers: nia.headers });
+    while (list.calls.length < 3 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+      list = await mp.listCallLogs({}, { headers: nia.headers });
+    }
+    expect(list.calls.map((c) => c.status)).toEqual(["Unavailable", "OK", "OK"]);
+    expect(list.calls.map((c) => c.id)).not.toContain(unlogged.id);
+    const first = list.calls[2]!;
+    expect(first).toMatchObject({
+      id: logged.id,
+      requestedModel: "sim-fast",
+      model: "sim-fast",
+      streaming: false,
+      questionPreview: "Remember the code word pineapple",
+    });
+    expect(first.answerPreview).toContain("pineapple");
+    expect(first.costUsd).toBe(logged.usage?.costUsd);
+
+    const whole = await mp.getCallLog({ id: logged.id }, { headers: nia.headers });
+    expect(textOf(whole.call?.request?.messages[0])).toBe("Remember the code word pineapple");
+    expect(whole.call?.response?.message).toEqual(logged.message);
+    const streamed = await mp.getCallLog({ id: streamedId }, { headers: nia.headers });
+    expect(streamed.call?.summary?.streaming).toBe(true);
+    expect(textOf(streamed.call?.response?.message)).toBe(streamedText);
+    const failed = await mp.listCallLogs({ errorsOnly: true }, { headers: nia.headers });
+    expect(failed.calls).toHaveLength(1);
+    const cutLog = await mp.getCallLog({ id: failed.calls[0]!.id }, { headers: nia.headers });
+    expect(cutLog.call?.error).toBe("the stream from nia-cut failed after it started");
+    expect(textOf(cutLog.call?.response?.message).length).toBeGreaterThan(0); // what was streamed
+    await expectCode(mp.getCallLog({ id: unlogged.id }, { headers: nia.headers }), Code.NotFound);
+
+    const oscar = await signup("oscar");
+    await expectCode(mp.getCallLog({ id: logged.id }, { headers: oscar.headers }), Code.NotFound);
+    const theirs = await mp.listCallLogs({ allUsers: true }, { headers: oscar.headers });
+    expect(theirs.calls).toEqual([]);
+  });
+
   it("Embed, CountTokens and GenerateImage", async () => {
     const olga = await signup("olga");
     const emb = await mp.embed(
