@@ -552,9 +552,15 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         let text = "";
         for (const p of hit.response.message?.content ?? [])
           if (p.part.case === "text") text += p.part.value;
+        const toolCalls = (hit.response.message?.toolCalls ?? []).map((c, index) => ({
+          index,
+          id: c.id,
+          name: c.name,
+          arguments: c.arguments,
+        }));
         yield event({
           case: "delta",
-          value: { content: text, reasoning: hit.response.reasoning, toolCalls: [] },
+          value: { content: text, reasoning: hit.response.reasoning, toolCalls },
         });
         const latency = performance.now() - started;
         yield event({
@@ -623,6 +629,14 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       let chunk: ChatChunk | undefined = routed.value.first;
       let content = "";
       let reasoning = "";
+      // Tool calls arrive in fragments (by index); the assembled answer carries them whole.
+      const calls = new Map<number, { id: string; name: string; arguments: string }>();
+      /** What was streamed so far, as one assistant message. */
+      const streamedMessage = () => ({
+        role: ChatRole.ASSISTANT,
+        content: content === "" ? [] : [{ part: { case: "text" as const, value: content } }],
+        toolCalls: [...calls.entries()].sort(([a], [b]) => a - b).map(([, call]) => call),
+      });
       let finished = false;
       let outcome: unknown;
       try {
@@ -631,6 +645,13 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           if (chunk.type === "delta") {
             content += chunk.content;
             reasoning += chunk.reasoning;
+            for (const d of chunk.toolCalls) {
+              const call = calls.get(d.index) ?? { id: "", name: "", arguments: "" };
+              if (d.id !== "") call.id = d.id;
+              if (d.name !== "") call.name = d.name;
+              call.arguments += d.arguments;
+              calls.set(d.index, call);
+            }
             yield event({
               case: "delta",
               value: {
@@ -646,10 +667,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             const response = create(ChatResponseSchema, {
               id,
               servedBy: served,
-              message: {
-                role: ChatRole.ASSISTANT,
-                content: content === "" ? [] : [{ part: { case: "text", value: content } }],
-              },
+              message: streamedMessage(),
               reasoning,
               finishReason: chunk.finishReason,
               usage,
@@ -720,10 +738,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               response: create(ChatResponseSchema, {
                 id,
                 servedBy: served,
-                message: {
-                  role: ChatRole.ASSISTANT,
-                  content: content === "" ? [] : [{ part: { case: "text", value: content } }],
-                },
+                message: streamedMessage(),
                 reasoning,
               }),
               error: canceled

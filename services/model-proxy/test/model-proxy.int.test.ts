@@ -480,6 +480,53 @@ describe("model-proxy", () => {
     expect(theirs.servedBy?.cacheHit).toBe(false);
   });
 
+  it("cache - a streamed answer with tool calls is cached whole and replayed with them, streamed or not", async () => {
+    const lou = await signup("lou");
+    const request: MessageInitShape<typeof ChatRequestSchema> = {
+      model: "sim-fast",
+      cache: CacheMode.USE,
+      messages: [
+        {
+          role: ChatRole.USER,
+          content: [{ part: { case: "text", value: "what is the weather in Paris?" } }],
+        },
+      ],
+      tools: [
+        {
+          name: "get_weather",
+          parameters: { type: "object", properties: { city: { type: "string" } } },
+        },
+      ],
+      toolChoice: { choice: { case: "function", value: "get_weather" } },
+    };
+    const first = await collect(mp.streamChat({ chat: request }, { headers: lou.headers }));
+    expect(first.error).toBeUndefined();
+    const streamedCalls = first.events.flatMap((e) =>
+      e.event.case === "delta" ? e.event.value.toolCalls : [],
+    );
+    expect(streamedCalls.some((c) => c.name === "get_weather")).toBe(true);
+    const args = streamedCalls.map((c) => c.arguments).join("");
+
+    // Stored after the stream ended: the unary hit carries the call whole.
+    const until = Date.now() + 5_000;
+    let unary = await mp.chat(request, { headers: lou.headers });
+    while (unary.servedBy?.cacheHit !== true && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+      unary = await mp.chat(request, { headers: lou.headers });
+    }
+    expect(unary.servedBy?.cacheHit).toBe(true);
+    expect(unary.message?.toolCalls).toEqual([
+      expect.objectContaining({ name: "get_weather", arguments: args }),
+    ]);
+    const replay = await collect(mp.streamChat({ chat: request }, { headers: lou.headers }));
+    const replayed = replay.events.flatMap((e) =>
+      e.event.case === "delta" ? e.event.value.toolCalls : [],
+    );
+    expect(replayed).toEqual([
+      expect.objectContaining({ index: 0, name: "get_weather", arguments: args }),
+    ]);
+  });
+
   it("rate limit - 10 requests per minute hold across two model-proxy replicas", async () => {
     const ned = await signup("ned");
     await addModel(ned, "limited-chat", "limited", "sim-limited");
