@@ -43,6 +43,8 @@ let alice: BrowserContext;
 let page: Page;
 /** Runs alice started, for the other tenant to look for. */
 const aliceRuns: string[] = [];
+/** A chat alice had logged, for the other tenant to look for. */
+let aliceCall = "";
 
 beforeAll(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -515,6 +517,93 @@ describe("console", () => {
     expect(keys.find((k) => k.name === name)?.limits ?? {}).toEqual({});
   }, 60_000);
 
+  it("console - the Logs page lists a chat sent with log: true and opens it with its question and answer", async () => {
+    const { accessToken } = await storedSession(page);
+    const chat = async (content: string, log: boolean) => {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify({
+          model: "sim-fast",
+          messages: [
+            { role: "system", content: "Answer in one sentence." },
+            { role: "user", content },
+          ],
+          ...(log ? { log: true } : {}),
+        }),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { id: string; choices: Array<{ message: { content: string } }> };
+    };
+    const question = `Remember the code word pineapple (${Date.now()})`;
+    const logged = await chat(question, true);
+    const unlogged = await chat("Not for the log", false);
+    aliceCall = logged.id;
+
+    await nav(page, "Logs");
+    const row = page.locator(`tr[data-call="${logged.id}"]`);
+    // The log is written after the answer, off its path: refresh until it is there.
+    await expect
+      .poll(
+        async () => {
+          await page.getByRole("button", { name: "Refresh" }).click();
+          return row.count();
+        },
+        { timeout: 15_000 },
+      )
+      .toBe(1);
+    const cells = await row.locator("td").allTextContents();
+    expect(cells).toEqual([
+      expect.stringMatching(/\d/), // time
+      "sim-fast",
+      "OK",
+      expect.stringMatching(/^\d+ ms$|^[\d.]+ s$/),
+      expect.stringMatching(/^[1-9]\d* \/ [1-9]\d*$/),
+      expect.stringMatching(/^\$/),
+      question,
+    ]);
+    await expect(page.locator(`tr[data-call="${unlogged.id}"]`).count()).resolves.toBe(0);
+    await shot(page, "11-logs");
+
+    // Filters: no failed calls; the whole tenant (alice is its admin) adds a user column.
+    await page.getByLabel("errors only").check();
+    await page.getByText("No logged calls match these filters.").waitFor();
+    await expect(page.locator(".empty").textContent()).resolves.toContain("log: true");
+    await page.getByLabel("errors only").uncheck();
+    await page.getByLabel("all users").check();
+    await page.locator("table.logs th", { hasText: "User" }).waitFor();
+    await row.waitFor();
+    await page.getByLabel("Model").fill("sim-medium");
+    await page.getByText("No logged calls match these filters.").waitFor();
+    await page.getByLabel("Model").fill("sim-fast");
+    await row.waitFor();
+
+    // A click on the row opens the call: its messages, its answer and its figures.
+    await row.locator("td.preview").click();
+    await page.waitForURL(new RegExp(`/logs/${logged.id}$`));
+    const request = page.getByRole("region", { name: "Request" });
+    await request.waitFor();
+    await expect(request.locator(".msg").allTextContents()).resolves.toEqual([
+      "systemAnswer in one sentence.",
+      `user${question}`,
+    ]);
+    const answer = page.getByRole("region", { name: "Answer" });
+    await expect(answer.locator(".text").textContent()).resolves.toBe(
+      logged.choices[0]!.message.content,
+    );
+    expect(logged.choices[0]!.message.content).toContain("pineapple");
+    const summary = page.locator('dl[aria-label="Summary"]');
+    await expect(summary.textContent()).resolves.toMatch(/modelsim-fast \(simulator\)/);
+    await expect(summary.textContent()).resolves.toMatch(/streamingno/);
+    await shot(page, "12-log-call");
+
+    // Reloaded, the deep link lands on the same call.
+    await page.reload();
+    await page.getByRole("region", { name: "Answer" }).locator(".text").waitFor();
+    await page.getByRole("link", { name: "← All logs" }).click();
+    await page.waitForURL(/\/logs$/);
+  }, 60_000);
+
   it("console - a user of another tenant sees none of it", async () => {
     const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const bob = await bobContext.newPage();
@@ -527,6 +616,13 @@ describe("console", () => {
       await nav(bob, "Admin");
       await bob.getByText("No API keys.").waitFor();
       await expect(bob.locator("table").first().textContent()).resolves.not.toContain("alice-");
+      // Alice's logged chat: not listed for Bob, and not found by its id.
+      await nav(bob, "Logs");
+      await bob.getByText("No logged calls yet.").waitFor();
+      await expect(bob.locator("table.logs").count()).resolves.toBe(0);
+      await bob.goto(`${gw.url}/logs/${aliceCall}`);
+      await bob.getByRole("alert").waitFor();
+      await expect(bob.getByRole("alert").textContent()).resolves.toMatch(/not found/i);
       // Alice's run by its id: not found for Bob.
       await bob.goto(`${gw.url}/runs/${aliceRuns[0]}`);
       await bob.getByRole("alert").waitFor();

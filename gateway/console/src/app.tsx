@@ -7,6 +7,7 @@ import { RunsPage } from "./pages/runs";
 import { RunPage } from "./pages/run";
 import { CatalogPage } from "./pages/catalog";
 import { UsagePage } from "./pages/usage";
+import { LogPage, LogsPage } from "./pages/logs";
 import { AdminPage } from "./pages/admin";
 import { ClusterPage } from "./pages/cluster";
 import { Link, Router, useRouter } from "./router";
@@ -19,6 +20,7 @@ const NAV: Array<{ to: string; label: string; admin?: boolean }> = [
   { to: "/runs", label: "Runs" },
   { to: "/catalog", label: "Catalog" },
   { to: "/usage", label: "Usage" },
+  { to: "/logs", label: "Logs" },
   { to: "/admin", label: "Admin", admin: true },
   { to: "/cluster", label: "Cluster", admin: true },
 ];
@@ -77,6 +79,8 @@ function Shell() {
 function Page({ path, admin }: { path: string; admin: boolean }) {
   const run = /^\/runs\/([^/]+)$/.exec(path);
   if (run?.[1] !== undefined) return <RunPage runId={decodeURIComponent(run[1])} />;
+  const log = /^\/logs\/([^/]+)$/.exec(path);
+  if (log?.[1] !== undefined) return <LogPage callId={decodeURIComponent(log[1])} />;
   switch (path) {
     case "/compare":
       return <ComparePage />;
@@ -86,6 +90,8 @@ function Page({ path, admin }: { path: string; admin: boolean }) {
       return <CatalogPage />;
     case "/usage":
       return <UsagePage />;
+    case "/logs":
+      return <LogsPage />;
     case "/admin":
       return admin ? <AdminPage /> : <p>Admins only.</p>;
     case "/cluster":
