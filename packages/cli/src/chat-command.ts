@@ -16,6 +16,7 @@ interface ChatOptions {
   system?: string;
   temperature?: string;
   maxTokens?: string;
+  log?: boolean;
 }
 
 function text(role: ChatRole, content: string): MessageInit {
@@ -52,6 +53,7 @@ async function ask(
       messages,
       ...(temperature !== undefined ? { temperature } : {}),
       ...(maxTokens !== undefined ? { maxTokens } : {}),
+      ...(opts.log === true ? { log: true } : {}),
     },
   });
   let answer = "";
@@ -93,6 +95,9 @@ async function ask(
         `— ${summary.model ?? opts.model}, ${summary.outputTokens ?? 0} tokens, ${usd(summary.costUsd ?? 0)}`,
       );
     }
+    // Where to read it back (on stderr: stdout holds only the answer).
+    if (opts.log === true && summary.id !== undefined)
+      out.notice(`logged: ensemble logs get ${summary.id}`);
   }
   return answer;
 }
@@ -108,9 +113,10 @@ export function registerChatCommand(program: Command, ctx: Context): void {
     .option("-s, --system <prompt>", "system prompt")
     .option("-t, --temperature <n>", "sampling temperature, 0 to 2")
     .option("--max-tokens <n>", "longest answer in tokens")
+    .option("--log", "keep the request and the answer in the call log (read back: ensemble logs)")
     .addHelpText(
       "after",
-      `\nExamples:\n  ensemble chat "Explain JetStream in one sentence"\n  echo "Summarise this" | ensemble chat -m thinking\n  ensemble chat --json "Hi"   # NDJSON: {"delta":...} lines, then {"done":{...}}`,
+      `\nExamples:\n  ensemble chat "Explain JetStream in one sentence"\n  echo "Summarise this" | ensemble chat -m thinking\n  ensemble chat --json "Hi"   # NDJSON: {"delta":...} lines, then {"done":{...}}\n  ensemble chat --log "Hi"    # kept in the call log: ensemble logs get <id> (the id is on stderr)`,
     )
     .action(async (words: string[], opts: ChatOptions) => {
       const { gw, out } = ctx.get();

@@ -6,6 +6,7 @@ import { registerAdminCommands } from "./admin-commands.js";
 import { registerAuthCommands } from "./auth-commands.js";
 import { registerChatCommand } from "./chat-command.js";
 import { Context, DEFAULT_URL } from "./context.js";
+import { registerLogsCommands } from "./logs-commands.js";
 import type { Io } from "./output.js";
 import { registerRunCommands } from "./run-commands.js";
 import { NotLoggedInError, UsageError } from "./session.js";
@@ -47,6 +48,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   registerChatCommand(program, ctx);
   registerRunCommands(program, ctx);
   registerAdminCommands(program, ctx);
+  registerLogsCommands(program, ctx);
   return { program, ctx };
 }
 

@@ -62,8 +62,8 @@ function variables(pairs: string[]): Record<string, string> {
   return out;
 }
 
-/** "90s", "5m", "2h" -> ms. */
-function parseDuration(flag: string, raw: string): number {
+/** "90s", "5m", "2h", "2d" -> ms (run --timeout, logs list --since). */
+export function parseDuration(flag: string, raw: string): number {
   const m = /^(\d+)(ms|s|m|h|d)$/.exec(raw.trim());
   if (m === null) throw new UsageError(`${flag} ${raw}: expected a duration like 90s, 5m, 2h`);
   const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "s"];

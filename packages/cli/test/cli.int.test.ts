@@ -586,6 +586,119 @@ describe("ensemble CLI against a live mesh", () => {
     expect(first).toMatch(/^usr_\w+\s+\d{4}-\d\d-\d\d \d\d:00\s+chat\s+\d+/);
   }, 60_000);
 
+  it("cli - chat --log and log: true keep the call: logs list shows it, logs get prints the question and the answer", async () => {
+    const question = `Remember the code word pineapple (${Date.now()})`;
+    const chat = await cli([
+      "chat",
+      "--log",
+      "-m",
+      "sim-fast",
+      "-s",
+      "Answer in one sentence.",
+      question,
+    ]);
+    expect(chat.code, chat.stderr).toBe(0);
+    const id = /^logged: ensemble logs get (chatcmpl-\w+)$/m.exec(chat.stderr)?.[1];
+    expect(id, chat.stderr).toBeDefined();
+    const answer = chat.stdout.trim();
+    expect(answer).toContain("pineapple");
+    const unlogged = await cli(["--json", "chat", "-m", "sim-fast", "Not for the log"]);
+    expect(unlogged.code, unlogged.stderr).toBe(0);
+    const unloggedId = (
+      JSON.parse(unlogged.stdout.trim().split("\n").at(-1)!) as { done: { id: string } }
+    ).done.id;
+    // Through the gateway's OpenAI route with an API key, asking for an alias.
+    const key = JSON.parse((await cli(["--json", "keys", "create", "logged"])).stdout) as {
+      id: string;
+      secret: string;
+    };
+    const viaKey = await fetch(`${gatewayUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${key.secret}` },
+      body: JSON.stringify({
+        model: "fast",
+        messages: [{ role: "user", content: "Sent through the OpenAI route" }],
+        log: true,
+      }),
+    });
+    expect(viaKey.status).toBe(200);
+    const keyCall = ((await viaKey.json()) as { id: string }).id;
+
+    // Written after the answers, off their path: wait for both.
+    type Listed = { calls: Array<{ id: string; apiKeyId?: string; requestedModel?: string }> };
+    const listed = async (...args: string[]) => {
+      const res = await cli(["--json", "logs", "list", ...args]);
+      expect(res.code, res.stderr).toBe(0);
+      return (JSON.parse(res.stdout) as Listed).calls;
+    };
+    let calls = await listed();
+    for (
+      let i = 0;
+      i < 40 && !(calls.some((c) => c.id === id) && calls.some((c) => c.id === keyCall));
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 250));
+      calls = await listed();
+    }
+    expect(calls.map((c) => c.id).slice(0, 2)).toEqual([keyCall, id]);
+    expect(calls.map((c) => c.id)).not.toContain(unloggedId);
+
+    const list = await cli(["logs", "list"]);
+    expect(list.code, list.stderr).toBe(0);
+    const [head, ...rows] = list.stdout.trimEnd().split("\n");
+    expect(head).toMatch(
+      /^time\s+id\s+model\s+status\s+latency\s+tokens in\/out\s+cost\s+question$/,
+    );
+    expect(rows.find((r) => r.includes(id!))).toMatch(
+      new RegExp(
+        `^\\d{4}-\\d\\d-\\d\\dT\\S+Z\\s+${id}\\s+sim-fast\\s+OK\\s+[\\d.]+s\\s+[1-9]\\d*/[1-9]\\d*\\s+\\$[\\d.]+\\s+Remember the code word pineapple \\(`,
+      ),
+    );
+    expect(rows.find((r) => r.includes(keyCall))).toMatch(/\sfast→sim-fast\s+OK\s/);
+
+    // Filters: the model asked for, the API key, the period, failures only.
+    expect((await listed("--model", "fast")).map((c) => c.id)).toEqual([keyCall]);
+    expect((await listed("--key", key.id)).map((c) => c.id)).toEqual([keyCall]);
+    expect((await listed("--since", "1h")).map((c) => c.id)).toContain(id);
+    const errors = await cli(["logs", "list", "--errors"]);
+    expect(errors.code).toBe(0);
+    expect(errors.stdout.trim()).toBe("(none)");
+    expect(errors.stderr).toContain("log: true");
+    const everyone = await cli(["logs", "list", "--all-users", "-n", "5"]);
+    expect(everyone.code, everyone.stderr).toBe(0);
+    expect(everyone.stdout.split("\n")[0]).toMatch(/^time\s+id\s+user\s+model\s/);
+
+    // One call: its figures, the messages sent and the answer.
+    const got = await cli(["logs", "get", id!]);
+    expect(got.code, got.stderr).toBe(0);
+    expect(got.stdout).toMatch(new RegExp(`^call ${id}: OK$`, "m"));
+    expect(got.stdout).toMatch(/^model\s+sim-fast \(simulator\)$/m);
+    expect(got.stdout).toMatch(/^streaming\s+yes$/m);
+    expect(got.stdout).toContain("[system]\nAnswer in one sentence.\n");
+    expect(got.stdout).toContain(`[user]\n${question}\n`);
+    expect(got.stdout).toContain(`[answer]\n${answer}`);
+    const json = await cli(["--json", "logs", "get", id!]);
+    expect(json.code, json.stderr).toBe(0);
+    const whole = JSON.parse(json.stdout) as {
+      summary: { id: string; status: string };
+      request: { log: boolean; messages: Array<{ content: Array<{ text: string }> }> };
+      response: { message: { content: Array<{ text: string }> } };
+    };
+    expect(whole.summary).toMatchObject({ id, status: "OK" });
+    expect(whole.request.log).toBe(true);
+    expect(whole.request.messages[1]!.content[0]!.text).toBe(question);
+    expect(whole.response.message.content[0]!.text.trim()).toBe(answer);
+
+    // Not a logged call (or not logged at all): a clear error, exit code 1.
+    const nope = await cli(["logs", "get", "nope"]);
+    expect(nope.code).toBe(1);
+    expect(nope.stderr).toMatch(/^error: no logged call nope: it was not logged, has expired/);
+    expect((await cli(["logs", "get", unloggedId])).code).toBe(1);
+    const bad = await cli(["logs", "list", "--since", "soon"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--since soon: expected a duration");
+  }, 60_000);
+
   it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
     const bad = await cli(["runs", "list", "--limt", "5"]);
     expect(bad.code).toBe(2);
