@@ -435,7 +435,7 @@ describe("console", () => {
     await shot(page, "09-cluster");
   }, 60_000);
 
-  it("console - an API key is created with limits, the table shows them, and Edit limits replaces them", async () => {
+  it("console - an API key is created with limits, the table shows them and the month's spend, and Edit limits replaces them", async () => {
     await nav(page, "Admin");
     const name = `limited-${Date.now()}`;
     const create = page.getByRole("form", { name: "Create API key" });
@@ -446,19 +446,43 @@ describe("console", () => {
     await create.getByLabel("Monthly budget").fill("5");
     await create.getByLabel("Requests / minute").fill("60");
     await create.getByRole("button", { name: "Create key" }).click();
-    await expect(page.getByTestId("api-key-secret").textContent()).resolves.toMatch(/^ens_/);
+    const secret = (await page.getByTestId("api-key-secret").textContent()) ?? "";
+    expect(secret).toMatch(/^ens_/);
     const row = page.locator(`tr[data-key="${name}"]`);
     const models = row.locator('[data-col="models"]');
     const budget = row.locator('[data-col="budget"]');
     const rate = row.locator('[data-col="rate"]');
     await row.waitFor();
     await expect(models.textContent()).resolves.toBe("sim-fast, sim-embed");
-    await expect(budget.textContent()).resolves.toBe("$5.00");
+    // The budget column says what the key has spent of it this month: nothing yet.
+    await expect(budget.textContent()).resolves.toBe("$0.00 of $5.00");
     await expect(rate.textContent()).resolves.toBe("60 rpm");
     // The form is ready for the next key.
     await expect(create.locator('input[name="keyModel"]:checked').count()).resolves.toBe(0);
     await expect(create.getByLabel("Monthly budget").inputValue()).resolves.toBe("");
     await expect(create.getByLabel("Requests / minute").inputValue()).resolves.toBe("");
+
+    // A chat made with the key is its spend; the ledger is written in batches: reload until then.
+    const chat = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${secret}` },
+      body: JSON.stringify({
+        model: "sim-fast",
+        messages: [{ role: "user", content: "Spend a little of this key's budget" }],
+      }),
+    });
+    expect(chat.status).toBe(200);
+    for (let i = 0; i < 40; i++) {
+      await page.reload();
+      await row.waitFor();
+      if ((await budget.textContent()) !== "$0.00 of $5.00") break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    // A simulator chat costs a fraction of a cent: shown as such, not as $0.00.
+    await expect(budget.textContent()).resolves.toBe("<$0.01 of $5.00");
+    await expect(budget.locator("span").getAttribute("title")).resolves.toMatch(
+      /^\$0\.0\d+ this month \(UTC\)$/,
+    );
 
     // Edit limits shows the key's limits; saving replaces them as a whole.
     await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
@@ -473,6 +497,7 @@ describe("console", () => {
     await edit.getByRole("button", { name: "Save limits" }).click();
     await edit.waitFor({ state: "detached" });
     await budget.filter({ hasText: "$12.50" }).waitFor();
+    await expect(budget.textContent()).resolves.toBe("<$0.01 of $12.50");
     await expect(models.textContent()).resolves.toBe("sim-fast");
     // The requests per minute not touched are saved again with the rest.
     await expect(rate.textContent()).resolves.toBe("60 rpm, 90000 tpm");
@@ -484,7 +509,7 @@ describe("console", () => {
     await expect(edit.getByRole("alert").textContent()).resolves.toMatch(/monthly budget must be/i);
     await edit.getByRole("button", { name: "Cancel" }).click();
     await edit.waitFor({ state: "detached" });
-    await expect(budget.textContent()).resolves.toBe("$12.50");
+    await expect(budget.textContent()).resolves.toBe("<$0.01 of $12.50");
     await page.getByRole("button", { name: `Edit limits of ${name}` }).click();
     await edit.getByLabel("Requests / minute").fill("1.5");
     await edit.getByRole("button", { name: "Save limits" }).click();
@@ -503,9 +528,10 @@ describe("console", () => {
     await edit.getByLabel("Tokens / minute").fill("");
     await edit.getByRole("button", { name: "Save limits" }).click();
     await edit.waitFor({ state: "detached" });
-    await budget.filter({ hasText: "—" }).waitFor();
+    await rate.filter({ hasText: "—" }).waitFor();
     await expect(models.textContent()).resolves.toBe("all");
-    await expect(rate.textContent()).resolves.toBe("—");
+    // Without a budget of its own, the key's spend stands alone.
+    await expect(budget.textContent()).resolves.toBe("<$0.01");
     const { accessToken } = await storedSession(page);
     const listed = await fetch(`${gw.url}/${AuthService.typeName}/ListApiKeys`, {
       method: "POST",

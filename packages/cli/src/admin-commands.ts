@@ -2,6 +2,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
 import {
   ApiKeyScope,
@@ -116,7 +117,78 @@ function rateText(limits: ApiKeyLimits | undefined): string {
   return parts.length === 0 ? "-" : parts.join(", ");
 }
 
-function keyJson(key: ApiKey): Record<string, unknown> {
+/**
+ * This UTC calendar month as [start, end): the period model-proxy counts a key's spend over and
+ * holds against its monthly budget.
+ */
+function thisMonth(now: number): { start: number; end: number } {
+  const d = new Date(now);
+  return {
+    start: Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1),
+    end: Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1),
+  };
+}
+
+// A slow model-proxy must not hold up the keys themselves, which come from auth.
+const SPEND_TIMEOUT_MS = 10_000;
+
+/** USD spent this month per API key id, or why it is not known. */
+type MonthSpend = { byKey: Map<string, number> } | { unknown: string };
+
+/**
+ * This month's spend per API key, from one GetUsage call grouped by key. `scope` is whose usage
+ * is counted: the caller's own (GetUsage's default), the tenant's (all_users, admin), or one
+ * user's key. Never throws: when model-proxy cannot answer, the keys are still worth printing.
+ */
+async function monthSpend(
+  gw: Gateway,
+  scope: { allUsers: boolean } | { userId: string; apiKeyId: string },
+): Promise<MonthSpend> {
+  const { start, end } = thisMonth(Date.now());
+  try {
+    const res = await gw.client(ModelProxyService).getUsage(
+      {
+        startTime: timestampFromMs(start),
+        endTime: timestampFromMs(end),
+        groupBy: [UsageDimension.API_KEY],
+        ...scope,
+      },
+      { timeoutMs: SPEND_TIMEOUT_MS },
+    );
+    return { byKey: new Map(res.buckets.map((b) => [b.apiKeyId, b.usage?.costUsd ?? 0])) };
+  } catch (err) {
+    const e = ConnectError.from(err);
+    return { unknown: `${Code[e.code]}: ${e.rawMessage}` };
+  }
+}
+
+/** A key's spend from `spend`: USD, or null when unknown. */
+function spentBy(spend: MonthSpend, key: ApiKey): number | null {
+  return "unknown" in spend ? null : (spend.byKey.get(key.id) ?? 0);
+}
+
+function warnSpendUnknown(out: Output, spend: MonthSpend): void {
+  if ("unknown" in spend) {
+    out.notice(`note: this month's spend is unknown (shown as ?): ${spend.unknown}`);
+  }
+}
+
+/** A key's spend this month, for people: "$1.23", "<$0.01 of $5.00", "? of $5.00". */
+function spentText(spent: number | null, limits: ApiKeyLimits | undefined): string {
+  const amount =
+    spent === null
+      ? "?"
+      : spent === 0
+        ? "$0.00"
+        : // A few chat calls cost fractions of a cent: say that there was spend, not "$0.00".
+          spent < 0.005
+          ? "<$0.01"
+          : `$${spent.toFixed(2)}`;
+  return limits?.monthlyLimitUsd === undefined ? amount : `${amount} of ${budgetText(limits)}`;
+}
+
+/** A key as JSON; `spent` (list, get): its spend this month, null when unknown. */
+function keyJson(key: ApiKey, spent?: number | null): Record<string, unknown> {
   return {
     id: key.id,
     name: key.name,
@@ -129,6 +201,7 @@ function keyJson(key: ApiKey): Record<string, unknown> {
       requestsPerMinute: key.limits?.requestsPerMinute ?? null,
       tokensPerMinute: key.limits?.tokensPerMinute ?? null,
     },
+    ...(spent !== undefined ? { spentThisMonthUsd: spent } : {}),
     created: when(key.createTime),
     expires: key.expireTime !== undefined ? when(key.expireTime) : null,
     lastUsed: key.lastUsedTime !== undefined ? when(key.lastUsedTime) : null,
@@ -136,8 +209,8 @@ function keyJson(key: ApiKey): Record<string, unknown> {
   };
 }
 
-/** One key as "name  value" lines (keys get, keys update). */
-function describeKey(key: ApiKey): string {
+/** One key as "name  value" lines (keys get, keys update); `spent` (keys get) as in keyJson. */
+function describeKey(key: ApiKey, spent?: number | null): string {
   const rows: Array<[string, string]> = [
     ["id", key.id],
     ["name", key.name],
@@ -145,6 +218,9 @@ function describeKey(key: ApiKey): string {
     ["scopes", key.scopes.map((s) => label(ApiKeyScope, s)).join(",")],
     ["models", modelsText(key.limits)],
     ["budget/month", budgetText(key.limits)],
+    ...(spent !== undefined
+      ? [["spent/month", spentText(spent, key.limits)] satisfies [string, string]]
+      : []),
     ["requests/min", key.limits?.requestsPerMinute?.toString() ?? "-"],
     ["tokens/min", key.limits?.tokensPerMinute?.toString() ?? "-"],
     ["created", when(key.createTime)],
@@ -256,17 +332,24 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
 
   keys
     .command("list")
-    .description("your API keys (never their secrets)")
+    .description("your API keys (never their secrets), with what each has spent this month")
     .option("--all", "every user's keys in the tenant (admin)")
     .option("--revoked", "include revoked keys")
     .action(async (opts: { all?: boolean; revoked?: boolean }) => {
       const { gw, out } = ctx.get();
-      const res = await gw.client(AuthService).listApiKeys({
-        allUsers: opts.all === true,
-        includeRevoked: opts.revoked === true,
-        page: { pageSize: 100 },
-      });
-      out.result({ apiKeys: res.apiKeys.map(keyJson) }, () =>
+      const allUsers = opts.all === true;
+      // The spend of the same users' keys as those listed: the caller's own, or with --all (which
+      // auth allows admins only) the tenant's. Asked at the same time as the keys.
+      const [res, spend] = await Promise.all([
+        gw.client(AuthService).listApiKeys({
+          allUsers,
+          includeRevoked: opts.revoked === true,
+          page: { pageSize: 100 },
+        }),
+        monthSpend(gw, { allUsers }),
+      ]);
+      warnSpendUnknown(out, spend);
+      out.result({ apiKeys: res.apiKeys.map((k) => keyJson(k, spentBy(spend, k))) }, () =>
         table(
           [
             "id",
@@ -274,7 +357,7 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
             "prefix",
             "scopes",
             "models",
-            "budget/month",
+            "spent (month)",
             "rate",
             "created",
             "last used",
@@ -286,7 +369,7 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
             k.prefix,
             k.scopes.map((s) => label(ApiKeyScope, s)).join(","),
             modelsText(k.limits),
-            budgetText(k.limits),
+            spentText(spentBy(spend, k), k.limits),
             rateText(k.limits),
             when(k.createTime),
             when(k.lastUsedTime),
@@ -298,14 +381,20 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
 
   keys
     .command("get")
-    .description("one API key (never its secret): scopes, limits, when it was last used")
+    .description(
+      "one API key (never its secret): scopes, limits, this month's spend, when it was last used",
+    )
     .argument("<key-id>")
     .action(async (id: string) => {
       const { gw, out } = ctx.get();
       const res = await gw.client(AuthService).getApiKey({ id });
       if (res.apiKey === undefined) throw new Error("auth returned no key");
       const key = res.apiKey;
-      out.result(keyJson(key), () => describeKey(key));
+      // By the key's owner: an admin may be looking at another user's key.
+      const spend = await monthSpend(gw, { userId: key.userId, apiKeyId: key.id });
+      warnSpendUnknown(out, spend);
+      const spent = spentBy(spend, key);
+      out.result(keyJson(key, spent), () => describeKey(key, spent));
     });
 
   const update = keys

@@ -3,6 +3,8 @@
 // standing in for providers. Credentials go to a temporary XDG_CONFIG_HOME.
 import { spawn } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
@@ -77,6 +79,39 @@ function cli(
 }
 
 const credentialsPath = () => join(home, "ensemble", "credentials.json");
+
+/**
+ * The gateway as a client sees it when model-proxy is down for usage: a proxy in front of it that
+ * answers ModelProxyService.GetUsage with UNAVAILABLE and passes everything else through.
+ */
+async function gatewayWithoutUsage(): Promise<{ url: string; server: Server }> {
+  const target = new URL(gatewayUrl);
+  const server = createServer((req, res) => {
+    if (req.url === "/ensemble.modelproxy.v1.ModelProxyService/GetUsage") {
+      req.resume();
+      res.writeHead(503, { "content-type": "application/json" });
+      res.end(JSON.stringify({ code: "unavailable", message: "model-proxy is unreachable" }));
+      return;
+    }
+    const upstream = request(
+      {
+        host: target.hostname,
+        port: target.port,
+        path: req.url,
+        method: req.method,
+        headers: req.headers,
+      },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    upstream.on("error", () => res.destroy());
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
 
 beforeAll(async () => {
   home = await mkdtemp(join(tmpdir(), "ensemble-cli-"));
@@ -418,7 +453,7 @@ describe("ensemble CLI against a live mesh", () => {
     expect(keys.find((k) => k.id === key.id)?.revoked).not.toBeNull();
   }, 60_000);
 
-  it("cli - keys carry limits: create and list show them, update keeps the part not named", async () => {
+  it("cli - keys carry limits: create and list show them with the month's spend, update keeps the part not named", async () => {
     type Limits = {
       models: string[];
       monthlyLimitUsd: number | null;
@@ -450,12 +485,14 @@ describe("ensemble CLI against a live mesh", () => {
       tokensPerMinute: 90000,
     });
 
+    // The budget column says what the key has spent of it this month: nothing yet.
     const list = await cli(["keys", "list"]);
     expect(list.code, list.stderr).toBe(0);
+    expect(list.stderr).toBe("");
     const [head, ...rows] = list.stdout.trimEnd().split("\n");
-    expect(head).toMatch(/\bscopes\s+models\s+budget\/month\s+rate\s+created\b/);
+    expect(head).toMatch(/\bscopes\s+models\s+spent \(month\)\s+rate\s+created\b/);
     expect(rows.find((r) => r.startsWith(key.id))).toMatch(
-      /\sfast,sim-embed\s+\$5\.00\s+60 rpm, 90000 tpm\s/,
+      /\sfast,sim-embed\s+\$0\.00 of \$5\.00\s+60 rpm, 90000 tpm\s/,
     );
     expect(list.stdout).not.toContain(key.secret);
 
@@ -472,6 +509,7 @@ describe("ensemble CLI against a live mesh", () => {
     expect(got.code, got.stderr).toBe(0);
     expect(got.stdout).toMatch(/^models\s+fast,sim-embed$/m);
     expect(got.stdout).toMatch(/^budget\/month\s+\$12\.50$/m);
+    expect(got.stdout).toMatch(/^spent\/month\s+\$0\.00 of \$12\.50$/m);
     expect(got.stdout).toMatch(/^requests\/min\s+60$/m);
     expect(got.stdout).toMatch(/^tokens\/min\s+90000$/m);
 
@@ -486,6 +524,60 @@ describe("ensemble CLI against a live mesh", () => {
     });
     expect(models.stderr).toContain("nothing callable here is named sim-fsat;");
 
+    // A chat made with the key is its spend this month, in list (--json and the table) and get.
+    const chat = await fetch(`${gatewayUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${key.secret}` },
+      body: JSON.stringify({
+        model: "sim-fast",
+        messages: [{ role: "user", content: "Spend a little of this key's budget" }],
+      }),
+    });
+    expect(chat.status).toBe(200);
+    type Listed = { apiKeys: Array<{ id: string; spentThisMonthUsd: number | null }> };
+    const spentNow = async () => {
+      const res = await cli(["--json", "keys", "list"]);
+      expect(res.code, res.stderr).toBe(0);
+      return (JSON.parse(res.stdout) as Listed).apiKeys.find((k) => k.id === key.id)
+        ?.spentThisMonthUsd;
+    };
+    // The ledger is written in batches; give it a moment.
+    let spent = await spentNow();
+    for (let i = 0; i < 40 && spent === 0; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      spent = await spentNow();
+    }
+    expect(spent).toBeGreaterThan(0);
+    const gotSpent = await cli(["--json", "keys", "get", key.id]);
+    expect(gotSpent.code, gotSpent.stderr).toBe(0);
+    expect(JSON.parse(gotSpent.stdout)).toMatchObject({ id: key.id, spentThisMonthUsd: spent });
+    const described = await cli(["keys", "get", key.id]);
+    // A simulator chat costs a fraction of a cent: shown as such, not as $0.00.
+    expect(described.stdout).toMatch(/^spent\/month\s+<\$0\.01 of \$12\.50$/m);
+
+    // With model-proxy unreachable the keys are still listed, their spend as "?", and a note says
+    // why; --json has null. Through a proxy that fails GetUsage, with the key as the credential.
+    const broken = await gatewayWithoutUsage();
+    try {
+      const viaBroken = { env: { ENSEMBLE_URL: broken.url, ENSEMBLE_API_KEY: key.secret } };
+      const unknown = await cli(["keys", "list"], viaBroken);
+      expect(unknown.code, unknown.stderr).toBe(0);
+      expect(unknown.stdout.split("\n").find((r) => r.startsWith(key.id))).toMatch(
+        /\ssim-fast,sim-fsat\s+\? of \$12\.50\s+60 rpm, 90000 tpm\s/,
+      );
+      expect(unknown.stderr).toContain("note: this month's spend is unknown (shown as ?)");
+      expect(unknown.stderr).toContain("model-proxy is unreachable");
+      const unknownJson = await cli(["--json", "keys", "get", key.id], viaBroken);
+      expect(unknownJson.code, unknownJson.stderr).toBe(0);
+      expect(JSON.parse(unknownJson.stdout)).toMatchObject({
+        id: key.id,
+        spentThisMonthUsd: null,
+      });
+    } finally {
+      broken.server.closeAllConnections();
+      await new Promise((r) => broken.server.close(r));
+    }
+
     // --rpm with --no-tpm: one rate changes, the other goes, models and budget stay.
     const rates = await cli(["--json", "keys", "update", key.id, "--rpm", "120", "--no-tpm"]);
     expect(rates.code, rates.stderr).toBe(0);
@@ -497,7 +589,7 @@ describe("ensemble CLI against a live mesh", () => {
     });
     const rated = await cli(["keys", "list"]);
     expect(rated.stdout.split("\n").find((r) => r.startsWith(key.id))).toMatch(
-      /\s\$12\.50\s+120 rpm\s/,
+      /\s<\$0\.01 of \$12\.50\s+120 rpm\s/,
     );
 
     // All removed: the key is unlimited again.
@@ -517,9 +609,10 @@ describe("ensemble CLI against a live mesh", () => {
       name: "unlimited",
       limits: { models: [], monthlyLimitUsd: null, requestsPerMinute: null, tokensPerMinute: null },
     });
+    // Without a budget of its own, the key's spend stands alone.
     const after = await cli(["keys", "list"]);
     expect(after.stdout.split("\n").find((r) => r.startsWith(key.id))).toMatch(
-      /\sunlimited\s.*\sall\s+-\s+-\s/,
+      /\sunlimited\s.*\sall\s+<\$0\.01\s+-\s/,
     );
 
     // Bad or contradictory flags: exit 2, a message naming the flag, nothing created or changed.

@@ -1,12 +1,13 @@
 // Admin (tenant admins only): users and roles, API keys (the secret is shown once, at
-// creation) with their own limits (models, monthly budget, requests and tokens per minute), and
-// monthly budgets for the tenant and per user.
+// creation) with their own limits (models, monthly budget, requests and tokens per minute) and
+// what each has spent this month, and monthly budgets for the tenant and per user.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   ApiKeyScope,
   BudgetScope,
   Role,
+  UsageDimension,
   type ApiKey,
   type ApiKeyLimitsSchema,
   type User,
@@ -16,7 +17,7 @@ import type { FormEvent } from "react";
 import { api, errorText } from "../api";
 import { loadCallableModels } from "../models";
 import { useSession } from "../session";
-import { ErrorBox, Guard, Loading, enumLabel, fmtTime, useLoad } from "../ui";
+import { ErrorBox, Guard, Loading, enumLabel, fmtTime, fmtUsd, useLoad } from "../ui";
 
 export function AdminPage() {
   return (
@@ -156,6 +157,62 @@ function fmtLimit(v: number | undefined): string {
   return Math.abs(v * 100 - cents) < 1e-6 ? `$${(cents / 100).toFixed(2)}` : `$${v}`;
 }
 
+/** USD spent this month per API key id, or why it is not known. */
+type KeySpend = { byKey: Map<string, number> } | { error: string };
+
+// A slow model-proxy must not hold up the keys themselves, which come from auth.
+const SPEND_TIMEOUT_MS = 10_000;
+
+/**
+ * What the tenant's API keys have spent this UTC calendar month (the period model-proxy holds
+ * against a key's monthly budget), from one GetUsage call grouped by key. The table lists every
+ * user's keys, so the usage is the whole tenant's (all_users; this page is for admins). Never
+ * rejects: without model-proxy the keys are still worth showing.
+ */
+async function loadKeySpend(): Promise<KeySpend> {
+  const now = new Date();
+  const year = now.getUTCFullYear();
+  const month = now.getUTCMonth();
+  try {
+    const res = await api.proxy.getUsage(
+      {
+        startTime: timestampFromMs(Date.UTC(year, month, 1)),
+        endTime: timestampFromMs(Date.UTC(year, month + 1, 1)),
+        groupBy: [UsageDimension.API_KEY],
+        allUsers: true,
+      },
+      { timeoutMs: SPEND_TIMEOUT_MS },
+    );
+    return { byKey: new Map(res.buckets.map((b) => [b.apiKeyId, b.usage?.costUsd ?? 0])) };
+  } catch (err) {
+    return { error: errorText(err) };
+  }
+}
+
+/** A key's spend this month next to its budget: "$1.23", "<$0.01 of $5.00", "? of $5.00". */
+function Spent(props: { spend: KeySpend; apiKey: ApiKey }) {
+  const { spend, apiKey } = props;
+  const spent = "error" in spend ? undefined : (spend.byKey.get(apiKey.id) ?? 0);
+  const amount =
+    spent === undefined
+      ? "?"
+      : spent === 0
+        ? "$0.00"
+        : // A few chat calls cost fractions of a cent: say that there was spend, not "$0.00".
+          spent < 0.005
+          ? "<$0.01"
+          : `$${spent.toFixed(2)}`;
+  const limit = apiKey.limits?.monthlyLimitUsd;
+  return (
+    <span
+      className="nowrap"
+      title={spent !== undefined ? `${fmtUsd(spent)} this month (UTC)` : undefined}
+    >
+      {limit === undefined ? amount : `${amount} of ${fmtLimit(limit)}`}
+    </span>
+  );
+}
+
 /**
  * The models an API key may call, as checkboxes of the models callable here (none checked:
  * every model). Names the key already has that nothing here answers stay listed, so that saving
@@ -283,13 +340,15 @@ function KeyLimitsForm(props: {
 }
 
 function ApiKeys() {
-  const keys = useLoad(
-    () =>
+  const keys = useLoad(async () => {
+    const [list, spend] = await Promise.all([
       api.auth
         .listApiKeys({ allUsers: true, includeRevoked: true, page: { pageSize: 200 } })
         .then((r) => r.apiKeys),
-    [],
-  );
+      loadKeySpend(),
+    ]);
+    return { list, spend };
+  }, []);
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<ApiKeyScope[]>([ApiKeyScope.READ, ApiKeyScope.WRITE]);
   const [models, setModels] = useState<string[]>([]);
@@ -379,9 +438,14 @@ function ApiKeys() {
         </div>
       )}
       <ErrorBox error={error} />
-      <Guard loaded={keys} empty={(k) => k.length === 0} emptyText="No API keys.">
-        {(list) => (
+      <Guard loaded={keys} empty={(k) => k.list.length === 0} emptyText="No API keys.">
+        {({ list, spend }) => (
           <div className="table-wrap">
+            {"error" in spend && (
+              <p className="hint" role="note">
+                This month&apos;s spend is unknown (shown as ?): {spend.error}
+              </p>
+            )}
             <table>
               <thead>
                 <tr>
@@ -389,7 +453,7 @@ function ApiKeys() {
                   <th>Key</th>
                   <th>Scopes</th>
                   <th>Models</th>
-                  <th>Budget/month</th>
+                  <th>Spent this month</th>
                   <th>Rate</th>
                   <th>Created</th>
                   <th>Last used</th>
@@ -415,7 +479,9 @@ function ApiKeys() {
                             limited.join(", ")
                           )}
                         </td>
-                        <td data-col="budget">{fmtLimit(k.limits?.monthlyLimitUsd)}</td>
+                        <td data-col="budget">
+                          <Spent spend={spend} apiKey={k} />
+                        </td>
                         <td data-col="rate">
                           <Rate limits={k.limits} />
                         </td>
