@@ -17,6 +17,16 @@ export interface TenantDoc {
   id: string;
   name: string;
   createTime: Date;
+  /** TenantSettings (absent = defaults). */
+  settings?: TenantSettingsDoc;
+}
+
+export interface TenantSettingsDoc {
+  logCalls: boolean;
+  /** DefaultCache as its enum number. */
+  defaultCache: number;
+  updateTime: Date;
+  updatedBy: string;
 }
 
 export interface UserDoc {
@@ -149,6 +159,17 @@ const tenantSchema = new Schema<TenantDoc>(
     id: { type: String, required: true, unique: true },
     name: { type: String, required: true },
     createTime: { type: Date, required: true },
+    settings: {
+      type: new Schema<TenantSettingsDoc>(
+        {
+          logCalls: { type: Boolean, required: true },
+          defaultCache: { type: Number, required: true },
+          updateTime: { type: Date, required: true },
+          updatedBy: { type: String, required: true },
+        },
+        { _id: false },
+      ),
+    },
   },
   opts,
 );

@@ -1,4 +1,5 @@
-// Monthly spend limits per tenant and per user. auth only stores them; model-proxy enforces.
+// Monthly spend limits per tenant and per user, and the tenant's settings. auth only stores them;
+// model-proxy applies them.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
@@ -8,8 +9,8 @@ import {
   PermissionDeniedError,
   principalOf,
 } from "@ensemble/kit";
-import { BudgetScope, type AuthService, type BudgetSchema } from "@ensemble/proto";
-import type { BudgetDoc } from "./auth.model.js";
+import { BudgetScope, DefaultCache, type AuthService, type BudgetSchema } from "@ensemble/proto";
+import type { BudgetDoc, TenantSettingsDoc } from "./auth.model.js";
 import { ADMIN, ts, type AuthCore } from "./core.js";
 
 export function budgetMessage(
@@ -36,7 +37,19 @@ function scopeName(scope: BudgetScope): "tenant" | "user" {
   throw new InvalidArgumentError("scope is required", { field: "scope" });
 }
 
-type BudgetHandlers = Pick<ServiceImpl<typeof AuthService>, "getBudget" | "setBudget">;
+type BudgetHandlers = Pick<
+  ServiceImpl<typeof AuthService>,
+  "getBudget" | "setBudget" | "getTenantSettings" | "updateTenantSettings"
+>;
+
+function settingsMessage(doc: TenantSettingsDoc | undefined) {
+  return {
+    logCalls: doc?.logCalls ?? false,
+    defaultCache: (doc?.defaultCache ?? DefaultCache.UNSPECIFIED) as DefaultCache,
+    updateTime: ts(doc?.updateTime),
+    updatedBy: doc?.updatedBy ?? "",
+  };
+}
 
 export function budgetHandlers(core: AuthCore): BudgetHandlers {
   const { models } = core;
@@ -91,6 +104,30 @@ export function budgetHandlers(core: AuthCore): BudgetHandlers {
         "budget set",
       );
       return { budget: budgetMessage(req.scope, p.tenantId, userId, doc ?? undefined) };
+    },
+
+    async getTenantSettings(_req, ctx) {
+      const p = principalOf(ctx);
+      const tenant = await models.tenants.findOne({ id: p.tenantId }).lean();
+      return { settings: settingsMessage(tenant?.settings) };
+    },
+
+    async updateTenantSettings(req, ctx) {
+      const p = principalOf(ctx);
+      const wanted = req.settings!; // protovalidate: required
+      const settings: TenantSettingsDoc = {
+        logCalls: wanted.logCalls,
+        defaultCache: wanted.defaultCache,
+        updateTime: new Date(),
+        updatedBy: p.subject,
+      };
+      const res = await models.tenants.updateOne({ id: p.tenantId }, { $set: { settings } });
+      if (res.matchedCount === 0) throw new NotFoundError("tenant not found");
+      loggerOf(ctx).info(
+        { logCalls: settings.logCalls, defaultCache: DefaultCache[settings.defaultCache] },
+        "tenant settings updated",
+      );
+      return { settings: settingsMessage(settings) };
     },
   };
 }

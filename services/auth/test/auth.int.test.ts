@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { ApiKeyScope, BudgetScope, Role } from "@ensemble/proto";
+import { ApiKeyScope, BudgetScope, DefaultCache, Role } from "@ensemble/proto";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bytes } from "../src/secrets.js";
@@ -775,6 +775,52 @@ describe("auth API key limits", () => {
 });
 
 describe("auth admin and tenancy", () => {
+  it("tenant settings - defaults until an admin sets them; members read but cannot change them; other tenants are untouched", async () => {
+    const admin = await signup("settingsadmin");
+    const adminClient = h.client(admin.tokens.accessToken);
+    const before = await adminClient.getTenantSettings({});
+    expect(before.settings).toMatchObject({
+      logCalls: false,
+      defaultCache: DefaultCache.UNSPECIFIED,
+      updatedBy: "",
+    });
+    const set = await adminClient.updateTenantSettings({
+      settings: { logCalls: true, defaultCache: DefaultCache.SEMANTIC },
+    });
+    expect(set.settings).toMatchObject({
+      logCalls: true,
+      defaultCache: DefaultCache.SEMANTIC,
+      updatedBy: admin.user.id,
+    });
+    expect(set.settings?.updateTime).toBeDefined();
+
+    const invite = await adminClient.createInvite({});
+    keep(invite.token);
+    const member = await h.client().signup({
+      email: email("settingsmember"),
+      password: keep("Member password 12"),
+      tenant: { case: "inviteToken", value: invite.token },
+    });
+    keep(member.tokens!.refreshToken);
+    const memberClient = h.client(keep(member.tokens!.accessToken));
+    expect((await memberClient.getTenantSettings({})).settings?.logCalls).toBe(true);
+    const refused = await rejection(
+      memberClient.updateTenantSettings({ settings: { logCalls: false } }),
+    );
+    expect(refused.code).toBe(Code.PermissionDenied);
+    const invalid = await rejection(
+      adminClient.updateTenantSettings({ settings: { defaultCache: 9 as DefaultCache } }),
+    );
+    expect(invalid.code).toBe(Code.InvalidArgument);
+
+    const other = await signup("settingsother");
+    const theirs = await h.client(other.tokens.accessToken).getTenantSettings({});
+    expect(theirs.settings).toMatchObject({
+      logCalls: false,
+      defaultCache: DefaultCache.UNSPECIFIED,
+    });
+  });
+
   it("admin - a user token on an ADMIN method is PERMISSION_DENIED", async () => {
     const admin = await signup("roleadmin");
     const invite = await h.client(admin.tokens.accessToken).createInvite({});

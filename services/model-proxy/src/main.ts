@@ -16,6 +16,7 @@ import { openAccounting } from "./accounting/index.js";
 import { openResponseCache } from "./cache.js";
 import { SemanticCache } from "./semantic-cache.js";
 import { CallLogs } from "./call-logs.js";
+import { TenantSettings } from "./tenant-settings.js";
 import { Catalog } from "./catalog.js";
 import { deploymentsFrom, loadModelProxyConfig, type ModelProxyConfig } from "./config.js";
 import { openDeploymentLimiter } from "./limits.js";
@@ -106,6 +107,7 @@ async function main({
     responses,
     callLogs,
     callLogTenants: new Set(config.CALL_LOG_TENANTS),
+    tenantSettings: new TenantSettings(auth, { ttlMs: config.BUDGET_CACHE_MS, logger }),
     limiter,
     ...(config.VECTOR_SEARCH_ADDR !== undefined
       ? {

@@ -19,6 +19,7 @@ import {
 } from "@ensemble/kit";
 import {
   CacheMode,
+  DefaultCache,
   Capability,
   ChatRequestSchema,
   ChatResponseSchema,
@@ -43,6 +44,7 @@ import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/ind
 import { cacheKey, type ResponseCache } from "./cache.js";
 import type { SemanticCache, SemanticProbe } from "./semantic-cache.js";
 import type { CallLogs } from "./call-logs.js";
+import type { TenantSettings } from "./tenant-settings.js";
 import type { DeploymentLimiter } from "./limits.js";
 import { safeToken } from "./accounting/keys.js";
 import type { StoredResponses } from "./stored-responses.js";
@@ -64,6 +66,8 @@ export interface ModelProxyDeps {
   /** Logged chats (ChatRequest.log, or tenants in callLogTenants; "*" = every tenant). */
   callLogs: CallLogs;
   callLogTenants: ReadonlySet<string>;
+  /** The tenants' own defaults (call log, cache), from auth. */
+  tenantSettings: TenantSettings;
   /** CACHE_MODE_SEMANTIC's lookups; undefined = no vector-search (SEMANTIC acts as USE). */
   semantic?: SemanticCache;
   /** Shared per-minute buckets, for API keys' own rpm/tpm; undefined = not enforced. */
@@ -255,10 +259,30 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     );
   }
 
-  function cacheOn(tenantId: string, mode: CacheMode): boolean {
-    if (mode === CacheMode.BYPASS) return false;
-    if (mode === CacheMode.USE || mode === CacheMode.SEMANTIC) return true;
-    return deps.cacheTenants.has("*") || deps.cacheTenants.has(tenantId);
+  /**
+   * The cache a call uses: its own choice, else its tenant's default (TenantSettings), else the
+   * deployment's (CACHE_TENANTS: exact). "semantic" only for chats (`semanticOk`).
+   */
+  async function cacheFor(
+    caller: Caller,
+    mode: CacheMode,
+    semanticOk: boolean,
+  ): Promise<"off" | "exact" | "semantic"> {
+    let chosen: "off" | "exact" | "semantic";
+    if (mode === CacheMode.BYPASS) chosen = "off";
+    else if (mode === CacheMode.USE) chosen = "exact";
+    else if (mode === CacheMode.SEMANTIC) chosen = "semantic";
+    else {
+      const tenant = (await deps.tenantSettings.get(caller.tenantId, caller.token)).cache;
+      if (tenant === DefaultCache.OFF) chosen = "off";
+      else if (tenant === DefaultCache.EXACT) chosen = "exact";
+      else if (tenant === DefaultCache.SEMANTIC) chosen = "semantic";
+      else {
+        const listed = deps.cacheTenants.has("*") || deps.cacheTenants.has(caller.tenantId);
+        chosen = listed ? "exact" : "off";
+      }
+    }
+    return chosen === "semantic" && !semanticOk ? "exact" : chosen;
   }
 
   /** The request's own fallback list, else the catalog's chain; unknown names are skipped. */
@@ -401,13 +425,14 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     await accounting.checkBudget(caller, costOf(model, input, 0));
     await admitKey(caller, input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-    const useCache = cacheOn(caller.tenantId, req.cache);
+    const cacheMode = await cacheFor(caller, req.cache, true);
+    const useCache = cacheMode !== "off";
     const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
     let cached = useCache ? await fromCache(caller.tenantId, key) : undefined;
     let similarity = 1;
     let probe: SemanticProbe | undefined;
     const semantic = deps.semantic;
-    if (cached === undefined && req.cache === CacheMode.SEMANTIC && semantic !== undefined) {
+    if (cached === undefined && cacheMode === "semantic" && semantic !== undefined) {
       probe = await semantic.lookup(caller.tenantId, req, caller.token, ctx.signal, (text) =>
         embedForCache(caller, semantic.model, text, ctx.signal),
       );
@@ -435,7 +460,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         );
     };
     const logIt =
-      req.log || deps.callLogTenants.has("*") || deps.callLogTenants.has(caller.tenantId);
+      req.log ||
+      deps.callLogTenants.has("*") ||
+      deps.callLogTenants.has(caller.tenantId) ||
+      (await deps.tenantSettings.get(caller.tenantId, caller.token)).logCalls;
     type ChatFields = Omit<RecordFields, "id" | "requested" | "attribution" | "metadata">;
     /**
      * Puts this call in the ledger (its id, requested model, attribution and metadata) and, when
@@ -759,7 +787,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       await accounting.checkBudget(caller, costOf(model, input, 0));
       await admitKey(caller, input);
       const id = `emb-${randomUUID().replaceAll("-", "")}`;
-      const useCache = cacheOn(caller.tenantId, req.cache);
+      const useCache = (await cacheFor(caller, req.cache, false)) !== "off";
       const key = useCache ? cacheKey(EmbedRequestSchema, req) : "";
       if (useCache) {
         const bytes = await cache.get(caller.tenantId, key);

@@ -12,6 +12,7 @@ import {
   BudgetScope,
   CacheMode,
   Capability,
+  DefaultCache,
   ChatRole,
   FinishReason,
   ModelProxyService,
@@ -766,6 +767,37 @@ describe("model-proxy", () => {
     await expectCode(mp.getCallLog({ id: logged.id }, { headers: oscar.headers }), Code.NotFound);
     const theirs = await mp.listCallLogs({ allUsers: true }, { headers: oscar.headers });
     expect(theirs.calls).toEqual([]);
+  });
+
+  it("tenant settings - an admin's defaults apply to every call of the tenant: calls logged, identical calls cached; a call can still opt out", async () => {
+    const pat = await signup("pat");
+    const authClient = createClient(AuthService, auth.address);
+    await authClient.updateTenantSettings(
+      { settings: { logCalls: true, defaultCache: DefaultCache.EXACT } },
+      { headers: pat.headers },
+    );
+    const first = await mp.chat(chat("sim-fast", "tenant defaults"), { headers: pat.headers });
+    const second = await mp.chat(chat("sim-fast", "tenant defaults"), { headers: pat.headers });
+    expect(first.servedBy?.cacheHit).toBe(false);
+    expect(second.servedBy?.cacheHit).toBe(true);
+    const bypass = await mp.chat(chat("sim-fast", "tenant defaults", { cache: CacheMode.BYPASS }), {
+      headers: pat.headers,
+    });
+    expect(bypass.servedBy?.cacheHit).toBe(false);
+    // Logged without asking: all three.
+    const until = Date.now() + 10_000;
+    let list = await mp.listCallLogs({}, { headers: pat.headers });
+    while (list.calls.length < 3 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+      list = await mp.listCallLogs({}, { headers: pat.headers });
+    }
+    expect(list.calls.map((c) => c.id).sort()).toEqual([first.id, second.id, bypass.id].sort());
+    // Another tenant keeps the deployment's defaults: nothing cached, nothing logged.
+    const quinn = await signup("quinn");
+    await mp.chat(chat("sim-fast", "tenant defaults"), { headers: quinn.headers });
+    const again = await mp.chat(chat("sim-fast", "tenant defaults"), { headers: quinn.headers });
+    expect(again.servedBy?.cacheHit).toBe(false);
+    expect((await mp.listCallLogs({}, { headers: quinn.headers })).calls).toEqual([]);
   });
 
   it("Embed, CountTokens and GenerateImage", async () => {
