@@ -45,6 +45,12 @@ let page: Page;
 const aliceRuns: string[] = [];
 /** A chat alice had logged, for the other tenant to look for. */
 let aliceCall = "";
+let aliceEmail = "";
+/**
+ * How long model-proxy reuses what it read from auth (budgets, limits, tenant settings): short,
+ * so that a change of the tenant's settings reaches calls within the test.
+ */
+const SETTINGS_CACHE_MS = 1_000;
 
 beforeAll(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -57,6 +63,7 @@ beforeAll(async () => {
     authAddress: auth.address,
     registryAddress: registry.address,
     simulatorUrl: `${sim.url}/v1`,
+    env: { BUDGET_CACHE_MS: String(SETTINGS_CACHE_MS) },
   });
   categorizer = await startCategorizerProcess({
     jwksUrl: auth.jwksUrl,
@@ -199,7 +206,8 @@ describe("console", () => {
     page.on("console", onConsole);
     await page.goto(gw.url);
     await shot(page, "01-login");
-    await signup(page, `alice-${Date.now()}@example.com`);
+    aliceEmail = `alice-${Date.now()}@example.com`;
+    await signup(page, aliceEmail);
     await page.getByText("(admin)").waitFor(); // the first user of a new tenant is its admin
     page.off("console", onConsole);
     expect(errors).toEqual([]);
@@ -630,6 +638,98 @@ describe("console", () => {
     await page.waitForURL(/\/logs$/);
   }, 60_000);
 
+  it("console - an admin turns on the call log and the exact cache for the tenant: saved, shown after a reload, applied to chats", async () => {
+    await nav(page, "Admin");
+    const form = page.getByRole("form", { name: "Tenant settings" });
+    const logCalls = form.getByLabel("Keep every chat in the call log");
+    const cache = form.getByLabel("Default response cache");
+    const changed = form.getByTestId("settings-changed");
+    await logCalls.waitFor();
+    // Nothing set yet: the defaults.
+    await expect(logCalls.isChecked()).resolves.toBe(false);
+    await expect(cache.locator("option:checked").textContent()).resolves.toBe("Deployment default");
+    await expect(changed.textContent()).resolves.toBe("Never changed: the defaults apply.");
+
+    await logCalls.check();
+    await cache.selectOption({ label: "Exact" });
+    // The explanation follows the choice.
+    await form.getByText(/identical to an earlier one/).waitFor();
+    await form.getByRole("button", { name: "Save settings" }).click();
+    await expect(form.getByRole("status").textContent()).resolves.toMatch(/within about 30 s/);
+    const lastChanged = new RegExp(
+      `^Last changed by ${aliceEmail.replaceAll(".", "\\.")} at .*\\d.*\\.$`,
+    );
+    await expect(changed.textContent()).resolves.toMatch(lastChanged);
+    await shot(page, "07c-admin-tenant-settings");
+
+    // Reloaded, the page shows them as saved; auth has them, by alice.
+    await page.reload();
+    await logCalls.waitFor();
+    await expect(logCalls.isChecked()).resolves.toBe(true);
+    await expect(cache.locator("option:checked").textContent()).resolves.toBe("Exact");
+    await expect(changed.textContent()).resolves.toMatch(lastChanged);
+    const { accessToken } = await storedSession(page);
+    const call = async (method: string, body: unknown) => {
+      const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(200);
+      return res.json() as Promise<Record<string, unknown>>;
+    };
+    const me = (await call("GetMe", {})) as { user: { id: string } };
+    const { settings } = (await call("GetTenantSettings", {})) as {
+      settings: { updateTime: string };
+    };
+    expect(Date.parse(settings.updateTime)).toBeGreaterThan(Date.now() - 60_000);
+    expect(settings).toEqual({
+      logCalls: true,
+      defaultCache: "DEFAULT_CACHE_EXACT",
+      updateTime: settings.updateTime,
+      updatedBy: me.user.id,
+    });
+
+    // Once model-proxy's cache of settings has expired, a chat that asks for neither the log nor
+    // the cache is logged, and the same question again is answered from the cache.
+    await new Promise((r) => setTimeout(r, SETTINGS_CACHE_MS + 500));
+    const ask = async (content: string) => {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify({ model: "sim-fast", messages: [{ role: "user", content }] }),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { id: string; ensemble: { cache_hit: boolean } };
+    };
+    const question = `Logged without asking (${Date.now()})`;
+    const first = await ask(question);
+    expect(first.ensemble.cache_hit).toBe(false);
+    // The answer is stored in the cache after it is sent: ask until it is there.
+    let hit = await ask(question);
+    for (let i = 0; i < 40 && !hit.ensemble.cache_hit; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      hit = await ask(question);
+    }
+    expect(hit.ensemble.cache_hit).toBe(true);
+
+    await nav(page, "Logs");
+    const firstRow = page.locator(`tr[data-call="${first.id}"]`);
+    const hitRow = page.locator(`tr[data-call="${hit.id}"]`);
+    await expect
+      .poll(
+        async () => {
+          await page.getByRole("button", { name: "Refresh" }).click();
+          return (await firstRow.count()) + (await hitRow.count());
+        },
+        { timeout: 15_000 },
+      )
+      .toBe(2);
+    await expect(firstRow.locator("td.preview").textContent()).resolves.toBe(question);
+    await expect(firstRow.locator(".tag").allTextContents()).resolves.toEqual([]);
+    await expect(hitRow.locator(".tag").allTextContents()).resolves.toEqual(["cache"]);
+  }, 60_000);
+
   it("console - a user of another tenant sees none of it", async () => {
     const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const bob = await bobContext.newPage();
@@ -642,10 +742,23 @@ describe("console", () => {
       await nav(bob, "Admin");
       await bob.getByText("No API keys.").waitFor();
       await expect(bob.locator("table").first().textContent()).resolves.not.toContain("alice-");
+      // Alice's tenant settings are hers: Bob's tenant has the defaults.
+      const settings = bob.getByRole("form", { name: "Tenant settings" });
+      await settings.getByTestId("settings-changed").getByText("Never changed").waitFor();
+      await expect(
+        settings.getByLabel("Keep every chat in the call log").isChecked(),
+      ).resolves.toBe(false);
       // Alice's logged chat: not listed for Bob, and not found by its id.
       await nav(bob, "Logs");
       await bob.getByText("No logged calls yet.").waitFor();
       await expect(bob.locator("table.logs").count()).resolves.toBe(0);
+      // The empty list says where an admin keeps every chat (Bob is his tenant's admin).
+      await bob
+        .locator(".empty")
+        .getByRole("link", { name: /Admin page/ })
+        .click();
+      await bob.waitForURL(/\/admin$/);
+      await bob.getByRole("form", { name: "Tenant settings" }).waitFor();
       await bob.goto(`${gw.url}/logs/${aliceCall}`);
       await bob.getByRole("alert").waitFor();
       await expect(bob.getByRole("alert").textContent()).resolves.toMatch(/not found/i);

@@ -1,15 +1,18 @@
 // Admin (tenant admins only): users and roles, API keys (the secret is shown once, at
 // creation) with their own limits (models, monthly budget, requests and tokens per minute) and
-// what each has spent this month, and monthly budgets for the tenant and per user.
+// what each has spent this month, monthly budgets for the tenant and per user, and the tenant's
+// settings (every chat in the call log, the default response cache).
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   ApiKeyScope,
   BudgetScope,
+  DefaultCache,
   Role,
   UsageDimension,
   type ApiKey,
   type ApiKeyLimitsSchema,
+  type TenantSettings,
   type User,
 } from "@ensemble/proto";
 import { Fragment, useState } from "react";
@@ -26,6 +29,7 @@ export function AdminPage() {
       <ApiKeys />
       <Users />
       <Budgets />
+      <TenantSettingsSection />
     </div>
   );
 }
@@ -670,5 +674,142 @@ function Budgets() {
       {saved !== undefined && <p role="status">{saved}</p>}
       <ErrorBox error={error} />
     </section>
+  );
+}
+
+/** The choices of the default response cache, in the order offered, with what each does. */
+const CACHE_CHOICES: Array<{ value: DefaultCache; label: string; hint: string }> = [
+  {
+    value: DefaultCache.UNSPECIFIED,
+    label: "Deployment default",
+    hint: "What the operator configured for this tenant: the exact cache when they listed it, else no cache.",
+  },
+  {
+    value: DefaultCache.OFF,
+    label: "Off",
+    hint: "Every call goes to the model, whatever the deployment's default.",
+  },
+  {
+    value: DefaultCache.EXACT,
+    label: "Exact",
+    hint: "A request identical to an earlier one of the tenant (same model, messages and parameters) is answered from the cache, at no cost.",
+  },
+  {
+    value: DefaultCache.SEMANTIC,
+    label: "Semantic",
+    hint: "As Exact, and a question asked in other words than an earlier one is answered with that one's answer too (each question costs one embedding call; without vector search in the deployment, as Exact).",
+  },
+];
+
+/** The settings with, when known, the email of the admin who last changed them. */
+interface LoadedSettings {
+  settings: TenantSettings | undefined;
+  emails: Map<string, string>;
+}
+
+/**
+ * The tenant's settings (GetTenantSettings; UpdateTenantSettings replaces them as a whole).
+ * model-proxy reads them through a cache, so a change reaches calls only after a while.
+ */
+function TenantSettingsSection() {
+  const loaded = useLoad(async (): Promise<LoadedSettings> => {
+    const [res, users] = await Promise.all([
+      api.auth.getTenantSettings({}),
+      // Only to name who changed them: without the list, the user id does.
+      api.auth
+        .listUsers({ includeDisabled: true, page: { pageSize: 200 } })
+        .then((r) => r.users)
+        .catch(() => [] as User[]),
+    ]);
+    return { settings: res.settings, emails: new Map(users.map((u) => [u.id, u.email])) };
+  }, []);
+  return (
+    <section aria-label="Tenant settings">
+      <h2>Tenant settings</h2>
+      <p className="hint">
+        Defaults for every call of everyone in the tenant. model-proxy applies a change within about
+        30 seconds (its cache of settings, <code>BUDGET_CACHE_MS</code>); calls already made are not
+        affected.
+      </p>
+      <Guard loaded={loaded}>{(d) => <TenantSettingsForm loaded={d} />}</Guard>
+    </section>
+  );
+}
+
+function TenantSettingsForm(props: { loaded: LoadedSettings }) {
+  const { emails } = props.loaded;
+  // As auth has them: loaded, then as each save returns them.
+  const [settings, setSettings] = useState(props.loaded.settings);
+  const [logCalls, setLogCalls] = useState(settings?.logCalls ?? false);
+  const [cache, setCache] = useState(settings?.defaultCache ?? DefaultCache.UNSPECIFIED);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string>();
+  const [saved, setSaved] = useState(false);
+  const choice = CACHE_CHOICES.find((c) => c.value === cache);
+
+  const save = async (e: FormEvent) => {
+    e.preventDefault();
+    setError(undefined);
+    setSaved(false);
+    setBusy(true);
+    try {
+      const res = await api.auth.updateTenantSettings({
+        settings: { logCalls, defaultCache: cache },
+      });
+      setSettings(res.settings);
+      setSaved(true);
+    } catch (err) {
+      setError(errorText(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const by = settings?.updatedBy ?? "";
+  return (
+    <form className="settings" onSubmit={(e) => void save(e)} aria-label="Tenant settings">
+      <label className="check">
+        <input
+          type="checkbox"
+          name="logCalls"
+          checked={logCalls}
+          onChange={(e) => setLogCalls(e.target.checked)}
+        />
+        Keep every chat in the call log
+      </label>
+      <p className="hint">
+        Every chat of the tenant is kept with its question and answer, as if each were sent with{" "}
+        <code>log: true</code>, for the deployment&apos;s retention time (a week by default), and
+        listed on the Logs page. Off: only the chats that ask for it are kept. Prompts are your
+        users&apos; data: turn it on when you mean to read them.
+      </p>
+      <label>
+        Default response cache
+        <select
+          name="defaultCache"
+          value={cache}
+          onChange={(e) => setCache(Number(e.target.value))}
+        >
+          {CACHE_CHOICES.map((c) => (
+            <option key={c.value} value={c.value}>
+              {c.label}
+            </option>
+          ))}
+        </select>
+      </label>
+      <p className="hint">
+        The cache a call uses when it does not choose one itself. {choice?.hint}
+      </p>
+      <button type="submit" className="primary" disabled={busy}>
+        Save settings
+      </button>
+      {saved && <p role="status">Settings saved. Calls follow them within about 30 seconds.</p>}
+      <ErrorBox error={error} />
+      <p className="muted" data-testid="settings-changed">
+        {settings?.updateTime === undefined
+          ? "Never changed: the defaults apply."
+          : `Last changed by ${emails.get(by) ?? (by || "an admin")} at ${fmtTime(settings.updateTime)}.`}
+      </p>
+    </form>
   );
 }

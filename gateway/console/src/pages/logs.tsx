@@ -1,7 +1,8 @@
 // Logs: the chats model-proxy kept in its call log (ListCallLogs / GetCallLog), newest first,
-// and one call with its whole request and answer. Only chats sent with `log: true`, or every
-// chat of a tenant the operator listed in CALL_LOG_TENANTS, are kept, so an empty list says how
-// to get one. A user sees their own calls; an admin can switch to the whole tenant's.
+// and one call with its whole request and answer. Only chats sent with `log: true`, every chat
+// of a tenant whose admins turned on "Keep every chat in the call log" (Admin page), or of a
+// tenant the operator listed in CALL_LOG_TENANTS, are kept, so an empty list says how to get one.
+// A user sees their own calls; an admin can switch to the whole tenant's.
 import {
   ChatRole,
   FinishReason,
@@ -30,13 +31,20 @@ function StatusTag({ status }: { status: string }) {
 }
 
 /** Only logged chats are listed: what a person sees before there is any. */
-function EmptyHint({ filtered }: { filtered: boolean }) {
+function EmptyHint({ filtered, admin }: { filtered: boolean; admin: boolean }) {
+  // Only admins have the Admin page: a link for them, its name for the others to pass on.
+  const settings = admin ? (
+    <Link to="/admin">Tenant settings on the Admin page</Link>
+  ) : (
+    "Tenant settings on the Admin page"
+  );
   return (
     <Empty>
       {filtered ? "No logged calls match these filters. " : "No logged calls yet. "}
       Only chats sent with <code>log: true</code> are kept (for example <code>"log": true</code> in
-      the body of <code>POST /v1/chat/completions</code>, or <code>ensemble chat --log</code>), or
-      every chat of a tenant the operator configured for it, and only for a limited time.
+      the body of <code>POST /v1/chat/completions</code>, or <code>ensemble chat --log</code>), and
+      only for a limited time. To keep every chat of the tenant, an admin can turn on &ldquo;Keep
+      every chat in the call log&rdquo; in {settings}.
     </Empty>
   );
 }
@@ -96,7 +104,9 @@ export function LogsPage() {
       </form>
       <ErrorBox error={logs.error} />
       {logs.error === undefined && logs.data === undefined && <Loading />}
-      {logs.data !== undefined && logs.data.calls.length === 0 && <EmptyHint filtered={filtered} />}
+      {logs.data !== undefined && logs.data.calls.length === 0 && (
+        <EmptyHint filtered={filtered} admin={me?.admin === true} />
+      )}
       {logs.data !== undefined && logs.data.calls.length > 0 && (
         <>
           <div className="table-wrap">
