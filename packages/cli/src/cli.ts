@@ -10,6 +10,7 @@ import { registerLogsCommands } from "./logs-commands.js";
 import type { Io } from "./output.js";
 import { registerRunCommands } from "./run-commands.js";
 import { NotLoggedInError, UsageError } from "./session.js";
+import { registerTenantCommands } from "./tenant-commands.js";
 import { VERSION } from "./version.js";
 
 export const EXIT_OK = 0;
@@ -20,7 +21,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   const ctx = new Context(io);
   const program = new Command("ensemble")
     .description(
-      "Operate Ensemble from a terminal: log in, chat, run workflows, manage keys and usage.",
+      "Operate Ensemble from a terminal: log in, chat, run workflows, manage keys, usage and the tenant's settings.",
     )
     .version(VERSION, "-V, --version")
     .addOption(new Option("--url <url>", `the gateway (env ENSEMBLE_URL, default ${DEFAULT_URL})`))
@@ -49,6 +50,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   registerRunCommands(program, ctx);
   registerAdminCommands(program, ctx);
   registerLogsCommands(program, ctx);
+  registerTenantCommands(program, ctx);
   return { program, ctx };
 }
 

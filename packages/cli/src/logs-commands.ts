@@ -1,6 +1,7 @@
 // logs list / get: the chats model-proxy kept in its call log (ListCallLogs, GetCallLog). Only
-// chats sent with log: true (`ensemble chat --log`, `"log": true` on the OpenAI routes) or of a
-// tenant the operator listed in CALL_LOG_TENANTS are kept, for a while.
+// chats sent with log: true (`ensemble chat --log`, `"log": true` on the OpenAI routes), or of a
+// tenant whose admins turned on log_calls (`ensemble tenant settings --log-calls on`) or that the
+// operator listed in CALL_LOG_TENANTS, are kept, for a while.
 import { toJson } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -26,7 +27,7 @@ const MAX_LIMIT = 500;
 const PREVIEW = 60;
 
 const EMPTY_HINT =
-  'Only chats sent with log: true are kept (ensemble chat --log, or "log": true in the body of POST /v1/chat/completions), or every chat of a tenant the operator configured (CALL_LOG_TENANTS), for a limited time.';
+  'Only chats sent with log: true are kept (ensemble chat --log, or "log": true in the body of POST /v1/chat/completions), for a limited time; a tenant admin can keep every chat of the tenant with `ensemble tenant settings --log-calls on`.';
 
 interface ListOptions {
   model?: string;
@@ -159,7 +160,8 @@ export function registerLogsCommands(program: Command, ctx: Context): void {
     .addHelpText(
       "after",
       `\nOnly chats sent with log: true are kept (ensemble chat --log, or "log": true on
-POST /v1/chat/completions), or every chat of a tenant in model-proxy's CALL_LOG_TENANTS.
+POST /v1/chat/completions), or every chat of a tenant whose admins turned it on
+(ensemble tenant settings --log-calls on) or that is in model-proxy's CALL_LOG_TENANTS.
 
 Examples:
   ensemble chat --log -m fast "Why is the sky blue?"

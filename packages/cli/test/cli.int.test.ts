@@ -792,6 +792,84 @@ describe("ensemble CLI against a live mesh", () => {
     expect(bad.stderr).toContain("--since soon: expected a duration");
   }, 60_000);
 
+  it("cli - tenant settings: an admin sets the call log and the cache, the setting not given is kept, bad values exit 2, a non-admin is refused", async () => {
+    type Settings = {
+      logCalls: boolean;
+      defaultCache: string;
+      updateTime: string | null;
+      updatedBy: string | null;
+    };
+    const settings = async (args: string[] = [], env?: NodeJS.ProcessEnv) => {
+      const res = await cli(["--json", "tenant", "settings", ...args], env ? { env } : {});
+      expect(res.code, res.stderr).toBe(0);
+      return JSON.parse(res.stdout) as Settings;
+    };
+    await expect(settings()).resolves.toEqual({
+      logCalls: false,
+      defaultCache: "default",
+      updateTime: null,
+      updatedBy: null,
+    });
+
+    const me = JSON.parse((await cli(["--json", "whoami"])).stdout) as { userId: string };
+    const set = await settings(["--log-calls", "on", "--cache", "exact"]);
+    expect(set.updateTime).toMatch(/^\d{4}-\d\d-\d\dT[\d:]+Z$/);
+    expect(set).toEqual({
+      logCalls: true,
+      defaultCache: "exact",
+      updateTime: set.updateTime,
+      updatedBy: me.userId,
+    });
+    await expect(settings()).resolves.toEqual(set);
+    const read = await cli(["tenant", "settings"]);
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stdout).toMatch(/^log calls\s+on \(every chat is kept in the call log\)$/m);
+    expect(read.stdout).toMatch(/^cache\s+exact$/m);
+    expect(read.stdout).toMatch(
+      new RegExp(`^changed\\s+${set.updateTime} by user ${me.userId}$`, "m"),
+    );
+
+    // UpdateTenantSettings replaces them as a whole: the one not given is kept.
+    await expect(settings(["--log-calls", "off"])).resolves.toMatchObject({
+      logCalls: false,
+      defaultCache: "exact",
+    });
+    const semantic = await cli(["tenant", "settings", "--cache", "semantic"]);
+    expect(semantic.code, semantic.stderr).toBe(0);
+    expect(semantic.stdout).toMatch(/^updated\nlog calls\s+off\ncache\s+semantic /);
+    expect(semantic.stderr).toContain("BUDGET_CACHE_MS");
+
+    // Bad values: refused before anything is asked, exit 2, nothing changed.
+    const bad = await cli(["tenant", "settings", "--cache", "fuzzy"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--cache fuzzy: expected one of default, off, exact, semantic");
+    expect(bad.stdout).toBe("");
+    const badLog = await cli(["tenant", "settings", "--log-calls", "yes", "--cache", "off"]);
+    expect(badLog.code).toBe(2);
+    expect(badLog.stderr).toContain("--log-calls yes: expected on or off");
+    await expect(settings()).resolves.toMatchObject({ logCalls: false, defaultCache: "semantic" });
+
+    // An API key without the admin scope acts as a plain user: it reads them, cannot change them.
+    const key = JSON.parse(
+      (await cli(["--json", "keys", "create", "settings-reader", "--scope", "read,write"])).stdout,
+    ) as { secret: string };
+    const asUser = { ENSEMBLE_API_KEY: key.secret };
+    await expect(settings([], asUser)).resolves.toMatchObject({ defaultCache: "semantic" });
+    const denied = await cli(["tenant", "settings", "--log-calls", "on"], { env: asUser });
+    expect(denied.code).toBe(1);
+    expect(denied.stderr).toMatch(
+      /^error: permission denied: only a tenant admin can change the tenant's settings .*admin role/,
+    );
+    expect(denied.stdout).toBe("");
+    await expect(settings()).resolves.toMatchObject({ logCalls: false });
+
+    // Back to the defaults for the tests after this one.
+    await expect(settings(["--log-calls", "off", "--cache", "default"])).resolves.toMatchObject({
+      logCalls: false,
+      defaultCache: "default",
+    });
+  }, 60_000);
+
   it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
     const bad = await cli(["runs", "list", "--limt", "5"]);
     expect(bad.code).toBe(2);
