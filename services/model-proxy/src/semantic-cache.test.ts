@@ -33,25 +33,31 @@ function chat(
 
 describe("semantic cache", () => {
   it("partition - everything but the last user message's text counts; cache mode, attribution and metadata do not", () => {
-    const a = splitLastUserText(chat("What is the capital of France?"));
+    const a = splitLastUserText(chat("What is the capital of France?"), "u-1");
     const b = splitLastUserText(
       chat("Tell me France's capital", {
         cache: CacheMode.SEMANTIC,
         metadata: { user: "u-1" },
         attribution: { runId: "r" },
       }),
+      "u-1",
     );
     expect(a?.text).toBe("What is the capital of France?");
     expect(b?.partition).toBe(a?.partition);
     expect(
-      splitLastUserText(chat("What is the capital of France?", { model: "sim-code" }))?.partition,
+      splitLastUserText(chat("What is the capital of France?", { model: "sim-code" }), "u-1")
+        ?.partition,
     ).not.toBe(a?.partition);
     expect(
-      splitLastUserText(chat("What is the capital of France?", { temperature: 0.2 }))?.partition,
+      splitLastUserText(chat("What is the capital of France?", { temperature: 0.2 }), "u-1")
+        ?.partition,
     ).not.toBe(a?.partition);
+    expect(splitLastUserText(chat("What is the capital of France?"), "u-2")?.partition).not.toBe(
+      a?.partition,
+    );
     const otherSystem = chat("What is the capital of France?");
     otherSystem.messages[0]!.content = [create(ContentPartSchema, text("Answer like a pirate."))];
-    expect(splitLastUserText(otherSystem)?.partition).not.toBe(a?.partition);
+    expect(splitLastUserText(otherSystem, "u-1")?.partition).not.toBe(a?.partition);
   });
 
   it("partition - nothing to compare: the last message is not the user's, has an image, or no text", () => {
@@ -59,7 +65,7 @@ describe("semantic cache", () => {
     assistantLast.messages.push(
       create(ChatMessageSchema, { role: ChatRole.ASSISTANT, content: [text("hello")] }),
     );
-    expect(splitLastUserText(assistantLast)).toBeUndefined();
+    expect(splitLastUserText(assistantLast, "u-1")).toBeUndefined();
     const image = chat("what is this?");
     image.messages[1]!.content.push(
       create(ContentPartSchema, {
@@ -69,8 +75,8 @@ describe("semantic cache", () => {
         },
       }),
     );
-    expect(splitLastUserText(image)).toBeUndefined();
-    expect(splitLastUserText(chat("   "))).toBeUndefined();
+    expect(splitLastUserText(image, "u-1")).toBeUndefined();
+    expect(splitLastUserText(chat("   "), "u-1")).toBeUndefined();
   });
 
   it("collection - one per embedding model, always a valid collection id", () => {

@@ -1,11 +1,12 @@
 // The semantic response cache (CACHE_MODE_SEMANTIC): when no identical request is cached, a chat
 // is answered from the cached answer to a *similar* one. Similar means: everything but the last
 // user message is identical (model as asked, parameters, tools, the conversation before it: the
-// request with that message's text blanked hashes to the same *partition*), and the meaning of
-// that message is close, by the cosine similarity of its embedding to the cached one's (at least
+// request with that message's text blanked hashes to the same *partition*; one per user), and
+// the meaning of that message is close, by the cosine similarity of its embedding to the cached one's (at least
 // CACHE_SEMANTIC_MIN_SIMILARITY). A "Hi, what's the capital of France?" may then be answered with
 // the answer to "What is the capital of France?" for the same system prompt and model, never with
-// an answer given under another system prompt, model or earlier conversation.
+// an answer given under another system prompt, model or earlier conversation, nor to another
+// user (see splitLastUserText).
 //
 // Where things live: the answers themselves stay in the exact-match cache (cache.ts, NATS KV,
 // its TTL); vector-search holds one vector document per cached answer, in a collection of the
@@ -30,6 +31,7 @@ import {
   type ChatRequest,
   type VectorSearchService,
 } from "@ensemble/proto";
+import { createHash } from "node:crypto";
 import { cacheKey } from "./cache.js";
 
 /**
@@ -92,12 +94,13 @@ export class SemanticCache {
    */
   async lookup(
     tenantId: string,
+    userId: string,
     req: ChatRequest,
     token: string,
     signal: AbortSignal,
     embed: (text: string) => Promise<number[]>,
   ): Promise<SemanticProbe | undefined> {
-    const split = splitLastUserText(req);
+    const split = splitLastUserText(req, userId);
     if (split === undefined) return undefined;
     try {
       const vector = await embed(split.text);
@@ -215,10 +218,15 @@ export class SemanticCache {
 
 /**
  * The text of `req`'s last message when it is the user's (text only), and the hash of everything
- * else that can change the answer, as cacheKey (cache.ts) hashes it. Undefined when there is nothing to compare.
+ * else that can change the answer, as cacheKey (cache.ts) hashes it, with the user's id.
+ *
+ * Per user, unlike the exact cache (tenant-wide): an identical request cannot tell users apart,
+ * but two *similar* ones can differ in exactly what makes an answer someone's own ("my order
+ * 1234" vs "my order 1235" are 0.95+ apart), so one user's answer is never given to another. Undefined when there is nothing to compare.
  */
 export function splitLastUserText(
   req: ChatRequest,
+  userId: string,
 ): { text: string; partition: string } | undefined {
   const last = req.messages.at(-1);
   if (last === undefined || last.role !== ChatRole.USER) return undefined;
@@ -227,5 +235,10 @@ export function splitLastUserText(
   if (text.trim() === "") return undefined;
   const rest = clone(ChatRequestSchema, req);
   rest.messages[rest.messages.length - 1]!.content = [];
-  return { text, partition: cacheKey(ChatRequestSchema, rest) };
+  const partition = createHash("sha256")
+    .update(userId)
+    .update("\0")
+    .update(cacheKey(ChatRequestSchema, rest))
+    .digest("hex");
+  return { text, partition };
 }

@@ -433,8 +433,13 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     let probe: SemanticProbe | undefined;
     const semantic = deps.semantic;
     if (cached === undefined && cacheMode === "semantic" && semantic !== undefined) {
-      probe = await semantic.lookup(caller.tenantId, req, caller.token, ctx.signal, (text) =>
-        embedForCache(caller, semantic.model, text, ctx.signal),
+      probe = await semantic.lookup(
+        caller.tenantId,
+        caller.userId,
+        req,
+        caller.token,
+        ctx.signal,
+        (text) => embedForCache(caller, semantic.model, text, ctx.signal),
       );
       if (probe?.hit !== undefined) {
         cached = await fromCache(caller.tenantId, probe.hit.key);

@@ -110,7 +110,7 @@ async function stored(headers: { authorization: string }, documents: number): Pr
 }
 
 describe("semantic response cache", () => {
-  it("semantic - a similar question is answered from the cache at zero cost; another question, system prompt, mode or tenant is not", async () => {
+  it("semantic - a similar question is answered from the cache at zero cost; another question, system prompt, mode, user or tenant is not", async () => {
     const ann = await signup("ann");
     const first = await mp.chat(ask("What is the capital of France?", CacheMode.SEMANTIC), {
       headers: ann,
@@ -163,13 +163,27 @@ describe("semantic response cache", () => {
       headers: ann,
     });
     expect(exact.servedBy?.cacheHit).toBe(false);
+    // Nor does another user of the same tenant: similar questions can differ in what makes an
+    // answer someone's own, so the semantic cache is per user (the exact one is per tenant).
+    const auth1 = createClient(AuthService, auth.address);
+    const { token: invite } = await auth1.createInvite({}, { headers: ann });
+    const joined = await auth1.signup({
+      email: `${uniqueName("dee")}@example.com`,
+      password: "correct-Horse-battery-9",
+      tenant: { case: "inviteToken", value: invite },
+    });
+    const dee = { authorization: `Bearer ${joined.tokens?.accessToken ?? ""}` };
+    const colleague = await mp.chat(ask("what is the capital of france", CacheMode.SEMANTIC), {
+      headers: dee,
+    });
+    expect(colleague.servedBy?.cacheHit).toBe(false);
     // Another tenant never sees this tenant's answers.
     const bob = await signup("bob");
     const other = await mp.chat(ask("What is the capital of France?", CacheMode.SEMANTIC), {
       headers: bob,
     });
     expect(other.servedBy?.cacheHit).toBe(false);
-    expect(chats()).toBe(before + 4);
+    expect(chats()).toBe(before + 5);
 
     // Each of ann's five semantic lookups embedded its question once, billed as an embedding
     // call (the USE call embedded nothing).

@@ -1908,7 +1908,8 @@ export enum CacheMode {
 
   /**
    * As CACHE_MODE_USE, and when no identical request is cached, answer from the cached answer to
-   * a similar one: the same model, parameters and conversation except the last user message,
+   * a similar one of the same user: the same model, parameters and conversation except the last
+   * user message,
    * whose meaning is close enough (the cosine similarity of the two messages' embeddings is at
    * least model-proxy's CACHE_SEMANTIC_MIN_SIMILARITY). Embedding the message is one embedding
    * call, billed as usual. Chat and StreamChat; elsewhere, or when model-proxy has no
