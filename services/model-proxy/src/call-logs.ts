@@ -6,9 +6,12 @@
 // A reader sees their own calls; the tenant's admins see everyone's; another tenant's are never
 // found (the tenant is checked on every read).
 //
-// Writes are one insert per logged call after it answered, off the call's path (the caller does
-// not wait); a failed write is logged at warn and the entry is lost: a diagnostic, not a record
-// (the ledger is the record, and it is written for every call). Kept for `retentionMs`: older
+// Writes are batched off the call's path (the caller does not wait): entries are buffered and
+// written with one insertMany every `flushMs` (a tenant that logs every chat at hundreds of calls
+// a second costs a few writes a second), and close() writes what is left before shutdown. A
+// failed write is retried at the next flush; past MAX_BUFFERED entries waiting (the database down
+// for long) the oldest are dropped and counted in the log: a diagnostic, not a record (the ledger
+// is the record, and it is written for every call). Kept for `retentionMs`: older
 // entries are missing to every read at once, and sweep() deletes them (FerretDB has no TTL
 // indexes; its filter on time scans there, so it runs rarely).
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -43,6 +46,9 @@ import {
 import { Schema, type Connection, type Model } from "mongoose";
 
 const PREVIEW_CHARS = 200;
+/** Entries waiting for a write beyond which the oldest are dropped (bounded memory). */
+const MAX_BUFFERED = 10_000;
+const MAX_BATCH = 500;
 /** Larger requests or answers are logged without their content (a document is at most 16 MiB). */
 const MAX_CONTENT_BYTES = 4 * 1024 * 1024;
 
@@ -116,6 +122,8 @@ export interface CallLogEntry {
 
 export interface CallLogsOptions {
   retentionMs: number;
+  /** How often buffered entries are written. */
+  flushMs: number;
   logger: Logger;
   now?: () => number;
 }
@@ -138,11 +146,57 @@ export class CallLogs {
   readonly #model: Model<CallLogDoc>;
   readonly #o: CallLogsOptions;
   readonly #now: () => number;
+  #buffer: CallLogDoc[] = [];
+  #writing: Promise<void> | undefined;
+  readonly #timer: NodeJS.Timeout;
 
   private constructor(model: Model<CallLogDoc>, opts: CallLogsOptions) {
     this.#model = model;
     this.#o = opts;
     this.#now = opts.now ?? Date.now;
+    this.#timer = setInterval(() => void this.flush(), opts.flushMs);
+    this.#timer.unref();
+  }
+
+  /** Writes what is buffered (one write at a time); never rejects. */
+  flush(): Promise<void> {
+    if (this.#writing !== undefined) return this.#writing;
+    if (this.#buffer.length === 0) return Promise.resolve();
+    this.#writing = this.#write().finally(() => {
+      this.#writing = undefined;
+    });
+    return this.#writing;
+  }
+
+  async #write(): Promise<void> {
+    while (this.#buffer.length > 0) {
+      const batch = this.#buffer.slice(0, MAX_BATCH);
+      try {
+        await this.#model.collection.insertMany(batch as never[], { ordered: false });
+      } catch (err) {
+        // Entries already written (a retried batch) are duplicates: written is written.
+        const written = (err as { code?: number; writeErrors?: { code?: number }[] }).writeErrors;
+        if (written === undefined || written.some((e) => e.code !== 11000)) {
+          this.#o.logger.warn({ err, entries: batch.length }, "call log entries not written yet");
+          return; // retried at the next flush
+        }
+      }
+      // By identity: record() may have dropped the oldest entries meanwhile.
+      const done = new Set(batch);
+      this.#buffer = this.#buffer.filter((d) => !done.has(d));
+    }
+  }
+
+  /** Stops the timer and writes what is left (the database's answer bounds how long it takes). */
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.flush();
+    if (this.#buffer.length > 0) {
+      this.#o.logger.error(
+        { entries: this.#buffer.length },
+        "call log entries not written before shutdown",
+      );
+    }
   }
 
   static async open(conn: Connection, opts: CallLogsOptions): Promise<CallLogs> {
@@ -153,7 +207,7 @@ export class CallLogs {
     return new CallLogs(model, opts);
   }
 
-  /** Keeps one finished chat; returns at once and never rejects. */
+  /** Keeps one finished chat (buffered; see flush); returns at once and never rejects. */
   record(e: CallLogEntry): void {
     const question = [...e.request.messages].reverse().find((m) => m.role === ChatRole.USER);
     const doc: CallLogDoc = {
@@ -178,9 +232,12 @@ export class CallLogs {
         e.response === undefined ? null : bytesOrNull(toBinary(ChatResponseSchema, e.response)),
       error: e.error ?? "",
     };
-    this.#model.collection.insertOne(doc as never).catch((err: unknown) => {
-      this.#o.logger.warn({ err, callId: e.id }, "call log entry not written");
-    });
+    this.#buffer.push(doc);
+    if (this.#buffer.length > MAX_BUFFERED) {
+      const dropped = this.#buffer.length - MAX_BUFFERED;
+      this.#buffer = this.#buffer.slice(dropped);
+      this.#o.logger.warn({ dropped }, "call log entries dropped: too many waiting for a write");
+    }
   }
 
   /** ListCallLogs for `principal` (tenant from the token; others' calls need the admin role). */

@@ -68,6 +68,7 @@ async function main({
   const responses = await StoredResponses.open(mongo, { ttlMs: config.STORED_RESPONSES_TTL_MS });
   const callLogs = await CallLogs.open(mongo, {
     retentionMs: config.CALL_LOG_RETENTION_MS,
+    flushMs: config.LEDGER_FLUSH_MS,
     logger,
   });
   const sweep = setInterval(() => {
@@ -164,6 +165,7 @@ async function main({
       },
       // Every accepted call's usage reaches the ledger before the connections close.
       { name: "ledger flush", run: () => accounting.close() },
+      { name: "call log flush", run: () => callLogs.close() },
       { name: "nats drain", run: () => nc.drain() },
       { name: "mongo disconnect", run: () => closeMongo(mongo) },
       { name: "metrics server", run: () => metricsServer.close() },
