@@ -54,6 +54,11 @@ function apiKeyMessage(k: ApiKeyDoc, lastUsedTime?: Date): MessageInitShape<type
     expireTime: ts(k.expireTime),
     lastUsedTime: ts(lastUsedTime),
     revokeTime: ts(k.revokeTime),
+    previousSecretExpireTime:
+      k.previousExpireTime !== undefined && k.previousExpireTime > new Date()
+        ? ts(k.previousExpireTime)
+        : undefined,
+    rollTime: ts(k.rollTime),
     limits: {
       models: k.models ?? [],
       monthlyLimitUsd: k.monthlyLimitUsd,
@@ -93,6 +98,7 @@ type ApiKeyHandlers = Pick<
   | "listApiKeys"
   | "getApiKey"
   | "updateApiKey"
+  | "rollApiKey"
   | "revokeApiKey"
   | "authenticateApiKey"
 >;
@@ -272,6 +278,45 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       return { apiKey: apiKeyMessage(updated, used.get(`apikey:${key.id}`)) };
     },
 
+    async rollApiKey(req, ctx) {
+      const p = principalOf(ctx);
+      const owned = visible(p, req.id);
+      const key = await models.apiKeys.findOne(owned).lean();
+      if (key === null) throw new NotFoundError("API key not found");
+      const now = new Date();
+      const graceMs = durationMs(req.previousValidFor) ?? 0;
+      const { key: secret } = newApiKey(key.id);
+      const set: Partial<ApiKeyDoc> = { secretHash: sha256(secret), rollTime: now };
+      const unset: Record<string, 1> = {};
+      if (graceMs > 0) {
+        set.previousSecretHash = key.secretHash;
+        set.previousExpireTime = new Date(now.getTime() + graceMs);
+      } else {
+        unset["previousSecretHash"] = 1;
+        unset["previousExpireTime"] = 1;
+      }
+      // Conditional on the secret it replaces and on not being revoked: two rolls racing, or a
+      // roll racing a revocation, leave one winner and never a live key the owner did not see.
+      const res = await models.apiKeys.updateOne(
+        { ...owned, secretHash: key.secretHash, revokeTime: { $exists: false } },
+        { $set: set, ...(Object.keys(unset).length > 0 ? { $unset: unset } : {}) },
+      );
+      if (res.matchedCount === 0) {
+        const current = await models.apiKeys.findOne(owned).lean();
+        throw current?.revokeTime !== undefined
+          ? new FailedPreconditionError("the API key is revoked; create a new one")
+          : new FailedPreconditionError("the API key was rolled at the same time; try again");
+      }
+      const rolled = await models.apiKeys.findOne(owned).lean();
+      if (rolled === null) throw new NotFoundError("API key not found");
+      loggerOf(ctx).info(
+        { apiKeyId: key.id, ownerId: key.userId, previousValidForMs: graceMs },
+        "API key rolled",
+      );
+      const used = await lastUsedTimes(models, [`apikey:${key.id}`]);
+      return { apiKey: apiKeyMessage(rolled, used.get(`apikey:${key.id}`)), secret };
+    },
+
     async revokeApiKey(req, ctx) {
       const p = principalOf(ctx);
       const owned = visible(p, req.id);
@@ -292,9 +337,15 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       if (publicId === undefined) throw new UnauthenticatedError(BAD_KEY);
       const key = await models.apiKeys.findOne({ id: publicId }).lean();
       const now = new Date();
+      const digest = sha256(req.apiKey);
+      const previousValid =
+        key?.previousSecretHash !== undefined &&
+        key.previousExpireTime !== undefined &&
+        key.previousExpireTime > now &&
+        sameDigest(key.previousSecretHash, digest);
       if (
         key === null ||
-        !sameDigest(key.secretHash, sha256(req.apiKey)) ||
+        !(sameDigest(key.secretHash, digest) || previousValid) ||
         key.revokeTime !== undefined ||
         (key.expireTime !== undefined && key.expireTime <= now)
       ) {
@@ -306,6 +357,10 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       let ttl = core.settings.accessTokenTtlMs;
       if (key.expireTime !== undefined)
         ttl = Math.min(ttl, key.expireTime.getTime() - now.getTime());
+      // A token from the previous secret of a rolled key ends with that secret's grace.
+      if (previousValid && !sameDigest(key.secretHash, digest)) {
+        ttl = Math.min(ttl, key.previousExpireTime!.getTime() - now.getTime());
+      }
       const access = await core.keys.sign(
         {
           sub: user.id,

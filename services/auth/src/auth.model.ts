@@ -88,6 +88,10 @@ export interface ApiKeyDoc {
   requestsPerMinute?: number;
   /** ApiKeyLimits.tokens_per_minute; absent = none. */
   tokensPerMinute?: number;
+  /** After RollApiKey: the previous secret's hash, valid until previousExpireTime. */
+  previousSecretHash?: string;
+  previousExpireTime?: Date;
+  rollTime?: Date;
 }
 
 export interface InviteDoc {
@@ -235,6 +239,9 @@ const apiKeySchema = new Schema<ApiKeyDoc>(
     monthlyLimitUsd: { type: Number },
     requestsPerMinute: { type: Number },
     tokensPerMinute: { type: Number },
+    previousSecretHash: { type: String },
+    previousExpireTime: { type: Date },
+    rollTime: { type: Date },
   },
   opts,
 );

@@ -42,8 +42,7 @@ export function sameDigest(a: string, b: string): boolean {
 
 const API_KEY_PATTERN = /^ens_([0-9A-Za-z]{8})_([0-9A-Za-z]{32,64})$/;
 
-export function newApiKey(): { publicId: string; key: string } {
-  const publicId = randomBase62(8);
+export function newApiKey(publicId = randomBase62(8)): { publicId: string; key: string } {
   // 40 base62 characters ≈ 238 bits.
   return { publicId, key: `ens_${publicId}_${randomBase62(40)}` };
 }

@@ -441,6 +441,61 @@ describe("auth API key limits", () => {
     return keep((await gateway.authenticateApiKey({ apiKey: keep(secret) })).accessToken);
   }
 
+  it("roll - a new secret keeps the key's id and limits; the old one works for its grace only, or stops at once", async () => {
+    const u = await signup("roll");
+    const user = h.client(u.tokens.accessToken);
+    const made = await user.createApiKey({
+      name: "rotating",
+      limits: { models: ["sim-fast"], requestsPerMinute: 5 },
+    });
+    const oldSecret = keep(made.secret);
+    const gateway = h.client(await h.serviceToken("gateway"));
+
+    const rolled = await user.rollApiKey({
+      id: made.apiKey!.id,
+      previousValidFor: { seconds: 60n },
+    });
+    const newSecret = keep(rolled.secret);
+    expect(newSecret).not.toBe(oldSecret);
+    expect(newSecret.startsWith(`ens_${made.apiKey!.id}_`)).toBe(true);
+    expect(rolled.apiKey?.id).toBe(made.apiKey!.id);
+    expect(rolled.apiKey?.limits).toMatchObject({ models: ["sim-fast"], requestsPerMinute: 5 });
+    expect(rolled.apiKey?.previousSecretExpireTime).toBeDefined();
+    expect(rolled.apiKey?.rollTime).toBeDefined();
+    // Both work during the grace; the old one's token ends with the grace.
+    const viaNew = await gateway.authenticateApiKey({ apiKey: newSecret });
+    keep(viaNew.accessToken);
+    const viaOld = await gateway.authenticateApiKey({ apiKey: oldSecret });
+    keep(viaOld.accessToken);
+    expect(viaOld.apiKeyId).toBe(made.apiKey!.id);
+    const oldExp = Number(decodeJwt(viaOld.accessToken).exp);
+    expect(oldExp * 1000).toBeLessThanOrEqual(Date.now() + 61_000);
+
+    // Rolled again without a grace: every earlier secret stops at once.
+    const again = await user.rollApiKey({ id: made.apiKey!.id });
+    const newest = keep(again.secret);
+    expect(again.apiKey?.previousSecretExpireTime).toBeUndefined();
+    for (const stale of [oldSecret, newSecret]) {
+      const err = await rejection(gateway.authenticateApiKey({ apiKey: stale }));
+      expect(err.code).toBe(Code.Unauthenticated);
+    }
+    keep((await gateway.authenticateApiKey({ apiKey: newest })).accessToken);
+
+    // Another user cannot roll it; a revoked key cannot be rolled.
+    const other = await signup("rollother");
+    const theirs = await rejection(
+      h.client(other.tokens.accessToken).rollApiKey({ id: made.apiKey!.id }),
+    );
+    expect(theirs.code).toBe(Code.NotFound);
+    await user.revokeApiKey({ id: made.apiKey!.id });
+    const revoked = await rejection(user.rollApiKey({ id: made.apiKey!.id }));
+    expect(revoked.code).toBe(Code.FailedPrecondition);
+    const tooLong = await rejection(
+      user.rollApiKey({ id: made.apiKey!.id, previousValidFor: { seconds: 8n * 86_400n } }),
+    );
+    expect(tooLong.code).toBe(Code.InvalidArgument);
+  });
+
   it("limits - a key created with limits shows them in CreateApiKey, GetApiKey and ListApiKeys", async () => {
     const u = await signup("limits");
     const user = h.client(u.tokens.accessToken);
