@@ -321,7 +321,12 @@ export function build(deps: GatewayDeps): Gateway {
         logger,
         prepare: routeAutoChat,
         afterUnary: (method, req) => {
-          if (method === AuthService.method.revokeApiKey) {
+          // A revoked key, or the old secret of a rolled one, must stop here at once (another
+          // replica's cache ends within GATEWAY_API_KEY_CACHE_MS).
+          if (
+            method === AuthService.method.revokeApiKey ||
+            method === AuthService.method.rollApiKey
+          ) {
             authenticator.forgetApiKey((req as { id: string }).id);
           }
         },
