@@ -410,7 +410,7 @@ describe("console", () => {
     await shot(page, "02b-chat-image");
   }, 90_000);
 
-  it("console - an admin creates an API key (shown once) that works, then revokes it", async () => {
+  it("console - an admin creates an API key (shown once) that works, rolls it with an hour of grace, then revokes it", async () => {
     await nav(page, "Admin");
     const name = `ci-key-${Date.now()}`;
     await page.getByLabel("Name").fill(name);
@@ -421,17 +421,55 @@ describe("console", () => {
     await row.waitFor();
     // The list never shows the secret, only its prefix.
     expect(await page.locator("table").first().textContent()).not.toContain(secret);
-    const me = () =>
+    const me = (key = secret) =>
       fetch(`${gw.url}/${AuthService.typeName}/GetMe`, {
         method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${secret}` },
+        headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
         body: "{}",
       });
     expect((await me()).status).toBe(200);
     await shot(page, "07-admin");
+
+    // Rolled with an hour of grace: a new secret with the key's prefix, shown once; the old one
+    // keeps working meanwhile and the table says until when.
+    const prefix = ((await row.locator('[data-col="key"] code').textContent()) ?? "").replace(
+      /…$/,
+      "",
+    );
+    expect(secret.startsWith(`${prefix}_`)).toBe(true);
+    await expect(row.getByTestId("old-secret").count()).resolves.toBe(0);
+    await page.getByRole("button", { name: `Roll ${name}` }).click();
+    const roll = page.getByRole("form", { name: `Roll ${name}` });
+    await roll.getByLabel("The old secret keeps working").selectOption({ label: "1 hour" });
+    await roll.getByRole("button", { name: "Roll secret" }).click();
+    await roll.waitFor({ state: "detached" });
+    const shown = page.getByTestId("api-key-secret");
+    await shown.filter({ hasNotText: secret }).waitFor();
+    const rolled = (await shown.textContent()) ?? "";
+    expect(rolled.startsWith(`${prefix}_`)).toBe(true);
+    expect(rolled).not.toBe(secret);
+    await expect(page.locator(".secret").textContent()).resolves.toMatch(
+      /it is shown only once\..*The old secret works until /,
+    );
+    await row.getByTestId("old-secret").waitFor();
+    await expect(row.getByTestId("old-secret").textContent()).resolves.toMatch(
+      /^old secret until \S/,
+    );
+    expect(await page.locator("table").first().textContent()).not.toContain(rolled);
+    expect((await me(rolled)).status).toBe(200);
+    expect((await me(secret)).status).toBe(200);
+    await shot(page, "07a-admin-key-rolled");
+    // Once: after a reload the secret is nowhere on the page; the grace is still noted.
+    await page.reload();
+    await row.getByTestId("old-secret").waitFor();
+    await expect(shown.count()).resolves.toBe(0);
+    expect(await page.content()).not.toContain(rolled);
+
+    // Revoking ends both secrets at once.
     await page.getByRole("button", { name: `Revoke ${name}` }).click();
     await row.getByText("revoked").waitFor();
     expect((await me()).status).toBe(401);
+    expect((await me(rolled)).status).toBe(401);
 
     await nav(page, "Usage");
     await page.locator("figure.chart").first().waitFor({ timeout: 30_000 });

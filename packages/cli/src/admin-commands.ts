@@ -1,4 +1,4 @@
-// keys create/list/get/update/revoke, models, usage.
+// keys create/list/get/update/roll/revoke, models, usage.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
@@ -20,11 +20,29 @@ import type { Context } from "./context.js";
 import { enumValue, label, table, usd, when, type Output } from "./output.js";
 import { UsageError, type Gateway } from "./session.js";
 
-/** "30d", "12h", "90m" -> ms. */
-function ttlMs(raw: string): number {
+/** "30d", "12h", "90m" -> ms; else a UsageError naming `flag` and saying what it expects. */
+function durationFlagMs(flag: string, raw: string, expected: string): number {
   const m = /^(\d+)([mhd])$/.exec(raw.trim());
-  if (m === null) throw new UsageError(`--ttl ${raw}: expected a lifetime like 90m, 12h, 30d`);
+  if (m === null) throw new UsageError(`${flag} ${raw}: expected ${expected}`);
   return Number(m[1]) * { m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "m"];
+}
+
+function ttlMs(raw: string): number {
+  return durationFlagMs("--ttl", raw, "a lifetime like 90m, 12h, 30d");
+}
+
+// RollApiKeyRequest.previous_valid_for's bound in auth.proto, checked here so that too long a
+// --grace is a usage error (exit 2) naming the flag rather than an INVALID_ARGUMENT from auth.
+const MAX_GRACE_MS = 7 * 86_400_000;
+
+/** "1h", "90m", "7d" -> ms (0 allowed: the old secret stops now); at most 7 days. */
+function graceMs(raw: string): number {
+  const expected = "how long the old secret keeps working, like 90m, 1h, 7d (at most 7d)";
+  const ms = durationFlagMs("--grace", raw, expected);
+  if (ms > MAX_GRACE_MS) {
+    throw new UsageError(`--grace ${raw}: the old secret may keep working at most 7d (168h)`);
+  }
+  return ms;
 }
 
 // The same bounds as ApiKeyLimits' validation rules in auth.proto, checked here so that a bad
@@ -206,7 +224,16 @@ function keyJson(key: ApiKey, spent?: number | null): Record<string, unknown> {
     expires: key.expireTime !== undefined ? when(key.expireTime) : null,
     lastUsed: key.lastUsedTime !== undefined ? when(key.lastUsedTime) : null,
     revoked: key.revokeTime !== undefined ? when(key.revokeTime) : null,
+    rolled: key.rollTime !== undefined ? when(key.rollTime) : null,
+    // Set after a roll with a grace, while the old secret still works.
+    previousSecretExpires:
+      key.previousSecretExpireTime !== undefined ? when(key.previousSecretExpireTime) : null,
   };
+}
+
+/** A "name  value" line of describeKey when there is a value, else none. */
+function rowIf(name: string, value: string | undefined): Array<[string, string]> {
+  return value === undefined ? [] : [[name, value]];
 }
 
 /** One key as "name  value" lines (keys get, keys update); `spent` (keys get) as in keyJson. */
@@ -226,6 +253,13 @@ function describeKey(key: ApiKey, spent?: number | null): string {
     ["created", when(key.createTime)],
     ["expires", when(key.expireTime)],
     ["last used", when(key.lastUsedTime)],
+    ...rowIf("rolled", key.rollTime !== undefined ? when(key.rollTime) : undefined),
+    ...rowIf(
+      "old secret",
+      key.previousSecretExpireTime !== undefined
+        ? `works until ${when(key.previousSecretExpireTime)}`
+        : undefined,
+    ),
     ["state", key.revokeTime !== undefined ? `revoked ${when(key.revokeTime)}` : "active"],
   ];
   return rows.map(([name, value]) => `${name.padEnd(13)}${value}`).join("\n");
@@ -255,7 +289,9 @@ async function warnUnknownModels(gw: Gateway, out: Output, names: string[]): Pro
 export function registerAdminCommands(program: Command, ctx: Context): void {
   const keys = program
     .command("keys")
-    .description("API keys: create (shown once), list, get, update (name, limits), revoke");
+    .description(
+      "API keys: create (shown once), list, get, update (name, limits), roll (new secret), revoke",
+    );
 
   keys
     .command("create")
@@ -494,6 +530,39 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
       out.result(keyJson(key), () => `updated ${key.id}\n${describeKey(key)}`);
     },
   );
+
+  keys
+    .command("roll")
+    .description(
+      "give an API key a new secret, printed once; its id, name, scopes, limits and usage stay",
+    )
+    .argument("<key-id>")
+    .option(
+      "--grace <duration>",
+      "how long the old secret keeps working, e.g. 1h, at most 7d (default: it stops now)",
+    )
+    .addHelpText(
+      "after",
+      `\nRolling replaces a secret that may have leaked, or rotates it on a schedule, without a new key:\nthe key keeps its id, scopes, limits and usage history. With --grace the old secret keeps\nworking until then, so that its clients can switch without an outage; without it the old secret\nstops at once (a gateway may still accept it for its key cache time, 30 s by default). Only the\nlatest old secret is kept: rolling again ends the grace of the one before.\n\nExamples:\n  ensemble keys roll <key-id> --grace 1h\n  ensemble keys roll <key-id>\n  ensemble --json keys roll <key-id> --grace 7d | jq -r .secret`,
+    )
+    .action(async (id: string, opts: { grace?: string }) => {
+      const grace = opts.grace !== undefined ? graceMs(opts.grace) : 0;
+      const { gw, out } = ctx.get();
+      const res = await gw.client(AuthService).rollApiKey({
+        id,
+        ...(grace > 0 ? { previousValidFor: durationFromMs(grace) } : {}),
+      });
+      if (res.apiKey === undefined) throw new Error("auth returned no key");
+      const key = res.apiKey;
+      out.result({ ...keyJson(key), secret: res.secret }, () => {
+        out.notice("The secret is shown only now; store it safely (e.g. as ENSEMBLE_API_KEY).");
+        const old =
+          key.previousSecretExpireTime !== undefined
+            ? `the old secret works until ${when(key.previousSecretExpireTime)}`
+            : "the old secret no longer works";
+        return `${res.secret}\n(id ${key.id}, name ${key.name}; ${old})`;
+      });
+    });
 
   keys
     .command("revoke")

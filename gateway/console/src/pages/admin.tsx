@@ -1,9 +1,9 @@
 // Admin (tenant admins only): users and roles, API keys (the secret is shown once, at
-// creation) with their own limits (models, monthly budget, requests and tokens per minute) and
-// what each has spent this month, monthly budgets for the tenant and per user, and the tenant's
-// settings (every chat in the call log, the default response cache).
+// creation and when the key is rolled) with their own limits (models, monthly budget, requests
+// and tokens per minute) and what each has spent this month, monthly budgets for the tenant and
+// per user, and the tenant's settings (every chat in the call log, the default response cache).
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   ApiKeyScope,
   BudgetScope,
@@ -343,6 +343,86 @@ function KeyLimitsForm(props: {
   );
 }
 
+/** How long the old secret of a rolled key keeps working (RollApiKey allows up to 7 days). */
+const GRACE_CHOICES: Array<{ ms: number; label: string }> = [
+  { ms: 0, label: "None: it stops now" },
+  { ms: 3_600_000, label: "1 hour" },
+  { ms: 86_400_000, label: "1 day" },
+  { ms: 7 * 86_400_000, label: "7 days" },
+];
+
+/** A secret to show once: a created key's, or a rolled key's with when its old one stops. */
+interface ShownSecret {
+  secret: string;
+  /** Set for a roll: the key's name and when its old secret stops (unset: it already has). */
+  rolled?: { name: string; oldUntil: ApiKey["previousSecretExpireTime"] };
+}
+
+/** The "Roll" row under a key: a new secret for it (RollApiKey), the old one kept for a grace. */
+function KeyRollForm(props: {
+  apiKey: ApiKey;
+  columns: number;
+  onDone: (rolled: ShownSecret | undefined) => void;
+}) {
+  const { apiKey, onDone } = props;
+  const [grace, setGrace] = useState(0);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string>();
+
+  const roll = async (e: FormEvent) => {
+    e.preventDefault();
+    setError(undefined);
+    setBusy(true);
+    try {
+      const res = await api.auth.rollApiKey({
+        id: apiKey.id,
+        ...(grace > 0 ? { previousValidFor: durationFromMs(grace) } : {}),
+      });
+      onDone({
+        secret: res.secret,
+        rolled: { name: apiKey.name, oldUntil: res.apiKey?.previousSecretExpireTime },
+      });
+    } catch (err) {
+      setError(errorText(err));
+      setBusy(false);
+    }
+  };
+
+  return (
+    <tr className="key-limits">
+      <td colSpan={props.columns}>
+        <form onSubmit={(e) => void roll(e)} aria-label={`Roll ${apiKey.name}`}>
+          <div className="inline-row">
+            <label>
+              The old secret keeps working
+              <select name="grace" value={grace} onChange={(e) => setGrace(Number(e.target.value))}>
+                {GRACE_CHOICES.map((c) => (
+                  <option key={c.ms} value={c.ms}>
+                    {c.label}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <button type="submit" className="primary" disabled={busy}>
+              Roll secret
+            </button>
+            <button type="button" onClick={() => onDone(undefined)}>
+              Cancel
+            </button>
+          </div>
+          <p className="hint">
+            The key gets a new secret, shown once; its id, name, scopes, limits and usage stay. With
+            a grace, clients still using the old secret keep working until it ends, so they can move
+            to the new one without an outage; without one, the old secret stops now (a gateway may
+            accept it for up to 30 s more, its cache of keys). Rolling again ends an earlier grace.
+          </p>
+          <ErrorBox error={error} />
+        </form>
+      </td>
+    </tr>
+  );
+}
+
 function ApiKeys() {
   const keys = useLoad(async () => {
     const [list, spend] = await Promise.all([
@@ -359,8 +439,10 @@ function ApiKeys() {
   const [fields, setFields] = useState<LimitFields>(NO_LIMITS);
   // Remounts the create form's model picker once a key is made, clearing a typed list too.
   const [created, setCreated] = useState(0);
+  // The key whose row has a form open under it: its limits, or a roll.
   const [editing, setEditing] = useState<string>();
-  const [secret, setSecret] = useState<string>();
+  const [rolling, setRolling] = useState<string>();
+  const [secret, setSecret] = useState<ShownSecret>();
   const [error, setError] = useState<string>();
 
   const create = async (e: FormEvent) => {
@@ -377,7 +459,7 @@ function ApiKeys() {
         scopes,
         ...(read.set ? { limits: read.limits } : {}),
       });
-      setSecret(res.secret);
+      setSecret({ secret: res.secret });
       setName("");
       setModels([]);
       setFields(NO_LIMITS);
@@ -392,6 +474,7 @@ function ApiKeys() {
     try {
       await api.auth.revokeApiKey({ id });
       if (editing === id) setEditing(undefined);
+      if (rolling === id) setRolling(undefined);
       keys.reload();
     } catch (err) {
       setError(errorText(err));
@@ -431,9 +514,18 @@ function ApiKeys() {
       </form>
       {secret !== undefined && (
         <div className="secret" role="status">
-          <p>Copy this key now: it is shown only once.</p>
-          <code data-testid="api-key-secret">{secret}</code>{" "}
-          <button type="button" onClick={() => void navigator.clipboard?.writeText(secret)}>
+          {secret.rolled === undefined ? (
+            <p>Copy this key now: it is shown only once.</p>
+          ) : (
+            <p>
+              The new secret of {secret.rolled.name}. Copy it now: it is shown only once.{" "}
+              {secret.rolled.oldUntil !== undefined
+                ? `The old secret works until ${fmtTime(secret.rolled.oldUntil)}.`
+                : "The old secret no longer works."}
+            </p>
+          )}
+          <code data-testid="api-key-secret">{secret.secret}</code>{" "}
+          <button type="button" onClick={() => void navigator.clipboard?.writeText(secret.secret)}>
             Copy
           </button>{" "}
           <button type="button" onClick={() => setSecret(undefined)}>
@@ -472,8 +564,13 @@ function ApiKeys() {
                     <Fragment key={k.id}>
                       <tr data-key={k.name}>
                         <td>{k.name}</td>
-                        <td>
+                        <td data-col="key">
                           <code>{k.prefix}…</code>
+                          {k.previousSecretExpireTime !== undefined && !revoked && (
+                            <div className="muted" data-testid="old-secret">
+                              old secret until {fmtTime(k.previousSecretExpireTime)}
+                            </div>
+                          )}
                         </td>
                         <td>{k.scopes.map((s) => enumLabel(ApiKeyScope, s)).join(", ")}</td>
                         <td data-col="models">
@@ -498,11 +595,25 @@ function ApiKeys() {
                             <>
                               <button
                                 type="button"
-                                onClick={() => setEditing(editing === k.id ? undefined : k.id)}
+                                onClick={() => {
+                                  setRolling(undefined);
+                                  setEditing(editing === k.id ? undefined : k.id);
+                                }}
                                 aria-label={`Edit limits of ${k.name}`}
                                 aria-expanded={editing === k.id}
                               >
                                 Edit limits
+                              </button>{" "}
+                              <button
+                                type="button"
+                                onClick={() => {
+                                  setEditing(undefined);
+                                  setRolling(rolling === k.id ? undefined : k.id);
+                                }}
+                                aria-label={`Roll ${k.name}`}
+                                aria-expanded={rolling === k.id}
+                              >
+                                Roll
                               </button>{" "}
                               <button
                                 type="button"
@@ -522,6 +633,19 @@ function ApiKeys() {
                           onDone={(saved) => {
                             setEditing(undefined);
                             if (saved) keys.reload();
+                          }}
+                        />
+                      )}
+                      {rolling === k.id && !revoked && (
+                        <KeyRollForm
+                          apiKey={k}
+                          columns={COLUMNS}
+                          onDone={(rolled) => {
+                            setRolling(undefined);
+                            if (rolled !== undefined) {
+                              setSecret(rolled);
+                              keys.reload();
+                            }
                           }}
                         />
                       )}
