@@ -501,6 +501,19 @@ describe("openai client against the gateway", () => {
     expect(rate.code).toBe("rate_limit_exceeded");
     expect(rate.message).toContain('API key "paced" allows 1 requests per minute');
     expect(Number(rate.headers?.get("retry-after"))).toBeGreaterThan(0);
+
+    // Rolled through this gateway without a grace: the old secret, cached here since its last
+    // use, stops at once; the new one works.
+    const rolled = await rpc<{ secret: string }>(
+      "RollApiKey",
+      { id: limited.apiKey.id },
+      accessToken,
+    );
+    const stale = await sdk.models.list().catch((e: unknown) => e);
+    expect(stale).toBeInstanceOf(OpenAI.AuthenticationError);
+    const fresh = [];
+    for await (const m of client(rolled.secret).models.list()) fresh.push(m.id);
+    expect(fresh).toContain("fast");
   });
 
   it("auto - the categorizer picks the model: a proof goes to the thinking role, a quick fact to the fast one", async () => {
