@@ -480,6 +480,8 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
             : (await catalog.byRole(tenantId, role, token))
                 .filter((m) => m.enabled && m.contextWindow >= needed)
                 .filter((m) => !needsVision || m.capabilities.includes(Capability.VISION))
+                // A caller's API key may be limited to some models: only those.
+                .filter((m) => callable === undefined || callable.names.has(m.id))
                 .sort(
                   (a, b) =>
                     a.contextWindow - b.contextWindow || a.inputPricePerMtok - b.inputPricePerMtok,
@@ -487,7 +489,7 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
         const bigger = candidates[0];
         if (bigger === undefined) {
           throw new InvalidArgumentError(
-            `the request needs about ${needed} tokens (input ${inputTokens} + answer ${outputTokens}), more than the context window of model ${model.id} (${window}), and no model of the same role has a larger one; shorten the text or the conversation context`,
+            `the request needs about ${needed} tokens (input ${inputTokens} + answer ${outputTokens}), more than the context window of model ${model.id} (${window}), and no model of the same role${callable === undefined ? "" : " that this API key may call"} has a larger one; shorten the text or the conversation context`,
             { field: "text" },
           );
         }

@@ -379,6 +379,29 @@ describe("categorizer - context windows", () => {
     expect(err.rawMessage).toMatch(/needs about \d+ tokens .* context window/);
   });
 
+  it("with an API key limited to some models, the upgrade only picks a model the key may call", async () => {
+    const authClient = createClient(AuthService, auth.address);
+    const made = await authClient.createApiKey(
+      { name: "thinking only", limits: { models: ["thinking"] } },
+      as(adminA),
+    );
+    const exchanged = await authClient.authenticateApiKey(
+      { apiKey: made.secret },
+      as(await auth.mintServiceToken("gateway")),
+    );
+    // Too large for the thinking role's model, and the larger ones of the role are not the key's.
+    const err = await rejection(
+      classify(exchanged.accessToken, { text: hard, contextTokens: 300_000n }),
+    );
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toMatch(
+      /no model of the same role that this API key may call has a larger one/,
+    );
+    // Within the window, the key's own model answers.
+    const fits = await classify(exchanged.accessToken, { text: hard });
+    expect(fits.route?.target.value).toBe("thinking");
+  });
+
   it("a long simple input takes the long-input route rather than the fast model", async () => {
     const text = `Summarise these meeting notes in three bullet points.\n${"The team discussed the roadmap and hiring. ".repeat(1_200)}`;
     const got = await classify(memberA, { text });
