@@ -57,7 +57,9 @@ export interface SemanticProbe {
   partition: string;
   /** That message's embedding, stored with the answer on a miss. */
   vector: number[];
-  /** The exact cache key of a similar request's answer, and how similar it is. */
+  /** How close the nearest cached question of the partition is (undefined: none cached). */
+  nearest?: number;
+  /** The exact cache key of a similar enough request's answer, and how similar it is. */
   hit?: { key: string; similarity: number };
 }
 
@@ -110,8 +112,9 @@ export class SemanticCache {
           {
             collectionId: this.#collection,
             vector,
+            // The nearest one whatever its score: its similarity is worth knowing (a metric to
+            // tune the threshold by) even when it is not close enough.
             k: 1,
-            minScore: this.#o.minSimilarity,
             filter: {
               must: [
                 { field: "partition", test: { case: "eq", value: stringValue(split.partition) } },
@@ -130,7 +133,12 @@ export class SemanticCache {
           throw err;
         });
       const best = res?.hits[0];
-      if (best !== undefined) probe.hit = { key: best.documentId, similarity: best.score };
+      if (best !== undefined) {
+        probe.nearest = best.score;
+        if (best.score >= this.#o.minSimilarity) {
+          probe.hit = { key: best.documentId, similarity: best.score };
+        }
+      }
       return probe;
     } catch (err) {
       if (signal.aborted) throw err;

@@ -5,7 +5,6 @@ import {
   service,
   type KitServer,
   type Logger,
-  type Metrics,
   type TokenVerifier,
 } from "@ensemble/kit";
 import { ModelProxyService } from "@ensemble/proto";
@@ -17,7 +16,6 @@ export interface ModelProxyServerDeps extends ModelProxyDeps {
   version: string;
   logger: Logger;
   verifier: TokenVerifier;
-  metrics?: Metrics;
 }
 
 export function build(deps: ModelProxyServerDeps): KitServer {

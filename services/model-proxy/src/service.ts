@@ -15,8 +15,10 @@ import {
   ResourceExhaustedError,
   toConnectError,
   UnavailableError,
+  type Metrics,
   type Principal,
 } from "@ensemble/kit";
+import { Counter, Histogram } from "prom-client";
 import {
   CacheMode,
   DefaultCache,
@@ -72,6 +74,25 @@ export interface ModelProxyDeps {
   semantic?: SemanticCache;
   /** Shared per-minute buckets, for API keys' own rpm/tpm; undefined = not enforced. */
   limiter?: DeploymentLimiter;
+  metrics?: Metrics;
+}
+
+function cacheMetrics(metrics: Metrics) {
+  const registers = [metrics.registry];
+  return {
+    lookups: new Counter({
+      name: "ensemble_model_proxy_cache_lookups_total",
+      help: "Response cache lookups by kind (exact, semantic) and result (hit, miss).",
+      labelNames: ["kind", "result"] as const,
+      registers,
+    }),
+    similarity: new Histogram({
+      name: "ensemble_model_proxy_semantic_cache_similarity",
+      help: "Cosine similarity of the nearest cached question to a semantic lookup's (hit or not): where CACHE_SEMANTIC_MIN_SIMILARITY cuts this distribution decides the hit rate.",
+      buckets: [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1],
+      registers,
+    }),
+  };
 }
 
 /**
@@ -114,6 +135,7 @@ interface RecordFields {
 
 export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
   const { catalog, router, accounting, cache } = deps;
+  const cacheStats = deps.metrics === undefined ? undefined : cacheMetrics(deps.metrics);
 
   function callerOf(ctx: HandlerContext): { principal: Principal; caller: Caller } {
     const principal = principalOf(ctx);
@@ -429,6 +451,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     const useCache = cacheMode !== "off";
     const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
     let cached = useCache ? await fromCache(caller.tenantId, key) : undefined;
+    if (useCache) {
+      cacheStats?.lookups.inc({ kind: "exact", result: cached === undefined ? "miss" : "hit" });
+    }
     let similarity = 1;
     let probe: SemanticProbe | undefined;
     const semantic = deps.semantic;
@@ -444,6 +469,11 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       if (probe?.hit !== undefined) {
         cached = await fromCache(caller.tenantId, probe.hit.key);
         similarity = probe.hit.similarity;
+      }
+      if (probe !== undefined) {
+        if (probe.nearest !== undefined) cacheStats?.similarity.observe(probe.nearest);
+        const result = cached === undefined ? "miss" : "hit";
+        cacheStats?.lookups.inc({ kind: "semantic", result });
       }
     }
     const hit =

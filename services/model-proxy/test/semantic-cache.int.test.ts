@@ -185,6 +185,26 @@ describe("semantic response cache", () => {
     expect(other.servedBy?.cacheHit).toBe(false);
     expect(chats()).toBe(before + 5);
 
+    // What an operator tunes the threshold by: lookups by result, and how close the nearest
+    // cached question was (the Germany miss included).
+    const port = /"metricsPort":(\d+)/.exec(proxy.output())?.[1];
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const value = (line: string) =>
+      Number(
+        metrics
+          .split("\n")
+          .find((l) => l.startsWith(line))
+          ?.split(" ")
+          .pop() ?? "0",
+      );
+    expect(value('ensemble_model_proxy_cache_lookups_total{kind="semantic",result="hit"}')).toBe(2);
+    expect(
+      value('ensemble_model_proxy_cache_lookups_total{kind="semantic",result="miss"}'),
+    ).toBeGreaterThanOrEqual(3);
+    expect(
+      value('ensemble_model_proxy_semantic_cache_similarity_bucket{le="0.9"}'),
+    ).toBeGreaterThanOrEqual(1);
+
     // Each of ann's five semantic lookups embedded its question once, billed as an embedding
     // call (the USE call embedded nothing).
     const until = Date.now() + 10_000;
