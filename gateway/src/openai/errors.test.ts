@@ -86,6 +86,16 @@ describe("openai errors", () => {
       "insufficient_quota",
     ]);
     expect(budget.headers).toEqual({ "x-should-retry": "false" });
+    // An API key's own pace is a rate limit, whatever the key is called.
+    const paced = toOpenAiError(
+      new ConnectError(
+        'rate limit exceeded: API key "budget-bot" allows 3 requests per minute',
+        Code.ResourceExhausted,
+      ),
+      { ...chat, trailers: new Headers({ "retry-after-ms": "20000" }) },
+      logs.logger,
+    );
+    expect([paced.code, paced.headers["retry-after"]]).toEqual(["rate_limit_exceeded", "20"]);
   });
 
   it("secrets - upstream details of internal and transport failures never reach the client", () => {

@@ -59,6 +59,8 @@ export interface ErrorContext {
 const FIELD_PATH = /^([a-z_][a-z0-9_]*(?:\[\d+\]|\["[^"]*"\]|\.[a-z_][a-z0-9_]*)*): /;
 
 const BUDGET_WORDS = /\b(budget|spend|quota|spending limit)\b/i;
+/** model-proxy's own budget refusal (it also carries retry-after-ms: the month's end). */
+const BUDGET_REFUSAL = /^monthly budget exceeded\b/;
 
 /** The OpenAI error for anything thrown while serving a route. */
 export function toOpenAiError(err: unknown, ctx: ErrorContext, logger: Logger): OpenAiError {
@@ -88,19 +90,22 @@ export function toOpenAiError(err: unknown, ctx: ErrorContext, logger: Logger): 
         ? new OpenAiError(404, message, "invalid_request_error", "model", "model_not_found")
         : new OpenAiError(404, message, "invalid_request_error", null, "not_found");
     case Code.ResourceExhausted: {
-      if (BUDGET_WORDS.test(message)) {
-        // Retrying cannot help until the budget changes (its retry-after-ms is the next month):
-        // tell OpenAI clients not to, which a Retry-After would undo.
-        return new OpenAiError(429, message, "insufficient_quota", null, "insufficient_quota", {
+      // Retrying cannot help until a budget changes: tell OpenAI clients not to (which a
+      // Retry-After would undo). model-proxy's budget refusal says when the month ends, so it is
+      // recognised before the wait; any other refusal with a wait is a rate limit, whatever
+      // words it holds (a key may be called "budget-bot").
+      const quota = () =>
+        new OpenAiError(429, message, "insufficient_quota", null, "insufficient_quota", {
           "x-should-retry": "false",
         });
-      }
+      if (BUDGET_REFUSAL.test(message)) return quota();
       const retryAfterMs = Number(
         ctx.trailers?.get("retry-after-ms") ?? upstream.metadata.get("retry-after-ms"),
       );
       if (Number.isFinite(retryAfterMs) && retryAfterMs > 0) {
         return rateLimited(message, retryAfterMs);
       }
+      if (BUDGET_WORDS.test(message)) return quota();
       return new OpenAiError(429, message, "requests", null, "rate_limit_exceeded");
     }
     case Code.FailedPrecondition:
