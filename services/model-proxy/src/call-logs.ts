@@ -177,7 +177,12 @@ export class CallLogs {
         // Entries already written (a retried batch) are duplicates: written is written.
         const written = (err as { code?: number; writeErrors?: { code?: number }[] }).writeErrors;
         if (written === undefined || written.some((e) => e.code !== 11000)) {
-          this.#o.logger.warn({ err, entries: batch.length }, "call log entries not written yet");
+          // Not `err` itself: a bulk write error carries the documents, i.e. the prompts.
+          const reason = err instanceof Error ? err.message.slice(0, 300) : String(err);
+          this.#o.logger.warn(
+            { reason, entries: batch.length },
+            "call log entries not written yet",
+          );
           return; // retried at the next flush
         }
       }

@@ -85,5 +85,7 @@ describe("semantic cache", () => {
       "ensemble.response-cache.openai-text-embedding-3",
     );
     expect(collectionFor("x".repeat(300))).toHaveLength(128);
+    // Cut where a separator falls: still a valid id (ends in a letter or digit).
+    expect(collectionFor(`${"x".repeat(103)}-yyyy`)).toMatch(/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/);
   });
 });

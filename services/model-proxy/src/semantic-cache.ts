@@ -44,7 +44,8 @@ export function collectionFor(model: string): string {
     .toLowerCase()
     .replace(/[^a-z0-9._-]+/g, "-")
     .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, "");
-  return `ensemble.response-cache.${slug}`.slice(0, 128);
+  // At most 128 characters, ending in a letter or digit like any collection id.
+  return `ensemble.response-cache.${slug}`.slice(0, 128).replace(/[^a-z0-9]+$/, "");
 }
 const SWEEP_EVERY_MS = 3_600_000;
 const CALL_TIMEOUT_MS = 5_000;

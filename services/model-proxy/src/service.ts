@@ -46,7 +46,7 @@ import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/ind
 import { cacheKey, type ResponseCache } from "./cache.js";
 import type { SemanticCache, SemanticProbe } from "./semantic-cache.js";
 import type { CallLogs } from "./call-logs.js";
-import type { TenantSettings } from "./tenant-settings.js";
+import type { TenantDefaults, TenantSettings } from "./tenant-settings.js";
 import type { DeploymentLimiter } from "./limits.js";
 import { safeToken } from "./accounting/keys.js";
 import type { StoredResponses } from "./stored-responses.js";
@@ -285,17 +285,18 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
    * The cache a call uses: its own choice, else its tenant's default (TenantSettings), else the
    * deployment's (CACHE_TENANTS: exact). "semantic" only for chats (`semanticOk`).
    */
-  async function cacheFor(
+  function cacheFor(
     caller: Caller,
     mode: CacheMode,
     semanticOk: boolean,
-  ): Promise<"off" | "exact" | "semantic"> {
+    tenantDefaults: TenantDefaults,
+  ): "off" | "exact" | "semantic" {
     let chosen: "off" | "exact" | "semantic";
     if (mode === CacheMode.BYPASS) chosen = "off";
     else if (mode === CacheMode.USE) chosen = "exact";
     else if (mode === CacheMode.SEMANTIC) chosen = "semantic";
     else {
-      const tenant = (await deps.tenantSettings.get(caller.tenantId, caller.token)).cache;
+      const tenant = tenantDefaults.cache;
       if (tenant === DefaultCache.OFF) chosen = "off";
       else if (tenant === DefaultCache.EXACT) chosen = "exact";
       else if (tenant === DefaultCache.SEMANTIC) chosen = "semantic";
@@ -447,7 +448,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     await accounting.checkBudget(caller, costOf(model, input, 0));
     await admitKey(caller, input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-    const cacheMode = await cacheFor(caller, req.cache, true);
+    // One (cached) read of the tenant's settings for the cache and the call log.
+    const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
+    const cacheMode = cacheFor(caller, req.cache, true, tenant);
     const useCache = cacheMode !== "off";
     const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
     let cached = useCache ? await fromCache(caller.tenantId, key) : undefined;
@@ -498,7 +501,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       req.log ||
       deps.callLogTenants.has("*") ||
       deps.callLogTenants.has(caller.tenantId) ||
-      (await deps.tenantSettings.get(caller.tenantId, caller.token)).logCalls;
+      tenant.logCalls;
     type ChatFields = Omit<RecordFields, "id" | "requested" | "attribution" | "metadata">;
     /**
      * Puts this call in the ledger (its id, requested model, attribution and metadata) and, when
@@ -822,7 +825,8 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       await accounting.checkBudget(caller, costOf(model, input, 0));
       await admitKey(caller, input);
       const id = `emb-${randomUUID().replaceAll("-", "")}`;
-      const useCache = (await cacheFor(caller, req.cache, false)) !== "off";
+      const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
+      const useCache = cacheFor(caller, req.cache, false, tenant) !== "off";
       const key = useCache ? cacheKey(EmbedRequestSchema, req) : "";
       if (useCache) {
         const bytes = await cache.get(caller.tenantId, key);
