@@ -9,6 +9,12 @@ import {
   type HandlerContext,
   type ServiceImpl,
 } from "@connectrpc/connect";
+import {
+  createAsyncIterable,
+  type UniversalHandler,
+  type UniversalServerRequest,
+  type UniversalServerResponse,
+} from "@connectrpc/connect/protocol";
 import { codeLabel, type GrpcClient, type Logger } from "@ensemble/kit";
 import { Access, access as accessOption } from "@ensemble/proto";
 import type { Caller } from "./authn.js";
@@ -191,4 +197,48 @@ export function forwardingImpl(
     }
   }
   return impl as Partial<ServiceImpl<DescService>>;
+}
+
+/**
+ * connect-es answers a request body that is not valid protobuf binary with INTERNAL ("parse
+ * binary: ..."), which the Connect protocol sends as HTTP 500, although the client sent the bad
+ * bytes (a malformed JSON body is already INVALID_ARGUMENT). This wrapper turns exactly that
+ * answer into INVALID_ARGUMENT / HTTP 400, as connect-go does. gRPC and gRPC-web clients keep
+ * INTERNAL in the trailers (HTTP 200), which is what grpc-go and grpc-js servers answer too.
+ */
+export function malformedAsInvalidArgument(handler: UniversalHandler): UniversalHandler {
+  const wrapped = async (req: UniversalServerRequest): Promise<UniversalServerResponse> => {
+    const res = await handler(req);
+    if (res.status !== 500 || res.body === undefined) return res;
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of res.body) chunks.push(chunk);
+    const bytes = Buffer.concat(chunks);
+    let error: { code?: unknown; message?: unknown } | undefined;
+    try {
+      error = JSON.parse(bytes.toString("utf8")) as typeof error;
+    } catch {
+      // Not a JSON error body (compressed, or not Connect's): left as it is.
+    }
+    const message = typeof error?.message === "string" ? error.message : "";
+    if (error?.code !== "internal" || !message.startsWith("parse binary:")) {
+      return { ...res, body: createAsyncIterable([bytes]) };
+    }
+    const body = Buffer.from(
+      JSON.stringify({
+        code: "invalid_argument",
+        message: `the request body is not a valid ${handler.method.input.typeName} message (${message.slice("parse binary:".length).trim()})`,
+      }),
+    );
+    const header = new Headers(res.header);
+    header.set("content-length", String(body.byteLength));
+    return { ...res, status: 400, header, body: createAsyncIterable([body]) };
+  };
+  return Object.assign(wrapped, {
+    requestPath: handler.requestPath,
+    method: handler.method,
+    service: handler.service,
+    protocolNames: handler.protocolNames,
+    allowedMethods: handler.allowedMethods,
+    supportedContentType: handler.supportedContentType,
+  });
 }

@@ -45,7 +45,14 @@ import { admit, Authenticator, ServiceTokenSource, type AuthApi } from "./authn.
 import { AUTO_MODEL, routeAuto } from "./auto.js";
 import { openConsole } from "./console.js";
 import { renderDocs } from "./docs.js";
-import { accessOf, callerKey, clientAddressKey, forwardingImpl, routedMethods } from "./forward.js";
+import {
+  accessOf,
+  callerKey,
+  clientAddressKey,
+  forwardingImpl,
+  malformedAsInvalidArgument,
+  routedMethods,
+} from "./forward.js";
 import { listenDual, type Listener } from "./listen.js";
 import { createOpenAiApi } from "./openai/handler.js";
 import { createWsEndpoint } from "./ws/endpoint.js";
@@ -336,6 +343,12 @@ export function build(deps: GatewayDeps): Gateway {
         if (fn !== undefined) router.rpc(method, fn as Parameters<ConnectRouter["rpc"]>[1]);
       }
     }
+    // connectNodeAdapter reads router.handlers after this returns: wrap them in place.
+    router.handlers.splice(
+      0,
+      router.handlers.length,
+      ...router.handlers.map(malformedAsInvalidArgument),
+    );
   };
 
   const connectHandler = connectNodeAdapter({

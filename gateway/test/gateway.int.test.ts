@@ -279,6 +279,26 @@ describe("gateway deadlines and errors", () => {
     expect(err?.details.length).toBeGreaterThan(0);
   });
 
+  it("malformed binary - a body that is not protobuf is INVALID_ARGUMENT (HTTP 400), not a 500", async () => {
+    // 0x0a = field 1, length-delimited, then a length far past the end of the body.
+    const res = await fetch(`${gw.url}${path("EchoUser")}`, {
+      method: "POST",
+      headers: { "content-type": "application/proto", authorization: `Bearer ${userToken}` },
+      body: new Uint8Array([0x0a, 0x7f, 0x01]),
+    });
+    const body = (await res.json()) as Record<string, string>;
+    expect(res.status).toBe(400);
+    expect(body["code"]).toBe("invalid_argument");
+    expect(body["message"]).toContain("ensemble.testing.v1.EchoUserRequest");
+    // A well-formed binary body still goes through.
+    const ok = await fetch(`${gw.url}${path("EchoUser")}`, {
+      method: "POST",
+      headers: { "content-type": "application/proto", authorization: `Bearer ${userToken}` },
+      body: new Uint8Array([0x0a, 0x02, 0x68, 0x69]), // name: "hi"
+    });
+    expect(ok.status).toBe(200);
+  });
+
   it("message size - a request over the maximum is refused before it reaches the service", async () => {
     const res = await postJson("EchoPublic", { message: "x".repeat(100 * 1024) });
     const body = (await res.json()) as Record<string, string>;
