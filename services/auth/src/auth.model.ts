@@ -25,8 +25,18 @@ export interface TenantSettingsDoc {
   logCalls: boolean;
   /** DefaultCache as its enum number. */
   defaultCache: number;
+  /** Guardrails (absent in documents written before they existed = none). */
+  guardrails?: GuardrailsDoc;
   updateTime: Date;
   updatedBy: string;
+}
+
+export interface GuardrailsDoc {
+  /** PiiKind enum numbers. */
+  redactPii: number[];
+  blockPii: number[];
+  blockedTerms: string[];
+  blockedOutputTerms: string[];
 }
 
 export interface UserDoc {
@@ -168,6 +178,17 @@ const tenantSchema = new Schema<TenantDoc>(
         {
           logCalls: { type: Boolean, required: true },
           defaultCache: { type: Number, required: true },
+          guardrails: {
+            type: new Schema<GuardrailsDoc>(
+              {
+                redactPii: { type: [Number], default: [] },
+                blockPii: { type: [Number], default: [] },
+                blockedTerms: { type: [String], default: [] },
+                blockedOutputTerms: { type: [String], default: [] },
+              },
+              { _id: false },
+            ),
+          },
           updateTime: { type: Date, required: true },
           updatedBy: { type: String, required: true },
         },

@@ -9,8 +9,14 @@ import {
   PermissionDeniedError,
   principalOf,
 } from "@ensemble/kit";
-import { BudgetScope, DefaultCache, type AuthService, type BudgetSchema } from "@ensemble/proto";
-import type { BudgetDoc, TenantSettingsDoc } from "./auth.model.js";
+import {
+  BudgetScope,
+  DefaultCache,
+  type AuthService,
+  type BudgetSchema,
+  type Guardrails,
+} from "@ensemble/proto";
+import type { BudgetDoc, GuardrailsDoc, TenantSettingsDoc } from "./auth.model.js";
 import { ADMIN, ts, type AuthCore } from "./core.js";
 
 export function budgetMessage(
@@ -43,11 +49,52 @@ type BudgetHandlers = Pick<
 >;
 
 function settingsMessage(doc: TenantSettingsDoc | undefined) {
+  const g = doc?.guardrails;
   return {
     logCalls: doc?.logCalls ?? false,
     defaultCache: (doc?.defaultCache ?? DefaultCache.UNSPECIFIED) as DefaultCache,
+    guardrails: {
+      redactPii: g?.redactPii ?? [],
+      blockPii: g?.blockPii ?? [],
+      blockedTerms: g?.blockedTerms ?? [],
+      blockedOutputTerms: g?.blockedOutputTerms ?? [],
+    },
     updateTime: ts(doc?.updateTime),
     updatedBy: doc?.updatedBy ?? "",
+  };
+}
+
+/** UpdateTenantSettings' update_mask paths. */
+const SETTINGS_PATHS = new Set(["log_calls", "default_cache", "guardrails"]);
+
+/**
+ * Guardrails as stored: terms trimmed with inner whitespace collapsed, duplicates (any case)
+ * dropped; a term of only spaces is refused (it would match nothing, or everything).
+ */
+function guardrailsDoc(g: Guardrails | undefined): GuardrailsDoc {
+  const terms = (list: readonly string[], field: string): string[] => {
+    const seen = new Set<string>();
+    const out: string[] = [];
+    list.forEach((raw, i) => {
+      const term = raw.trim().replace(/\s+/g, " ");
+      if (term === "") {
+        throw new InvalidArgumentError(`${field}[${i}]: a term must have a visible character`, {
+          field: `settings.guardrails.${field}[${i}]`,
+        });
+      }
+      const folded = term.toLowerCase();
+      if (!seen.has(folded)) {
+        seen.add(folded);
+        out.push(term);
+      }
+    });
+    return out;
+  };
+  return {
+    redactPii: [...(g?.redactPii ?? [])],
+    blockPii: [...(g?.blockPii ?? [])],
+    blockedTerms: terms(g?.blockedTerms ?? [], "blocked_terms"),
+    blockedOutputTerms: terms(g?.blockedOutputTerms ?? [], "blocked_output_terms"),
   };
 }
 
@@ -115,16 +162,43 @@ export function budgetHandlers(core: AuthCore): BudgetHandlers {
     async updateTenantSettings(req, ctx) {
       const p = principalOf(ctx);
       const wanted = req.settings!; // protovalidate: required
+      const paths = new Set(req.updateMask?.paths ?? []);
+      for (const path of paths) {
+        if (!SETTINGS_PATHS.has(path)) {
+          throw new InvalidArgumentError(
+            `update_mask: unknown path "${path}"; expected ${[...SETTINGS_PATHS].join(", ")}`,
+            { field: "update_mask" },
+          );
+        }
+      }
+      const changes = (path: string) => paths.size === 0 || paths.has(path);
+      const tenant = await models.tenants.findOne({ id: p.tenantId }).lean();
+      if (tenant === null) throw new NotFoundError("tenant not found");
+      const current = settingsMessage(tenant.settings);
       const settings: TenantSettingsDoc = {
-        logCalls: wanted.logCalls,
-        defaultCache: wanted.defaultCache,
+        logCalls: changes("log_calls") ? wanted.logCalls : current.logCalls,
+        defaultCache: changes("default_cache") ? wanted.defaultCache : current.defaultCache,
+        guardrails: changes("guardrails")
+          ? guardrailsDoc(wanted.guardrails)
+          : (tenant.settings?.guardrails ?? guardrailsDoc(undefined)),
         updateTime: new Date(),
         updatedBy: p.subject,
       };
       const res = await models.tenants.updateOne({ id: p.tenantId }, { $set: { settings } });
       if (res.matchedCount === 0) throw new NotFoundError("tenant not found");
+      const g = settings.guardrails!;
       loggerOf(ctx).info(
-        { logCalls: settings.logCalls, defaultCache: DefaultCache[settings.defaultCache] },
+        {
+          logCalls: settings.logCalls,
+          defaultCache: DefaultCache[settings.defaultCache],
+          // Counts only: the terms are the tenant's business.
+          guardrails: {
+            redactPii: g.redactPii.length,
+            blockPii: g.blockPii.length,
+            blockedTerms: g.blockedTerms.length,
+            blockedOutputTerms: g.blockedOutputTerms.length,
+          },
+        },
         "tenant settings updated",
       );
       return { settings: settingsMessage(settings) };

@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { ApiKeyScope, BudgetScope, DefaultCache, Role } from "@ensemble/proto";
+import { ApiKeyScope, BudgetScope, DefaultCache, PiiKind, Role } from "@ensemble/proto";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bytes } from "../src/secrets.js";
@@ -874,6 +874,54 @@ describe("auth admin and tenancy", () => {
       logCalls: false,
       defaultCache: DefaultCache.UNSPECIFIED,
     });
+  });
+
+  it("guardrails - stored tidied, kept when another field changes under an update mask, validated", async () => {
+    const admin = await signup("guardadmin");
+    const client = h.client(admin.tokens.accessToken);
+    const set = await client.updateTenantSettings({
+      settings: {
+        guardrails: {
+          redactPii: [PiiKind.EMAIL, PiiKind.PHONE],
+          blockPii: [PiiKind.SECRET],
+          blockedTerms: ["  Project   Falcon ", "project falcon", "acme-internal"],
+          blockedOutputTerms: ["confidential"],
+        },
+      },
+      updateMask: { paths: ["guardrails"] },
+    });
+    expect(set.settings?.guardrails).toMatchObject({
+      redactPii: [PiiKind.EMAIL, PiiKind.PHONE],
+      blockPii: [PiiKind.SECRET],
+      blockedTerms: ["Project Falcon", "acme-internal"],
+      blockedOutputTerms: ["confidential"],
+    });
+    // Changing the cache alone keeps the guardrails; without a mask everything is replaced.
+    await client.updateTenantSettings({
+      settings: { defaultCache: DefaultCache.EXACT },
+      updateMask: { paths: ["default_cache"] },
+    });
+    const read = (await client.getTenantSettings({})).settings;
+    expect(read?.defaultCache).toBe(DefaultCache.EXACT);
+    expect(read?.guardrails?.blockedTerms).toEqual(["Project Falcon", "acme-internal"]);
+    await client.updateTenantSettings({ settings: { logCalls: true } });
+    const replaced = (await client.getTenantSettings({})).settings;
+    expect(replaced).toMatchObject({ logCalls: true, defaultCache: DefaultCache.UNSPECIFIED });
+    expect(replaced?.guardrails?.blockedTerms).toEqual([]);
+
+    for (const bad of [
+      { settings: { guardrails: { blockedTerms: ["   "] } } },
+      { settings: { guardrails: { redactPii: [0 as PiiKind] } } },
+      { settings: { guardrails: { blockedOutputTerms: ["x".repeat(101)] } } },
+      { settings: {}, updateMask: { paths: ["guardrails.blocked_terms"] } },
+    ]) {
+      const err = await rejection(client.updateTenantSettings(bad));
+      expect(err.code).toBe(Code.InvalidArgument);
+    }
+    const bad = await rejection(
+      client.updateTenantSettings({ settings: {}, updateMask: { paths: ["budget"] } }),
+    );
+    expect(bad.rawMessage).toContain('unknown path "budget"');
   });
 
   it("admin - a user token on an ADMIN method is PERMISSION_DENIED", async () => {
