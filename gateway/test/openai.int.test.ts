@@ -516,6 +516,57 @@ describe("openai client against the gateway", () => {
     expect(fresh).toContain("fast");
   });
 
+  it("guardrails - a tenant's redaction reaches the answer, a blocked prompt is content_policy_violation, a blocked answer ends with content_filter", async () => {
+    const tenant = await rpc<{ tokens: { accessToken: string } }>("Signup", {
+      email: `guarded-${Date.now()}@example.com`,
+      password: PASSWORD,
+      tenantName: "guarded tenant",
+    });
+    const token = tenant.tokens.accessToken;
+    await rpc(
+      "UpdateTenantSettings",
+      {
+        settings: {
+          guardrails: {
+            redactPii: ["PII_KIND_EMAIL"],
+            blockedTerms: ["Project Falcon"],
+            blockedOutputTerms: ["pineapple"],
+          },
+        },
+        updateMask: "guardrails",
+      },
+      token,
+    );
+    const sdk = client(token);
+    const answer = await sdk.chat.completions.create({
+      model: "sim-fast",
+      messages: [{ role: "user", content: "Reply to ann@example.com" }],
+    });
+    expect(answer.choices[0]?.message.content).toContain("Reply to [EMAIL]");
+    const blocked = await sdk.chat.completions
+      .create({
+        model: "sim-fast",
+        messages: [{ role: "user", content: "Project Falcon status?" }],
+      })
+      .catch((e: unknown) => e);
+    expect(blocked).toBeInstanceOf(OpenAI.BadRequestError);
+    const bad = blocked as InstanceType<typeof OpenAI.BadRequestError>;
+    expect(bad.code).toBe("content_policy_violation");
+    expect(bad.message).toContain('contains the blocked term "Project Falcon"');
+    let text = "";
+    let finish: string | null | undefined;
+    for await (const chunk of await sdk.chat.completions.create({
+      model: "sim-fast",
+      stream: true,
+      messages: [{ role: "user", content: "Say pineapple twice" }],
+    })) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect(finish).toBe("content_filter");
+    expect(text).not.toMatch(/pine/i);
+  });
+
   it("auto - the categorizer picks the model: a proof goes to the thinking role, a quick fact to the fast one", async () => {
     const openai = client(accessToken);
     const { data: proof, response } = await openai.chat.completions

@@ -45,6 +45,19 @@ describe("openai errors", () => {
       logs.logger,
     );
     expect(viaTrailer.param).toBe("model");
+    const guarded = toOpenAiError(
+      new ConnectError(
+        "blocked by the tenant's guardrails: messages[0].content[0] contains an email address",
+        Code.InvalidArgument,
+      ),
+      { ...chat, trailers: new Headers({ "x-invalid-field": "messages[0].content[0]" }) },
+      logs.logger,
+    );
+    expect([guarded.status, guarded.code, guarded.param]).toEqual([
+      400,
+      "content_policy_violation",
+      "messages[0].content[0]",
+    ]);
   });
 
   it("resource exhausted - a rate limit carries Retry-After, a budget says insufficient_quota and not to retry", () => {

@@ -59,6 +59,8 @@ export interface ErrorContext {
 const FIELD_PATH = /^([a-z_][a-z0-9_]*(?:\[\d+\]|\["[^"]*"\]|\.[a-z_][a-z0-9_]*)*): /;
 
 const BUDGET_WORDS = /\b(budget|spend|quota|spending limit)\b/i;
+/** model-proxy's refusal of a prompt under the tenant's guardrails. */
+const GUARDRAIL_REFUSAL = /^blocked by the tenant's guardrails\b/;
 /** model-proxy's own budget refusal (it also carries retry-after-ms: the month's end). */
 const BUDGET_REFUSAL = /^monthly budget exceeded\b/;
 
@@ -79,7 +81,11 @@ export function toOpenAiError(err: unknown, ctx: ErrorContext, logger: Logger): 
       } else if (param !== null && ctx.param !== undefined) {
         param = ctx.param(param);
       }
-      return invalidRequest(text, param);
+      return invalidRequest(
+        text,
+        param,
+        GUARDRAIL_REFUSAL.test(message) ? "content_policy_violation" : null,
+      );
     }
     case Code.Unauthenticated:
       return new OpenAiError(401, message, "authentication_error", null, "invalid_api_key");

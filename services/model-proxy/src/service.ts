@@ -47,6 +47,17 @@ import { cacheKey, type ResponseCache } from "./cache.js";
 import type { SemanticCache, SemanticProbe } from "./semantic-cache.js";
 import type { CallLogs } from "./call-logs.js";
 import type { TenantDefaults, TenantSettings } from "./tenant-settings.js";
+import {
+  guardChat,
+  guardsInput,
+  guardTexts,
+  GuardrailStats,
+  OutputGuard,
+  textOfParts,
+  withheldFor,
+  withheldNote,
+  type CompiledGuardrails,
+} from "./guardrails.js";
 import type { DeploymentLimiter } from "./limits.js";
 import { safeToken } from "./accounting/keys.js";
 import type { StoredResponses } from "./stored-responses.js";
@@ -136,6 +147,7 @@ interface RecordFields {
 export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
   const { catalog, router, accounting, cache } = deps;
   const cacheStats = deps.metrics === undefined ? undefined : cacheMetrics(deps.metrics);
+  const guardStats = new GuardrailStats(deps.metrics);
 
   function callerOf(ctx: HandlerContext): { principal: Principal; caller: Caller } {
     const principal = principalOf(ctx);
@@ -440,16 +452,19 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
    * the input checked against its context window, the budget, an id, and (when the cache is on
    * for this call) a cached answer, re-issued at zero cost.
    */
-  async function beginChat(req: ChatRequest, ctx: HandlerContext) {
+  async function beginChat(asked: ChatRequest, ctx: HandlerContext) {
     const started = performance.now();
     const { caller } = callerOf(ctx);
-    const model = await callableModel(caller, req.model, req.fallbackModels);
+    const model = await callableModel(caller, asked.model, asked.fallbackModels);
+    // One (cached) read of the tenant's settings for the guardrails, the cache and the call log.
+    const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
+    // From here on, the request is the guarded one: the provider, the cache and the log see it.
+    const req = guardChat(tenant.guardrails, asked, guardStats);
+    const guardrails = tenant.guardrails;
     const input = checkChat(model, req);
     await accounting.checkBudget(caller, costOf(model, input, 0));
     await admitKey(caller, input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-    // One (cached) read of the tenant's settings for the cache and the call log.
-    const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
     const cacheMode = cacheFor(caller, req.cache, true, tenant);
     const useCache = cacheMode !== "off";
     const key = useCache ? cacheKey(ChatRequestSchema, req) : "";
@@ -546,27 +561,72 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       );
       return error;
     };
-    return { started, caller, model, input, id, useCache, hit, store, recordChat, fail };
+    return {
+      req,
+      guardrails,
+      started,
+      caller,
+      model,
+      input,
+      id,
+      useCache,
+      hit,
+      store,
+      recordChat,
+      fail,
+    };
+  }
+
+  /**
+   * The answer as the caller may see it: with its text withheld (finish reason CONTENT_FILTER)
+   * when it holds one of the tenant's blocked output terms, and a note for the call log.
+   */
+  function screened(
+    g: CompiledGuardrails,
+    response: ChatResponse,
+  ): { response: ChatResponse; withheld?: string } {
+    if (g.blockedOutputTerms === undefined) return { response };
+    const term = withheldFor(g, textOfParts(response.message?.content ?? []), guardStats);
+    if (term === undefined) return { response };
+    const out = clone(ChatResponseSchema, response);
+    if (out.message !== undefined) out.message.content = [];
+    out.finishReason = FinishReason.CONTENT_FILTER;
+    return { response: out, withheld: withheldNote(term) };
   }
 
   return {
-    async chat(req, ctx) {
-      const { started, caller, model, input, id, useCache, hit, store, recordChat, fail } =
-        await beginChat(req, ctx);
+    async chat(asked, ctx) {
+      const {
+        req,
+        guardrails,
+        started,
+        caller,
+        model,
+        input,
+        id,
+        useCache,
+        hit,
+        store,
+        recordChat,
+        fail,
+      } = await beginChat(asked, ctx);
       if (hit !== undefined) {
         const latency = performance.now() - started;
-        const response = create(ChatResponseSchema, {
-          ...hit.response,
-          id,
-          servedBy: hit.served,
-          usage: hit.usage,
-          latency: duration(latency),
-          timeToFirstToken: duration(latency),
-          createTime: timestampNow(),
-        });
+        const { response, withheld } = screened(
+          guardrails,
+          create(ChatResponseSchema, {
+            ...hit.response,
+            id,
+            servedBy: hit.served,
+            usage: hit.usage,
+            latency: duration(latency),
+            timeToFirstToken: duration(latency),
+            createTime: timestampNow(),
+          }),
+        );
         recordChat(
           { model, served: hit.served, usage: hit.usage, latencyMs: latency, cacheHit: true },
-          { response },
+          { response, ...(withheld !== undefined ? { error: withheld } : {}) },
         );
         return response;
       }
@@ -585,19 +645,27 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         const latency = performance.now() - started;
         const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
         const usage = usageOf(routed.model, r.inputTokens, r.outputTokens, false);
-        const response = create(ChatResponseSchema, {
-          id,
-          servedBy: served,
-          message: r.message,
-          reasoning: r.reasoning,
-          finishReason: r.finishReason,
-          usage,
-          latency: duration(latency),
-          timeToFirstToken: duration(latency),
-          createTime: timestampNow(),
-        });
-        recordChat({ model: routed.model, served, usage, latencyMs: latency }, { response });
-        if (useCache && r.finishReason !== FinishReason.LENGTH) store(response);
+        const { response, withheld } = screened(
+          guardrails,
+          create(ChatResponseSchema, {
+            id,
+            servedBy: served,
+            message: r.message,
+            reasoning: r.reasoning,
+            finishReason: r.finishReason,
+            usage,
+            latency: duration(latency),
+            timeToFirstToken: duration(latency),
+            createTime: timestampNow(),
+          }),
+        );
+        recordChat(
+          { model: routed.model, served, usage, latencyMs: latency },
+          { response, ...(withheld !== undefined ? { error: withheld } : {}) },
+        );
+        if (useCache && withheld === undefined && r.finishReason !== FinishReason.LENGTH) {
+          store(response);
+        }
         return response;
       } catch (err) {
         throw fail(err, false);
@@ -605,20 +673,40 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     },
 
     async *streamChat(sreq, ctx) {
-      const req = sreq.chat;
-      if (req === undefined) throw new InvalidArgumentError("chat is required", { field: "chat" });
+      const asked = sreq.chat;
+      if (asked === undefined) {
+        throw new InvalidArgumentError("chat is required", { field: "chat" });
+      }
       const log = loggerOf(ctx);
-      const { started, caller, model, input, id, useCache, hit, store, recordChat, fail } =
-        await beginChat(req, ctx);
+      const {
+        req,
+        guardrails,
+        started,
+        caller,
+        model,
+        input,
+        id,
+        useCache,
+        hit,
+        store,
+        recordChat,
+        fail,
+      } = await beginChat(asked, ctx);
       if (hit !== undefined) {
         yield event({
           case: "start",
           value: { id, servedBy: hit.served, createTime: timestampNow() },
         });
-        let text = "";
-        for (const p of hit.response.message?.content ?? [])
-          if (p.part.case === "text") text += p.part.value;
-        const toolCalls = (hit.response.message?.toolCalls ?? []).map((c, index) => ({
+        const { response, withheld } = screened(
+          guardrails,
+          create(ChatResponseSchema, {
+            ...hit.response,
+            id,
+            servedBy: hit.served,
+            usage: hit.usage,
+          }),
+        );
+        const toolCalls = (response.message?.toolCalls ?? []).map((c, index) => ({
           index,
           id: c.id,
           name: c.name,
@@ -626,13 +714,18 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         }));
         yield event({
           case: "delta",
-          value: { content: text, reasoning: hit.response.reasoning, toolCalls },
+          value: {
+            content: textOfParts(response.message?.content ?? []),
+            reasoning: response.reasoning,
+            toolCalls,
+          },
         });
         const latency = performance.now() - started;
+        response.latency = duration(latency);
         yield event({
           case: "end",
           value: {
-            finishReason: hit.response.finishReason,
+            finishReason: response.finishReason,
             usage: hit.usage,
             latency: duration(latency),
             timeToFirstToken: duration(latency),
@@ -648,15 +741,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             cacheHit: true,
             streaming: true,
           },
-          {
-            response: create(ChatResponseSchema, {
-              ...hit.response,
-              id,
-              servedBy: hit.served,
-              usage: hit.usage,
-              latency: duration(latency),
-            }),
-          },
+          { response, ...(withheld !== undefined ? { error: withheld } : {}) },
         );
         return;
       }
@@ -693,20 +778,31 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
       const it = coalesceDeltas(routed.value.it);
       let chunk: ChatChunk | undefined = routed.value.first;
+      // What the provider produced (for the usage of a cut stream) and what the caller was sent
+      // (the same, unless the tenant's output rules hold text back or withhold the answer).
       let content = "";
+      let shown = "";
       let reasoning = "";
+      const guard =
+        guardrails.blockedOutputTerms === undefined
+          ? undefined
+          : new OutputGuard(guardrails.blockedOutputTerms);
       // Tool calls arrive in fragments (by index); the assembled answer carries them whole.
       const calls = new Map<number, { id: string; name: string; arguments: string }>();
       /** What was streamed so far, as one assistant message. */
       const streamedMessage = () => ({
         role: ChatRole.ASSISTANT,
-        content: content === "" ? [] : [{ part: { case: "text" as const, value: content } }],
+        content: shown === "" ? [] : [{ part: { case: "text" as const, value: shown } }],
         toolCalls: [...calls.entries()].sort(([a], [b]) => a - b).map(([, call]) => call),
       });
       let finished = false;
       let outcome: unknown;
       try {
         yield event({ case: "start", value: { id, servedBy: served, createTime: timestampNow() } });
+        /** A blocked output term the answer held: the rest is withheld. */
+        let withheld: string | undefined;
+        /** The provider's own usage, once its stream ended. */
+        let endUsage: Usage | undefined;
         while (chunk !== undefined) {
           if (chunk.type === "delta") {
             content += chunk.content;
@@ -718,17 +814,40 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               call.arguments += d.arguments;
               calls.set(d.index, call);
             }
-            yield event({
-              case: "delta",
-              value: {
-                content: chunk.content,
-                reasoning: chunk.reasoning,
-                toolCalls: chunk.toolCalls,
-              },
-            });
+            let text = chunk.content;
+            if (guard !== undefined) {
+              const checked = guard.push(chunk.content);
+              if ("blocked" in checked) {
+                withheld = checked.blocked;
+                break;
+              }
+              text = checked.send;
+            }
+            shown += text;
+            if (text !== "" || chunk.reasoning !== "" || chunk.toolCalls.length > 0) {
+              yield event({
+                case: "delta",
+                value: { content: text, reasoning: chunk.reasoning, toolCalls: chunk.toolCalls },
+              });
+            }
           } else {
             const latency = performance.now() - started;
             const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
+            if (guard !== undefined) {
+              const checked = guard.end();
+              if ("blocked" in checked) {
+                withheld = checked.blocked;
+                endUsage = usage;
+                break;
+              }
+              if (checked.send !== "") {
+                shown += checked.send;
+                yield event({
+                  case: "delta",
+                  value: { content: checked.send, reasoning: "", toolCalls: [] },
+                });
+              }
+            }
             finished = true;
             const response = create(ChatResponseSchema, {
               id,
@@ -766,6 +885,50 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           }
           const next = await it.next();
           chunk = next.done === true ? undefined : next.value;
+        }
+        if (withheld !== undefined) {
+          // The rest of the answer is not read: the provider's stream is closed, and what it
+          // produced so far is billed (its own usage when it had already ended).
+          finished = true;
+          guardStats.count("withhold", "output_term");
+          if (endUsage === undefined) await it.return?.();
+          const latency = performance.now() - started;
+          const usage =
+            endUsage ??
+            usageOf(routed.model, input, estimateTextTokens(content + reasoning), false);
+          recordChat(
+            {
+              model: routed.model,
+              served,
+              usage,
+              latencyMs: latency,
+              ttftMs: ttft,
+              streaming: true,
+            },
+            {
+              response: create(ChatResponseSchema, {
+                id,
+                servedBy: served,
+                message: streamedMessage(),
+                reasoning,
+                finishReason: FinishReason.CONTENT_FILTER,
+                usage,
+                latency: duration(latency),
+                timeToFirstToken: duration(ttft),
+              }),
+              error: withheldNote(withheld),
+            },
+          );
+          yield event({
+            case: "end",
+            value: {
+              finishReason: FinishReason.CONTENT_FILTER,
+              usage,
+              latency: duration(latency),
+              timeToFirstToken: duration(ttft),
+              servedBy: served,
+            },
+          });
         }
         if (!finished) {
           throw new ProviderError(
@@ -816,16 +979,19 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       }
     },
 
-    async embed(req, ctx) {
+    async embed(asked, ctx) {
       const started = performance.now();
       const { caller } = callerOf(ctx);
-      const model = await callableModel(caller, req.model);
+      const model = await callableModel(caller, asked.model);
       requireCapability(model, Capability.EMBEDDINGS, "embeddings");
+      const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
+      const req = guardsInput(tenant.guardrails) ? clone(EmbedRequestSchema, asked) : asked;
+      if (req !== asked)
+        req.inputs = guardTexts(tenant.guardrails, req.inputs, "inputs", guardStats);
       const input = req.inputs.reduce((n, text) => n + estimateTextTokens(text), 0);
       await accounting.checkBudget(caller, costOf(model, input, 0));
       await admitKey(caller, input);
       const id = `emb-${randomUUID().replaceAll("-", "")}`;
-      const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
       const useCache = cacheFor(caller, req.cache, false, tenant) !== "off";
       const key = useCache ? cacheKey(EmbedRequestSchema, req) : "";
       if (useCache) {
@@ -908,7 +1074,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       const { caller } = callerOf(ctx);
       const model = await callableModel(caller, req.model);
       requireCapability(model, Capability.IMAGE_GENERATION, "image generation");
-      const input = estimateTextTokens(req.prompt);
+      const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
+      const [prompt = ""] = guardTexts(tenant.guardrails, [req.prompt], "prompt", guardStats);
+      const input = estimateTextTokens(prompt);
       await accounting.checkBudget(caller, costOf(model, input, 0));
       await admitKey(caller, input);
       const id = `img-${randomUUID().replaceAll("-", "")}`;
@@ -921,7 +1089,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           (client, _d, m) =>
             client.generateImage({
               model: m.providerModelId,
-              prompt: req.prompt,
+              prompt,
               n: req.n === 0 ? 1 : req.n,
               size: req.size,
               quality: req.quality,

@@ -1,17 +1,27 @@
 // A tenant's settings (auth's GetTenantSettings, asked with the caller's own token): whether
-// every chat is logged and which response cache calls use when they do not choose. Cached per
-// tenant for BUDGET_CACHE_MS, like the budgets, so a warm call asks nothing. When auth cannot be
-// asked, the last known settings are used, else the defaults (nothing logged, the deployment's
-// cache default), and the failure is logged: settings are defaults, never a reason to fail a call.
-import { TtlCache, type GrpcClient, type Logger } from "@ensemble/kit";
+// every chat is logged, which response cache calls use when they do not choose, and the
+// guardrails (compiled once per read). Cached per tenant for BUDGET_CACHE_MS, like the budgets,
+// so a warm call asks nothing. When auth cannot be asked, the last known settings are used and
+// the failure is logged. With none known the call is refused (UNAVAILABLE), as the budget check
+// refuses it: the guardrails are a tenant's safety rule, so calls never run without them by
+// accident.
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  PermissionDeniedError,
+  TtlCache,
+  UnavailableError,
+  type GrpcClient,
+  type Logger,
+} from "@ensemble/kit";
 import { DefaultCache, type AuthService } from "@ensemble/proto";
+import { compileGuardrails, type CompiledGuardrails } from "./guardrails.js";
 
 export interface TenantDefaults {
   logCalls: boolean;
   cache: DefaultCache;
+  guardrails: CompiledGuardrails;
 }
 
-const DEFAULTS: TenantDefaults = { logCalls: false, cache: DefaultCache.UNSPECIFIED };
 const AUTH_TIMEOUT_MS = 5_000;
 
 export class TenantSettings {
@@ -29,7 +39,7 @@ export class TenantSettings {
     this.#logger = opts.logger;
   }
 
-  /** The tenant's settings; never rejects. */
+  /** The tenant's settings; UNAVAILABLE when auth cannot be asked and none are known. */
   async get(tenantId: string, token: string): Promise<TenantDefaults> {
     try {
       return await this.#cache.get(tenantId, async () => {
@@ -40,17 +50,32 @@ export class TenantSettings {
         const settings = {
           logCalls: res.settings?.logCalls ?? false,
           cache: res.settings?.defaultCache ?? DefaultCache.UNSPECIFIED,
+          guardrails: compileGuardrails(res.settings?.guardrails),
         };
         if (this.#known.size > 100_000) this.#known.clear();
         this.#known.set(tenantId, settings);
         return settings;
       });
     } catch (err) {
+      const code = err instanceof ConnectError ? err.code : Code.Unknown;
+      if (code === Code.PermissionDenied || code === Code.Unauthenticated) {
+        throw new PermissionDeniedError(
+          "the caller's tenant settings cannot be read with its credentials",
+          { cause: err },
+        );
+      }
+      const known = this.#known.get(tenantId);
+      if (known === undefined) {
+        throw new UnavailableError(
+          "the tenant's settings (its guardrails) are unavailable (auth did not answer); retry",
+          { cause: err },
+        );
+      }
       this.#logger.warn(
         { err, tenantId },
-        "tenant settings could not be read from auth; using the last known ones or the defaults",
+        "tenant settings could not be read from auth; using the last known ones",
       );
-      return this.#known.get(tenantId) ?? DEFAULTS;
+      return known;
     }
   }
 }

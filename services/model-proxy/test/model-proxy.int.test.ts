@@ -16,6 +16,7 @@ import {
   ChatRole,
   FinishReason,
   ModelProxyService,
+  PiiKind,
   RegistryService,
   UsageDimension,
   type ChatRequest,
@@ -798,6 +799,102 @@ describe("model-proxy", () => {
     const again = await mp.chat(chat("sim-fast", "tenant defaults"), { headers: quinn.headers });
     expect(again.servedBy?.cacheHit).toBe(false);
     expect((await mp.listCallLogs({}, { headers: quinn.headers })).calls).toEqual([]);
+  });
+
+  it("guardrails - PII redacted before the provider, secrets and blocked terms refused, answers with a blocked term withheld (streamed too, no part sent)", async () => {
+    const gia = await signup("gia");
+    await createClient(AuthService, auth.address).updateTenantSettings(
+      {
+        settings: {
+          logCalls: true,
+          guardrails: {
+            redactPii: [PiiKind.EMAIL, PiiKind.CREDIT_CARD],
+            blockPii: [PiiKind.SECRET],
+            blockedTerms: ["Project Falcon"],
+            blockedOutputTerms: ["pineapple"],
+          },
+        },
+      },
+      { headers: gia.headers },
+    );
+    const opts = { headers: gia.headers };
+    // The simulator repeats the prompt: what it was sent shows in its answer.
+    const redacted = await mp.chat(
+      chat("sim-fast", "Mail jane.doe@example.com, card 4111 1111 1111 1111, thanks"),
+      opts,
+    );
+    const said = textOf(redacted.message);
+    expect(said).toContain("Mail [EMAIL], card [CREDIT_CARD], thanks");
+    expect(said).not.toContain("jane.doe");
+    expect(said).not.toContain("4111");
+    const secret = await expectCode(
+      mp.chat(chat("sim-fast", "use key sk-proj-abcdefghijklmnopqrstuvwxyz0123 please"), opts),
+      Code.InvalidArgument,
+    );
+    expect(secret.rawMessage).toBe(
+      "blocked by the tenant's guardrails: messages[0].content[0] contains an API key or secret, which may not be sent to a model provider",
+    );
+    const refused = await collect(
+      mp.streamChat({ chat: chat("sim-fast", "status of PROJECT   falcon?") }, opts),
+    );
+    expect(refused.events).toEqual([]);
+    const term = ConnectError.from(refused.error);
+    expect(Code[term.code]).toBe("InvalidArgument");
+    expect(term.rawMessage).toContain('contains the blocked term "PROJECT   falcon"');
+
+    // Answers: withheld whole (unary), or cut before the term (stream) with nothing of it sent.
+    const unary = await mp.chat(chat("sim-fast", "I like pineapple a lot"), opts);
+    expect(unary.finishReason).toBe(FinishReason.CONTENT_FILTER);
+    expect(textOf(unary.message)).toBe("");
+    const streamed = await collect(
+      mp.streamChat({ chat: chat("sim-fast", "I like pineapple a lot") }, opts),
+    );
+    expect(streamed.error).toBeUndefined();
+    let sent = "";
+    for (const e of streamed.events) if (e.event.case === "delta") sent += e.event.value.content;
+    expect(sent).toContain('You said: "I like ');
+    expect(sent.toLowerCase()).not.toContain("pine");
+    const end = streamed.events.at(-1)?.event;
+    expect(end?.case === "end" && end.value.finishReason).toBe(FinishReason.CONTENT_FILTER);
+    // Whole words only: "pineapples" is not the blocked term; the stream sends all of it.
+    const plural = await collect(
+      mp.streamChat({ chat: chat("sim-fast", "I like pineapples a lot") }, opts),
+    );
+    let all = "";
+    for (const e of plural.events) if (e.event.case === "delta") all += e.event.value.content;
+    const whole = await mp.chat(chat("sim-fast", "I like pineapples a lot"), opts);
+    expect(all).toBe(textOf(whole.message));
+    expect(whole.finishReason).toBe(FinishReason.STOP);
+
+    // Embeddings are of the redacted text: the same vector another tenant gets for it.
+    const [mine, plain] = await Promise.all([
+      mp.embed({ model: "sim-embed", inputs: ["write to jane.doe@example.com"] }, opts),
+      mp.embed({ model: "sim-embed", inputs: ["write to [EMAIL]"] }, opts),
+    ]);
+    expect(mine.embeddings[0]?.values).toEqual(plain.embeddings[0]?.values);
+
+    // The call log keeps what the provider was sent, and why an answer was withheld.
+    const deadline = Date.now() + 10_000;
+    let logs = await mp.listCallLogs({}, opts);
+    while (logs.calls.length < 5 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      logs = await mp.listCallLogs({}, opts);
+    }
+    const logged = await mp.getCallLog({ id: redacted.id }, opts);
+    expect(textOf(logged.call?.request?.messages[0])).toBe(
+      "Mail [EMAIL], card [CREDIT_CARD], thanks",
+    );
+    const held = await mp.getCallLog({ id: unary.id }, opts);
+    expect(held.call?.error).toBe(
+      'answer withheld by the tenant\'s guardrails: it contained the blocked term "pineapple"',
+    );
+
+    // Another tenant has no guardrails.
+    const hal = await signup("hal");
+    const free = await mp.chat(chat("sim-fast", "Mail jane.doe@example.com"), {
+      headers: hal.headers,
+    });
+    expect(textOf(free.message)).toContain("jane.doe@example.com");
   });
 
   it("Embed, CountTokens and GenerateImage", async () => {
