@@ -596,20 +596,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
 
   return {
     async chat(asked, ctx) {
-      const {
-        req,
-        guardrails,
-        started,
-        caller,
-        model,
-        input,
-        id,
-        useCache,
-        hit,
-        store,
-        recordChat,
-        fail,
-      } = await beginChat(asked, ctx);
+      const begun = await beginChat(asked, ctx);
+      const { req, guardrails, started, caller, model, input, id } = begun;
+      const { useCache, hit, store, recordChat, fail } = begun;
       if (hit !== undefined) {
         const latency = performance.now() - started;
         const { response, withheld } = screened(
@@ -678,20 +667,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         throw new InvalidArgumentError("chat is required", { field: "chat" });
       }
       const log = loggerOf(ctx);
-      const {
-        req,
-        guardrails,
-        started,
-        caller,
-        model,
-        input,
-        id,
-        useCache,
-        hit,
-        store,
-        recordChat,
-        fail,
-      } = await beginChat(asked, ctx);
+      const begun = await beginChat(asked, ctx);
+      const { req, guardrails, started, caller, model, input, id } = begun;
+      const { useCache, hit, store, recordChat, fail } = begun;
       if (hit !== undefined) {
         yield event({
           case: "start",
