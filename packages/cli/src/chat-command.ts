@@ -4,7 +4,7 @@ import { createInterface } from "node:readline/promises";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { ChatRole, ModelProxyService, type ChatMessageSchema } from "@ensemble/proto";
+import { ChatRole, FinishReason, ModelProxyService, type ChatMessageSchema } from "@ensemble/proto";
 import type { Context } from "./context.js";
 import { usd, type Output } from "./output.js";
 import { UsageError, type Gateway } from "./session.js";
@@ -57,6 +57,7 @@ async function ask(
     },
   });
   let answer = "";
+  let finishReason = FinishReason.UNSPECIFIED;
   let summary: {
     id?: string;
     model?: string | undefined;
@@ -76,6 +77,7 @@ async function ask(
       summary = { id: event.value.id, model: event.value.servedBy?.model };
     } else if (event.case === "end") {
       const usage = event.value.usage;
+      finishReason = event.value.finishReason;
       summary = {
         ...summary,
         model: event.value.servedBy?.model ?? summary.model,
@@ -98,6 +100,13 @@ async function ask(
     // Where to read it back (on stderr: stdout holds only the answer).
     if (opts.log === true && summary.id !== undefined)
       out.notice(`logged: ensemble logs get ${summary.id}`);
+  }
+  // Else an empty (or cut) answer would go unexplained. A streamed answer may have been sent up
+  // to the withheld part.
+  if (finishReason === FinishReason.CONTENT_FILTER) {
+    out.notice(
+      `${answer === "" ? "the answer" : "the rest of the answer"} was withheld by a content filter (the tenant's guardrails, see ensemble tenant settings; or the provider's)`,
+    );
   }
   return answer;
 }

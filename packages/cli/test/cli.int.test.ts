@@ -886,9 +886,11 @@ describe("ensemble CLI against a live mesh", () => {
     type Settings = {
       logCalls: boolean;
       defaultCache: string;
+      guardrails: Record<string, string[]>;
       updateTime: string | null;
       updatedBy: string | null;
     };
+    const noGuardrails = { redactPii: [], blockPii: [], blockedTerms: [], blockedOutputTerms: [] };
     const settings = async (args: string[] = [], env?: NodeJS.ProcessEnv) => {
       const res = await cli(["--json", "tenant", "settings", ...args], env ? { env } : {});
       expect(res.code, res.stderr).toBe(0);
@@ -897,6 +899,7 @@ describe("ensemble CLI against a live mesh", () => {
     await expect(settings()).resolves.toEqual({
       logCalls: false,
       defaultCache: "default",
+      guardrails: noGuardrails,
       updateTime: null,
       updatedBy: null,
     });
@@ -907,6 +910,7 @@ describe("ensemble CLI against a live mesh", () => {
     expect(set).toEqual({
       logCalls: true,
       defaultCache: "exact",
+      guardrails: noGuardrails,
       updateTime: set.updateTime,
       updatedBy: me.userId,
     });
@@ -958,6 +962,139 @@ describe("ensemble CLI against a live mesh", () => {
       logCalls: false,
       defaultCache: "default",
     });
+  }, 60_000);
+
+  it("cli - tenant settings: an admin sets guardrails list by list, sees them as text and JSON, other changes keep them; chat redacts an email, refuses a blocked term, withholds a blocked answer", async () => {
+    // A tenant of its own, whose settings model-proxy has not read yet (it keeps them for
+    // BUDGET_CACHE_MS, 30s here, from a tenant's first call): its first chat sees what is set here.
+    const env = { XDG_CONFIG_HOME: join(home, "guarded") };
+    const as = (args: string[]) => cli(args, { env });
+    const signup = await cli(
+      ["signup", "-e", `cli-guard-${Date.now()}@example.com`, "--password-stdin"],
+      { stdin: `${PASSWORD}\n`, env },
+    );
+    expect(signup.code, signup.stderr).toBe(0);
+    type Settings = {
+      logCalls: boolean;
+      defaultCache: string;
+      guardrails: {
+        redactPii: string[];
+        blockPii: string[];
+        blockedTerms: string[];
+        blockedOutputTerms: string[];
+      };
+    };
+    const settings = async (args: string[] = []) => {
+      const res = await as(["--json", "tenant", "settings", ...args]);
+      expect(res.code, res.stderr).toBe(0);
+      return JSON.parse(res.stdout) as Settings;
+    };
+    await expect(settings()).resolves.toMatchObject({
+      guardrails: { redactPii: [], blockPii: [], blockedTerms: [], blockedOutputTerms: [] },
+    });
+    const fresh = await as(["tenant", "settings"]);
+    expect(fresh.code, fresh.stderr).toBe(0);
+    expect(fresh.stdout).toMatch(/^redact pii\s+none\nblock pii\s+none\nblock terms\s+none\n/m);
+
+    // An unknown kind: refused before anything is sent, naming the kinds there are.
+    const bad = await as(["tenant", "settings", "--redact-pii", "email,fax"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain(
+      "--redact-pii fax: expected one of email, phone, credit-card, iban, ip-address, us-ssn, secret",
+    );
+    expect(bad.stdout).toBe("");
+
+    const set = await as([
+      "tenant",
+      "settings",
+      "--redact-pii",
+      "email,phone",
+      "--block-pii",
+      "secret",
+      "--block-terms",
+      "Project Zephyr, codename",
+      "--block-output-terms",
+      "pineapple",
+    ]);
+    expect(set.code, set.stderr).toBe(0);
+    expect(set.stdout).toMatch(/^updated\n/);
+    expect(set.stdout).toMatch(
+      /^redact pii\s+email, phone \(replaced in prompts by \[EMAIL\], \[PHONE\] before a provider sees them\)$/m,
+    );
+    expect(set.stdout).toMatch(/^block pii\s+secret \(prompts holding one are refused\)$/m);
+    expect(set.stdout).toMatch(
+      /^block terms\s+"Project Zephyr", "codename" \(prompts holding one are refused\)$/m,
+    );
+    expect(set.stdout).toMatch(
+      /^block output terms\s+"pineapple" \(answers holding one are withheld\)$/m,
+    );
+    expect(set.stderr).toContain("BUDGET_CACHE_MS");
+    const guardrails = {
+      redactPii: ["email", "phone"],
+      blockPii: ["secret"],
+      blockedTerms: ["Project Zephyr", "codename"],
+      blockedOutputTerms: ["pineapple"],
+    };
+    await expect(settings()).resolves.toMatchObject({
+      logCalls: false,
+      defaultCache: "default",
+      guardrails,
+    });
+
+    // The cache and the call log change alone: the guardrails stay.
+    await expect(settings(["--cache", "off"])).resolves.toMatchObject({
+      defaultCache: "off",
+      guardrails,
+    });
+    await expect(settings(["--log-calls", "on"])).resolves.toMatchObject({
+      logCalls: true,
+      defaultCache: "off",
+      guardrails,
+    });
+    // A guardrail flag changes its list alone: the other lists, the cache and the call log stay.
+    const narrowed = {
+      redactPii: ["email"],
+      blockPii: [],
+      blockedTerms: ["Project Zephyr", "codename"],
+      blockedOutputTerms: ["pineapple"],
+    };
+    await expect(settings(["--redact-pii", "EMAIL", "--block-pii", "none"])).resolves.toEqual({
+      logCalls: true,
+      defaultCache: "off",
+      guardrails: narrowed,
+      updateTime: expect.stringMatching(/^\d{4}-/) as unknown,
+      updatedBy: expect.any(String) as unknown,
+    });
+    const read = await as(["tenant", "settings"]);
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stdout).toMatch(
+      /^log calls\s+on .*\ncache\s+off\nredact pii\s+email \(replaced in prompts by \[EMAIL\] before a provider sees them\)\nblock pii\s+none\nblock terms\s+"Project Zephyr", "codename" .*\nblock output terms\s+"pineapple" .*\nchanged\s+\d{4}-/,
+    );
+
+    // model-proxy applies them: the address never reaches the provider (the simulator repeats
+    // the prompt it got), a blocked term (any case) refuses the call, a blocked word in the
+    // answer withholds it.
+    const redacted = await as([
+      "chat",
+      "-m",
+      "sim-fast",
+      "Please write to jane.doe@example.com about the launch",
+    ]);
+    expect(redacted.code, redacted.stderr).toBe(0);
+    expect(redacted.stdout).toContain('You said: "Please write to [EMAIL] about the launch"');
+    expect(redacted.stdout).not.toContain("jane.doe@example.com");
+
+    const blocked = await as(["chat", "-m", "sim-fast", "What is the status of project zephyr?"]);
+    expect(blocked.code).toBe(1);
+    expect(blocked.stderr).toMatch(/^error: InvalidArgument: blocked by the tenant's guardrails/);
+    expect(blocked.stdout).toBe("");
+
+    const withheld = await as(["chat", "-m", "sim-fast", "My favourite fruit is pineapple"]);
+    expect(withheld.code, withheld.stderr).toBe(0);
+    expect(withheld.stdout).not.toContain("pineapple");
+    expect(withheld.stderr).toMatch(
+      /answer was withheld by a content filter \(the tenant's guardrails/,
+    );
   }, 60_000);
 
   it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
