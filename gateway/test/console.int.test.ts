@@ -681,7 +681,9 @@ describe("console", () => {
     const form = page.getByRole("form", { name: "Tenant settings" });
     const logCalls = form.getByLabel("Keep every chat in the call log");
     const cache = form.getByLabel("Default response cache");
-    const changed = form.getByTestId("settings-changed");
+    const changed = page
+      .getByRole("region", { name: "Tenant settings" })
+      .getByTestId("settings-changed");
     await logCalls.waitFor();
     // Nothing set yet: the defaults.
     await expect(logCalls.isChecked()).resolves.toBe(false);
@@ -726,6 +728,8 @@ describe("console", () => {
       defaultCache: "DEFAULT_CACHE_EXACT",
       updateTime: settings.updateTime,
       updatedBy: me.user.id,
+      // No guardrails yet: the lists are empty (left out of the JSON).
+      guardrails: {},
     });
 
     // Once model-proxy's cache of settings has expired, a chat that asks for neither the log nor
@@ -768,6 +772,117 @@ describe("console", () => {
     await expect(hitRow.locator(".tag").allTextContents()).resolves.toEqual(["cache"]);
   }, 60_000);
 
+  it("console - an admin sets guardrails (redact emails, a blocked term): saved without undoing the other settings, shown after a reload, applied to chats", async () => {
+    await nav(page, "Admin");
+    const form = page.getByRole("form", { name: "Guardrails" });
+    const email = form
+      .getByRole("radiogroup", { name: "Email addresses" })
+      .getByRole("radio", { name: "redact" });
+    const terms = form.getByLabel("Blocked prompt terms");
+    const outputTerms = form.getByLabel("Blocked answer terms");
+    const defaults = page.getByRole("form", { name: "Tenant settings" });
+    const logCalls = defaults.getByLabel("Keep every chat in the call log");
+    const cache = defaults.getByLabel("Default response cache");
+    await email.waitFor();
+    // None yet: every kind off, no terms.
+    await expect(form.getByRole("radio", { name: "off", checked: true }).count()).resolves.toBe(7);
+    await expect(terms.inputValue()).resolves.toBe("");
+    await expect(outputTerms.inputValue()).resolves.toBe("");
+
+    // A term longer than auth takes: the server's refusal is shown, nothing is saved.
+    await email.check();
+    await terms.fill(`Project Nightingale\n${"x".repeat(101)}`);
+    await form.getByRole("button", { name: "Save guardrails" }).click();
+    await expect(form.getByRole("alert").textContent()).resolves.toMatch(
+      /blocked_terms\[1\].*100 characters/,
+    );
+    await expect(form.getByRole("status").count()).resolves.toBe(0);
+
+    // Blank lines and spaces around a term are dropped; the form shows the lists as saved.
+    await terms.fill("  Project Nightingale  \n\nzebra crossing\n");
+    await outputTerms.fill("marmalade");
+    await form.getByRole("button", { name: "Save guardrails" }).click();
+    await expect(form.getByRole("status").textContent()).resolves.toMatch(
+      /Guardrails saved.*within about 30 s/,
+    );
+    await expect(form.getByRole("alert").count()).resolves.toBe(0);
+    await expect(terms.inputValue()).resolves.toBe("Project Nightingale\nzebra crossing");
+    await shot(page, "07d-admin-guardrails");
+    await page.setViewportSize({ width: 390, height: 844 });
+    await shot(page, "07d-admin-guardrails-narrow");
+    await page.setViewportSize({ width: 1280, height: 900 });
+
+    // Reloaded: the guardrails as saved, and the call log and cache defaults of the test before
+    // untouched by them.
+    await page.reload();
+    await email.waitFor();
+    await expect(email.isChecked()).resolves.toBe(true);
+    await expect(form.getByRole("radio", { name: "off", checked: true }).count()).resolves.toBe(6);
+    await expect(terms.inputValue()).resolves.toBe("Project Nightingale\nzebra crossing");
+    await expect(outputTerms.inputValue()).resolves.toBe("marmalade");
+    await expect(logCalls.isChecked()).resolves.toBe(true);
+    await expect(cache.locator("option:checked").textContent()).resolves.toBe("Exact");
+
+    // Saving the defaults leaves the guardrails alone, and the other way round.
+    await cache.selectOption({ label: "Off" });
+    await defaults.getByRole("button", { name: "Save settings" }).click();
+    await defaults.getByRole("status").waitFor();
+    await page.reload();
+    await email.waitFor();
+    await expect(cache.locator("option:checked").textContent()).resolves.toBe("Off");
+    await expect(email.isChecked()).resolves.toBe(true);
+    await expect(terms.inputValue()).resolves.toBe("Project Nightingale\nzebra crossing");
+    await expect(outputTerms.inputValue()).resolves.toBe("marmalade");
+    const { accessToken } = await storedSession(page);
+    const res = await fetch(`${gw.url}/${AuthService.typeName}/GetTenantSettings`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+      body: "{}",
+    });
+    expect(res.status).toBe(200);
+    const { settings } = (await res.json()) as { settings: Record<string, unknown> };
+    expect(settings).toMatchObject({
+      logCalls: true,
+      defaultCache: "DEFAULT_CACHE_OFF",
+      guardrails: {
+        redactPii: ["PII_KIND_EMAIL"],
+        blockedTerms: ["Project Nightingale", "zebra crossing"],
+        blockedOutputTerms: ["marmalade"],
+      },
+    });
+    expect(settings["guardrails"]).not.toHaveProperty("blockPii");
+
+    // Once model-proxy's cache of settings has expired: a chat with an email in it is answered
+    // (the simulator repeats the question) with the placeholder in its place, and one with the
+    // blocked term is refused, saying why.
+    await new Promise((r) => setTimeout(r, SETTINGS_CACHE_MS + 500));
+    await nav(page, "Chat");
+    await page.getByRole("button", { name: "New chat" }).click();
+    await page.getByLabel("Model").selectOption("sim-fast");
+    const address = `jane.doe.${Date.now()}@example.com`;
+    await page.getByLabel("Message").fill(`Please write to ${address} about the launch`);
+    await page.getByRole("button", { name: "Send" }).click();
+    const reply = page.locator('.msg.assistant[data-streaming="false"]').last();
+    await reply.waitFor({ timeout: 60_000 });
+    const answer = (await reply.locator(".text").textContent()) ?? "";
+    expect(answer).toContain("Please write to [EMAIL] about the launch");
+    expect(answer).not.toContain(address);
+    // The question on screen is the user's own, as typed.
+    await expect(page.locator(".msg.user .text").last().textContent()).resolves.toBe(
+      `Please write to ${address} about the launch`,
+    );
+
+    await page.getByLabel("Message").fill("What is the status of project nightingale?");
+    await page.getByRole("button", { name: "Send" }).click();
+    const refused = page.locator(".msg.assistant").nth(1);
+    await refused.locator(".error").waitFor({ timeout: 60_000 });
+    await expect(refused.locator(".error").textContent()).resolves.toMatch(
+      /^blocked by the tenant's guardrails/,
+    );
+    await expect(refused.locator(".text").textContent()).resolves.not.toMatch(/simulated/);
+    await shot(page, "02c-chat-guardrails");
+  }, 120_000);
+
   it("console - a user of another tenant sees none of it", async () => {
     const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const bob = await bobContext.newPage();
@@ -781,11 +896,20 @@ describe("console", () => {
       await bob.getByText("No API keys.").waitFor();
       await expect(bob.locator("table").first().textContent()).resolves.not.toContain("alice-");
       // Alice's tenant settings are hers: Bob's tenant has the defaults.
-      const settings = bob.getByRole("form", { name: "Tenant settings" });
+      const settings = bob.getByRole("region", { name: "Tenant settings" });
       await settings.getByTestId("settings-changed").getByText("Never changed").waitFor();
       await expect(
         settings.getByLabel("Keep every chat in the call log").isChecked(),
       ).resolves.toBe(false);
+      // Nor her guardrails.
+      const guardrails = bob.getByRole("form", { name: "Guardrails" });
+      await expect(
+        guardrails
+          .getByRole("radiogroup", { name: "Email addresses" })
+          .getByRole("radio", { name: "off" })
+          .isChecked(),
+      ).resolves.toBe(true);
+      await expect(guardrails.getByLabel("Blocked prompt terms").inputValue()).resolves.toBe("");
       // Alice's logged chat: not listed for Bob, and not found by its id.
       await nav(bob, "Logs");
       await bob.getByText("No logged calls yet.").waitFor();

@@ -1,13 +1,15 @@
 // Admin (tenant admins only): users and roles, API keys (the secret is shown once, at
 // creation and when the key is rolled) with their own limits (models, monthly budget, requests
 // and tokens per minute) and what each has spent this month, monthly budgets for the tenant and
-// per user, and the tenant's settings (every chat in the call log, the default response cache).
+// per user, and the tenant's settings (every chat in the call log, the default response cache,
+// and the guardrails: personal data redacted or refused, terms prompts and answers may not hold).
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   ApiKeyScope,
   BudgetScope,
   DefaultCache,
+  PiiKind,
   Role,
   UsageDimension,
   type ApiKey,
@@ -832,8 +834,10 @@ interface LoadedSettings {
 }
 
 /**
- * The tenant's settings (GetTenantSettings; UpdateTenantSettings replaces them as a whole).
- * model-proxy reads them through a cache, so a change reaches calls only after a while.
+ * The tenant's settings (GetTenantSettings): the defaults and the guardrails, each a form of its
+ * own that changes only its own fields (UpdateTenantSettings' update_mask), so saving one never
+ * undoes the other. model-proxy reads them through a cache, so a change reaches calls only after
+ * a while.
  */
 function TenantSettingsSection() {
   const loaded = useLoad(async (): Promise<LoadedSettings> => {
@@ -851,21 +855,41 @@ function TenantSettingsSection() {
     <section aria-label="Tenant settings">
       <h2>Tenant settings</h2>
       <p className="hint">
-        Defaults for every call of everyone in the tenant. model-proxy applies a change within about
-        30 seconds (its cache of settings, <code>BUDGET_CACHE_MS</code>); calls already made are not
+        For every call of everyone in the tenant. model-proxy applies a change within about 30
+        seconds (its cache of settings, <code>BUDGET_CACHE_MS</code>); calls already made are not
         affected.
       </p>
-      <Guard loaded={loaded}>{(d) => <TenantSettingsForm loaded={d} />}</Guard>
+      <Guard loaded={loaded}>{(d) => <TenantSettingsForms loaded={d} />}</Guard>
     </section>
   );
 }
 
-function TenantSettingsForm(props: { loaded: LoadedSettings }) {
+function TenantSettingsForms(props: { loaded: LoadedSettings }) {
   const { emails } = props.loaded;
   // As auth has them: loaded, then as each save returns them.
   const [settings, setSettings] = useState(props.loaded.settings);
-  const [logCalls, setLogCalls] = useState(settings?.logCalls ?? false);
-  const [cache, setCache] = useState(settings?.defaultCache ?? DefaultCache.UNSPECIFIED);
+  const by = settings?.updatedBy ?? "";
+  return (
+    <>
+      <TenantSettingsForm initial={props.loaded.settings} onSaved={setSettings} />
+      <GuardrailsForm initial={props.loaded.settings} onSaved={setSettings} />
+      <p className="muted" data-testid="settings-changed">
+        {settings?.updateTime === undefined
+          ? "Never changed: the defaults apply."
+          : `Last changed by ${emails.get(by) ?? (by || "an admin")} at ${fmtTime(settings.updateTime)}.`}
+      </p>
+    </>
+  );
+}
+
+/** The defaults a call uses when it does not choose: the call log and the response cache. */
+function TenantSettingsForm(props: {
+  initial: TenantSettings | undefined;
+  onSaved: (settings: TenantSettings | undefined) => void;
+}) {
+  const { initial, onSaved } = props;
+  const [logCalls, setLogCalls] = useState(initial?.logCalls ?? false);
+  const [cache, setCache] = useState(initial?.defaultCache ?? DefaultCache.UNSPECIFIED);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string>();
   const [saved, setSaved] = useState(false);
@@ -879,8 +903,10 @@ function TenantSettingsForm(props: { loaded: LoadedSettings }) {
     try {
       const res = await api.auth.updateTenantSettings({
         settings: { logCalls, defaultCache: cache },
+        // Only what this form shows: the guardrails stay as they are.
+        updateMask: { paths: ["log_calls", "default_cache"] },
       });
-      setSettings(res.settings);
+      onSaved(res.settings);
       setSaved(true);
     } catch (err) {
       setError(errorText(err));
@@ -889,7 +915,6 @@ function TenantSettingsForm(props: { loaded: LoadedSettings }) {
     }
   };
 
-  const by = settings?.updatedBy ?? "";
   return (
     <form className="settings" onSubmit={(e) => void save(e)} aria-label="Tenant settings">
       <label className="check">
@@ -929,11 +954,181 @@ function TenantSettingsForm(props: { loaded: LoadedSettings }) {
       </button>
       {saved && <p role="status">Settings saved. Calls follow them within about 30 seconds.</p>}
       <ErrorBox error={error} />
-      <p className="muted" data-testid="settings-changed">
-        {settings?.updateTime === undefined
-          ? "Never changed: the defaults apply."
-          : `Last changed by ${emails.get(by) ?? (by || "an admin")} at ${fmtTime(settings.updateTime)}.`}
+    </form>
+  );
+}
+
+/** The kinds of personal data and secrets model-proxy finds in prompts, in the order offered. */
+const PII_KINDS: Array<{ kind: PiiKind; label: string; example: string }> = [
+  { kind: PiiKind.EMAIL, label: "Email addresses", example: "jane@example.com" },
+  { kind: PiiKind.PHONE, label: "Phone numbers", example: "+44 20 7946 0958" },
+  { kind: PiiKind.CREDIT_CARD, label: "Payment card numbers", example: "Luhn-valid" },
+  { kind: PiiKind.IBAN, label: "IBANs", example: "with a valid check sum" },
+  { kind: PiiKind.IP_ADDRESS, label: "IP addresses", example: "IPv4 or IPv6" },
+  { kind: PiiKind.US_SSN, label: "US social security numbers", example: "123-45-6789" },
+  {
+    kind: PiiKind.SECRET,
+    label: "API keys and secrets",
+    example: "provider keys, tokens, JWTs, private keys",
+  },
+];
+
+/** What the guardrails do with a kind of personal data in a prompt. */
+type PiiAction = "off" | "redact" | "block";
+
+const PII_ACTIONS: PiiAction[] = ["off", "redact", "block"];
+
+/** A term list's text (one term a line) as the list to send: lines trimmed, blank ones dropped. */
+function termsOf(text: string): string[] {
+  return text
+    .split("\n")
+    .map((t) => t.trim())
+    .filter((t) => t !== "");
+}
+
+/**
+ * The tenant's guardrails: per kind of personal data, whether prompts have it redacted or are
+ * refused, and the terms prompts and answers may not contain. Saved as a whole (update_mask
+ * "guardrails"); the term lists are shown again as auth stored them (trimmed, without
+ * duplicates).
+ */
+function GuardrailsForm(props: {
+  initial: TenantSettings | undefined;
+  onSaved: (settings: TenantSettings | undefined) => void;
+}) {
+  const { onSaved } = props;
+  const initial = props.initial?.guardrails;
+  const [redact, setRedact] = useState<PiiKind[]>(initial?.redactPii ?? []);
+  const [block, setBlock] = useState<PiiKind[]>(initial?.blockPii ?? []);
+  const [terms, setTerms] = useState((initial?.blockedTerms ?? []).join("\n"));
+  const [outputTerms, setOutputTerms] = useState((initial?.blockedOutputTerms ?? []).join("\n"));
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string>();
+  const [saved, setSaved] = useState(false);
+
+  // A kind in both lists is refused (model-proxy blocks it), so it shows as "block".
+  const actionOf = (kind: PiiKind): PiiAction =>
+    block.includes(kind) ? "block" : redact.includes(kind) ? "redact" : "off";
+  const setAction = (kind: PiiKind, action: PiiAction) => {
+    const without = (list: PiiKind[]) => list.filter((k) => k !== kind);
+    setRedact(action === "redact" ? [...without(redact), kind] : without(redact));
+    setBlock(action === "block" ? [...without(block), kind] : without(block));
+  };
+
+  const save = async (e: FormEvent) => {
+    e.preventDefault();
+    setError(undefined);
+    setSaved(false);
+    setBusy(true);
+    try {
+      const res = await api.auth.updateTenantSettings({
+        settings: {
+          guardrails: {
+            redactPii: redact,
+            blockPii: block,
+            blockedTerms: termsOf(terms),
+            blockedOutputTerms: termsOf(outputTerms),
+          },
+        },
+        // Only the guardrails: the call log and cache defaults stay as they are.
+        updateMask: { paths: ["guardrails"] },
+      });
+      const stored = res.settings?.guardrails;
+      setTerms((stored?.blockedTerms ?? []).join("\n"));
+      setOutputTerms((stored?.blockedOutputTerms ?? []).join("\n"));
+      onSaved(res.settings);
+      setSaved(true);
+    } catch (err) {
+      setError(errorText(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <form className="settings guardrails" onSubmit={(e) => void save(e)} aria-label="Guardrails">
+      <h3>Guardrails</h3>
+      <p className="hint">
+        What the tenant&apos;s model calls may send to a provider and get back. They apply to every
+        model call of everyone in the tenant, however it is made: chats and comparisons here, the
+        OpenAI-compatible API, API keys, workflows and sessions. No call can turn them off.
       </p>
+      <fieldset>
+        <legend>Personal data and secrets in prompts</legend>
+        {PII_KINDS.map((k) => (
+          <div
+            key={k.kind}
+            className="pii-row"
+            role="radiogroup"
+            aria-label={k.label}
+            data-pii={PiiKind[k.kind]}
+          >
+            <span>
+              {k.label} <span className="muted">({k.example})</span>
+            </span>
+            {PII_ACTIONS.map((a) => (
+              <label key={a} className="check">
+                <input
+                  type="radio"
+                  name={`pii-${PiiKind[k.kind]}`}
+                  value={a}
+                  checked={actionOf(k.kind) === a}
+                  onChange={() => setAction(k.kind, a)}
+                />
+                {a}
+              </label>
+            ))}
+          </div>
+        ))}
+      </fieldset>
+      <p className="hint">
+        Redact: replaced in the prompt by a placeholder such as <code>[EMAIL]</code> before it
+        leaves for a provider; the call goes on, and the model sees only the placeholder. Block: a
+        prompt holding one is refused with an error before any provider is asked. Found by patterns
+        and check sums, so names, street addresses and free-form descriptions are not: less risk,
+        not anonymity.
+      </p>
+      <div className="terms">
+        <div>
+          <label>
+            Blocked prompt terms (one per line)
+            <textarea
+              name="blockedTerms"
+              rows={5}
+              spellCheck={false}
+              value={terms}
+              onChange={(e) => setTerms(e.target.value)}
+            />
+          </label>
+          <p className="hint">
+            Words or phrases a prompt may not contain (whole words, any case): the call is refused
+            with an error before any provider is asked.
+          </p>
+        </div>
+        <div>
+          <label>
+            Blocked answer terms (one per line)
+            <textarea
+              name="blockedOutputTerms"
+              rows={5}
+              spellCheck={false}
+              value={outputTerms}
+              onChange={(e) => setOutputTerms(e.target.value)}
+            />
+          </label>
+          <p className="hint">
+            Words or phrases an answer may not contain (whole words, any case): the answer is
+            withheld and ends as filtered (finish reason <code>content_filter</code>). Streamed
+            answers hold back their last few characters until they cannot start such a phrase.
+          </p>
+        </div>
+      </div>
+      <p className="hint">Up to 500 terms in each list, of at most 100 characters each.</p>
+      <button type="submit" className="primary" disabled={busy}>
+        Save guardrails
+      </button>
+      {saved && <p role="status">Guardrails saved. Calls follow them within about 30 seconds.</p>}
+      <ErrorBox error={error} />
     </form>
   );
 }
