@@ -1,5 +1,5 @@
 // The gateway's environment, parsed once at start-up (fails with every bad variable named).
-import { baseEnv, ConfigError, loadConfig, portSchema } from "@ensemble/kit";
+import { baseEnv, ConfigError, flagSchema, loadConfig, portSchema } from "@ensemble/kit";
 import { z } from "zod";
 
 const hostPort = z
@@ -35,10 +35,7 @@ export const gatewayEnv = z.object({
   /** Browser origins allowed by CORS (exact match). "*" only when NODE_ENV=development. */
   GATEWAY_CORS_ORIGINS: csv.default([]),
   /** Set when a TLS-terminating proxy sits in front: adds HSTS, trusts X-Forwarded-For. */
-  GATEWAY_BEHIND_TLS: z
-    .enum(["true", "false", "1", "0"])
-    .default("false")
-    .transform((v) => v === "true" || v === "1"),
+  GATEWAY_BEHIND_TLS: flagSchema,
   GATEWAY_MAX_MESSAGE_BYTES: z.coerce
     .number()
     .int()

@@ -36,4 +36,9 @@ export class TtlCache<V> {
     }
     return entry.value;
   }
+
+  /** Drops `key`, so the next get loads it again (after a change made here). */
+  forget(key: string): void {
+    this.#entries.delete(key);
+  }
 }

@@ -91,6 +91,12 @@ export function urlWithScheme(schemes: string[], what: string) {
 /** A TCP port; 0 asks the OS for a free one. */
 export const portSchema = z.coerce.number().int().min(0).max(65535);
 
+/** An on/off variable: "true"/"1" or "false"/"0" (unset = off). */
+export const flagSchema = z
+  .enum(["true", "false", "1", "0"])
+  .default("false")
+  .transform((v) => v === "true" || v === "1");
+
 /**
  * Variables every service shares; spread into the service's own schema:
  * `loadConfig(z.object({ ...baseEnv, REGISTRY_ADDR: z.string() }))`.

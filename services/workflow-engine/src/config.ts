@@ -1,5 +1,5 @@
 // The workflow engine's environment, parsed once at start-up (fails with every bad variable named).
-import { baseEnv, loadConfig, portSchema } from "@ensemble/kit";
+import { baseEnv, flagSchema, loadConfig, portSchema } from "@ensemble/kit";
 import { z } from "zod";
 
 /** host:port; port 0 picks a free one. */
@@ -90,6 +90,23 @@ export const workflowEnv = z.object({
    * replica starts it.
    */
   SCHEDULE_CLAIM_GRACE_MS: positiveInt.default(30_000),
+
+  // ---- webhooks
+  /** The durable JetStream consumer (on RUN_EVENTS) every replica takes run endings from. */
+  WEBHOOK_CONSUMER: name.default("webhooks"),
+  /**
+   * Allow endpoints on http:// and on loopback, private and link-local addresses (development
+   * and tests only: deliveries leave from inside the mesh's network).
+   */
+  WEBHOOK_ALLOW_PRIVATE: flagSchema,
+  /** Delay before the first retry; later ones grow to 10 h (5 s, 1 min, 5 min, 30 min, 2 h, 5 h, 10 h). */
+  WEBHOOK_RETRY_BASE_MS: positiveInt.default(5_000),
+  /** Attempts of a delivery before it is given up (8: about 18 h with the default base). */
+  WEBHOOK_MAX_ATTEMPTS: positiveInt.default(8),
+  /** How often every replica looks for deliveries due again. */
+  WEBHOOK_POLL_MS: positiveInt.default(5_000),
+  /** Deliveries are kept this long (ListWebhookDeliveries). */
+  WEBHOOK_DELIVERY_RETENTION_MS: positiveInt.default(7 * 24 * 3_600_000),
 });
 
 export type WorkflowConfig = z.output<typeof workflowEnv>;

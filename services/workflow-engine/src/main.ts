@@ -33,6 +33,7 @@ import { build, SERVICE_NAME } from "./server.js";
 import { openSessionModels, SessionStore } from "./sessions.store.js";
 import { openModels } from "./store.js";
 import { CallerTokens, ServiceTokens } from "./tokens.js";
+import { openWebhookModels, Webhooks } from "./webhooks.js";
 import { VERSION } from "./version.js";
 
 function engineMetrics(metrics: Metrics): EngineMetrics {
@@ -177,6 +178,24 @@ async function main({
     metricsRegistry: metrics.registry,
   });
   scheduler.start();
+  const webhooks = new Webhooks({
+    models: await openWebhookModels(mongo),
+    js,
+    jsm,
+    logger,
+    metricsRegistry: metrics.registry,
+    settings: {
+      stream: config.RUN_EVENTS_STREAM,
+      root: config.RUN_EVENTS_SUBJECT_ROOT,
+      consumer: config.WEBHOOK_CONSUMER,
+      allowPrivate: config.WEBHOOK_ALLOW_PRIVATE,
+      retryBaseMs: config.WEBHOOK_RETRY_BASE_MS,
+      maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
+      pollMs: config.WEBHOOK_POLL_MS,
+      retentionMs: config.WEBHOOK_DELIVERY_RETENTION_MS,
+    },
+  });
+  await webhooks.start();
 
   const server = build({
     version: VERSION,
@@ -189,6 +208,7 @@ async function main({
     eventsStream: config.RUN_EVENTS_STREAM,
     eventsRoot: config.RUN_EVENTS_SUBJECT_ROOT,
     scheduler,
+    webhooks,
     sessions: new SessionStore(await openSessionModels(mongo)),
     autoAvailable: config.CATEGORIZER_ADDR !== undefined,
   });
@@ -209,6 +229,8 @@ async function main({
       },
       // No new occurrences; one being fired finishes (or is left claimed for another replica).
       { name: "scheduler", run: () => scheduler.stop() },
+      // Attempts in flight finish; unsent deliveries wait in MongoDB for any replica.
+      { name: "webhooks", run: () => webhooks.stop() },
       // Steps in flight finish and ack (or are redelivered to another replica).
       { name: "engine", run: () => engine.stop() },
       { name: "nats drain", run: () => nc.drain() },

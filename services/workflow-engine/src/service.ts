@@ -18,6 +18,7 @@ import { RunEventType, RunMode, RunView, type RunEvent, type RunService } from "
 import { decodeEvent, runSubjectBase, TERMINAL_EVENTS } from "./events.js";
 import { isTerminal, newRunId, type Engine } from "./engine.js";
 import type { Scheduler } from "./schedules.js";
+import type { Webhooks } from "./webhooks.js";
 import type { RunDoc } from "./store.js";
 
 export interface RunServiceDeps {
@@ -29,6 +30,8 @@ export interface RunServiceDeps {
   eventsRoot: string;
   /** Run schedules; none = the schedule methods are UNIMPLEMENTED. */
   scheduler?: Scheduler | undefined;
+  /** The tenants' webhooks; none = the webhook methods are UNIMPLEMENTED. */
+  webhooks?: Webhooks | undefined;
 }
 
 export function tokenOf(ctx: HandlerContext): string {
@@ -168,6 +171,12 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
   const { engine } = deps;
   const unimplemented = (): never => {
     throw new ConnectError("schedules are not available yet", Code.Unimplemented);
+  };
+  const webhooks = (): Webhooks => {
+    if (deps.webhooks === undefined) {
+      throw new ConnectError("webhooks are not available on this engine", Code.Unimplemented);
+    }
+    return deps.webhooks;
   };
   const full = (view: RunView, dflt: RunView) =>
     (view === RunView.UNSPECIFIED ? dflt : view) === RunView.FULL;
@@ -326,6 +335,23 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
       const scheduler = deps.scheduler ?? unimplemented();
       await scheduler.delete(principalOf(ctx), req.scheduleId);
       return {};
+    },
+
+    async createWebhook(req, ctx) {
+      return webhooks().create(principalOf(ctx), req);
+    },
+
+    async listWebhooks(_req, ctx) {
+      return { webhooks: await webhooks().list(principalOf(ctx)) };
+    },
+
+    async deleteWebhook(req, ctx) {
+      await webhooks().delete(principalOf(ctx), req.webhookId);
+      return {};
+    },
+
+    async listWebhookDeliveries(req, ctx) {
+      return webhooks().deliveries(principalOf(ctx), req);
     },
   };
 }

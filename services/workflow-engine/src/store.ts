@@ -234,7 +234,13 @@ export interface Models {
   runKeys: Model<RunKeyDoc>;
 }
 
-function model<T>(conn: Connection, name: string, schema: Schema<T>, collection: string): Model<T> {
+/** The connection's model `name` (made once per connection). */
+export function model<T>(
+  conn: Connection,
+  name: string,
+  schema: Schema<T>,
+  collection: string,
+): Model<T> {
   const existing = conn.models[name] as Model<T> | undefined;
   return existing ?? conn.model<T>(name, schema, collection);
 }

@@ -43,6 +43,7 @@ import { RegistryPlugins } from "../src/plugins.js";
 import { build, type WorkflowServerDeps } from "../src/server.js";
 import { openModels } from "../src/store.js";
 import { ServiceTokens } from "../src/tokens.js";
+import { openWebhookModels, Webhooks, type WebhookSettings } from "../src/webhooks.js";
 
 export const PASSWORD = "correct-Horse-battery-9";
 
@@ -59,6 +60,8 @@ export interface EngineMeshOptions {
   explainerModel?: string;
   /** Over the defaults below. */
   settings?: Partial<EngineSettings>;
+  /** Run the tenants' webhooks, with these settings over the test defaults. */
+  webhooks?: Partial<WebhookSettings>;
 }
 
 export interface EngineMesh {
@@ -71,6 +74,7 @@ export interface EngineMesh {
   nc: NatsConnection;
   logger: Logger;
   engine: Engine;
+  webhooks: Webhooks | undefined;
   authClient: GrpcClient<typeof AuthService>;
   registryClient: GrpcClient<typeof RegistryService>;
   modelProxy: GrpcClient<typeof ModelProxyService>;
@@ -188,6 +192,28 @@ async function start(
   });
   await engine.start();
   undo.push(() => engine.stop());
+  let webhooks: Webhooks | undefined;
+  if (opts.webhooks !== undefined) {
+    webhooks = new Webhooks({
+      models: await openWebhookModels(mongo),
+      js,
+      jsm,
+      logger,
+      settings: {
+        stream,
+        root,
+        consumer: "webhooks",
+        allowPrivate: true,
+        retryBaseMs: 100,
+        maxAttempts: 3,
+        pollMs: 200,
+        retentionMs: 3_600_000,
+        ...opts.webhooks,
+      },
+    });
+    await webhooks.start();
+    undo.push(() => webhooks!.stop());
+  }
 
   const base: WorkflowServerDeps = {
     version: "test",
@@ -198,6 +224,7 @@ async function start(
     js,
     eventsStream: stream,
     eventsRoot: root,
+    webhooks,
   };
   const stamp = Date.now();
 
@@ -211,6 +238,7 @@ async function start(
     nc,
     logger,
     engine,
+    webhooks,
     authClient,
     registryClient,
     modelProxy,

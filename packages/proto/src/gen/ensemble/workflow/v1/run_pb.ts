@@ -24,7 +24,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file ensemble/workflow/v1/run.proto.
  */
 export const file_ensemble_workflow_v1_run: GenFile = /*@__PURE__*/
-  fileDesc("Ch5lbnNlbWJsZS93b3JrZmxvdy92MS9ydW4ucHJvdG8SFGVuc2VtYmxlLndvcmtmbG93LnYxIo0BCgtBdXRvUnVuU3BlYxI9CgVqdWRnZRgBIAEoDjIkLmVuc2VtYmxlLmNhdGVnb3JpemVyLnYxLkp1ZGdlUG9saWN5Qgi6SAWCAQIQARI/Cg1hbGxvd2VkX2tpbmRzGAIgASgLMiguZW5zZW1ibGUuY2F0ZWdvcml6ZXIudjEuUm91dGVLaW5kRmlsdGVyIuIBCgxNb2RlbFJ1blNwZWMSGQoFbW9kZWwYASABKAlCCrpIB3IFEAEYgAESMQoLdGVtcGVyYXR1cmUYAiABKAFCF7pIFBISGQAAAAAAAABAKQAAAAAAAAAASACIAQESJAoKbWF4X3Rva2VucxgDIAEoBUILukgIGgYYwIQ9KAFIAYgBARI/Cg9yZXNwb25zZV9mb3JtYXQYBCABKAsyJi5lbnNlbWJsZS5tb2RlbHByb3h5LnYxLlJlc3BvbnNlRm9ybWF0Qg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyLOAgoPV29ya2Zsb3dSdW5TcGVjEiEKC3RlbXBsYXRlX2lkGAEgASgJQgq6SAdyBRABGIABSAASOAoGaW5saW5lGAIgASgLMiYuZW5zZW1ibGUucmVnaXN0cnkudjEuV29ya2Zsb3dUZW1wbGF0ZUgAEiEKEHRlbXBsYXRlX3ZlcnNpb24YAyABKAVCB7pIBBoCKAASdAoJdmFyaWFibGVzGAQgAygLMjQuZW5zZW1ibGUud29ya2Zsb3cudjEuV29ya2Zsb3dSdW5TcGVjLlZhcmlhYmxlc0VudHJ5Qiu6SCiaASUQICIZchcQARhAMhFeW2Etel1bYS16MC05X10qJCoGcgQYgIAEGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEwoKZGVmaW5pdGlvbhIFukgCCAEi8AEKDkNvbXBhcmVSdW5TcGVjEiUKBm1vZGVscxgBIAMoCUIVukgSkgEPCAIQCBgBIgdyBRABGIABEj8KB3JhbmtpbmcYAiABKAsyJi5lbnNlbWJsZS5jYXRlZ29yaXplci52MS5SYW5raW5nUG9saWN5Qga6SAPIAQESMQoLdGVtcGVyYXR1cmUYAyABKAFCF7pIFBISGQAAAAAAAABAKQAAAAAAAAAASACIAQESJAoKbWF4X3Rva2VucxgEIAEoBUILukgIGgYYwIQ9KAFIAYgBAUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnMi1AQKB1J1blNwZWMSGgoFaW5wdXQYASABKAlCC7pICHIGEAEYgIBAEkIKC2F0dGFjaG1lbnRzGAIgAygLMiMuZW5zZW1ibGUubW9kZWxwcm94eS52MS5Db250ZW50UGFydEIIukgFkgECEBASMQoEYXV0bxgDIAEoCzIhLmVuc2VtYmxlLndvcmtmbG93LnYxLkF1dG9SdW5TcGVjSAASMwoFbW9kZWwYBCABKAsyIi5lbnNlbWJsZS53b3JrZmxvdy52MS5Nb2RlbFJ1blNwZWNIABI5Cgh3b3JrZmxvdxgFIAEoCzIlLmVuc2VtYmxlLndvcmtmbG93LnYxLldvcmtmbG93UnVuU3BlY0gAEjcKB2NvbXBhcmUYBiABKAsyJC5lbnNlbWJsZS53b3JrZmxvdy52MS5Db21wYXJlUnVuU3BlY0gAEiMKBmFkZG9ucxgHIAMoCUITukgQkgENEBAYASIHcgUQARiAARIZCgZzeXN0ZW0YCCABKAlCCbpIBnIEGICAAhI8Cgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhC6SA2qAQoiBAiAowUyAggBElYKCG1ldGFkYXRhGAogAygLMisuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3BlYy5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQICIGcgQQARhAKgVyAxiACBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEbW9kZSLPBQoHUnVuU3RlcBIPCgdzdGVwX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSLAoEa2luZBgDIAEoDjIeLmVuc2VtYmxlLnJlZ2lzdHJ5LnYxLlN0ZXBLaW5kEhIKCmRlcGVuZHNfb24YBCADKAkSMAoGc3RhdHVzGAUgASgOMiAuZW5zZW1ibGUud29ya2Zsb3cudjEuU3RlcFN0YXR1cxINCgVtb2RlbBgGIAEoCRIOCgZtb2RlbHMYByADKAkSEAoIYXR0ZW1wdHMYCCABKAUSFQoNZmFsbGJhY2tfdXNlZBgJIAEoCBIwCgdhbnN3ZXJzGAogAygLMh8uZW5zZW1ibGUuZXZlbnRzLnYxLk1vZGVsQW5zd2VyEjIKB3JhbmtpbmcYCyABKAsyIS5lbnNlbWJsZS5ldmVudHMudjEuUmFua2luZ1Jlc3VsdBIOCgZvdXRwdXQYDCABKAkSMgoRc3RydWN0dXJlZF9vdXRwdXQYDSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBXVzYWdlGA4gASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYDyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoKcXVldWVfdGltZRgQIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoFZXJyb3IYEyABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXJyb3ISLwoJYXJ0aWZhY3RzGBQgAygLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLkFydGlmYWN0IpkHCgNSdW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSEgoKc2Vzc2lvbl9pZBgEIAEoCRISCgphcGlfa2V5X2lkGAUgASgJEhMKC3NjaGVkdWxlX2lkGAYgASgJEisKBG1vZGUYByABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5Nb2RlEisKBHNwZWMYCCABKAsyHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5TcGVjEi8KBnN0YXR1cxgJIAEoDjIfLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blN0YXR1cxI/Cg5jbGFzc2lmaWNhdGlvbhgKIAEoCzInLmVuc2VtYmxlLmNhdGVnb3JpemVyLnYxLkNsYXNzaWZpY2F0aW9uEhMKC3RlbXBsYXRlX2lkGAsgASgJEhgKEHRlbXBsYXRlX3ZlcnNpb24YDCABKAUSLAoFc3RlcHMYDSADKAsyHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5TdGVwEhYKDm91dHB1dF9zdGVwX2lkGA4gASgJEg4KBm91dHB1dBgPIAEoCRIyCgdyYW5raW5nGBAgASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlJhbmtpbmdSZXN1bHQSKAoFdXNhZ2UYESABKAsyGS5lbnNlbWJsZS5jb21tb24udjEuVXNhZ2USKgoHbGF0ZW5jeRgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIrCgVlcnJvchgTIAEoCzIcLmVuc2VtYmxlLmV2ZW50cy52MS5SdW5FcnJvchIVCg1sYXN0X3NlcXVlbmNlGBQgASgDEi8KC2NyZWF0ZV90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWNhbmNlbF9yZWFzb24YGSABKAkSLwoJYXJ0aWZhY3RzGBogAygLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLkFydGlmYWN0ImkKD1N0YXJ0UnVuUmVxdWVzdBIzCgRzcGVjGAEgASgLMh0uZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3BlY0IGukgDyAEBEiEKD2lkZW1wb3RlbmN5X2tleRgCIAEoCUIIukgFcgMYgAEiOgoQU3RhcnRSdW5SZXNwb25zZRImCgNydW4YASABKAsyGS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW4ieQoKUnVuUmVxdWVzdBIzCgRzcGVjGAEgASgLMh0uZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3BlY0IGukgDyAEBEiEKD2lkZW1wb3RlbmN5X2tleRgCIAEoCUIIukgFcgMYgAESEwoLb21pdF9kZWx0YXMYAyABKAgibgoLUnVuUmVzcG9uc2USKAoDcnVuGAEgASgLMhkuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuSAASLQoFZXZlbnQYAiABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXZlbnRIAEIGCgRpdGVtImIKDUdldFJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABEjUKBHZpZXcYAiABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5WaWV3Qgi6SAWCAQIQASI4Cg5HZXRSdW5SZXNwb25zZRImCgNydW4YASABKAsyGS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW4iUQoSR2V0QXJ0aWZhY3RSZXF1ZXN0EhoKBnJ1bl9pZBgBIAEoCUIKukgHcgUQARiAARIfCgthcnRpZmFjdF9pZBgCIAEoCUIKukgHcgUQARiAASJTChNHZXRBcnRpZmFjdFJlc3BvbnNlEi4KCGFydGlmYWN0GAEgASgLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLkFydGlmYWN0EgwKBGRhdGEYAiABKAwikQUKD0xpc3RSdW5zUmVxdWVzdBItCgRwYWdlGAEgASgLMh8uZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0EkYKCHN0YXR1c2VzGAIgAygOMh8uZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3RhdHVzQhO6SBCSAQ0QBRgBIgeCAQQQASAAEjUKBG1vZGUYAyABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5Nb2RlQgi6SAWCAQIQARIcCgpzZXNzaW9uX2lkGAQgASgJQgi6SAVyAxiAARIdCgt0ZW1wbGF0ZV9pZBgFIAEoCUIIukgFcgMYgAESFwoFbW9kZWwYBiABKAlCCLpIBXIDGIABEh0KC3NjaGVkdWxlX2lkGAcgASgJQgi6SAVyAxiAARIxCg1jcmVhdGVkX2FmdGVyGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASXgoIbWV0YWRhdGEYCiADKAsyMy5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0UnVuc1JlcXVlc3QuTWV0YWRhdGFFbnRyeUIXukgUmgEREAgiBnIEEAEYQCoFcgMYgAgSEQoJYWxsX3VzZXJzGAsgASgIEhkKB3VzZXJfaWQYDCABKAlCCLpIBXIDGIABEjUKBHZpZXcYDSABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5WaWV3Qgi6SAWCAQIQARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiawoQTGlzdFJ1bnNSZXNwb25zZRInCgRydW5zGAEgAygLMhkuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuEi4KBHBhZ2UYAiABKAsyIC5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIkgKEENhbmNlbFJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABEhgKBnJlYXNvbhgCIAEoCUIIukgFcgMYgAIiOwoRQ2FuY2VsUnVuUmVzcG9uc2USJgoDcnVuGAEgASgLMhkuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuIi4KEERlbGV0ZVJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABIhMKEURlbGV0ZVJ1blJlc3BvbnNlIoABCg9XYXRjaFJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABEh8KDmFmdGVyX3NlcXVlbmNlGAIgASgDQge6SAQiAigAEhYKDmluY2x1ZGVfZGVsdGFzGAMgASgIEhgKEGluY2x1ZGVfc25hcHNob3QYBCABKAgicwoQV2F0Y2hSdW5SZXNwb25zZRIoCgNydW4YASABKAsyGS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5IABItCgVldmVudBgCIAEoCzIcLmVuc2VtYmxlLmV2ZW50cy52MS5SdW5FdmVudEgAQgYKBGl0ZW0irgEKDENyb25TY2hlZHVsZRJjCgpleHByZXNzaW9uGAEgASgJQk+6SExyShABGIABMkNeKEAoeWVhcmx5fGFubnVhbGx5fG1vbnRobHl8d2Vla2x5fGRhaWx5fGhvdXJseSl8XFMrKFxzK1xTKyl7NCw1fSkkEjkKCXRpbWVfem9uZRgCIAEoCUImukgjciEYQDIdXiR8XltBLVphLXpdW0EtWmEtejAtOV8rLy1dKiQi4gMKCFNjaGVkdWxlEgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEgwKBG5hbWUYBCABKAkSKwoEc3BlYxgFIAEoCzIdLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blNwZWMSKAoCYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASMgoEY3JvbhgHIAEoCzIiLmVuc2VtYmxlLndvcmtmbG93LnYxLkNyb25TY2hlZHVsZUgAEjIKDm5leHRfZmlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X2ZpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGFzdF9ydW5faWQYCiABKAkSEgoKZmlyZV9jb3VudBgLIAEoAxIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAlCBgoEd2hlbiLdAQoVQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0EhgKBG5hbWUYASABKAlCCrpIB3IFEAEYgAESMwoEc3BlYxgCIAEoCzIdLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blNwZWNCBrpIA8gBARIyCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCCLpIBbIBAkABSAASMgoEY3JvbhgEIAEoCzIiLmVuc2VtYmxlLndvcmtmbG93LnYxLkNyb25TY2hlZHVsZUgAQg0KBHdoZW4SBbpIAggBIkoKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USMAoIc2NoZWR1bGUYASABKAsyHi5lbnNlbWJsZS53b3JrZmxvdy52MS5TY2hlZHVsZSI1ChJHZXRTY2hlZHVsZVJlcXVlc3QSHwoLc2NoZWR1bGVfaWQYASABKAlCCrpIB3IFEAEYgAEiRwoTR2V0U2NoZWR1bGVSZXNwb25zZRIwCghzY2hlZHVsZRgBIAEoCzIeLmVuc2VtYmxlLndvcmtmbG93LnYxLlNjaGVkdWxlIlgKFExpc3RTY2hlZHVsZXNSZXF1ZXN0Ei0KBHBhZ2UYASABKAsyHy5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlcXVlc3QSEQoJYWxsX3VzZXJzGAIgASgIInoKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIxCglzY2hlZHVsZXMYASADKAsyHi5lbnNlbWJsZS53b3JrZmxvdy52MS5TY2hlZHVsZRIuCgRwYWdlGAIgASgLMiAuZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSI4ChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSHwoLc2NoZWR1bGVfaWQYASABKAlCCrpIB3IFEAEYgAEiGAoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZSp3CgdSdW5Nb2RlEhgKFFJVTl9NT0RFX1VOU1BFQ0lGSUVEEAASEQoNUlVOX01PREVfQVVUTxABEhIKDlJVTl9NT0RFX01PREVMEAISFQoRUlVOX01PREVfV09SS0ZMT1cQAxIUChBSVU5fTU9ERV9DT01QQVJFEAQqogEKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19DT01QTEVURUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUq2gEKClN0ZXBTdGF0dXMSGwoXU1RFUF9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNTVEVQX1NUQVRVU19QRU5ESU5HEAESFgoSU1RFUF9TVEFUVVNfUVVFVUVEEAISFwoTU1RFUF9TVEFUVVNfUlVOTklORxADEhkKFVNURVBfU1RBVFVTX0NPTVBMRVRFRBAEEhYKElNURVBfU1RBVFVTX0ZBSUxFRBAFEhcKE1NURVBfU1RBVFVTX1NLSVBQRUQQBhIZChVTVEVQX1NUQVRVU19DQU5DRUxMRUQQBypKCgdSdW5WaWV3EhgKFFJVTl9WSUVXX1VOU1BFQ0lGSUVEEAASEgoOUlVOX1ZJRVdfQkFTSUMQARIRCg1SVU5fVklFV19GVUxMEAIy7QkKClJ1blNlcnZpY2USXwoIU3RhcnRSdW4SJS5lbnNlbWJsZS53b3JrZmxvdy52MS5TdGFydFJ1blJlcXVlc3QaJi5lbnNlbWJsZS53b3JrZmxvdy52MS5TdGFydFJ1blJlc3BvbnNlIgTI8xgCElIKA1J1bhIgLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blJlcXVlc3QaIS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5SZXNwb25zZSIEyPMYAjABElwKBkdldFJ1bhIjLmVuc2VtYmxlLndvcmtmbG93LnYxLkdldFJ1blJlcXVlc3QaJC5lbnNlbWJsZS53b3JrZmxvdy52MS5HZXRSdW5SZXNwb25zZSIHkAIByPMYAhJrCgtHZXRBcnRpZmFjdBIoLmVuc2VtYmxlLndvcmtmbG93LnYxLkdldEFydGlmYWN0UmVxdWVzdBopLmVuc2VtYmxlLndvcmtmbG93LnYxLkdldEFydGlmYWN0UmVzcG9uc2UiB5ACAcjzGAISYgoITGlzdFJ1bnMSJS5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0UnVuc1JlcXVlc3QaJi5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0UnVuc1Jlc3BvbnNlIgeQAgHI8xgCEmUKCUNhbmNlbFJ1bhImLmVuc2VtYmxlLndvcmtmbG93LnYxLkNhbmNlbFJ1blJlcXVlc3QaJy5lbnNlbWJsZS53b3JrZmxvdy52MS5DYW5jZWxSdW5SZXNwb25zZSIHkAICyPMYAhJlCglEZWxldGVSdW4SJi5lbnNlbWJsZS53b3JrZmxvdy52MS5EZWxldGVSdW5SZXF1ZXN0GicuZW5zZW1ibGUud29ya2Zsb3cudjEuRGVsZXRlUnVuUmVzcG9uc2UiB5ACAsjzGAISZAoIV2F0Y2hSdW4SJS5lbnNlbWJsZS53b3JrZmxvdy52MS5XYXRjaFJ1blJlcXVlc3QaJi5lbnNlbWJsZS53b3JrZmxvdy52MS5XYXRjaFJ1blJlc3BvbnNlIgeQAgHI8xgCMAEScQoOQ3JlYXRlU2NoZWR1bGUSKy5lbnNlbWJsZS53b3JrZmxvdy52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaLC5lbnNlbWJsZS53b3JrZmxvdy52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlIgTI8xgCEmsKC0dldFNjaGVkdWxlEiguZW5zZW1ibGUud29ya2Zsb3cudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GikuZW5zZW1ibGUud29ya2Zsb3cudjEuR2V0U2NoZWR1bGVSZXNwb25zZSIHkAIByPMYAhJxCg1MaXN0U2NoZWR1bGVzEiouZW5zZW1ibGUud29ya2Zsb3cudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaKy5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2UiB5ACAcjzGAISdAoORGVsZXRlU2NoZWR1bGUSKy5lbnNlbWJsZS53b3JrZmxvdy52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaLC5lbnNlbWJsZS53b3JrZmxvdy52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlIgeQAgLI8xgCYgZwcm90bzM", [file_buf_validate_validate, file_ensemble_categorizer_v1_categorizer, file_ensemble_common_v1_access, file_ensemble_common_v1_common, file_ensemble_events_v1_events, file_ensemble_modelproxy_v1_modelproxy, file_ensemble_registry_v1_registry, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5lbnNlbWJsZS93b3JrZmxvdy92MS9ydW4ucHJvdG8SFGVuc2VtYmxlLndvcmtmbG93LnYxIo0BCgtBdXRvUnVuU3BlYxI9CgVqdWRnZRgBIAEoDjIkLmVuc2VtYmxlLmNhdGVnb3JpemVyLnYxLkp1ZGdlUG9saWN5Qgi6SAWCAQIQARI/Cg1hbGxvd2VkX2tpbmRzGAIgASgLMiguZW5zZW1ibGUuY2F0ZWdvcml6ZXIudjEuUm91dGVLaW5kRmlsdGVyIuIBCgxNb2RlbFJ1blNwZWMSGQoFbW9kZWwYASABKAlCCrpIB3IFEAEYgAESMQoLdGVtcGVyYXR1cmUYAiABKAFCF7pIFBISGQAAAAAAAABAKQAAAAAAAAAASACIAQESJAoKbWF4X3Rva2VucxgDIAEoBUILukgIGgYYwIQ9KAFIAYgBARI/Cg9yZXNwb25zZV9mb3JtYXQYBCABKAsyJi5lbnNlbWJsZS5tb2RlbHByb3h5LnYxLlJlc3BvbnNlRm9ybWF0Qg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2VucyLOAgoPV29ya2Zsb3dSdW5TcGVjEiEKC3RlbXBsYXRlX2lkGAEgASgJQgq6SAdyBRABGIABSAASOAoGaW5saW5lGAIgASgLMiYuZW5zZW1ibGUucmVnaXN0cnkudjEuV29ya2Zsb3dUZW1wbGF0ZUgAEiEKEHRlbXBsYXRlX3ZlcnNpb24YAyABKAVCB7pIBBoCKAASdAoJdmFyaWFibGVzGAQgAygLMjQuZW5zZW1ibGUud29ya2Zsb3cudjEuV29ya2Zsb3dSdW5TcGVjLlZhcmlhYmxlc0VudHJ5Qiu6SCiaASUQICIZchcQARhAMhFeW2Etel1bYS16MC05X10qJCoGcgQYgIAEGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEwoKZGVmaW5pdGlvbhIFukgCCAEi8AEKDkNvbXBhcmVSdW5TcGVjEiUKBm1vZGVscxgBIAMoCUIVukgSkgEPCAIQCBgBIgdyBRABGIABEj8KB3JhbmtpbmcYAiABKAsyJi5lbnNlbWJsZS5jYXRlZ29yaXplci52MS5SYW5raW5nUG9saWN5Qga6SAPIAQESMQoLdGVtcGVyYXR1cmUYAyABKAFCF7pIFBISGQAAAAAAAABAKQAAAAAAAAAASACIAQESJAoKbWF4X3Rva2VucxgEIAEoBUILukgIGgYYwIQ9KAFIAYgBAUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnMi1AQKB1J1blNwZWMSGgoFaW5wdXQYASABKAlCC7pICHIGEAEYgIBAEkIKC2F0dGFjaG1lbnRzGAIgAygLMiMuZW5zZW1ibGUubW9kZWxwcm94eS52MS5Db250ZW50UGFydEIIukgFkgECEBASMQoEYXV0bxgDIAEoCzIhLmVuc2VtYmxlLndvcmtmbG93LnYxLkF1dG9SdW5TcGVjSAASMwoFbW9kZWwYBCABKAsyIi5lbnNlbWJsZS53b3JrZmxvdy52MS5Nb2RlbFJ1blNwZWNIABI5Cgh3b3JrZmxvdxgFIAEoCzIlLmVuc2VtYmxlLndvcmtmbG93LnYxLldvcmtmbG93UnVuU3BlY0gAEjcKB2NvbXBhcmUYBiABKAsyJC5lbnNlbWJsZS53b3JrZmxvdy52MS5Db21wYXJlUnVuU3BlY0gAEiMKBmFkZG9ucxgHIAMoCUITukgQkgENEBAYASIHcgUQARiAARIZCgZzeXN0ZW0YCCABKAlCCbpIBnIEGICAAhI8Cgd0aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhC6SA2qAQoiBAiAowUyAggBElYKCG1ldGFkYXRhGAogAygLMisuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3BlYy5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQICIGcgQQARhAKgVyAxiACBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEbW9kZSLPBQoHUnVuU3RlcBIPCgdzdGVwX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSLAoEa2luZBgDIAEoDjIeLmVuc2VtYmxlLnJlZ2lzdHJ5LnYxLlN0ZXBLaW5kEhIKCmRlcGVuZHNfb24YBCADKAkSMAoGc3RhdHVzGAUgASgOMiAuZW5zZW1ibGUud29ya2Zsb3cudjEuU3RlcFN0YXR1cxINCgVtb2RlbBgGIAEoCRIOCgZtb2RlbHMYByADKAkSEAoIYXR0ZW1wdHMYCCABKAUSFQoNZmFsbGJhY2tfdXNlZBgJIAEoCBIwCgdhbnN3ZXJzGAogAygLMh8uZW5zZW1ibGUuZXZlbnRzLnYxLk1vZGVsQW5zd2VyEjIKB3JhbmtpbmcYCyABKAsyIS5lbnNlbWJsZS5ldmVudHMudjEuUmFua2luZ1Jlc3VsdBIOCgZvdXRwdXQYDCABKAkSMgoRc3RydWN0dXJlZF9vdXRwdXQYDSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBXVzYWdlGA4gASgLMhkuZW5zZW1ibGUuY29tbW9uLnYxLlVzYWdlEioKB2xhdGVuY3kYDyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoKcXVldWVfdGltZRgQIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoFZXJyb3IYEyABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXJyb3ISLwoJYXJ0aWZhY3RzGBQgAygLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLkFydGlmYWN0IpkHCgNSdW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSEgoKc2Vzc2lvbl9pZBgEIAEoCRISCgphcGlfa2V5X2lkGAUgASgJEhMKC3NjaGVkdWxlX2lkGAYgASgJEisKBG1vZGUYByABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5Nb2RlEisKBHNwZWMYCCABKAsyHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5TcGVjEi8KBnN0YXR1cxgJIAEoDjIfLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blN0YXR1cxI/Cg5jbGFzc2lmaWNhdGlvbhgKIAEoCzInLmVuc2VtYmxlLmNhdGVnb3JpemVyLnYxLkNsYXNzaWZpY2F0aW9uEhMKC3RlbXBsYXRlX2lkGAsgASgJEhgKEHRlbXBsYXRlX3ZlcnNpb24YDCABKAUSLAoFc3RlcHMYDSADKAsyHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5TdGVwEhYKDm91dHB1dF9zdGVwX2lkGA4gASgJEg4KBm91dHB1dBgPIAEoCRIyCgdyYW5raW5nGBAgASgLMiEuZW5zZW1ibGUuZXZlbnRzLnYxLlJhbmtpbmdSZXN1bHQSKAoFdXNhZ2UYESABKAsyGS5lbnNlbWJsZS5jb21tb24udjEuVXNhZ2USKgoHbGF0ZW5jeRgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIrCgVlcnJvchgTIAEoCzIcLmVuc2VtYmxlLmV2ZW50cy52MS5SdW5FcnJvchIVCg1sYXN0X3NlcXVlbmNlGBQgASgDEi8KC2NyZWF0ZV90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWNhbmNlbF9yZWFzb24YGSABKAkSLwoJYXJ0aWZhY3RzGBogAygLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLkFydGlmYWN0ImkKD1N0YXJ0UnVuUmVxdWVzdBIzCgRzcGVjGAEgASgLMh0uZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3BlY0IGukgDyAEBEiEKD2lkZW1wb3RlbmN5X2tleRgCIAEoCUIIukgFcgMYgAEiOgoQU3RhcnRSdW5SZXNwb25zZRImCgNydW4YASABKAsyGS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW4ieQoKUnVuUmVxdWVzdBIzCgRzcGVjGAEgASgLMh0uZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3BlY0IGukgDyAEBEiEKD2lkZW1wb3RlbmN5X2tleRgCIAEoCUIIukgFcgMYgAESEwoLb21pdF9kZWx0YXMYAyABKAgibgoLUnVuUmVzcG9uc2USKAoDcnVuGAEgASgLMhkuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuSAASLQoFZXZlbnQYAiABKAsyHC5lbnNlbWJsZS5ldmVudHMudjEuUnVuRXZlbnRIAEIGCgRpdGVtImIKDUdldFJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABEjUKBHZpZXcYAiABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5WaWV3Qgi6SAWCAQIQASI4Cg5HZXRSdW5SZXNwb25zZRImCgNydW4YASABKAsyGS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW4iUQoSR2V0QXJ0aWZhY3RSZXF1ZXN0EhoKBnJ1bl9pZBgBIAEoCUIKukgHcgUQARiAARIfCgthcnRpZmFjdF9pZBgCIAEoCUIKukgHcgUQARiAASJTChNHZXRBcnRpZmFjdFJlc3BvbnNlEi4KCGFydGlmYWN0GAEgASgLMhwuZW5zZW1ibGUuZXZlbnRzLnYxLkFydGlmYWN0EgwKBGRhdGEYAiABKAwikQUKD0xpc3RSdW5zUmVxdWVzdBItCgRwYWdlGAEgASgLMh8uZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXF1ZXN0EkYKCHN0YXR1c2VzGAIgAygOMh8uZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuU3RhdHVzQhO6SBCSAQ0QBRgBIgeCAQQQASAAEjUKBG1vZGUYAyABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5Nb2RlQgi6SAWCAQIQARIcCgpzZXNzaW9uX2lkGAQgASgJQgi6SAVyAxiAARIdCgt0ZW1wbGF0ZV9pZBgFIAEoCUIIukgFcgMYgAESFwoFbW9kZWwYBiABKAlCCLpIBXIDGIABEh0KC3NjaGVkdWxlX2lkGAcgASgJQgi6SAVyAxiAARIxCg1jcmVhdGVkX2FmdGVyGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASXgoIbWV0YWRhdGEYCiADKAsyMy5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0UnVuc1JlcXVlc3QuTWV0YWRhdGFFbnRyeUIXukgUmgEREAgiBnIEEAEYQCoFcgMYgAgSEQoJYWxsX3VzZXJzGAsgASgIEhkKB3VzZXJfaWQYDCABKAlCCLpIBXIDGIABEjUKBHZpZXcYDSABKA4yHS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5WaWV3Qgi6SAWCAQIQARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiawoQTGlzdFJ1bnNSZXNwb25zZRInCgRydW5zGAEgAygLMhkuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuEi4KBHBhZ2UYAiABKAsyIC5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlc3BvbnNlIkgKEENhbmNlbFJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABEhgKBnJlYXNvbhgCIAEoCUIIukgFcgMYgAIiOwoRQ2FuY2VsUnVuUmVzcG9uc2USJgoDcnVuGAEgASgLMhkuZW5zZW1ibGUud29ya2Zsb3cudjEuUnVuIi4KEERlbGV0ZVJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABIhMKEURlbGV0ZVJ1blJlc3BvbnNlIoABCg9XYXRjaFJ1blJlcXVlc3QSGgoGcnVuX2lkGAEgASgJQgq6SAdyBRABGIABEh8KDmFmdGVyX3NlcXVlbmNlGAIgASgDQge6SAQiAigAEhYKDmluY2x1ZGVfZGVsdGFzGAMgASgIEhgKEGluY2x1ZGVfc25hcHNob3QYBCABKAgicwoQV2F0Y2hSdW5SZXNwb25zZRIoCgNydW4YASABKAsyGS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5IABItCgVldmVudBgCIAEoCzIcLmVuc2VtYmxlLmV2ZW50cy52MS5SdW5FdmVudEgAQgYKBGl0ZW0irgEKDENyb25TY2hlZHVsZRJjCgpleHByZXNzaW9uGAEgASgJQk+6SExyShABGIABMkNeKEAoeWVhcmx5fGFubnVhbGx5fG1vbnRobHl8d2Vla2x5fGRhaWx5fGhvdXJseSl8XFMrKFxzK1xTKyl7NCw1fSkkEjkKCXRpbWVfem9uZRgCIAEoCUImukgjciEYQDIdXiR8XltBLVphLXpdW0EtWmEtejAtOV8rLy1dKiQi4gMKCFNjaGVkdWxlEgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEgwKBG5hbWUYBCABKAkSKwoEc3BlYxgFIAEoCzIdLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blNwZWMSKAoCYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASMgoEY3JvbhgHIAEoCzIiLmVuc2VtYmxlLndvcmtmbG93LnYxLkNyb25TY2hlZHVsZUgAEjIKDm5leHRfZmlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X2ZpcmVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGFzdF9ydW5faWQYCiABKAkSEgoKZmlyZV9jb3VudBgLIAEoAxIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAlCBgoEd2hlbiLdAQoVQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0EhgKBG5hbWUYASABKAlCCrpIB3IFEAEYgAESMwoEc3BlYxgCIAEoCzIdLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blNwZWNCBrpIA8gBARIyCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCCLpIBbIBAkABSAASMgoEY3JvbhgEIAEoCzIiLmVuc2VtYmxlLndvcmtmbG93LnYxLkNyb25TY2hlZHVsZUgAQg0KBHdoZW4SBbpIAggBIkoKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USMAoIc2NoZWR1bGUYASABKAsyHi5lbnNlbWJsZS53b3JrZmxvdy52MS5TY2hlZHVsZSI1ChJHZXRTY2hlZHVsZVJlcXVlc3QSHwoLc2NoZWR1bGVfaWQYASABKAlCCrpIB3IFEAEYgAEiRwoTR2V0U2NoZWR1bGVSZXNwb25zZRIwCghzY2hlZHVsZRgBIAEoCzIeLmVuc2VtYmxlLndvcmtmbG93LnYxLlNjaGVkdWxlIlgKFExpc3RTY2hlZHVsZXNSZXF1ZXN0Ei0KBHBhZ2UYASABKAsyHy5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlcXVlc3QSEQoJYWxsX3VzZXJzGAIgASgIInoKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIxCglzY2hlZHVsZXMYASADKAsyHi5lbnNlbWJsZS53b3JrZmxvdy52MS5TY2hlZHVsZRIuCgRwYWdlGAIgASgLMiAuZW5zZW1ibGUuY29tbW9uLnYxLlBhZ2VSZXNwb25zZSI4ChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSHwoLc2NoZWR1bGVfaWQYASABKAlCCrpIB3IFEAEYgAEiGAoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZSLJAQoHV2ViaG9vaxIKCgJpZBgBIAEoCRILCgN1cmwYAiABKAkSNgoGZXZlbnRzGAMgAygOMiYuZW5zZW1ibGUud29ya2Zsb3cudjEuV2ViaG9va0V2ZW50VHlwZRITCgtkZXNjcmlwdGlvbhgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgGIAEoCRITCgtzZWNyZXRfaGludBgHIAEoCSKcAQoUQ3JlYXRlV2ViaG9va1JlcXVlc3QSGAoDdXJsGAEgASgJQgu6SAhyBhiAEIgBARJLCgZldmVudHMYAiADKA4yJi5lbnNlbWJsZS53b3JrZmxvdy52MS5XZWJob29rRXZlbnRUeXBlQhO6SBCSAQ0QAxgBIgeCAQQQASAAEh0KC2Rlc2NyaXB0aW9uGAMgASgJQgi6SAVyAxjIASJXChVDcmVhdGVXZWJob29rUmVzcG9uc2USLgoHd2ViaG9vaxgBIAEoCzIdLmVuc2VtYmxlLndvcmtmbG93LnYxLldlYmhvb2sSDgoGc2VjcmV0GAIgASgJIhUKE0xpc3RXZWJob29rc1JlcXVlc3QiRwoUTGlzdFdlYmhvb2tzUmVzcG9uc2USLwoId2ViaG9va3MYASADKAsyHS5lbnNlbWJsZS53b3JrZmxvdy52MS5XZWJob29rIjYKFERlbGV0ZVdlYmhvb2tSZXF1ZXN0Eh4KCndlYmhvb2tfaWQYASABKAlCCrpIB3IFEAEYgAEiFwoVRGVsZXRlV2ViaG9va1Jlc3BvbnNlIpEDCg9XZWJob29rRGVsaXZlcnkSCgoCaWQYASABKAkSEgoKd2ViaG9va19pZBgCIAEoCRI1CgVldmVudBgDIAEoDjImLmVuc2VtYmxlLndvcmtmbG93LnYxLldlYmhvb2tFdmVudFR5cGUSDgoGcnVuX2lkGAQgASgJEjsKBnN0YXR1cxgFIAEoDjIrLmVuc2VtYmxlLndvcmtmbG93LnYxLldlYmhvb2tEZWxpdmVyeVN0YXR1cxIQCghhdHRlbXB0cxgGIAEoBRIYChBsYXN0X3N0YXR1c19jb2RlGAcgASgFEhIKCmxhc3RfZXJyb3IYCCABKAkSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEW5leHRfYXR0ZW1wdF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5kZWxpdmVyZWRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibQocTGlzdFdlYmhvb2tEZWxpdmVyaWVzUmVxdWVzdBIeCgp3ZWJob29rX2lkGAEgASgJQgq6SAdyBRABGIABEi0KBHBhZ2UYAiABKAsyHy5lbnNlbWJsZS5jb21tb24udjEuUGFnZVJlcXVlc3QiigEKHUxpc3RXZWJob29rRGVsaXZlcmllc1Jlc3BvbnNlEjkKCmRlbGl2ZXJpZXMYASADKAsyJS5lbnNlbWJsZS53b3JrZmxvdy52MS5XZWJob29rRGVsaXZlcnkSLgoEcGFnZRgCIAEoCzIgLmVuc2VtYmxlLmNvbW1vbi52MS5QYWdlUmVzcG9uc2UqdwoHUnVuTW9kZRIYChRSVU5fTU9ERV9VTlNQRUNJRklFRBAAEhEKDVJVTl9NT0RFX0FVVE8QARISCg5SVU5fTU9ERV9NT0RFTBACEhUKEVJVTl9NT0RFX1dPUktGTE9XEAMSFAoQUlVOX01PREVfQ09NUEFSRRAEKqIBCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfQ09NUExFVEVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX0NBTkNFTExFRBAFKtoBCgpTdGVwU3RhdHVzEhsKF1NURVBfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTU1RFUF9TVEFUVVNfUEVORElORxABEhYKElNURVBfU1RBVFVTX1FVRVVFRBACEhcKE1NURVBfU1RBVFVTX1JVTk5JTkcQAxIZChVTVEVQX1NUQVRVU19DT01QTEVURUQQBBIWChJTVEVQX1NUQVRVU19GQUlMRUQQBRIXChNTVEVQX1NUQVRVU19TS0lQUEVEEAYSGQoVU1RFUF9TVEFUVVNfQ0FOQ0VMTEVEEAcqSgoHUnVuVmlldxIYChRSVU5fVklFV19VTlNQRUNJRklFRBAAEhIKDlJVTl9WSUVXX0JBU0lDEAESEQoNUlVOX1ZJRVdfRlVMTBACKqUBChBXZWJob29rRXZlbnRUeXBlEiIKHldFQkhPT0tfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiQKIFdFQkhPT0tfRVZFTlRfVFlQRV9SVU5fQ09NUExFVEVEEAESIQodV0VCSE9PS19FVkVOVF9UWVBFX1JVTl9GQUlMRUQQAhIkCiBXRUJIT09LX0VWRU5UX1RZUEVfUlVOX0NBTkNFTExFRBADKrABChVXZWJob29rRGVsaXZlcnlTdGF0dXMSJwojV0VCSE9PS19ERUxJVkVSWV9TVEFUVVNfVU5TUEVDSUZJRUQQABIjCh9XRUJIT09LX0RFTElWRVJZX1NUQVRVU19QRU5ESU5HEAESJQohV0VCSE9PS19ERUxJVkVSWV9TVEFUVVNfREVMSVZFUkVEEAISIgoeV0VCSE9PS19ERUxJVkVSWV9TVEFUVVNfRkFJTEVEEAMyzA0KClJ1blNlcnZpY2USXwoIU3RhcnRSdW4SJS5lbnNlbWJsZS53b3JrZmxvdy52MS5TdGFydFJ1blJlcXVlc3QaJi5lbnNlbWJsZS53b3JrZmxvdy52MS5TdGFydFJ1blJlc3BvbnNlIgTI8xgCElIKA1J1bhIgLmVuc2VtYmxlLndvcmtmbG93LnYxLlJ1blJlcXVlc3QaIS5lbnNlbWJsZS53b3JrZmxvdy52MS5SdW5SZXNwb25zZSIEyPMYAjABElwKBkdldFJ1bhIjLmVuc2VtYmxlLndvcmtmbG93LnYxLkdldFJ1blJlcXVlc3QaJC5lbnNlbWJsZS53b3JrZmxvdy52MS5HZXRSdW5SZXNwb25zZSIHkAIByPMYAhJrCgtHZXRBcnRpZmFjdBIoLmVuc2VtYmxlLndvcmtmbG93LnYxLkdldEFydGlmYWN0UmVxdWVzdBopLmVuc2VtYmxlLndvcmtmbG93LnYxLkdldEFydGlmYWN0UmVzcG9uc2UiB5ACAcjzGAISYgoITGlzdFJ1bnMSJS5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0UnVuc1JlcXVlc3QaJi5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0UnVuc1Jlc3BvbnNlIgeQAgHI8xgCEmUKCUNhbmNlbFJ1bhImLmVuc2VtYmxlLndvcmtmbG93LnYxLkNhbmNlbFJ1blJlcXVlc3QaJy5lbnNlbWJsZS53b3JrZmxvdy52MS5DYW5jZWxSdW5SZXNwb25zZSIHkAICyPMYAhJlCglEZWxldGVSdW4SJi5lbnNlbWJsZS53b3JrZmxvdy52MS5EZWxldGVSdW5SZXF1ZXN0GicuZW5zZW1ibGUud29ya2Zsb3cudjEuRGVsZXRlUnVuUmVzcG9uc2UiB5ACAsjzGAISZAoIV2F0Y2hSdW4SJS5lbnNlbWJsZS53b3JrZmxvdy52MS5XYXRjaFJ1blJlcXVlc3QaJi5lbnNlbWJsZS53b3JrZmxvdy52MS5XYXRjaFJ1blJlc3BvbnNlIgeQAgHI8xgCMAEScQoOQ3JlYXRlU2NoZWR1bGUSKy5lbnNlbWJsZS53b3JrZmxvdy52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaLC5lbnNlbWJsZS53b3JrZmxvdy52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlIgTI8xgCEmsKC0dldFNjaGVkdWxlEiguZW5zZW1ibGUud29ya2Zsb3cudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GikuZW5zZW1ibGUud29ya2Zsb3cudjEuR2V0U2NoZWR1bGVSZXNwb25zZSIHkAIByPMYAhJxCg1MaXN0U2NoZWR1bGVzEiouZW5zZW1ibGUud29ya2Zsb3cudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaKy5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2UiB5ACAcjzGAISdAoORGVsZXRlU2NoZWR1bGUSKy5lbnNlbWJsZS53b3JrZmxvdy52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaLC5lbnNlbWJsZS53b3JrZmxvdy52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlIgeQAgLI8xgCEm4KDUNyZWF0ZVdlYmhvb2sSKi5lbnNlbWJsZS53b3JrZmxvdy52MS5DcmVhdGVXZWJob29rUmVxdWVzdBorLmVuc2VtYmxlLndvcmtmbG93LnYxLkNyZWF0ZVdlYmhvb2tSZXNwb25zZSIEyPMYAxJuCgxMaXN0V2ViaG9va3MSKS5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0V2ViaG9va3NSZXF1ZXN0GiouZW5zZW1ibGUud29ya2Zsb3cudjEuTGlzdFdlYmhvb2tzUmVzcG9uc2UiB5ACAcjzGAMScQoNRGVsZXRlV2ViaG9vaxIqLmVuc2VtYmxlLndvcmtmbG93LnYxLkRlbGV0ZVdlYmhvb2tSZXF1ZXN0GisuZW5zZW1ibGUud29ya2Zsb3cudjEuRGVsZXRlV2ViaG9va1Jlc3BvbnNlIgeQAgLI8xgDEokBChVMaXN0V2ViaG9va0RlbGl2ZXJpZXMSMi5lbnNlbWJsZS53b3JrZmxvdy52MS5MaXN0V2ViaG9va0RlbGl2ZXJpZXNSZXF1ZXN0GjMuZW5zZW1ibGUud29ya2Zsb3cudjEuTGlzdFdlYmhvb2tEZWxpdmVyaWVzUmVzcG9uc2UiB5ACAcjzGANiBnByb3RvMw", [file_buf_validate_validate, file_ensemble_categorizer_v1_categorizer, file_ensemble_common_v1_access, file_ensemble_common_v1_common, file_ensemble_events_v1_events, file_ensemble_modelproxy_v1_modelproxy, file_ensemble_registry_v1_registry, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * AUTO mode options.
@@ -1314,6 +1314,300 @@ export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = 
   messageDesc(file_ensemble_workflow_v1_run, 32);
 
 /**
+ * @generated from message ensemble.workflow.v1.Webhook
+ */
+export type Webhook = Message<"ensemble.workflow.v1.Webhook"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * The events it is told about; empty = all of them.
+   *
+   * @generated from field: repeated ensemble.workflow.v1.WebhookEventType events = 3;
+   */
+  events: WebhookEventType[];
+
+  /**
+   * @generated from field: string description = 4;
+   */
+  description: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * The admin who created it.
+   *
+   * @generated from field: string created_by = 6;
+   */
+  createdBy: string;
+
+  /**
+   * The start of its secret ("whsec_AbCd"), to tell secrets apart; the secret itself is shown
+   * only by CreateWebhook.
+   *
+   * @generated from field: string secret_hint = 7;
+   */
+  secretHint: string;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.Webhook.
+ * Use `create(WebhookSchema)` to create a new message.
+ */
+export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 33);
+
+/**
+ * @generated from message ensemble.workflow.v1.CreateWebhookRequest
+ */
+export type CreateWebhookRequest = Message<"ensemble.workflow.v1.CreateWebhookRequest"> & {
+  /**
+   * https://... An http URL, or one whose host is a loopback, private or link-local address, is
+   * refused unless the operator allows them (WEBHOOK_ALLOW_PRIVATE, for development): deliveries
+   * come from inside the mesh's network.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * @generated from field: repeated ensemble.workflow.v1.WebhookEventType events = 2;
+   */
+  events: WebhookEventType[];
+
+  /**
+   * @generated from field: string description = 3;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.CreateWebhookRequest.
+ * Use `create(CreateWebhookRequestSchema)` to create a new message.
+ */
+export const CreateWebhookRequestSchema: GenMessage<CreateWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 34);
+
+/**
+ * @generated from message ensemble.workflow.v1.CreateWebhookResponse
+ */
+export type CreateWebhookResponse = Message<"ensemble.workflow.v1.CreateWebhookResponse"> & {
+  /**
+   * @generated from field: ensemble.workflow.v1.Webhook webhook = 1;
+   */
+  webhook?: Webhook | undefined;
+
+  /**
+   * The signing secret ("whsec_" + base64), shown this once: receivers verify deliveries with it.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.CreateWebhookResponse.
+ * Use `create(CreateWebhookResponseSchema)` to create a new message.
+ */
+export const CreateWebhookResponseSchema: GenMessage<CreateWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 35);
+
+/**
+ * @generated from message ensemble.workflow.v1.ListWebhooksRequest
+ */
+export type ListWebhooksRequest = Message<"ensemble.workflow.v1.ListWebhooksRequest"> & {
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.ListWebhooksRequest.
+ * Use `create(ListWebhooksRequestSchema)` to create a new message.
+ */
+export const ListWebhooksRequestSchema: GenMessage<ListWebhooksRequest> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 36);
+
+/**
+ * @generated from message ensemble.workflow.v1.ListWebhooksResponse
+ */
+export type ListWebhooksResponse = Message<"ensemble.workflow.v1.ListWebhooksResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated ensemble.workflow.v1.Webhook webhooks = 1;
+   */
+  webhooks: Webhook[];
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.ListWebhooksResponse.
+ * Use `create(ListWebhooksResponseSchema)` to create a new message.
+ */
+export const ListWebhooksResponseSchema: GenMessage<ListWebhooksResponse> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 37);
+
+/**
+ * @generated from message ensemble.workflow.v1.DeleteWebhookRequest
+ */
+export type DeleteWebhookRequest = Message<"ensemble.workflow.v1.DeleteWebhookRequest"> & {
+  /**
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.DeleteWebhookRequest.
+ * Use `create(DeleteWebhookRequestSchema)` to create a new message.
+ */
+export const DeleteWebhookRequestSchema: GenMessage<DeleteWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 38);
+
+/**
+ * @generated from message ensemble.workflow.v1.DeleteWebhookResponse
+ */
+export type DeleteWebhookResponse = Message<"ensemble.workflow.v1.DeleteWebhookResponse"> & {
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.DeleteWebhookResponse.
+ * Use `create(DeleteWebhookResponseSchema)` to create a new message.
+ */
+export const DeleteWebhookResponseSchema: GenMessage<DeleteWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 39);
+
+/**
+ * One event for one endpoint, with its attempts.
+ *
+ * @generated from message ensemble.workflow.v1.WebhookDelivery
+ */
+export type WebhookDelivery = Message<"ensemble.workflow.v1.WebhookDelivery"> & {
+  /**
+   * The webhook-id header of every attempt.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string webhook_id = 2;
+   */
+  webhookId: string;
+
+  /**
+   * @generated from field: ensemble.workflow.v1.WebhookEventType event = 3;
+   */
+  event: WebhookEventType;
+
+  /**
+   * @generated from field: string run_id = 4;
+   */
+  runId: string;
+
+  /**
+   * @generated from field: ensemble.workflow.v1.WebhookDeliveryStatus status = 5;
+   */
+  status: WebhookDeliveryStatus;
+
+  /**
+   * @generated from field: int32 attempts = 6;
+   */
+  attempts: number;
+
+  /**
+   * The HTTP status of the last attempt; 0 when it got no answer (see last_error).
+   *
+   * @generated from field: int32 last_status_code = 7;
+   */
+  lastStatusCode: number;
+
+  /**
+   * Why the last attempt failed, if it did.
+   *
+   * @generated from field: string last_error = 8;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 9;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * PENDING only.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 10;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+
+  /**
+   * DELIVERED only.
+   *
+   * @generated from field: google.protobuf.Timestamp delivered_time = 11;
+   */
+  deliveredTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.WebhookDelivery.
+ * Use `create(WebhookDeliverySchema)` to create a new message.
+ */
+export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 40);
+
+/**
+ * @generated from message ensemble.workflow.v1.ListWebhookDeliveriesRequest
+ */
+export type ListWebhookDeliveriesRequest = Message<"ensemble.workflow.v1.ListWebhookDeliveriesRequest"> & {
+  /**
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * @generated from field: ensemble.common.v1.PageRequest page = 2;
+   */
+  page?: PageRequest | undefined;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.ListWebhookDeliveriesRequest.
+ * Use `create(ListWebhookDeliveriesRequestSchema)` to create a new message.
+ */
+export const ListWebhookDeliveriesRequestSchema: GenMessage<ListWebhookDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 41);
+
+/**
+ * @generated from message ensemble.workflow.v1.ListWebhookDeliveriesResponse
+ */
+export type ListWebhookDeliveriesResponse = Message<"ensemble.workflow.v1.ListWebhookDeliveriesResponse"> & {
+  /**
+   * @generated from field: repeated ensemble.workflow.v1.WebhookDelivery deliveries = 1;
+   */
+  deliveries: WebhookDelivery[];
+
+  /**
+   * @generated from field: ensemble.common.v1.PageResponse page = 2;
+   */
+  page?: PageResponse | undefined;
+};
+
+/**
+ * Describes the message ensemble.workflow.v1.ListWebhookDeliveriesResponse.
+ * Use `create(ListWebhookDeliveriesResponseSchema)` to create a new message.
+ */
+export const ListWebhookDeliveriesResponseSchema: GenMessage<ListWebhookDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_ensemble_workflow_v1_run, 42);
+
+/**
  * @generated from enum ensemble.workflow.v1.RunMode
  */
 export enum RunMode {
@@ -1490,6 +1784,82 @@ export const RunViewSchema: GenEnum<RunView> = /*@__PURE__*/
   enumDesc(file_ensemble_workflow_v1_run, 3);
 
 /**
+ * The run events an endpoint can be told about: the terminal ones.
+ *
+ * @generated from enum ensemble.workflow.v1.WebhookEventType
+ */
+export enum WebhookEventType {
+  /**
+   * @generated from enum value: WEBHOOK_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * "run.completed"
+   *
+   * @generated from enum value: WEBHOOK_EVENT_TYPE_RUN_COMPLETED = 1;
+   */
+  RUN_COMPLETED = 1,
+
+  /**
+   * "run.failed"
+   *
+   * @generated from enum value: WEBHOOK_EVENT_TYPE_RUN_FAILED = 2;
+   */
+  RUN_FAILED = 2,
+
+  /**
+   * "run.cancelled"
+   *
+   * @generated from enum value: WEBHOOK_EVENT_TYPE_RUN_CANCELLED = 3;
+   */
+  RUN_CANCELLED = 3,
+}
+
+/**
+ * Describes the enum ensemble.workflow.v1.WebhookEventType.
+ */
+export const WebhookEventTypeSchema: GenEnum<WebhookEventType> = /*@__PURE__*/
+  enumDesc(file_ensemble_workflow_v1_run, 4);
+
+/**
+ * @generated from enum ensemble.workflow.v1.WebhookDeliveryStatus
+ */
+export enum WebhookDeliveryStatus {
+  /**
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Not delivered yet; another attempt is due at next_attempt_time.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * The endpoint answered 2xx.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_DELIVERED = 2;
+   */
+  DELIVERED = 2,
+
+  /**
+   * Every attempt failed; no more are made.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_FAILED = 3;
+   */
+  FAILED = 3,
+}
+
+/**
+ * Describes the enum ensemble.workflow.v1.WebhookDeliveryStatus.
+ */
+export const WebhookDeliveryStatusSchema: GenEnum<WebhookDeliveryStatus> = /*@__PURE__*/
+  enumDesc(file_ensemble_workflow_v1_run, 5);
+
+/**
  * Runs: the main job. A run takes an input and executes it in one of four modes: AUTO (the
  * categorizer picks a model, a template or a compare fan-out), MODEL, WORKFLOW (a registry
  * template or an inline step graph) or COMPARE (several models, then a ranking). Every state
@@ -1632,6 +2002,51 @@ export const RunService: GenService<{
     methodKind: "unary";
     input: typeof DeleteScheduleRequestSchema;
     output: typeof DeleteScheduleResponseSchema;
+  },
+  /**
+   * Webhooks: HTTPS endpoints of the tenant that are told when any of its runs ends, so a
+   * system that starts runs with StartRun need not poll GetRun. Deliveries follow the Standard
+   * Webhooks specification (https://www.standardwebhooks.com): a JSON body
+   * `{"type":"run.completed","timestamp":...,"data":<the RunEvent, as WatchRun shows it>}`,
+   * headers webhook-id (the same on every attempt of one delivery), webhook-timestamp and
+   * webhook-signature (HMAC-SHA256 with the endpoint's secret). A delivery that does not get a
+   * 2xx answer within 10 s is retried with exponential backoff for about a day. Tenant admins
+   * only; the endpoints and their deliveries are the tenant's.
+   *
+   * @generated from rpc ensemble.workflow.v1.RunService.CreateWebhook
+   */
+  createWebhook: {
+    methodKind: "unary";
+    input: typeof CreateWebhookRequestSchema;
+    output: typeof CreateWebhookResponseSchema;
+  },
+  /**
+   * @generated from rpc ensemble.workflow.v1.RunService.ListWebhooks
+   */
+  listWebhooks: {
+    methodKind: "unary";
+    input: typeof ListWebhooksRequestSchema;
+    output: typeof ListWebhooksResponseSchema;
+  },
+  /**
+   * Deletes an endpoint; its pending deliveries are dropped.
+   *
+   * @generated from rpc ensemble.workflow.v1.RunService.DeleteWebhook
+   */
+  deleteWebhook: {
+    methodKind: "unary";
+    input: typeof DeleteWebhookRequestSchema;
+    output: typeof DeleteWebhookResponseSchema;
+  },
+  /**
+   * An endpoint's deliveries, newest first (kept WEBHOOK_DELIVERY_RETENTION_MS, 7 days).
+   *
+   * @generated from rpc ensemble.workflow.v1.RunService.ListWebhookDeliveries
+   */
+  listWebhookDeliveries: {
+    methodKind: "unary";
+    input: typeof ListWebhookDeliveriesRequestSchema;
+    output: typeof ListWebhookDeliveriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ensemble_workflow_v1_run, 0);
