@@ -775,6 +775,40 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       });
       let finished = false;
       let outcome: unknown;
+      /** Records the streamed answer as it ended; the stream's end event. */
+      const ended = (finishReason: FinishReason, usage: Usage, note?: string) => {
+        finished = true;
+        const latency = performance.now() - started;
+        const response = create(ChatResponseSchema, {
+          id,
+          servedBy: served,
+          message: streamedMessage(),
+          reasoning,
+          finishReason,
+          usage,
+          latency: duration(latency),
+          timeToFirstToken: duration(ttft),
+        });
+        recordChat(
+          {
+            model: routed.model,
+            served,
+            usage,
+            latencyMs: latency,
+            ttftMs: ttft,
+            streaming: true,
+          },
+          { response, ...(note !== undefined ? { error: note } : {}) },
+        );
+        const end = {
+          finishReason,
+          usage,
+          latency: duration(latency),
+          timeToFirstToken: duration(ttft),
+          servedBy: served,
+        };
+        return { response, end };
+      };
       try {
         yield event({ case: "start", value: { id, servedBy: served, createTime: timestampNow() } });
         /** A blocked output term the answer held: the rest is withheld. */
@@ -809,7 +843,6 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               });
             }
           } else {
-            const latency = performance.now() - started;
             const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
             if (guard !== undefined) {
               const checked = guard.end();
@@ -826,39 +859,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
                 });
               }
             }
-            finished = true;
-            const response = create(ChatResponseSchema, {
-              id,
-              servedBy: served,
-              message: streamedMessage(),
-              reasoning,
-              finishReason: chunk.finishReason,
-              usage,
-              latency: duration(latency),
-              timeToFirstToken: duration(ttft),
-            });
-            recordChat(
-              {
-                model: routed.model,
-                served,
-                usage,
-                latencyMs: latency,
-                ttftMs: ttft,
-                streaming: true,
-              },
-              { response },
-            );
+            const { response, end } = ended(chunk.finishReason, usage);
             if (useCache && chunk.finishReason !== FinishReason.LENGTH) store(response);
-            yield event({
-              case: "end",
-              value: {
-                finishReason: chunk.finishReason,
-                usage,
-                latency: duration(latency),
-                timeToFirstToken: duration(ttft),
-                servedBy: served,
-              },
-            });
+            yield event({ case: "end", value: end });
             break;
           }
           const next = await it.next();
@@ -867,46 +870,13 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         if (withheld !== undefined) {
           // The rest of the answer is not read: the provider's stream is closed, and what it
           // produced so far is billed (its own usage when it had already ended).
-          finished = true;
           guardStats.count("withhold", "output_term");
           if (endUsage === undefined) await it.return?.();
-          const latency = performance.now() - started;
           const usage =
             endUsage ??
             usageOf(routed.model, input, estimateTextTokens(content + reasoning), false);
-          recordChat(
-            {
-              model: routed.model,
-              served,
-              usage,
-              latencyMs: latency,
-              ttftMs: ttft,
-              streaming: true,
-            },
-            {
-              response: create(ChatResponseSchema, {
-                id,
-                servedBy: served,
-                message: streamedMessage(),
-                reasoning,
-                finishReason: FinishReason.CONTENT_FILTER,
-                usage,
-                latency: duration(latency),
-                timeToFirstToken: duration(ttft),
-              }),
-              error: withheldNote(withheld),
-            },
-          );
-          yield event({
-            case: "end",
-            value: {
-              finishReason: FinishReason.CONTENT_FILTER,
-              usage,
-              latency: duration(latency),
-              timeToFirstToken: duration(ttft),
-              servedBy: served,
-            },
-          });
+          const { end } = ended(FinishReason.CONTENT_FILTER, usage, withheldNote(withheld));
+          yield event({ case: "end", value: end });
         }
         if (!finished) {
           throw new ProviderError(
