@@ -12,6 +12,7 @@ import { registerRunCommands } from "./run-commands.js";
 import { NotLoggedInError, UsageError } from "./session.js";
 import { registerTenantCommands } from "./tenant-commands.js";
 import { VERSION } from "./version.js";
+import { registerWebhookCommands } from "./webhook-commands.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
@@ -21,7 +22,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   const ctx = new Context(io);
   const program = new Command("ensemble")
     .description(
-      "Operate Ensemble from a terminal: log in, chat, run workflows, manage keys, usage and the tenant's settings.",
+      "Operate Ensemble from a terminal: log in, chat, run workflows, manage keys, usage, the tenant's settings and webhooks.",
     )
     .version(VERSION, "-V, --version")
     .addOption(new Option("--url <url>", `the gateway (env ENSEMBLE_URL, default ${DEFAULT_URL})`))
@@ -51,6 +52,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   registerAdminCommands(program, ctx);
   registerLogsCommands(program, ctx);
   registerTenantCommands(program, ctx);
+  registerWebhookCommands(program, ctx);
   return { program, ctx };
 }
 

@@ -22,6 +22,7 @@ import {
   type AuthProcess,
   type MeshProcess,
 } from "@ensemble/testkit";
+import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const CLI = join(repoRoot, "packages/cli/dist/src/main.js");
@@ -136,6 +137,8 @@ beforeAll(async () => {
     registryAddress: registry.address,
     modelProxyAddress: proxy.address,
     serviceToken: await auth.mintServiceToken("workflow"),
+    // Webhooks to the receiver the webhooks test starts on 127.0.0.1, retried within the test.
+    env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_RETRY_BASE_MS: "100" },
   });
   const port = await freePort();
   gateway = new ServerProcess(
@@ -1096,6 +1099,253 @@ describe("ensemble CLI against a live mesh", () => {
       /answer was withheld by a content filter \(the tenant's guardrails/,
     );
   }, 60_000);
+
+  it("cli - webhooks: create prints the secret once, a run's end reaches the receiver signed (retried after a 503), deliveries and list show it, delete removes it; bad events exit 2, a non-admin is refused", async () => {
+    // The tenant's endpoints, on a receiver here (the engine runs with WEBHOOK_ALLOW_PRIVATE):
+    // /ok answers 503 once, then 200; /down always 500; /failed-only is never called.
+    const received: Array<{ path: string; headers: Record<string, string>; body: string }> = [];
+    const answers: Record<string, number[]> = { "/ok": [503] };
+    const receiver = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        const path = req.url ?? "";
+        received.push({
+          path,
+          headers: req.headers as Record<string, string>,
+          body: Buffer.concat(chunks).toString("utf8"),
+        });
+        const status = path === "/down" ? 500 : (answers[path]?.shift() ?? 200);
+        res
+          .writeHead(status, { "content-type": "text/plain" })
+          .end(status === 200 ? "ok" : "receiver down");
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    const base = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
+    const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    type Delivery = { runId: string; status: string; attempts?: number; lastStatusCode?: number };
+    const deliveries = async (id: string) => {
+      const res = await cli(["--json", "webhooks", "deliveries", id]);
+      expect(res.code, res.stderr).toBe(0);
+      return (JSON.parse(res.stdout) as { deliveries: Delivery[] }).deliveries;
+    };
+    try {
+      // An unknown event word: refused before anything is sent, naming the words there are.
+      const bad = await cli(["webhooks", "create", `${base}/ok`, "--events", "completed,finished"]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain(
+        "--events finished: expected one of completed, failed, cancelled (or all)",
+      );
+      expect(bad.stdout).toBe("");
+      const none = await cli(["webhooks", "list"]);
+      expect(none.code, none.stderr).toBe(0);
+      expect(none.stdout.trim()).toBe("(none)");
+      expect(none.stderr).toContain("ensemble webhooks create");
+
+      // Created: the secret on stdout once, with how to keep and use it on stderr.
+      const created = await cli([
+        "webhooks",
+        "create",
+        `${base}/ok`,
+        "--events",
+        "completed",
+        "--description",
+        "billing system",
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      const okId = /^webhook (wh_\w+) created$/m.exec(created.stdout)?.[1];
+      expect(okId, created.stdout).toBeDefined();
+      expect(created.stdout).toMatch(new RegExp(`^url\\s+${escape(base)}/ok$`, "m"));
+      expect(created.stdout).toMatch(/^events\s+run\.completed$/m);
+      expect(created.stdout).toMatch(/^description\s+billing system$/m);
+      const secret = /^secret\s+(whsec_\S+)$/m.exec(created.stdout)?.[1] ?? "";
+      expect(secret).toMatch(/^whsec_[A-Za-z0-9+/=]{20,}$/);
+      expect(created.stderr).toContain("Save the secret now; it is not shown again");
+      expect(created.stderr).toContain(`only its start, ${secret.slice(0, 10)}…`);
+      expect(created.stderr).toMatch(/webhook-id, webhook-timestamp and\s+webhook-signature/);
+      expect(created.stderr).toContain("standardwebhooks");
+
+      // --json: {webhook, secret}; every event when --events is not given.
+      type Created = {
+        webhook: { id: string; url: string; events?: string[]; secretHint: string };
+        secret: string;
+      };
+      const downRes = await cli(["--json", "webhooks", "create", `${base}/down`]);
+      expect(downRes.code, downRes.stderr).toBe(0);
+      const down = JSON.parse(downRes.stdout) as Created;
+      expect(down.webhook).toMatchObject({
+        url: `${base}/down`,
+        secretHint: `${down.secret.slice(0, 10)}…`,
+      });
+      expect(down.webhook.events ?? []).toEqual([]);
+      expect(down.secret).toMatch(/^whsec_/);
+      expect(down.secret).not.toBe(secret);
+      const failedRes = await cli([
+        "--json",
+        "webhooks",
+        "create",
+        `${base}/failed-only`,
+        "--events",
+        "run.failed",
+      ]);
+      expect(failedRes.code, failedRes.stderr).toBe(0);
+      const failedOnly = JSON.parse(failedRes.stdout) as Created;
+      expect(failedOnly.webhook.events).toEqual(["WEBHOOK_EVENT_TYPE_RUN_FAILED"]);
+
+      // A run that completes.
+      const run = await cli(["--json", "run", "-m", "sim-fast", "Tell the webhook about monads"]);
+      expect(run.code, run.stderr).toBe(0);
+      const last = JSON.parse(run.stdout.trim().split("\n").at(-1)!) as {
+        run: { id: string; status: string };
+      };
+      expect(last.run.status).toBe("RUN_STATUS_COMPLETED");
+      const runId = last.run.id;
+
+      // /ok: refused once, then delivered; the same delivery (webhook-id) both times, each signed.
+      const until = Date.now() + 20_000;
+      while (received.filter((r) => r.path === "/ok").length < 2 && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const atOk = received.filter((r) => r.path === "/ok");
+      expect(atOk).toHaveLength(2);
+      const [first, second] = atOk as [(typeof atOk)[0], (typeof atOk)[0]];
+      expect(second.headers["webhook-id"]).toBe(first.headers["webhook-id"]);
+      expect(second.body).toBe(first.body);
+      const verified = new Webhook(secret).verify(second.body, second.headers) as {
+        type: string;
+        data: { runId: string; type: string };
+      };
+      expect(verified.type).toBe("run.completed");
+      expect(verified.data).toMatchObject({ runId, type: "RUN_EVENT_TYPE_COMPLETED" });
+      expect(() => new Webhook(secret).verify(first.body, first.headers)).not.toThrow();
+      // A forged body, or another webhook's secret, does not verify.
+      expect(() =>
+        new Webhook(secret).verify(second.body.replace("monads", "monadz"), second.headers),
+      ).toThrow();
+      expect(() => new Webhook(down.secret).verify(second.body, second.headers)).toThrow();
+
+      let ok = await deliveries(okId!);
+      for (let i = 0; i < 40 && ok[0]?.status !== "WEBHOOK_DELIVERY_STATUS_DELIVERED"; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        ok = await deliveries(okId!);
+      }
+      expect(ok).toMatchObject([
+        { runId, status: "WEBHOOK_DELIVERY_STATUS_DELIVERED", attempts: 2, lastStatusCode: 200 },
+      ]);
+      const okTable = await cli(["webhooks", "deliveries", okId!]);
+      expect(okTable.code, okTable.stderr).toBe(0);
+      const [head, ...rows] = okTable.stdout.trimEnd().split("\n");
+      expect(head).toMatch(
+        /^time\s+event\s+run\s+status\s+attempts\s+code\s+next attempt\s+error$/,
+      );
+      expect(rows).toHaveLength(1);
+      expect(rows[0]).toMatch(
+        new RegExp(
+          `^\\d{4}-\\d\\d-\\d\\dT\\S+Z\\s+run\\.completed\\s+${runId}\\s+delivered\\s+2\\s+200\\s+-\\s+-$`,
+        ),
+      );
+
+      // /down: pending, with the endpoint's answer and when the next attempt is due.
+      let downList = await deliveries(down.webhook.id);
+      for (let i = 0; i < 40 && (downList[0]?.attempts ?? 0) < 1; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        downList = await deliveries(down.webhook.id);
+      }
+      expect(downList).toMatchObject([
+        { runId, status: "WEBHOOK_DELIVERY_STATUS_PENDING", lastStatusCode: 500 },
+      ]);
+      const downTable = await cli(["webhooks", "deliveries", down.webhook.id, "-n", "5"]);
+      expect(downTable.code, downTable.stderr).toBe(0);
+      expect(downTable.stdout.trimEnd().split("\n")[1]).toMatch(
+        new RegExp(
+          `\\s+run\\.completed\\s+${runId}\\s+pending\\s+[1-9]\\d*\\s+500\\s+\\d{4}-\\S+Z\\s+HTTP 500: receiver down$`,
+        ),
+      );
+      // /failed-only wants failed runs: nothing for this one.
+      const quiet = await cli(["webhooks", "deliveries", failedOnly.webhook.id]);
+      expect(quiet.code, quiet.stderr).toBe(0);
+      expect(quiet.stdout.trim()).toBe("(none)");
+      expect(quiet.stderr).toContain("no deliveries yet");
+      expect(received.some((r) => r.path === "/failed-only")).toBe(false);
+      const badLimit = await cli(["webhooks", "deliveries", okId!, "--limit", "0"]);
+      expect(badLimit.code).toBe(2);
+      expect(badLimit.stderr).toContain("--limit 0: expected a whole number from 1 to 500");
+
+      // list: each webhook with its secret's hint, never a secret.
+      const list = await cli(["webhooks", "list"]);
+      expect(list.code, list.stderr).toBe(0);
+      const [listHead, ...listRows] = list.stdout.trimEnd().split("\n");
+      expect(listHead).toMatch(/^id\s+url\s+events\s+description\s+secret hint\s+created$/);
+      expect(listRows.map((r) => r.split(/\s+/)[0])).toEqual([
+        okId,
+        down.webhook.id,
+        failedOnly.webhook.id,
+      ]);
+      expect(listRows[0]).toMatch(
+        new RegExp(
+          `^${okId}\\s+${escape(base)}/ok\\s+run\\.completed\\s+billing system\\s+${escape(secret.slice(0, 10))}…\\s+\\d{4}-\\S+Z$`,
+        ),
+      );
+      expect(listRows[1]).toMatch(
+        new RegExp(`/down\\s+all\\s+-\\s+${escape(down.webhook.secretHint)}\\s`),
+      );
+      expect(listRows[2]).toMatch(/\/failed-only\s+run\.failed\s+-\s/);
+      const listJson = await cli(["--json", "webhooks", "list"]);
+      expect(listJson.code, listJson.stderr).toBe(0);
+      for (const text of [list.stdout, listJson.stdout]) {
+        for (const s of [secret, down.secret, failedOnly.secret]) expect(text).not.toContain(s);
+      }
+      expect(
+        (JSON.parse(listJson.stdout) as { webhooks: Array<{ secretHint: string }> }).webhooks.map(
+          (w) => w.secretHint,
+        ),
+      ).toEqual([
+        `${secret.slice(0, 10)}…`,
+        down.webhook.secretHint,
+        failedOnly.webhook.secretHint,
+      ]);
+
+      // An API key without the admin scope acts as a plain user: refused, with who may.
+      const key = JSON.parse(
+        (await cli(["--json", "keys", "create", "webhooks-user", "--scope", "read,write"])).stdout,
+      ) as { secret: string };
+      const asUser = { env: { ENSEMBLE_API_KEY: key.secret } };
+      for (const args of [["list"], ["create", `${base}/sneaky`], ["delete", okId!]]) {
+        const denied = await cli(["webhooks", ...args], asUser);
+        expect(denied.code).toBe(1);
+        expect(denied.stderr).toMatch(
+          /^error: permission denied: only a tenant admin can manage the tenant's webhooks \(with an API key, one with the admin scope\)/,
+        );
+        expect(denied.stdout).toBe("");
+      }
+
+      // delete: gone from the list; its deliveries with it; a second delete names the id.
+      const deleted = await cli(["webhooks", "delete", okId!]);
+      expect(deleted.code, deleted.stderr).toBe(0);
+      expect(deleted.stdout.trim()).toBe(`webhook ${okId} deleted`);
+      const after = await cli(["--json", "webhooks", "list"]);
+      expect(
+        (JSON.parse(after.stdout) as { webhooks: Array<{ id: string }> }).webhooks.map((w) => w.id),
+      ).toEqual([down.webhook.id, failedOnly.webhook.id]);
+      for (const args of [
+        ["delete", okId!],
+        ["deliveries", okId!],
+      ]) {
+        const gone = await cli(["webhooks", ...args]);
+        expect(gone.code).toBe(1);
+        expect(gone.stderr).toContain(`error: no webhook ${okId} in your tenant`);
+      }
+      for (const id of [down.webhook.id, failedOnly.webhook.id]) {
+        expect((await cli(["--json", "webhooks", "delete", id])).stdout).toContain(`"deleted"`);
+      }
+      const empty = await cli(["webhooks", "list"]);
+      expect(empty.stdout.trim()).toBe("(none)");
+    } finally {
+      receiver.closeAllConnections();
+      await new Promise((r) => receiver.close(r));
+    }
+  }, 90_000);
 
   it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
     const bad = await cli(["runs", "list", "--limt", "5"]);
