@@ -195,6 +195,54 @@ describe("openai client against the gateway", () => {
     expect(usage?.completion_tokens).toBe(unary.usage?.completion_tokens);
   });
 
+  it("legacy completions - text_completion unary and streamed (the same text, usage last), 16 tokens by default, what is not supported is a 400", async () => {
+    const openai = client(accessToken);
+    const prompt = "Write a haiku about tides";
+    const unary = await openai.completions.create({ model: "sim-fast", prompt, max_tokens: 200 });
+    expect(unary.object).toBe("text_completion");
+    expect(unary.id).toMatch(/^cmpl-/);
+    expect(unary.model).toBe("sim-fast");
+    expect(unary.choices[0]?.text).toContain(prompt);
+    expect(unary.choices[0]?.finish_reason).toBe("stop");
+    expect(unary.usage?.completion_tokens).toBeGreaterThan(16);
+    let text = "";
+    let finish: string | null | undefined;
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of await openai.completions.create({
+      model: "sim-fast",
+      prompt: [prompt],
+      max_tokens: 200,
+      stream: true,
+      stream_options: { include_usage: true },
+    })) {
+      expect(chunk.object).toBe("text_completion");
+      text += chunk.choices[0]?.text ?? "";
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      usage = chunk.usage ?? usage;
+    }
+    expect(text).toBe(unary.choices[0]?.text);
+    expect(finish).toBe("stop");
+    expect(usage?.completion_tokens).toBe(unary.usage?.completion_tokens);
+    // OpenAI's default length for this API.
+    const short = await openai.completions.create({ model: "sim-fast", prompt });
+    expect(short.usage?.completion_tokens).toBe(16);
+    expect(short.choices[0]?.finish_reason).toBe("length");
+    for (const [body, param] of [
+      [{ prompt: ["one", "two"] }, "prompt"],
+      [{ prompt: [1, 2, 3] }, "prompt"],
+      [{ prompt, n: 2 }, "n"],
+      [{ prompt, suffix: "end" }, "suffix"],
+      [{ prompt, echo: true }, "echo"],
+      [{ prompt, logprobs: 3 }, "logprobs"],
+    ] as const) {
+      const err = await openai.completions
+        .create({ model: "sim-fast", ...(body as unknown as { prompt: string }) })
+        .catch((e: unknown) => e);
+      expect(err, JSON.stringify(body)).toBeInstanceOf(OpenAI.BadRequestError);
+      expect((err as InstanceType<typeof OpenAI.BadRequestError>).param).toBe(param);
+    }
+  });
+
   it("tools - an agent loop: the model calls the tool (unary and streamed), gets its result, then answers", async () => {
     const openai = client(accessToken);
     const tools: OpenAI.ChatCompletionTool[] = [
@@ -1105,7 +1153,7 @@ describe("openai routes over plain HTTP", () => {
       [post("/v1/chat/completions", "[]"), 400],
       [post("/v1/chat/completions", "{}", { "content-type": "text/plain" }), 415],
       [post("/v1/chat/completions", JSON.stringify({ model: "x".repeat(70_000) })), 413],
-      [post("/v1/completions", "{}"), 404],
+      [post("/v1/audio/speech", "{}"), 404],
       [
         fetch(`${gw.url}/v1/chat/completions`, {
           headers: { authorization: `Bearer ${accessToken}` },

@@ -125,6 +125,32 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
   const model = reqString(body, "model");
   const request: ChatRequestInit = { model, messages: parseMessages(body["messages"]) };
 
+  const { stream, includeUsage } = parseStream(body);
+  parseGeneration(body, request);
+
+  if (body["response_format"] !== undefined && body["response_format"] !== null) {
+    request.responseFormat = parseResponseFormat(body["response_format"]);
+  }
+  if (body["tools"] !== undefined && body["tools"] !== null) {
+    request.tools = parseTools(body["tools"]);
+  }
+  if (body["tool_choice"] !== undefined && body["tool_choice"] !== null) {
+    request.toolChoice = parseToolChoice(body["tool_choice"]);
+  }
+  optBoolean(body, "parallel_tool_calls"); // accepted; providers decide (their default is on)
+
+  const effort = optEnum(body, "reasoning_effort", REASONING_EFFORTS);
+  if (effort !== undefined) request.reasoningEffort = effort;
+
+  optBoolean(body, "logprobs"); // a boolean in chat completions
+  refuseUnsupported(body);
+
+  parseShared(body, request);
+  return { request, stream, includeUsage };
+}
+
+/** `stream` and `stream_options` (chat completions and completions). */
+export function parseStream(body: JsonObject): { stream: boolean; includeUsage: boolean } {
   const stream = optBoolean(body, "stream") ?? false;
   let includeUsage = false;
   if (body["stream_options"] !== undefined && body["stream_options"] !== null) {
@@ -139,7 +165,14 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
     includeUsage = optBoolean(options, "include_usage", "stream_options") ?? false;
     optBoolean(options, "include_obfuscation", "stream_options"); // nothing to obfuscate
   }
+  return { stream, includeUsage };
+}
 
+/**
+ * The length and sampling fields chat completions and completions share: penalties,
+ * `max_tokens` (and chat's `max_completion_tokens`), `stop`, `seed`.
+ */
+export function parseGeneration(body: JsonObject, request: ChatRequestInit): void {
   const presence = optNumber(body, "presence_penalty");
   if (presence !== undefined) request.presencePenalty = presence;
   const frequency = optNumber(body, "frequency_penalty");
@@ -170,31 +203,18 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
     }
     request.seed = BigInt(seed);
   }
+}
 
-  if (body["response_format"] !== undefined && body["response_format"] !== null) {
-    request.responseFormat = parseResponseFormat(body["response_format"]);
-  }
-  if (body["tools"] !== undefined && body["tools"] !== null) {
-    request.tools = parseTools(body["tools"]);
-  }
-  if (body["tool_choice"] !== undefined && body["tool_choice"] !== null) {
-    request.toolChoice = parseToolChoice(body["tool_choice"]);
-  }
-  optBoolean(body, "parallel_tool_calls"); // accepted; providers decide (their default is on)
-
-  const effort = optEnum(body, "reasoning_effort", REASONING_EFFORTS);
-  if (effort !== undefined) request.reasoningEffort = effort;
-
+/** `n` other than 1 and `logprobs` are refused: one answer, no token probabilities. */
+export function refuseUnsupported(body: JsonObject): void {
   const n = optInt32(body, "n");
   if (n !== undefined && n !== 1) {
     throw invalidRequest("Only n=1 is supported.", "n", "unsupported_value");
   }
-  if (optBoolean(body, "logprobs") === true) {
+  const logprobs = body["logprobs"];
+  if (logprobs !== undefined && logprobs !== null && logprobs !== false) {
     throw invalidRequest("logprobs are not supported.", "logprobs", "unsupported_value");
   }
-
-  parseShared(body, request);
-  return { request, stream, includeUsage };
 }
 
 /**
@@ -483,7 +503,7 @@ export function ensembleJson(
   };
 }
 
-function seconds(ts: { seconds: bigint } | undefined): number {
+export function seconds(ts: { seconds: bigint } | undefined): number {
   return ts !== undefined ? Number(ts.seconds) : Math.floor(Date.now() / 1000);
 }
 

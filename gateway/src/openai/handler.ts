@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP API on the gateway (/v1/*), so any OpenAI client library can use
 // Ensemble unchanged:
 //   POST /v1/chat/completions   -> ModelProxyService.Chat, or StreamChat as SSE with `stream: true`
+//   POST /v1/completions        -> the same, in the legacy text completions' shape (completions.ts)
 //   POST /v1/responses          -> the same, in the Responses API's shape (responses.ts)
 //   POST /v1/messages           -> the same, in Anthropic's Messages API shape (messages.ts)
 //   POST /v1/embeddings         -> ModelProxyService.Embed
@@ -33,6 +34,7 @@ import {
 } from "@ensemble/proto";
 import { admit, type Authenticator, type Caller } from "../authn.js";
 import { AUTO_MODEL, routeAuto, type AutoRouting } from "../auto.js";
+import { CompletionChunkEncoder, completionJson, parseCompletionRequest } from "./completions.js";
 import {
   autoModelError,
   chatCompletionJson,
@@ -183,6 +185,23 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
         stream: parsed.stream,
         json: chatCompletionJson,
         encoder: (model) => new ChunkEncoder(parsed.includeUsage, model),
+      });
+    },
+  };
+
+  const completions: Route = {
+    name: "POST /v1/completions",
+    summary:
+      "OpenAI legacy text completions (SSE with stream: true): the prompt as one user message → Chat / StreamChat",
+    method: "POST",
+    scope: "write",
+    errors: { modelRoute: true, param: chatParam },
+    async run(call) {
+      const parsed = parseCompletionRequest(call.body);
+      await answerChat(call, completions, parsed.request, {
+        stream: parsed.stream,
+        json: completionJson,
+        encoder: (model) => new CompletionChunkEncoder(parsed.includeUsage, model),
       });
     },
   };
@@ -493,6 +512,7 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
 
   const exact = new Map<string, Route>([
     ["/v1/chat/completions", chat],
+    ["/v1/completions", completions],
     ["/v1/responses", responses],
     ["/v1/messages", messages],
     ["/v1/messages/count_tokens", countTokens],
