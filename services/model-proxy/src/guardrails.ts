@@ -14,6 +14,7 @@ import { clone } from "@bufbuild/protobuf";
 import { InvalidArgumentError, type Metrics } from "@ensemble/kit";
 import {
   ChatRequestSchema,
+  ChatRole,
   PiiKind,
   type ChatRequest,
   type ContentPart,
@@ -286,12 +287,14 @@ export function guardText(
   text: string,
   where: string,
   stats: GuardrailStats,
+  /** How the message names the text ("the user message (messages[2].content[0])"). */
+  label = where,
 ): string {
   const term = g.blockedTerms?.find(text);
   if (term !== undefined) {
     stats.count("block", "term");
     throw new InvalidArgumentError(
-      `${BLOCKED_PREFIX}: ${where} contains the blocked term "${term.term}"`,
+      `${BLOCKED_PREFIX}: ${label} contains the blocked term "${term.term}"`,
       { field: where },
     );
   }
@@ -299,7 +302,7 @@ export function guardText(
     if (DETECTORS[kind as keyof typeof DETECTORS](text).length > 0) {
       stats.count("block", kindLabel(kind));
       throw new InvalidArgumentError(
-        `${BLOCKED_PREFIX}: ${where} contains ${KINDS[kind as keyof typeof KINDS].noun}, which may not be sent to a model provider`,
+        `${BLOCKED_PREFIX}: ${label} contains ${KINDS[kind as keyof typeof KINDS].noun}, which may not be sent to a model provider`,
         { field: where },
       );
     }
@@ -332,14 +335,26 @@ export function guardChat(
 ): ChatRequest {
   if (!guardsInput(g)) return req;
   const out = clone(ChatRequestSchema, req);
+  const last = out.messages.length - 1;
   out.messages.forEach((m, i) => {
+    // Chat screens show messages, not indexes: "the last user message (messages[2].content[0])".
+    const role = (ChatRole[m.role] ?? "").toLowerCase();
+    const which = `the ${i === last ? "last " : ""}${role === "" ? "" : `${role} `}message`;
     m.content.forEach((part, j) => {
       if (part.part.case === "text") {
-        part.part.value = guardText(g, part.part.value, `messages[${i}].content[${j}]`, stats);
+        const where = `messages[${i}].content[${j}]`;
+        part.part.value = guardText(g, part.part.value, where, stats, `${which} (${where})`);
       }
     });
     m.toolCalls.forEach((call, j) => {
-      call.arguments = guardText(g, call.arguments, `messages[${i}].tool_calls[${j}]`, stats);
+      const where = `messages[${i}].tool_calls[${j}]`;
+      call.arguments = guardText(
+        g,
+        call.arguments,
+        where,
+        stats,
+        `a tool call in ${which} (${where})`,
+      );
     });
   });
   return out;

@@ -832,7 +832,7 @@ describe("model-proxy", () => {
       Code.InvalidArgument,
     );
     expect(secret.rawMessage).toBe(
-      "blocked by the tenant's guardrails: messages[0].content[0] contains an API key or secret, which may not be sent to a model provider",
+      "blocked by the tenant's guardrails: the last user message (messages[0].content[0]) contains an API key or secret, which may not be sent to a model provider",
     );
     const refused = await collect(
       mp.streamChat({ chat: chat("sim-fast", "status of PROJECT   falcon?") }, opts),
