@@ -3,7 +3,10 @@
 // engine behind a gateway that serves the built console (gateway/console/dist). The simulator
 // streams slowly enough that a person would see answers grow. Each page is screenshotted into
 // test-artifacts/console/.
+import { once } from "node:events";
 import { mkdirSync } from "node:fs";
+import { createServer, type IncomingHttpHeaders } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
@@ -16,6 +19,7 @@ import {
 } from "@ensemble/proto";
 import { startCategorizerProcess, startWorkflowProcess, type MeshProcess } from "@ensemble/testkit";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   repoRoot,
@@ -77,6 +81,8 @@ beforeAll(async () => {
     modelProxyAddress: proxy.address,
     categorizerAddress: categorizer.address,
     serviceToken: await auth.mintServiceToken("workflow"),
+    // Webhooks to the test's receiver on 127.0.0.1, retried quickly.
+    env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_RETRY_BASE_MS: "100" },
   });
   gw = await startGateway({
     jwksUrl: auth.jwksUrl,
@@ -881,6 +887,174 @@ describe("console", () => {
     );
     await expect(refused.locator(".text").textContent()).resolves.not.toMatch(/simulated/);
     await shot(page, "02c-chat-guardrails");
+  }, 120_000);
+
+  it("console - an admin adds a webhook (secret shown once), a run that ends is delivered signed, the deliveries show it, and Delete removes it", async () => {
+    // A receiver as a tenant would run one: it keeps what it gets and answers 200.
+    const received: Array<{ headers: IncomingHttpHeaders; body: string }> = [];
+    const receiver = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        received.push({ headers: req.headers, body: Buffer.concat(chunks).toString("utf8") });
+        res.writeHead(200, { "content-type": "text/plain" }).end("ok");
+      });
+    });
+    receiver.listen(0, "127.0.0.1");
+    await once(receiver, "listening");
+    const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks/console`;
+    try {
+      await nav(page, "Admin");
+      const section = page.getByRole("region", { name: "Webhooks" });
+      const form = section.getByRole("form", { name: "Create webhook" });
+      await section.getByText("No webhooks.").waitFor();
+
+      // What the engine refuses is said as it says it, and nothing is added.
+      await form.getByLabel("Endpoint URL").fill("ftp://127.0.0.1/hooks");
+      await form.getByRole("button", { name: "Create webhook" }).click();
+      await expect(section.getByRole("alert").textContent()).resolves.toBe("url: must be https://");
+      await expect(section.getByTestId("webhook-secret").count()).resolves.toBe(0);
+      await expect(section.locator("table.webhooks").count()).resolves.toBe(0);
+
+      // Only completed runs, with a description.
+      await form.getByLabel("Endpoint URL").fill(url);
+      await form.getByLabel("Description").fill("CI receiver");
+      await form.getByRole("checkbox", { name: "run.completed" }).check();
+      await form.getByRole("button", { name: "Create webhook" }).click();
+      const shown = section.getByTestId("webhook-secret");
+      await shown.waitFor();
+      const secret = (await shown.textContent()) ?? "";
+      expect(secret).toMatch(/^whsec_[A-Za-z0-9+/=]{20,}$/);
+      const box = section.getByTestId("webhook-created");
+      await expect(box.textContent()).resolves.toMatch(/Copy it now: it is shown only once\./);
+      for (const header of ["webhook-id", "webhook-timestamp", "webhook-signature"]) {
+        await box.getByText(header, { exact: true }).waitFor();
+      }
+      await box.getByText("standardwebhooks", { exact: true }).waitFor();
+      await expect(section.getByRole("alert").count()).resolves.toBe(0);
+      // The form is ready for the next endpoint.
+      await expect(form.getByLabel("Endpoint URL").inputValue()).resolves.toBe("");
+      await expect(form.getByRole("checkbox", { name: "run.completed" }).isChecked()).resolves.toBe(
+        false,
+      );
+
+      const row = section.locator(`tr[data-webhook="${url}"]`);
+      await row.waitFor();
+      await expect(row.locator('[data-col="url"]').textContent()).resolves.toBe(url);
+      await expect(row.locator('[data-col="events"]').textContent()).resolves.toBe("run.completed");
+      await expect(row.locator('[data-col="description"]').textContent()).resolves.toBe(
+        "CI receiver",
+      );
+      // The table tells secrets apart by their start, never shows them.
+      const hint = ((await row.locator('[data-col="secret"]').textContent()) ?? "").replace(
+        /…$/,
+        "",
+      );
+      expect(hint).toMatch(/^whsec_.+/);
+      expect(secret.startsWith(hint)).toBe(true);
+      expect(hint.length).toBeLessThan(secret.length);
+      expect(await section.locator("table.webhooks").textContent()).not.toContain(secret);
+      await expect(row.textContent()).resolves.toContain(`by ${aliceEmail}`);
+      await shot(page, "07e-admin-webhook-created");
+
+      // Once: after a reload the secret is nowhere on the page; the endpoint is still listed.
+      await page.reload();
+      await row.waitFor();
+      await expect(section.getByTestId("webhook-secret").count()).resolves.toBe(0);
+      expect(await page.content()).not.toContain(secret);
+
+      // Before any run has ended since, the endpoint has no deliveries.
+      await page.getByRole("button", { name: `Deliveries of ${url}` }).click();
+      const deliveries = page.getByRole("region", { name: `Deliveries of ${url}` });
+      await deliveries.getByText("No deliveries yet").waitFor();
+
+      // A comparison is a run: once it completes, the receiver is told, signed with the secret.
+      await nav(page, "Compare");
+      await page.locator('fieldset input[name="model"]:checked').first().waitFor();
+      await page.getByLabel("Prompt").fill(`Name a prime number (${Date.now()})`);
+      await page.getByRole("button", { name: "Compare" }).click();
+      await page.getByRole("region", { name: "Ranking" }).waitFor({ timeout: 60_000 });
+      const href = (await page.getByRole("link", { name: "Open this run" }).getAttribute("href"))!;
+      const runId = href.split("/").at(-1)!;
+      type Payload = { type: string; data: { runId: string; type: string } };
+      const verifier = new Webhook(secret);
+      let delivery: { headers: IncomingHttpHeaders; body: string; payload: Payload } | undefined;
+      for (const until = Date.now() + 30_000; delivery === undefined;) {
+        // Verifying throws for what was not signed with the secret (or is too old).
+        delivery = received
+          .map((r) => ({
+            ...r,
+            payload: verifier.verify(r.body, r.headers as Record<string, string>) as Payload,
+          }))
+          .find((r) => r.payload.data.runId === runId);
+        if (delivery === undefined && Date.now() > until) {
+          throw new Error(`no delivery for run ${runId} (${received.length} received)`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(delivery.payload.type).toBe("run.completed");
+      expect(delivery.payload.data.type).toBe("RUN_EVENT_TYPE_COMPLETED");
+      expect(delivery.headers["webhook-id"]).toMatch(/\S/);
+      expect(delivery.headers["content-type"]).toContain("application/json");
+      // Another secret does not verify it.
+      expect(() =>
+        new Webhook(`whsec_${Buffer.from("not the secret").toString("base64")}`).verify(
+          delivery.body,
+          delivery.headers as Record<string, string>,
+        ),
+      ).toThrow();
+      // Only what it asked for: run.completed, each once.
+      expect(
+        received
+          .map((r) => (JSON.parse(r.body) as Payload).type)
+          .filter((t) => t !== "run.completed"),
+      ).toEqual([]);
+
+      // The deliveries say so, with the run linked to its page.
+      await nav(page, "Admin");
+      await page.getByRole("button", { name: `Deliveries of ${url}` }).click();
+      const delivered = deliveries.locator(`tr[data-run="${runId}"]`);
+      await delivered.waitFor();
+      await expect(delivered.locator('[data-col="event"]').textContent()).resolves.toBe(
+        "run.completed",
+      );
+      await expect(delivered.locator('[data-col="status"]').textContent()).resolves.toBe(
+        "delivered",
+      );
+      await expect(delivered.locator('[data-col="attempts"]').textContent()).resolves.toBe("1");
+      await expect(delivered.locator('[data-col="answer"]').textContent()).resolves.toBe(
+        "HTTP 200",
+      );
+      await expect(delivered.locator('[data-col="next"]').textContent()).resolves.toBe("—");
+      await shot(page, "07f-admin-webhook-deliveries");
+      await delivered.getByRole("link", { name: runId }).click();
+      await page.waitForURL(new RegExp(`/runs/${runId}$`));
+      await page.getByTestId("run-status").filter({ hasText: "completed" }).waitFor();
+
+      // Delete asks first: declined, the endpoint stays; accepted, it is gone (after a reload too).
+      await nav(page, "Admin");
+      await row.waitFor();
+      const asked: string[] = [];
+      page.once("dialog", (d) => {
+        asked.push(d.message());
+        void d.dismiss();
+      });
+      await page.getByRole("button", { name: `Delete ${url}` }).click();
+      await expect.poll(() => asked.length).toBe(1);
+      expect(asked[0]).toContain(url);
+      // Nothing was deleted meanwhile: still listed, as the engine has it, after a reload.
+      await page.waitForLoadState("networkidle");
+      await page.reload();
+      await row.waitFor();
+      page.once("dialog", (d) => void d.accept());
+      await page.getByRole("button", { name: `Delete ${url}` }).click();
+      await section.getByText("No webhooks.").waitFor();
+      await expect(row.count()).resolves.toBe(0);
+      await page.reload();
+      await section.getByText("No webhooks.").waitFor();
+    } finally {
+      receiver.close();
+    }
   }, 120_000);
 
   it("console - a user of another tenant sees none of it", async () => {

@@ -2,7 +2,8 @@
 // creation and when the key is rolled) with their own limits (models, monthly budget, requests
 // and tokens per minute) and what each has spent this month, monthly budgets for the tenant and
 // per user, and the tenant's settings (every chat in the call log, the default response cache,
-// and the guardrails: personal data redacted or refused, terms prompts and answers may not hold).
+// and the guardrails: personal data redacted or refused, terms prompts and answers may not hold),
+// and the tenant's webhooks (admin-webhooks.tsx).
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
@@ -23,6 +24,7 @@ import { api, errorText } from "../api";
 import { loadCallableModels } from "../models";
 import { useSession } from "../session";
 import { ErrorBox, Guard, Loading, enumLabel, fmtTime, fmtUsd, useLoad } from "../ui";
+import { WebhooksSection } from "./admin-webhooks";
 
 export function AdminPage() {
   return (
@@ -32,6 +34,7 @@ export function AdminPage() {
       <Users />
       <Budgets />
       <TenantSettingsSection />
+      <WebhooksSection />
     </div>
   );
 }

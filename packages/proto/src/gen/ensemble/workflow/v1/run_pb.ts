@@ -1352,7 +1352,7 @@ export type Webhook = Message<"ensemble.workflow.v1.Webhook"> & {
   createdBy: string;
 
   /**
-   * The start of its secret ("whsec_AbCd"), to tell secrets apart; the secret itself is shown
+   * The start of its secret ("whsec_AbCd…"), to tell secrets apart; the secret itself is shown
    * only by CreateWebhook.
    *
    * @generated from field: string secret_hint = 7;
