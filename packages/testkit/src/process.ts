@@ -146,15 +146,37 @@ function describe(status: ExitStatus): string {
   return status.signal ? `signal ${status.signal}` : `exit code ${status.code}`;
 }
 
-/** A TCP port that was free a moment ago on 127.0.0.1 (callers retry if it is taken meanwhile). */
-export async function freePort(): Promise<number> {
+/**
+ * Ports freePort hands out: below Linux's ephemeral range (32768-60999 by default), from which
+ * the kernel picks the local port of every outgoing connection. A port from that range could be
+ * taken by some client socket between being found free and the server binding it (seen in CI:
+ * auth exiting with EADDRINUSE); one from here can only be taken by another test's server.
+ */
+const PORT_MIN = 20_000;
+const PORT_MAX = 32_000;
+
+async function bindable(port: number): Promise<boolean> {
   const server = createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
+  server.listen(port, "127.0.0.1");
+  try {
+    await Promise.race([
+      once(server, "listening"),
+      once(server, "error").then(([err]) => Promise.reject(err as Error)),
+    ]);
+  } catch {
+    return false;
+  }
   await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === "string") throw new Error("could not get a free port");
-  return address.port;
+  return true;
+}
+
+/** A TCP port that was free a moment ago on 127.0.0.1, outside the ephemeral range. */
+export async function freePort(): Promise<number> {
+  for (let i = 0; i < 50; i++) {
+    const port = PORT_MIN + Math.floor(Math.random() * (PORT_MAX - PORT_MIN));
+    if (await bindable(port)) return port;
+  }
+  throw new Error(`no free port found between ${PORT_MIN} and ${PORT_MAX}`);
 }
 
 export function sleep(ms: number): Promise<void> {
