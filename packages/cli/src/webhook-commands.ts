@@ -23,6 +23,15 @@ const EVENT_WORDS: Record<string, WebhookEventType> = {
   completed: WebhookEventType.RUN_COMPLETED,
   failed: WebhookEventType.RUN_FAILED,
   cancelled: WebhookEventType.RUN_CANCELLED,
+  budget: WebhookEventType.BUDGET_THRESHOLD,
+};
+
+/** The event names receivers see in the body's "type". */
+const EVENT_NAMES: Record<string, string> = {
+  completed: "run.completed",
+  failed: "run.failed",
+  cancelled: "run.cancelled",
+  budget: "budget.threshold",
 };
 const EVENT_LIST = Object.keys(EVENT_WORDS).join(", ");
 
@@ -36,7 +45,7 @@ const ERROR_CHARS = 80;
 /** The event's name as receivers see it in the body's "type": run.completed, ... */
 function eventName(e: WebhookEventType): string {
   const word = Object.keys(EVENT_WORDS).find((w) => EVENT_WORDS[w] === e);
-  return word !== undefined ? `run.${word}` : String(e);
+  return word !== undefined ? (EVENT_NAMES[word] ?? word) : String(e);
 }
 
 /** An endpoint's events: "all", or "run.completed,run.failed". */
@@ -55,7 +64,8 @@ function eventTypes(raw: string): WebhookEventType[] {
       w
         .trim()
         .toLowerCase()
-        .replace(/^run\./, ""),
+        .replace(/^run\./, "")
+        .replace(/^budget\.threshold$/, "budget"),
     )
     .filter((w) => w !== "");
   if (words.length === 0) {
@@ -138,6 +148,7 @@ function describeWebhook(w: Webhook, secret: string): string {
 }
 
 const VERIFY_HINT = `Each delivery is a POST of {"type":"run.completed","timestamp":...,"data":<the run's last event>}
+(or "budget.threshold" with the budget alert as data)
 with the Standard Webhooks headers webhook-id, webhook-timestamp and webhook-signature
 (HMAC-SHA256 with the secret). Verify them with the standardwebhooks library
 (https://www.standardwebhooks.com; npm, PyPI, Go, ...):
@@ -150,7 +161,7 @@ function deliveryRow(d: WebhookDelivery): string[] {
   return [
     when(d.createTime),
     eventName(d.event),
-    d.runId,
+    d.runId || "-",
     label(WebhookDeliveryStatus, d.status),
     String(d.attempts),
     code,
@@ -163,7 +174,7 @@ export function registerWebhookCommands(program: Command, ctx: Context): void {
   const webhooks = program
     .command("webhooks")
     .description(
-      "endpoints told when the tenant's runs end (completed, failed, cancelled); tenant admins only",
+      "endpoints told when the tenant's runs end (completed, failed, cancelled) and when a budget nears its limit; tenant admins only",
     )
     .addHelpText(
       "after",
@@ -177,7 +188,7 @@ without polling. Deliveries are signed as Standard Webhooks; see \`ensemble webh
     .argument("<url>", "where to POST the events: https://... on a public host")
     .option(
       "--events <events>",
-      `which runs' ends to send, comma-separated: ${EVENT_LIST}; or all (default: all)`,
+      `what to send, comma-separated: ${EVENT_LIST} (a monthly budget reached 80 % or 100 % of its limit); or all (default: all)`,
     )
     .option("--description <text>", `what it is for (at most ${MAX_DESCRIPTION} characters)`)
     .addHelpText(

@@ -1135,7 +1135,7 @@ describe("ensemble CLI against a live mesh", () => {
       const bad = await cli(["webhooks", "create", `${base}/ok`, "--events", "completed,finished"]);
       expect(bad.code).toBe(2);
       expect(bad.stderr).toContain(
-        "--events finished: expected one of completed, failed, cancelled (or all)",
+        "--events finished: expected one of completed, failed, cancelled, budget (or all)",
       );
       expect(bad.stdout).toBe("");
       const none = await cli(["webhooks", "list"]);

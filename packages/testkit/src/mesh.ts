@@ -249,6 +249,8 @@ export interface WorkflowProcessOptions {
     eventsRoot: string;
     stepStream: string;
     subjectPrefix: string;
+    /** The consumer of budget alerts on the run's shared USAGE stream (one per set of replicas). */
+    budgetConsumer: string;
   };
   env?: NodeJS.ProcessEnv;
 }
@@ -262,6 +264,7 @@ export function workflowSharedNames(): NonNullable<WorkflowProcessOptions["share
     eventsRoot: token("runs"),
     stepStream: token("WORKFLOW_STEPS_"),
     subjectPrefix: token("wf"),
+    budgetConsumer: token("webhooks_budget_"),
   };
 }
 
@@ -289,6 +292,7 @@ export async function startWorkflowProcess(opts: WorkflowProcessOptions): Promis
       RUN_EVENTS_SUBJECT_ROOT: shared.eventsRoot,
       STEP_STREAM: shared.stepStream,
       WORKFLOW_SUBJECT_PREFIX: shared.subjectPrefix,
+      WEBHOOK_BUDGET_CONSUMER: shared.budgetConsumer,
       ...(opts.categorizerAddress !== undefined
         ? { CATEGORIZER_ADDR: opts.categorizerAddress }
         : {}),

@@ -96,4 +96,18 @@ describe("model-proxy config", () => {
       expect(String(err)).not.toContain("sk-leak");
     }
   });
+
+  it("BUDGET_ALERT_PERCENTS - 80 and 100 by default, a list of whole percents, off for none; anything else names the value", () => {
+    expect(loadModelProxyConfig(base).BUDGET_ALERT_PERCENTS).toEqual([80, 100]);
+    expect(
+      loadModelProxyConfig({ ...base, BUDGET_ALERT_PERCENTS: "50, 90,90" }).BUDGET_ALERT_PERCENTS,
+    ).toEqual([50, 90]);
+    expect(
+      loadModelProxyConfig({ ...base, BUDGET_ALERT_PERCENTS: "off" }).BUDGET_ALERT_PERCENTS,
+    ).toEqual([]);
+    expect(() => loadModelProxyConfig({ ...base, BUDGET_ALERT_PERCENTS: "80,150" })).toThrow(/150/);
+    expect(() => loadModelProxyConfig({ ...base, BUDGET_ALERT_PERCENTS: "eighty" })).toThrow(
+      ConfigError,
+    );
+  });
 });

@@ -116,6 +116,29 @@ export const modelProxyEnv = z.object({
     .default("ensemble_spend"),
   /** How long a budget limit read from auth is reused. */
   BUDGET_CACHE_MS: z.coerce.number().int().min(0).default(30_000),
+  /**
+   * Shares of a monthly limit (percent, comma-separated) whose reaching raises a budget alert
+   * (webhook "budget.threshold"); "off" = none.
+   */
+  BUDGET_ALERT_PERCENTS: z
+    .string()
+    .default("80,100")
+    .transform((v, ctx) => {
+      const out: number[] = [];
+      if (v.trim().toLowerCase() === "off") return out;
+      for (const part of v
+        .split(",")
+        .map((p) => p.trim())
+        .filter((p) => p !== "")) {
+        const n = Number(part);
+        if (!Number.isInteger(n) || n < 1 || n > 100) {
+          ctx.addIssue({ code: "custom", message: `expected whole percents 1-100, got "${part}"` });
+          return z.NEVER;
+        }
+        out.push(n);
+      }
+      return [...new Set(out)];
+    }),
   /** Ledger entries are written in batches at least this often. */
   LEDGER_FLUSH_MS: positiveInt.default(250),
   LEDGER_BATCH_SIZE: positiveInt.default(500),

@@ -61,6 +61,7 @@ async function main({
       metrics,
       spendBucket: config.SPEND_BUCKET,
       budgetCacheMs: config.BUDGET_CACHE_MS,
+      alertPercents: config.BUDGET_ALERT_PERCENTS,
       flushMs: config.LEDGER_FLUSH_MS,
       batchSize: config.LEDGER_BATCH_SIZE,
     }),

@@ -94,6 +94,10 @@ export const workflowEnv = z.object({
   // ---- webhooks
   /** The durable JetStream consumer (on RUN_EVENTS) every replica takes run endings from. */
   WEBHOOK_CONSUMER: name.default("webhooks"),
+  /** model-proxy's JetStream stream of usage events, whose budget alerts webhooks deliver. */
+  USAGE_STREAM: name.default("USAGE"),
+  /** The durable consumer (on USAGE) every replica takes budget alerts from. */
+  WEBHOOK_BUDGET_CONSUMER: name.default("webhooks-budget"),
   /**
    * Allow endpoints on http:// and on loopback, private and link-local addresses (development
    * and tests only: deliveries leave from inside the mesh's network).

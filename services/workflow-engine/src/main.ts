@@ -188,6 +188,8 @@ async function main({
       stream: config.RUN_EVENTS_STREAM,
       root: config.RUN_EVENTS_SUBJECT_ROOT,
       consumer: config.WEBHOOK_CONSUMER,
+      usageStream: config.USAGE_STREAM,
+      budgetConsumer: config.WEBHOOK_BUDGET_CONSUMER,
       allowPrivate: config.WEBHOOK_ALLOW_PRIVATE,
       retryBaseMs: config.WEBHOOK_RETRY_BASE_MS,
       maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
@@ -195,7 +197,7 @@ async function main({
       retentionMs: config.WEBHOOK_DELIVERY_RETENTION_MS,
     },
   });
-  await webhooks.start();
+  webhooks.start();
 
   const server = build({
     version: VERSION,

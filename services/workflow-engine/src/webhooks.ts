@@ -22,7 +22,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { BlockList, isIP } from "node:net";
-import { create, toJson } from "@bufbuild/protobuf";
+import { create, fromBinary, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   FailedPreconditionError,
@@ -35,12 +35,14 @@ import {
   type Principal,
 } from "@ensemble/kit";
 import {
+  BudgetAlertSchema,
   RunEventSchema,
   RunEventType,
   WebhookDeliverySchema,
   WebhookDeliveryStatus,
   WebhookSchema,
   WebhookEventType,
+  type BudgetAlert,
   type CreateWebhookRequest,
   type ListWebhookDeliveriesRequest,
   type RunEvent,
@@ -164,6 +166,9 @@ export async function openWebhookModels(conn: Connection): Promise<WebhookModels
   return models;
 }
 
+/** Subjects of model-proxy's usage events: `<root>.<tenant>` and budget alerts `<root>.<tenant>.budget`. */
+const USAGE_SUBJECT_ROOT = "ensemble.usage";
+
 /** The run event behind each webhook event type. */
 const RUN_EVENT_OF: Record<number, RunEventType> = {
   [WebhookEventType.RUN_COMPLETED]: RunEventType.COMPLETED,
@@ -286,6 +291,9 @@ export interface WebhookSettings {
   /** Subject root of run events. */
   root: string;
   consumer: string;
+  /** model-proxy's stream of usage events and budget alerts, and the consumer of the alerts. */
+  usageStream: string;
+  budgetConsumer: string;
   allowPrivate: boolean;
   /** Backoff unit (the first retry's delay). */
   retryBaseMs: number;
@@ -311,8 +319,8 @@ export class Webhooks {
   /** Each tenant's endpoints, for the events (changes here apply at once, elsewhere within 5 s). */
   readonly #endpoints = new TtlCache<WebhookDoc[]>({ ttlMs: 5_000 });
   readonly #results: Counter<"result"> | undefined;
-  #messages: ConsumerMessages | undefined;
-  #consuming: Promise<void> | undefined;
+  readonly #messages = new Set<ConsumerMessages>();
+  readonly #consuming: Array<Promise<void>> = [];
   #timer: NodeJS.Timeout | undefined;
   #sending: Promise<void> | undefined;
   #again = false;
@@ -416,23 +424,28 @@ export class Webhooks {
   // ------------------------------------------------------------------------------ lifecycle
 
   /** The consumer of terminal run events, and the sending loop. */
-  async start(): Promise<void> {
-    const config = {
-      durable_name: this.#s.consumer,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.New,
-      ack_wait: 30_000_000_000,
-      max_ack_pending: 1_000,
-      filter_subjects: [RunEventType.COMPLETED, RunEventType.FAILED, RunEventType.CANCELLED].map(
-        (t) => `${this.#s.root}.*.*.${EVENT_TOKENS[t]}`,
+  start(): void {
+    // Run endings from RUN_EVENTS (the engine's own stream, there before this starts).
+    this.#consuming.push(
+      this.#consume(
+        this.#s.stream,
+        this.#s.consumer,
+        [RunEventType.COMPLETED, RunEventType.FAILED, RunEventType.CANCELLED].map(
+          (t) => `${this.#s.root}.*.*.${EVENT_TOKENS[t]}`,
+        ),
+        (data) => this.#ingestRunEvent(decodeEvent(data)),
       ),
-    };
-    try {
-      await this.#d.jsm.consumers.add(this.#s.stream, config);
-    } catch {
-      await this.#d.jsm.consumers.update(this.#s.stream, this.#s.consumer, config);
-    }
-    this.#consuming = this.#consume();
+    );
+    // Budget alerts from model-proxy's USAGE stream (made by model-proxy: until it exists, the
+    // loop retries every second).
+    this.#consuming.push(
+      this.#consume(
+        this.#s.usageStream,
+        this.#s.budgetConsumer,
+        [`${USAGE_SUBJECT_ROOT}.*.budget`],
+        (data) => this.#ingestBudgetAlert(fromBinary(BudgetAlertSchema, data)),
+      ),
+    );
     this.#timer = setInterval(() => this.#kick(), this.#s.pollMs);
     this.#timer.unref();
     this.#kick();
@@ -441,8 +454,8 @@ export class Webhooks {
   async stop(): Promise<void> {
     this.#stopping = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
-    await this.#messages?.close();
-    await this.#consuming;
+    await Promise.all([...this.#messages].map((m) => m.close()));
+    await Promise.all(this.#consuming);
     await this.#sending;
     await Promise.allSettled([...this.#inFlight]);
     await this.#agent.close();
@@ -450,53 +463,105 @@ export class Webhooks {
 
   // ------------------------------------------------------------------------------ work
 
-  /** Takes run endings from the shared consumer until stopped (again after a failure). */
-  async #consume(): Promise<void> {
+  /**
+   * Takes events from a durable consumer shared by every replica (made or updated here) until
+   * stopped, again after a failure; an event is acked once its deliveries are stored.
+   */
+  async #consume(
+    stream: string,
+    durable: string,
+    subjects: string[],
+    ingest: (data: Uint8Array) => Promise<boolean>,
+  ): Promise<void> {
+    const config = {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.New,
+      ack_wait: 30_000_000_000,
+      max_ack_pending: 1_000,
+      filter_subjects: subjects,
+    };
     let failures = 0;
     while (!this.#stopping) {
+      let messages: ConsumerMessages | undefined;
       try {
-        const consumer = await this.#d.js.consumers.get(this.#s.stream, this.#s.consumer);
-        this.#messages = await consumer.consume({ max_messages: 64 });
-        for await (const msg of this.#messages) {
+        try {
+          await this.#d.jsm.consumers.add(stream, config);
+        } catch {
+          await this.#d.jsm.consumers.update(stream, durable, config);
+        }
+        const consumer = await this.#d.js.consumers.get(stream, durable);
+        messages = await consumer.consume({ max_messages: 64 });
+        this.#messages.add(messages);
+        for await (const msg of messages) {
           failures = 0;
           try {
-            if (await this.#ingest(decodeEvent(msg.data))) this.#kick();
+            if (await ingest(msg.data)) this.#kick();
             msg.ack();
           } catch (err) {
-            this.#log.warn({ err }, "a run event could not become webhook deliveries; retried");
+            this.#log.warn(
+              { err, stream },
+              "an event could not become webhook deliveries; retried",
+            );
             msg.nak(1_000);
           }
         }
       } catch (err) {
         if (this.#stopping) return;
-        if (failures++ === 0) this.#log.warn({ err }, "webhook event consumer failed; retrying");
+        if (failures++ === 0) {
+          this.#log.warn({ err, stream }, "webhook event consumer failed; retrying every second");
+        }
+      } finally {
+        if (messages !== undefined) this.#messages.delete(messages);
       }
       if (!this.#stopping) await new Promise((r) => setTimeout(r, 1_000));
     }
   }
 
-  /** Deliveries for the endpoints that want this event; true when any was added. */
-  async #ingest(ev: RunEvent): Promise<boolean> {
+  async #ingestRunEvent(ev: RunEvent): Promise<boolean> {
     const type = WEBHOOK_EVENT_OF.get(ev.type);
     if (type === undefined) return false;
-    const endpoints = await this.#endpoints.get(ev.tenantId, () =>
-      this.#d.models.webhooks.find({ tenantId: ev.tenantId }).lean<WebhookDoc[]>().exec(),
+    return this.#ingest(ev.tenantId, type, ev.eventId, ev.runId, {
+      type: `run.${EVENT_TOKENS[ev.type]}`,
+      time: ev.time !== undefined ? timestampDate(ev.time) : new Date(),
+      data: toJson(RunEventSchema, ev),
+    });
+  }
+
+  async #ingestBudgetAlert(alert: BudgetAlert): Promise<boolean> {
+    return this.#ingest(alert.tenantId, WebhookEventType.BUDGET_THRESHOLD, alert.eventId, "", {
+      type: "budget.threshold",
+      time: alert.time !== undefined ? timestampDate(alert.time) : new Date(),
+      data: toJson(BudgetAlertSchema, alert),
+    });
+  }
+
+  /** Deliveries for the endpoints of the tenant that want this event; true when any was added. */
+  async #ingest(
+    tenantId: string,
+    type: WebhookEventType,
+    eventId: string,
+    runId: string,
+    payload: { type: string; time: Date; data: unknown },
+  ): Promise<boolean> {
+    const endpoints = await this.#endpoints.get(tenantId, () =>
+      this.#d.models.webhooks.find({ tenantId }).lean<WebhookDoc[]>().exec(),
     );
     const wanted = endpoints.filter((w) => w.events.length === 0 || w.events.includes(type));
     if (wanted.length === 0) return false;
     const body = JSON.stringify({
-      type: `run.${EVENT_TOKENS[ev.type]}`,
-      timestamp: (ev.time !== undefined ? timestampDate(ev.time) : new Date()).toISOString(),
-      data: toJson(RunEventSchema, ev),
+      type: payload.type,
+      timestamp: payload.time.toISOString(),
+      data: payload.data,
     });
     const now = new Date();
     for (const w of wanted) {
       const doc: DeliveryDoc = {
-        _id: `${w._id}.${ev.eventId}`,
-        tenantId: ev.tenantId,
+        _id: `${w._id}.${eventId}`,
+        tenantId,
         webhookId: w._id,
         event: type,
-        runId: ev.runId,
+        runId,
         body,
         status: WebhookDeliveryStatus.PENDING,
         attempts: 0,

@@ -203,6 +203,10 @@ async function start(
         stream,
         root,
         consumer: "webhooks",
+        // model-proxy processes of every test share the run's NATS and its USAGE stream: each
+        // mesh takes budget alerts through its own consumer.
+        usageStream: "USAGE",
+        budgetConsumer: subjectToken("budget"),
         allowPrivate: true,
         retryBaseMs: 100,
         maxAttempts: 3,
@@ -211,7 +215,7 @@ async function start(
         ...opts.webhooks,
       },
     });
-    await webhooks.start();
+    webhooks.start();
     undo.push(() => webhooks!.stop());
   }
 

@@ -4,9 +4,11 @@
 import { once } from "node:events";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
+  BudgetScope,
+  ChatRole,
   RunService,
   RunStatus,
   WebhookDeliveryStatus,
@@ -212,6 +214,76 @@ describe("webhooks", () => {
     );
     await new Promise((r) => setTimeout(r, 1_000));
     expect(received.filter((r) => r.path === "/bob-all")).toHaveLength(1);
+  });
+
+  it("budget alerts - the tenant's spend reaching 80 % and then 100 % of its limit is told once each, from model-proxy's budget checks", async () => {
+    const admin = await mesh.signup("erin");
+    await mesh.authClient.setBudget(
+      { scope: BudgetScope.TENANT, monthlyLimitUsd: 0.0002 },
+      as(admin.token),
+    );
+    const hook = await runs.createWebhook(
+      { url: `${base}/erin-budget`, events: [WebhookEventType.BUDGET_THRESHOLD] },
+      as(admin.token),
+    );
+    // Calls until the budget refuses them; each call's spend counts once its ledger batch is
+    // flushed (LEDGER_FLUSH_MS), so the next check sees it. A call costs about 8 % of the limit,
+    // so even a check that missed one flush cannot step over the 80-100 % window.
+    let refused = false;
+    for (let i = 0; i < 60 && !refused; i++) {
+      try {
+        await mesh.modelProxy.chat(
+          {
+            model: "sim-fast",
+            messages: [
+              { role: ChatRole.USER, content: [{ part: { case: "text", value: `count ${i}` } }] },
+            ],
+          },
+          as(admin.token),
+        );
+      } catch (err) {
+        expect(ConnectError.from(err).code).toBe(Code.ResourceExhausted);
+        refused = true;
+      }
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    expect(refused).toBe(true);
+    // One more refused call after the 100 % alert: nothing new.
+    await mesh.modelProxy
+      .chat(
+        {
+          model: "sim-fast",
+          messages: [
+            { role: ChatRole.USER, content: [{ part: { case: "text", value: "again" } }] },
+          ],
+        },
+        as(admin.token),
+      )
+      .catch(() => undefined);
+    const got = await receivedAt("/erin-budget", 2);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const all = received.filter((r) => r.path === "/erin-budget");
+    const alerts = all.map(
+      (r) =>
+        new Verifier(hook.secret).verify(r.body, r.headers as Record<string, string>) as {
+          type: string;
+          data: {
+            tenantId: string;
+            scope: string;
+            thresholdPercent: number;
+            limitUsd: number;
+            spendUsd: number;
+          };
+        },
+    );
+    expect(got.length).toBe(2);
+    expect(alerts.map((a) => [a.type, a.data.scope, a.data.thresholdPercent])).toEqual([
+      ["budget.threshold", "BUDGET_ALERT_SCOPE_TENANT", 80],
+      ["budget.threshold", "BUDGET_ALERT_SCOPE_TENANT", 100],
+    ]);
+    expect(alerts[1]!.data).toMatchObject({ tenantId: admin.tenantId, limitUsd: 0.0002 });
+    expect(alerts[1]!.data.spendUsd).toBeGreaterThanOrEqual(0.0002);
+    expect(new Set(all.map((r) => r.headers["webhook-id"])).size).toBe(2);
   });
 
   it("url policy - https to public hosts only, unless private addresses are allowed; names resolving inside are refused at connection", async () => {

@@ -1,5 +1,5 @@
 // Admin > Webhooks (tenant admins only): the tenant's HTTPS endpoints that are told when any of
-// its runs ends (RunService CreateWebhook, ListWebhooks, DeleteWebhook, ListWebhookDeliveries).
+// its runs ends, and when a monthly budget nears its limit (RunService CreateWebhook, ListWebhooks, DeleteWebhook, ListWebhookDeliveries).
 // The signing secret is shown once, at creation; each endpoint's recent deliveries, with their
 // attempts and what the endpoint last answered, open under its row.
 import {
@@ -15,11 +15,12 @@ import { api, errorText } from "../api";
 import { Link } from "../router";
 import { ErrorBox, Guard, enumLabel, fmtTime, useLoad } from "../ui";
 
-/** The run endings an endpoint can be told about, with their names in a delivery's `type`. */
+/** What an endpoint can be told about, with the names in a delivery's `type`. */
 const EVENTS: Array<{ type: WebhookEventType; name: string }> = [
   { type: WebhookEventType.RUN_COMPLETED, name: "run.completed" },
   { type: WebhookEventType.RUN_FAILED, name: "run.failed" },
   { type: WebhookEventType.RUN_CANCELLED, name: "run.cancelled" },
+  { type: WebhookEventType.BUDGET_THRESHOLD, name: "budget.threshold" },
 ];
 
 /** "run.completed, run.failed"; no events means every one. */
@@ -112,10 +113,11 @@ export function WebhooksSection() {
       <h2>Webhooks</h2>
       <p className="hint">
         Endpoints told when a run of anyone in the tenant ends, so a system that starts runs need
-        not poll for them. Each gets a signed <code>POST</code> per run ending it asked for, retried
-        with backoff for about a day until it answers 2xx within 10 s. Only <code>https://</code>{" "}
-        URLs of public hosts are accepted (unless the operator allows private ones, for
-        development).
+        not poll for them, and when a monthly budget of the tenant, a user or an API key reaches 80
+        % or 100 % of its limit (<code>budget.threshold</code>). Each gets a signed{" "}
+        <code>POST</code> per event it asked for, retried with backoff for about a day until it
+        answers 2xx within 10 s. Only <code>https://</code> URLs of public hosts are accepted
+        (unless the operator allows private ones, for development).
       </p>
       <form onSubmit={(e) => void create(e)} aria-label="Create webhook">
         <div className="inline-row">
@@ -291,7 +293,7 @@ function Deliveries(props: { webhook: Webhook }) {
       <Guard
         loaded={deliveries}
         empty={(d) => d.deliveries.length === 0}
-        emptyText="No deliveries yet: one is made when a run it is told about ends."
+        emptyText="No deliveries yet: one is made for each event it is told about."
       >
         {(d) => (
           <>
@@ -339,9 +341,13 @@ function DeliveryRow({ delivery: x }: { delivery: WebhookDelivery }) {
       <td className="nowrap">{fmtTime(x.createTime)}</td>
       <td data-col="event">{eventNames([x.event])}</td>
       <td data-col="run">
-        <Link to={`/runs/${encodeURIComponent(x.runId)}`}>
-          <code>{x.runId}</code>
-        </Link>
+        {x.runId === "" ? (
+          "—"
+        ) : (
+          <Link to={`/runs/${encodeURIComponent(x.runId)}`}>
+            <code>{x.runId}</code>
+          </Link>
+        )}
       </td>
       <td data-col="status">
         <span

@@ -26,7 +26,8 @@ import {
   type Metrics,
   type NatsConnection,
 } from "@ensemble/kit";
-import type { AuthService } from "@ensemble/proto";
+import { BudgetAlertScope, type AuthService } from "@ensemble/proto";
+import { BudgetAlerts } from "./alerts.js";
 import { Counter, Gauge } from "prom-client";
 import type mongoose from "mongoose";
 import {
@@ -78,6 +79,8 @@ export interface AccountingDeps {
   usageStream?: string;
   /** How long flush()/close() keep retrying a failing store before rejecting (default 30 s). */
   flushGiveUpMs?: number;
+  /** Shares of a monthly limit (percent) that raise a budget alert; default 80 and 100. */
+  alertPercents?: readonly number[];
 }
 
 export async function openAccounting(deps: AccountingDeps): Promise<Accounting> {
@@ -109,6 +112,12 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
     batchSize: deps.batchSize,
   });
   const giveUpMs = deps.flushGiveUpMs ?? DEFAULT_FLUSH_GIVE_UP_MS;
+  const alerts = new BudgetAlerts({
+    spend,
+    js: jetstream(deps.nc),
+    percents: deps.alertPercents ?? [80, 100],
+    logger,
+  });
 
   function refuseOver(
     scope: "tenant" | "user" | "key",
@@ -153,21 +162,44 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
       const at = now();
       const month = monthOf(at);
       const estimate = cleanCost(estimatedCostUsd);
-      const spent = (k: string) => spend.spent(k);
-      refuseOver(
-        "tenant",
-        "the tenant's",
-        tenant,
-        spent(tenantSpendKey(month, caller.tenantId)),
-        estimate,
-        at,
-      );
+      /** The month's spend of a counter, after raising any budget alert it has reached. */
+      const spent = (
+        counter: string,
+        scope: BudgetAlertScope,
+        limit: number | undefined,
+        who: { userId?: string; apiKeyId?: string; apiKeyName?: string } = {},
+      ) => {
+        const used = spend.spent(counter);
+        if (limit !== undefined) {
+          alerts.check({
+            scope,
+            tenantId: caller.tenantId,
+            userId: who.userId ?? "",
+            apiKeyId: who.apiKeyId ?? "",
+            apiKeyName: who.apiKeyName ?? "",
+            counter,
+            month: monthLabel(month),
+            limit,
+            spent: used,
+          });
+        }
+        return used;
+      };
+      const tenantCounter = tenantSpendKey(month, caller.tenantId);
+      const tenantUsed = spent(tenantCounter, BudgetAlertScope.TENANT, tenant);
+      refuseOver("tenant", "the tenant's", tenant, tenantUsed, estimate, at);
       if (caller.userId !== "") {
-        const used = spent(userSpendKey(month, caller.tenantId, caller.userId));
+        const counter = userSpendKey(month, caller.tenantId, caller.userId);
+        const used = spent(counter, BudgetAlertScope.USER, user, { userId: caller.userId });
         refuseOver("user", "your", user, used, estimate, at);
       }
       if (key !== undefined) {
-        const used = spent(apiKeySpendKey(month, caller.tenantId, caller.apiKeyId));
+        const counter = apiKeySpendKey(month, caller.tenantId, caller.apiKeyId);
+        const used = spent(counter, BudgetAlertScope.API_KEY, key.monthlyLimitUsd, {
+          userId: caller.userId,
+          apiKeyId: caller.apiKeyId,
+          apiKeyName: key.name,
+        });
         refuseOver("key", `API key "${key.name}"'s`, key.monthlyLimitUsd, used, estimate, at);
       }
     },

@@ -17,6 +17,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { monthOf, monthOfKey } from "./keys.js";
 
 const BUCKET_TTL_MS = 40 * 24 * 3_600_000;
+const MARKER_PREFIX = "alert.";
 const CAS_ATTEMPTS = 10;
 const READY_TIMEOUT_MS = 5_000;
 
@@ -34,6 +35,10 @@ export interface SpendStore {
   dropPending(key: string, usd: number): void;
   /** Adds `usd` to the shared counter (CAS) and moves it out of pending. Throws when KV fails. */
   apply(key: string, usd: number): Promise<void>;
+  /** Whether a marker `alert.…` is in the bucket (as this replica's watch has seen it). */
+  marked(key: string): boolean;
+  /** Puts a marker `alert.…` in the bucket. Throws when KV fails. */
+  mark(key: string): Promise<void>;
   close(): void;
 }
 
@@ -59,6 +64,8 @@ class KvSpendStore implements SpendStore {
   readonly #now: () => number;
   readonly #shared = new Map<string, Counter>();
   readonly #pending = new Map<string, number>();
+  /** Budget alert markers (alerts.ts): kept with the counters, expiring with the bucket's TTL. */
+  readonly #markers = new Set<string>();
   #watcher: { stop(): void } | undefined;
   #closed = false;
 
@@ -105,6 +112,11 @@ class KvSpendStore implements SpendStore {
   }
 
   #see(entry: KvWatchEntry): void {
+    if (entry.key.startsWith(MARKER_PREFIX)) {
+      if (entry.operation === "PUT") this.#markers.add(entry.key);
+      else this.#markers.delete(entry.key);
+      return;
+    }
     const month = monthOfKey(entry.key);
     if (month === undefined || month < monthOf(this.#now())) {
       this.#shared.delete(entry.key);
@@ -162,6 +174,16 @@ class KvSpendStore implements SpendStore {
       return;
     }
     throw new Error(`spend counter ${key}: compare-and-set lost ${CAS_ATTEMPTS} times in a row`);
+  }
+
+  marked(key: string): boolean {
+    return this.#markers.has(key);
+  }
+
+  async mark(key: string): Promise<void> {
+    if (!key.startsWith(MARKER_PREFIX)) throw new Error(`not a marker key: ${key}`);
+    await this.#kv.put(key, "1");
+    this.#markers.add(key);
   }
 
   close(): void {
