@@ -17,25 +17,18 @@ import {
   RunService,
   SessionService,
 } from "@ensemble/proto";
-import { startCategorizerProcess, startWorkflowProcess, type MeshProcess } from "@ensemble/testkit";
+import { startServices, type MeshProcess, type Services } from "@ensemble/testkit";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  repoRoot,
-  startAuthProcess,
-  startGateway,
-  startModelProxyProcess,
-  startRegistryProcess,
-  type AuthProcess,
-  type TestGateway,
-} from "./harness.js";
+import { repoRoot, startGateway, type AuthProcess, type TestGateway } from "./harness.js";
 
 const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
 const ARTIFACTS = join(repoRoot, "test-artifacts/console");
 const PASSWORD = "correct-Horse-battery-9";
 
 let sim: Simulator;
+let services: Services<"categorizer" | "workflow">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -60,30 +53,14 @@ beforeAll(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
   // Slow enough that an answer visibly streams (tens of deltas over a second or so).
   sim = await startSimulator({ defaults: { ttftMs: 50, tokensPerSecond: 150 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
+  services = await startServices({
     simulatorUrl: `${sim.url}/v1`,
-    env: { BUDGET_CACHE_MS: String(SETTINGS_CACHE_MS) },
-  });
-  categorizer = await startCategorizerProcess({
-    jwksUrl: auth.jwksUrl,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-  });
-  workflow = await startWorkflowProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-    categorizerAddress: categorizer.address,
-    serviceToken: await auth.mintServiceToken("workflow"),
+    modelProxy: { env: { BUDGET_CACHE_MS: String(SETTINGS_CACHE_MS) } },
+    categorizer: {},
     // Webhooks to the test's receiver on 127.0.0.1, retried quickly.
-    env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_RETRY_BASE_MS: "100" },
+    workflow: { env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_RETRY_BASE_MS: "100" } },
   });
+  ({ auth, registry, modelProxy: proxy, categorizer, workflow } = services);
   gw = await startGateway({
     jwksUrl: auth.jwksUrl,
     serviceToken: await auth.mintServiceToken("gateway"),
@@ -107,9 +84,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await gw?.close();
-  await Promise.all([workflow?.stop(), categorizer?.stop()]);
-  await proxy?.stop();
-  await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
+  await services?.stop();
+  await sim?.close();
 });
 
 // A failing step leaves a picture of what the page showed.

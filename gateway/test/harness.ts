@@ -185,7 +185,6 @@ export const echoUpstream = (address: string): Upstream => ({
 export {
   repoRoot,
   startAuthProcess,
-  startModelProxyProcess,
   startRegistryProcess,
   type AuthProcess,
   type MeshProcess as RegistryProcess,

@@ -17,12 +17,9 @@ import OpenAI from "openai";
 import { zodResponseFormat, zodTextFormat } from "openai/helpers/zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { startCategorizerProcess } from "@ensemble/testkit";
+import { startServices, type Services } from "@ensemble/testkit";
 import {
-  startAuthProcess,
   startGateway,
-  startModelProxyProcess,
-  startRegistryProcess,
   type AuthProcess,
   type RegistryProcess,
   type TestGateway,
@@ -35,6 +32,7 @@ const SLOW_MODEL = "sim-medium";
 const CUT_MODEL = "sim-code";
 
 let sim: Simulator;
+let services: Services<"categorizer">;
 let auth: AuthProcess;
 let registry: RegistryProcess;
 let proxy: { address: string; output(): string; stop(): Promise<void> };
@@ -67,21 +65,13 @@ beforeAll(async () => {
       [CUT_MODEL]: { fail: "cut", tokensPerSecond: 200 },
     },
   });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
+  services = await startServices({
     simulatorUrl: `${sim.url}/v1`,
     // The cut-stream case must not open the simulator deployment's breaker for the others.
-    env: { BREAKER_THRESHOLD: "100" },
+    modelProxy: { env: { BREAKER_THRESHOLD: "100" } },
+    categorizer: {},
   });
-  categorizer = await startCategorizerProcess({
-    jwksUrl: auth.jwksUrl,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-  });
+  ({ auth, registry, modelProxy: proxy, categorizer } = services);
   gw = await startGateway({
     jwksUrl: auth.jwksUrl,
     serviceToken: await auth.mintServiceToken("gateway"),
@@ -111,10 +101,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gw?.close();
-  await proxy?.stop();
-  await categorizer?.stop();
-  await registry?.stop();
-  await auth?.stop();
+  await services?.stop();
   await sim?.close();
 });
 

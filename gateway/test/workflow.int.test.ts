@@ -6,21 +6,14 @@ import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { AuthService, ModelProxyService, RegistryService, RunService } from "@ensemble/proto";
-import { startWorkflowProcess, type MeshProcess } from "@ensemble/testkit";
+import { startServices, type MeshProcess, type Services } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  repoRoot,
-  startAuthProcess,
-  startGateway,
-  startModelProxyProcess,
-  startRegistryProcess,
-  type AuthProcess,
-  type TestGateway,
-} from "./harness.js";
+import { repoRoot, startGateway, type AuthProcess, type TestGateway } from "./harness.js";
 
 const BUF = join(repoRoot, "node_modules/.bin/buf");
 
 let sim: Simulator;
+let services: Services<"workflow">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -31,21 +24,8 @@ let token: string;
 beforeAll(async () => {
   // Slow enough that a six-step report visibly streams over a few seconds.
   sim = await startSimulator({ defaults: { ttftMs: 20, tokensPerSecond: 400 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
-  workflow = await startWorkflowProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-    serviceToken: await auth.mintServiceToken("workflow"),
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1`, workflow: {} });
+  ({ auth, registry, modelProxy: proxy, workflow } = services);
   gw = await startGateway({
     jwksUrl: auth.jwksUrl,
     serviceToken: await auth.mintServiceToken("gateway"),
@@ -69,8 +49,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gw?.close();
-  await Promise.all([workflow?.stop(), proxy?.stop()]);
-  await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
+  await services?.stop();
+  await sim?.close();
 });
 
 /** Runs buf curl and records when each chunk of its output arrived. */

@@ -5,19 +5,13 @@
 // that keeps working.
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { AuthService, ModelProxyService, RegistryService, RunService } from "@ensemble/proto";
-import { startWorkflowProcess, type MeshProcess } from "@ensemble/testkit";
+import { startServices, type MeshProcess, type Services } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import {
-  startAuthProcess,
-  startGateway,
-  startModelProxyProcess,
-  startRegistryProcess,
-  type AuthProcess,
-  type TestGateway,
-} from "./harness.js";
+import { startGateway, type AuthProcess, type TestGateway } from "./harness.js";
 
 let sim: Simulator;
+let services: Services<"workflow">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -31,21 +25,8 @@ const PING_MS = 300;
 
 beforeAll(async () => {
   sim = await startSimulator({ defaults: { ttftMs: 20, tokensPerSecond: 400 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
-  workflow = await startWorkflowProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-    serviceToken: await auth.mintServiceToken("workflow"),
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1`, workflow: {} });
+  ({ auth, registry, modelProxy: proxy, workflow } = services);
   gw = await startGateway({
     jwksUrl: auth.jwksUrl,
     serviceToken: await auth.mintServiceToken("gateway"),
@@ -64,8 +45,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gw?.close();
-  await Promise.all([workflow?.stop(), proxy?.stop()]);
-  await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
+  await services?.stop();
+  await sim?.close();
 });
 
 /** A new user in a new tenant; their access token. */

@@ -13,14 +13,11 @@ import {
   natsUrl,
   repoRoot,
   ServerProcess,
-  startAuthProcess,
-  startCategorizerProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
-  startWorkflowProcess,
+  startServices,
   uniqueName,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -29,6 +26,7 @@ const CLI = join(repoRoot, "packages/cli/dist/src/main.js");
 const PASSWORD = "correct-Horse-battery-9";
 
 let sim: Simulator;
+let services: Services<"categorizer" | "workflow">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -118,28 +116,16 @@ beforeAll(async () => {
   home = await mkdtemp(join(tmpdir(), "ensemble-cli-"));
   // Slow enough that a streamed answer visibly arrives in pieces.
   sim = await startSimulator({ defaults: { ttftMs: 20, tokensPerSecond: 120 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
+  services = await startServices({
     simulatorUrl: `${sim.url}/v1`,
+    categorizer: {},
+    workflow: {
+      useCategorizer: false,
+      // Webhooks to the receiver the webhooks test starts on 127.0.0.1, retried within the test.
+      env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_RETRY_BASE_MS: "100" },
+    },
   });
-  categorizer = await startCategorizerProcess({
-    jwksUrl: auth.jwksUrl,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-  });
-  workflow = await startWorkflowProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-    serviceToken: await auth.mintServiceToken("workflow"),
-    // Webhooks to the receiver the webhooks test starts on 127.0.0.1, retried within the test.
-    env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_RETRY_BASE_MS: "100" },
-  });
+  ({ auth, registry, modelProxy: proxy, categorizer, workflow } = services);
   const port = await freePort();
   gateway = new ServerProcess(
     "gateway",
@@ -169,8 +155,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.stop(10_000);
-  await Promise.all([workflow?.stop(), categorizer?.stop(), proxy?.stop()]);
-  await Promise.all([registry?.stop(), auth?.stop(), sim?.close()]);
+  await services?.stop();
+  await sim?.close();
   if (home !== undefined) await rm(home, { recursive: true, force: true });
 });
 

@@ -303,3 +303,104 @@ export async function startWorkflowProcess(opts: WorkflowProcessOptions): Promis
   await proc.waitForLine(/workflow listening/, 90_000);
   return handle(proc, `127.0.0.1:${port}`);
 }
+
+export interface ServicesOptions {
+  /** The simulator's base URL (".../v1"): model-proxy's `simulator` deployment. */
+  simulatorUrl: string;
+  modelProxy?: { env?: NodeJS.ProcessEnv };
+  /** Start the categorizer (judge and token counts through model-proxy). */
+  categorizer?: { env?: NodeJS.ProcessEnv };
+  /** Start vector-search (embeddings through model-proxy). */
+  vectorSearch?: { env?: NodeJS.ProcessEnv };
+  /**
+   * Start the workflow engine with a service token minted from auth, talking to the categorizer
+   * (AUTO runs) and vector-search when they are started.
+   */
+  workflow?: {
+    /** false: not given the categorizer even when it runs (AUTO refused). Default true. */
+    useCategorizer?: boolean;
+    env?: NodeJS.ProcessEnv;
+  };
+}
+
+type OptionalService = "categorizer" | "vectorSearch" | "workflow";
+
+/** What startServices started: auth, registry, model-proxy, and the optional ones in `Started`. */
+export type Services<Started extends OptionalService = never> = {
+  auth: AuthProcess;
+  registry: MeshProcess;
+  modelProxy: MeshProcess;
+  /** Stops everything it started, last started first (each one, even if another fails). */
+  stop(): Promise<void>;
+} & { [K in OptionalService]: K extends Started ? MeshProcess : MeshProcess | undefined };
+
+/**
+ * The usual mesh as built processes, started in order: auth, registry, model-proxy, then (when
+ * asked) categorizer, vector-search and the workflow engine. When a start fails, what was started
+ * is stopped and the error rethrown.
+ */
+export async function startServices<O extends ServicesOptions>(
+  opts: O,
+): Promise<Services<Extract<keyof O, OptionalService>>> {
+  const started: MeshProcess[] = [];
+  const stop = async (): Promise<void> => {
+    const errors: unknown[] = [];
+    for (const proc of started.splice(0).reverse()) await proc.stop().catch((e) => errors.push(e));
+    if (errors.length > 0) throw errors[0];
+  };
+  const add = <P extends MeshProcess>(proc: P): P => {
+    started.push(proc);
+    return proc;
+  };
+  try {
+    const auth = add(await startAuthProcess());
+    const mesh = { jwksUrl: auth.jwksUrl };
+    const registry = add(await startRegistryProcess(mesh));
+    const modelProxy = add(
+      await startModelProxyProcess({
+        ...mesh,
+        authAddress: auth.address,
+        registryAddress: registry.address,
+        simulatorUrl: opts.simulatorUrl,
+        ...opts.modelProxy,
+      }),
+    );
+    const viaProxy = { ...mesh, modelProxyAddress: modelProxy.address };
+    const categorizer =
+      opts.categorizer &&
+      add(
+        await startCategorizerProcess({
+          ...viaProxy,
+          registryAddress: registry.address,
+          ...opts.categorizer,
+        }),
+      );
+    const vectorSearch =
+      opts.vectorSearch &&
+      add(await startVectorSearchProcess({ ...viaProxy, ...opts.vectorSearch }));
+    const wf = opts.workflow;
+    const workflow =
+      wf &&
+      add(
+        await startWorkflowProcess({
+          ...viaProxy,
+          authAddress: auth.address,
+          registryAddress: registry.address,
+          ...(categorizer !== undefined && wf.useCategorizer !== false
+            ? { categorizerAddress: categorizer.address }
+            : {}),
+          serviceToken: await auth.mintServiceToken("workflow"),
+          env: {
+            ...(vectorSearch !== undefined ? { VECTOR_SEARCH_ADDR: vectorSearch.address } : {}),
+            ...wf.env,
+          },
+        }),
+      );
+    return { auth, registry, modelProxy, categorizer, vectorSearch, workflow, stop } as Services<
+      Extract<keyof O, OptionalService>
+    >;
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+}

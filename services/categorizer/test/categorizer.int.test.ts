@@ -31,12 +31,11 @@ import {
   rejection,
   repoRoot,
   signUpTwoTenants,
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
+  startServices,
   uniqueName,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -46,6 +45,7 @@ import { loadRouteSeeds } from "../src/seed.js";
 import { build, type CategorizerServerDeps } from "../src/server.js";
 
 let sim: Simulator;
+let services: Services;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -70,14 +70,8 @@ async function classify(token: string, req: Req, client = plain) {
 
 beforeAll(async () => {
   sim = await startSimulator();
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1` });
+  ({ auth, registry, modelProxy: proxy } = services);
 
   const logger = captureLogs({ level: "warn" }).logger;
   mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("categorizer"), logger });
@@ -107,9 +101,7 @@ afterAll(async () => {
   await withoutJudge?.shutdown({ timeoutMs: 2_000 });
   await mongo?.dropDatabase().catch(() => undefined);
   if (mongo !== undefined) await closeMongo(mongo);
-  await proxy?.stop();
-  await registry?.stop();
-  await auth?.stop();
+  await services?.stop();
   await sim?.close();
 });
 

@@ -31,14 +31,12 @@ import {
   mongoUrl,
   repoRoot,
   signUpTwoTenants,
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
-  startVectorSearchProcess,
+  startServices,
   TEST_PASSWORD,
   uniqueName,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -59,6 +57,7 @@ const BILLING_EXAMPLES = [
 const PARAPHRASE = "I was charged twice for my subscription, can I get my money back?";
 
 let sim: Simulator;
+let services: Services<"vectorSearch">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -138,18 +137,8 @@ async function storedExamples(token: string, routeId: string, text: string): Pro
 
 beforeAll(async () => {
   sim = await startSimulator();
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
-  vectors = await startVectorSearchProcess({
-    jwksUrl: auth.jwksUrl,
-    modelProxyAddress: proxy.address,
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1`, vectorSearch: {} });
+  ({ auth, registry, modelProxy: proxy, vectorSearch: vectors } = services);
   vs = createClient(VectorSearchService, vectors.address);
 
   mongo = await connectMongo({
@@ -205,10 +194,7 @@ afterAll(async () => {
   await offServer?.shutdown({ timeoutMs: 2_000 });
   await mongo?.dropDatabase().catch(() => undefined);
   if (mongo !== undefined) await closeMongo(mongo);
-  await vectors?.stop();
-  await proxy?.stop();
-  await registry?.stop();
-  await auth?.stop();
+  await services?.stop();
   await sim?.close();
 });
 

@@ -28,12 +28,11 @@ import {
   mongoUrl,
   rejection,
   signUpTwoTenants,
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
+  startServices,
   uniqueName,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -42,8 +41,8 @@ import { build } from "../src/server.js";
 import { Store } from "../src/store.js";
 
 let sim: Simulator;
+let services: Services;
 let auth: AuthProcess;
-let registry: MeshProcess;
 let proxy: MeshProcess;
 let mongo: Connection;
 let server: KitServer;
@@ -89,14 +88,8 @@ function rng(seed: number) {
 
 beforeAll(async () => {
   sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1` });
+  ({ auth, modelProxy: proxy } = services);
   await startService();
 
   const authClient = createClient(AuthService, auth.address);
@@ -105,7 +98,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await stopService().catch(() => undefined);
-  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await services?.stop().catch(() => undefined);
   await sim?.close();
 });
 

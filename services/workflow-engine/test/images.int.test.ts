@@ -21,13 +21,11 @@ import {
 } from "@ensemble/proto";
 import {
   rejection,
-  startAuthProcess,
-  startCategorizerProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
+  startServices,
   startWorkflowProcess,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -35,10 +33,10 @@ const PASSWORD = "correct-Horse-battery-9";
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 let sim: Simulator;
+let services: Services<"categorizer" | "workflow">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
-let categorizer: MeshProcess;
 let workflow: MeshProcess;
 let runs: GrpcClient<typeof RunService>;
 let userA: string;
@@ -60,27 +58,12 @@ async function run(token: string, spec: MessageInitShape<typeof RunSpecSchema>):
 
 beforeAll(async () => {
   sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
+  services = await startServices({
     simulatorUrl: `${sim.url}/v1`,
+    categorizer: {},
+    workflow: {},
   });
-  categorizer = await startCategorizerProcess({
-    jwksUrl: auth.jwksUrl,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-  });
-  workflow = await startWorkflowProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-    categorizerAddress: categorizer.address,
-    serviceToken: await auth.mintServiceToken("workflow"),
-  });
+  ({ auth, registry, modelProxy: proxy, workflow } = services);
   runs = createClient(RunService, workflow.address);
   const authClient = createClient(AuthService, auth.address);
   const stamp = Date.now();
@@ -97,8 +80,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await workflow?.stop();
-  await Promise.allSettled([categorizer?.stop(), proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await services?.stop().catch(() => undefined);
   await sim?.close();
 });
 

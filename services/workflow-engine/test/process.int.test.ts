@@ -15,19 +15,18 @@ import {
 } from "@ensemble/proto";
 import {
   rejection,
-  startAuthProcess,
-  startCategorizerProcess,
+  startServices,
   startNats,
-  startModelProxyProcess,
-  startRegistryProcess,
   startWorkflowProcess,
   workflowSharedNames,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 let sim: Simulator;
+let services: Services<"categorizer">;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -54,19 +53,8 @@ async function waitEnd(
 
 beforeAll(async () => {
   sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
-  categorizer = await startCategorizerProcess({
-    jwksUrl: auth.jwksUrl,
-    registryAddress: registry.address,
-    modelProxyAddress: proxy.address,
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1`, categorizer: {} });
+  ({ auth, registry, modelProxy: proxy, categorizer } = services);
   const signup = await createClient(AuthService, auth.address).signup({
     email: `wf-proc-${Date.now()}@example.com`,
     password: "correct-Horse-battery-9",
@@ -77,7 +65,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.allSettled(engines.map((e) => e.stop()));
-  await Promise.allSettled([categorizer?.stop(), proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await services?.stop().catch(() => undefined);
   await sim?.close();
 });
 

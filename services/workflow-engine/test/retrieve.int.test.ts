@@ -21,22 +21,18 @@ import {
   type RunSpecSchema,
 } from "@ensemble/proto";
 import {
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
-  startVectorSearchProcess,
-  startWorkflowProcess,
+  startServices,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const PASSWORD = "correct-Horse-battery-9";
 
 let sim: Simulator;
+let services: Services<"vectorSearch" | "workflow">;
 let auth: AuthProcess;
-let registryProc: MeshProcess;
-let proxy: MeshProcess;
 let vectorProc: MeshProcess;
 let workflow: MeshProcess;
 let runs: GrpcClient<typeof RunService>;
@@ -118,26 +114,12 @@ function hitsOf(r: Run, id: string): JsonObject[] {
 
 beforeAll(async () => {
   sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registryProc = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registryProc.address,
+  services = await startServices({
     simulatorUrl: `${sim.url}/v1`,
+    vectorSearch: {},
+    workflow: {},
   });
-  vectorProc = await startVectorSearchProcess({
-    jwksUrl: auth.jwksUrl,
-    modelProxyAddress: proxy.address,
-  });
-  workflow = await startWorkflowProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registryProc.address,
-    modelProxyAddress: proxy.address,
-    serviceToken: await auth.mintServiceToken("workflow"),
-    env: { VECTOR_SEARCH_ADDR: vectorProc.address },
-  });
+  ({ auth, vectorSearch: vectorProc, workflow } = services);
   runs = createClient(RunService, workflow.address);
   const authClient = createClient(AuthService, auth.address);
   vs = createClient(VectorSearchService, vectorProc.address);
@@ -157,8 +139,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await workflow?.stop();
-  await Promise.allSettled([vectorProc?.stop(), proxy?.stop(), registryProc?.stop(), auth?.stop()]);
+  await services?.stop().catch(() => undefined);
   await sim?.close();
 });
 

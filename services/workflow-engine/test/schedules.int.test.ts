@@ -20,13 +20,12 @@ import {
   captureLogs,
   mongoUrl,
   rejection,
-  startAuthProcess,
-  startModelProxyProcess,
-  startRegistryProcess,
+  startServices,
   startWorkflowProcess,
   workflowSharedNames,
   type AuthProcess,
   type MeshProcess,
+  type Services,
 } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fireKey, openScheduleModels, scheduledRunId, scheduleKey } from "../src/schedules.js";
@@ -38,6 +37,7 @@ const SPEC = {
 };
 
 let sim: Simulator;
+let services: Services;
 let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
@@ -88,14 +88,8 @@ async function waitEnd(id: string): Promise<Run> {
 
 beforeAll(async () => {
   sim = await startSimulator({ defaults: { ttftMs: 0 } });
-  auth = await startAuthProcess();
-  registry = await startRegistryProcess({ jwksUrl: auth.jwksUrl });
-  proxy = await startModelProxyProcess({
-    jwksUrl: auth.jwksUrl,
-    authAddress: auth.address,
-    registryAddress: registry.address,
-    simulatorUrl: `${sim.url}/v1`,
-  });
+  services = await startServices({ simulatorUrl: `${sim.url}/v1` });
+  ({ auth, registry, modelProxy: proxy } = services);
   shared = workflowSharedNames();
   engineOpts = {
     jwksUrl: auth.jwksUrl,
@@ -138,7 +132,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.allSettled(engines.map((e) => e.stop()));
-  await Promise.allSettled([proxy?.stop(), registry?.stop(), auth?.stop()]);
+  await services?.stop().catch(() => undefined);
   await sim?.close();
 });
 
