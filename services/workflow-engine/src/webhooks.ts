@@ -9,10 +9,12 @@
 // event adds nothing), then the event is acked: an event is never lost between the two.
 //
 // Sending: every replica looks for due deliveries (at once after new ones, else every
-// WEBHOOK_POLL_MS). An attempt is taken by inserting its claim <delivery>#<attempt>@<due time>
-// into a collection with a unique key (FerretDB's conditional updates are not atomic, see
-// store.ts), so one replica makes each attempt. The holder first moves the due time past its
-// lease, so if it dies another replica takes the attempt over once the lease ends. Deliveries
+// WEBHOOK_POLL_MS). An attempt is taken by inserting its claim
+// <delivery>#<attempt>@<due time>.<lease period since then> into a collection with a unique key
+// (FerretDB's conditional updates are not atomic, see store.ts), so one replica makes each
+// attempt. The holder first moves the due time past its lease, so if it dies another replica
+// takes the attempt over once the lease ends; if it dies (or MongoDB fails) before even that,
+// the lease period in the key changes one lease later, and another replica takes it. Deliveries
 // are therefore at least once (a holder slower than its lease may be doubled): receivers dedupe
 // by the webhook-id header, which is the delivery's key on every attempt.
 //
@@ -300,6 +302,8 @@ export interface WebhookSettings {
   maxAttempts: number;
   pollMs: number;
   retentionMs: number;
+  /** How long an attempt's holder has before another replica may take it over (default 30 s). */
+  leaseMs?: number;
 }
 
 export interface WebhookDeps {
@@ -316,6 +320,7 @@ export class Webhooks {
   readonly #s: WebhookSettings;
   readonly #log: Logger;
   readonly #agent: Agent;
+  readonly #leaseMs: number;
   /** Each tenant's endpoints, for the events (changes here apply at once, elsewhere within 5 s). */
   readonly #endpoints = new TtlCache<WebhookDoc[]>({ ttlMs: 5_000 });
   readonly #results: Counter<"result"> | undefined;
@@ -332,6 +337,7 @@ export class Webhooks {
     this.#d = deps;
     this.#s = deps.settings;
     this.#log = deps.logger.child({ component: "webhooks" });
+    this.#leaseMs = deps.settings.leaseMs ?? LEASE_MS;
     this.#agent = new Agent({
       connections: 16,
       keepAliveTimeout: 10_000,
@@ -608,8 +614,13 @@ export class Webhooks {
     for (const d of due) {
       if (this.#stopping) return;
       const attempt = d.attempts + 1;
+      // A holder that died before moving the due time leaves the delivery due with its claim
+      // taken: one lease later the claim key changes (the lease period it falls in), so another
+      // replica takes the attempt over instead of the delivery staying stuck.
+      const due = d.nextAttemptAt.getTime();
+      const period = Math.floor(Math.max(0, now.getTime() - due) / this.#leaseMs);
       const won = await claim(this.#d.models.attempts, {
-        _id: `${d._id}#${attempt}@${d.nextAttemptAt.getTime()}`,
+        _id: `${d._id}#${attempt}@${due}.${period}`,
         tenantId: d.tenantId,
         at: now,
       });
@@ -626,7 +637,11 @@ export class Webhooks {
   /** One attempt of one delivery, by the replica holding its claim. */
   async #attempt(d: DeliveryDoc, attempt: number): Promise<void> {
     const { deliveries, webhooks } = this.#d.models;
-    await setFields(deliveries, { _id: d._id }, { nextAttemptAt: new Date(Date.now() + LEASE_MS) });
+    await setFields(
+      deliveries,
+      { _id: d._id },
+      { nextAttemptAt: new Date(Date.now() + this.#leaseMs) },
+    );
     const endpoint = await byId(webhooks, d.webhookId);
     if (endpoint === null) {
       await setFields(

@@ -51,7 +51,7 @@ beforeAll(async () => {
   receiver.listen(0, "127.0.0.1");
   await once(receiver, "listening");
   base = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
-  mesh = await startEngineMesh({ name: "webhooks", webhooks: {} });
+  mesh = await startEngineMesh({ name: "webhooks", webhooks: { leaseMs: 500 } });
   runs = createClient(RunService, await mesh.serve());
 }, 240_000);
 
@@ -284,6 +284,40 @@ describe("webhooks", () => {
     expect(alerts[1]!.data).toMatchObject({ tenantId: admin.tenantId, limitUsd: 0.0002 });
     expect(alerts[1]!.data.spendUsd).toBeGreaterThanOrEqual(0.0002);
     expect(new Set(all.map((r) => r.headers["webhook-id"])).size).toBe(2);
+  });
+
+  it("a replica that claimed an attempt and died before anything else leaves it to another one lease later", async () => {
+    const admin = await mesh.signup("frank");
+    const hook = await runs.createWebhook({ url: `${base}/frank` }, as(admin.token));
+    // What a holder leaves when it dies right after its claim: the delivery still due, the
+    // attempt's claim taken. (The mesh's lease is 500 ms.)
+    const due = new Date(Date.now() - 100);
+    const id = `${hook.webhook!.id}.stuck-event`;
+    const body = JSON.stringify({ type: "run.completed", timestamp: due.toISOString(), data: {} });
+    await mesh.mongo.collection("webhook_attempts").insertOne({
+      _id: `${id}#1@${due.getTime()}.0` as never,
+      tenantId: admin.tenantId,
+      at: new Date(),
+    });
+    await mesh.mongo.collection("webhook_deliveries").insertOne({
+      _id: id as never,
+      tenantId: admin.tenantId,
+      webhookId: hook.webhook!.id,
+      event: WebhookEventType.RUN_COMPLETED,
+      runId: "run_stuck",
+      body,
+      status: WebhookDeliveryStatus.PENDING,
+      attempts: 0,
+      lastStatusCode: 0,
+      lastError: "",
+      createTime: due,
+      nextAttemptAt: due,
+    });
+    const [got] = await receivedAt("/frank", 1, 10_000);
+    expect(got!.headers["webhook-id"]).toBe(id);
+    expect(() =>
+      new Verifier(hook.secret).verify(got!.body, got!.headers as Record<string, string>),
+    ).not.toThrow();
   });
 
   it("url policy - https to public hosts only, unless private addresses are allowed; names resolving inside are refused at connection", async () => {
