@@ -128,8 +128,15 @@ export function jetstream(nc: NatsConnection): JetStreamClient {
   return jetstreamClient(nc);
 }
 
-export function jetstreamManager(nc: NatsConnection): Promise<JetStreamManager> {
-  return jetstreamManagerClient(nc);
+/** `timeoutMs`: how long one API request may take (default: the connection's, 5 s). */
+export function jetstreamManager(
+  nc: NatsConnection,
+  opts: { timeoutMs?: number } = {},
+): Promise<JetStreamManager> {
+  return jetstreamManagerClient(
+    nc,
+    opts.timeoutMs === undefined ? undefined : { timeout: opts.timeoutMs },
+  );
 }
 
 /**
