@@ -205,11 +205,15 @@ export interface VectorSearchProcessOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** The built vector-search with its own database (or the given one). */
+/**
+ * The built vector-search with its own database (or the given one). Processes on one database
+ * share one change stream (named after it), so they run as replicas of one another.
+ */
 export async function startVectorSearchProcess(
   opts: VectorSearchProcessOptions,
 ): Promise<MeshProcess> {
   const port = await freePort();
+  const database = opts.database ?? uniqueName("vectorsearch");
   const proc = new ServerProcess(
     "vector-search",
     process.execPath,
@@ -221,7 +225,10 @@ export async function startVectorSearchProcess(
       METRICS_PORT: "0",
       JWKS_URL: opts.jwksUrl,
       MONGODB_URL: mongoUrl(),
-      MONGODB_DB: opts.database ?? uniqueName("vectorsearch"),
+      MONGODB_DB: database,
+      NATS_URL: natsUrl(),
+      VECTOR_CHANGES_STREAM: `VECTORS_${database}`,
+      VECTOR_CHANGES_SUBJECT_ROOT: `ensemble.vectors.${database}`,
       MODEL_PROXY_ADDR: opts.modelProxyAddress ?? `127.0.0.1:${await freePort()}`,
       ...opts.env,
     },

@@ -2,9 +2,11 @@
 // MongoDB on first use (and warmed for every collection at start), keyed by tenant and id so no
 // lookup can cross tenants. Writes to one collection run one after another (a promise chain per
 // collection), so MongoDB and the index see documents in the same order; searches never wait
-// for writes.
+// for writes. Other replicas' writes arrive as changes (changes.ts) and go through the same
+// chain: the documents they name are reloaded from MongoDB.
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { Logger } from "@ensemble/kit";
-import type { Collection } from "@ensemble/proto";
+import { VectorChangeKind, type Collection, type VectorChange } from "@ensemble/proto";
 import type { CollectionRef, Store } from "./store.js";
 import {
   DEFAULT_EF_CONSTRUCTION,
@@ -33,6 +35,9 @@ export interface CollectionsOptions {
 }
 
 const key = (tenantId: string, id: string) => `${tenantId}\u0000${id}`;
+
+/** Milliseconds since the epoch of a stored time (unset: 0). */
+const ms = (t: Timestamp | undefined) => (t === undefined ? 0 : timestampDate(t).getTime());
 
 /** Yields to the event loop so a long rebuild does not stall calls in flight. */
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -100,9 +105,92 @@ export class Collections {
     this.#logger.info({ collections: all.length }, "vector indexes loaded");
   }
 
-  #open(collection: Collection, empty = false): LoadedCollection {
-    const ref = { tenantId: collection.tenantId, id: collection.id };
-    const index = new VectorIndex({
+  /**
+   * Applies another replica's write (or, `own`, waits for this replica's earlier writes: its own
+   * changes are applied already). A collection this replica has not loaded needs nothing: its
+   * load reads MongoDB, which has the write.
+   */
+  async apply(change: VectorChange, own: boolean): Promise<void> {
+    const k = key(change.tenantId, change.collectionId);
+    const entry = this.#loaded.get(k);
+    if (entry === undefined) return;
+    const c = await entry.catch(() => undefined);
+    if (c === undefined) return;
+    const time = change.time === undefined ? 0 : ms(change.time);
+    await this.write(c, async () => {
+      if (own) return;
+      if (change.kind === VectorChangeKind.DOCUMENTS) {
+        if (c.deleted) return;
+        const index = await c.index;
+        const docs = await this.#store.documents(c.ref, change.documentIds);
+        const found = new Set(docs.map((d) => d.documentId));
+        index.remove(change.documentIds.filter((id) => !found.has(id)));
+        index.put(docs);
+        if (time > ms(c.collection.updateTime)) c.collection.updateTime = change.time;
+        return;
+      }
+      // CREATED or DELETED: an older incarnation of the id than the one the change is about is
+      // gone; a newer one (loaded after the id was re-created) stays.
+      const createdAt = ms(c.collection.createTime);
+      const gone =
+        change.kind === VectorChangeKind.COLLECTION_DELETED ? createdAt <= time : createdAt < time;
+      if (gone) this.#drop(k, entry, c);
+    });
+  }
+
+  /** Rebuilds a loaded collection's index from MongoDB (after its pending writes). */
+  async rebuild(tenantId: string, id: string): Promise<void> {
+    const entry = this.#loaded.get(key(tenantId, id));
+    const c = await entry?.catch(() => undefined);
+    if (c === undefined) return;
+    await this.write(c, () => this.#refill(c));
+  }
+
+  /**
+   * Compares every loaded collection with MongoDB: one that is gone (or was re-created) is
+   * dropped, one whose update time differs is rebuilt. Returns how many were.
+   */
+  async reconcile(): Promise<number> {
+    // Entries registered before the read: MongoDB had each of them when it was read.
+    const loaded = [...this.#loaded];
+    const stored = new Map(
+      (await this.#store.allCollections()).map((c) => [key(c.tenantId, c.id), c]),
+    );
+    let changed = 0;
+    for (const [k, entry] of loaded) {
+      const c = await entry.catch(() => undefined);
+      // Not loaded yet, or loading from MongoDB right now: nothing to compare.
+      if (c === undefined || c.ready === undefined || c.deleted) continue;
+      await this.write(c, async () => {
+        if (c.deleted) return;
+        const s = stored.get(k);
+        if (s === undefined || ms(s.createTime) !== ms(c.collection.createTime)) {
+          this.#drop(k, entry, c);
+          changed++;
+        } else if (ms(s.updateTime) > ms(c.collection.updateTime)) {
+          await this.#refill(c);
+          c.collection.updateTime = s.updateTime;
+          changed++;
+        }
+      });
+    }
+    return changed;
+  }
+
+  /** The collection is gone: calls holding it fail NOT_FOUND, the next lookup reads MongoDB. */
+  #drop(k: string, entry: Promise<LoadedCollection | undefined>, c: LoadedCollection): void {
+    c.deleted = true;
+    if (this.#loaded.get(k) === entry) this.#loaded.delete(k);
+  }
+
+  async #refill(c: LoadedCollection): Promise<void> {
+    const index = await this.#fill(c.ref, this.#newIndex(c.collection));
+    c.index = Promise.resolve(index);
+    c.ready = index;
+  }
+
+  #newIndex(collection: Collection): VectorIndex {
+    return new VectorIndex({
       dimensions: collection.dimensions,
       metric: collection.metric,
       connectivity: collection.index?.m || DEFAULT_M,
@@ -110,6 +198,11 @@ export class Collections {
       efSearch: collection.index?.efSearch || DEFAULT_EF_SEARCH,
       addThreads: this.#addThreads,
     });
+  }
+
+  #open(collection: Collection, empty = false): LoadedCollection {
+    const ref = { tenantId: collection.tenantId, id: collection.id };
+    const index = this.#newIndex(collection);
     const loaded: LoadedCollection = {
       collection,
       ref,

@@ -15,3 +15,4 @@ export { compileFilter } from "./filter.js";
 export { build, SERVICE_NAME } from "./server.js";
 export { Store } from "./store.js";
 export { Collections } from "./collections.js";
+export { ChangeFeed } from "./changes.js";

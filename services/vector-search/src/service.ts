@@ -1,9 +1,11 @@
 // VectorSearchService handlers. Every lookup is keyed by the tenant of the verified token; a
 // collection of another tenant is simply not found. Text goes through text.ts (strip markup,
 // normalise, chunk) and is embedded by model-proxy with the caller's own token, so the tenant's
-// catalog, budget and usage ledger apply to embeddings like to any other model call.
+// catalog, budget and usage ledger apply to embeddings like to any other model call. Every write
+// is announced to the other replicas before it is answered, and first catches up with theirs; a
+// read does too when it asks for STRONG consistency (changes.ts).
 import { create, type JsonObject } from "@bufbuild/protobuf";
-import { DurationSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { DurationSchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   FailedPreconditionError,
@@ -14,13 +16,16 @@ import {
 } from "@ensemble/kit";
 import {
   IndexState,
+  ReadConsistency,
   SearchHitSchema,
   UsageSchema,
+  VectorChangeKind,
   type Collection,
   type ModelProxyService,
   type Usage,
   type VectorSearchService,
 } from "@ensemble/proto";
+import type { ChangeFeed } from "./changes.js";
 import type { Collections, LoadedCollection } from "./collections.js";
 import { compileFilter } from "./filter.js";
 import type { StoredChunk, Store } from "./store.js";
@@ -30,6 +35,10 @@ import type { VectorIndex } from "./vector-index.js";
 export interface VectorSearchDeps {
   store: Store;
   collections: Collections;
+  /** Other replicas' writes in, this replica's out. */
+  changes: ChangeFeed;
+  /** Reads that do not say: STRONG (catch up first) when true, else EVENTUAL. */
+  strongReads?: boolean;
   /** Embeds text documents and text queries; without it only raw vectors are accepted. */
   modelProxy?: GrpcClient<typeof ModelProxyService>;
   /** Inputs per Embed call. */
@@ -93,12 +102,22 @@ function afterId(token: string): string {
 }
 
 export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
-  const { store, collections } = deps;
+  const { store, collections, changes } = deps;
   const now = deps.now ?? (() => new Date());
   const batchSize = deps.embedBatchSize ?? 256;
+  const strong = (c: ReadConsistency) =>
+    c === ReadConsistency.STRONG ||
+    (c === ReadConsistency.UNSPECIFIED && deps.strongReads === true);
 
-  async function collectionOf(ctx: HandlerContext, id: string): Promise<LoadedCollection> {
-    const c = await collections.get(principalOf(ctx).tenantId, id);
+  /** The collection; `fresh`: after applying every write other replicas answered before now. */
+  async function collectionOf(
+    ctx: HandlerContext,
+    id: string,
+    fresh = false,
+  ): Promise<LoadedCollection> {
+    const tenantId = principalOf(ctx).tenantId;
+    if (fresh) await changes.caughtUp({ tenantId, id }, ctx.signal);
+    const c = await collections.get(tenantId, id);
     if (c === undefined || c.deleted) throw new NotFoundError(`collection ${id} not found`);
     return c;
   }
@@ -172,8 +191,10 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
         // One probe: the model exists for this tenant and gives vectors of the declared size.
         await embed(ctx, input, ["dimension probe"], create(UsageSchema));
       }
-      const c = await store.createCollection(tenantId, input, now());
+      const at = now();
+      const c = await store.createCollection(tenantId, input, at);
       collections.created(c);
+      await changes.publish({ tenantId, id: c.id }, VectorChangeKind.COLLECTION_CREATED, at);
       return { collection: c };
     },
 
@@ -197,7 +218,7 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
     },
 
     async deleteCollection(req, ctx) {
-      const c = await collectionOf(ctx, req.collectionId);
+      const c = await collectionOf(ctx, req.collectionId, true);
       return collections.write(c, async () => {
         if (c.deleted) throw new NotFoundError(`collection ${req.collectionId} not found`);
         const index = await c.index;
@@ -205,12 +226,18 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
         await store.deleteCollection(c.ref);
         c.deleted = true;
         collections.forget(c.ref.tenantId, c.ref.id);
+        const created = c.collection.createTime;
+        await changes.publish(
+          c.ref,
+          VectorChangeKind.COLLECTION_DELETED,
+          created === undefined ? new Date(0) : timestampDate(created),
+        );
         return { deletedDocuments: BigInt(documents) };
       });
     },
 
     async upsert(req, ctx) {
-      const c = await collectionOf(ctx, req.collectionId);
+      const c = await collectionOf(ctx, req.collectionId, true);
       const col = c.collection;
       const opts = textOptions(col.chunking);
       const usage = create(UsageSchema);
@@ -297,6 +324,12 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
         );
         await store.touchCollection(c.ref, at);
         c.collection.updateTime = timestampFromDate(at);
+        await changes.publish(
+          c.ref,
+          VectorChangeKind.DOCUMENTS,
+          at,
+          docs.map((d) => d.documentId),
+        );
       });
       return {
         upserted: docs.length,
@@ -306,7 +339,7 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
     },
 
     async search(req, ctx) {
-      const c = await collectionOf(ctx, req.collectionId);
+      const c = await collectionOf(ctx, req.collectionId, strong(req.consistency));
       const col = c.collection;
       const usage = create(UsageSchema);
       let query: Float32Array;
@@ -349,7 +382,7 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
     },
 
     async delete(req, ctx) {
-      const c = await collectionOf(ctx, req.collectionId);
+      const c = await collectionOf(ctx, req.collectionId, true);
       const filter = req.ids.length > 0 ? undefined : compileFilter(req.filter);
       return collections.write(c, async () => {
         if (c.deleted) throw new NotFoundError(`collection ${req.collectionId} not found`);
@@ -368,12 +401,13 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
         const at = now();
         await store.touchCollection(c.ref, at);
         c.collection.updateTime = timestampFromDate(at);
+        await changes.publish(c.ref, VectorChangeKind.DOCUMENTS, at, ids);
         return { deletedDocuments: BigInt(existing.length), deletedChunks: BigInt(chunks) };
       });
     },
 
     async stats(req, ctx) {
-      const c = await collectionOf(ctx, req.collectionId);
+      const c = await collectionOf(ctx, req.collectionId, strong(req.consistency));
       return stats(c, c.ready);
     },
   };

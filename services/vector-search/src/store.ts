@@ -188,10 +188,11 @@ export class Store {
     return docs.map(toCollection);
   }
 
+  /** Moves the update time forward (never back: replicas' writes may land out of order). */
   async touchCollection(ref: CollectionRef, now: Date): Promise<void> {
     await this.#collections.updateOne(
       { tenantId: ref.tenantId, id: ref.id },
-      { $set: { updateTime: now } },
+      { $max: { updateTime: now } },
     );
   }
 
@@ -254,16 +255,23 @@ export class Store {
   }
 
   /**
-   * Every document of a collection with its newest complete version's chunks (the index
-   * rebuild). Rows come in storage order, so a document is only known complete at the end.
+   * Every document of a collection (or the given ones; absent ones are left out) with its newest
+   * complete version's chunks: the index rebuild, and reloading what another replica wrote. Rows
+   * come in storage order, so a document is only known complete at the end.
    */
   async documents(
     ref: CollectionRef,
+    documentIds?: string[],
   ): Promise<Array<{ documentId: string; chunks: StoredChunk[] }>> {
+    if (documentIds?.length === 0) return [];
     const best = new Map<string, { version: string; count: number; chunks: StoredChunk[] }>();
     const partial = new Map<string, Map<string, { count: number; chunks: StoredChunk[] }>>();
     const cursor = this.#chunks
-      .find({ tenantId: ref.tenantId, collectionId: ref.id })
+      .find({
+        tenantId: ref.tenantId,
+        collectionId: ref.id,
+        ...(documentIds !== undefined ? { documentId: { $in: documentIds } } : {}),
+      })
       .lean<ChunkDoc>()
       .cursor({ batchSize: 1_000 });
     for await (const doc of cursor) {

@@ -7,10 +7,12 @@ import { Code } from "@connectrpc/connect";
 import {
   closeMongo,
   connectMongo,
+  connectNats,
   createClient,
   createJwksVerifier,
   type GrpcClient,
   type KitServer,
+  type NatsConnection,
 } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
@@ -26,6 +28,7 @@ import {
 import {
   captureLogs,
   mongoUrl,
+  natsUrl,
   rejection,
   signUpTwoTenants,
   startServices,
@@ -36,6 +39,7 @@ import {
 } from "@ensemble/testkit";
 import type { Connection } from "mongoose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ChangeFeed } from "../src/changes.js";
 import { Collections } from "../src/collections.js";
 import { build } from "../src/server.js";
 import { Store } from "../src/store.js";
@@ -45,12 +49,15 @@ let services: Services;
 let auth: AuthProcess;
 let proxy: MeshProcess;
 let mongo: Connection;
+let nc: NatsConnection;
+let changes: ChangeFeed;
 let server: KitServer;
 let vs: GrpcClient<typeof VectorSearchService>;
 let adminA: string;
 let memberA: string;
 let adminB: string;
 const dbName = uniqueName("vectorsearch");
+const stream = uniqueName("VECTORS");
 const logs = captureLogs({ level: "warn" });
 const logger = logs.logger;
 
@@ -59,14 +66,17 @@ const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } }
 /** vector-search as main.ts wires it, on a free port, over `dbName`. */
 async function startService(): Promise<void> {
   mongo = await connectMongo({ url: mongoUrl(), dbName, logger });
+  nc = await connectNats({ url: natsUrl(), name: "vector-search-test", logger });
   const store = await Store.open(mongo);
   const collections = new Collections({ store, logger, addThreads: 1 });
+  changes = await ChangeFeed.open({ nc, collections, logger, stream, root: stream });
   server = build({
     version: "test",
     logger,
     verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
     store,
     collections,
+    changes,
     modelProxy: createClient(ModelProxyService, proxy.address),
   });
   vs = createClient(VectorSearchService, `127.0.0.1:${await server.listen("127.0.0.1:0")}`);
@@ -75,6 +85,8 @@ async function startService(): Promise<void> {
 
 async function stopService(): Promise<void> {
   await server.shutdown({ timeoutMs: 2_000 });
+  await changes.stop();
+  await nc.drain();
   await closeMongo(mongo);
 }
 
