@@ -34,6 +34,7 @@ import {
   paging,
   TtlCache,
   type Logger,
+  type NatsConnection,
   type Principal,
 } from "@ensemble/kit";
 import {
@@ -289,6 +290,8 @@ export function publicLookup(hostname: string, options: object, callback: Lookup
 }
 
 export interface WebhookSettings {
+  /** Prefix of the core NATS subject telling every replica a tenant's endpoints changed. */
+  subjectPrefix: string;
   stream: string;
   /** Subject root of run events. */
   root: string;
@@ -308,6 +311,7 @@ export interface WebhookSettings {
 
 export interface WebhookDeps {
   models: WebhookModels;
+  nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
   logger: Logger;
@@ -321,8 +325,13 @@ export class Webhooks {
   readonly #log: Logger;
   readonly #agent: Agent;
   readonly #leaseMs: number;
-  /** Each tenant's endpoints, for the events (changes here apply at once, elsewhere within 5 s). */
+  /**
+   * Each tenant's endpoints, for the events. A replica that creates or deletes one tells every
+   * replica (a core NATS notice, flushed before the call answers), so the next event uses it
+   * wherever it is consumed; the TTL bounds what a lost notice can cost.
+   */
   readonly #endpoints = new TtlCache<WebhookDoc[]>({ ttlMs: 5_000 });
+  #changedSub: { unsubscribe(): void } | undefined;
   readonly #results: Counter<"result"> | undefined;
   readonly #messages = new Set<ConsumerMessages>();
   readonly #consuming: Array<Promise<void>> = [];
@@ -379,7 +388,7 @@ export class Webhooks {
       createdBy: p.subject,
     };
     await claim(webhooks, doc);
-    this.#endpoints.forget(p.tenantId);
+    await this.#changed(p.tenantId);
     this.#log.info({ tenantId: p.tenantId, webhookId: doc._id, host: url.host }, "webhook created");
     return { webhook: toWebhook(doc), secret };
   }
@@ -404,7 +413,7 @@ export class Webhooks {
         { $set: { status: WebhookDeliveryStatus.FAILED, lastError: "the webhook was deleted" } },
       ),
     );
-    this.#endpoints.forget(p.tenantId);
+    await this.#changed(p.tenantId);
     this.#log.info({ tenantId: p.tenantId, webhookId }, "webhook deleted");
   }
 
@@ -431,6 +440,13 @@ export class Webhooks {
 
   /** The consumer of terminal run events, and the sending loop. */
   start(): void {
+    // Before any event is consumed: a notice read here drops the tenant's cached endpoints
+    // synchronously, ahead of the events that come after it on the same connection.
+    this.#changedSub = this.#d.nc.subscribe(this.#changedSubject, {
+      callback: (err, msg) => {
+        if (err === null) this.#endpoints.forget(msg.string());
+      },
+    });
     // Run endings from RUN_EVENTS (the engine's own stream, there before this starts).
     this.#consuming.push(
       this.#consume(
@@ -459,12 +475,35 @@ export class Webhooks {
 
   async stop(): Promise<void> {
     this.#stopping = true;
+    this.#changedSub?.unsubscribe();
     if (this.#timer !== undefined) clearInterval(this.#timer);
     await Promise.all([...this.#messages].map((m) => m.close()));
     await Promise.all(this.#consuming);
     await this.#sending;
     await Promise.allSettled([...this.#inFlight]);
     await this.#agent.close();
+  }
+
+  get #changedSubject(): string {
+    return `${this.#s.subjectPrefix}.webhooks.changed`;
+  }
+
+  /**
+   * A tenant's endpoints changed here: forget them, and tell the other replicas before the call
+   * answers (the flush returns once the server has passed the notice on). Without NATS the
+   * others learn within the cache's TTL.
+   */
+  async #changed(tenantId: string): Promise<void> {
+    this.#endpoints.forget(tenantId);
+    try {
+      this.#d.nc.publish(this.#changedSubject, tenantId);
+      await this.#d.nc.flush();
+    } catch (err) {
+      this.#log.warn(
+        { err, tenantId },
+        "could not tell the other replicas that the tenant's webhooks changed; they see it within 5 s",
+      );
+    }
   }
 
   // ------------------------------------------------------------------------------ work

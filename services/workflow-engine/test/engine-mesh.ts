@@ -75,6 +75,11 @@ export interface EngineMesh {
   logger: Logger;
   engine: Engine;
   webhooks: Webhooks | undefined;
+  /**
+   * Another replica's webhooks API on the same data (not consuming events), to serve with
+   * `serve({ webhooks })`; stopped with the mesh.
+   */
+  webhooksReplica(): Webhooks;
   authClient: GrpcClient<typeof AuthService>;
   registryClient: GrpcClient<typeof RegistryService>;
   modelProxy: GrpcClient<typeof ModelProxyService>;
@@ -149,6 +154,7 @@ async function start(
   const registryClient = createClient(RegistryService, registry.address);
   const modelProxy = createClient(ModelProxyService, proxy.address);
   const tokens = new ServiceTokens(authClient, await auth.mintServiceToken("workflow"));
+  const subjectPrefix = `w${subjectToken("wf")}`;
   const engine = new Engine({
     models: await openModels(mongo),
     nc,
@@ -177,7 +183,7 @@ async function start(
     settings: {
       stepStream: streamName("STEPS"),
       stepConsumer: "workers",
-      subjectPrefix: `w${subjectToken("wf")}`,
+      subjectPrefix,
       ackWaitMs: 10_000,
       // Several deliveries, as in production: a step slower than a second must still run once.
       maxDeliver: 5,
@@ -192,14 +198,16 @@ async function start(
   });
   await engine.start();
   undo.push(() => engine.stop());
-  let webhooks: Webhooks | undefined;
-  if (opts.webhooks !== undefined) {
-    webhooks = new Webhooks({
-      models: await openWebhookModels(mongo),
+  const webhookModels = await openWebhookModels(mongo);
+  const newWebhooks = (): Webhooks =>
+    new Webhooks({
+      models: webhookModels,
+      nc,
       js,
       jsm,
       logger,
       settings: {
+        subjectPrefix,
         stream,
         root,
         consumer: "webhooks",
@@ -215,6 +223,9 @@ async function start(
         ...opts.webhooks,
       },
     });
+  let webhooks: Webhooks | undefined;
+  if (opts.webhooks !== undefined) {
+    webhooks = newWebhooks();
     webhooks.start();
     undo.push(() => webhooks!.stop());
   }
@@ -243,6 +254,11 @@ async function start(
     logger,
     engine,
     webhooks,
+    webhooksReplica() {
+      const replica = newWebhooks();
+      undo.push(() => replica.stop());
+      return replica;
+    },
     authClient,
     registryClient,
     modelProxy,

@@ -286,6 +286,28 @@ describe("webhooks", () => {
     expect(new Set(all.map((r) => r.headers["webhook-id"])).size).toBe(2);
   });
 
+  it("an endpoint created through another replica gets the very next run end, though this replica had the tenant's endpoints cached", async () => {
+    const admin = await mesh.signup("gina");
+    const spec = { input: "Hello", mode: { case: "model" as const, value: { model: "sim-fast" } } };
+    // The consuming replica handles a run end of the tenant with no endpoint, and keeps that.
+    const before = await finished(spec, admin.token);
+    await new Promise((r) => setTimeout(r, 300));
+    // Created through a replica that does not consume events.
+    const elsewhere = createClient(
+      RunService,
+      await mesh.serve({ webhooks: mesh.webhooksReplica() }),
+    );
+    const hook = await elsewhere.createWebhook({ url: `${base}/gina` }, as(admin.token));
+    const after = await finished(spec, admin.token);
+    const [got] = await receivedAt("/gina", 1, 10_000);
+    const payload = new Verifier(hook.secret).verify(
+      got!.body,
+      got!.headers as Record<string, string>,
+    ) as { data: { runId: string } };
+    expect(payload.data.runId).toBe(after.id);
+    expect(received.filter((r) => r.body.includes(before.id))).toHaveLength(0);
+  });
+
   it("a replica that claimed an attempt and died before anything else leaves it to another one lease later", async () => {
     const admin = await mesh.signup("frank");
     const hook = await runs.createWebhook({ url: `${base}/frank` }, as(admin.token));
