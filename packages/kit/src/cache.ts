@@ -41,4 +41,9 @@ export class TtlCache<V> {
   forget(key: string): void {
     this.#entries.delete(key);
   }
+
+  /** Drops every key `test` accepts (a tenant's entries, after a change notice). */
+  forgetIf(test: (key: string) => boolean): void {
+    for (const key of this.#entries.keys()) if (test(key)) this.#entries.delete(key);
+  }
 }

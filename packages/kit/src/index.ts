@@ -15,3 +15,4 @@ export * from "./cache.js";
 export * from "./mongo.js";
 export * from "./lifecycle.js";
 export * from "./paging.js";
+export * from "./notices.js";

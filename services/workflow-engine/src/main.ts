@@ -6,6 +6,7 @@ import {
   connectNats,
   createClient,
   createJwksVerifier,
+  createNotices,
   handleShutdown,
   jetstream,
   jetstreamManager,
@@ -180,13 +181,12 @@ async function main({
   scheduler.start();
   const webhooks = new Webhooks({
     models: await openWebhookModels(mongo),
-    nc,
+    notices: createNotices(nc, logger),
     js,
     jsm,
     logger,
     metricsRegistry: metrics.registry,
     settings: {
-      subjectPrefix: config.WORKFLOW_SUBJECT_PREFIX,
       stream: config.RUN_EVENTS_STREAM,
       root: config.RUN_EVENTS_SUBJECT_ROOT,
       consumer: config.WEBHOOK_CONSUMER,

@@ -34,7 +34,7 @@ import {
   paging,
   TtlCache,
   type Logger,
-  type NatsConnection,
+  type Notices,
   type Principal,
 } from "@ensemble/kit";
 import {
@@ -290,8 +290,6 @@ export function publicLookup(hostname: string, options: object, callback: Lookup
 }
 
 export interface WebhookSettings {
-  /** Prefix of the core NATS subject telling every replica a tenant's endpoints changed. */
-  subjectPrefix: string;
   stream: string;
   /** Subject root of run events. */
   root: string;
@@ -311,7 +309,8 @@ export interface WebhookSettings {
 
 export interface WebhookDeps {
   models: WebhookModels;
-  nc: NatsConnection;
+  /** Tells every replica a tenant's endpoints changed (kit notices, kind "webhooks"). */
+  notices: Notices;
   js: JetStreamClient;
   jsm: JetStreamManager;
   logger: Logger;
@@ -327,7 +326,7 @@ export class Webhooks {
   readonly #leaseMs: number;
   /**
    * Each tenant's endpoints, for the events. A replica that creates or deletes one tells every
-   * replica (a core NATS notice, flushed before the call answers), so the next event uses it
+   * replica (a change notice, passed on before the call answers), so the next event uses it
    * wherever it is consumed; the TTL bounds what a lost notice can cost.
    */
   readonly #endpoints = new TtlCache<WebhookDoc[]>({ ttlMs: 5_000 });
@@ -442,11 +441,9 @@ export class Webhooks {
   start(): void {
     // Before any event is consumed: a notice read here drops the tenant's cached endpoints
     // synchronously, ahead of the events that come after it on the same connection.
-    this.#changedSub = this.#d.nc.subscribe(this.#changedSubject, {
-      callback: (err, msg) => {
-        if (err === null) this.#endpoints.forget(msg.string());
-      },
-    });
+    this.#changedSub = this.#d.notices.subscribe("webhooks", (n) =>
+      this.#endpoints.forget(n.tenantId),
+    );
     // Run endings from RUN_EVENTS (the engine's own stream, there before this starts).
     this.#consuming.push(
       this.#consume(
@@ -484,26 +481,10 @@ export class Webhooks {
     await this.#agent.close();
   }
 
-  get #changedSubject(): string {
-    return `${this.#s.subjectPrefix}.webhooks.changed`;
-  }
-
-  /**
-   * A tenant's endpoints changed here: forget them, and tell the other replicas before the call
-   * answers (the flush returns once the server has passed the notice on). Without NATS the
-   * others learn within the cache's TTL.
-   */
+  /** A tenant's endpoints changed here: forget them, and tell the other replicas. */
   async #changed(tenantId: string): Promise<void> {
     this.#endpoints.forget(tenantId);
-    try {
-      this.#d.nc.publish(this.#changedSubject, tenantId);
-      await this.#d.nc.flush();
-    } catch (err) {
-      this.#log.warn(
-        { err, tenantId },
-        "could not tell the other replicas that the tenant's webhooks changed; they see it within 5 s",
-      );
-    }
+    await this.#d.notices.publish("webhooks", tenantId);
   }
 
   // ------------------------------------------------------------------------------ work

@@ -9,6 +9,7 @@ import {
   connectMongo,
   createClient,
   createJwksVerifier,
+  createNotices,
   jetstream,
   jetstreamManager,
   type GrpcClient,
@@ -202,12 +203,11 @@ async function start(
   const newWebhooks = (): Webhooks =>
     new Webhooks({
       models: webhookModels,
-      nc,
+      notices: createNotices(nc, logger),
       js,
       jsm,
       logger,
       settings: {
-        subjectPrefix,
         stream,
         root,
         consumer: "webhooks",
