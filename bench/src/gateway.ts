@@ -11,6 +11,7 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import {
   createJwksVerifier,
   createMetrics,
+  createNotices,
   createServer,
   connectNats,
   principalOf,
@@ -117,6 +118,7 @@ async function main(): Promise<void> {
     metrics: createMetrics({ service: "gateway" }),
     upstreams: [{ name: "echo", services: [EchoService], address: `127.0.0.1:${echoPort}` }],
     // Generous: the bench measures the cost of the limiter, not refusals.
+    notices: createNotices(nc, logger),
     rateLimiter: await openKvRateLimiter(nc, "bench_ratelimit", {
       rate: rate * 10,
       burst: rate * 10,

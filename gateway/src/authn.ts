@@ -2,9 +2,11 @@
 // token through auth (AuthenticateApiKey, INTERNAL, called with the gateway's service token).
 //
 // Exchanged tokens are cached by a SHA-256 of the key (never the key itself), for at most
-// `apiKeyCacheMs` (default 30 s) and never past the token's own expiry, in a bounded LRU. A
-// revoked key is therefore refused at the latest `apiKeyCacheMs` after the revocation, and at
-// once when it was revoked through this gateway replica (RevokeApiKey drops its entries).
+// `apiKeyCacheMs` (default 30 s) and never past the token's own expiry, in a bounded LRU. A key
+// revoked, rolled or updated, or a user disabled or given another role, drops the entries at
+// once: on this replica after RevokeApiKey / RollApiKey through it, on every replica when auth's
+// change notice arrives (before auth answers the change); `apiKeyCacheMs` is the bound when a
+// notice is lost.
 import { createHash } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -143,10 +145,18 @@ export class Authenticator {
     };
   }
 
-  /** Forgets cached exchanges of a revoked key (called after RevokeApiKey through the gateway). */
+  /** Forgets cached exchanges of a key that changed (revoked, rolled, new limits). */
   forgetApiKey(apiKeyId: string): void {
     for (const [hash, entry] of this.#keys) {
       if (entry.caller.apiKey?.id === apiKeyId) this.#keys.delete(hash);
+    }
+  }
+
+  /** Forgets cached exchanges of a user's keys (disabled, or another role). */
+  forgetUser(tenantId: string, userId: string): void {
+    for (const [hash, entry] of this.#keys) {
+      const p = entry.caller.principal;
+      if (p.tenantId === tenantId && p.subject === userId) this.#keys.delete(hash);
     }
   }
 

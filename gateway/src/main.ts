@@ -2,6 +2,7 @@
 // -> build -> listen -> shutdown wiring.
 import {
   connectNats,
+  createNotices,
   createJwksVerifier,
   handleShutdown,
   openKvRateLimiter,
@@ -58,6 +59,7 @@ async function main({
     metrics,
     upstreams,
     rateLimiter,
+    notices: createNotices(nc, logger),
     ...(config.SERVICE_TOKEN !== undefined ? { serviceToken: config.SERVICE_TOKEN } : {}),
     corsOrigins: config.GATEWAY_CORS_ORIGINS,
     development: config.NODE_ENV === "development",

@@ -56,7 +56,7 @@ import {
 import { listenDual, type Listener } from "./listen.js";
 import { createOpenAiApi } from "./openai/handler.js";
 import { createWsEndpoint } from "./ws/endpoint.js";
-import type { RateLimiter } from "@ensemble/kit";
+import type { Notices, RateLimiter } from "@ensemble/kit";
 import type { Upstream } from "./services.js";
 
 export interface GatewayDeps {
@@ -67,6 +67,11 @@ export interface GatewayDeps {
   metrics: Metrics;
   upstreams: Upstream[];
   rateLimiter: RateLimiter;
+  /**
+   * Auth's change notices: a key revoked, rolled or updated, or a user disabled or given another
+   * role, through any replica, drops this replica's cached exchanges at once.
+   */
+  notices: Notices;
   /** Bootstrap service token; without it (or without an auth upstream) API keys are refused. */
   serviceToken?: string;
   /** Exact origins allowed by CORS; "*" only honoured when `development` is true. */
@@ -179,6 +184,10 @@ export function build(deps: GatewayDeps): Gateway {
     ...(serviceToken !== undefined ? { serviceToken } : {}),
     ...(deps.apiKeyCacheMs !== undefined ? { apiKeyCacheMs: deps.apiKeyCacheMs } : {}),
   });
+  const noticeSubs = [
+    deps.notices.subscribe("api-key", (n) => authenticator.forgetApiKey(n.id)),
+    deps.notices.subscribe("user", (n) => authenticator.forgetUser(n.tenantId, n.id)),
+  ];
 
   const methodPath = (m: DescMethod): string => `/${m.parent.typeName}/${m.name}`;
 
@@ -585,6 +594,7 @@ export function build(deps: GatewayDeps): Gateway {
     },
     async shutdown(opts) {
       draining = true;
+      for (const sub of noticeSubs) sub.unsubscribe();
       ws.drain();
       const timeoutMs = opts?.timeoutMs ?? 10_000;
       const forced = setTimeout(

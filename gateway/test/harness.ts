@@ -5,6 +5,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   connectNats,
+  createNotices,
   createJwksVerifier,
   createMetrics,
   createServer,
@@ -153,6 +154,7 @@ export async function startGateway(opts: GatewayOptions): Promise<TestGateway> {
     metrics: createMetrics({ service: "gateway", defaultMetrics: false }),
     upstreams: opts.upstreams,
     rateLimiter: limiter,
+    notices: createNotices(nc, logs.logger),
     corsOrigins: opts.corsOrigins ?? ["https://console.example"],
     development: opts.development ?? false,
     ...(opts.serviceToken !== undefined ? { serviceToken: opts.serviceToken } : {}),

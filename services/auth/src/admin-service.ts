@@ -117,6 +117,7 @@ export function adminHandlers(core: AuthCore): AdminHandlers {
         }
       }
       loggerOf(ctx).info({ targetUserId: user.id, roles }, "user role set");
+      await core.notices.publish("user", p.tenantId, user.id);
       return { user: userMessage({ ...user, roles, updateTime: now }) };
     },
 
@@ -135,6 +136,7 @@ export function adminHandlers(core: AuthCore): AdminHandlers {
         await revokeSessions(core, { tenantId: p.tenantId, userId: user.id }, "user disabled");
       }
       loggerOf(ctx).info({ targetUserId: user.id, disabled: req.disabled }, "user disabled set");
+      await core.notices.publish("user", p.tenantId, user.id);
       return { user: userMessage({ ...user, disabled: req.disabled, updateTime: now }) };
     },
 

@@ -274,6 +274,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
         },
         "API key updated",
       );
+      await core.notices.publish("api-key", key.tenantId, key.id);
       const used = await lastUsedTimes(models, [`apikey:${key.id}`]);
       return { apiKey: apiKeyMessage(updated, used.get(`apikey:${key.id}`)) };
     },
@@ -313,6 +314,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
         { apiKeyId: key.id, ownerId: key.userId, previousValidForMs: graceMs },
         "API key rolled",
       );
+      await core.notices.publish("api-key", key.tenantId, key.id);
       const used = await lastUsedTimes(models, [`apikey:${key.id}`]);
       return { apiKey: apiKeyMessage(rolled, used.get(`apikey:${key.id}`)), secret };
     },
@@ -329,6 +331,7 @@ export function apiKeyHandlers(core: AuthCore): ApiKeyHandlers {
       const revoked = await models.apiKeys.findOne(owned).lean();
       if (revoked === null) throw new NotFoundError("API key not found");
       loggerOf(ctx).info({ apiKeyId: key.id, ownerId: key.userId }, "API key revoked");
+      await core.notices.publish("api-key", key.tenantId, key.id);
       return { apiKey: apiKeyMessage(revoked) };
     },
 

@@ -150,6 +150,7 @@ export function budgetHandlers(core: AuthCore): BudgetHandlers {
         { scope, budgetUserId: userId, monthlyLimitUsd: req.monthlyLimitUsd ?? null },
         "budget set",
       );
+      await core.notices.publish("tenant", p.tenantId, userId);
       return { budget: budgetMessage(req.scope, p.tenantId, userId, doc ?? undefined) };
     },
 
@@ -201,6 +202,7 @@ export function budgetHandlers(core: AuthCore): BudgetHandlers {
         },
         "tenant settings updated",
       );
+      await core.notices.publish("tenant", p.tenantId);
       return { settings: settingsMessage(settings) };
     },
   };

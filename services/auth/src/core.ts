@@ -4,7 +4,7 @@ import { randomUUID } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext } from "@connectrpc/connect";
-import type { Logger } from "@ensemble/kit";
+import type { Logger, Notices } from "@ensemble/kit";
 import { Role, type AuthTokensSchema, type TenantSchema, type UserSchema } from "@ensemble/proto";
 import { decodeJwt } from "jose";
 import type { AuthModels, TenantDoc, UserDoc } from "./auth.model.js";
@@ -27,6 +27,8 @@ export interface AuthCore {
   throttle: LoginThrottle;
   settings: AuthSettings;
   logger: Logger;
+  /** Tells the replicas that cache keys, users, budgets and settings (gateway, model-proxy). */
+  notices: Notices;
 }
 
 export const ADMIN = "admin";

@@ -1,9 +1,11 @@
-// Start-up only: config -> logger -> tracing -> MongoDB -> signing key -> JWKS endpoint ->
-// server -> listen -> metrics -> key rotation schedule -> shutdown wiring.
+// Start-up only: config -> logger -> tracing -> MongoDB + NATS (change notices) -> signing key ->
+// JWKS endpoint -> server -> listen -> metrics -> key rotation schedule -> shutdown wiring.
 import {
   closeMongo,
   connectMongo,
+  connectNats,
   createJwksVerifier,
+  createNotices,
   handleShutdown,
   runService,
   type ServiceRuntime,
@@ -23,7 +25,10 @@ async function main({
   tracing,
   metrics,
 }: ServiceRuntime<AuthConfig>): Promise<void> {
-  const mongo = await connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger });
+  const [mongo, nc] = await Promise.all([
+    connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger }),
+    connectNats({ url: config.NATS_URL, name: SERVICE_NAME, logger }),
+  ]);
   const models = authModels(mongo);
   await ensureIndexes(models);
 
@@ -69,6 +74,7 @@ async function main({
     keys,
     hasher,
     settings,
+    notices: createNotices(nc, logger),
     throttle: {
       maxFailuresPerAccount: config.AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT,
       maxFailuresPerAddress: config.AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS,
@@ -102,6 +108,7 @@ async function main({
       },
       { name: "key rotation", run: () => Promise.resolve(clearInterval(rotation)) },
       { name: "jwks server", run: () => jwks.close() },
+      { name: "nats drain", run: () => nc.drain() },
       { name: "mongo disconnect", run: () => closeMongo(mongo) },
       { name: "metrics server", run: () => metricsServer.close() },
       { name: "tracing", run: () => tracing.shutdown() },

@@ -6,6 +6,7 @@ import {
   type KitServer,
   type Logger,
   type Metrics,
+  type Notices,
   type TokenVerifier,
 } from "@ensemble/kit";
 import { AuthService } from "@ensemble/proto";
@@ -33,6 +34,8 @@ export interface AuthDeps {
   hasher: PasswordHasher;
   settings: AuthSettings;
   throttle: ThrottleOptions;
+  /** Change notices to the replicas that cache what auth owns (packages/kit notices). */
+  notices: Notices;
 }
 
 export function build(deps: AuthDeps): KitServer {
@@ -43,6 +46,7 @@ export function build(deps: AuthDeps): KitServer {
     throttle: new LoginThrottle(deps.models, deps.throttle),
     settings: deps.settings,
     logger: deps.logger,
+    notices: deps.notices,
   };
   return createServer({
     name: SERVICE_NAME,

@@ -8,14 +8,16 @@
 import {
   closeMongo,
   connectMongo,
+  connectNats,
   createClient,
   createJwksVerifier,
+  createNotices,
   type GrpcClient,
 } from "@ensemble/kit";
 import { create, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { AuthService, LoginRequestSchema } from "@ensemble/proto";
-import { captureLogs, mongoUrl, uniqueName, type CapturedLogs } from "@ensemble/testkit";
+import { captureLogs, mongoUrl, natsUrl, uniqueName, type CapturedLogs } from "@ensemble/testkit";
 import type { Connection } from "mongoose";
 import { authModels, ensureIndexes, type AuthModels } from "../src/auth.model.js";
 import { startJwksServer } from "../src/jwks-http.js";
@@ -46,6 +48,7 @@ export async function startAuth(
   const logger = logs.logger;
   const dbName = uniqueName("auth");
   const mongo = await connectMongo({ url: mongoUrl(), dbName, logger });
+  const nc = await connectNats({ url: natsUrl(), name: "auth-test", logger });
   const models = authModels(mongo);
   await ensureIndexes(models);
   const settings = settingsFrom({
@@ -73,6 +76,7 @@ export async function startAuth(
     keys,
     hasher: await createPasswordHasher({ memoryCost: 19_456, timeCost: 2 }),
     settings,
+    notices: createNotices(nc, logger),
     throttle: {
       maxFailuresPerAccount: 5,
       maxFailuresPerAddress: 50,
@@ -98,6 +102,7 @@ export async function startAuth(
     async close() {
       await server.shutdown({ timeoutMs: 2_000 });
       await jwks.close();
+      await nc.drain();
       await mongo.dropDatabase().catch(() => undefined);
       await closeMongo(mongo);
     },

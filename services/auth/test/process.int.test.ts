@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { createClient } from "@ensemble/kit";
 import { AuthService } from "@ensemble/proto";
-import { freePort, mongoUrl, ServerProcess, uniqueName } from "@ensemble/testkit";
+import { freePort, mongoUrl, natsUrl, ServerProcess, uniqueName } from "@ensemble/testkit";
 import { describe, expect, it } from "vitest";
 import { email, jwtClaims, jwtHeader } from "./harness.js";
 
@@ -25,6 +25,7 @@ describe("auth process", () => {
       NODE_ENV: "development",
       MONGODB_URL: mongoUrl(),
       MONGODB_DB: uniqueName("authproc"),
+      NATS_URL: natsUrl(),
       AUTH_ADDR: address,
       AUTH_JWKS_PORT: String(jwksPort),
       METRICS_PORT: "0",

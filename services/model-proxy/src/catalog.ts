@@ -28,6 +28,20 @@ export class Catalog {
     this.#lists = new TtlCache(opts);
   }
 
+  /**
+   * Drops what is cached for the tenant (after the registry's change notice), or for every
+   * tenant when the changed entry is a global one (`tenantId` empty).
+   */
+  forget(tenantId: string): void {
+    if (tenantId === "") {
+      this.#models.forgetIf(() => true);
+      this.#lists.forgetIf(() => true);
+      return;
+    }
+    this.#models.forgetIf((key) => key.startsWith(`${tenantId}\u0000`));
+    this.#lists.forget(tenantId);
+  }
+
   /** The tenant's enabled models (its own entries over the global ones), by id. */
   list(tenantId: string, token: string): Promise<Model[]> {
     return this.#lists.get(tenantId, async () => {

@@ -39,6 +39,11 @@ export class TenantSettings {
     this.#logger = opts.logger;
   }
 
+  /** Drops the tenant's cached settings (after auth's change notice); the next call asks auth. */
+  forget(tenantId: string): void {
+    this.#cache.forget(tenantId);
+  }
+
   /** The tenant's settings; UNAVAILABLE when auth cannot be asked and none are known. */
   async get(tenantId: string, token: string): Promise<TenantDefaults> {
     try {

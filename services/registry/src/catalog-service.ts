@@ -10,6 +10,7 @@ import {
   NotFoundError,
   PermissionDeniedError,
   principalOf,
+  type Notices,
 } from "@ensemble/kit";
 import {
   AddonGroup,
@@ -137,8 +138,13 @@ type CatalogMethods =
   | "upsertTemplate"
   | "deleteTemplate";
 
+/**
+ * `notices`: a model entry changed (upserted or deleted) is announced to the replicas that cache
+ * the catalog (model-proxy), before the call answers.
+ */
 export function catalogHandlers(
   catalog: Catalog,
+  notices: Notices,
 ): Pick<ServiceImpl<typeof RegistryService>, CatalogMethods> {
   return {
     async listModels(req, ctx) {
@@ -171,11 +177,13 @@ export function catalogHandlers(
       const model = required(req.model, "model");
       const { item, created } = await catalog.models.upsert(tenantId, model);
       loggerOf(ctx).info({ model: item.id, created }, "model upserted");
+      await notices.publish("catalog", tenantId, item.id);
       return { model: item, created };
     },
 
     async deleteModel(req, ctx) {
       await deleteOwn(catalog.models, ctx, req.id);
+      await notices.publish("catalog", writeTenant(ctx), req.id);
       return {};
     },
 

@@ -6,6 +6,7 @@ import {
   connectMongo,
   connectNats,
   createJwksVerifier,
+  createNotices,
   handleShutdown,
   runService,
   type ServiceRuntime,
@@ -53,6 +54,7 @@ async function main({
     metrics,
     mongo,
     instances,
+    notices: createNotices(nc, logger),
     pluginTtlMs: config.PLUGIN_TTL_MS,
   });
   const port = await server.listen(config.REGISTRY_ADDR);

@@ -6,6 +6,7 @@ import {
   type KitServer,
   type Logger,
   type Metrics,
+  type Notices,
   type TokenVerifier,
 } from "@ensemble/kit";
 import { RegistryService } from "@ensemble/proto";
@@ -26,6 +27,8 @@ export interface RegistryDeps {
   /** The registry's MongoDB connection (indexes ensured by the caller, see ensureIndexes). */
   mongo: Connection;
   instances: InstanceStore;
+  /** Change notices to the replicas that cache the catalog (model-proxy). */
+  notices: Notices;
   /** Lease of a plugin registration that asks for none (ttl_ms 0). */
   pluginTtlMs?: number;
 }
@@ -51,7 +54,7 @@ export function build(deps: RegistryDeps): RegistryServer {
     ...(deps.metrics !== undefined ? { metrics: deps.metrics } : {}),
     services: [
       service(RegistryService, {
-        ...catalogHandlers(catalog),
+        ...catalogHandlers(catalog, deps.notices),
         ...pluginHandlers(plugins),
         ...instanceHandlers(deps.instances, closing.signal),
       }),

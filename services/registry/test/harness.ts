@@ -10,6 +10,7 @@ import {
   connectNats,
   createClient,
   createJwksVerifier,
+  createNotices,
   type GrpcClient,
   type NatsConnection,
 } from "@ensemble/kit";
@@ -73,6 +74,7 @@ export async function startRegistry(
     verifier: createJwksVerifier({ jwksUrl: issuer.jwksUrl }),
     mongo,
     instances,
+    notices: createNotices(nc, logger),
     ...(opts.pluginTtlMs !== undefined ? { pluginTtlMs: opts.pluginTtlMs } : {}),
   });
   const port = await server.listen("127.0.0.1:0");

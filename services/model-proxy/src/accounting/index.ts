@@ -156,6 +156,10 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
   }
 
   return {
+    forgetLimits(tenantId, apiKeyId) {
+      limits.forget(tenantId, apiKeyId);
+    },
+
     async checkBudget(caller: Caller, estimatedCostUsd: number): Promise<void> {
       const { tenant, user, key } = await limitsOf(caller);
       if (tenant === undefined && user === undefined && key?.monthlyLimitUsd === undefined) return;

@@ -42,6 +42,8 @@ export interface CallerLimits {
 }
 
 export interface Limits {
+  /** Drops the tenant's and its users' budgets, or (with `apiKeyId`) that key's rules. */
+  forget(tenantId: string, apiKeyId?: string): void;
   /** The limits when all are cached and fresh (the warm path: no promise, no I/O), else undefined. */
   cached(tenantId: string, userId: string, apiKeyId: string): CallerLimits | undefined;
   get(tenantId: string, userId: string, apiKeyId: string, token: string): Promise<CallerLimits>;
@@ -60,6 +62,9 @@ export function createLimits(opts: {
 }): Limits {
   const entries = new Map<string, Entry>();
   const inflight = new Map<string, Promise<Entry>>();
+  // Bumped by forget(): a fetch that began before it may have read the old value, so what it
+  // brings back is used by its callers but not kept.
+  let epoch = 0;
   const call = (token: string) => ({
     headers: { authorization: `Bearer ${token}` },
     timeoutMs: AUTH_TIMEOUT_MS,
@@ -97,9 +102,13 @@ export function createLimits(opts: {
     if (cached !== undefined && opts.now() - cached.fetchedAt < opts.cacheMs) return cached.value;
     let pending = inflight.get(key);
     if (pending === undefined) {
-      pending = fetch()
-        .then((value) => ({ value, fetchedAt: opts.now() }))
-        .finally(() => inflight.delete(key));
+      const began = epoch;
+      const current: Promise<Entry> = fetch()
+        .then((value) => ({ value, fetchedAt: began === epoch ? opts.now() : -Infinity }))
+        .finally(() => {
+          if (inflight.get(key) === current) inflight.delete(key);
+        });
+      pending = current;
       inflight.set(key, pending);
     }
     try {
@@ -145,6 +154,22 @@ export function createLimits(opts: {
   const apiKeyKey = (tenantId: string, id: string) => `k\u0000${tenantId}\u0000${id}`;
 
   return {
+    forget(tenantId, apiKeyId) {
+      epoch += 1;
+      const drop = (key: string) => {
+        entries.delete(key);
+        inflight.delete(key);
+      };
+      if (apiKeyId !== undefined && apiKeyId !== "") {
+        drop(apiKeyKey(tenantId, apiKeyId));
+        return;
+      }
+      const userPrefix = userKey(tenantId, "");
+      drop(tenantKey(tenantId));
+      for (const key of [...entries.keys(), ...inflight.keys()])
+        if (key.startsWith(userPrefix)) drop(key);
+    },
+
     cached(tenantId, userId, apiKeyId) {
       const t = fresh(tenantKey(tenantId));
       if (t === undefined) return undefined;

@@ -69,6 +69,11 @@ export interface Accounting {
    * the admin role (PermissionDeniedError). Tenant from the principal only.
    */
   getUsage(principal: Principal, req: GetUsageRequest): Promise<GetUsageResponse>;
+  /**
+   * Drops cached limits after auth's change notice: the tenant's and its users' budgets (no
+   * `apiKeyId`), or one API key's rules. The next check asks auth.
+   */
+  forgetLimits(tenantId: string, apiKeyId?: string): void;
   /** Writes everything buffered (called on shutdown, and by tests); resolves when durable. */
   flush(): Promise<void>;
   /** Flushes, then stops the background work (the connections stay the caller's). */
