@@ -371,9 +371,13 @@ describe("schedules", () => {
 
   it("schedules belong to their owner; a tenant admin sees the tenant's; other tenants get NOT_FOUND", async () => {
     const later = (h: number) => timestampFromDate(new Date(Date.now() + h * 3_600_000));
+    // Daily, 12 hours from now (UTC): always after the one-time schedules below. ("@daily" was
+    // sooner than "in an hour" between 23:00 and midnight UTC, and this test failed then.)
+    const noonAway = new Date(Date.now() + 12 * 3_600_000);
+    const daily = `${noonAway.getUTCMinutes()} ${noonAway.getUTCHours()} * * *`;
     const mine = (
       await a.createSchedule(
-        { name: "daily", spec: SPEC, when: { case: "cron", value: { expression: "@daily" } } },
+        { name: "daily", spec: SPEC, when: { case: "cron", value: { expression: daily } } },
         as(owner.token),
       )
     ).schedule!;
