@@ -9,8 +9,9 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ChangeNoticeSchema, type ChangeNotice } from "@ensemble/proto";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "./logger.js";
+import type { KitServer } from "./server.js";
 
-export type NoticeKind = "api-key" | "user" | "tenant" | "catalog" | "webhooks";
+export type NoticeKind = "api-key" | "user" | "tenant" | "catalog" | "routes" | "webhooks";
 
 export const NOTICE_ROOT = "ensemble.notices";
 
@@ -52,6 +53,22 @@ export function createNotices(nc: NatsConnection, logger: Logger, root = NOTICE_
           }
         },
       });
+    },
+  };
+}
+
+/** `server`, which also ends `subscriptions` (notices it follows) when it shuts down. */
+export function followingNotices(
+  server: KitServer,
+  subscriptions: Array<{ unsubscribe(): void }>,
+): KitServer {
+  return {
+    grpc: server.grpc,
+    listen: (address) => server.listen(address),
+    setServing: (serving) => server.setServing(serving),
+    async shutdown(opts) {
+      for (const sub of subscriptions) sub.unsubscribe();
+      await server.shutdown(opts);
     },
   };
 }

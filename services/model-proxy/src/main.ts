@@ -97,24 +97,13 @@ async function main({
     metrics,
   });
 
-  const catalog = new Catalog(registry, { ttlMs: config.CATALOG_TTL_MS });
-  const tenantSettings = new TenantSettings(auth, { ttlMs: config.BUDGET_CACHE_MS, logger });
-  // Auth's and the registry's change notices drop what this replica cached, so a revoked key, a
-  // new budget, guardrails or a disabled model apply to the next call (the TTLs stay as bounds).
-  const notices = createNotices(nc, logger);
-  notices.subscribe("api-key", (n) => accounting.forgetLimits(n.tenantId, n.id));
-  notices.subscribe("tenant", (n) => {
-    accounting.forgetLimits(n.tenantId);
-    tenantSettings.forget(n.tenantId);
-  });
-  notices.subscribe("catalog", (n) => catalog.forget(n.tenantId));
-
   const server = build({
     version: VERSION,
     logger,
     verifier,
     metrics,
-    catalog,
+    notices: createNotices(nc, logger),
+    catalog: new Catalog(registry, { ttlMs: config.CATALOG_TTL_MS }),
     router,
     accounting,
     cache,
@@ -122,7 +111,7 @@ async function main({
     responses,
     callLogs,
     callLogTenants: new Set(config.CALL_LOG_TENANTS),
-    tenantSettings,
+    tenantSettings: new TenantSettings(auth, { ttlMs: config.BUDGET_CACHE_MS, logger }),
     limiter,
     ...(config.VECTOR_SEARCH_ADDR !== undefined
       ? {
