@@ -185,6 +185,7 @@ export async function startCategorizerProcess(
       JWKS_URL: opts.jwksUrl,
       MONGODB_URL: mongoUrl(),
       MONGODB_DB: uniqueName("categorizer"),
+      NATS_URL: natsUrl(),
       REGISTRY_ADDR: opts.registryAddress,
       MODEL_PROXY_ADDR: opts.modelProxyAddress ?? `127.0.0.1:${await freePort()}`,
       CATEGORIZER_ROUTES_FILE: join(repoRoot, "deploy/config/routes.yaml"),

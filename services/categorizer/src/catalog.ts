@@ -51,6 +51,17 @@ export class ModelCatalog {
     this.#templates = new TtlCache({ ttlMs: opts.ttlMs, now });
   }
 
+  /**
+   * Drops what is cached for the tenant (the registry's change notice), or for every tenant when
+   * a global entry changed (`tenantId` empty).
+   */
+  forget(tenantId: string): void {
+    const mine = (key: string) => tenantId === "" || key.startsWith(`${tenantId}\u0000`);
+    this.#models.forgetIf(mine);
+    this.#roles.forgetIf(mine);
+    this.#templates.forgetIf(mine);
+  }
+
   /** The tenant's model by id or alias; undefined when the catalog has none. */
   model(tenantId: string, name: string, token: string): Promise<Model | undefined> {
     return this.#models.get(`${tenantId}\u0000${name}`, async () => {

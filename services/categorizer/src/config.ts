@@ -22,12 +22,10 @@ const hostPort = z
   .string()
   .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, { message: "expected host:port" });
 
-// The categorizer uses no NATS: routes are cached per replica with a short TTL instead of being
-// invalidated by events (an admin's change reaches every replica within ROUTE_CACHE_TTL_MS).
-const { NATS_URL: _nats, ...env } = baseEnv;
-
+// NATS carries change notices only: routes and catalog lookups are cached per replica and dropped
+// when a replica (or the registry) announces a change; the TTLs bound a lost notice.
 export const categorizerEnv = z.object({
-  ...env,
+  ...baseEnv,
   /** Where the gRPC server listens. */
   CATEGORIZER_ADDR: hostPort.default("127.0.0.1:50053"),
   /** Metrics side port: 9100 + the last two digits of the gRPC port. */

@@ -3,8 +3,10 @@
 import {
   closeMongo,
   connectMongo,
+  connectNats,
   createClient,
   createJwksVerifier,
+  createNotices,
   handleShutdown,
   runService,
   type ServiceRuntime,
@@ -31,7 +33,10 @@ async function main({
     audience: config.JWT_AUDIENCE,
   });
 
-  const mongo = await connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger });
+  const [mongo, nc] = await Promise.all([
+    connectMongo({ url: config.MONGODB_URL, dbName: config.MONGODB_DB, logger }),
+    connectNats({ url: config.NATS_URL, name: SERVICE_NAME, logger }),
+  ]);
   const routes = await RouteStore.open(mongo, { cacheTtlMs: config.ROUTE_CACHE_TTL_MS });
   await loadRouteSeeds(config.CATEGORIZER_ROUTES_FILE, routes, logger);
 
@@ -64,6 +69,7 @@ async function main({
     metrics,
     routes,
     catalog: new ModelCatalog(registry, { ttlMs: config.CATALOG_TTL_MS }),
+    notices: createNotices(nc, logger),
     modelProxy,
     judge: {
       model: config.CATEGORIZER_JUDGE_MODEL,
@@ -98,6 +104,7 @@ async function main({
         name: "grpc server",
         run: () => server.shutdown({ timeoutMs: Math.floor(config.SHUTDOWN_TIMEOUT_MS / 2) }),
       },
+      { name: "nats drain", run: () => nc.drain() },
       { name: "mongo disconnect", run: () => closeMongo(mongo) },
       { name: "metrics server", run: () => metricsServer.close() },
       { name: "tracing", run: () => tracing.shutdown() },

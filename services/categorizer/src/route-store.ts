@@ -2,7 +2,7 @@
 // message in binary (`payload`, lossless) plus the fields queries use. `tenantId` "" holds the
 // global routes, which come only from the seed file. Reads go through a per-tenant cache with a
 // short TTL, so a warm Classify makes no database round trip; this replica's own writes clear
-// its cache at once, other replicas see them within the TTL.
+// its cache at once, other replicas on the change notice (service.ts), or within the TTL.
 import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { storedBytes } from "@ensemble/kit";
@@ -145,5 +145,11 @@ export class RouteStore {
 
   clearCache(): void {
     this.#cache.clear();
+  }
+
+  /** Drops the tenant's cached routes (another replica changed them). */
+  forget(tenantId: string): void {
+    this.#cache.delete(tenantId);
+    if (tenantId === GLOBAL_TENANT) this.#cache.clear();
   }
 }

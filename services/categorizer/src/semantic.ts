@@ -141,6 +141,11 @@ export class SemanticRouter {
     this.#now = opts.now ?? Date.now;
   }
 
+  /** Forgets that the tenant had no examples collection (its routes changed elsewhere). */
+  forget(tenantId: string): void {
+    this.#missing.delete(tenantId);
+  }
+
   get defaultMinSimilarity(): number {
     return this.#opts.minSimilarity;
   }

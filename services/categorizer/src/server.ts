@@ -1,7 +1,9 @@
-// build(deps): wires the categorizer's handlers into a kit server. Never listens, never starts
-// timers: main.ts (or a test) decides where to listen.
+// build(deps): wires the categorizer's handlers into a kit server and follows the change notices
+// that drop its caches (another replica's route change, the registry's catalog change). Never
+// listens, never starts timers: main.ts (or a test) decides where to listen.
 import {
   createServer,
+  followingNotices,
   service,
   type KitServer,
   type Logger,
@@ -21,7 +23,7 @@ export interface CategorizerServerDeps extends CategorizerDeps {
 }
 
 export function build(deps: CategorizerServerDeps): KitServer {
-  return createServer({
+  const server = createServer({
     name: SERVICE_NAME,
     version: deps.version,
     logger: deps.logger,
@@ -32,4 +34,11 @@ export function build(deps: CategorizerServerDeps): KitServer {
     maxMessageBytes: 8 * 1024 * 1024,
     services: [service(CategorizerService, categorizerHandlers(deps))],
   });
+  return followingNotices(server, [
+    deps.notices.subscribe("routes", (n) => {
+      deps.routes.forget(n.tenantId);
+      deps.semantic?.forget(n.tenantId);
+    }),
+    deps.notices.subscribe("catalog", (n) => deps.catalog.forget(n.tenantId)),
+  ]);
 }

@@ -17,6 +17,7 @@ import {
   PermissionDeniedError,
   principalOf,
   type GrpcClient,
+  type Notices,
 } from "@ensemble/kit";
 import {
   Capability,
@@ -66,6 +67,8 @@ export interface CategorizerDeps {
   exactCountMargin: number;
   /** Semantic routing through vector-search; undefined = off (examples are not used). */
   semantic?: SemanticRouter;
+  /** Tells the other replicas a tenant's routes changed (kit change notices, kind "routes"). */
+  notices: Notices;
 }
 
 /** A vector-search failure while writing examples, as the admin should read it. */
@@ -654,6 +657,7 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
         }
       }
       const stored = await routes.upsert(tenantId, route);
+      await deps.notices.publish("routes", tenantId, route.id);
       await copyGlobals(tenantId, token, ctx);
       loggerOf(ctx).info(
         { routeId: route.id, target: targetLabel(route.target) },
@@ -685,6 +689,7 @@ export function categorizerHandlers(deps: CategorizerDeps): Impl {
           );
         }
       }
+      await deps.notices.publish("routes", tenantId, req.id);
       await copyGlobals(tenantId, token, ctx);
       loggerOf(ctx).info({ routeId: req.id }, "route deleted");
       return {};

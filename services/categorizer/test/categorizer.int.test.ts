@@ -7,10 +7,13 @@ import { Code } from "@connectrpc/connect";
 import {
   closeMongo,
   connectMongo,
+  connectNats,
   createClient,
   createJwksVerifier,
+  createNotices,
   type GrpcClient,
   type KitServer,
+  type NatsConnection,
 } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
@@ -28,6 +31,7 @@ import {
 import {
   captureLogs,
   mongoUrl,
+  natsUrl,
   rejection,
   repoRoot,
   signUpTwoTenants,
@@ -50,6 +54,7 @@ let auth: AuthProcess;
 let registry: MeshProcess;
 let proxy: MeshProcess;
 let mongo: Connection;
+let nc: NatsConnection;
 let withJudge: KitServer;
 let withoutJudge: KitServer;
 let judged: GrpcClient<typeof CategorizerService>;
@@ -75,6 +80,7 @@ beforeAll(async () => {
 
   const logger = captureLogs({ level: "warn" }).logger;
   mongo = await connectMongo({ url: mongoUrl(), dbName: uniqueName("categorizer"), logger });
+  nc = await connectNats({ url: natsUrl(), name: "categorizer-test", logger });
   const routes = await RouteStore.open(mongo, { cacheTtlMs: 60_000 });
   await loadRouteSeeds(join(repoRoot, "deploy/config/routes.yaml"), routes, logger);
   const deps: CategorizerServerDeps = {
@@ -86,6 +92,7 @@ beforeAll(async () => {
     modelProxy: createClient(ModelProxyService, proxy.address),
     judge: { model: undefined, threshold: 0.6, weight: 0.6, timeoutMs: 10_000 },
     exactCountMargin: 0.25,
+    notices: createNotices(nc, logger),
   };
   withoutJudge = build(deps);
   withJudge = build({ ...deps, judge: { ...deps.judge, model: "sim-fast" } });
@@ -101,6 +108,7 @@ afterAll(async () => {
   await withoutJudge?.shutdown({ timeoutMs: 2_000 });
   await mongo?.dropDatabase().catch(() => undefined);
   if (mongo !== undefined) await closeMongo(mongo);
+  await nc?.drain();
   await services?.stop();
   await sim?.close();
 });
@@ -316,6 +324,47 @@ describe("categorizer - routes per tenant", () => {
     );
   });
 
+  it("replicas - a route changed through one replica decides the very next Classify on another, though its cache would keep the old routes a minute", async () => {
+    // Another replica: its own route cache (60 s) and catalog cache, the same database.
+    const logger = captureLogs({ level: "silent" }).logger;
+    const replica = build({
+      version: "test",
+      logger,
+      verifier: createJwksVerifier({ jwksUrl: auth.jwksUrl }),
+      routes: await RouteStore.open(mongo, { cacheTtlMs: 60_000 }),
+      catalog: new ModelCatalog(createClient(RegistryService, registry.address), { ttlMs: 30_000 }),
+      modelProxy: createClient(ModelProxyService, proxy.address),
+      judge: { model: undefined, threshold: 0.6, weight: 0.6, timeoutMs: 10_000 },
+      exactCountMargin: 0,
+      notices: createNotices(nc, logger),
+    });
+    try {
+      const other = createClient(
+        CategorizerService,
+        `127.0.0.1:${await replica.listen("127.0.0.1:0")}`,
+      );
+      const text = "Please review the escrow schedule for me.";
+      expect((await classify(adminA, { text }, other)).routeId).not.toBe("escrow-desk");
+      await plain.upsertRoute(
+        {
+          route: {
+            id: "escrow-desk",
+            priority: 400,
+            match: { keywords: ["escrow schedule"] },
+            target: { target: { case: "model", value: "thinking" } },
+            enabled: true,
+          },
+        },
+        as(adminA),
+      );
+      expect((await classify(adminA, { text }, other)).routeId).toBe("escrow-desk");
+      await plain.deleteRoute({ id: "escrow-desk" }, as(adminA));
+      expect((await classify(adminA, { text }, other)).routeId).not.toBe("escrow-desk");
+    } finally {
+      await replica.shutdown({ timeoutMs: 2_000 });
+    }
+  });
+
   it("a non-admin cannot change routes (PERMISSION_DENIED), nor can anyone point one at a model the catalog lacks", async () => {
     const route = {
       id: "mine",
@@ -433,6 +482,7 @@ describe("categorizer - the judge", () => {
       modelProxy: createClient(ModelProxyService, proxy.address),
       judge: { model: "no-such-judge", threshold: 0.6, weight: 0.6, timeoutMs: 5_000 },
       exactCountMargin: 0,
+      notices: createNotices(nc, captureLogs({ level: "silent" }).logger),
     });
     const client = createClient(
       CategorizerService,

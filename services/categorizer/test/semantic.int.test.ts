@@ -7,10 +7,13 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   closeMongo,
   connectMongo,
+  connectNats,
   createClient,
   createJwksVerifier,
+  createNotices,
   type GrpcClient,
   type KitServer,
+  type NatsConnection,
 } from "@ensemble/kit";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import {
@@ -29,6 +32,7 @@ import {
 import {
   captureLogs,
   mongoUrl,
+  natsUrl,
   repoRoot,
   signUpTwoTenants,
   startServices,
@@ -63,6 +67,7 @@ let registry: MeshProcess;
 let proxy: MeshProcess;
 let vectors: MeshProcess;
 let mongo: Connection;
+let nc: NatsConnection;
 let routeStore: RouteStore;
 let authClient: GrpcClient<typeof AuthService>;
 let semanticServer: KitServer;
@@ -146,6 +151,7 @@ beforeAll(async () => {
     dbName: uniqueName("categorizer"),
     logger: logs.logger,
   });
+  nc = await connectNats({ url: natsUrl(), name: "categorizer-test", logger: logs.logger });
   const routes = await RouteStore.open(mongo, { cacheTtlMs: 60_000 });
   routeStore = routes;
   await loadRouteSeeds(join(repoRoot, "deploy/config/routes.yaml"), routes, logs.logger);
@@ -158,6 +164,7 @@ beforeAll(async () => {
     modelProxy: createClient(ModelProxyService, proxy.address),
     judge: { model: undefined, threshold: 0.6, weight: 0.6, timeoutMs: 10_000 },
     exactCountMargin: 0.25,
+    notices: createNotices(nc, logs.logger),
   };
   semanticServer = build({
     ...deps,
@@ -194,6 +201,7 @@ afterAll(async () => {
   await offServer?.shutdown({ timeoutMs: 2_000 });
   await mongo?.dropDatabase().catch(() => undefined);
   if (mongo !== undefined) await closeMongo(mongo);
+  await nc?.drain();
   await services?.stop();
   await sim?.close();
 });

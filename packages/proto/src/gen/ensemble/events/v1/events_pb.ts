@@ -1133,6 +1133,7 @@ export const VectorChangeSchema: GenMessage<VectorChange> = /*@__PURE__*/
  *   user      (auth) a user was disabled or re-enabled, or changed role; id = the user
  *   tenant    (auth) a tenant's settings or budgets changed; id = the user of a user budget
  *   catalog   (registry) a model entry changed; tenant_id empty for a global entry
+ *   routes    (categorizer) a tenant's routes changed
  *   webhooks  (workflow engine) a tenant's webhook endpoints changed
  * Published once the change is stored and flushed before the call answers; a receiver drops
  * what it cached, so its next call reads the change. Caches keep their TTLs as the bound when a
