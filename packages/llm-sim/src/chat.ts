@@ -26,6 +26,11 @@ export interface ChatAnswer {
   finishReason: "stop" | "length";
   promptTokens: number;
   hash: string;
+  /**
+   * Reasoning pieces, sent before the answer as `reasoning_content` (as vLLM and DeepSeek do),
+   * only when the request sets `reasoning_effort`; counted in the completion tokens.
+   */
+  reasoning: string[];
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -311,11 +316,16 @@ export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAns
     structuredAnswer(req.responseFormat, sentence, `[simulated ${req.model}]`) ?? sentence;
   const all = tokenPieces(full);
   const truncated = req.maxTokens !== undefined && all.length > req.maxTokens;
+  const effort = body["reasoning_effort"];
   return {
     pieces: truncated ? all.slice(0, req.maxTokens) : all,
     finishReason: truncated ? "length" : "stop",
     promptTokens: promptTokens(req.messages),
     hash,
+    reasoning:
+      typeof effort === "string" && effort !== ""
+        ? tokenPieces(`[simulated reasoning, ${effort} effort] Thinking about: "${quoted}".`)
+        : [],
   };
 }
 

@@ -151,6 +151,36 @@ describe("llm-sim", () => {
     expect(chunks[chunks.length - 2]!.choices[0]!.finish_reason).toBe("stop");
   });
 
+  it("chat - reasoning_effort adds reasoning_content, unary and streamed before the text, counted in completion_tokens", async () => {
+    const plain = await complete(hello);
+    const res = await post("/v1/chat/completions", { ...hello, reasoning_effort: "high" });
+    const reasoned = (await res.json()) as {
+      choices: Array<{ message: { content: string; reasoning_content?: string } }>;
+      usage: { completion_tokens: number };
+    };
+    const thought = reasoned.choices[0]!.message.reasoning_content ?? "";
+    expect(thought).toMatch(/^\[simulated reasoning, high effort\] Thinking about: "/);
+    expect(reasoned.choices[0]!.message.content).toBe(plain.choices[0]!.message.content);
+    expect(reasoned.usage.completion_tokens).toBeGreaterThan(plain.usage.completion_tokens);
+    const streamed = await post("/v1/chat/completions", {
+      ...hello,
+      reasoning_effort: "high",
+      stream: true,
+    });
+    const { events } = await readEvents(streamed);
+    const deltas = events
+      .slice(0, -1)
+      .map(
+        (e) =>
+          (JSON.parse(e) as { choices: Array<{ delta: Record<string, string> }> }).choices[0]!
+            .delta,
+      );
+    const firstText = deltas.findIndex((d) => (d["content"] ?? "") !== "");
+    const lastThought = deltas.findLastIndex((d) => d["reasoning_content"] !== undefined);
+    expect(lastThought).toBeLessThan(firstText);
+    expect(deltas.map((d) => d["reasoning_content"] ?? "").join("")).toBe(thought);
+  });
+
   it("chat - image parts are accepted by sim-vision and refused by other models", async () => {
     const messages = [
       {

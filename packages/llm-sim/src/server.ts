@@ -408,7 +408,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
             },
           }
         : undefined;
-    const completionTokens = call ? countTokens(JSON.stringify(call)) : ans.pieces.length;
+    const completionTokens =
+      (call ? countTokens(JSON.stringify(call)) : ans.pieces.length) + ans.reasoning.length;
     const usage = {
       prompt_tokens: ans.promptTokens,
       completion_tokens: completionTokens,
@@ -440,7 +441,14 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
             index: 0,
             message: call
               ? { role: "assistant", content: null, tool_calls: [call], refusal: null }
-              : { role: "assistant", content: ans.pieces.join(""), refusal: null },
+              : {
+                  role: "assistant",
+                  content: ans.pieces.join(""),
+                  refusal: null,
+                  ...(ans.reasoning.length > 0
+                    ? { reasoning_content: ans.reasoning.join("") }
+                    : {}),
+                },
             logprobs: null,
             finish_reason: call ? "tool_calls" : ans.finishReason,
           },
@@ -487,6 +495,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       send({}, "tool_calls");
     } else {
       send({ role: "assistant", content: "", refusal: null }, null);
+      for (const piece of ans.reasoning) send({ reasoning_content: piece }, null);
       const completed = await streamPieces(ans, c, failure === "cut", res, signal, (text) =>
         send({ content: text }, null),
       );
