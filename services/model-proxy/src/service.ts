@@ -125,6 +125,8 @@ const ROLE_ALIASES = new Set([
 
 /** Output tokens assumed for the tpm limit when a request sets no max_tokens. */
 const DEFAULT_OUTPUT_ESTIMATE = 512;
+/** Between the pieces of an answer checked together: a word boundary no term can span. */
+const APART = "\u0000";
 
 type Impl = ServiceImpl<typeof ModelProxyService>;
 
@@ -578,18 +580,28 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
   }
 
   /**
-   * The answer as the caller may see it: with its text withheld (finish reason CONTENT_FILTER)
-   * when it holds one of the tenant's blocked output terms, and a note for the call log.
+   * The answer as the caller may see it: withheld (no text, reasoning or tool calls; finish
+   * reason CONTENT_FILTER) when its text, its reasoning or a tool call's name or arguments hold
+   * one of the tenant's blocked output terms, and a note for the call log.
    */
   function screened(
     g: CompiledGuardrails,
     response: ChatResponse,
   ): { response: ChatResponse; withheld?: string } {
     if (g.blockedOutputTerms === undefined) return { response };
-    const term = withheldFor(g, textOfParts(response.message?.content ?? []), guardStats);
+    const said = [
+      textOfParts(response.message?.content ?? []),
+      response.reasoning,
+      ...(response.message?.toolCalls ?? []).map((c) => `${c.name}${APART}${c.arguments}`),
+    ];
+    const term = withheldFor(g, said.join(APART), guardStats);
     if (term === undefined) return { response };
     const out = clone(ChatResponseSchema, response);
-    if (out.message !== undefined) out.message.content = [];
+    if (out.message !== undefined) {
+      out.message.content = [];
+      out.message.toolCalls = [];
+    }
+    out.reasoning = "";
     out.finishReason = FinishReason.CONTENT_FILTER;
     return { response: out, withheld: withheldNote(term) };
   }
@@ -761,10 +773,11 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       let content = "";
       let shown = "";
       let reasoning = "";
-      const guard =
-        guardrails.blockedOutputTerms === undefined
-          ? undefined
-          : new OutputGuard(guardrails.blockedOutputTerms);
+      // The tenant's blocked output terms: the text and the reasoning each go through their own
+      // hold-back guard; tool calls are held whole until the answer ends, then checked.
+      const terms = guardrails.blockedOutputTerms;
+      const guard = terms === undefined ? undefined : new OutputGuard(terms);
+      const thoughtGuard = terms === undefined ? undefined : new OutputGuard(terms);
       // Tool calls arrive in fragments (by index); the assembled answer carries them whole.
       const calls = new Map<number, { id: string; name: string; arguments: string }>();
       /** What was streamed so far, as one assistant message. */
@@ -827,35 +840,60 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               calls.set(d.index, call);
             }
             let text = chunk.content;
-            if (guard !== undefined) {
+            let thought = chunk.reasoning;
+            let toolCalls = chunk.toolCalls;
+            if (guard !== undefined && thoughtGuard !== undefined) {
               const checked = guard.push(chunk.content);
-              if ("blocked" in checked) {
-                withheld = checked.blocked;
+              const thinking = thoughtGuard.push(chunk.reasoning);
+              if ("blocked" in checked || "blocked" in thinking) {
+                withheld =
+                  "blocked" in checked
+                    ? checked.blocked
+                    : (thinking as { blocked: string }).blocked;
                 break;
               }
               text = checked.send;
+              thought = thinking.send;
+              toolCalls = [];
             }
             shown += text;
-            if (text !== "" || chunk.reasoning !== "" || chunk.toolCalls.length > 0) {
+            if (text !== "" || thought !== "" || toolCalls.length > 0) {
               yield event({
                 case: "delta",
-                value: { content: text, reasoning: chunk.reasoning, toolCalls: chunk.toolCalls },
+                value: { content: text, reasoning: thought, toolCalls },
               });
             }
           } else {
             const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
-            if (guard !== undefined) {
+            if (guard !== undefined && thoughtGuard !== undefined && terms !== undefined) {
               const checked = guard.end();
-              if ("blocked" in checked) {
-                withheld = checked.blocked;
+              const thinking = thoughtGuard.end();
+              const held = [...calls.entries()].sort(([a], [b]) => a - b);
+              const inCall = held
+                .map(([, c]) => terms.find(`${c.name}${APART}${c.arguments}`)?.term)
+                .find((t) => t !== undefined);
+              const blocked =
+                "blocked" in checked
+                  ? checked.blocked
+                  : "blocked" in thinking
+                    ? thinking.blocked
+                    : inCall;
+              if (blocked !== undefined) {
+                withheld = blocked;
                 endUsage = usage;
                 break;
               }
-              if (checked.send !== "") {
-                shown += checked.send;
+              const rest = (checked as { send: string }).send;
+              const restThought = (thinking as { send: string }).send;
+              if (rest !== "" || restThought !== "" || held.length > 0) {
+                shown += rest;
                 yield event({
                   case: "delta",
-                  value: { content: checked.send, reasoning: "", toolCalls: [] },
+                  value: {
+                    content: rest,
+                    reasoning: restThought,
+                    toolCalls: held.map(([index, c]) => ({ index, ...c })),
+                  },
                 });
               }
             }

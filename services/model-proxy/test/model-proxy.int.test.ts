@@ -897,6 +897,74 @@ describe("model-proxy", () => {
     expect(textOf(free.message)).toContain("jane.doe@example.com");
   });
 
+  it("guardrails - a blocked output term in the reasoning or in a tool call withholds the answer, unary and streamed, and no part of it is sent", async () => {
+    const ida = await signup("ida");
+    await createClient(AuthService, auth.address).updateTenantSettings(
+      { settings: { guardrails: { blockedOutputTerms: ["thinking", "destination"] } } },
+      { headers: ida.headers },
+    );
+    const opts = { headers: ida.headers };
+    const sent = (events: StreamChatResponse[]) => {
+      let text = "";
+      let reasoning = "";
+      let args = "";
+      for (const e of events) {
+        if (e.event.case !== "delta") continue;
+        text += e.event.value.content;
+        reasoning += e.event.value.reasoning;
+        for (const t of e.event.value.toolCalls) args += t.name + t.arguments;
+      }
+      return { text, reasoning, args, end: events.at(-1)?.event };
+    };
+    // The simulator reasons ("[simulated reasoning, low effort] Thinking about: ...") when asked
+    // for an effort; its answer itself has no blocked term.
+    const thinking = { ...chat("sim-fast", "What is two plus two?"), reasoningEffort: "low" };
+    const unary = await mp.chat(thinking, opts);
+    expect(unary.finishReason).toBe(FinishReason.CONTENT_FILTER);
+    expect(unary.reasoning).toBe("");
+    expect(textOf(unary.message)).toBe("");
+    const streamed = sent((await collect(mp.streamChat({ chat: thinking }, opts))).events);
+    expect(streamed.reasoning.toLowerCase()).not.toContain("think");
+    expect(streamed.end?.case === "end" && streamed.end.value.finishReason).toBe(
+      FinishReason.CONTENT_FILTER,
+    );
+    // Without the effort there is no reasoning, and the answer passes.
+    const plain = await mp.chat(chat("sim-fast", "What is two plus two?"), opts);
+    expect(plain.finishReason).toBe(FinishReason.STOP);
+
+    // A forced tool call whose arguments hold a blocked term ({"destination": "... destination"}).
+    const booking: MessageInitShape<typeof ChatRequestSchema> = {
+      model: "sim-fast",
+      messages: [
+        { role: ChatRole.USER, content: [{ part: { case: "text", value: "Book me a trip" } }] },
+      ],
+      tools: [
+        {
+          name: "book_trip",
+          parameters: { type: "object", properties: { destination: { type: "string" } } },
+        },
+      ],
+      toolChoice: { choice: { case: "function" as const, value: "book_trip" } },
+    };
+    const call = await mp.chat(booking, opts);
+    expect(call.finishReason).toBe(FinishReason.CONTENT_FILTER);
+    expect(call.message?.toolCalls ?? []).toEqual([]);
+    const streamedCall = sent((await collect(mp.streamChat({ chat: booking }, opts))).events);
+    expect(streamedCall.args).toBe("");
+    expect(streamedCall.end?.case === "end" && streamedCall.end.value.finishReason).toBe(
+      FinishReason.CONTENT_FILTER,
+    );
+    // Another tenant gets the call, streamed whole.
+    const jon = await signup("jon");
+    const free = sent(
+      (await collect(mp.streamChat({ chat: booking }, { headers: jon.headers }))).events,
+    );
+    expect(free.args).toContain("book_trip");
+    expect(free.args).toContain("destination");
+    const freeThinking = await mp.chat(thinking, { headers: jon.headers });
+    expect(freeThinking.reasoning).toContain("Thinking about");
+  });
+
   it("Embed, CountTokens and GenerateImage", async () => {
     const olga = await signup("olga");
     const emb = await mp.embed(
