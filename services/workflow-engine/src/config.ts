@@ -90,6 +90,8 @@ export const workflowEnv = z.object({
    * replica starts it.
    */
   SCHEDULE_CLAIM_GRACE_MS: positiveInt.default(30_000),
+  /** A schedule's fires older than this are folded into a total and deleted (7 days). */
+  SCHEDULE_FIRE_RETENTION_MS: positiveInt.default(7 * 24 * 3_600_000),
 
   // ---- webhooks
   /** The durable JetStream consumer (on RUN_EVENTS) every replica takes run endings from. */

@@ -175,7 +175,11 @@ async function main({
     autoAvailable: config.CATEGORIZER_ADDR !== undefined,
     tokens,
     logger,
-    settings: { tickMs: config.SCHEDULE_TICK_MS, claimGraceMs: config.SCHEDULE_CLAIM_GRACE_MS },
+    settings: {
+      tickMs: config.SCHEDULE_TICK_MS,
+      claimGraceMs: config.SCHEDULE_CLAIM_GRACE_MS,
+      fireRetentionMs: config.SCHEDULE_FIRE_RETENTION_MS,
+    },
     metricsRegistry: metrics.registry,
   });
   scheduler.start();

@@ -17,6 +17,13 @@
 // Plain updates of a schedule are guarded by lastFireMs <= the occurrence being recorded (a stale
 // replica cannot move a schedule back for long), and fireCount / lastRunId are recomputed from the
 // fires rather than incremented (FerretDB's $inc is not atomic across replicas).
+//
+// Fires do not pile up: once a schedule has fires older than SCHEDULE_FIRE_RETENTION_MS, the
+// replica recording an occurrence folds them into a total (schedule_fire_totals, one document per
+// boundary, a unique key: racing replicas write the same one once) and deletes them. fireCount is
+// the latest total plus the fires since its boundary, so a fire is counted once whether or not
+// its deletion has happened yet; an occurrence that old is never fired again (nextFireMs only
+// moves forward), so its claim is not needed any more.
 import { createHash, randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -54,6 +61,8 @@ const NEVER = Number.MAX_SAFE_INTEGER;
 const GIVE_UP_MS = 3_600_000;
 /** Schedules fired at the same time by one replica. */
 const FIRE_CONCURRENCY = 8;
+/** Fires older than this are folded into a total (SCHEDULE_FIRE_RETENTION_MS). */
+const DEFAULT_FIRE_RETENTION_MS = 7 * 24 * 3_600_000;
 const BATCH = 200;
 
 export interface ScheduleDoc {
@@ -146,9 +155,38 @@ scheduleFireSchema.index({ tenantId: 1, scheduleId: 1, occurrence: 1 }, { unique
 // Recovery: claimed fires whose run was never created.
 scheduleFireSchema.index({ status: 1, createTime: 1 });
 
+/** The fires of one schedule before `boundaryMs`, folded (their documents are deleted). */
+export interface ScheduleFireTotalDoc {
+  /** totalKey(tenantId, scheduleId, boundaryMs). */
+  _id?: string;
+  tenantId: string;
+  scheduleId: string;
+  boundaryMs: number;
+  /** Fires that claimed or started a run, every one before the boundary. */
+  count: number;
+  /** The latest run started before the boundary ("" if none). */
+  lastRunId: string;
+  createTime: Date;
+}
+
+const scheduleFireTotalSchema = new Schema<ScheduleFireTotalDoc>(
+  {
+    _id: { type: String, required: true },
+    tenantId: { type: String, required: true },
+    scheduleId: { type: String, required: true },
+    boundaryMs: { type: Number, required: true },
+    count: { type: Number, required: true },
+    lastRunId: { type: String, default: "" },
+    createTime: { type: Date, required: true },
+  },
+  { versionKey: false, strict: "throw" },
+);
+scheduleFireTotalSchema.index({ tenantId: 1, scheduleId: 1, boundaryMs: 1 });
+
 export interface ScheduleModels {
   schedules: Model<ScheduleDoc>;
   fires: Model<ScheduleFireDoc>;
+  totals: Model<ScheduleFireTotalDoc>;
 }
 
 function model<T>(conn: Connection, name: string, schema: Schema<T>, collection: string): Model<T> {
@@ -161,8 +199,9 @@ export async function openScheduleModels(conn: Connection): Promise<ScheduleMode
   const models: ScheduleModels = {
     schedules: model(conn, "Schedule", scheduleSchema, "schedules"),
     fires: model(conn, "ScheduleFire", scheduleFireSchema, "schedule_fires"),
+    totals: model(conn, "ScheduleFireTotal", scheduleFireTotalSchema, "schedule_fire_totals"),
   };
-  await Promise.all([models.schedules.init(), models.fires.init()]);
+  await Promise.all([models.schedules.init(), models.fires.init(), models.totals.init()]);
   return models;
 }
 
@@ -176,6 +215,10 @@ export function scheduleKey(tenantId: string, id: string): string {
 
 export function fireKey(tenantId: string, scheduleId: string, occurrence: Date): string {
   return JSON.stringify([tenantId, scheduleId, occurrence.getTime()]);
+}
+
+export function totalKey(tenantId: string, scheduleId: string, boundaryMs: number): string {
+  return JSON.stringify([tenantId, scheduleId, boundaryMs]);
 }
 
 /** The id of the run an occurrence starts: the same on every replica, so it is created once. */
@@ -269,6 +312,8 @@ export interface SchedulerSettings {
   tickMs: number;
   /** How long a claimed occurrence may stay without its run before another replica creates it. */
   claimGraceMs: number;
+  /** Fires older than this are folded into a total and deleted (default 7 days). */
+  fireRetentionMs?: number;
 }
 
 export interface SchedulerDeps {
@@ -295,6 +340,8 @@ export class Scheduler {
   #pass: Promise<void> | undefined;
   #lastRecovery = 0;
   readonly #catalog = catalogCache();
+  /** Schedule key -> the boundary this replica last folded its fires up to. */
+  readonly #folded = new Map<string, number>();
 
   constructor(deps: SchedulerDeps) {
     this.#d = deps;
@@ -654,28 +701,93 @@ export class Scheduler {
   }
 
   /**
-   * fireCount, lastRunId and lastError, recomputed from the fires (a repeat writes the same
-   * values): lastError is the latest fire's error when that fire started no run.
+   * fireCount, lastRunId and lastError, recomputed from the latest total and the fires since its
+   * boundary (a repeat writes the same values): lastError is the latest fire's error when that
+   * fire started no run. Then folds the fires older than the retention, if there are any.
    */
   async #refresh(doc: ScheduleDoc): Promise<void> {
     const scope = { tenantId: doc.tenantId, scheduleId: doc.id };
-    const [count, latest, newest] = await Promise.all([
-      this.#d.models.fires.countDocuments({ ...scope, status: { $in: ["claimed", "started"] } }),
-      this.#d.models.fires
-        .findOne({ ...scope, status: "started" })
-        .sort({ occurrence: -1 })
-        .lean<ScheduleFireDoc>(),
-      this.#d.models.fires.findOne(scope).sort({ occurrence: -1 }).lean<ScheduleFireDoc>(),
-    ]);
+    const { fires } = this.#d.models;
+    const latestTotal = () =>
+      this.#d.models.totals.findOne(scope).sort({ boundaryMs: -1 }).lean<ScheduleFireTotalDoc>();
+    let total = await latestTotal();
+    let counted: [number, ScheduleFireDoc | null, ScheduleFireDoc | null];
+    for (;;) {
+      const since = { ...scope, occurrence: { $gte: new Date(total?.boundaryMs ?? 0) } };
+      counted = await Promise.all([
+        fires.countDocuments({ ...since, status: { $in: ["claimed", "started"] } }),
+        fires
+          .findOne({ ...since, status: "started" })
+          .sort({ occurrence: -1 })
+          .lean<ScheduleFireDoc>(),
+        fires.findOne(scope).sort({ occurrence: -1 }).lean<ScheduleFireDoc>(),
+      ]);
+      // Another replica folded meanwhile: what it deleted may be missing from the count.
+      const again = await latestTotal();
+      if ((again?.boundaryMs ?? 0) === (total?.boundaryMs ?? 0)) break;
+      total = again;
+    }
+    const [count, latest, newest] = counted;
     await setFields(
       this.#d.models.schedules,
       { _id: scheduleKey(doc.tenantId, doc.id) },
       {
-        fireCount: count,
-        lastRunId: latest?.runId ?? "",
+        fireCount: (total?.count ?? 0) + count,
+        lastRunId: latest?.runId ?? total?.lastRunId ?? "",
         lastError: newest?.status === "failed" ? newest.error : "",
       },
     );
+    await this.#fold(doc, total).catch((err: unknown) =>
+      this.#log.warn(
+        { err, tenantId: doc.tenantId, scheduleId: doc.id },
+        "folding the schedule's old fires failed; the next occurrence tries again",
+      ),
+    );
+  }
+
+  /**
+   * Folds the schedule's fires before the current boundary (a multiple of the retention at least
+   * one retention ago) into a total, then deletes them and the older totals. Racing replicas
+   * compute the same total and insert it once (its key is the boundary).
+   */
+  async #fold(doc: ScheduleDoc, total: ScheduleFireTotalDoc | null): Promise<void> {
+    const retention = this.#d.settings.fireRetentionMs ?? DEFAULT_FIRE_RETENTION_MS;
+    const boundary = Math.floor((Date.now() - retention) / retention) * retention;
+    const from = total?.boundaryMs ?? 0;
+    const key = scheduleKey(doc.tenantId, doc.id);
+    if (boundary <= from || this.#folded.get(key) === boundary) return;
+    const scope = { tenantId: doc.tenantId, scheduleId: doc.id };
+    const { fires, totals } = this.#d.models;
+    const old = { ...scope, occurrence: { $gte: new Date(from), $lt: new Date(boundary) } };
+    if ((await fires.exists(old)) !== null) {
+      const [count, latest] = await Promise.all([
+        fires.countDocuments({ ...old, status: { $in: ["claimed", "started"] } }),
+        fires
+          .findOne({ ...old, status: "started" })
+          .sort({ occurrence: -1 })
+          .lean<ScheduleFireDoc>(),
+      ]);
+      try {
+        await totals.create({
+          _id: totalKey(doc.tenantId, doc.id, boundary),
+          ...scope,
+          boundaryMs: boundary,
+          count: (total?.count ?? 0) + count,
+          lastRunId: latest?.runId ?? total?.lastRunId ?? "",
+          createTime: new Date(),
+        });
+      } catch (err) {
+        if (!isDuplicateKey(err)) throw err; // another replica folded the same fires
+      }
+      await retryBusy(() =>
+        fires.collection.deleteMany({ ...scope, occurrence: { $lt: new Date(boundary) } }),
+      );
+      await retryBusy(() =>
+        totals.collection.deleteMany({ ...scope, boundaryMs: { $lt: boundary } }),
+      );
+    }
+    if (this.#folded.size > 100_000) this.#folded.clear();
+    this.#folded.set(key, boundary);
   }
 
   /** Claimed fires older than the grace period whose run was never created (their claimer died). */

@@ -253,6 +253,55 @@ describe("schedules", () => {
     expect((await runsOf(created.id)).length).toBe(runs.length);
   }, 90_000);
 
+  it("fires older than the retention are folded into a total: the schedule keeps a handful of fire documents, and fireCount still counts every run", async () => {
+    // A third replica folding after 2 s (the others keep the 7-day default; they count the
+    // same way).
+    const folding = await startWorkflowProcess({
+      ...engineOpts,
+      env: { SCHEDULE_TICK_MS: "200", SCHEDULE_FIRE_RETENTION_MS: "2000" },
+    });
+    engines.push(folding);
+    const c = createClient(RunService, folding.address);
+    const created = (
+      await c.createSchedule(
+        {
+          name: "every second",
+          spec: SPEC,
+          when: { case: "cron", value: { expression: "* * * * * *" } },
+        },
+        as(owner.token),
+      )
+    ).schedule!;
+    const logger = captureLogs({ level: "warn" }).logger;
+    const mongo = await connectMongo({ url: mongoUrl(), dbName: shared.database, logger });
+    try {
+      const models = await openScheduleModels(mongo);
+      const scope = { tenantId: owner.tenantId, scheduleId: created.id };
+      await until(
+        "a fold",
+        async () => ((await models.totals.exists(scope)) !== null ? true : undefined),
+        30_000,
+      );
+      await until(
+        "twenty occurrences",
+        async () => ((await schedule(c, created.id)).fireCount >= 20n ? true : undefined),
+        30_000,
+      );
+      const before = (await runsOf(created.id)).length;
+      const counted = Number((await schedule(c, created.id)).fireCount);
+      const after = (await runsOf(created.id)).length;
+      expect(counted).toBeGreaterThanOrEqual(before);
+      expect(counted).toBeLessThanOrEqual(after + 2);
+      // A few seconds of fires are kept (the retention and up to one more, until the folding
+      // replica records an occurrence again), not every one.
+      expect(await models.fires.countDocuments(scope)).toBeLessThanOrEqual(12);
+      expect(await models.totals.countDocuments(scope)).toBeLessThanOrEqual(2);
+    } finally {
+      await c.deleteSchedule({ scheduleId: created.id }, as(owner.token));
+      await closeMongo(mongo);
+    }
+  }, 90_000);
+
   it("a one-time schedule fires once and then has no next fire time", async () => {
     const created = (
       await b.createSchedule(
