@@ -470,6 +470,11 @@ export class Scheduler {
         _id: scheduleKey(doc.tenantId, doc.id) as never,
       }),
     );
+    // Its history goes with it. An occurrence claimed just before may still start its run (its
+    // fire written after this stays, and is marked cancelled if the run never came).
+    const scope = { tenantId: doc.tenantId, scheduleId: doc.id };
+    await retryBusy(() => this.#d.models.fires.collection.deleteMany(scope));
+    await retryBusy(() => this.#d.models.totals.collection.deleteMany(scope));
     this.#log.info({ tenantId: doc.tenantId, scheduleId: doc.id }, "schedule deleted");
   }
 

@@ -248,9 +248,24 @@ describe("schedules", () => {
     expect(runs.every((r) => r.userId === owner.id && r.scheduleId === created.id)).toBe(true);
     for (const r of runs) expect((await waitEnd(r.id)).status).toBe(RunStatus.COMPLETED);
 
-    // Deleted: nothing more fires.
+    // Deleted: nothing more fires, and its fires went with it (bar one claimed just before).
     await sleep(4_000);
     expect((await runsOf(created.id)).length).toBe(runs.length);
+    const mongo = await connectMongo({
+      url: mongoUrl(),
+      dbName: shared.database,
+      logger: captureLogs({ level: "warn" }).logger,
+    });
+    try {
+      const models = await openScheduleModels(mongo);
+      const left = await models.fires.countDocuments({
+        tenantId: owner.tenantId,
+        scheduleId: created.id,
+      });
+      expect(left).toBeLessThanOrEqual(1);
+    } finally {
+      await closeMongo(mongo);
+    }
   }, 90_000);
 
   it("fires older than the retention are folded into a total: the schedule keeps a handful of fire documents, and fireCount still counts every run", async () => {
