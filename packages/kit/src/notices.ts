@@ -25,21 +25,37 @@ export interface Notices {
   subscribe(kind: NoticeKind, fn: (notice: ChangeNotice) => void): { unsubscribe(): void };
 }
 
+/** Longest a change waits for NATS to confirm its notice (it is disconnected meanwhile). */
+const FLUSH_TIMEOUT_MS = 1_000;
+
 export function createNotices(nc: NatsConnection, logger: Logger, root = NOTICE_ROOT): Notices {
   const log = logger.child({ component: "notices" });
   return {
     async publish(kind, tenantId, id = "") {
+      let timer: NodeJS.Timeout | undefined;
       try {
         nc.publish(
           `${root}.${kind}`,
           toBinary(ChangeNoticeSchema, create(ChangeNoticeSchema, { tenantId, id })),
         );
-        await nc.flush();
+        // Bounded: on a half-open connection the flush would wait for NATS's stale-connection
+        // detection (tens of seconds), and the change must not.
+        await Promise.race([
+          nc.flush(),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`NATS did not confirm within ${FLUSH_TIMEOUT_MS} ms`)),
+              FLUSH_TIMEOUT_MS,
+            );
+          }),
+        ]);
       } catch (err) {
         log.warn(
           { err, kind, tenantId },
           "could not tell the other replicas about a change; their caches expire it instead",
         );
+      } finally {
+        clearTimeout(timer);
       }
     },
     subscribe(kind, fn) {

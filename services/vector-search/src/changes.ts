@@ -19,7 +19,7 @@
 // were dropped by its limits before this replica read them) the replica compares each loaded
 // collection's create/update time with MongoDB's and rebuilds or drops the ones that differ.
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   ensureStream,
   jetstream,
@@ -275,6 +275,7 @@ export class ChangeFeed {
             else this.#waiters.set(subject, rest);
           }
         };
+        if (signal?.aborted === true) return onAbort();
         signal?.addEventListener("abort", onAbort, { once: true });
         this.#waiters.set(subject, [...(this.#waiters.get(subject) ?? []), waiter]);
         // Applied between the lookup and now.
@@ -384,9 +385,4 @@ export class ChangeFeed {
     await this.#messages?.close();
     await this.#consumed;
   }
-}
-
-/** The change's time as a Date (unset: the epoch). */
-export function changeTime(change: VectorChange): Date {
-  return change.time === undefined ? new Date(0) : timestampDate(change.time);
 }
