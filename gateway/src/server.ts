@@ -366,6 +366,10 @@ export function build(deps: GatewayDeps): Gateway {
     interceptors: [observe],
     readMaxBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
     writeMaxBytes: deps.maxMessageBytes ?? 4 * 1024 * 1024,
+    // JSON bodies are read strictly: a misspelt field or enum name is INVALID_ARGUMENT naming
+    // it. Lenient parsing (connect-es' default) drops both silently, so `"mode": "COMPARE"` for
+    // RUN_MODE_COMPARE ran an AUTO run and a misspelt filter listed everything.
+    jsonOptions: { ignoreUnknownFields: false },
     maxTimeoutMs: deps.maxTimeoutMs ?? 300_000,
     shutdownSignal: shutdownController.signal,
     contextValues: (req) =>

@@ -242,4 +242,34 @@ describe("gateway with the registry", () => {
       );
     expect(internal?.code).toBe(Code.Unimplemented);
   });
+
+  it("strict json - a misspelt enum value or field name is INVALID_ARGUMENT naming it, not silently dropped", async () => {
+    const gw = await gateway();
+    const token = await issuer.mint({ tenantId: "acme", sub: "alice" });
+    const post = (body: unknown): Promise<Response> =>
+      fetch(`${gw.url}/${RegistryService.typeName}/ListModels`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify(body),
+      });
+    const all = (await (await post({})).json()) as { models: unknown[] };
+    // The enum's JSON name filters ...
+    const vision = await post({ capability: "CAPABILITY_VISION" });
+    const visionBody = (await vision.json()) as { models: unknown[] };
+    expect(vision.status).toBe(200);
+    expect(visionBody.models.length).toBeLessThan(all.models.length);
+    // ... a short or misspelt one is refused, where it used to list every model.
+    for (const [body, named] of [
+      [{ capability: "VISION" }, /VISION/],
+      [{ capabilty: "CAPABILITY_VISION" }, /capabilty/],
+    ] as const) {
+      const res = await post(body);
+      const err = (await res.json()) as Record<string, string>;
+      expect({ status: res.status, code: err["code"] }).toEqual({
+        status: 400,
+        code: "invalid_argument",
+      });
+      expect(err["message"]).toMatch(named);
+    }
+  });
 });
