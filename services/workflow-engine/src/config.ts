@@ -92,6 +92,11 @@ export const workflowEnv = z.object({
   SCHEDULE_CLAIM_GRACE_MS: positiveInt.default(30_000),
   /** A schedule's fires older than this are folded into a total and deleted (7 days). */
   SCHEDULE_FIRE_RETENTION_MS: positiveInt.default(7 * 24 * 3_600_000),
+  /**
+   * A schedule whose latest this many occurrences (kept ones, since it was last resumed) all
+   * started no run pauses itself, and says why; 0 = never.
+   */
+  SCHEDULE_PAUSE_AFTER_FAILURES: z.coerce.number().int().min(0).default(5),
 
   // ---- webhooks
   /** The durable JetStream consumer (on RUN_EVENTS) every replica takes run endings from. */

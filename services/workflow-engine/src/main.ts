@@ -167,22 +167,6 @@ async function main({
     },
   });
   await engine.start();
-  // Every replica runs the scheduler loop; claims decide which one fires an occurrence.
-  const scheduler = new Scheduler({
-    models: await openScheduleModels(mongo),
-    engine,
-    registry,
-    autoAvailable: config.CATEGORIZER_ADDR !== undefined,
-    tokens,
-    logger,
-    settings: {
-      tickMs: config.SCHEDULE_TICK_MS,
-      claimGraceMs: config.SCHEDULE_CLAIM_GRACE_MS,
-      fireRetentionMs: config.SCHEDULE_FIRE_RETENTION_MS,
-    },
-    metricsRegistry: metrics.registry,
-  });
-  scheduler.start();
   const webhooks = new Webhooks({
     models: await openWebhookModels(mongo),
     notices: createNotices(nc, logger),
@@ -204,6 +188,24 @@ async function main({
     },
   });
   webhooks.start();
+  // Every replica runs the scheduler loop; claims decide which one fires an occurrence.
+  const scheduler = new Scheduler({
+    models: await openScheduleModels(mongo),
+    engine,
+    registry,
+    autoAvailable: config.CATEGORIZER_ADDR !== undefined,
+    tokens,
+    logger,
+    settings: {
+      tickMs: config.SCHEDULE_TICK_MS,
+      claimGraceMs: config.SCHEDULE_CLAIM_GRACE_MS,
+      fireRetentionMs: config.SCHEDULE_FIRE_RETENTION_MS,
+      pauseAfterFailures: config.SCHEDULE_PAUSE_AFTER_FAILURES,
+    },
+    metricsRegistry: metrics.registry,
+    onPaused: (schedule, eventId) => webhooks.schedulePaused(schedule, eventId),
+  });
+  scheduler.start();
 
   const server = build({
     version: VERSION,

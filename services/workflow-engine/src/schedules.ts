@@ -18,6 +18,11 @@
 // replica cannot move a schedule back for long), and fireCount / lastRunId are recomputed from the
 // fires rather than incremented (FerretDB's $inc is not atomic across replicas).
 //
+// Paused schedules (PauseSchedule, or the engine after SCHEDULE_PAUSE_AFTER_FAILURES occurrences in
+// a row that started no run) have nextFireMs NEVER, so the due scan never sees them; a pass that
+// read one before it was paused checks the flag again and does not fire it. ResumeSchedule counts
+// the next occurrence from now, and only fires after it count towards the next automatic pause.
+//
 // Fires do not pile up: once a schedule has fires older than SCHEDULE_FIRE_RETENTION_MS, the
 // replica recording an occurrence folds them into a total (schedule_fire_totals, one document per
 // boundary, a unique key: racing replicas write the same one once) and deletes them. fireCount is
@@ -43,6 +48,7 @@ import {
   ScheduleSchema,
   type CreateScheduleRequest,
   type ListSchedulesRequest,
+  type UpdateScheduleRequest,
   type RegistryService,
   type RunSpec,
   type Schedule,
@@ -64,6 +70,10 @@ const FIRE_CONCURRENCY = 8;
 /** Fires older than this are folded into a total (SCHEDULE_FIRE_RETENTION_MS). */
 const DEFAULT_FIRE_RETENTION_MS = 7 * 24 * 3_600_000;
 const BATCH = 200;
+/** Occurrences in a row that started no run before a schedule pauses itself. */
+const DEFAULT_PAUSE_AFTER_FAILURES = 5;
+/** UpdateSchedule's update_mask paths. */
+const UPDATE_PATHS = ["name", "spec", "when"];
 
 export interface ScheduleDoc {
   /** scheduleKey(tenantId, id). */
@@ -90,6 +100,12 @@ export interface ScheduleDoc {
   fireCount: number;
   /** The latest fire's error when it started no run (Schedule.last_error). */
   lastError: string;
+  /** Paused: nextFireMs is NEVER until resumed. */
+  paused?: boolean;
+  pauseReason?: string;
+  pauseTime?: Date | undefined;
+  /** When it was last resumed (ms); fires at or before it do not count towards a pause. */
+  resumedMs?: number;
   createTime: Date;
   updateTime: Date;
 }
@@ -110,6 +126,10 @@ const scheduleSchema = new Schema<ScheduleDoc>(
     lastRunId: { type: String, default: "" },
     fireCount: { type: Number, default: 0 },
     lastError: { type: String, default: "" },
+    paused: { type: Boolean, default: false },
+    pauseReason: { type: String, default: "" },
+    pauseTime: { type: Date },
+    resumedMs: { type: Number, default: -1 },
     createTime: { type: Date, required: true },
     updateTime: { type: Date, required: true },
   },
@@ -229,6 +249,44 @@ export function scheduledRunId(tenantId: string, scheduleId: string, occurrence:
   return `run_${hash.slice(0, 32)}`;
 }
 
+type When = CreateScheduleRequest["when"];
+
+/** A schedule's time fields for `when`, its next occurrence counted from `now`. */
+function timing(
+  when: When,
+  now: number,
+): Pick<ScheduleDoc, "at" | "cronExpression" | "cronTimeZone" | "nextFireMs"> {
+  switch (when.case) {
+    case "at": {
+      const at = timestampDate(when.value);
+      if (at.getTime() <= now) {
+        throw new InvalidArgumentError("at: must be in the future", { field: "at" });
+      }
+      return { at, cronExpression: "", cronTimeZone: "", nextFireMs: at.getTime() };
+    }
+    case "cron": {
+      const { expression, timeZone } = when.value;
+      const next = parseCron(expression, timeZone).nextRun(new Date(now))?.getTime();
+      if (next === undefined) {
+        throw new InvalidArgumentError(`cron.expression: "${expression}" never fires`, {
+          field: "cron.expression",
+        });
+      }
+      return {
+        cronExpression: expression.trim(),
+        cronTimeZone: timeZone,
+        nextFireMs: next,
+      };
+    }
+    default:
+      throw new InvalidArgumentError("when: `at` or `cron` is required", { field: "when" });
+  }
+}
+
+function withoutUndefined(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+}
+
 /**
  * A cron expression read in a time zone: five fields, six with seconds first, or a nickname
  * (@daily ...). Throws INVALID_ARGUMENT naming the field at fault.
@@ -314,6 +372,8 @@ export interface SchedulerSettings {
   claimGraceMs: number;
   /** Fires older than this are folded into a total and deleted (default 7 days). */
   fireRetentionMs?: number;
+  /** Occurrences in a row that start no run before the schedule pauses itself; 0 = never. */
+  pauseAfterFailures?: number;
 }
 
 export interface SchedulerDeps {
@@ -329,6 +389,8 @@ export interface SchedulerDeps {
   settings: SchedulerSettings;
   /** Where the fire counter is registered; none = no metrics. */
   metricsRegistry?: Registry | undefined;
+  /** Told when a schedule is paused (webhooks); `eventId` is the same on every replica. */
+  onPaused?: ((schedule: Schedule, eventId: string) => Promise<void>) | undefined;
 }
 
 export class Scheduler {
@@ -377,35 +439,7 @@ export class Scheduler {
       createTime: new Date(now),
       updateTime: new Date(now),
     };
-    let doc: ScheduleDoc;
-    switch (req.when.case) {
-      case "at": {
-        const at = timestampDate(req.when.value);
-        if (at.getTime() <= now) {
-          throw new InvalidArgumentError("at: must be in the future", { field: "at" });
-        }
-        doc = { ...base, at, cronExpression: "", cronTimeZone: "", nextFireMs: at.getTime() };
-        break;
-      }
-      case "cron": {
-        const { expression, timeZone } = req.when.value;
-        const next = parseCron(expression, timeZone).nextRun(new Date(now))?.getTime();
-        if (next === undefined) {
-          throw new InvalidArgumentError(`cron.expression: "${expression}" never fires`, {
-            field: "cron.expression",
-          });
-        }
-        doc = {
-          ...base,
-          cronExpression: expression.trim(),
-          cronTimeZone: timeZone,
-          nextFireMs: next,
-        };
-        break;
-      }
-      default:
-        throw new InvalidArgumentError("when: `at` or `cron` is required", { field: "when" });
-    }
+    const doc: ScheduleDoc = { ...base, ...timing(req.when, now) };
     // A bad spec fails the call and never becomes a schedule.
     await this.#validate(spec, { token, tenantId: p.tenantId });
     if (this.#d.tokens instanceof CallerTokens) {
@@ -460,6 +494,148 @@ export class Scheduler {
             : "",
       },
     };
+  }
+
+  /** Changes the fields `update_mask` names: name, spec (planned as at creation), when. */
+  async update(p: Principal, req: UpdateScheduleRequest, token: string): Promise<Schedule> {
+    const paths = new Set(req.updateMask?.paths ?? []);
+    if (paths.size === 0) {
+      throw new InvalidArgumentError(
+        `update_mask: name at least one of ${UPDATE_PATHS.join(", ")}`,
+        {
+          field: "update_mask",
+        },
+      );
+    }
+    for (const path of paths) {
+      if (!UPDATE_PATHS.includes(path)) {
+        throw new InvalidArgumentError(
+          `update_mask: unknown path "${path}"; expected ${UPDATE_PATHS.join(", ")}`,
+          { field: "update_mask" },
+        );
+      }
+    }
+    const doc = await this.#find(p, req.scheduleId);
+    const now = Date.now();
+    const fields: Partial<ScheduleDoc> = { updateTime: new Date(now) };
+    if (paths.has("name")) {
+      if (req.name.trim() === "") {
+        throw new InvalidArgumentError("name: must not be empty", { field: "name" });
+      }
+      fields.name = req.name;
+    }
+    if (paths.has("when")) {
+      const when = timing(req.when, now);
+      Object.assign(fields, when, {
+        // A paused schedule stays paused; its new time counts once it is resumed.
+        nextFireMs: doc.paused === true ? NEVER : when.nextFireMs,
+      });
+    }
+    if (paths.has("spec")) {
+      if (req.spec === undefined) {
+        throw new InvalidArgumentError("spec: required when update_mask names it", {
+          field: "spec",
+        });
+      }
+      await this.#validate(req.spec, { token, tenantId: p.tenantId });
+      fields.spec = encode(RunSpecSchema, req.spec);
+      if (this.#d.tokens instanceof CallerTokens) {
+        this.#d.tokens.remember(p.tenantId, p.subject, p.apiKeyId ?? "", token);
+      }
+    }
+    const key = scheduleKey(doc.tenantId, doc.id);
+    const unset = paths.has("when") && fields.at === undefined ? { at: "" } : undefined;
+    await retryBusy(() =>
+      this.#d.models.schedules.collection.updateOne(
+        { _id: key as never },
+        { $set: withoutUndefined(fields), ...(unset !== undefined ? { $unset: unset } : {}) },
+      ),
+    );
+    this.#log.info(
+      { tenantId: doc.tenantId, scheduleId: doc.id, changed: [...paths] },
+      "schedule updated",
+    );
+    return toSchedule((await byId(this.#d.models.schedules, key)) ?? { ...doc, ...fields });
+  }
+
+  /** Stops the schedule firing until it is resumed (a paused one is returned as it is). */
+  async pause(p: Principal, scheduleId: string, reason: string): Promise<Schedule> {
+    const doc = await this.#find(p, scheduleId);
+    if (doc.paused === true) return toSchedule(doc);
+    const paused = await this.#pause(doc, reason.trim() || "paused by a user", Date.now());
+    return toSchedule(paused);
+  }
+
+  /** Lets a paused schedule fire again from its next occurrence after now. */
+  async resume(p: Principal, scheduleId: string): Promise<Schedule> {
+    const doc = await this.#find(p, scheduleId);
+    if (doc.paused !== true) return toSchedule(doc);
+    const now = Date.now();
+    let next: number;
+    if (doc.cronExpression !== "") {
+      next = nextOccurrence(doc, now);
+      if (next === NEVER) {
+        throw new FailedPreconditionError(
+          `cron.expression: "${doc.cronExpression}" never fires again; give the schedule a new time with UpdateSchedule`,
+        );
+      }
+    } else if (doc.lastFireMs >= 0) {
+      throw new FailedPreconditionError(
+        "this one-time schedule has already fired; give it a new time with UpdateSchedule",
+      );
+    } else if (doc.at === undefined || doc.at.getTime() <= now) {
+      throw new FailedPreconditionError(
+        `its time (${doc.at?.toISOString() ?? "none"}) passed while it was paused; give it a new time with UpdateSchedule`,
+      );
+    } else {
+      next = doc.at.getTime();
+    }
+    const key = scheduleKey(doc.tenantId, doc.id);
+    await retryBusy(() =>
+      this.#d.models.schedules.collection.updateOne(
+        { _id: key as never },
+        {
+          $set: {
+            paused: false,
+            pauseReason: "",
+            resumedMs: now,
+            nextFireMs: next,
+            updateTime: new Date(now),
+          },
+          $unset: { pauseTime: "" },
+        },
+      ),
+    );
+    this.#log.info({ tenantId: doc.tenantId, scheduleId: doc.id }, "schedule resumed");
+    return toSchedule((await byId(this.#d.models.schedules, key))!);
+  }
+
+  /** Marks the schedule paused and tells the webhooks. */
+  async #pause(doc: ScheduleDoc, reason: string, eventMs: number): Promise<ScheduleDoc> {
+    const now = new Date();
+    const fields = {
+      paused: true,
+      pauseReason: reason.slice(0, 1024),
+      pauseTime: now,
+      nextFireMs: NEVER,
+      updateTime: now,
+    };
+    const key = scheduleKey(doc.tenantId, doc.id);
+    await setFields(this.#d.models.schedules, { _id: key }, fields);
+    const paused = (await byId(this.#d.models.schedules, key)) ?? { ...doc, ...fields };
+    this.#log.info(
+      { tenantId: doc.tenantId, scheduleId: doc.id, reason: fields.pauseReason },
+      "schedule paused",
+    );
+    await this.#d
+      .onPaused?.(toSchedule(paused), `schedule.${doc.id}.paused.${eventMs}`)
+      .catch((err: unknown) =>
+        this.#log.warn(
+          { err, tenantId: doc.tenantId, scheduleId: doc.id },
+          "could not tell the webhooks that a schedule was paused",
+        ),
+      );
+    return paused;
   }
 
   /** Deletes the schedule; runs it already started go on. */
@@ -578,6 +754,15 @@ export class Scheduler {
   }
 
   async #fireDue(doc: ScheduleDoc, now: number): Promise<void> {
+    if (doc.paused === true) {
+      // Paused after an #advance read it: put it back out of the due scan.
+      await setFields(
+        this.#d.models.schedules,
+        { _id: scheduleKey(doc.tenantId, doc.id) },
+        { nextFireMs: NEVER },
+      );
+      return;
+    }
     const occurrence = dueOccurrence(doc, now);
     const key = { tenantId: doc.tenantId, scheduleId: doc.id, occurrence: new Date(occurrence) };
     const fire: ScheduleFireDoc = {
@@ -696,13 +881,15 @@ export class Scheduler {
     const current = await byId(this.#d.models.schedules, key);
     // Deleted meanwhile, or already past this occurrence (a slower replica must not move it back).
     if (current === null || current.lastFireMs > occurrence) return;
-    const next = nextOccurrence(doc, Math.max(Date.now(), occurrence));
+    // From the stored schedule: it may have been given a new time or paused meanwhile.
+    const next =
+      current.paused === true ? NEVER : nextOccurrence(current, Math.max(Date.now(), occurrence));
     await setFields(
       this.#d.models.schedules,
       { _id: key },
       { nextFireMs: next, lastFireMs: occurrence, updateTime: new Date() },
     );
-    await this.#refresh(doc);
+    await this.#refresh(current);
   }
 
   /**
@@ -733,20 +920,47 @@ export class Scheduler {
       total = again;
     }
     const [count, latest, newest] = counted;
+    const failed = newest?.status === "failed";
     await setFields(
       this.#d.models.schedules,
       { _id: scheduleKey(doc.tenantId, doc.id) },
       {
         fireCount: (total?.count ?? 0) + count,
         lastRunId: latest?.runId ?? total?.lastRunId ?? "",
-        lastError: newest?.status === "failed" ? newest.error : "",
+        lastError: failed ? newest.error : "",
       },
     );
+    if (failed) await this.#pauseIfFailing(doc, newest);
     await this.#fold(doc, total).catch((err: unknown) =>
       this.#log.warn(
         { err, tenantId: doc.tenantId, scheduleId: doc.id },
         "folding the schedule's old fires failed; the next occurrence tries again",
       ),
+    );
+  }
+
+  /**
+   * Pauses the schedule when its latest SCHEDULE_PAUSE_AFTER_FAILURES fires (since it was last
+   * resumed, and still kept) all started no run: it cannot start, and firing on only repeats the
+   * error. Every replica that sees it pauses it the same way (same reason, same webhook event id).
+   */
+  async #pauseIfFailing(doc: ScheduleDoc, newest: ScheduleFireDoc): Promise<void> {
+    const n = this.#d.settings.pauseAfterFailures ?? DEFAULT_PAUSE_AFTER_FAILURES;
+    if (n <= 0 || doc.paused === true) return;
+    const recent = await this.#d.models.fires
+      .find({
+        tenantId: doc.tenantId,
+        scheduleId: doc.id,
+        occurrence: { $gt: new Date(doc.resumedMs ?? -1) },
+      })
+      .sort({ occurrence: -1 })
+      .limit(n)
+      .lean<ScheduleFireDoc[]>();
+    if (recent.length < n || recent.some((f) => f.status !== "failed")) return;
+    await this.#pause(
+      doc,
+      `paused after ${n} occurrences in a row started no run: ${newest.error}`,
+      newest.occurrence.getTime(),
     );
   }
 
@@ -847,13 +1061,18 @@ export function toSchedule(doc: ScheduleDoc): Schedule {
         : doc.at !== undefined
           ? { case: "at", value: timestampFromDate(doc.at) }
           : { case: undefined },
-    ...(doc.nextFireMs < NEVER
+    ...(doc.nextFireMs < NEVER && doc.paused !== true
       ? { nextFireTime: timestampFromDate(new Date(doc.nextFireMs)) }
       : {}),
     ...(doc.lastFireMs >= 0 ? { lastFireTime: timestampFromDate(new Date(doc.lastFireMs)) } : {}),
     lastRunId: doc.lastRunId,
     fireCount: BigInt(doc.fireCount),
     lastError: doc.lastError ?? "",
+    paused: doc.paused === true,
+    pauseReason: doc.pauseReason ?? "",
+    ...(doc.paused === true && doc.pauseTime !== undefined
+      ? { pauseTime: timestampFromDate(doc.pauseTime) }
+      : {}),
     createTime: timestampFromDate(doc.createTime),
     updateTime: timestampFromDate(doc.updateTime),
   });

@@ -337,6 +337,21 @@ export function runHandlers(deps: RunServiceDeps): ServiceImpl<typeof RunService
       return {};
     },
 
+    async updateSchedule(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      return { schedule: await scheduler.update(principalOf(ctx), req, tokenOf(ctx)) };
+    },
+
+    async pauseSchedule(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      return { schedule: await scheduler.pause(principalOf(ctx), req.scheduleId, req.reason) };
+    },
+
+    async resumeSchedule(req, ctx) {
+      const scheduler = deps.scheduler ?? unimplemented();
+      return { schedule: await scheduler.resume(principalOf(ctx), req.scheduleId) };
+    },
+
     async createWebhook(req, ctx) {
       return webhooks().create(principalOf(ctx), req);
     },

@@ -40,6 +40,7 @@ import {
 import {
   BudgetAlertSchema,
   RunEventSchema,
+  ScheduleSchema,
   RunEventType,
   WebhookDeliverySchema,
   WebhookDeliveryStatus,
@@ -49,6 +50,7 @@ import {
   type CreateWebhookRequest,
   type ListWebhookDeliveriesRequest,
   type RunEvent,
+  type Schedule,
   type Webhook,
   type WebhookDelivery,
 } from "@ensemble/proto";
@@ -560,6 +562,22 @@ export class Webhooks {
       time: alert.time !== undefined ? timestampDate(alert.time) : new Date(),
       data: toJson(BudgetAlertSchema, alert),
     });
+  }
+
+  /** A schedule was paused: "schedule.paused" to the endpoints that want it. */
+  async schedulePaused(schedule: Schedule, eventId: string): Promise<void> {
+    const added = await this.#ingest(
+      schedule.tenantId,
+      WebhookEventType.SCHEDULE_PAUSED,
+      eventId,
+      "",
+      {
+        type: "schedule.paused",
+        time: schedule.pauseTime !== undefined ? timestampDate(schedule.pauseTime) : new Date(),
+        data: toJson(ScheduleSchema, schedule),
+      },
+    );
+    if (added) this.#kick();
   }
 
   /** Deliveries for the endpoints of the tenant that want this event; true when any was added. */
