@@ -7,6 +7,15 @@
 // once: on this replica after RevokeApiKey / RollApiKey through it, on every replica when auth's
 // change notice arrives (before auth answers the change); `apiKeyCacheMs` is the bound when a
 // notice is lost.
+//
+// Access tokens are checked against auth's change notices too: a session that ended (logout,
+// a reused refresh token) and every token of a user whose role or state changed, or who logged
+// out everywhere, are refused from the notice on, rather than until they expire
+// (AUTH_ACCESS_TOKEN_TTL_MINUTES, 15 by default). `iat` has whole seconds, so a user's cutoff
+// refuses tokens issued in an earlier second than the change: one issued in the same second,
+// just before it, still passes. The cutoffs are remembered for `revocationMemoryMs` (24 h, the
+// longest access token auth issues). A notice is not stored: a replica that was down or
+// disconnected when it was sent misses it, and the token's expiry stays the bound.
 import { createHash } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -105,8 +114,13 @@ export interface AuthenticatorOptions {
   serviceToken?: ServiceTokenSource;
   apiKeyCacheMs?: number;
   maxCachedKeys?: number;
+  /** How long ended sessions and user cutoffs are remembered (the longest token lifetime). */
+  revocationMemoryMs?: number;
   now?: () => number;
 }
+
+/** Ended sessions and user cutoffs remembered at most (the oldest are dropped first). */
+const MAX_REVOCATIONS = 100_000;
 
 export class Authenticator {
   readonly #opts: AuthenticatorOptions;
@@ -116,12 +130,16 @@ export class Authenticator {
   /** sha256(key) -> exchanged caller; insertion order = recency. */
   readonly #keys = new Map<string, CachedKey>();
   readonly #inflight = new Map<string, Promise<Caller>>();
+  readonly #memoryMs: number;
+  /** "user" + tenant + user, or "session" + tenant + session -> the change time (ms). */
+  readonly #revoked = new Map<string, number>();
 
   constructor(opts: AuthenticatorOptions) {
     this.#opts = opts;
     this.#now = opts.now ?? Date.now;
     this.#cacheMs = opts.apiKeyCacheMs ?? 30_000;
     this.#maxKeys = opts.maxCachedKeys ?? 10_000;
+    this.#memoryMs = opts.revocationMemoryMs ?? 24 * 3_600_000;
   }
 
   /** The caller, or undefined when the request carries no credential. */
@@ -138,6 +156,11 @@ export class Authenticator {
     if (bearer === undefined) return undefined;
     if (bearer.startsWith(API_KEY_PREFIX)) return this.#apiKey(bearer);
     const principal = await this.#opts.verifier.verify(bearer);
+    if (this.#revoked.size > 0 && this.#isRevoked(principal)) {
+      throw new UnauthenticatedError(
+        "this access token was revoked (its session ended, or the user's role or state changed); refresh it or log in again",
+      );
+    }
     return {
       principal,
       token: bearer,
@@ -150,6 +173,39 @@ export class Authenticator {
     for (const [hash, entry] of this.#keys) {
       if (entry.caller.apiKey?.id === apiKeyId) this.#keys.delete(hash);
     }
+  }
+
+  /** Refuses the user's access tokens issued in an earlier second than `atMs`. */
+  revokeUserTokens(tenantId: string, userId: string, atMs: number): void {
+    this.#remember(JSON.stringify(["user", tenantId, userId]), atMs);
+  }
+
+  /** Refuses the access tokens of a session that ended. */
+  revokeSession(tenantId: string, sessionId: string, atMs: number): void {
+    if (sessionId !== "") this.#remember(JSON.stringify(["session", tenantId, sessionId]), atMs);
+  }
+
+  #remember(key: string, atMs: number): void {
+    const known = this.#revoked.get(key);
+    this.#revoked.delete(key);
+    this.#revoked.set(key, Math.max(known ?? 0, atMs));
+    // Entries are in the order they were last set: drop the forgotten and the overflow.
+    const forgetBefore = this.#now() - this.#memoryMs;
+    for (const [k, at] of this.#revoked) {
+      if (at >= forgetBefore && this.#revoked.size <= MAX_REVOCATIONS) break;
+      this.#revoked.delete(k);
+    }
+  }
+
+  #isRevoked(p: Principal): boolean {
+    if (p.sessionId !== undefined) {
+      const ended = this.#revoked.get(JSON.stringify(["session", p.tenantId, p.sessionId]));
+      if (ended !== undefined) return true;
+    }
+    const cutoff = this.#revoked.get(JSON.stringify(["user", p.tenantId, p.subject]));
+    if (cutoff === undefined) return false;
+    // No `iat`: it cannot show it came after the change.
+    return p.issuedAt === undefined || p.issuedAt.getTime() < Math.floor(cutoff / 1000) * 1000;
   }
 
   /** Forgets cached exchanges of a user's keys (disabled, or another role). */

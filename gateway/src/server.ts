@@ -1,7 +1,7 @@
 // build(deps): the gateway's HTTP handler (Connect, gRPC and gRPC-web routes for every
 // non-INTERNAL method of every configured upstream, plus the operational endpoints). Never
 // listens by itself: `listen()` binds one port for HTTP/1.1 and h2c (see listen.ts).
-import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+import { MethodOptions_IdempotencyLevel, timestampDate } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import type http from "node:http";
@@ -38,6 +38,7 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
   ModelProxyService,
   RunService,
+  type ChangeNotice,
   type ChatRequest,
   type StreamChatRequest,
 } from "@ensemble/proto";
@@ -59,6 +60,11 @@ import { createWsEndpoint } from "./ws/endpoint.js";
 import type { Notices, RateLimiter } from "@ensemble/kit";
 import type { Upstream } from "./services.js";
 
+/** When the notice's change was stored (its receipt time from a publisher without one). */
+function noticeTime(n: ChangeNotice): number {
+  return n.time !== undefined ? timestampDate(n.time).getTime() : Date.now();
+}
+
 export interface GatewayDeps {
   version: string;
   logger: Logger;
@@ -69,7 +75,8 @@ export interface GatewayDeps {
   rateLimiter: RateLimiter;
   /**
    * Auth's change notices: a key revoked, rolled or updated, or a user disabled or given another
-   * role, through any replica, drops this replica's cached exchanges at once.
+   * role, through any replica, drops this replica's cached exchanges at once; a session that
+   * ended, and a user's earlier tokens after such a change, are refused from then on.
    */
   notices: Notices;
   /** Bootstrap service token; without it (or without an auth upstream) API keys are refused. */
@@ -186,7 +193,13 @@ export function build(deps: GatewayDeps): Gateway {
   });
   const noticeSubs = [
     deps.notices.subscribe("api-key", (n) => authenticator.forgetApiKey(n.id)),
-    deps.notices.subscribe("user", (n) => authenticator.forgetUser(n.tenantId, n.id)),
+    deps.notices.subscribe("user", (n) => {
+      authenticator.forgetUser(n.tenantId, n.id);
+      authenticator.revokeUserTokens(n.tenantId, n.id, noticeTime(n));
+    }),
+    deps.notices.subscribe("session", (n) =>
+      authenticator.revokeSession(n.tenantId, n.id, noticeTime(n)),
+    ),
   ];
 
   const methodPath = (m: DescMethod): string => `/${m.parent.typeName}/${m.name}`;

@@ -225,4 +225,118 @@ describe("gateway end to end", () => {
       await other.close();
     }
   });
+
+  it("token revocation - every replica refuses at once the access token of a session that logged out, and a user's earlier tokens once their role or state changes", async () => {
+    const other = await startGateway({
+      jwksUrl: auth.jwksUrl,
+      serviceToken: await auth.mintServiceToken("gateway"),
+      upstreams: [{ name: "auth", services: [AuthService], address: auth.address }],
+    });
+    try {
+      const call = async (url: string, method: string, body: unknown, token?: string) => {
+        const res = await fetch(`${url}/${A}/${method}`, {
+          method: "POST",
+          headers: {
+            "content-type": "application/json",
+            ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
+          },
+          body: JSON.stringify(body),
+        });
+        return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+      };
+      type Tokens = { accessToken: string; refreshToken: string };
+      const tokensOf = (r: { body: Record<string, unknown> }) => r.body["tokens"] as Tokens;
+      // iat has whole seconds: a change refuses tokens issued in an earlier second.
+      const nextSecond = () => new Promise((r) => setTimeout(r, 1_100));
+      const stamp = Date.now();
+      const admin = tokensOf(
+        await call(gw.url, "Signup", {
+          email: `e2e-rev-admin-${stamp}@example.com`,
+          password: PASSWORD,
+        }),
+      );
+      const invite = (await call(gw.url, "CreateInvite", {}, admin.accessToken)).body["token"];
+      const email = `e2e-rev-member-${stamp}@example.com`;
+      const signup = await call(gw.url, "Signup", {
+        email,
+        password: PASSWORD,
+        inviteToken: invite,
+      });
+      const memberId = (signup.body["user"] as { id: string }).id;
+      const first = tokensOf(signup);
+      const second = tokensOf(await call(gw.url, "Login", { email, password: PASSWORD }));
+      for (const url of [gw.url, other.url]) {
+        expect((await call(url, "GetMe", {}, first.accessToken)).status).toBe(200);
+      }
+
+      // Logout of one session: its access token stops at once; the other session's works.
+      expect((await call(gw.url, "Logout", { refreshToken: first.refreshToken })).status).toBe(200);
+      const refused = await call(other.url, "GetMe", {}, first.accessToken);
+      expect(refused.status).toBe(401);
+      expect(refused.body["message"]).toMatch(/revoked/);
+      expect((await call(other.url, "GetMe", {}, second.accessToken)).status).toBe(200);
+
+      // Made an admin: the token with the old roles stops; a refreshed one has the new role.
+      await nextSecond();
+      expect(
+        (
+          await call(
+            gw.url,
+            "SetUserRole",
+            { userId: memberId, role: "ROLE_ADMIN" },
+            admin.accessToken,
+          )
+        ).status,
+      ).toBe(200);
+      expect((await call(other.url, "GetMe", {}, second.accessToken)).status).toBe(401);
+      const promoted = tokensOf(
+        await call(gw.url, "Refresh", { refreshToken: second.refreshToken }),
+      );
+      expect((await call(other.url, "ListUsers", {}, promoted.accessToken)).status).toBe(200);
+
+      // Demoted again: the admin token stops working everywhere, not in 15 minutes.
+      await nextSecond();
+      expect(
+        (
+          await call(
+            other.url,
+            "SetUserRole",
+            { userId: memberId, role: "ROLE_USER" },
+            admin.accessToken,
+          )
+        ).status,
+      ).toBe(200);
+      for (const url of [gw.url, other.url]) {
+        expect((await call(url, "ListUsers", {}, promoted.accessToken)).status).toBe(401);
+      }
+      const demoted = tokensOf(
+        await call(gw.url, "Refresh", { refreshToken: promoted.refreshToken }),
+      );
+      expect((await call(other.url, "ListUsers", {}, demoted.accessToken)).status).toBe(403);
+      expect((await call(other.url, "GetMe", {}, demoted.accessToken)).status).toBe(200);
+
+      // Disabled: refused at once, and the session cannot be refreshed.
+      await nextSecond();
+      expect(
+        (
+          await call(
+            gw.url,
+            "SetUserDisabled",
+            { userId: memberId, disabled: true },
+            admin.accessToken,
+          )
+        ).status,
+      ).toBe(200);
+      for (const url of [gw.url, other.url]) {
+        expect((await call(url, "GetMe", {}, demoted.accessToken)).status).toBe(401);
+      }
+      expect((await call(gw.url, "Refresh", { refreshToken: demoted.refreshToken })).status).toBe(
+        401,
+      );
+      // The admin's own token was never touched.
+      expect((await call(other.url, "ListUsers", {}, admin.accessToken)).status).toBe(200);
+    } finally {
+      await other.close();
+    }
+  });
 });

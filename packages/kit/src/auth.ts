@@ -34,6 +34,8 @@ export interface Principal {
   tokenId?: string;
   /** `akid`: the API key the token was exchanged for (usage is attributed to it). */
   apiKeyId?: string;
+  /** `iat`, when present (whole seconds). */
+  issuedAt?: Date;
   expiresAt: Date;
 }
 
@@ -151,7 +153,12 @@ export function createJwksVerifier(opts: JwksVerifierOptions): TokenVerifier {
 
 /** Callers get their own copy, so nothing they change can leak into the cache. */
 function copyPrincipal(p: Principal): Principal {
-  return { ...p, roles: [...p.roles], expiresAt: new Date(p.expiresAt.getTime()) };
+  return {
+    ...p,
+    roles: [...p.roles],
+    expiresAt: new Date(p.expiresAt.getTime()),
+    ...(p.issuedAt !== undefined ? { issuedAt: new Date(p.issuedAt.getTime()) } : {}),
+  };
 }
 
 /** A JWKS read from disk; re-read on an unknown kid, at most once per cooldown. */
@@ -256,6 +263,7 @@ function principalFromClaims(p: JWTPayload): Principal {
   const sid = claims["sid"];
   if (typeof sid === "string") principal.sessionId = sid;
   if (typeof claims.jti === "string") principal.tokenId = claims.jti;
+  if (typeof claims.iat === "number") principal.issuedAt = new Date(claims.iat * 1000);
   const akid = claims["akid"];
   if (typeof akid === "string" && akid !== "") principal.apiKeyId = akid;
   return principal;

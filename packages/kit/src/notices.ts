@@ -6,12 +6,14 @@
 // replica reconnecting) costs at most the cache's TTL, which stays as the bound.
 // Payload: ChangeNotice (events.proto) on `<root>.<kind>`.
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { ChangeNoticeSchema, type ChangeNotice } from "@ensemble/proto";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "./logger.js";
 import type { KitServer } from "./server.js";
 
-export type NoticeKind = "api-key" | "user" | "tenant" | "catalog" | "routes" | "webhooks";
+export type NoticeKind =
+  "api-key" | "user" | "session" | "tenant" | "catalog" | "routes" | "webhooks";
 
 export const NOTICE_ROOT = "ensemble.notices";
 
@@ -36,7 +38,10 @@ export function createNotices(nc: NatsConnection, logger: Logger, root = NOTICE_
       try {
         nc.publish(
           `${root}.${kind}`,
-          toBinary(ChangeNoticeSchema, create(ChangeNoticeSchema, { tenantId, id })),
+          toBinary(
+            ChangeNoticeSchema,
+            create(ChangeNoticeSchema, { tenantId, id, time: timestampNow() }),
+          ),
         );
         // Bounded: on a half-open connection the flush would wait for NATS's stale-connection
         // detection (tens of seconds), and the change must not.

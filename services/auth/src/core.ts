@@ -157,6 +157,9 @@ export async function revokeSessions(
     { ...tokenFilter, revokeTime: { $exists: false } },
     { $set: { revokeTime: now } },
   );
+  // The sessions' access tokens stop working at every gateway now, not when they expire.
+  if (filter.id !== undefined) await core.notices.publish("session", filter.tenantId, filter.id);
+  else await core.notices.publish("user", filter.tenantId, filter.userId);
 }
 
 /**
