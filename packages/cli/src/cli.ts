@@ -9,6 +9,7 @@ import { Context, DEFAULT_URL } from "./context.js";
 import { registerLogsCommands } from "./logs-commands.js";
 import type { Io } from "./output.js";
 import { registerRunCommands } from "./run-commands.js";
+import { registerScheduleCommands } from "./schedule-commands.js";
 import { NotLoggedInError, UsageError } from "./session.js";
 import { registerTenantCommands } from "./tenant-commands.js";
 import { VERSION } from "./version.js";
@@ -22,7 +23,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   const ctx = new Context(io);
   const program = new Command("ensemble")
     .description(
-      "Operate Ensemble from a terminal: log in, chat, run workflows, manage keys, usage, the tenant's settings and webhooks.",
+      "Operate Ensemble from a terminal: log in, chat, run workflows (now or on a schedule), manage keys, usage, the tenant's settings and webhooks.",
     )
     .version(VERSION, "-V, --version")
     .addOption(new Option("--url <url>", `the gateway (env ENSEMBLE_URL, default ${DEFAULT_URL})`))
@@ -49,6 +50,7 @@ export function buildProgram(io: Io): { program: Command; ctx: Context } {
   registerAuthCommands(program, ctx);
   registerChatCommand(program, ctx);
   registerRunCommands(program, ctx);
+  registerScheduleCommands(program, ctx);
   registerAdminCommands(program, ctx);
   registerLogsCommands(program, ctx);
   registerTenantCommands(program, ctx);

@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fromJson, toJson, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, type Duration } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import type { Command } from "commander";
 import {
@@ -22,17 +22,29 @@ import {
   type RankingResult,
   type Run,
   type RunEvent,
+  type RunSpec,
   type RunSpecSchema,
 } from "@ensemble/proto";
 import { parse as parseYaml } from "yaml";
 import type { Context } from "./context.js";
-import { bytes, enumValue, label, seconds, table, usd, when, type Output } from "./output.js";
+import {
+  bytes,
+  enumValue,
+  label,
+  seconds,
+  table,
+  usd,
+  when,
+  type Io,
+  type Output,
+} from "./output.js";
 import { UsageError } from "./session.js";
 
 /** The judge of `run --compare` when neither --judge nor --rank-by is given. */
 const DEFAULT_JUDGE = "medium";
 
-interface RunOptions {
+/** The flags that say what a run does (`run`, `schedules create` / `update`; addRunSpecOptions). */
+export interface RunSpecOptions {
   template?: string;
   file?: string;
   model?: string;
@@ -43,16 +55,24 @@ interface RunOptions {
   var: string[];
   system?: string;
   timeout?: string;
+}
+
+interface RunOptions extends RunSpecOptions {
   detach?: boolean;
   quiet?: boolean;
   save?: string;
 }
 
+type SpecInit = MessageInitShape<typeof RunSpecSchema>;
+/** What runs: a workflow (template or inline), one model, a comparison, or auto. */
+export type RunModeInit = SpecInit["mode"];
+
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-function variables(pairs: string[]): Record<string, string> {
+/** "name=value" pairs (--var) -> { name: value }; else a UsageError. */
+export function variables(pairs: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const pair of pairs) {
     const eq = pair.indexOf("=");
@@ -70,10 +90,11 @@ export function parseDuration(flag: string, raw: string): number {
   return Number(m[1]) * unit;
 }
 
-async function buildSpec(
-  input: string,
-  opts: RunOptions,
-): Promise<MessageInitShape<typeof RunSpecSchema>> {
+/**
+ * The run's mode from -t / -f / -m / -c / --auto (with --var, --judge, --rank-by); undefined
+ * when none of them is given (`run` then runs auto; `schedules update` keeps the schedule's).
+ */
+export async function runMode(opts: RunSpecOptions): Promise<RunModeInit | undefined> {
   const chosen = [
     opts.template,
     opts.file,
@@ -88,7 +109,7 @@ async function buildSpec(
     throw new UsageError("--judge and --rank-by rank the answers of --compare");
   }
   const vars = variables(opts.var);
-  let mode: MessageInitShape<typeof RunSpecSchema>["mode"];
+  let mode: RunModeInit | undefined;
   if (opts.template !== undefined) {
     mode = {
       case: "workflow",
@@ -137,17 +158,91 @@ async function buildSpec(
     // With neither, the catalog's medium model judges (the bare role aliases are a catalog rule).
     const judgeModel = opts.judge ?? (by.length > 0 ? "" : DEFAULT_JUDGE);
     mode = { case: "compare", value: { models, ranking: { judgeModel, by } } };
-  } else {
+  } else if (opts.auto === true) {
     mode = { case: "auto", value: {} };
   }
+  return mode;
+}
+
+/** --timeout as the spec's deadline. */
+export function runTimeout(raw: string): Duration {
+  return durationFromMs(parseDuration("--timeout", raw));
+}
+
+/** The RunSpec the flags describe (auto when no mode is given), with `input` as the task. */
+export async function buildSpec(input: string, opts: RunSpecOptions): Promise<SpecInit> {
   return {
     input,
-    mode,
+    mode: (await runMode(opts)) ?? { case: "auto", value: {} },
     ...(opts.system !== undefined ? { system: opts.system } : {}),
-    ...(opts.timeout !== undefined
-      ? { timeout: durationFromMs(parseDuration("--timeout", opts.timeout)) }
-      : {}),
+    ...(opts.timeout !== undefined ? { timeout: runTimeout(opts.timeout) } : {}),
   };
+}
+
+/** The task: the words given, else stdin when it is not a terminal; empty when neither has one. */
+export async function readInput(words: string[], io: Io): Promise<string> {
+  let input = words.join(" ").trim();
+  if (input === "" && io.stdin.isTTY !== true) {
+    for await (const chunk of io.stdin) input += String(chunk);
+    input = input.trim();
+  }
+  return input;
+}
+
+/**
+ * Adds the flags that say what a run does, as `run` has them (read them with RunSpecOptions).
+ * `autoIsDefault`: false where no mode flag means something else (`schedules update` keeps one).
+ */
+export function addRunSpecOptions(cmd: Command, autoIsDefault = true): Command {
+  return cmd
+    .option("-t, --template <id>", "a workflow template from the registry (see the catalog)")
+    .option("-f, --file <path>", "an inline workflow: YAML or JSON WorkflowTemplate")
+    .option("-m, --model <model>", "one model answers")
+    .option("-c, --compare <models>", "comma-separated models answer in parallel, then a ranking")
+    .option(
+      "--judge <model>",
+      `with --compare: the model that ranks the answers (default: ${DEFAULT_JUDGE}, unless --rank-by is given)`,
+    )
+    .option(
+      "--rank-by <criteria>",
+      "with --compare: rank by latency, cost, shortest, longest, time-to-first-token (comma-separated, first counts most; with --judge they break its ties)",
+    )
+    .option("--auto", `the categorizer picks the route${autoIsDefault ? " (the default)" : ""}`)
+    .option("--var <name=value>", "a workflow variable (repeatable)", collect, [])
+    .option("--system <prompt>", "system prompt for every step")
+    .option("--timeout <duration>", "the run's deadline, e.g. 90s, 10m");
+}
+
+/** What a spec runs, in a few words: "model sim-fast", "template research_report (a=b)", ... */
+export function specSummary(spec: RunSpec | undefined): string {
+  const mode = spec?.mode;
+  switch (mode?.case) {
+    case "workflow": {
+      const def = mode.value.definition;
+      const what =
+        def.case === "templateId"
+          ? `template ${def.value}`
+          : def.case === "inline"
+            ? `inline workflow ${def.value.id || def.value.name || ""}`.trimEnd()
+            : "workflow";
+      const vars = Object.entries(mode.value.variables).map(([k, v]) => `${k}=${v}`);
+      return vars.length > 0 ? `${what} (${vars.join(", ")})` : what;
+    }
+    case "model":
+      return `model ${mode.value.model}`;
+    case "compare": {
+      const r = mode.value.ranking;
+      const how = [
+        ...(r?.judgeModel ? [`judged by ${r.judgeModel}`] : []),
+        ...((r?.by.length ?? 0) > 0
+          ? [`by ${r!.by.map((c) => label(RankCriterion, c).replaceAll("_", "-")).join(",")}`]
+          : []),
+      ];
+      return `compare ${mode.value.models.join(",")}${how.length > 0 ? ` (${how.join(", ")})` : ""}`;
+    }
+    default:
+      return "auto";
+  }
 }
 
 /** Prints a run's progress as its events arrive: one line per step change, a count of steps done. */
@@ -395,6 +490,7 @@ function describe(run: Run): string {
     `run ${run.id}: ${label(RunStatus, run.status)} (${label(RunMode, run.mode)}${run.templateId ? `, template ${run.templateId}` : ""})`,
     `created ${when(run.createTime)}, latency ${seconds(run.latency)}, tokens ${Number(run.usage?.totalTokens ?? 0n)}, cost ${usd(run.usage?.costUsd ?? 0)}`,
   ];
+  if (run.scheduleId !== "") lines.push(`started by schedule ${run.scheduleId}`);
   if (run.error !== undefined) lines.push(`error: ${run.error.message}`);
   if (run.steps.length > 0) {
     lines.push(
@@ -420,28 +516,13 @@ function describe(run: Run): string {
 }
 
 export function registerRunCommands(program: Command, ctx: Context): void {
-  program
+  const runCmd = program
     .command("run")
     .description(
       "start a run (template, workflow file, one model, a comparison, or auto) and watch it",
     )
-    .argument("[input...]", "the question or task (default: read from stdin)")
-    .option("-t, --template <id>", "a workflow template from the registry (see the catalog)")
-    .option("-f, --file <path>", "an inline workflow: YAML or JSON WorkflowTemplate")
-    .option("-m, --model <model>", "one model answers")
-    .option("-c, --compare <models>", "comma-separated models answer in parallel, then a ranking")
-    .option(
-      "--judge <model>",
-      `with --compare: the model that ranks the answers (default: ${DEFAULT_JUDGE}, unless --rank-by is given)`,
-    )
-    .option(
-      "--rank-by <criteria>",
-      "with --compare: rank by latency, cost, shortest, longest, time-to-first-token (comma-separated, first counts most; with --judge they break its ties)",
-    )
-    .option("--auto", "the categorizer picks the route (the default)")
-    .option("--var <name=value>", "a workflow variable (repeatable)", collect, [])
-    .option("--system <prompt>", "system prompt for every step")
-    .option("--timeout <duration>", "the run's deadline, e.g. 90s, 10m")
+    .argument("[input...]", "the question or task (default: read from stdin)");
+  addRunSpecOptions(runCmd)
     .option(
       "-d, --detach",
       "start the run, print its id and return (watch later: ensemble runs watch <id>)",
@@ -457,11 +538,7 @@ export function registerRunCommands(program: Command, ctx: Context): void {
     )
     .action(async (words: string[], opts: RunOptions) => {
       const { gw, out } = ctx.get();
-      let input = words.join(" ").trim();
-      if (input === "" && out.io.stdin.isTTY !== true) {
-        for await (const chunk of out.io.stdin) input += String(chunk);
-        input = input.trim();
-      }
+      const input = await readInput(words, out.io);
       if (input === "") throw new UsageError("run: no input (give it as arguments or on stdin)");
       const spec = await buildSpec(input, opts);
       const runs = gw.client(RunService);

@@ -1,7 +1,8 @@
 // webhooks create / list / delete / deliveries: the tenant's endpoints that the workflow engine
-// tells when any of its runs ends (RunService CreateWebhook, ListWebhooks, DeleteWebhook,
-// ListWebhookDeliveries; tenant admins only). Deliveries follow the Standard Webhooks
-// specification: a signed JSON POST, retried with backoff for about a day until it gets a 2xx.
+// tells when any of its runs ends, a budget nears its limit or a schedule is paused (RunService
+// CreateWebhook, ListWebhooks, DeleteWebhook, ListWebhookDeliveries; tenant admins only).
+// Deliveries follow the Standard Webhooks specification: a signed JSON POST, retried with backoff
+// for about a day until it gets a 2xx.
 import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
@@ -24,6 +25,7 @@ const EVENT_WORDS: Record<string, WebhookEventType> = {
   failed: WebhookEventType.RUN_FAILED,
   cancelled: WebhookEventType.RUN_CANCELLED,
   budget: WebhookEventType.BUDGET_THRESHOLD,
+  "schedule-paused": WebhookEventType.SCHEDULE_PAUSED,
 };
 
 /** The event names receivers see in the body's "type". */
@@ -32,6 +34,7 @@ const EVENT_NAMES: Record<string, string> = {
   failed: "run.failed",
   cancelled: "run.cancelled",
   budget: "budget.threshold",
+  "schedule-paused": "schedule.paused",
 };
 const EVENT_LIST = Object.keys(EVENT_WORDS).join(", ");
 
@@ -54,8 +57,9 @@ function eventsText(events: WebhookEventType[]): string {
 }
 
 /**
- * "completed,failed" -> [RUN_COMPLETED, RUN_FAILED] (any case; "run.completed" too; duplicates
- * dropped); "all" -> [] (every event); else a UsageError listing the words.
+ * "completed,failed" -> [RUN_COMPLETED, RUN_FAILED] (any case; the names receivers see,
+ * "run.completed" ... "schedule.paused", too; duplicates dropped); "all" -> [] (every event);
+ * else a UsageError listing the words.
  */
 function eventTypes(raw: string): WebhookEventType[] {
   const words = raw
@@ -65,7 +69,8 @@ function eventTypes(raw: string): WebhookEventType[] {
         .trim()
         .toLowerCase()
         .replace(/^run\./, "")
-        .replace(/^budget\.threshold$/, "budget"),
+        .replace(/^budget\.threshold$/, "budget")
+        .replace(/^schedule\.paused$/, "schedule-paused"),
     )
     .filter((w) => w !== "");
   if (words.length === 0) {
@@ -148,7 +153,7 @@ function describeWebhook(w: Webhook, secret: string): string {
 }
 
 const VERIFY_HINT = `Each delivery is a POST of {"type":"run.completed","timestamp":...,"data":<the run's last event>}
-(or "budget.threshold" with the budget alert as data)
+(or "budget.threshold" with the budget alert as data, "schedule.paused" with the schedule)
 with the Standard Webhooks headers webhook-id, webhook-timestamp and webhook-signature
 (HMAC-SHA256 with the secret). Verify them with the standardwebhooks library
 (https://www.standardwebhooks.com; npm, PyPI, Go, ...):
@@ -174,7 +179,7 @@ export function registerWebhookCommands(program: Command, ctx: Context): void {
   const webhooks = program
     .command("webhooks")
     .description(
-      "endpoints told when the tenant's runs end (completed, failed, cancelled) and when a budget nears its limit; tenant admins only",
+      "endpoints told when the tenant's runs end (completed, failed, cancelled), when a budget nears its limit and when a schedule is paused; tenant admins only",
     )
     .addHelpText(
       "after",
@@ -188,7 +193,7 @@ without polling. Deliveries are signed as Standard Webhooks; see \`ensemble webh
     .argument("<url>", "where to POST the events: https://... on a public host")
     .option(
       "--events <events>",
-      `what to send, comma-separated: ${EVENT_LIST} (a monthly budget reached 80 % or 100 % of its limit); or all (default: all)`,
+      `what to send, comma-separated: ${EVENT_LIST} (budget: a monthly budget reached 80 % or 100 % of its limit; schedule-paused: a schedule was paused, by a user or by the engine because its occurrences kept starting no run); or all (default: all)`,
     )
     .option("--description <text>", `what it is for (at most ${MAX_DESCRIPTION} characters)`)
     .addHelpText(
@@ -202,6 +207,7 @@ at most 20 webhooks.
 Examples:
   ensemble webhooks create https://hooks.example.com/ensemble
   ensemble webhooks create https://hooks.example.com/ensemble --events failed,cancelled --description "pager"
+  ensemble webhooks create https://hooks.example.com/ops --events failed,schedule-paused
   ensemble --json webhooks create https://hooks.example.com/ensemble | jq -r .secret`,
     )
     .action(async (rawUrl: string, opts: { events?: string; description?: string }) => {

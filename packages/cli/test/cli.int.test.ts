@@ -1121,7 +1121,7 @@ describe("ensemble CLI against a live mesh", () => {
       const bad = await cli(["webhooks", "create", `${base}/ok`, "--events", "completed,finished"]);
       expect(bad.code).toBe(2);
       expect(bad.stderr).toContain(
-        "--events finished: expected one of completed, failed, cancelled, budget (or all)",
+        "--events finished: expected one of completed, failed, cancelled, budget, schedule-paused (or all)",
       );
       expect(bad.stdout).toBe("");
       const none = await cli(["webhooks", "list"]);
@@ -1332,6 +1332,245 @@ describe("ensemble CLI against a live mesh", () => {
       await new Promise((r) => receiver.close(r));
     }
   }, 90_000);
+
+  it("cli - schedules: a seconds cron fires model runs, get shows its fires; pause stops it with its reason (and tells a schedule-paused webhook), list shows it paused, update renames it and keeps the spec not given, resume fires it again, delete removes it; bad flags exit 2", async () => {
+    // A tenant of its own (its signup makes this user its admin, for the webhook), so that the
+    // list holds only what this test creates.
+    const env = { XDG_CONFIG_HOME: join(home, "scheduled") };
+    const as = (args: string[]) => cli(args, { env });
+    const signup = await cli(
+      ["signup", "-e", `cli-sched-${Date.now()}@example.com`, "--password-stdin"],
+      { stdin: `${PASSWORD}\n`, env },
+    );
+    expect(signup.code, signup.stderr).toBe(0);
+    type Sched = {
+      id: string;
+      name: string;
+      fireCount?: string;
+      lastRunId?: string;
+      paused?: boolean;
+      pauseReason?: string;
+      nextFireTime?: string;
+      spec: { input: string; model?: { model: string } };
+    };
+    const get = async (id: string) => {
+      const res = await as(["--json", "schedules", "get", id]);
+      expect(res.code, res.stderr).toBe(0);
+      return JSON.parse(res.stdout) as Sched;
+    };
+    const fires = async (id: string) => Number((await get(id)).fireCount ?? "0");
+    /** Polls until the schedule has fired more than `than` times (or 20 s pass); its fires. */
+    const firedMoreThan = async (id: string, than: number) => {
+      let n = await fires(id);
+      for (
+        const until = Date.now() + 20_000;
+        n <= than && Date.now() < until;
+        n = await fires(id)
+      ) {
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      return n;
+    };
+
+    // Bad flag combinations: refused before anything is sent.
+    const both = await as([
+      "schedules",
+      "create",
+      "tick",
+      "--cron",
+      "* * * * * *",
+      "--at",
+      "+1h",
+      "-m",
+      "sim-fast",
+      "x",
+    ]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain("--cron and --at contradict each other");
+    const noTime = await as(["schedules", "create", "tick", "-m", "sim-fast", "x"]);
+    expect(noTime.code).toBe(2);
+    expect(noTime.stderr).toContain("give --cron EXPRESSION (with --tz ZONE) or --at TIME");
+    const badCron = await as([
+      "schedules",
+      "create",
+      "tick",
+      "--cron",
+      "* *",
+      "-m",
+      "sim-fast",
+      "x",
+    ]);
+    expect(badCron.code).toBe(2);
+    expect(badCron.stderr).toContain('--cron "* *": expected five fields');
+    const nothing = await as(["schedules", "update", "sch_none"]);
+    expect(nothing.code).toBe(2);
+    expect(nothing.stderr).toContain("nothing to change");
+    const empty = await as(["schedules", "list"]);
+    expect(empty.code, empty.stderr).toBe(0);
+    expect(empty.stdout.trim()).toBe("(none)");
+    expect(empty.stderr).toContain("ensemble schedules create");
+
+    // A webhook told when a schedule is paused, on a receiver here.
+    const received: Array<{ type: string; data: Sched }> = [];
+    const receiver = createServer((req, res) => {
+      let body = "";
+      req.on("data", (c: Buffer) => (body += c.toString()));
+      req.on("end", () => {
+        received.push(JSON.parse(body) as (typeof received)[0]);
+        res.writeHead(200).end("ok");
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    try {
+      const hookUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/paused`;
+      const hook = await as(["webhooks", "create", hookUrl, "--events", "schedule-paused"]);
+      expect(hook.code, hook.stderr).toBe(0);
+      expect(hook.stdout).toMatch(/^events\s+schedule\.paused$/m);
+
+      // Every second, one model run each.
+      const created = await as([
+        "schedules",
+        "create",
+        "every-second",
+        "--cron",
+        "* * * * * *",
+        "-m",
+        "sim-fast",
+        "Say tick",
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      const id = /^schedule (sch_\w+) created$/m.exec(created.stdout)?.[1] ?? "";
+      expect(id, created.stdout).toMatch(/^sch_/);
+      expect(created.stdout).toMatch(/^when\s+\* \* \* \* \* \* \(UTC\)$/m);
+      expect(created.stdout).toMatch(/^state\s+active$/m);
+      expect(created.stdout).toMatch(/^next fire\s+\d{4}-\d\d-\d\dT\S+Z$/m);
+      expect(created.stdout).toMatch(/^runs\s+model sim-fast$/m);
+      expect(created.stdout).toMatch(/^input\s+Say tick$/m);
+
+      // It fires: get counts the fires and names the last run, which the schedule started.
+      expect(await firedMoreThan(id, 0)).toBeGreaterThanOrEqual(1);
+      const shown = await as(["schedules", "get", id]);
+      expect(shown.code, shown.stderr).toBe(0);
+      expect(shown.stdout).toMatch(/^fires\s+[1-9]\d*$/m);
+      expect(shown.stdout).toMatch(/^last fire\s+\d{4}-\S+Z$/m);
+      expect(shown.stdout).toMatch(/^last error\s+-$/m);
+      const runId = /^last run\s+(run_\w+)$/m.exec(shown.stdout)?.[1] ?? "";
+      expect(runId, shown.stdout).toMatch(/^run_/);
+      const run = await as(["--json", "runs", "get", runId]);
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout)).toMatchObject({
+        scheduleId: id,
+        spec: { input: "Say tick", model: { model: "sim-fast" } },
+      });
+      const runText = await as(["runs", "get", runId]);
+      expect(runText.stdout).toMatch(new RegExp(`^started by schedule ${id}$`, "m"));
+
+      // pause: paused with its reason, no next fire; it fires no more.
+      const paused = await as(["schedules", "pause", id, "--reason", "maintenance window"]);
+      expect(paused.code, paused.stderr).toBe(0);
+      expect(paused.stdout).toMatch(new RegExp(`^schedule ${id} paused$`, "m"));
+      expect(paused.stdout).toMatch(/^state\s+paused$/m);
+      expect(paused.stdout).toMatch(/^paused\s+since \d{4}-\S+Z$/m);
+      expect(paused.stdout).toMatch(/^pause reason\s+maintenance window$/m);
+      expect(paused.stdout).toMatch(/^next fire\s+-$/m);
+      // (an occurrence being fired as it was paused may still be counted)
+      await new Promise((r) => setTimeout(r, 1_500));
+      const whenPaused = await fires(id);
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect(await fires(id)).toBe(whenPaused);
+      for (let i = 0; i < 40 && received.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      expect(received).toMatchObject([
+        { type: "schedule.paused", data: { id, paused: true, pauseReason: "maintenance window" } },
+      ]);
+
+      // list: the schedule, paused, with no next fire.
+      const list = await as(["schedules", "list"]);
+      expect(list.code, list.stderr).toBe(0);
+      const [head, ...rows] = list.stdout.trimEnd().split("\n");
+      expect(head).toMatch(/^id\s+name\s+when\s+next fire\s+last fire\s+fires\s+state$/);
+      expect(rows).toHaveLength(1);
+      expect(rows[0]).toMatch(
+        new RegExp(
+          `^${id}\\s+every-second\\s+\\* \\* \\* \\* \\* \\* \\(UTC\\)\\s+-\\s+\\d{4}-\\S+Z\\s+${whenPaused}\\s+paused$`,
+        ),
+      );
+
+      // update: renamed, still paused; a new input keeps the model; --var on a model run refused.
+      const renamed = await as(["schedules", "update", id, "--name", "renamed"]);
+      expect(renamed.code, renamed.stderr).toBe(0);
+      expect(renamed.stdout).toMatch(new RegExp(`^schedule ${id} updated$`, "m"));
+      expect(renamed.stdout).toMatch(/^name\s+renamed$/m);
+      expect(renamed.stdout).toMatch(/^state\s+paused$/m);
+      const retold = await as(["schedules", "update", id, "Say", "tock"]);
+      expect(retold.code, retold.stderr).toBe(0);
+      await expect(get(id)).resolves.toMatchObject({
+        name: "renamed",
+        paused: true,
+        spec: { input: "Say tock", model: { model: "sim-fast" } },
+      });
+      const badVar = await as(["schedules", "update", id, "--var", "tone=dry"]);
+      expect(badVar.code).toBe(2);
+      expect(badVar.stderr).toContain(
+        `--var sets workflow variables, and schedule ${id} runs model sim-fast`,
+      );
+
+      // resume: active again, with a next fire; it fires again.
+      const resumed = await as(["schedules", "resume", id]);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stdout).toMatch(new RegExp(`^schedule ${id} resumed$`, "m"));
+      expect(resumed.stdout).toMatch(/^state\s+active$/m);
+      expect(resumed.stdout).toMatch(/^next fire\s+\d{4}-\S+Z$/m);
+      expect(resumed.stdout).not.toMatch(/^pause reason/m);
+      expect(await firedMoreThan(id, whenPaused)).toBeGreaterThan(whenPaused);
+
+      // A one-time schedule whose time passed while it was paused cannot resume: the engine's why.
+      const once = await as([
+        "--json",
+        "schedules",
+        "create",
+        "once",
+        "--at",
+        "+3s",
+        "-m",
+        "sim-fast",
+        "x",
+      ]);
+      expect(once.code, once.stderr).toBe(0);
+      const onceId = (JSON.parse(once.stdout) as Sched).id;
+      expect((await as(["schedules", "pause", onceId])).code).toBe(0);
+      await new Promise((r) => setTimeout(r, 3_500));
+      const late = await as(["schedules", "resume", onceId]);
+      expect(late.code).toBe(1);
+      expect(late.stderr).toMatch(
+        /^error: FailedPrecondition: its time \(\S+\) passed while it was paused/,
+      );
+      expect(late.stderr).toContain(`ensemble schedules update ${onceId} --at TIME`);
+
+      // delete: gone; get and a second delete say so.
+      for (const sid of [id, onceId]) {
+        const deleted = await as(["schedules", "delete", sid]);
+        expect(deleted.code, deleted.stderr).toBe(0);
+        expect(deleted.stdout.trim()).toBe(`schedule ${sid} deleted`);
+      }
+      for (const args of [
+        ["get", id],
+        ["delete", id],
+        ["pause", id],
+      ]) {
+        const gone = await as(["schedules", ...args]);
+        expect(gone.code).toBe(1);
+        expect(gone.stderr).toContain(
+          `error: no schedule ${id} of yours (\`ensemble schedules list\` shows them)`,
+        );
+      }
+      expect((await as(["schedules", "list"])).stdout.trim()).toBe("(none)");
+    } finally {
+      receiver.closeAllConnections();
+      await new Promise((r) => receiver.close(r));
+    }
+  }, 120_000);
 
   it("cli - a bad flag names it, suggests --help and exits 2; a bad value says what is expected", async () => {
     const bad = await cli(["runs", "list", "--limt", "5"]);
