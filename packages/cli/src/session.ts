@@ -73,8 +73,22 @@ export class Gateway {
     this.#apiKey = opts.apiKey;
     this.#anonymous = createTransport(opts.url);
     const withToken: Interceptor = (next) => async (req) => {
-      req.header.set("authorization", `Bearer ${await this.token()}`);
-      return next(req);
+      const token = await this.token();
+      req.header.set("authorization", `Bearer ${token}`);
+      try {
+        return await next(req);
+      } catch (err) {
+        // The gateway refuses a session's token before it expires when the user's role or
+        // state changed (or the session ended): refresh once, so this call (when unary) and the
+        // next ones carry a token with the current roles, or the user learns to log in again.
+        if (this.#apiKey !== undefined || ConnectError.from(err).code !== Code.Unauthenticated) {
+          throw err;
+        }
+        const fresh = await this.#refreshAfterRefusal(token);
+        if (fresh === undefined || req.stream) throw err;
+        req.header.set("authorization", `Bearer ${fresh}`);
+        return next(req);
+      }
     };
     this.#authed = createTransport(opts.url, [withToken]);
   }
@@ -98,6 +112,15 @@ export class Gateway {
     }
     if (session.accessTokenExpiresAt - REFRESH_MARGIN_MS > Date.now()) return session.accessToken;
     // One refresh at a time: the refresh token is single-use.
+    this.#pending ??= this.#refresh(session).finally(() => (this.#pending = undefined));
+    return this.#pending;
+  }
+
+  /** A new access token after `refused` was refused; undefined when it was not this session's. */
+  async #refreshAfterRefusal(refused: string): Promise<string | undefined> {
+    const session = await this.store.get(this.url);
+    if (session === undefined) return undefined;
+    if (session.accessToken !== refused) return session.accessToken; // refreshed meanwhile
     this.#pending ??= this.#refresh(session).finally(() => (this.#pending = undefined));
     return this.#pending;
   }

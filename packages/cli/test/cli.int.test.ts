@@ -7,7 +7,10 @@ import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
+import { AuthService, Role } from "@ensemble/proto";
 import {
   freePort,
   natsUrl,
@@ -217,6 +220,28 @@ describe("ensemble CLI against a live mesh", () => {
     expect(next.refreshToken).not.toBe(oldRefresh);
     expect(next.accessTokenExpiresAt).toBeGreaterThan(Date.now());
     expect((await stat(credentialsPath())).mode & 0o777).toBe(0o600);
+  }, 30_000);
+
+  it("cli - a token the gateway refuses after the user's role was set is refreshed once, and the command goes through", async () => {
+    type File = { sessions: Record<string, { accessToken: string; refreshToken: string }> };
+    const read = async () =>
+      (JSON.parse(await readFile(credentialsPath(), "utf8")) as File).sessions[gatewayUrl]!;
+    const before = await read();
+    const me = JSON.parse((await cli(["--json", "whoami"])).stdout) as { userId: string };
+    // iat has whole seconds: the change must come in a later second than the token.
+    await new Promise((r) => setTimeout(r, 1_100));
+    // From another client, as a second admin would: the user (the tenant's admin) stays admin.
+    const other = createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1" });
+    await createClient(AuthService, other).setUserRole(
+      { userId: me.userId, role: Role.ADMIN },
+      { headers: { authorization: `Bearer ${before.accessToken}` } },
+    );
+    const res = await cli(["--json", "keys", "list"]);
+    expect(res.stderr).toBe("");
+    expect(res.code).toBe(0);
+    const after = await read();
+    expect(after.accessToken).not.toBe(before.accessToken);
+    expect(after.refreshToken).not.toBe(before.refreshToken);
   }, 30_000);
 
   it("cli - chat streams the answer in pieces as the model writes it", async () => {
