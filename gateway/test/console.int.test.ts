@@ -108,6 +108,13 @@ async function signup(p: Page, email: string): Promise<void> {
   await p.getByRole("button", { name: "Log out" }).waitFor();
 }
 
+/** A test run alone (`-t`) finds no one signed in: alice signs up then, as the first test does. */
+async function asAlice(): Promise<void> {
+  if (aliceEmail !== "") return;
+  aliceEmail = `alice-${Date.now()}@example.com`;
+  await signup(page, aliceEmail);
+}
+
 async function nav(p: Page, label: string): Promise<void> {
   await p.getByRole("navigation").getByRole("link", { name: label }).click();
 }
@@ -1031,6 +1038,134 @@ describe("console", () => {
     } finally {
       receiver.close();
     }
+  }, 120_000);
+
+  it("console - schedules: a seconds cron on a model fires (its last run linked), pauses with a reason (kept over a reload), resumes, is renamed and deleted", async () => {
+    await asAlice();
+    await nav(page, "Schedules");
+    await page.getByText("No schedules yet").waitFor();
+    const form = page.getByRole("form", { name: "Create schedule" });
+    const name = `every-second-${Date.now()}`;
+    const row = page.locator(`tr[data-schedule="${name}"]`);
+    const cell = (col: string) => row.locator(`[data-col="${col}"]`);
+    const fires = async () => Number(await cell("fires").textContent());
+    await form.getByLabel("Name").fill(name);
+    await form.getByLabel("Input").fill("Say good morning to the team");
+    await form.getByRole("combobox", { name: /^Model/ }).selectOption("sim-fast");
+
+    // What the engine refuses is shown next to the field it names, and nothing is added.
+    await form.getByLabel("Cron expression").fill("61 * * * *");
+    await form.getByRole("button", { name: "Create schedule" }).click();
+    await expect(form.getByRole("alert").textContent()).resolves.toMatch(
+      /^cron\.expression: "61 \* \* \* \*" is not a valid cron expression/,
+    );
+    await expect(form.getByLabel("Cron expression").getAttribute("aria-invalid")).resolves.toBe(
+      "true",
+    );
+    await expect(row.count()).resolves.toBe(0);
+
+    // Six fields: every second.
+    await form.getByLabel("Cron expression").fill("* * * * * *");
+    await form.getByRole("button", { name: "Create schedule" }).click();
+    await row.waitFor();
+    await expect(form.getByRole("alert").count()).resolves.toBe(0);
+    await expect(form.getByLabel("Name").inputValue()).resolves.toBe("");
+    await expect(cell("name").textContent()).resolves.toBe(
+      `${name}model sim-fast · Say good morning to the team`,
+    );
+    await expect(cell("when").textContent()).resolves.toBe("* * * * * * UTC");
+    await expect(cell("state").textContent()).resolves.toBe("active");
+
+    // It fires: the table reads itself again after each next fire, no reload needed.
+    const lastRun = row.getByRole("link", { name: "last run" });
+    await lastRun.waitFor({ timeout: 30_000 });
+    expect(await fires()).toBeGreaterThanOrEqual(1);
+    await expect(cell("last").textContent()).resolves.toMatch(/\d.*last run$/);
+    const runId = (await lastRun.getAttribute("href"))!.split("/").at(-1)!;
+    expect(runId).toMatch(/^run_/);
+    // Its runs open under its row, the last one among them.
+    await page.getByRole("button", { name: `Runs of ${name}`, exact: true }).click();
+    const runs = page.getByRole("region", { name: `Runs of ${name}` });
+    await runs.locator("tbody tr").first().waitFor();
+    await shot(page, "13-schedules");
+    await lastRun.click();
+    await page.waitForURL(new RegExp(`/runs/${runId}$`));
+    await page.getByTestId("run-status").filter({ hasText: "completed" }).waitFor({
+      timeout: 30_000,
+    });
+    await expect(page.locator(".question").textContent()).resolves.toBe(
+      "Say good morning to the team",
+    );
+
+    // Paused with a reason: shown as such, and it fires no more.
+    await nav(page, "Schedules");
+    await page.getByRole("button", { name: `Pause ${name}`, exact: true }).click();
+    const pause = page.getByRole("form", { name: `Pause ${name}` });
+    await pause.getByLabel("Reason (optional)").fill("the team is on holiday");
+    await pause.getByRole("button", { name: "Pause schedule" }).click();
+    await pause.waitFor({ state: "detached" });
+    await cell("state")
+      .filter({ hasText: /^paused/ })
+      .waitFor();
+    const paused = async () => {
+      await expect(row.getByTestId("pause-reason").textContent()).resolves.toMatch(
+        /^the team is on holiday · since .*\d/,
+      );
+      await expect(cell("next").textContent()).resolves.toBe("— (paused)");
+      await expect(row.getAttribute("class")).resolves.toBe("warn");
+      await expect(
+        page.getByRole("button", { name: `Resume ${name}`, exact: true }).count(),
+      ).resolves.toBe(1);
+    };
+    await paused();
+    await shot(page, "13a-schedule-paused");
+    await page.reload();
+    await row.waitFor();
+    await paused();
+    const firesWhenPaused = await fires();
+    await new Promise((r) => setTimeout(r, 3_000));
+    await page.reload();
+    await row.waitFor();
+    expect(await fires()).toBe(firesWhenPaused);
+
+    // Resumed: active again, and firing.
+    await page.getByRole("button", { name: `Resume ${name}`, exact: true }).click();
+    await cell("state")
+      .filter({ hasText: /^active$/ })
+      .waitFor();
+    await expect(row.getByTestId("pause-reason").count()).resolves.toBe(0);
+    await expect(row.getAttribute("class")).resolves.toBeNull();
+    await expect.poll(fires, { timeout: 20_000 }).toBeGreaterThan(firesWhenPaused);
+
+    // Renamed: the same schedule under its new name.
+    const renamed = `${name}-renamed`;
+    const renamedRow = page.locator(`tr[data-schedule="${renamed}"]`);
+    await page.getByRole("button", { name: `Rename ${name}`, exact: true }).click();
+    const rename = page.getByRole("form", { name: `Rename ${name}` });
+    await expect(rename.getByLabel("New name").inputValue()).resolves.toBe(name);
+    await rename.getByLabel("New name").fill(renamed);
+    await rename.getByRole("button", { name: "Save name" }).click();
+    await renamedRow.waitFor();
+    await expect(row.count()).resolves.toBe(0);
+    await expect(renamedRow.locator('[data-col="when"]').textContent()).resolves.toBe(
+      "* * * * * * UTC",
+    );
+    expect(Number(await renamedRow.locator('[data-col="fires"]').textContent())).toBeGreaterThan(
+      firesWhenPaused,
+    );
+
+    // Deleted after confirming: gone from the table, after a reload too.
+    const asked: string[] = [];
+    page.once("dialog", (d) => {
+      asked.push(d.message());
+      void d.accept();
+    });
+    await page.getByRole("button", { name: `Delete ${renamed}`, exact: true }).click();
+    await page.getByText("No schedules yet").waitFor();
+    expect(asked[0]).toContain(renamed);
+    await page.reload();
+    await page.getByText("No schedules yet").waitFor();
+    await expect(renamedRow.count()).resolves.toBe(0);
   }, 120_000);
 
   it("console - a user of another tenant sees none of it", async () => {

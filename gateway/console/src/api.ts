@@ -81,3 +81,13 @@ export function errorText(err: unknown): string {
 export function isCode(err: unknown, code: Code): boolean {
   return ConnectError.from(err).code === code;
 }
+
+/**
+ * The request field an INVALID_ARGUMENT names ("cron.expression"): the services' x-invalid-field
+ * trailer, else the path their messages (and contract validation) start with.
+ */
+export function invalidField(err: unknown): string | undefined {
+  const e = ConnectError.from(err);
+  if (e.code !== Code.InvalidArgument) return undefined;
+  return e.metadata.get("x-invalid-field") ?? /^([\w.[\]]+): /.exec(e.rawMessage)?.[1];
+}

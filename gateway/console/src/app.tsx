@@ -5,6 +5,7 @@ import { ChatPage } from "./pages/chat";
 import { ComparePage } from "./pages/compare";
 import { RunsPage } from "./pages/runs";
 import { RunPage } from "./pages/run";
+import { SchedulesPage } from "./pages/schedules";
 import { CatalogPage } from "./pages/catalog";
 import { UsagePage } from "./pages/usage";
 import { LogPage, LogsPage } from "./pages/logs";
@@ -18,6 +19,7 @@ const NAV: Array<{ to: string; label: string; admin?: boolean }> = [
   { to: "/chat", label: "Chat" },
   { to: "/compare", label: "Compare" },
   { to: "/runs", label: "Runs" },
+  { to: "/schedules", label: "Schedules" },
   { to: "/catalog", label: "Catalog" },
   { to: "/usage", label: "Usage" },
   { to: "/logs", label: "Logs" },
@@ -86,6 +88,8 @@ function Page({ path, admin }: { path: string; admin: boolean }) {
       return <ComparePage />;
     case "/runs":
       return <RunsPage />;
+    case "/schedules":
+      return <SchedulesPage />;
     case "/catalog":
       return <CatalogPage />;
     case "/usage":

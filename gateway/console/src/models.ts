@@ -1,6 +1,6 @@
-// Catalog look-ups shared by the chat, compare and catalog pages: the catalog page shows the
-// whole catalog, the pickers only what can be called here.
-import type { Classification, Model, PromptAddon } from "@ensemble/proto";
+// Look-ups shared by several pages: the catalog (the catalog page shows all of it, the pickers
+// only what can be called here), workflow templates, and the tenant's users' emails.
+import type { Classification, Model, PromptAddon, User, WorkflowTemplate } from "@ensemble/proto";
 import { Capability, Category } from "@ensemble/proto";
 import { api } from "./api";
 
@@ -16,6 +16,36 @@ export function loadModels(): Promise<Model[]> {
     },
   );
   return modelsPromise;
+}
+
+let templatesPromise: Promise<WorkflowTemplate[]> | undefined;
+
+export function loadTemplates(): Promise<WorkflowTemplate[]> {
+  templatesPromise ??= api.registry.listTemplates({ page: { pageSize: 100 } }).then(
+    (r) => r.templates,
+    (err: unknown) => {
+      templatesPromise = undefined;
+      throw err;
+    },
+  );
+  return templatesPromise;
+}
+
+/** A model picker's option text: "Sim Fast (fast)". */
+export function modelLabel(m: Model): string {
+  return `${m.displayName || m.id}${m.aliases.length > 0 ? ` (${m.aliases.join(", ")})` : ""}`;
+}
+
+/**
+ * User id -> email, to name who owns or created something (admins). Empty when the list cannot
+ * be read: the user id names them then.
+ */
+export function loadUserEmails(): Promise<Map<string, string>> {
+  return api.auth
+    .listUsers({ includeDisabled: true, page: { pageSize: 200 } })
+    .then((r) => r.users)
+    .catch(() => [] as User[])
+    .then((users) => new Map(users.map((u) => [u.id, u.email])));
 }
 
 let chatModelsPromise: Promise<Model[]> | undefined;

@@ -1,9 +1,12 @@
-// Shared pieces every page uses: loading/empty/error states, a data-loading hook, formatters.
+// Shared pieces every page uses: loading/empty/error states, a data-loading hook, formatters,
+// links to a run, the admins' switch to the whole tenant.
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useCallback, useEffect, useState } from "react";
 import type { ReactNode } from "react";
 import { errorText } from "./api";
+import { Link } from "./router";
+import { useSession } from "./session";
 
 export interface Loaded<T> {
   data: T | undefined;
@@ -107,4 +110,29 @@ export function fmtBytes(n: number | bigint): string {
 /** A generated enum's value name (already without its prefix), for people. */
 export function enumLabel(names: Record<number, string>, value: number): string {
   return (names[value] ?? String(value)).toLowerCase().replaceAll("_", " ");
+}
+
+/** A link to a run's live view, reading its id unless told otherwise. */
+export function RunLink({ runId, children }: { runId: string; children?: ReactNode }) {
+  return <Link to={`/runs/${encodeURIComponent(runId)}`}>{children ?? <code>{runId}</code>}</Link>;
+}
+
+/** Admins only: list the whole tenant's items instead of the caller's own (`all_users`). */
+export function AllUsersToggle(props: {
+  checked: boolean;
+  onChange: (checked: boolean) => void;
+  label: string;
+}) {
+  const { me } = useSession();
+  if (me?.admin !== true) return null;
+  return (
+    <label className="check">
+      <input
+        type="checkbox"
+        checked={props.checked}
+        onChange={(e) => props.onChange(e.target.checked)}
+      />
+      {props.label}
+    </label>
+  );
 }

@@ -1,19 +1,19 @@
 // Admin > Webhooks (tenant admins only): the tenant's HTTPS endpoints that are told when any of
-// its runs ends, and when a monthly budget nears its limit (RunService CreateWebhook, ListWebhooks, DeleteWebhook, ListWebhookDeliveries).
+// its runs ends, when a monthly budget nears its limit, and when a schedule is paused (RunService
+// CreateWebhook, ListWebhooks, DeleteWebhook, ListWebhookDeliveries).
 // The signing secret is shown once, at creation; each endpoint's recent deliveries, with their
 // attempts and what the endpoint last answered, open under its row.
 import {
   WebhookDeliveryStatus,
   WebhookEventType,
-  type User,
   type Webhook,
   type WebhookDelivery,
 } from "@ensemble/proto";
 import { Fragment, useEffect, useState } from "react";
 import type { FormEvent } from "react";
 import { api, errorText } from "../api";
-import { Link } from "../router";
-import { ErrorBox, Guard, enumLabel, fmtTime, useLoad } from "../ui";
+import { loadUserEmails } from "../models";
+import { ErrorBox, Guard, RunLink, enumLabel, fmtTime, useLoad } from "../ui";
 
 /** What an endpoint can be told about, with the names in a delivery's `type`. */
 const EVENTS: Array<{ type: WebhookEventType; name: string }> = [
@@ -21,6 +21,7 @@ const EVENTS: Array<{ type: WebhookEventType; name: string }> = [
   { type: WebhookEventType.RUN_FAILED, name: "run.failed" },
   { type: WebhookEventType.RUN_CANCELLED, name: "run.cancelled" },
   { type: WebhookEventType.BUDGET_THRESHOLD, name: "budget.threshold" },
+  { type: WebhookEventType.SCHEDULE_PAUSED, name: "schedule.paused" },
 ];
 
 /** "run.completed, run.failed"; no events means every one. */
@@ -49,15 +50,12 @@ interface Created {
 
 export function WebhooksSection() {
   const hooks = useLoad(async () => {
-    const [list, users] = await Promise.all([
+    const [list, emails] = await Promise.all([
       api.runs.listWebhooks({}).then((r) => r.webhooks),
       // Only to name who created each: without the list, the user id does.
-      api.auth
-        .listUsers({ includeDisabled: true, page: { pageSize: 200 } })
-        .then((r) => r.users)
-        .catch(() => [] as User[]),
+      loadUserEmails(),
     ]);
-    return { list, emails: new Map(users.map((u) => [u.id, u.email])) };
+    return { list, emails };
   }, []);
   const [url, setUrl] = useState("");
   const [events, setEvents] = useState<WebhookEventType[]>([]);
@@ -75,7 +73,9 @@ export function WebhooksSection() {
     try {
       const res = await api.runs.createWebhook({
         url: url.trim(),
-        events,
+        // Every event checked is all of them, which the contract spells as none (it takes at most
+        // four, fewer than there are).
+        events: events.length === EVENTS.length ? [] : events,
         description: description.trim(),
       });
       setCreated({ url: res.webhook?.url ?? url.trim(), secret: res.secret });
@@ -92,7 +92,7 @@ export function WebhooksSection() {
   const remove = async (w: Webhook) => {
     if (
       !window.confirm(
-        `Delete the webhook to ${w.url}? It is told of no more runs, and its pending deliveries are dropped.`,
+        `Delete the webhook to ${w.url}? It is told of nothing more, and its pending deliveries are dropped.`,
       )
     ) {
       return;
@@ -113,8 +113,10 @@ export function WebhooksSection() {
       <h2>Webhooks</h2>
       <p className="hint">
         Endpoints told when a run of anyone in the tenant ends, so a system that starts runs need
-        not poll for them, and when a monthly budget of the tenant, a user or an API key reaches 80
-        % or 100 % of its limit (<code>budget.threshold</code>). Each gets a signed{" "}
+        not poll for them, when a monthly budget of the tenant, a user or an API key reaches 80 % or
+        100 % of its limit (<code>budget.threshold</code>), and when a schedule is paused, by a
+        person or by the engine because its occurrences kept starting no run (
+        <code>schedule.paused</code>, with the schedule and its pause reason). Each gets a signed{" "}
         <code>POST</code> per event it asked for, retried with backoff for about a day until it
         answers 2xx within 10 s. Only <code>https://</code> URLs of public hosts are accepted
         (unless the operator allows private ones, for development).
@@ -145,7 +147,7 @@ export function WebhooksSection() {
           </label>
         </div>
         <fieldset>
-          <legend>Run endings (none checked = all)</legend>
+          <legend>Events (none checked = all)</legend>
           <div className="checks">
             {EVENTS.map((ev) => (
               <label key={ev.type} className="check">
@@ -340,15 +342,7 @@ function DeliveryRow({ delivery: x }: { delivery: WebhookDelivery }) {
     <tr data-delivery={x.id} data-run={x.runId}>
       <td className="nowrap">{fmtTime(x.createTime)}</td>
       <td data-col="event">{eventNames([x.event])}</td>
-      <td data-col="run">
-        {x.runId === "" ? (
-          "—"
-        ) : (
-          <Link to={`/runs/${encodeURIComponent(x.runId)}`}>
-            <code>{x.runId}</code>
-          </Link>
-        )}
-      </td>
+      <td data-col="run">{x.runId === "" ? "—" : <RunLink runId={x.runId} />}</td>
       <td data-col="status">
         <span
           className={`status s-${status}`}

@@ -4,7 +4,7 @@ import { AddonGroup, Capability, type WorkflowTemplate } from "@ensemble/proto";
 import { useState } from "react";
 import type { FormEvent } from "react";
 import { api, errorText } from "../api";
-import { loadAddons, loadModels } from "../models";
+import { loadAddons, loadModels, loadTemplates } from "../models";
 import { useRouter } from "../router";
 import { ErrorBox, Guard, enumLabel, useLoad } from "../ui";
 
@@ -112,10 +112,7 @@ function Addons() {
 }
 
 function Templates() {
-  const templates = useLoad(
-    () => api.registry.listTemplates({ page: { pageSize: 100 } }).then((r) => r.templates),
-    [],
-  );
+  const templates = useLoad(loadTemplates, []);
   const [open, setOpen] = useState<string>();
   return (
     <Guard loaded={templates} empty={(t) => t.length === 0} emptyText="No workflow templates.">
@@ -146,9 +143,7 @@ function Templates() {
 function RunTemplate({ template, onClose }: { template: WorkflowTemplate; onClose: () => void }) {
   const { go } = useRouter();
   const [input, setInput] = useState("");
-  const [vars, setVars] = useState<Record<string, string>>(
-    Object.fromEntries(template.inputs.map((i) => [i.name, i.defaultValue])),
-  );
+  const [vars, setVars] = useState(() => templateDefaults(template));
   const [error, setError] = useState<string>();
   const [busy, setBusy] = useState(false);
 
@@ -157,16 +152,7 @@ function RunTemplate({ template, onClose }: { template: WorkflowTemplate; onClos
     setBusy(true);
     setError(undefined);
     try {
-      const variables = Object.fromEntries(Object.entries(vars).filter(([, v]) => v !== ""));
-      const res = await api.runs.startRun({
-        spec: {
-          input,
-          mode: {
-            case: "workflow",
-            value: { definition: { case: "templateId", value: template.id }, variables },
-          },
-        },
-      });
+      const res = await api.runs.startRun({ spec: { input, mode: templateMode(template, vars) } });
       if (res.run !== undefined) go(`/runs/${res.run.id}`);
     } catch (err) {
       setError(errorText(err));
@@ -186,18 +172,7 @@ function RunTemplate({ template, onClose }: { template: WorkflowTemplate; onClos
           onChange={(e) => setInput(e.target.value)}
         />
       </label>
-      {template.inputs.map((v) => (
-        <label key={v.name}>
-          {v.name}
-          {v.required ? " *" : ""} <span className="muted">{v.description}</span>
-          <input
-            name={v.name}
-            required={v.required}
-            value={vars[v.name] ?? ""}
-            onChange={(e) => setVars({ ...vars, [v.name]: e.target.value })}
-          />
-        </label>
-      ))}
+      <TemplateVariables template={template} value={vars} onChange={setVars} />
       <ErrorBox error={error} />
       <button type="submit" className="primary" disabled={busy}>
         {busy ? "Starting…" : "Start run"}
@@ -206,5 +181,44 @@ function RunTemplate({ template, onClose }: { template: WorkflowTemplate; onClos
         Close
       </button>
     </form>
+  );
+}
+
+/** A template's declared inputs with their defaults, as the variables of a run. */
+export function templateDefaults(template: WorkflowTemplate): Record<string, string> {
+  return Object.fromEntries(template.inputs.map((i) => [i.name, i.defaultValue]));
+}
+
+/** The WORKFLOW mode of a run spec for a registry template (empty variables take defaults). */
+export function templateMode(template: WorkflowTemplate, vars: Record<string, string>) {
+  const variables = Object.fromEntries(Object.entries(vars).filter(([, v]) => v !== ""));
+  return {
+    case: "workflow" as const,
+    value: { definition: { case: "templateId" as const, value: template.id }, variables },
+  };
+}
+
+/** One field per declared input of a template ({{vars.<name>}}). */
+export function TemplateVariables(props: {
+  template: WorkflowTemplate;
+  value: Record<string, string>;
+  onChange: (value: Record<string, string>) => void;
+}) {
+  const { value, onChange } = props;
+  return (
+    <>
+      {props.template.inputs.map((v) => (
+        <label key={v.name}>
+          {v.name}
+          {v.required ? " *" : ""} <span className="muted">{v.description}</span>
+          <input
+            name={v.name}
+            required={v.required}
+            value={value[v.name] ?? ""}
+            onChange={(e) => onChange({ ...value, [v.name]: e.target.value })}
+          />
+        </label>
+      ))}
+    </>
   );
 }

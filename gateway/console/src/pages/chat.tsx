@@ -16,7 +16,7 @@ import { useEffect, useMemo, useRef, useState } from "react";
 import type { FormEvent, KeyboardEvent } from "react";
 import { api, errorText, isCode } from "../api";
 import { ArtifactView } from "../artifacts";
-import { describeRoute, loadAddons, loadChatModels } from "../models";
+import { describeRoute, loadAddons, loadChatModels, modelLabel } from "../models";
 import { ErrorBox, Loading, fmtMs, fmtUsd, useLoad } from "../ui";
 
 interface Turn {
@@ -352,8 +352,7 @@ export function ChatPage() {
               <option value="auto">auto (the categorizer decides)</option>
               {(models.data ?? []).map((m) => (
                 <option key={m.id} value={m.id}>
-                  {m.displayName || m.id}
-                  {m.aliases.length > 0 ? ` (${m.aliases.join(", ")})` : ""}
+                  {modelLabel(m)}
                 </option>
               ))}
             </select>

@@ -14,7 +14,17 @@ import { useState } from "react";
 import { api } from "../api";
 import { Link, useRouter } from "../router";
 import { useSession } from "../session";
-import { Empty, ErrorBox, Loading, enumLabel, fmtMs, fmtTime, fmtUsd, useLoad } from "../ui";
+import {
+  AllUsersToggle,
+  Empty,
+  ErrorBox,
+  Loading,
+  enumLabel,
+  fmtMs,
+  fmtTime,
+  fmtUsd,
+  useLoad,
+} from "../ui";
 
 const PAGE = 50;
 /** ListCallLogs' largest page (PageRequest.page_size). */
@@ -88,16 +98,7 @@ export function LogsPage() {
           />
           errors only
         </label>
-        {me?.admin === true && (
-          <label className="check">
-            <input
-              type="checkbox"
-              checked={allUsers}
-              onChange={(e) => setAllUsers(e.target.checked)}
-            />
-            all users
-          </label>
-        )}
+        <AllUsersToggle checked={allUsers} onChange={setAllUsers} label="all users" />
         <button type="button" onClick={logs.reload}>
           Refresh
         </button>

@@ -1,11 +1,9 @@
 // Runs: the caller's runs (an admin may list the whole tenant's), newest first, with filters.
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { RunMode, RunStatus } from "@ensemble/proto";
+import { RunMode, RunStatus, type Run } from "@ensemble/proto";
 import { useState } from "react";
 import { api } from "../api";
-import { Link } from "../router";
-import { useSession } from "../session";
-import { Guard, enumLabel, fmtMs, fmtTime, fmtUsd, useLoad } from "../ui";
+import { AllUsersToggle, Guard, RunLink, enumLabel, fmtMs, fmtTime, fmtUsd, useLoad } from "../ui";
 
 const STATUSES = [
   RunStatus.PENDING,
@@ -17,7 +15,6 @@ const STATUSES = [
 const MODES = [RunMode.AUTO, RunMode.MODEL, RunMode.WORKFLOW, RunMode.COMPARE];
 
 export function RunsPage() {
-  const { me } = useSession();
   const [status, setStatus] = useState<RunStatus>(RunStatus.UNSPECIFIED);
   const [mode, setMode] = useState<RunMode>(RunMode.UNSPECIFIED);
   const [template, setTemplate] = useState("");
@@ -81,62 +78,62 @@ export function RunsPage() {
             <option value={30}>last 30 days</option>
           </select>
         </label>
-        {me?.admin === true && (
-          <label className="check">
-            <input
-              type="checkbox"
-              checked={allUsers}
-              onChange={(e) => setAllUsers(e.target.checked)}
-            />
-            every user of the tenant
-          </label>
-        )}
+        <AllUsersToggle
+          checked={allUsers}
+          onChange={setAllUsers}
+          label="every user of the tenant"
+        />
       </form>
       <Guard
         loaded={runs}
         empty={(r) => r.runs.length === 0}
         emptyText="No runs match. Start one from Chat, Compare or the Catalog's templates."
       >
-        {(r) => (
-          <div className="table-wrap">
-            <table className="runs">
-              <thead>
-                <tr>
-                  <th>Question</th>
-                  <th>Mode</th>
-                  <th>Status</th>
-                  <th>Created</th>
-                  <th>Latency</th>
-                  <th>Tokens</th>
-                  <th>Cost</th>
-                </tr>
-              </thead>
-              <tbody>
-                {r.runs.map((run) => (
-                  <tr key={run.id}>
-                    <td>
-                      <Link to={`/runs/${run.id}`}>
-                        {(run.spec?.input ?? run.id).slice(0, 80) || run.id}
-                      </Link>
-                      {run.templateId !== "" && <span className="tag">{run.templateId}</span>}
-                    </td>
-                    <td>{enumLabel(RunMode, run.mode)}</td>
-                    <td>
-                      <span className={`status s-${RunStatus[run.status]?.toLowerCase()}`}>
-                        {enumLabel(RunStatus, run.status)}
-                      </span>
-                    </td>
-                    <td>{fmtTime(run.createTime)}</td>
-                    <td>{fmtMs(run.latency)}</td>
-                    <td>{String(run.usage?.totalTokens ?? 0n)}</td>
-                    <td>{fmtUsd(run.usage?.costUsd)}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        {(r) => <RunsTable runs={r.runs} />}
       </Guard>
+    </div>
+  );
+}
+
+/** Runs newest first, each linked to its live view (the Runs page, a schedule's runs). */
+export function RunsTable({ runs }: { runs: Run[] }) {
+  return (
+    <div className="table-wrap">
+      <table className="runs">
+        <thead>
+          <tr>
+            <th>Question</th>
+            <th>Mode</th>
+            <th>Status</th>
+            <th>Created</th>
+            <th>Latency</th>
+            <th>Tokens</th>
+            <th>Cost</th>
+          </tr>
+        </thead>
+        <tbody>
+          {runs.map((run) => (
+            <tr key={run.id} data-run={run.id}>
+              <td>
+                <RunLink runId={run.id}>
+                  {(run.spec?.input ?? run.id).slice(0, 80) || run.id}
+                </RunLink>
+                {run.templateId !== "" && <span className="tag">{run.templateId}</span>}
+              </td>
+              <td>{enumLabel(RunMode, run.mode)}</td>
+              <td>
+                <span className={`status s-${RunStatus[run.status]?.toLowerCase()}`}>
+                  {enumLabel(RunStatus, run.status)}
+                </span>
+              </td>
+              <td>{fmtTime(run.createTime)}</td>
+              <td>{fmtMs(run.latency)}</td>
+              <td>{String(run.usage?.totalTokens ?? 0n)}</td>
+              <td>{fmtUsd(run.usage?.costUsd)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
     </div>
   );
 }

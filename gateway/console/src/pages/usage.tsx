@@ -6,7 +6,7 @@ import { useState } from "react";
 import { api } from "../api";
 import { BarChart, type Bar } from "../chart";
 import { useSession } from "../session";
-import { Guard, fmtUsd, useLoad } from "../ui";
+import { AllUsersToggle, Guard, fmtUsd, useLoad } from "../ui";
 
 const VIEWS: Array<{
   dim: UsageDimension;
@@ -60,16 +60,7 @@ export function UsagePage() {
             <option value={90}>last 90 days</option>
           </select>
         </label>
-        {me?.admin === true && (
-          <label className="check">
-            <input
-              type="checkbox"
-              checked={allUsers}
-              onChange={(e) => setAllUsers(e.target.checked)}
-            />
-            whole tenant
-          </label>
-        )}
+        <AllUsersToggle checked={allUsers} onChange={setAllUsers} label="whole tenant" />
       </form>
       <Guard
         loaded={usage}
