@@ -217,6 +217,36 @@ describe("console", () => {
     expect(after.accessExpiresAt).toBeGreaterThan(Date.now());
   }, 60_000);
 
+  it("console - a token the gateway refuses after the user's role was set is refreshed, and the page carries on without a new login", async () => {
+    await asAlice();
+    const before = await storedSession(page);
+    const call = async (method: string, body: unknown) =>
+      fetch(`${gw.url}/ensemble.auth.v1.AuthService/${method}`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          authorization: `Bearer ${before.accessToken}`,
+        },
+        body: JSON.stringify(body),
+      });
+    const me = (await (await call("GetMe", {})).json()) as { user: { id: string } };
+    // iat has whole seconds: the change must come in a later second than the token.
+    await new Promise((r) => setTimeout(r, 1_100));
+    // As another admin would (alice stays the tenant's admin): her token stops working.
+    expect((await call("SetUserRole", { userId: me.user.id, role: "ROLE_ADMIN" })).status).toBe(
+      200,
+    );
+    expect((await call("GetMe", {})).status).toBe(401);
+    await nav(page, "Runs");
+    await page.getByRole("heading", { name: "Runs" }).waitFor();
+    await page.waitForTimeout(500);
+    expect(await page.getByText(/session has expired/i).count()).toBe(0);
+    await page.getByRole("button", { name: "Log out" }).waitFor();
+    const after = await storedSession(page);
+    expect(after.accessToken).not.toBe(before.accessToken);
+    expect(after.refreshToken).not.toBe(before.refreshToken);
+  }, 60_000);
+
   it("console - chat streams the answer token by token, with the categorizer's decision for auto", async () => {
     await nav(page, "Chat");
     await page.getByLabel("Model").selectOption("auto");

@@ -19,20 +19,38 @@ import {
   SessionService,
 } from "@ensemble/proto";
 
-/** Set by the session module: resolves a valid access token (refreshing it when due). */
-let tokenSource: (() => Promise<string | undefined>) | undefined;
+/** Set by the session module: the access token to send, and a new one after a refusal. */
+export interface TokenSource {
+  /** A valid access token (refreshed when due), or none when signed out. */
+  token(): Promise<string | undefined>;
+  /** A token to try instead of `refused`, which the gateway refused before it expired. */
+  refused(refused: string): Promise<string | undefined>;
+}
 
-export function setTokenSource(source: (() => Promise<string | undefined>) | undefined): void {
+let tokenSource: TokenSource | undefined;
+
+export function setTokenSource(source: TokenSource | undefined): void {
   tokenSource = source;
 }
 
 const bearer: Interceptor = (next) => async (req) => {
   // Public methods (login, signup, refresh) are called with no source attached for them.
-  if (!req.header.has("authorization") && tokenSource !== undefined) {
-    const token = await tokenSource();
-    if (token !== undefined) req.header.set("authorization", `Bearer ${token}`);
+  if (req.header.has("authorization") || tokenSource === undefined) return next(req);
+  const source = tokenSource;
+  const token = await source.token();
+  if (token === undefined) return next(req);
+  req.header.set("authorization", `Bearer ${token}`);
+  try {
+    return await next(req);
+  } catch (err) {
+    // The gateway refuses a token before it expires once the user's role or state changed (or
+    // the session ended elsewhere): refresh once and repeat a unary call with the new token.
+    if (ConnectError.from(err).code !== Code.Unauthenticated) throw err;
+    const fresh = await source.refused(token);
+    if (fresh === undefined || fresh === token || req.stream) throw err;
+    req.header.set("authorization", `Bearer ${fresh}`);
+    return next(req);
   }
-  return next(req);
 };
 
 const transport = createConnectTransport({

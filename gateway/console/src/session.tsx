@@ -95,7 +95,19 @@ async function validToken(): Promise<string | undefined> {
   return current?.accessToken;
 }
 
-setTokenSource(validToken);
+/** Told when a refusal made the session refresh: the user's roles may have changed. */
+let onRefreshedAfterRefusal: () => void = () => undefined;
+
+setTokenSource({
+  token: validToken,
+  refused: async (refused) => {
+    if (current === undefined) return undefined;
+    if (current.accessToken !== refused) return current.accessToken; // refreshed meanwhile
+    const next = await refresh();
+    if (next !== undefined) onRefreshedAfterRefusal();
+    return next?.accessToken;
+  },
+});
 
 export function SessionProvider({ children }: { children: ReactNode }) {
   const [me, setMe] = useState<Me | undefined>();
@@ -115,6 +127,7 @@ export function SessionProvider({ children }: { children: ReactNode }) {
 
   useEffect(() => {
     onExpired = () => setMe(undefined);
+    onRefreshedAfterRefusal = () => void loadMe().catch(() => undefined);
     if (current === undefined) return;
     loadMe()
       .catch(() => {
