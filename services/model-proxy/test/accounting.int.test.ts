@@ -516,6 +516,72 @@ describe("accounting", () => {
     expect(otherUser.totalRequests).toBe(0n);
   });
 
+  it("usage by metadata - calls filtered by their labels and grouped by one label's value, per team or customer", async () => {
+    const acc = await open();
+    const a = await tenant(1);
+    const [admin, member] = [a.admin, a.users[0]!];
+    const at = new Date("2025-05-10T12:00:00Z");
+    const label = (metadata: Record<string, string>, costUsd: number, who = admin) =>
+      acc.record(entry(who, { time: at, metadata, costUsd }));
+    label({ team: "search", env: "prod" }, 1);
+    label({ team: "search", env: "dev" }, 2);
+    label({ team: "ads", env: "prod" }, 4, member);
+    label({ env: "prod" }, 8);
+    label({}, 16);
+    await acc.flush();
+    const req = (over: Parameters<typeof create<typeof GetUsageRequestSchema>>[1] = {}) =>
+      create(GetUsageRequestSchema, {
+        startTime: timestampFromDate(new Date("2025-05-01T00:00:00Z")),
+        endTime: timestampFromDate(new Date("2025-06-01T00:00:00Z")),
+        allUsers: true,
+        ...over,
+      });
+    const rows = (res: Awaited<ReturnType<typeof acc.getUsage>>) =>
+      res.buckets.map((b) => [b.metadataValue, b.requests, b.usage?.costUsd]);
+
+    const byTeam = await acc.getUsage(
+      admin.principal,
+      req({ groupBy: [UsageDimension.METADATA], metadataKey: "team" }),
+    );
+    expect(rows(byTeam)).toEqual([
+      ["", 2n, 24],
+      ["ads", 1n, 4],
+      ["search", 2n, 3],
+    ]);
+    const prodByTeam = await acc.getUsage(
+      admin.principal,
+      req({ groupBy: [UsageDimension.METADATA], metadataKey: "team", metadata: { env: "prod" } }),
+    );
+    expect(rows(prodByTeam)).toEqual([
+      ["", 1n, 8],
+      ["ads", 1n, 4],
+      ["search", 1n, 1],
+    ]);
+    const both = await acc.getUsage(
+      admin.principal,
+      req({ metadata: { env: "prod", team: "search" } }),
+    );
+    expect(both.totalRequests).toBe(1n);
+    expect(both.total?.costUsd).toBe(1);
+    // With another dimension, and a member sees only their own calls.
+    const byUserTeam = await acc.getUsage(
+      admin.principal,
+      req({ groupBy: [UsageDimension.USER, UsageDimension.METADATA], metadataKey: "team" }),
+    );
+    expect(byUserTeam.buckets.find((b) => b.userId === member.caller.userId)?.metadataValue).toBe(
+      "ads",
+    );
+    const own = await acc.getUsage(
+      member.principal,
+      req({ allUsers: false, groupBy: [UsageDimension.METADATA], metadataKey: "team" }),
+    );
+    expect(rows(own)).toEqual([["ads", 1n, 4]]);
+    // The key goes with the dimension, both or neither.
+    for (const bad of [req({ groupBy: [UsageDimension.METADATA] }), req({ metadataKey: "team" })]) {
+      await expect(acc.getUsage(admin.principal, bad)).rejects.toThrow(/metadata_key/);
+    }
+  });
+
   it("resilience - a flush while MongoDB is down keeps the entries and writes them, billed once, when it is back", async () => {
     const port = await freePort();
     const dataDir = await mkdtemp(join(tmpdir(), "mp-ledger-"));

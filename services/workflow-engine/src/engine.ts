@@ -1104,6 +1104,7 @@ export class Engine {
           scope: { input: spec.input, vars, outputs },
           runSystem: spec.system,
           runAddons: spec.addons,
+          runMetadata: spec.metadata,
           addonTexts: state.plan.extras.addonTexts,
           attachments: spec.attachments,
           history: (state.doc.context ?? []).map((m) => decode(ChatMessageSchema, m)),

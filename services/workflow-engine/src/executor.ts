@@ -46,6 +46,26 @@ import { isIdempotentFailure, pluginInputs, type PluginInvoker } from "./plugins
 import { renderTemplate, type RenderScope } from "@ensemble/workflow";
 
 /** What a step needs from the run beyond its own definition. */
+/** ChatRequest.metadata's limits (modelproxy.proto). */
+const CALL_METADATA_PAIRS = 16;
+const CALL_METADATA_VALUE_CHARS = 256;
+
+/**
+ * The labels a step's model call carries to the usage ledger: the run's metadata, so usage can
+ * be reported per team or customer across workflows (GetUsage metadata), and `feature:
+ * workflow` unless the run says otherwise. A run may hold more and longer labels than a call
+ * (32 pairs, 1,024 characters): the pairs that fit a call are kept, by key.
+ */
+export function callMetadata(run: Readonly<Record<string, string>> = {}): Record<string, string> {
+  const out: Record<string, string> = {};
+  const room = CALL_METADATA_PAIRS - ("feature" in run ? 0 : 1);
+  for (const [k, v] of Object.entries(run).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    if (Object.keys(out).length >= room) break;
+    if (v.length <= CALL_METADATA_VALUE_CHARS) out[k] = v;
+  }
+  return { feature: "workflow", ...out };
+}
+
 export interface StepContext {
   ref: RunRef;
   step: WorkflowStep;
@@ -53,6 +73,8 @@ export interface StepContext {
   /** Extra system prompt of the run (spec.system) and addon texts by id. */
   runSystem: string;
   runAddons: string[];
+  /** The run's metadata: its model calls carry it to the usage ledger (callMetadata). */
+  runMetadata?: Readonly<Record<string, string>> | undefined;
   addonTexts: Readonly<Record<string, string>>;
   attachments: ContentPart[];
   /** A session's conversation before the input: sent before it, to the steps given {{input}}. */
@@ -314,7 +336,7 @@ async function callModel(ctx: StepContext, deps: StepDeps, call: CallSpec): Prom
             sessionId: ctx.ref.sessionId,
             attempt: call.attempt,
           },
-          metadata: { feature: "workflow" },
+          metadata: callMetadata(ctx.runMetadata),
         },
       },
       { headers: { authorization: `Bearer ${token}` }, signal, timeoutMs },

@@ -670,6 +670,48 @@ describe("runs", () => {
     expect(buckets).toHaveLength(3);
   });
 
+  it("usage by metadata - a run's labels reach its model calls in the ledger, so usage is reported per team across workflows", async () => {
+    const owner = await mesh.signup("labels");
+    const template = inline([
+      { id: "a", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}} one" },
+      { id: "b", kind: StepKind.LLM, model: "sim-fast", prompt: "{{input}} two" },
+    ]);
+    const run = await waitEnd(
+      (
+        await start(
+          {
+            input: "labelled",
+            mode: { case: "workflow", value: { definition: { case: "inline", value: template } } },
+            metadata: { team: "search", note: "x".repeat(300) },
+          },
+          owner.token,
+        )
+      ).id,
+      owner.token,
+    );
+    expect(run.status).toBe(RunStatus.COMPLETED);
+    const deadline = Date.now() + 15_000;
+    let usage;
+    for (;;) {
+      usage = await mesh.modelProxy.getUsage(
+        {
+          startTime: timestampFromMs(Date.now() - 3_600_000),
+          endTime: timestampFromMs(Date.now() + 3_600_000),
+          groupBy: [UsageDimension.METADATA],
+          metadataKey: "team",
+          metadata: { feature: "workflow" },
+        },
+        as(owner.token),
+      );
+      if (Number(usage.totalRequests) >= 2 || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(usage.buckets.map((b) => [b.metadataValue, Number(b.requests)])).toEqual([
+      ["search", 2],
+    ]);
+    expect(usage.total?.costUsd).toBeCloseTo(run.usage?.costUsd ?? -1, 9);
+  });
+
   it("auto - without a categorizer AUTO is FAILED_PRECONDITION", async () => {
     const err = await rejection(start({ input: "anything" }));
     expect(err.code).toBe(Code.FailedPrecondition);

@@ -48,6 +48,7 @@ import type { Accounting, Caller, LedgerEntry } from "./types.js";
 import {
   isFerretDb,
   planUsageQuery,
+  readsMetadata,
   rowsByPipeline,
   rowsInCode,
   toResponse,
@@ -219,7 +220,10 @@ export async function openAccounting(deps: AccountingDeps): Promise<Accounting> 
 
     async getUsage(principal, req) {
       const q = planUsageQuery(principal, req);
-      const rows = groupInCode ? await rowsInCode(model, q) : await rowsByPipeline(model, q);
+      const rows =
+        groupInCode || readsMetadata(q)
+          ? await rowsInCode(model, q)
+          : await rowsByPipeline(model, q);
       return toResponse(q.fields, rows);
     },
 

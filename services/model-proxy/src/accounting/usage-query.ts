@@ -5,7 +5,9 @@
 // because FerretDB 1.24 cannot run that $group: `$cond` is not implemented, and (measured) a
 // $group with more than one accumulator returns 0 for every accumulator after the first. Both
 // ways produce the same rows, which one function turns into the response (sorted here, not in
-// the database, so the order is the same on both).
+// the database, so the order is the same on both). Reports that filter or group by the calls'
+// metadata (stored as [{k, v}] pairs) are grouped in code on both servers: one way to read the
+// pairs, and no reliance on FerretDB's $elemMatch.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { InvalidArgumentError, PermissionDeniedError, type Principal } from "@ensemble/kit";
@@ -25,7 +27,8 @@ import type { LedgerDoc, LedgerModel } from "./ledger.model.js";
 export const MAX_BUCKETS = 10_000;
 const MAX_PERIOD_MS = 400 * 24 * 3_600_000;
 
-type GroupField = "day" | "hour" | "model" | "userId" | "apiKeyId" | "provider" | "operation";
+type GroupField =
+  "day" | "hour" | "model" | "userId" | "apiKeyId" | "provider" | "operation" | "metadata";
 
 const FIELD_OF: Record<number, GroupField> = {
   [UsageDimension.DAY]: "day",
@@ -35,6 +38,7 @@ const FIELD_OF: Record<number, GroupField> = {
   [UsageDimension.API_KEY]: "apiKeyId",
   [UsageDimension.PROVIDER]: "provider",
   [UsageDimension.OPERATION]: "operation",
+  [UsageDimension.METADATA]: "metadata",
 };
 
 type GroupValue = Date | string | number;
@@ -56,6 +60,15 @@ export interface UsageQuery {
   tenantId: string;
   fields: GroupField[];
   filter: Record<string, unknown>;
+  /** The metadata key the "metadata" field reads ("" when not grouped by it). */
+  metadataKey: string;
+  /** Metadata pairs every counted call holds (checked in code). */
+  metadata: Array<[string, string]>;
+}
+
+/** True when the query needs the calls' metadata, which only rowsInCode reads. */
+export function readsMetadata(q: UsageQuery): boolean {
+  return q.metadata.length > 0 || q.fields.includes("metadata");
 }
 
 /** Checks access and the request, and builds the tenant-scoped filter. */
@@ -99,6 +112,12 @@ export function planUsageQuery(principal: Principal, req: GetUsageRequest): Usag
       field: "group_by",
     });
   }
+  if (fields.includes("metadata") !== (req.metadataKey !== "")) {
+    throw new InvalidArgumentError(
+      "metadata_key: names the metadata key to group by, with group_by USAGE_DIMENSION_METADATA (both or neither)",
+      { field: "metadata_key" },
+    );
+  }
 
   const filter: Record<string, unknown> = { tenantId, time: { $gte: start, $lt: end } };
   const userId = req.userId !== "" ? req.userId : req.allUsers ? undefined : principal.subject;
@@ -106,7 +125,8 @@ export function planUsageQuery(principal: Principal, req: GetUsageRequest): Usag
   if (req.model !== "") filter["model"] = req.model;
   if (req.apiKeyId !== "") filter["apiKeyId"] = req.apiKeyId;
   if (req.operation !== UsageOperation.UNSPECIFIED) filter["operation"] = req.operation;
-  return { tenantId, fields, filter };
+  const metadata = Object.entries(req.metadata).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return { tenantId, fields, filter, metadataKey: req.metadataKey, metadata };
 }
 
 /** True when the server is FerretDB (its buildInfo says so). */
@@ -179,10 +199,12 @@ export async function rowsInCode(model: LedgerModel, q: UsageQuery): Promise<Usa
     latencyMs: 1,
   };
   for (const f of q.fields) projection[f] = 1;
+  if (readsMetadata(q)) projection["metadata"] = 1;
   const rows = new Map<string, UsageRow>();
   const cursor = model.find(q.filter, projection).lean<LedgerDoc>().cursor({ batchSize: 1_000 });
   for await (const doc of cursor) {
-    addToRows(rows, q.fields, doc);
+    if (!q.metadata.every(([k, v]) => metadataValue(doc, k) === v)) continue;
+    addToRows(rows, q.fields, doc, q.metadataKey);
     if (rows.size > MAX_BUCKETS) {
       await cursor.close();
       break;
@@ -191,13 +213,21 @@ export async function rowsInCode(model: LedgerModel, q: UsageQuery): Promise<Usa
   return [...rows.values()];
 }
 
+/** The call's metadata value under `key`, undefined when it has none. */
+function metadataValue(doc: Partial<LedgerDoc>, key: string): string | undefined {
+  return doc.metadata?.find((p) => p.k === key)?.v;
+}
+
 /** Adds one ledger document to its group (exported for unit tests). */
 export function addToRows(
   rows: Map<string, UsageRow>,
   fields: GroupField[],
   doc: Partial<LedgerDoc>,
+  metadataKey = "",
 ): void {
-  const values: GroupValue[] = fields.map((f) => doc[f] ?? "");
+  const values: GroupValue[] = fields.map((f) =>
+    f === "metadata" ? (metadataValue(doc, metadataKey) ?? "") : (doc[f] ?? ""),
+  );
   const key = JSON.stringify(values);
   let row = rows.get(key);
   if (row === undefined) {
@@ -270,7 +300,7 @@ export function toResponse(fields: GroupField[], rows: UsageRow[]): GetUsageResp
     total.cost += row.costUsd;
     total.requests += row.requests;
     const bucket: MessageInitShape<typeof UsageBucketSchema> & {
-      [K in "model" | "userId" | "apiKeyId" | "provider"]?: string;
+      [K in "model" | "userId" | "apiKeyId" | "provider" | "metadataValue"]?: string;
     } = {
       requests: BigInt(row.requests),
       errors: BigInt(row.errors),
@@ -286,6 +316,8 @@ export function toResponse(fields: GroupField[], rows: UsageRow[]): GetUsageResp
         if (v instanceof Date) bucket.periodStart = timestampFromDate(v);
       } else if (f === "operation") {
         bucket.operation = typeof v === "number" ? v : 0;
+      } else if (f === "metadata") {
+        bucket.metadataValue = typeof v === "string" ? v : "";
       } else {
         bucket[f] = typeof v === "string" ? v : "";
       }
