@@ -17,7 +17,17 @@ import {
   type ApiKeyLimitsSchema,
 } from "@ensemble/proto";
 import type { Context } from "./context.js";
-import { enumValue, label, table, usd, when, type Output } from "./output.js";
+import {
+  collect,
+  enumValue,
+  keyValues,
+  label,
+  table,
+  usd,
+  when,
+  type Output,
+  type PairLimits,
+} from "./output.js";
 import { UsageError, type Gateway } from "./session.js";
 
 /** "30d", "12h", "90m" -> ms; else a UsageError naming `flag` and saying what it expects. */
@@ -284,6 +294,53 @@ async function warnUnknownModels(gw: Gateway, out: Output, names: string[]): Pro
       `note: nothing callable here is named ${unknown.join(", ")}; the key cannot call ${unknown.length === 1 ? "it" : "them"} (see \`ensemble models\`)`,
     );
   }
+}
+
+/** GetUsageRequest.metadata's and metadata_key's bounds in modelproxy.proto (--label, --by). */
+const USAGE_LABELS: PairLimits = { pairs: 8, keyChars: 64, valueChars: 256 };
+const LABEL_DIMENSION = "label:";
+const BY_CHOICES = "day, hour, model, user, api-key, provider, operation, label:<key>";
+
+/**
+ * --by "day,label:team" -> the dimensions in order and the label key grouped by ("" when none).
+ * GetUsage has one metadata_key, so at most one label:<key>; else a UsageError.
+ */
+function usageGrouping(raw: string): { groupBy: UsageDimension[]; labelKey: string } {
+  const groupBy: UsageDimension[] = [];
+  const keys: string[] = [];
+  for (const word of raw.split(",").map((s) => s.trim())) {
+    if (word === "") continue;
+    if (word.toLowerCase().startsWith(LABEL_DIMENSION)) {
+      const key = word.slice(LABEL_DIMENSION.length).trim();
+      if (key === "" || key.length > USAGE_LABELS.keyChars) {
+        throw new UsageError(
+          `--by ${word}: expected label:<key>, a key of 1 to ${USAGE_LABELS.keyChars} characters, e.g. label:team`,
+        );
+      }
+      keys.push(key);
+      groupBy.push(UsageDimension.METADATA);
+      continue;
+    }
+    let dim: UsageDimension;
+    try {
+      dim = enumValue(UsageDimension, "--by", word);
+    } catch {
+      throw new UsageError(`--by ${word}: expected one of ${BY_CHOICES}`);
+    }
+    // The API's word for it; the CLI's names the label.
+    if (dim === UsageDimension.METADATA) {
+      throw new UsageError(
+        `--by ${word}: name the label to group by, as label:<key>, e.g. label:team`,
+      );
+    }
+    groupBy.push(dim);
+  }
+  if (keys.length > 1) {
+    throw new UsageError(
+      `--by: at most one label:<key> (usage is grouped by one label at a time; ${keys.map((k) => LABEL_DIMENSION + k).join(", ")} given)`,
+    );
+  }
+  return { groupBy, labelKey: keys[0] ?? "" };
 }
 
 export function registerAdminCommands(program: Command, ctx: Context): void {
@@ -621,26 +678,36 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
     .option("--days <n>", "the last n days", "30")
     .option(
       "--by <dimensions>",
-      "comma-separated: day, hour, model, user, api-key, provider, operation",
+      "comma-separated: day, hour, model, user, api-key, provider, operation, label:<key> (the calls' value of that label; one label at most)",
       "day,model",
     )
+    .option(
+      "--label <key=value>",
+      "only calls labelled so, e.g. team=search (repeatable: calls holding every one, at most 8)",
+      collect,
+      [],
+    )
     .option("--all-users", "the whole tenant (admin)")
-    .action(async (opts: { days: string; by: string; allUsers?: boolean }) => {
-      const { gw, out } = ctx.get();
+    .addHelpText(
+      "after",
+      `\nLabels are what callers put on their calls: ensemble chat --label, ensemble run --label (a run's\nlabels go on its steps' calls, with feature=workflow), ChatRequest.metadata, the OpenAI API's\n\`metadata\` and \`user\`. Calls without the label grouped by are shown as -.\n\nExamples:\n  ensemble usage --by day,label:team\n  ensemble usage --all-users --by label:team --label env=prod\n  ensemble usage --days 7 --by model --label team=search --label feature=workflow`,
+    )
+    .action(async (opts: { days: string; by: string; label: string[]; allUsers?: boolean }) => {
       const days = Number(opts.days);
       if (!Number.isInteger(days) || days < 1 || days > 400) {
         throw new UsageError(`--days ${opts.days}: expected a whole number from 1 to 400`);
       }
-      const groupBy = opts.by
-        .split(",")
-        .filter((s) => s.trim() !== "")
-        .map((s) => enumValue(UsageDimension, "--by", s) as UsageDimension);
+      const { groupBy, labelKey } = usageGrouping(opts.by);
+      const metadata = keyValues("--label", opts.label, USAGE_LABELS);
+      const { gw, out } = ctx.get();
       const now = Date.now();
       const res = await gw.client(ModelProxyService).getUsage({
         startTime: timestampFromMs(now - days * 86_400_000),
         endTime: timestampFromMs(now + 60_000),
         groupBy,
         allUsers: opts.allUsers === true,
+        metadata,
+        metadataKey: labelKey,
       });
       const buckets = res.buckets.map((b) => ({
         period: b.periodStart !== undefined ? when(b.periodStart) : null,
@@ -650,6 +717,8 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         provider: b.provider || null,
         operation:
           b.operation !== UsageOperation.UNSPECIFIED ? label(UsageOperation, b.operation) : null,
+        // Grouped by a label: its value, "" for calls without it; else null, like the others.
+        metadataValue: labelKey !== "" ? b.metadataValue : null,
         requests: Number(b.requests),
         errors: Number(b.errors),
         inputTokens: Number(b.usage?.inputTokens ?? 0n),
@@ -678,6 +747,8 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
             return ["api key", (b) => b.apiKeyId];
           case UsageDimension.PROVIDER:
             return ["provider", (b) => b.provider];
+          case UsageDimension.METADATA:
+            return [labelKey, (b) => b.metadataValue || null];
           default:
             return ["operation", (b) => b.operation];
         }

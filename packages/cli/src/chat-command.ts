@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { ChatRole, FinishReason, ModelProxyService, type ChatMessageSchema } from "@ensemble/proto";
 import type { Context } from "./context.js";
-import { usd, type Output } from "./output.js";
+import { collect, keyValues, usd, type Output, type PairLimits } from "./output.js";
 import { UsageError, type Gateway } from "./session.js";
 
 type MessageInit = MessageInitShape<typeof ChatMessageSchema>;
@@ -17,7 +17,11 @@ interface ChatOptions {
   temperature?: string;
   maxTokens?: string;
   log?: boolean;
+  label: string[];
 }
+
+/** ChatRequest.metadata's bounds in modelproxy.proto (--label). */
+const CHAT_LABELS: PairLimits = { pairs: 16, keyChars: 64, valueChars: 256 };
 
 function text(role: ChatRole, content: string): MessageInit {
   return { role, content: [{ part: { case: "text", value: content } }] };
@@ -38,11 +42,12 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
   return all.trim();
 }
 
-/** Streams one answer; returns its text. */
+/** Streams one answer; returns its text. `metadata`: the call's labels (--label). */
 async function ask(
   gw: Gateway,
   out: Output,
   opts: ChatOptions,
+  metadata: Record<string, string>,
   messages: MessageInit[],
 ): Promise<string> {
   const temperature = number("--temperature", opts.temperature, false);
@@ -54,6 +59,7 @@ async function ask(
       ...(temperature !== undefined ? { temperature } : {}),
       ...(maxTokens !== undefined ? { maxTokens } : {}),
       ...(opts.log === true ? { log: true } : {}),
+      metadata,
     },
   });
   let answer = "";
@@ -123,18 +129,26 @@ export function registerChatCommand(program: Command, ctx: Context): void {
     .option("-t, --temperature <n>", "sampling temperature, 0 to 2")
     .option("--max-tokens <n>", "longest answer in tokens")
     .option("--log", "keep the request and the answer in the call log (read back: ensemble logs)")
+    .option(
+      "--label <key=value>",
+      "label the call in the usage ledger, e.g. team=search (repeatable; see ensemble usage --by label:team)",
+      collect,
+      [],
+    )
     .addHelpText(
       "after",
-      `\nExamples:\n  ensemble chat "Explain JetStream in one sentence"\n  echo "Summarise this" | ensemble chat -m thinking\n  ensemble chat --json "Hi"   # NDJSON: {"delta":...} lines, then {"done":{...}}\n  ensemble chat --log "Hi"    # kept in the call log: ensemble logs get <id> (the id is on stderr)`,
+      `\nExamples:\n  ensemble chat "Explain JetStream in one sentence"\n  echo "Summarise this" | ensemble chat -m thinking\n  ensemble chat --label team=search --label env=prod "Hi"   # usage per team: ensemble usage --by label:team\n  ensemble chat --json "Hi"   # NDJSON: {"delta":...} lines, then {"done":{...}}\n  ensemble chat --log "Hi"    # kept in the call log: ensemble logs get <id> (the id is on stderr)`,
     )
     .action(async (words: string[], opts: ChatOptions) => {
+      // Checked before a message is read or a conversation starts.
+      const metadata = keyValues("--label", opts.label, CHAT_LABELS);
       const { gw, out } = ctx.get();
       const history: MessageInit[] = [];
       if (opts.system !== undefined) history.push(text(ChatRole.SYSTEM, opts.system));
       let message = words.join(" ").trim();
       if (message === "" && out.io.stdin.isTTY !== true) message = await readAll(out.io.stdin);
       if (message !== "") {
-        await ask(gw, out, opts, [...history, text(ChatRole.USER, message)]);
+        await ask(gw, out, opts, metadata, [...history, text(ChatRole.USER, message)]);
         return;
       }
       if (out.io.stdin.isTTY !== true)
@@ -147,7 +161,7 @@ export function registerChatCommand(program: Command, ctx: Context): void {
           const line = (await rl.question("> ").catch(() => "")).trim();
           if (line === "") break;
           history.push(text(ChatRole.USER, line));
-          const answer = await ask(gw, out, opts, history);
+          const answer = await ask(gw, out, opts, metadata, history);
           history.push(text(ChatRole.ASSISTANT, answer));
         }
       } finally {

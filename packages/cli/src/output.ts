@@ -1,5 +1,6 @@
 // Printing: tables and lines for people, JSON for scripts (--json). Progress and notices go to
-// stderr so stdout holds only the result.
+// stderr so stdout holds only the result. Also the flag values several commands read alike
+// (enumValue, keyValues).
 import { durationMs, timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { UsageError } from "./session.js";
 
@@ -107,4 +108,62 @@ export function enumValue<E extends Record<string, string | number>>(
     throw new UsageError(`${flag} ${raw}: expected one of ${names.join(", ")}`);
   }
   return value;
+}
+
+/** Commander's way to let a flag repeat: each value is added to the list. */
+export function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** What the API allows of a map of labels (its validation rules), checked before sending. */
+export interface PairLimits {
+  pairs: number;
+  keyChars: number;
+  valueChars: number;
+}
+
+/**
+ * Repeated "key=value" flags (--var, --label) -> { key: value }; else a UsageError naming the
+ * flag. With `limits` (labels): a key given twice, too many pairs or too long a key or value are
+ * refused too, so that they are bad usage (exit 2) rather than an INVALID_ARGUMENT after sending.
+ * Without (--var): a later pair replaces an earlier one of the same name.
+ */
+export function keyValues(
+  flag: string,
+  pairs: string[],
+  limits?: PairLimits,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0) {
+      throw new UsageError(
+        `${flag} ${pair}: expected ${limits === undefined ? "name=value" : "key=value, e.g. team=search"}`,
+      );
+    }
+    const key = pair.slice(0, eq);
+    const value = pair.slice(eq + 1);
+    if (limits !== undefined) {
+      if (Object.hasOwn(out, key)) {
+        throw new UsageError(`${flag}: ${key} is given twice (a call holds one value per key)`);
+      }
+      if (key.length > limits.keyChars) {
+        throw new UsageError(
+          `${flag} ${key.slice(0, 40)}...: a key has at most ${limits.keyChars} characters`,
+        );
+      }
+      if (value.length > limits.valueChars) {
+        throw new UsageError(
+          `${flag} ${key}=${value.slice(0, 20)}...: a value has at most ${limits.valueChars} characters`,
+        );
+      }
+    }
+    out[key] = value;
+  }
+  if (limits !== undefined && Object.keys(out).length > limits.pairs) {
+    throw new UsageError(
+      `${flag}: at most ${limits.pairs} labels (${Object.keys(out).length} given)`,
+    );
+  }
+  return out;
 }

@@ -29,7 +29,9 @@ import { parse as parseYaml } from "yaml";
 import type { Context } from "./context.js";
 import {
   bytes,
+  collect,
   enumValue,
+  keyValues,
   label,
   seconds,
   table,
@@ -37,6 +39,7 @@ import {
   when,
   type Io,
   type Output,
+  type PairLimits,
 } from "./output.js";
 import { UsageError } from "./session.js";
 
@@ -58,6 +61,7 @@ export interface RunSpecOptions {
 }
 
 interface RunOptions extends RunSpecOptions {
+  label: string[];
   detach?: boolean;
   quiet?: boolean;
   save?: string;
@@ -67,20 +71,13 @@ type SpecInit = MessageInitShape<typeof RunSpecSchema>;
 /** What runs: a workflow (template or inline), one model, a comparison, or auto. */
 export type RunModeInit = SpecInit["mode"];
 
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
 /** "name=value" pairs (--var) -> { name: value }; else a UsageError. */
 export function variables(pairs: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const pair of pairs) {
-    const eq = pair.indexOf("=");
-    if (eq <= 0) throw new UsageError(`--var ${pair}: expected name=value`);
-    out[pair.slice(0, eq)] = pair.slice(eq + 1);
-  }
-  return out;
+  return keyValues("--var", pairs);
 }
+
+/** RunSpec.metadata's bounds in run.proto (--label). */
+const RUN_LABELS: PairLimits = { pairs: 32, keyChars: 64, valueChars: 1024 };
 
 /** "90s", "5m", "2h", "2d" -> ms (run --timeout, logs list --since). */
 export function parseDuration(flag: string, raw: string): number {
@@ -532,15 +529,22 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       "--save <dir>",
       "when the run completes, save its artifacts (images) into this directory",
     )
+    .option(
+      "--label <key=value>",
+      "label the run and its model calls, e.g. team=search (repeatable; see ensemble usage --by label:team)",
+      collect,
+      [],
+    )
     .addHelpText(
       "after",
-      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -m image --save . "A red fox in the snow"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run -c fast,medium --rank-by cost,latency "Summarise RFC 9110 in one line"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
+      `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -m fast --label team=search --label customer=acme "Draft a reply"\n  ensemble run -m image --save . "A red fox in the snow"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run -c fast,medium --rank-by cost,latency "Summarise RFC 9110 in one line"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
     )
     .action(async (words: string[], opts: RunOptions) => {
+      const metadata = keyValues("--label", opts.label, RUN_LABELS);
       const { gw, out } = ctx.get();
       const input = await readInput(words, out.io);
       if (input === "") throw new UsageError("run: no input (give it as arguments or on stdin)");
-      const spec = await buildSpec(input, opts);
+      const spec = { ...(await buildSpec(input, opts)), metadata };
       const runs = gw.client(RunService);
       if (opts.detach === true) {
         if (opts.save !== undefined)

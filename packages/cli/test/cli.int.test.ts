@@ -783,6 +783,102 @@ describe("ensemble CLI against a live mesh", () => {
     expect(first).toMatch(/^usr_\w+\s+\d{4}-\d\d-\d\d \d\d:00\s+chat\s+\d+/);
   }, 60_000);
 
+  it("cli - usage by label: chat and run --label label calls, usage --by label:team counts them per team and --label filters; bad label flags exit 2", async () => {
+    const chat = (labels: string[], text: string) =>
+      cli(["chat", "-m", "sim-fast", ...labels.flatMap((l) => ["--label", l]), text]);
+    const chats = await Promise.all([
+      chat(["team=alpha"], "One for alpha"),
+      chat(["team=alpha", "env=prod"], "Another for alpha"),
+      chat(["team=beta", "env=prod"], "One for beta"),
+      chat([], "One for nobody in particular"),
+    ]);
+    for (const c of chats) expect(c.code, c.stderr).toBe(0);
+    // A run's labels go on its steps' calls.
+    const run = await cli([
+      "run",
+      "-q",
+      "-m",
+      "sim-fast",
+      "--label",
+      "team=gamma",
+      "One for gamma",
+    ]);
+    expect(run.code, run.stderr).toBe(0);
+
+    type Usage = {
+      buckets: Array<{ metadataValue: string | null; requests: number; model: string | null }>;
+      total: { requests: number };
+    };
+    const usage = async (args: string[]): Promise<Usage> => {
+      const res = await cli(["--json", "usage", "--days", "1", ...args]);
+      expect(res.code, res.stderr).toBe(0);
+      return JSON.parse(res.stdout) as Usage;
+    };
+    /** Requests per value of the label grouped by. */
+    const perTeam = (u: Usage): Record<string, number> =>
+      Object.fromEntries(u.buckets.map((b) => [b.metadataValue ?? "(not grouped)", b.requests]));
+    // The ledger is written in batches: ask until every labelled call is counted.
+    let byTeam: Record<string, number> = {};
+    for (let i = 0; i < 40; i++) {
+      byTeam = perTeam(await usage(["--by", "label:team"]));
+      if (byTeam["alpha"] === 2 && byTeam["beta"] === 1 && byTeam["gamma"] === 1) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(byTeam).toMatchObject({ alpha: 2, beta: 1, gamma: 1 });
+    // Calls without the label (this one and the other tests') have the value "".
+    expect(byTeam[""]).toBeGreaterThanOrEqual(1);
+
+    // The table's column is the label's key; calls without it show as -.
+    const table = await cli(["usage", "--days", "1", "--by", "label:team,model"]);
+    expect(table.code, table.stderr).toBe(0);
+    const [head, ...rows] = table.stdout.trimEnd().split("\n");
+    expect(head).toMatch(/^team\s+model\s+requests\s+tokens in\s+tokens out\s+cost$/);
+    expect(rows).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^alpha\s+sim-fast\s+2\s/),
+        expect.stringMatching(/^beta\s+sim-fast\s+1\s/),
+        expect.stringMatching(/^gamma\s+sim-fast\s+1\s/),
+        expect.stringMatching(/^-\s+\S+\s+\d+\s/),
+      ]),
+    );
+
+    // --label keeps the calls holding every pair given, whatever they are grouped by.
+    expect(perTeam(await usage(["--by", "label:team", "--label", "team=alpha"]))).toEqual({
+      alpha: 2,
+    });
+    const prod = await usage(["--by", "label:team", "--label", "env=prod"]);
+    expect(perTeam(prod)).toEqual({ alpha: 1, beta: 1 });
+    expect(prod.total.requests).toBe(2);
+    const both = await usage(["--by", "model", "--label", "team=beta", "--label", "env=prod"]);
+    expect(both.buckets).toEqual([expect.objectContaining({ model: "sim-fast", requests: 1 })]);
+    // Not grouped by a label: no value, as for the other dimensions not asked for.
+    expect(both.buckets[0]!.metadataValue).toBeNull();
+    // The run's calls carry feature=workflow besides its labels.
+    expect(perTeam(await usage(["--by", "label:feature", "--label", "team=gamma"]))).toEqual({
+      workflow: 1,
+    });
+    const none = await usage(["--by", "label:team", "--label", "team=nobody"]);
+    expect(none.buckets).toEqual([]);
+    expect(none.total.requests).toBe(0);
+
+    // Bad label flags are usage errors, found before anything is sent.
+    const twoLabels = await cli(["usage", "--by", "label:x,label:y"]);
+    expect(twoLabels.code).toBe(2);
+    expect(twoLabels.stderr).toMatch(/--by: at most one label:<key>/);
+    const noValue = await cli(["usage", "--label", "team"]);
+    expect(noValue.code).toBe(2);
+    expect(noValue.stderr).toContain("--label team: expected key=value");
+    const nine = await cli([
+      "usage",
+      ...Array.from({ length: 9 }, (_, i) => ["--label", `k${i}=v`]).flat(),
+    ]);
+    expect(nine.code).toBe(2);
+    expect(nine.stderr).toContain("--label: at most 8 labels (9 given)");
+    const badChat = await cli(["chat", "-m", "sim-fast", "--label", "=alpha", "Hi"]);
+    expect(badChat.code).toBe(2);
+    expect(badChat.stdout).toBe("");
+  }, 90_000);
+
   it("cli - chat --log and log: true keep the call: logs list shows it, logs get prints the question and the answer", async () => {
     const question = `Remember the code word pineapple (${Date.now()})`;
     const chat = await cli([
