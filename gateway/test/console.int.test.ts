@@ -608,6 +608,83 @@ describe("console", () => {
     expect(keys.find((k) => k.name === name)?.limits ?? {}).toEqual({});
   }, 60_000);
 
+  it("console - usage by label: chats labelled through the OpenAI API show as a bar per team, and the label filter narrows every chart", async () => {
+    await asAlice();
+    const { accessToken } = await storedSession(page);
+    const chat = async (metadata?: Record<string, string>) => {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify({
+          model: "sim-fast",
+          messages: [{ role: "user", content: "Count this call for my team" }],
+          ...(metadata !== undefined ? { metadata } : {}),
+        }),
+      });
+      expect(res.status).toBe(200);
+    };
+    await Promise.all([
+      chat({ team: "alpha" }),
+      chat({ team: "alpha" }),
+      chat({ team: "beta", env: "prod" }),
+      chat(),
+    ]);
+
+    await nav(page, "Usage");
+    const labels = page.getByRole("form", { name: "Labels" });
+    await labels.getByLabel("Cost by label").fill("team");
+    await labels.getByLabel("Cost by label").press("Enter");
+    const byTeam = page.getByRole("img", { name: "Cost by label: team" });
+    /** The chart's bars as "label: N req", in the order shown. */
+    const bars = async () => {
+      const names = await byTeam.locator("text.chart-label").allTextContents();
+      const values = await byTeam.locator("text.chart-value").allTextContents();
+      return names.map((n, i) => `${n}: ${/(\d+) req$/.exec(values[i] ?? "")?.[1] ?? "?"} req`);
+    };
+    // The ledger is written in batches: apply again (which refreshes) until the calls are in.
+    await expect
+      .poll(
+        async () => {
+          await labels.getByRole("button", { name: "Apply" }).click();
+          return (await bars()).sort();
+        },
+        { timeout: 20_000 },
+      )
+      .toEqual(
+        // Calls without the label (this test's and, in a whole run, the other tests') as "(none)".
+        expect.arrayContaining([
+          "alpha: 2 req",
+          "beta: 1 req",
+          expect.stringMatching(/^\(none\): [1-9]\d* req$/),
+        ]),
+      );
+    // The other charts are still there.
+    await page.getByRole("img", { name: "Cost by model" }).waitFor();
+    await shot(page, "08b-usage-by-label");
+
+    // Only calls labelled env=prod: every chart counts beta's call alone.
+    await labels.getByLabel("Only calls labelled").fill("env=prod");
+    await labels.getByRole("button", { name: "Apply" }).click();
+    await page.locator(".totals", { hasText: "only calls labelled env=prod" }).waitFor();
+    await expect(bars()).resolves.toEqual(["beta: 1 req"]);
+    await expect(page.locator(".totals").textContent()).resolves.toMatch(/^1 requests · /);
+    const byModel = page.getByRole("img", { name: "Cost by model" });
+    await expect(byModel.locator("text.chart-value").allTextContents()).resolves.toEqual([
+      expect.stringMatching(/ 1 req$/),
+    ]);
+
+    // A filter without "=" is refused in the form; one nothing holds says so.
+    await labels.getByLabel("Only calls labelled").fill("env");
+    await labels.getByRole("button", { name: "Apply" }).click();
+    await expect(page.getByRole("alert").textContent()).resolves.toMatch(/expected key=value/i);
+    await labels.getByLabel("Only calls labelled").fill("team=nobody");
+    await labels.getByRole("button", { name: "Apply" }).click();
+    await page.getByText("No calls labelled team=nobody in this period.").waitFor();
+    await labels.getByLabel("Only calls labelled").fill("");
+    await labels.getByRole("button", { name: "Apply" }).click();
+    await byTeam.waitFor();
+  }, 60_000);
+
   it("console - the Logs page lists a chat sent with log: true and opens it with its question and answer", async () => {
     const { accessToken } = await storedSession(page);
     const chat = async (content: string, log: boolean) => {

@@ -1,5 +1,6 @@
-// Usage and cost from model-proxy's ledger (GetUsage), by day, model, user and API key. A user
-// sees their own; an admin can switch to the whole tenant.
+// Usage and cost from model-proxy's ledger (GetUsage), by day, model, user, API key and the value
+// of a label the calls carry (team, feature, customer: ChatRequest.metadata, the OpenAI API's
+// `metadata`). A user sees their own; an admin can switch to the whole tenant.
 import { timestampDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { UsageDimension, type UsageBucket } from "@ensemble/proto";
 import { useState } from "react";
@@ -8,12 +9,14 @@ import { BarChart, type Bar } from "../chart";
 import { useSession } from "../session";
 import { AllUsersToggle, Guard, fmtUsd, useLoad } from "../ui";
 
-const VIEWS: Array<{
+interface View {
   dim: UsageDimension;
   title: string;
   label: (b: UsageBucket) => string;
   admin?: boolean;
-}> = [
+}
+
+const VIEWS: View[] = [
   {
     dim: UsageDimension.DAY,
     title: "Cost by day",
@@ -29,23 +32,80 @@ const VIEWS: Array<{
   },
 ];
 
+// GetUsageRequest's bounds (metadata_key and the metadata filter's keys and values).
+const MAX_KEY = 64;
+const MAX_VALUE = 256;
+
+/** "team=search" -> the pair; "" -> none; else why not. */
+function parseFilter(text: string): { pair: [string, string] | null } | { error: string } {
+  const t = text.trim();
+  if (t === "") return { pair: null };
+  const eq = t.indexOf("=");
+  const key = t.slice(0, eq).trim();
+  if (eq <= 0 || key === "") return { error: "Expected key=value, e.g. team=search." };
+  if (key.length > MAX_KEY) return { error: `A key has at most ${MAX_KEY} characters.` };
+  const value = t.slice(eq + 1).trim();
+  if (value.length > MAX_VALUE) return { error: `A value has at most ${MAX_VALUE} characters.` };
+  return { pair: [key, value] };
+}
+
+/** What the label inputs ask for, once applied: a key to group by ("" none) and a filter. */
+interface Labels {
+  key: string;
+  only: [string, string] | null;
+}
+
 export function UsagePage() {
   const { me } = useSession();
   const [days, setDays] = useState(30);
   const [allUsers, setAllUsers] = useState(false);
-  const views = VIEWS.filter((v) => v.admin !== true || (me?.admin === true && allUsers));
+  // The label inputs apply on Enter or Apply (which also refreshes), not on every keystroke.
+  const [keyDraft, setKeyDraft] = useState("");
+  const [onlyDraft, setOnlyDraft] = useState("");
+  const [onlyError, setOnlyError] = useState<string | undefined>(undefined);
+  const [labels, setLabels] = useState<Labels>({ key: "", only: null });
+  const { key, only } = labels;
+
   const usage = useLoad(async () => {
+    const views = VIEWS.filter((v) => v.admin !== true || (me?.admin === true && allUsers));
+    if (key !== "") {
+      views.push({
+        dim: UsageDimension.METADATA,
+        title: `Cost by label: ${key}`,
+        label: (b) => b.metadataValue || "(none)",
+      });
+    }
     const end = Date.now() + 60_000;
     const range = {
       startTime: timestampFromMs(end - days * 86_400_000),
       endTime: timestampFromMs(end),
       allUsers,
+      metadata: only !== null ? { [only[0]]: only[1] } : {},
     };
     const results = await Promise.all(
-      views.map((v) => api.proxy.getUsage({ ...range, groupBy: [v.dim] })),
+      views.map((v) =>
+        api.proxy.getUsage({
+          ...range,
+          groupBy: [v.dim],
+          ...(v.dim === UsageDimension.METADATA ? { metadataKey: key } : {}),
+        }),
+      ),
     );
-    return results;
-  }, [days, allUsers]);
+    // With what was asked: the page shows the last answer while the next loads, and must not
+    // describe it with inputs it was not asked with.
+    return { views, results, only: only !== null ? `${only[0]}=${only[1]}` : "" };
+  }, [days, allUsers, labels]);
+
+  const apply = () => {
+    const parsed = parseFilter(onlyDraft);
+    if ("error" in parsed) {
+      setOnlyError(parsed.error);
+      return;
+    }
+    setOnlyError(undefined);
+    setLabels({ key: keyDraft.trim(), only: parsed.pair });
+    usage.reload();
+  };
 
   return (
     <div>
@@ -62,17 +122,55 @@ export function UsagePage() {
         </label>
         <AllUsersToggle checked={allUsers} onChange={setAllUsers} label="whole tenant" />
       </form>
+      <form
+        className="filters"
+        aria-label="Labels"
+        onSubmit={(e) => {
+          e.preventDefault();
+          apply();
+        }}
+      >
+        <label>
+          Cost by label
+          <input
+            value={keyDraft}
+            placeholder="a key, e.g. team"
+            maxLength={MAX_KEY}
+            onChange={(e) => setKeyDraft(e.target.value)}
+          />
+        </label>
+        <label>
+          Only calls labelled
+          <input
+            value={onlyDraft}
+            placeholder="e.g. env=prod"
+            aria-invalid={onlyError !== undefined}
+            onChange={(e) => setOnlyDraft(e.target.value)}
+          />
+        </label>
+        <button type="submit">Apply</button>
+      </form>
+      {onlyError !== undefined && (
+        <p className="error" role="alert">
+          Only calls labelled: {onlyError}
+        </p>
+      )}
       <Guard
         loaded={usage}
-        empty={(r) => (r[0]?.totalRequests ?? 0n) === 0n}
-        emptyText="No usage in this period yet."
+        empty={(r) => (r.results[0]?.totalRequests ?? 0n) === 0n}
+        emptyText={
+          usage.data?.only
+            ? `No calls labelled ${usage.data.only} in this period.`
+            : "No usage in this period yet."
+        }
       >
-        {(results) => (
+        {({ views, results, only: labelled }) => (
           <>
             <p className="totals">
               {String(results[0]?.totalRequests ?? 0n)} requests ·{" "}
               {String(results[0]?.total?.totalTokens ?? 0n)} tokens ·{" "}
               {fmtUsd(results[0]?.total?.costUsd)}
+              {labelled !== "" && ` · only calls labelled ${labelled}`}
             </p>
             <div className="charts">
               {views.map((v, i) => {
