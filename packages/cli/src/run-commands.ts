@@ -58,10 +58,11 @@ export interface RunSpecOptions {
   var: string[];
   system?: string;
   timeout?: string;
+  /** --label key=value: the run's metadata (its calls' labels too). */
+  label: string[];
 }
 
 interface RunOptions extends RunSpecOptions {
-  label: string[];
   detach?: boolean;
   quiet?: boolean;
   save?: string;
@@ -78,6 +79,11 @@ export function variables(pairs: string[]): Record<string, string> {
 
 /** RunSpec.metadata's bounds in run.proto (--label). */
 const RUN_LABELS: PairLimits = { pairs: 32, keyChars: 64, valueChars: 1024 };
+
+/** --label pairs as a run's metadata (bounded as RunSpec.metadata); else a UsageError. */
+export function runLabels(pairs: string[], maxPairs = RUN_LABELS.pairs): Record<string, string> {
+  return keyValues("--label", pairs, { ...RUN_LABELS, pairs: maxPairs });
+}
 
 /** "90s", "5m", "2h", "2d" -> ms (run --timeout, logs list --since). */
 export function parseDuration(flag: string, raw: string): number {
@@ -173,6 +179,7 @@ export async function buildSpec(input: string, opts: RunSpecOptions): Promise<Sp
     mode: (await runMode(opts)) ?? { case: "auto", value: {} },
     ...(opts.system !== undefined ? { system: opts.system } : {}),
     ...(opts.timeout !== undefined ? { timeout: runTimeout(opts.timeout) } : {}),
+    metadata: runLabels(opts.label),
   };
 }
 
@@ -207,7 +214,13 @@ export function addRunSpecOptions(cmd: Command, autoIsDefault = true): Command {
     .option("--auto", `the categorizer picks the route${autoIsDefault ? " (the default)" : ""}`)
     .option("--var <name=value>", "a workflow variable (repeatable)", collect, [])
     .option("--system <prompt>", "system prompt for every step")
-    .option("--timeout <duration>", "the run's deadline, e.g. 90s, 10m");
+    .option("--timeout <duration>", "the run's deadline, e.g. 90s, 10m")
+    .option(
+      "--label <key=value>",
+      "label the run and its model calls, e.g. team=search (repeatable; see ensemble usage --by label:team)",
+      collect,
+      [],
+    );
 }
 
 /** What a spec runs, in a few words: "model sim-fast", "template research_report (a=b)", ... */
@@ -529,22 +542,16 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       "--save <dir>",
       "when the run completes, save its artifacts (images) into this directory",
     )
-    .option(
-      "--label <key=value>",
-      "label the run and its model calls, e.g. team=search (repeatable; see ensemble usage --by label:team)",
-      collect,
-      [],
-    )
     .addHelpText(
       "after",
       `\nExamples:\n  ensemble run -t research_report "The impact of remote work on city centres"\n  ensemble run -m fast --label team=search --label customer=acme "Draft a reply"\n  ensemble run -m image --save . "A red fox in the snow"\n  ensemble run -f my-workflow.yaml --var audience=engineers "Write the release notes"\n  ensemble run -c fast,thinking "Is P = NP?"\n  ensemble run -c fast,medium --rank-by cost,latency "Summarise RFC 9110 in one line"\n  ensemble run --json -t research_report "..."   # NDJSON: {"run":...} and {"event":...} lines`,
     )
     .action(async (words: string[], opts: RunOptions) => {
-      const metadata = keyValues("--label", opts.label, RUN_LABELS);
+      runLabels(opts.label); // checked before the input is read
       const { gw, out } = ctx.get();
       const input = await readInput(words, out.io);
       if (input === "") throw new UsageError("run: no input (give it as arguments or on stdin)");
-      const spec = { ...(await buildSpec(input, opts)), metadata };
+      const spec = await buildSpec(input, opts);
       const runs = gw.client(RunService);
       if (opts.detach === true) {
         if (opts.save !== undefined)
@@ -576,26 +583,42 @@ export function registerRunCommands(program: Command, ctx: Context): void {
       "--status <status>",
       "only runs in this status (pending, running, completed, failed, cancelled)",
     )
-    .action(async (opts: { limit: string; status?: string }) => {
-      const { gw, out } = ctx.get();
-      const limit = Number(opts.limit);
-      if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
-        throw new UsageError(`--limit ${opts.limit}: expected a whole number from 1 to 1000`);
-      }
-      const statuses: RunStatus[] = [];
-      if (opts.status !== undefined) {
-        const value = (RunStatus as unknown as Record<string, number>)[opts.status.toUpperCase()];
-        if (value === undefined || value === 0)
-          throw new UsageError(`--status ${opts.status}: unknown status`);
-        statuses.push(value);
-      }
-      const res = await gw
-        .client(RunService)
-        .listRuns({ page: { pageSize: limit }, statuses, view: RunView.BASIC });
-      out.result({ runs: res.runs.map((r) => toJson(RunSchema, r)) }, () =>
-        table(["id", "status", "mode", "what", "created", "latency", "cost"], res.runs.map(runRow)),
-      );
-    });
+    .option("--schedule <schedule-id>", "only runs this schedule started")
+    .option("--label <key=value>", "only runs with this label (repeatable: every one)", collect, [])
+    .addHelpText(
+      "after",
+      `\nExamples:\n  ensemble runs list --status failed\n  ensemble runs list --schedule sch_0123 -n 5\n  ensemble runs list --label team=search`,
+    )
+    .action(
+      async (opts: { limit: string; status?: string; schedule?: string; label: string[] }) => {
+        const metadata = runLabels(opts.label, 8);
+        const { gw, out } = ctx.get();
+        const limit = Number(opts.limit);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+          throw new UsageError(`--limit ${opts.limit}: expected a whole number from 1 to 1000`);
+        }
+        const statuses: RunStatus[] = [];
+        if (opts.status !== undefined) {
+          const value = (RunStatus as unknown as Record<string, number>)[opts.status.toUpperCase()];
+          if (value === undefined || value === 0)
+            throw new UsageError(`--status ${opts.status}: unknown status`);
+          statuses.push(value);
+        }
+        const res = await gw.client(RunService).listRuns({
+          page: { pageSize: limit },
+          statuses,
+          view: RunView.BASIC,
+          scheduleId: opts.schedule ?? "",
+          metadata,
+        });
+        out.result({ runs: res.runs.map((r) => toJson(RunSchema, r)) }, () =>
+          table(
+            ["id", "status", "mode", "what", "created", "latency", "cost"],
+            res.runs.map(runRow),
+          ),
+        );
+      },
+    );
 
   runsCmd
     .command("get")

@@ -20,6 +20,7 @@ import { table, when } from "./output.js";
 import {
   addRunSpecOptions,
   buildSpec,
+  runLabels,
   parseDuration,
   readInput,
   runMode,
@@ -432,7 +433,8 @@ Examples:
             opts.system,
             opts.timeout,
           ].some((v) => v !== undefined) ||
-          opts.var.length > 0;
+          opts.var.length > 0 ||
+          opts.label.length > 0;
         if (opts.name === undefined && at === undefined && !specGiven) {
           throw new UsageError(
             `nothing to change: give --name, --cron / --at, or what to run (INPUT, ${SPEC_FLAGS})`,
@@ -441,6 +443,7 @@ Examples:
         // Every flag is checked before anything is read or sent.
         const mode = specGiven ? await runMode(opts) : undefined;
         const vars = variables(opts.var);
+        const labels = opts.label.length > 0 ? runLabels(opts.label) : undefined;
         const timeout = opts.timeout !== undefined ? runTimeout(opts.timeout) : undefined;
         const { gw, out } = ctx.get();
         const runs = gw.client(RunService);
@@ -451,7 +454,8 @@ Examples:
         if (specGiven) {
           paths.push("spec");
           // UpdateSchedule replaces the spec as a whole: start from the schedule's, so that the
-          // parts not given here (and those no flag sets: attachments, addons, metadata) stay.
+          // parts not given here (and those no flag sets: attachments, addons) stay; --label
+          // replaces the labels.
           // (A change made between the two calls would be overwritten; fine for a person's command.)
           const current = scheduleOf(
             await runs.getSchedule({ scheduleId: id }).catch((err: unknown) => {
@@ -473,6 +477,8 @@ Examples:
           }
           if (opts.system !== undefined) spec.system = opts.system;
           if (timeout !== undefined) spec.timeout = timeout;
+          // The labels given replace the schedule's (its runs carry exactly these).
+          if (labels !== undefined) spec.metadata = labels;
         }
         const s = scheduleOf(
           await runs

@@ -857,6 +857,13 @@ describe("ensemble CLI against a live mesh", () => {
     expect(perTeam(await usage(["--by", "label:feature", "--label", "team=gamma"]))).toEqual({
       workflow: 1,
     });
+    // runs list --label finds the labelled run, and only it.
+    const labelled = await cli(["--json", "runs", "list", "--label", "team=gamma"]);
+    expect(labelled.code, labelled.stderr).toBe(0);
+    const labelledRuns = (
+      JSON.parse(labelled.stdout) as { runs: Array<{ spec: { input: string } }> }
+    ).runs;
+    expect(labelledRuns.map((r) => r.spec.input)).toEqual(["One for gamma"]);
     const none = await usage(["--by", "label:team", "--label", "team=nobody"]);
     expect(none.buckets).toEqual([]);
     expect(none.total.requests).toBe(0);
@@ -1557,6 +1564,8 @@ describe("ensemble CLI against a live mesh", () => {
         "* * * * * *",
         "-m",
         "sim-fast",
+        "--label",
+        "team=ops",
         "Say tick",
       ]);
       expect(created.code, created.stderr).toBe(0);
@@ -1585,6 +1594,21 @@ describe("ensemble CLI against a live mesh", () => {
       });
       const runText = await as(["runs", "get", runId]);
       expect(runText.stdout).toMatch(new RegExp(`^started by schedule ${id}$`, "m"));
+      // runs list --schedule: only the runs it started, the last one among them.
+      const listed = await as(["--json", "runs", "list", "--schedule", id, "-n", "100"]);
+      expect(listed.code, listed.stderr).toBe(0);
+      const listedRuns = (
+        JSON.parse(listed.stdout) as { runs: Array<{ id: string; scheduleId: string }> }
+      ).runs;
+      expect(listedRuns.map((r) => r.id)).toContain(runId);
+      expect(listedRuns.every((r) => r.scheduleId === id)).toBe(true);
+      // Its runs carry the schedule's labels.
+      const byLabel = await as(["--json", "runs", "list", "--label", "team=ops", "-n", "100"]);
+      expect(
+        (JSON.parse(byLabel.stdout) as { runs: Array<{ id: string }> }).runs.map((r) => r.id),
+      ).toContain(runId);
+      const noneListed = await as(["--json", "runs", "list", "--schedule", "sch_none"]);
+      expect((JSON.parse(noneListed.stdout) as { runs: unknown[] }).runs).toEqual([]);
 
       // pause: paused with its reason, no next fire; it fires no more.
       const paused = await as(["schedules", "pause", id, "--reason", "maintenance window"]);
