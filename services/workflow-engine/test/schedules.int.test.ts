@@ -417,8 +417,9 @@ describe("schedules", () => {
       const again = (await a.pauseSchedule({ scheduleId: created.id }, as(owner.token))).schedule!;
       expect(ms(again.pauseTime)).toBe(ms(paused.pauseTime));
       expect(again.pauseReason).toBe("maintenance");
-      // An occurrence a pass had already read may still start; then nothing for 2.5 s.
-      await sleep(1_000);
+      // An occurrence a pass had already read may still start (give it 2 s on a busy machine);
+      // then nothing for 2.5 s.
+      await sleep(2_000);
       const before = (await runsOf(created.id)).length;
       await sleep(2_500);
       expect((await runsOf(created.id)).length).toBe(before);
