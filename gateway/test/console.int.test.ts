@@ -18,7 +18,13 @@ import {
   SessionService,
 } from "@ensemble/proto";
 import { startServices, type MeshProcess, type Services } from "@ensemble/testkit";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import {
+  chromium,
+  type Browser,
+  type BrowserContext,
+  type Dialog,
+  type Page,
+} from "playwright-core";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { repoRoot, startGateway, type AuthProcess, type TestGateway } from "./harness.js";
@@ -1273,6 +1279,138 @@ describe("console", () => {
     await page.reload();
     await page.getByText("No schedules yet").waitFor();
     await expect(renamedRow.count()).resolves.toBe(0);
+  }, 120_000);
+
+  it("console - schedules: Edit gives a one-time schedule a seconds cron and a new input (its runs ask it), shows what the engine refuses next to the field, and gives a time that passed while paused a new one from Resume's error", async () => {
+    await asAlice();
+    await nav(page, "Schedules");
+    const form = page.getByRole("form", { name: "Create schedule" });
+    const name = `once-${Date.now()}`;
+    const row = page.locator(`tr[data-schedule="${name}"]`);
+    const cell = (col: string) => row.locator(`[data-col="${col}"]`);
+    // What a datetime-local input holds: the browser's (this machine's) time, to the minute.
+    const localInput = (d: Date) =>
+      new Date(d.getTime() - d.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+    const inAnHour = localInput(new Date(Date.now() + 3_600_000));
+    await form.getByLabel("Name").fill(name);
+    await form.getByLabel("Input").fill("Summarise the week");
+    await form.getByRole("combobox", { name: /^Model/ }).selectOption("sim-fast");
+    await form.getByRole("radio", { name: "once" }).check();
+    await form.getByLabel("Date and time").fill(inAnHour);
+    await form.getByRole("button", { name: "Create schedule" }).click();
+    await row.waitFor();
+    const once = (await cell("when").textContent())!;
+    expect(once).toMatch(/^once, .*\d/);
+    const before = `${name}model sim-fast · Summarise the week`;
+    await expect(cell("name").textContent()).resolves.toBe(before);
+
+    // The form starts from the schedule's input and time.
+    const editButton = page.getByRole("button", { name: `Edit ${name}`, exact: true });
+    const edit = page.getByRole("form", { name: `Edit ${name}` });
+    await editButton.click();
+    await expect(edit.getByLabel("Input").inputValue()).resolves.toBe("Summarise the week");
+    await expect(edit.getByRole("radio", { name: "once" }).isChecked()).resolves.toBe(true);
+    await expect(edit.getByLabel("Date and time").inputValue()).resolves.toBe(inAnHour);
+
+    // What the engine refuses is shown next to the field it names, and nothing changes.
+    await edit.getByLabel("Input").fill("What changed in the repo today?");
+    await edit.getByRole("radio", { name: "repeatedly (cron)" }).check();
+    await edit.getByLabel("Cron expression").fill("61 * * * *");
+    await edit.getByRole("button", { name: "Save changes" }).click();
+    const refusal = edit.getByRole("group", { name: "When" }).getByRole("alert");
+    await expect(refusal.textContent()).resolves.toMatch(
+      /^cron\.expression: "61 \* \* \* \*" is not a valid cron expression/,
+    );
+    await expect(edit.getByLabel("Cron expression").getAttribute("aria-invalid")).resolves.toBe(
+      "true",
+    );
+    await expect(edit.getByRole("alert").count()).resolves.toBe(1);
+    await shot(page, "13b-schedule-edit-refused");
+    await page.reload();
+    await row.waitFor();
+    await expect(cell("when").textContent()).resolves.toBe(once);
+    await expect(cell("name").textContent()).resolves.toBe(before);
+
+    // Every two seconds, with the new input: the row says so, and its runs ask it.
+    await editButton.click();
+    await edit.getByLabel("Input").fill("What changed in the repo today?");
+    await edit.getByRole("radio", { name: "repeatedly (cron)" }).check();
+    await edit.getByLabel("Cron expression").fill("*/2 * * * * *");
+    await edit.getByRole("button", { name: "Save changes" }).click();
+    await edit.waitFor({ state: "detached" });
+    await cell("when").filter({ hasText: "*/2 * * * * * UTC" }).waitFor();
+    await expect(cell("name").textContent()).resolves.toBe(
+      `${name}model sim-fast · What changed in the repo today?`,
+    );
+    const lastRun = row.getByRole("link", { name: "last run" });
+    await lastRun.waitFor({ timeout: 30_000 });
+    const runId = (await lastRun.getAttribute("href"))!.split("/").at(-1)!;
+    await lastRun.click();
+    await page.waitForURL(new RegExp(`/runs/${runId}$`));
+    await page.getByTestId("run-status").filter({ hasText: "completed" }).waitFor({
+      timeout: 30_000,
+    });
+    await expect(page.locator(".question").textContent()).resolves.toBe(
+      "What changed in the repo today?",
+    );
+
+    // A one-time schedule whose time passed while it was paused (made as a script would, for
+    // a time seconds away): Resume's refusal offers its edit form, time first.
+    const { accessToken } = await storedSession(page);
+    const call = async (method: string, body: unknown) => {
+      const res = await fetch(`${gw.url}/${RunService.typeName}/${method}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { schedule: { id: string } };
+    };
+    const late = `${name}-late`;
+    const lateRow = page.locator(`tr[data-schedule="${late}"]`);
+    const lateCell = (col: string) => lateRow.locator(`[data-col="${col}"]`);
+    const at = Date.now() + 2_000;
+    const { schedule } = await call("CreateSchedule", {
+      name: late,
+      spec: { input: "Remind me of the review", model: { model: "sim-fast" } },
+      at: new Date(at).toISOString(),
+    });
+    await call("PauseSchedule", { scheduleId: schedule.id, reason: "not yet" });
+    await new Promise((r) => setTimeout(r, at + 500 - Date.now()));
+    await nav(page, "Schedules");
+    await lateRow.waitFor();
+    await expect(lateCell("fires").textContent()).resolves.toBe("0");
+    await page.getByRole("button", { name: `Resume ${late}`, exact: true }).click();
+    await expect(page.getByRole("alert").textContent()).resolves.toMatch(
+      new RegExp(`^${late}: its time \\(.*\\) passed while it was paused; give it a new time$`),
+    );
+    await page.getByRole("button", { name: "Edit its time", exact: true }).click();
+    const retime = page.getByRole("form", { name: `Edit ${late}` });
+    await retime.waitFor();
+    await expect(page.getByRole("alert").count()).resolves.toBe(0);
+    await expect(page.evaluate<string>("document.activeElement.name")).resolves.toBe("at");
+    await retime.getByLabel("Date and time").fill(inAnHour);
+    await retime.getByRole("button", { name: "Save changes" }).click();
+    await retime.waitFor({ state: "detached" });
+    // It stays paused with its new time, and now resumes.
+    // The same hour ahead as the first one's.
+    await expect.poll(() => lateCell("when").textContent()).toBe(once);
+    await expect(lateCell("next").textContent()).resolves.toBe("— (paused)");
+    await page.getByRole("button", { name: `Resume ${late}`, exact: true }).click();
+    await lateCell("state")
+      .filter({ hasText: /^active$/ })
+      .waitFor();
+    await expect(lateCell("next").textContent()).resolves.toMatch(/\d/);
+    await expect(page.getByRole("alert").count()).resolves.toBe(0);
+    await shot(page, "13c-schedule-edited");
+
+    const accept = (d: Dialog) => void d.accept();
+    page.on("dialog", accept);
+    for (const n of [name, late]) {
+      await page.getByRole("button", { name: `Delete ${n}`, exact: true }).click();
+      await page.locator(`tr[data-schedule="${n}"]`).waitFor({ state: "detached" });
+    }
+    page.off("dialog", accept);
   }, 120_000);
 
   it("console - a user of another tenant sees none of it", async () => {

@@ -2,12 +2,15 @@
 // CreateSchedule, ListSchedules, UpdateSchedule, PauseSchedule, ResumeSchedule, DeleteSchedule).
 // The table is read again just after the soonest next fire, so fires, their runs and a
 // schedule that paused itself show up without a reload; a schedule's latest runs
-// (ListRuns{schedule_id}) open under its row.
-import { timestampFromDate, timestampMs } from "@bufbuild/protobuf/wkt";
+// (ListRuns{schedule_id}) open under its row, as do the forms that pause, rename or edit it (its
+// time and input).
+import { timestampDate, timestampFromDate, timestampMs } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
 import type { Schedule } from "@ensemble/proto";
-import { Fragment, useEffect, useState } from "react";
+import { Fragment, useEffect, useId, useState } from "react";
 import type { FormEvent, ReactNode } from "react";
-import { api, errorText, invalidField } from "../api";
+import { api, errorText, invalidField, isCode } from "../api";
 import { loadChatModels, loadTemplates, loadUserEmails, modelLabel } from "../models";
 import { AllUsersToggle, ErrorBox, Guard, RunLink, fmtTime, useLoad, type Loaded } from "../ui";
 import { TemplateVariables, templateDefaults, templateMode } from "./catalog";
@@ -41,9 +44,11 @@ export function SchedulesPage() {
     return { list: res.schedules, more: (res.page?.nextPageToken ?? "") !== "", emails };
   }, [allUsers, limit]);
   const { data, reload } = schedules;
-  // The schedule whose pause or rename form, or runs, are open under its row.
-  const [open, setOpen] = useState<{ id: string; what: "pause" | "rename" | "runs" }>();
-  const [error, setError] = useState<string>();
+  // The schedule whose pause, rename or edit form, or runs, are open under its row.
+  const [open, setOpen] = useState<{ id: string; what: Opened; focusWhen?: boolean }>();
+  // The last action's error; `retime`: the schedule Resume refused for its time (it can be given
+  // a new one right away).
+  const [error, setError] = useState<{ text: string; retime?: Schedule }>();
 
   useEffect(() => {
     const next = Math.min(
@@ -57,7 +62,7 @@ export function SchedulesPage() {
     return () => clearTimeout(timer);
   }, [data, reload]);
 
-  const toggle = (s: Schedule, what: "pause" | "rename" | "runs") =>
+  const toggle = (s: Schedule, what: Opened) =>
     setOpen(open?.id === s.id && open.what === what ? undefined : { id: s.id, what });
   const act = async (s: Schedule, call: () => Promise<unknown>) => {
     setError(undefined);
@@ -65,7 +70,23 @@ export function SchedulesPage() {
       await call();
       reload();
     } catch (err) {
-      setError(`${s.name}: ${errorText(err)}`);
+      setError({ text: `${s.name}: ${errorText(err)}` });
+    }
+  };
+  const resume = async (s: Schedule) => {
+    setError(undefined);
+    try {
+      await api.runs.resumeSchedule({ scheduleId: s.id });
+      reload();
+    } catch (err) {
+      // FAILED_PRECONDITION: a one-time schedule whose time passed (or a cron that never fires
+      // again) resumes only with a new time, which the edit form gives it here.
+      if (!isCode(err, Code.FailedPrecondition)) {
+        setError({ text: `${s.name}: ${errorText(err)}` });
+        return;
+      }
+      const text = errorText(err).replace(/ with UpdateSchedule$/, "");
+      setError({ text: `${s.name}: ${text}`, retime: s });
     }
   };
   const remove = (s: Schedule) => {
@@ -80,6 +101,7 @@ export function SchedulesPage() {
     void act(s, () => api.runs.deleteSchedule({ scheduleId: s.id }));
   };
   const columns = allUsers ? 8 : 7;
+  const retime = error?.retime;
 
   return (
     <div>
@@ -100,7 +122,20 @@ export function SchedulesPage() {
           Refresh
         </button>
       </form>
-      <ErrorBox error={error} />
+      <ErrorBox error={error?.text} />
+      {retime !== undefined && (
+        <p>
+          <button
+            type="button"
+            onClick={() => {
+              setOpen({ id: retime.id, what: "edit", focusWhen: true });
+              setError(undefined);
+            }}
+          >
+            Edit its time
+          </button>
+        </p>
+      )}
       <Guard
         loaded={schedules}
         empty={(d) => d.list.length === 0}
@@ -154,9 +189,7 @@ export function SchedulesPage() {
                           {s.paused ? (
                             <button
                               type="button"
-                              onClick={() =>
-                                void act(s, () => api.runs.resumeSchedule({ scheduleId: s.id }))
-                              }
+                              onClick={() => void resume(s)}
                               aria-label={`Resume ${s.name}`}
                             >
                               Resume
@@ -171,6 +204,14 @@ export function SchedulesPage() {
                               Pause
                             </button>
                           )}{" "}
+                          <button
+                            type="button"
+                            onClick={() => toggle(s, "edit")}
+                            aria-label={`Edit ${s.name}`}
+                            aria-expanded={open?.id === s.id && open.what === "edit"}
+                          >
+                            Edit
+                          </button>{" "}
                           <button
                             type="button"
                             onClick={() => toggle(s, "rename")}
@@ -236,6 +277,17 @@ export function SchedulesPage() {
                           }}
                         />
                       )}
+                      {open?.id === s.id && open.what === "edit" && (
+                        <EditSchedule
+                          schedule={s}
+                          columns={columns}
+                          focusWhen={open.focusWhen === true}
+                          onDone={(changed) => {
+                            setOpen(undefined);
+                            if (changed) reload();
+                          }}
+                        />
+                      )}
                       {open?.id === s.id && open.what === "runs" && (
                         <tr className="sub-row">
                           <td colSpan={columns}>
@@ -263,21 +315,28 @@ export function SchedulesPage() {
   );
 }
 
+/** What opens under a schedule's row. */
+type Opened = "pause" | "rename" | "edit" | "runs";
+
 /** "model sim-fast · What changed overnight?" */
 function specText(s: Schedule): string {
-  const mode = s.spec?.mode;
-  const how =
-    mode?.case === "model"
-      ? `model ${mode.value.model}`
-      : mode?.case === "workflow"
-        ? mode.value.definition.case === "templateId"
-          ? `workflow ${mode.value.definition.value}`
-          : "inline workflow"
-        : mode?.case === "compare"
-          ? `compare ${mode.value.models.join(", ")}`
-          : "auto";
+  const how = runsWith(s);
   const input = s.spec?.input ?? "";
   return input === "" ? how : `${how} · ${input.length > 60 ? `${input.slice(0, 60)}…` : input}`;
+}
+
+/** "model sim-fast", "workflow tpl_digest", "auto" ... */
+function runsWith(s: Schedule): string {
+  const mode = s.spec?.mode;
+  return mode?.case === "model"
+    ? `model ${mode.value.model}`
+    : mode?.case === "workflow"
+      ? mode.value.definition.case === "templateId"
+        ? `workflow ${mode.value.definition.value}`
+        : "inline workflow"
+      : mode?.case === "compare"
+        ? `compare ${mode.value.models.join(", ")}`
+        : "auto";
 }
 
 function whenText(s: Schedule): ReactNode {
@@ -409,6 +468,7 @@ function ScheduleRuns({ schedule, allUsers }: { schedule: Schedule; allUsers: bo
 
 /** The controls an INVALID_ARGUMENT can point at. */
 type Field = "name" | "input" | "runWith" | "cron" | "timeZone" | "at";
+const ALL_FIELDS: readonly Field[] = ["name", "input", "runWith", "cron", "timeZone", "at"];
 
 /** Which control a request field path ("cron.expression", "spec.model.model") belongs to. */
 function fieldOf(path: string | undefined): Field | undefined {
@@ -422,6 +482,296 @@ function fieldOf(path: string | undefined): Field | undefined {
   return undefined;
 }
 
+/** An error to show next to a control, or at the foot of the form (no field). */
+interface FieldError {
+  text: string;
+  field: Field | undefined;
+}
+
+/**
+ * A schedule form's error. The engine's refusal goes next to the control it names when the form
+ * has that control (`fields`), else to the form's foot.
+ */
+function useFieldError(fields: readonly Field[]) {
+  const [error, setError] = useState<FieldError>();
+  /** The error, when it is about this control (`undefined`: the form's foot). */
+  const errorAt = (field: Field | undefined) =>
+    error !== undefined && error.field === field ? error.text : undefined;
+  const refused = (err: unknown) => {
+    const field = fieldOf(invalidField(err));
+    setError({
+      text: errorText(err),
+      field: field !== undefined && fields.includes(field) ? field : undefined,
+    });
+  };
+  return { setError, errorAt, refused };
+}
+
+/** `aria-invalid` of a control with an error next to it. */
+const invalidIf = (error: string | undefined) => (error !== undefined ? true : undefined);
+
+/** What the "When" fieldset holds: a cron expression and its zone, or one date and time. */
+interface WhenValue {
+  repeat: boolean;
+  cron: string;
+  timeZone: string;
+  /** datetime-local: the browser's own time, to the minute. */
+  at: string;
+}
+
+const NEW_WHEN: WhenValue = { repeat: true, cron: "", timeZone: "", at: "" };
+
+/** A schedule's time as the fieldset shows it. */
+function whenValue(s: Schedule): WhenValue {
+  if (s.when.case === "cron") {
+    return { ...NEW_WHEN, cron: s.when.value.expression, timeZone: s.when.value.timeZone };
+  }
+  if (s.when.case === "at") {
+    return { ...NEW_WHEN, repeat: false, at: localDateTime(timestampDate(s.when.value)) };
+  }
+  return NEW_WHEN;
+}
+
+function localDateTime(d: Date): string {
+  const two = (n: number) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}T${two(d.getHours())}:${two(d.getMinutes())}`;
+}
+
+function sameWhen(a: WhenValue, b: WhenValue): boolean {
+  return a.repeat
+    ? b.repeat && a.cron.trim() === b.cron.trim() && a.timeZone.trim() === b.timeZone.trim()
+    : !b.repeat && a.at === b.at;
+}
+
+/** The request's `when` (Create and UpdateSchedule's), or what to fix first. */
+function requestWhen(
+  w: WhenValue,
+):
+  | { case: "cron"; value: { expression: string; timeZone: string } }
+  | { case: "at"; value: Timestamp }
+  | FieldError {
+  if (w.repeat) {
+    return { case: "cron", value: { expression: w.cron.trim(), timeZone: w.timeZone.trim() } };
+  }
+  const time = new Date(w.at);
+  if (Number.isNaN(time.getTime())) {
+    return { text: "Pick the date and time to run it at.", field: "at" };
+  }
+  return { case: "at", value: timestampFromDate(time) };
+}
+
+/** The question or instruction each run starts with. */
+function InputField(props: {
+  value: string;
+  onChange: (value: string) => void;
+  error: string | undefined;
+  autoFocus?: boolean;
+}) {
+  return (
+    <>
+      <label>
+        Input
+        <textarea
+          name="input"
+          rows={2}
+          required
+          autoFocus={props.autoFocus}
+          value={props.value}
+          aria-invalid={invalidIf(props.error)}
+          onChange={(e) => props.onChange(e.target.value)}
+        />
+      </label>
+      <ErrorBox error={props.error} />
+    </>
+  );
+}
+
+/** "When": repeatedly on a cron expression in a time zone, or once at a date and time. */
+function WhenFields(props: {
+  value: WhenValue;
+  onChange: (value: WhenValue) => void;
+  errorAt: (field: Field) => string | undefined;
+  autoFocus?: boolean;
+}) {
+  const { value: w, errorAt } = props;
+  const set = (change: Partial<WhenValue>) => props.onChange({ ...w, ...change });
+  // Each form has its own list: two forms on the page must not share an element id.
+  const zones = useId();
+  return (
+    <fieldset>
+      <legend>When</legend>
+      <label className="check">
+        <input
+          type="radio"
+          name="repeat"
+          checked={w.repeat}
+          onChange={() => set({ repeat: true })}
+        />
+        repeatedly (cron)
+      </label>
+      <label className="check">
+        <input
+          type="radio"
+          name="repeat"
+          checked={!w.repeat}
+          onChange={() => set({ repeat: false })}
+        />
+        once
+      </label>
+      {w.repeat ? (
+        <>
+          <div className="inline-row">
+            <label>
+              Cron expression
+              <input
+                name="cron"
+                required
+                spellCheck={false}
+                autoComplete="off"
+                placeholder="0 9 * * 1-5"
+                autoFocus={props.autoFocus}
+                value={w.cron}
+                aria-invalid={invalidIf(errorAt("cron"))}
+                onChange={(e) => set({ cron: e.target.value })}
+              />
+            </label>
+            <label>
+              Time zone (optional)
+              <input
+                name="timeZone"
+                list={zones}
+                spellCheck={false}
+                autoComplete="off"
+                placeholder="UTC"
+                value={w.timeZone}
+                aria-invalid={invalidIf(errorAt("timeZone"))}
+                onChange={(e) => set({ timeZone: e.target.value })}
+              />
+              <datalist id={zones}>
+                {TIME_ZONES.map((z) => (
+                  <option key={z} value={z} />
+                ))}
+              </datalist>
+            </label>
+          </div>
+          <p className="hint">
+            5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; or
+            @yearly, @monthly, @weekly, @daily, @hourly. <code>0 9 * * 1-5</code> is 9:00 on
+            weekdays. Read in the IANA time zone given (yours is {BROWSER_ZONE}); empty = UTC.
+          </p>
+          <ErrorBox error={errorAt("cron") ?? errorAt("timeZone")} />
+        </>
+      ) : (
+        <>
+          <label>
+            Date and time
+            <input
+              type="datetime-local"
+              name="at"
+              required
+              autoFocus={props.autoFocus}
+              value={w.at}
+              aria-invalid={invalidIf(errorAt("at"))}
+              onChange={(e) => set({ at: e.target.value })}
+            />
+          </label>
+          <p className="hint">In your time zone ({BROWSER_ZONE}); it must be in the future.</p>
+          <ErrorBox error={errorAt("at")} />
+        </>
+      )}
+    </fieldset>
+  );
+}
+
+/** The controls of the edit form. */
+const EDIT_FIELDS: readonly Field[] = ["input", "cron", "timeZone", "at"];
+
+/**
+ * A schedule's time and input, changed in place (UpdateSchedule). What it runs with (its mode,
+ * model or template) stays: the spec sent is its own with the new input. Only what changed is
+ * in the update mask, so an untouched time is not moved.
+ */
+function EditSchedule(props: {
+  schedule: Schedule;
+  columns: number;
+  /** Opened to give it a new time: the time has the focus. */
+  focusWhen: boolean;
+  onDone: (changed: boolean) => void;
+}) {
+  const s = props.schedule;
+  // What the form started from; the row's schedule is read again while the form is open.
+  const [initial] = useState(() => ({ input: s.spec?.input ?? "", when: whenValue(s) }));
+  const [input, setInput] = useState(initial.input);
+  const [when, setWhen] = useState(initial.when);
+  const [busy, setBusy] = useState(false);
+  const { setError, errorAt, refused } = useFieldError(EDIT_FIELDS);
+
+  const save = async (e: FormEvent) => {
+    e.preventDefault();
+    setError(undefined);
+    const newInput = s.spec !== undefined && input !== initial.input;
+    const newWhen = !sameWhen(when, initial.when);
+    if (!newInput && !newWhen) {
+      props.onDone(false);
+      return;
+    }
+    const w = newWhen ? requestWhen(when) : undefined;
+    if (w !== undefined && "text" in w) {
+      setError(w);
+      return;
+    }
+    setBusy(true);
+    try {
+      await api.runs.updateSchedule({
+        scheduleId: s.id,
+        ...(newInput && s.spec !== undefined ? { spec: { ...s.spec, input } } : {}),
+        ...(w !== undefined ? { when: w } : {}),
+        updateMask: { paths: [...(newInput ? ["spec"] : []), ...(newWhen ? ["when"] : [])] },
+      });
+      props.onDone(true);
+    } catch (err) {
+      refused(err);
+      setBusy(false);
+    }
+  };
+
+  return (
+    <tr className="sub-row">
+      <td colSpan={props.columns}>
+        <form onSubmit={(e) => void save(e)} aria-label={`Edit ${s.name}`}>
+          {s.spec !== undefined && (
+            <InputField
+              value={input}
+              onChange={setInput}
+              error={errorAt("input")}
+              autoFocus={!props.focusWhen}
+            />
+          )}
+          <WhenFields
+            value={when}
+            onChange={setWhen}
+            errorAt={errorAt}
+            autoFocus={props.focusWhen}
+          />
+          <p className="hint">
+            What it runs with stays as it is ({runsWith(s)}). A new time counts from now
+            {s.paused ? "; it stays paused, and its new time applies once it is resumed" : ""}.
+          </p>
+          <ErrorBox error={errorAt(undefined)} />
+          <div className="inline-row">
+            <button type="submit" className="primary" disabled={busy}>
+              Save changes
+            </button>
+            <button type="button" onClick={() => props.onDone(false)}>
+              Cancel
+            </button>
+          </div>
+        </form>
+      </td>
+    </tr>
+  );
+}
+
 function CreateSchedule({ onCreated }: { onCreated: () => void }) {
   const models = useLoad(loadChatModels, []);
   const templates = useLoad(loadTemplates, []);
@@ -432,12 +782,9 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
   const [templateId, setTemplateId] = useState("");
   // The variables typed for a template (another template's are not kept).
   const [typed, setTyped] = useState<{ templateId: string; values: Record<string, string> }>();
-  const [repeat, setRepeat] = useState(true);
-  const [cron, setCron] = useState("");
-  const [timeZone, setTimeZone] = useState("");
-  const [at, setAt] = useState("");
+  const [when, setWhen] = useState(NEW_WHEN);
   const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<{ text: string; field: Field | undefined }>();
+  const { setError, errorAt, refused } = useFieldError(ALL_FIELDS);
 
   // Until one is picked, the first of each list.
   const chosenModel = model || models.data?.[0]?.id || "";
@@ -448,10 +795,6 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
       : typed?.templateId === template.id
         ? typed.values
         : templateDefaults(template);
-  /** The error, when it is about this control. */
-  const errorAt = (field: Field | undefined) =>
-    error !== undefined && error.field === field ? error.text : undefined;
-  const invalid = (field: Field) => (errorAt(field) !== undefined ? true : undefined);
 
   const create = async (e: FormEvent) => {
     e.preventDefault();
@@ -468,26 +811,20 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
       setError({ text: `Pick a ${runWith} to run.`, field: "runWith" });
       return;
     }
-    const time = new Date(at);
-    if (!repeat && Number.isNaN(time.getTime())) {
-      setError({ text: "Pick the date and time to run it at.", field: "at" });
+    const w = requestWhen(when);
+    if ("text" in w) {
+      setError(w);
       return;
     }
     setBusy(true);
     try {
-      await api.runs.createSchedule({
-        name: name.trim(),
-        spec: { input, mode },
-        when: repeat
-          ? { case: "cron", value: { expression: cron.trim(), timeZone: timeZone.trim() } }
-          : { case: "at", value: timestampFromDate(time) },
-      });
+      await api.runs.createSchedule({ name: name.trim(), spec: { input, mode }, when: w });
       setName("");
       setInput("");
-      setAt("");
+      setWhen((old) => ({ ...old, at: "" }));
       onCreated();
     } catch (err) {
-      setError({ text: errorText(err), field: fieldOf(invalidField(err)) });
+      refused(err);
     } finally {
       setBusy(false);
     }
@@ -505,23 +842,12 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
             maxLength={128}
             autoComplete="off"
             value={name}
-            aria-invalid={invalid("name")}
+            aria-invalid={invalidIf(errorAt("name"))}
             onChange={(e) => setName(e.target.value)}
           />
         </label>
         <ErrorBox error={errorAt("name")} />
-        <label>
-          Input
-          <textarea
-            name="input"
-            rows={2}
-            required
-            value={input}
-            aria-invalid={invalid("input")}
-            onChange={(e) => setInput(e.target.value)}
-          />
-        </label>
-        <ErrorBox error={errorAt("input")} />
+        <InputField value={input} onChange={setInput} error={errorAt("input")} />
         <fieldset>
           <legend>Run with</legend>
           <label className="check">
@@ -548,7 +874,7 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
                 <select
                   name="model"
                   value={chosenModel}
-                  aria-invalid={invalid("runWith")}
+                  aria-invalid={invalidIf(errorAt("runWith"))}
                   onChange={(e) => setModel(e.target.value)}
                 >
                   {list.map((m) => (
@@ -566,7 +892,7 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
                   <select
                     name="template"
                     value={template?.id ?? ""}
-                    aria-invalid={invalid("runWith")}
+                    aria-invalid={invalidIf(errorAt("runWith"))}
                     onChange={(e) => setTemplateId(e.target.value)}
                   >
                     {list.map((t) => (
@@ -588,76 +914,7 @@ function CreateSchedule({ onCreated }: { onCreated: () => void }) {
           )}
           <ErrorBox error={errorAt("runWith")} />
         </fieldset>
-        <fieldset>
-          <legend>When</legend>
-          <label className="check">
-            <input type="radio" name="repeat" checked={repeat} onChange={() => setRepeat(true)} />
-            repeatedly (cron)
-          </label>
-          <label className="check">
-            <input type="radio" name="repeat" checked={!repeat} onChange={() => setRepeat(false)} />
-            once
-          </label>
-          {repeat ? (
-            <>
-              <div className="inline-row">
-                <label>
-                  Cron expression
-                  <input
-                    name="cron"
-                    required
-                    spellCheck={false}
-                    autoComplete="off"
-                    placeholder="0 9 * * 1-5"
-                    value={cron}
-                    aria-invalid={invalid("cron")}
-                    onChange={(e) => setCron(e.target.value)}
-                  />
-                </label>
-                <label>
-                  Time zone (optional)
-                  <input
-                    name="timeZone"
-                    list="time-zones"
-                    spellCheck={false}
-                    autoComplete="off"
-                    placeholder="UTC"
-                    value={timeZone}
-                    aria-invalid={invalid("timeZone")}
-                    onChange={(e) => setTimeZone(e.target.value)}
-                  />
-                  <datalist id="time-zones">
-                    {TIME_ZONES.map((z) => (
-                      <option key={z} value={z} />
-                    ))}
-                  </datalist>
-                </label>
-              </div>
-              <p className="hint">
-                5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; or
-                @yearly, @monthly, @weekly, @daily, @hourly. <code>0 9 * * 1-5</code> is 9:00 on
-                weekdays. Read in the IANA time zone given (yours is {BROWSER_ZONE}); empty = UTC.
-              </p>
-              <ErrorBox error={errorAt("cron") ?? errorAt("timeZone")} />
-            </>
-          ) : (
-            <>
-              <label>
-                Date and time
-                <input
-                  type="datetime-local"
-                  name="at"
-                  required
-                  value={at}
-                  aria-invalid={invalid("at")}
-                  onChange={(e) => setAt(e.target.value)}
-                />
-              </label>
-              <p className="hint">In your time zone ({BROWSER_ZONE}); it must be in the future.</p>
-              <ErrorBox error={errorAt("at")} />
-            </>
-          )}
-        </fieldset>
+        <WhenFields value={when} onChange={setWhen} errorAt={errorAt} />
         <ErrorBox error={errorAt(undefined)} />
         <button type="submit" className="primary" disabled={busy}>
           Create schedule
