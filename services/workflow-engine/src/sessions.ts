@@ -148,12 +148,18 @@ function statusOf(run: RunStatus): SessionMessageStatus {
   }
 }
 
-function toSession(doc: SessionDoc) {
+/** The session's metadata (stored as "key\0value" pairs for filtering). */
+function metadataOf(doc: SessionDoc): Record<string, string> {
   const metadata: Record<string, string> = {};
   for (const pair of doc.metaPairs) {
     const at = pair.indexOf("\u0000");
     if (at > 0) metadata[pair.slice(0, at)] = pair.slice(at + 1);
   }
+  return metadata;
+}
+
+function toSession(doc: SessionDoc) {
+  const metadata = metadataOf(doc);
   return create(SessionSchema, {
     id: doc.id,
     tenantId: doc.tenantId,
@@ -338,6 +344,8 @@ export function sessionHandlers(deps: SessionServiceDeps): ServiceImpl<typeof Se
     );
     const spec: RunSpec = create(RunSpecSchema, {
       input: textOf(question),
+      // The session's labels go on its replies' runs, and so on their calls in the ledger.
+      metadata: metadataOf(a.session),
       attachments: question.filter((c) => c.part.case !== "text"),
       addons: settings.addons,
       system: settings.system,

@@ -587,4 +587,34 @@ describe("SessionService", () => {
     );
     expect(byKey).toHaveLength(2);
   });
+
+  it("sessions - a session's labels go on its replies' runs and their model calls, so usage is reported per team", async () => {
+    const owner = (await mesh.signup("labelled-chat")).token;
+    const res = await sessions.createSession(
+      { settings: { model: MODEL }, metadata: { team: "support" } },
+      as(owner),
+    );
+    const id = res.session!.id;
+    const reply = await send({ sessionId: id, text: "a labelled question" }, owner);
+    expect(reply.assistant.status).toBe(SessionMessageStatus.COMPLETE);
+    const run = (await runs.getRun({ runId: reply.assistant.runId }, as(owner))).run!;
+    expect(run.spec?.metadata).toEqual({ team: "support" });
+    const deadline = Date.now() + 15_000;
+    let byTeam: Array<[string, number]> = [];
+    for (;;) {
+      const usage = await modelProxy.getUsage(
+        {
+          startTime: timestampFromMs(Date.now() - 3_600_000),
+          endTime: timestampFromMs(Date.now() + 3_600_000),
+          groupBy: [UsageDimension.METADATA],
+          metadataKey: "team",
+        },
+        as(owner),
+      );
+      byTeam = usage.buckets.map((b) => [b.metadataValue, Number(b.requests)]);
+      if (Number(usage.totalRequests) >= 1 || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(byTeam).toEqual([["support", 1]]);
+  });
 });
