@@ -24,6 +24,7 @@ import {
 } from "@ensemble/proto";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import {
+  callLabels,
   missing,
   objectAt,
   onlyKeys,
@@ -34,7 +35,6 @@ import {
   optString,
   reqString,
   stringArray,
-  stringMap,
   wrongType,
   wrongValue,
   type JsonObject,
@@ -230,14 +230,7 @@ export function parseShared(body: JsonObject, request: ChatRequestInit): void {
   if (topP !== undefined) request.topP = topP;
   optBoolean(body, "store");
 
-  let metadata: Record<string, string> | undefined;
-  if (body["metadata"] !== undefined && body["metadata"] !== null) {
-    metadata = stringMap(body["metadata"], "metadata");
-  }
-  const user = optString(body, "user");
-  if (user !== undefined && user !== "" && metadata?.["user"] === undefined) {
-    metadata = { ...metadata, user };
-  }
+  const metadata = callLabels(body);
   if (metadata !== undefined) request.metadata = metadata;
 
   const cache = optEnum(body, "cache", CACHE_MODES);

@@ -33,6 +33,18 @@ describe("openai embeddings", () => {
     expect(req.dimensions).toBe(64);
     expect(req.cache).toBe(CacheMode.BYPASS);
     expect(many.base64).toBe(true);
+    // `user` and `metadata` label the call in the usage ledger, as on chat completions.
+    expect(req.metadata).toEqual({ user: "u" });
+    const labelled = parseEmbedRequest({
+      model: "sim-embed",
+      input: "a",
+      metadata: { team: "search" },
+      user: "u",
+    });
+    expect(create(EmbedRequestSchema, labelled.request).metadata).toEqual({
+      team: "search",
+      user: "u",
+    });
   });
 
   it("invalid - token arrays, empty input, bad types and unknown fields are 400", () => {
@@ -95,6 +107,12 @@ describe("openai images", () => {
       size: "256x256",
     });
     expect(parsed.asUrl).toBe(true);
+    expect(
+      parseImageRequest({ prompt: "a", user: "u", metadata: { team: "art" } }).request,
+    ).toMatchObject({ metadata: { team: "art", user: "u" } });
+    expect(() => parseImageRequest({ prompt: "a", metadata: { team: 1 } })).toThrow(
+      /metadata.team/,
+    );
     expect(() => parseImageRequest({ model: "sim-image" })).toThrow(OpenAiError);
     expect(() => parseImageRequest({ prompt: "x", style: "vivid" })).toThrow(/style/);
   });

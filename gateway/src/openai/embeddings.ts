@@ -6,11 +6,11 @@ import { CacheMode, type EmbedRequestSchema, type EmbedResponse } from "@ensembl
 import { ensembleJson } from "./chat.js";
 import { invalidRequest } from "./errors.js";
 import {
+  callLabels,
   missing,
   onlyKeys,
   optEnum,
   optInt32,
-  optString,
   reqString,
   wrongType,
   type JsonObject,
@@ -23,7 +23,15 @@ export interface ParsedEmbed {
   base64: boolean;
 }
 
-const EMBED_KEYS = new Set(["model", "input", "encoding_format", "dimensions", "user", "cache"]);
+const EMBED_KEYS = new Set([
+  "model",
+  "input",
+  "encoding_format",
+  "dimensions",
+  "user",
+  "metadata",
+  "cache",
+]);
 
 export function parseEmbedRequest(body: JsonObject): ParsedEmbed {
   onlyKeys(body, EMBED_KEYS, "");
@@ -61,7 +69,9 @@ export function parseEmbedRequest(body: JsonObject): ParsedEmbed {
   if (dimensions !== undefined) request.dimensions = dimensions;
   const cache = optEnum(body, "cache", ["use", "bypass"]);
   if (cache !== undefined) request.cache = cache === "use" ? CacheMode.USE : CacheMode.BYPASS;
-  optString(body, "user"); // accepted for compatibility; the caller is known from the token
+  // Labels for the usage ledger: `user`, and `metadata` as on chat completions (an extension).
+  const metadata = callLabels(body);
+  if (metadata !== undefined) request.metadata = metadata;
   const format = optEnum(body, "encoding_format", ["float", "base64"]);
   return { request, base64: format === "base64" };
 }

@@ -145,6 +145,22 @@ export function stringArray(value: unknown, path: string): string[] {
   return value as string[];
 }
 
+/**
+ * The call's labels for the usage ledger: `metadata` (a string map) and `user` (as
+ * `metadata.user` unless that is set); undefined when the body has neither.
+ */
+export function callLabels(body: JsonObject): Record<string, string> | undefined {
+  let metadata: Record<string, string> | undefined;
+  if (body["metadata"] !== undefined && body["metadata"] !== null) {
+    metadata = stringMap(body["metadata"], "metadata");
+  }
+  const user = optString(body, "user");
+  if (user !== undefined && user !== "" && metadata?.["user"] === undefined) {
+    metadata = { ...metadata, user };
+  }
+  return metadata;
+}
+
 /** A string-to-string map (OpenAI `metadata`). */
 export function stringMap(value: unknown, path: string): Record<string, string> {
   const obj = objectAt(value, path);

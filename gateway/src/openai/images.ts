@@ -8,7 +8,15 @@ import {
   type GenerateImageResponse,
 } from "@ensemble/proto";
 import { ensembleJson } from "./chat.js";
-import { onlyKeys, optEnum, optInt32, optString, reqString, type JsonObject } from "./fields.js";
+import {
+  callLabels,
+  onlyKeys,
+  optEnum,
+  optInt32,
+  optString,
+  reqString,
+  type JsonObject,
+} from "./fields.js";
 
 export type ImageRequestInit = MessageInitShape<typeof GenerateImageRequestSchema>;
 
@@ -29,6 +37,7 @@ const IMAGE_KEYS = new Set([
   "response_format",
   "output_format",
   "user",
+  "metadata",
 ]);
 const FORMATS = { png: ImageFormat.PNG, jpeg: ImageFormat.JPEG, webp: ImageFormat.WEBP } as const;
 
@@ -46,7 +55,9 @@ export function parseImageRequest(body: JsonObject): ParsedImage {
   if (quality !== undefined && quality !== "auto") request.quality = quality;
   const format = optEnum(body, "output_format", ["png", "jpeg", "webp"]);
   if (format !== undefined) request.format = FORMATS[format];
-  optString(body, "user");
+  // Labels for the usage ledger: `user`, and `metadata` as on chat completions (an extension).
+  const metadata = callLabels(body);
+  if (metadata !== undefined) request.metadata = metadata;
   const responseFormat = optEnum(body, "response_format", ["b64_json", "url"]);
   return { request, asUrl: responseFormat === "url" };
 }

@@ -425,7 +425,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
   function failed(
     caller: Caller,
     op: UsageOperation,
-    call: Pick<RecordFields, "id" | "requested" | "model" | "attribution" | "streaming">,
+    call: Pick<
+      RecordFields,
+      "id" | "requested" | "model" | "attribution" | "streaming" | "metadata"
+    >,
     started: number,
     err: unknown,
   ): ConnectError {
@@ -996,6 +999,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             latencyMs: latency,
             cacheHit: true,
             attribution: req.attribution,
+            metadata: req.metadata,
           });
           return create(EmbedResponseSchema, {
             ...hit,
@@ -1041,6 +1045,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           usage,
           latencyMs: latency,
           attribution: req.attribution,
+          metadata: req.metadata,
         });
         if (useCache) void cache.set(caller.tenantId, key, toBinary(EmbedResponseSchema, response));
         return response;
@@ -1048,7 +1053,13 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         throw failed(
           caller,
           UsageOperation.EMBED,
-          { id, requested: req.model, model, attribution: req.attribution },
+          {
+            id,
+            requested: req.model,
+            model,
+            attribution: req.attribution,
+            metadata: req.metadata,
+          },
           started,
           err,
         );
@@ -1096,6 +1107,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           usage,
           latencyMs: latency,
           attribution: req.attribution,
+          metadata: req.metadata,
         });
         return {
           id,
@@ -1112,7 +1124,13 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         throw failed(
           caller,
           UsageOperation.IMAGE,
-          { id, requested: req.model, model, attribution: req.attribution },
+          {
+            id,
+            requested: req.model,
+            model,
+            attribution: req.attribution,
+            metadata: req.metadata,
+          },
           started,
           err,
         );

@@ -19,6 +19,7 @@ import {
   PiiKind,
   RegistryService,
   UsageDimension,
+  UsageOperation,
   type ChatRequest,
   type StreamChatResponse,
 } from "@ensemble/proto";
@@ -972,6 +973,7 @@ describe("model-proxy", () => {
         model: "sim-embed",
         inputs: ["red apples", "green apples", "quantum physics"],
         dimensions: 64,
+        metadata: { team: "fruit" },
       },
       { headers: olga.headers },
     );
@@ -993,10 +995,31 @@ describe("model-proxy", () => {
     );
     expect(estimate.exact).toBe(false);
     const img = await mp.generateImage(
-      { model: "sim-image", prompt: "a red square", size: "64x64" },
+      { model: "sim-image", prompt: "a red square", size: "64x64", metadata: { team: "fruit" } },
       { headers: olga.headers },
     );
     expect(img.images).toHaveLength(1);
     expect(Buffer.from(img.images[0]!.data.subarray(1, 4)).toString()).toBe("PNG");
+    // Both calls carry their labels to the ledger.
+    const deadline = Date.now() + 15_000;
+    let labelled: Array<[UsageOperation, number]> = [];
+    for (;;) {
+      const usage = await mp.getUsage(
+        {
+          startTime: timestampFromMs(Date.now() - 3_600_000),
+          endTime: timestampFromMs(Date.now() + 3_600_000),
+          groupBy: [UsageDimension.OPERATION],
+          metadata: { team: "fruit" },
+        },
+        { headers: olga.headers },
+      );
+      labelled = usage.buckets.map((b) => [b.operation, Number(b.requests)]);
+      if (Number(usage.totalRequests) >= 2 || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(labelled).toEqual([
+      [UsageOperation.EMBED, 1],
+      [UsageOperation.IMAGE, 1],
+    ]);
   });
 });

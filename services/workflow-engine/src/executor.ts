@@ -553,6 +553,7 @@ async function runImage(ctx: StepContext, deps: StepDeps, record: RunStep): Prom
               sessionId: ctx.ref.sessionId,
               attempt,
             },
+            metadata: callMetadata(ctx.runMetadata),
           },
           { headers: { authorization: `Bearer ${token}` }, signal, timeoutMs },
         );
