@@ -135,7 +135,13 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
     for (let i = 0; i < texts.length; i += batchSize) {
       const inputs = texts.slice(i, i + batchSize);
       const res = await deps.modelProxy.embed(
-        { model: collection.embeddingModel, inputs, dimensions: collection.dimensions },
+        {
+          model: collection.embeddingModel,
+          inputs,
+          dimensions: collection.dimensions,
+          // Labels in model-proxy's ledger: embedding cost per collection (GetUsage metadata).
+          metadata: { feature: "vector-search", collection: collection.id },
+        },
         {
           headers: { authorization: `Bearer ${bearer(ctx)}` },
           timeoutMs: deps.embedTimeoutMs ?? 60_000,

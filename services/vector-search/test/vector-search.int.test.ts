@@ -3,6 +3,7 @@
 // and texts sharing words are closer), MongoDB-wire from the test kit, and vector-search itself
 // in-process through build(deps) with its own database. Tokens are real: users sign up through
 // auth.
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import {
   closeMongo,
@@ -22,6 +23,7 @@ import {
   IndexState,
   ModelProxyService,
   Role,
+  UsageDimension,
   VectorSearchService,
   type SearchHit,
 } from "@ensemble/proto";
@@ -207,6 +209,29 @@ describe("vector-search", () => {
       indexState: IndexState.READY,
     });
     expect(stats.indexBytes).toBeGreaterThan(0n);
+
+    // The embeddings are in model-proxy's ledger, labelled with the collection.
+    const mp = createClient(ModelProxyService, proxy.address);
+    const deadline = Date.now() + 15_000;
+    let embedded = 0;
+    for (;;) {
+      const usage = await mp.getUsage(
+        {
+          startTime: timestampFromMs(Date.now() - 3_600_000),
+          endTime: timestampFromMs(Date.now() + 3_600_000),
+          allUsers: true,
+          groupBy: [UsageDimension.METADATA],
+          metadataKey: "collection",
+          metadata: { feature: "vector-search" },
+        },
+        as(adminA),
+      );
+      embedded = Number(usage.buckets.find((b) => b.metadataValue === "notes")?.requests ?? 0n);
+      if (embedded >= 3 || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // The upsert's batches and the two searches' queries.
+    expect(embedded).toBeGreaterThanOrEqual(3);
 
     // Re-upserting a document replaces its chunks instead of adding to them.
     const again = await vs.upsert(
