@@ -1364,14 +1364,16 @@ export class Engine {
       (await this.#runState(ref.tenantId, ref.runId))?.doc ??
       (await this.#runDoc(ref.tenantId, ref.runId));
     if (doc === null) return;
+    const spec = decode(RunSpecSchema, doc.spec);
     const explanation = await explainer.explain({
       tenantId: ref.tenantId,
       userId: doc.userId,
       apiKeyId: doc.apiKeyId,
       runId: ref.runId,
       sessionId: doc.sessionId,
-      input: decode(RunSpecSchema, doc.spec).input,
+      input: spec.input,
       error,
+      metadata: spec.metadata,
     });
     if (explanation === "") return;
     const explained: RunError = { ...error, explanation };

@@ -51,19 +51,23 @@ const CALL_METADATA_PAIRS = 16;
 const CALL_METADATA_VALUE_CHARS = 256;
 
 /**
- * The labels a step's model call carries to the usage ledger: the run's metadata, so usage can
- * be reported per team or customer across workflows (GetUsage metadata), and `feature:
- * workflow` unless the run says otherwise. A run may hold more and longer labels than a call
- * (32 pairs, 1,024 characters): the pairs that fit a call are kept, by key.
+ * The labels a run's model call carries to the usage ledger: the run's metadata, so usage can
+ * be reported per team or customer across workflows (GetUsage metadata), and `feature` (what
+ * makes the call: "workflow", "workflow-explainer") unless the run says otherwise. A run may
+ * hold more and longer labels than a call (32 pairs, 1,024 characters): the pairs that fit a
+ * call are kept, by key.
  */
-export function callMetadata(run: Readonly<Record<string, string>> = {}): Record<string, string> {
+export function callMetadata(
+  run: Readonly<Record<string, string>> = {},
+  feature = "workflow",
+): Record<string, string> {
   const out: Record<string, string> = {};
   const room = CALL_METADATA_PAIRS - ("feature" in run ? 0 : 1);
   for (const [k, v] of Object.entries(run).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     if (Object.keys(out).length >= room) break;
     if (v.length <= CALL_METADATA_VALUE_CHARS) out[k] = v;
   }
-  return { feature: "workflow", ...out };
+  return { feature, ...out };
 }
 
 export interface StepContext {

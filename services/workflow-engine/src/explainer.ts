@@ -6,6 +6,7 @@
 // failing explainer leaves the explanation empty and the run fails with its technical cause.
 import type { GrpcClient } from "@ensemble/kit";
 import { ChatRole, type ModelProxyService, type RunError } from "@ensemble/proto";
+import { callMetadata } from "./executor.js";
 import type { TokenSource } from "./tokens.js";
 
 export interface ExplainerDeps {
@@ -25,6 +26,8 @@ export interface FailedRun {
   /** The run's input (what the user asked), shortened. */
   input: string;
   error: RunError;
+  /** The run's metadata: the explanation's call carries its labels, as the steps' calls do. */
+  metadata?: Readonly<Record<string, string>>;
 }
 
 const SYSTEM = [
@@ -85,7 +88,7 @@ export class FailureExplainer {
               sessionId: run.sessionId,
               attempt: 0,
             },
-            metadata: { feature: "workflow-explainer" },
+            metadata: callMetadata(run.metadata, "workflow-explainer"),
           },
         },
         { headers: { authorization: `Bearer ${token}` }, timeoutMs: this.#d.timeoutMs },

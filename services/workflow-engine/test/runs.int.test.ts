@@ -612,6 +612,7 @@ describe("runs", () => {
                 case: "workflow",
                 value: { definition: { case: "inline", value: template } },
               },
+              metadata: { team: "doom" },
             },
             viaKey,
           )
@@ -668,6 +669,21 @@ describe("runs", () => {
       ]),
     );
     expect(buckets).toHaveLength(3);
+    // The failed step's call and the explanation's carry the run's labels.
+    const labelled = await mesh.modelProxy.getUsage(
+      {
+        startTime: timestampFromMs(Date.now() - 3_600_000),
+        endTime: timestampFromMs(Date.now() + 3_600_000),
+        groupBy: [UsageDimension.METADATA],
+        metadataKey: "feature",
+        metadata: { team: "doom" },
+      },
+      as(owner.token),
+    );
+    expect(labelled.buckets.map((b) => [b.metadataValue, Number(b.requests)])).toEqual([
+      ["workflow", 1],
+      ["workflow-explainer", 1],
+    ]);
   });
 
   it("usage by metadata - a run's labels reach its model calls in the ledger, so usage is reported per team across workflows", async () => {
