@@ -412,6 +412,45 @@ describe("console", () => {
     expect(gone.status).toBe(404);
   }, 90_000);
 
+  it("console - runs by label: the Runs page's label filter lists only the runs labelled so, each showing its labels", async () => {
+    await asAlice();
+    const { accessToken } = await storedSession(page);
+    const stamp = Date.now();
+    const start = async (input: string, team: string) => {
+      const res = await fetch(`${gw.url}/${RunService.typeName}/StartRun`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify({
+          spec: { input, model: { model: "sim-fast" }, metadata: { team } },
+        }),
+      });
+      expect(res.status).toBe(200);
+    };
+    const red = `Red team question ${stamp}`;
+    const blue = `Blue team question ${stamp}`;
+    await start(red, "red");
+    await start(blue, "blue");
+
+    // Loaded afresh: the test before leaves the Runs page open, listed without these runs.
+    await page.goto(`${gw.url}/runs`);
+    const filters = page.getByRole("form", { name: "Filters" });
+    const questions = page.locator("table.runs tbody tr td:first-child a");
+    await questions.filter({ hasText: blue }).waitFor();
+    await questions.filter({ hasText: red }).waitFor();
+
+    await filters.getByLabel("Labelled").fill("team=red");
+    await filters.getByLabel("Labelled").press("Enter");
+    await expect.poll(() => questions.allTextContents(), { timeout: 10_000 }).toEqual([red]);
+    await expect(page.locator("table.runs tbody tr").textContent()).resolves.toContain("team=red");
+    await shot(page, "06b-runs-by-label");
+
+    // A malformed filter is refused in the form; the list stays as it was.
+    await filters.getByLabel("Labelled").fill("team");
+    await filters.getByRole("button", { name: "Apply" }).click();
+    await expect(page.getByRole("alert").textContent()).resolves.toMatch(/expected key=value/i);
+    await expect(questions.allTextContents()).resolves.toEqual([red]);
+  }, 60_000);
+
   it("console - asking the chat (auto) for a picture shows the picture in the reply", async () => {
     await nav(page, "Chat");
     await page.getByLabel("Model").selectOption("auto");

@@ -136,3 +136,72 @@ export function AllUsersToggle(props: {
     </label>
   );
 }
+
+// Bounds every request that filters on labels shares (values' bound differs: the caller's).
+export const MAX_LABEL_KEY = 64;
+const MAX_LABEL_PAIRS = 8;
+
+/** "team=search, env=prod" -> the pairs ({} for ""); else why not. */
+export function parseLabels(
+  text: string,
+  maxValue: number,
+): { labels: Record<string, string> } | { error: string } {
+  const labels: Record<string, string> = {};
+  const entries = text.trim() === "" ? [] : text.split(",");
+  if (entries.length > MAX_LABEL_PAIRS) {
+    return { error: `At most ${MAX_LABEL_PAIRS} key=value pairs.` };
+  }
+  for (const entry of entries) {
+    const eq = entry.indexOf("=");
+    const key = entry.slice(0, eq).trim();
+    if (eq <= 0 || key === "") return { error: "Expected key=value, e.g. team=search." };
+    if (key.length > MAX_LABEL_KEY) {
+      return { error: `A key has at most ${MAX_LABEL_KEY} characters.` };
+    }
+    const value = entry.slice(eq + 1).trim();
+    if (value.length > maxValue) return { error: `A value has at most ${maxValue} characters.` };
+    labels[key] = value;
+  }
+  return { labels };
+}
+
+/** Labels for people: "team=search, env=prod". */
+export function fmtLabels(labels: Record<string, string>): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(", ");
+}
+
+/**
+ * A "key=value, …" label filter's draft. It applies when its form is submitted (Enter or
+ * Apply), not on every keystroke: `apply` gives the labels, or undefined and shows why not.
+ */
+export function useLabelFilter(maxValue: number) {
+  const [draft, setDraft] = useState("");
+  const [error, setError] = useState<string | undefined>(undefined);
+  const apply = (): Record<string, string> | undefined => {
+    const parsed = parseLabels(draft, maxValue);
+    setError("error" in parsed ? parsed.error : undefined);
+    return "error" in parsed ? undefined : parsed.labels;
+  };
+  return { draft, setDraft, error, apply };
+}
+
+/** The input of a `useLabelFilter`, inside the form that applies it. */
+export function LabelFilterInput(props: {
+  label: string;
+  filter: ReturnType<typeof useLabelFilter>;
+}) {
+  const { filter } = props;
+  return (
+    <label>
+      {props.label}
+      <input
+        value={filter.draft}
+        placeholder="e.g. team=search, env=prod"
+        aria-invalid={filter.error !== undefined}
+        onChange={(e) => filter.setDraft(e.target.value)}
+      />
+    </label>
+  );
+}

@@ -3,7 +3,20 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { RunMode, RunStatus, type Run } from "@ensemble/proto";
 import { useState } from "react";
 import { api } from "../api";
-import { AllUsersToggle, Guard, RunLink, enumLabel, fmtMs, fmtTime, fmtUsd, useLoad } from "../ui";
+import {
+  AllUsersToggle,
+  ErrorBox,
+  Guard,
+  LabelFilterInput,
+  RunLink,
+  enumLabel,
+  fmtLabels,
+  fmtMs,
+  fmtTime,
+  fmtUsd,
+  useLabelFilter,
+  useLoad,
+} from "../ui";
 
 const STATUSES = [
   RunStatus.PENDING,
@@ -13,6 +26,8 @@ const STATUSES = [
   RunStatus.CANCELLED,
 ];
 const MODES = [RunMode.AUTO, RunMode.MODEL, RunMode.WORKFLOW, RunMode.COMPARE];
+// ListRunsRequest's bound on the metadata filter's values.
+const MAX_LABEL_VALUE = 1024;
 
 export function RunsPage() {
   const [status, setStatus] = useState<RunStatus>(RunStatus.UNSPECIFIED);
@@ -21,6 +36,8 @@ export function RunsPage() {
   const [model, setModel] = useState("");
   const [days, setDays] = useState(0);
   const [allUsers, setAllUsers] = useState(false);
+  const labelFilter = useLabelFilter(MAX_LABEL_VALUE);
+  const [labels, setLabels] = useState<Record<string, string>>({});
   const runs = useLoad(
     () =>
       api.runs.listRuns({
@@ -30,15 +47,25 @@ export function RunsPage() {
         templateId: template.trim(),
         model: model.trim(),
         allUsers,
+        metadata: labels,
         ...(days > 0 ? { createdAfter: timestampFromMs(Date.now() - days * 86_400_000) } : {}),
       }),
-    [status, mode, template, model, days, allUsers],
+    [status, mode, template, model, days, allUsers, labels],
   );
 
   return (
     <div>
       <h1>Runs</h1>
-      <form className="filters" onSubmit={(e) => e.preventDefault()} aria-label="Filters">
+      <form
+        className="filters"
+        aria-label="Filters"
+        onSubmit={(e) => {
+          e.preventDefault();
+          // Apply refreshes even when the labels are the same (a new object).
+          const applied = labelFilter.apply();
+          if (applied !== undefined) setLabels(applied);
+        }}
+      >
         <label>
           Status
           <select value={status} onChange={(e) => setStatus(Number(e.target.value))}>
@@ -78,12 +105,15 @@ export function RunsPage() {
             <option value={30}>last 30 days</option>
           </select>
         </label>
+        <LabelFilterInput label="Labelled" filter={labelFilter} />
+        <button type="submit">Apply</button>
         <AllUsersToggle
           checked={allUsers}
           onChange={setAllUsers}
           label="every user of the tenant"
         />
       </form>
+      <ErrorBox error={labelFilter.error && `Labelled: ${labelFilter.error}`} />
       <Guard
         loaded={runs}
         empty={(r) => r.runs.length === 0}
@@ -119,6 +149,9 @@ export function RunsTable({ runs }: { runs: Run[] }) {
                   {(run.spec?.input ?? run.id).slice(0, 80) || run.id}
                 </RunLink>
                 {run.templateId !== "" && <span className="tag">{run.templateId}</span>}
+                {Object.keys(run.spec?.metadata ?? {}).length > 0 && (
+                  <div className="muted">{fmtLabels(run.spec?.metadata ?? {})}</div>
+                )}
               </td>
               <td>{enumLabel(RunMode, run.mode)}</td>
               <td>

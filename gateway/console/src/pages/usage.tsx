@@ -7,7 +7,17 @@ import { useState } from "react";
 import { api } from "../api";
 import { BarChart, type Bar } from "../chart";
 import { useSession } from "../session";
-import { AllUsersToggle, Guard, fmtUsd, useLoad } from "../ui";
+import {
+  AllUsersToggle,
+  ErrorBox,
+  Guard,
+  LabelFilterInput,
+  MAX_LABEL_KEY,
+  fmtLabels,
+  fmtUsd,
+  useLabelFilter,
+  useLoad,
+} from "../ui";
 
 interface View {
   dim: UsageDimension;
@@ -32,27 +42,13 @@ const VIEWS: View[] = [
   },
 ];
 
-// GetUsageRequest's bounds (metadata_key and the metadata filter's keys and values).
-const MAX_KEY = 64;
+// GetUsageRequest's bound on the metadata filter's values.
 const MAX_VALUE = 256;
-
-/** "team=search" -> the pair; "" -> none; else why not. */
-function parseFilter(text: string): { pair: [string, string] | null } | { error: string } {
-  const t = text.trim();
-  if (t === "") return { pair: null };
-  const eq = t.indexOf("=");
-  const key = t.slice(0, eq).trim();
-  if (eq <= 0 || key === "") return { error: "Expected key=value, e.g. team=search." };
-  if (key.length > MAX_KEY) return { error: `A key has at most ${MAX_KEY} characters.` };
-  const value = t.slice(eq + 1).trim();
-  if (value.length > MAX_VALUE) return { error: `A value has at most ${MAX_VALUE} characters.` };
-  return { pair: [key, value] };
-}
 
 /** What the label inputs ask for, once applied: a key to group by ("" none) and a filter. */
 interface Labels {
   key: string;
-  only: [string, string] | null;
+  only: Record<string, string>;
 }
 
 export function UsagePage() {
@@ -61,9 +57,8 @@ export function UsagePage() {
   const [allUsers, setAllUsers] = useState(false);
   // The label inputs apply on Enter or Apply (which also refreshes), not on every keystroke.
   const [keyDraft, setKeyDraft] = useState("");
-  const [onlyDraft, setOnlyDraft] = useState("");
-  const [onlyError, setOnlyError] = useState<string | undefined>(undefined);
-  const [labels, setLabels] = useState<Labels>({ key: "", only: null });
+  const onlyFilter = useLabelFilter(MAX_VALUE);
+  const [labels, setLabels] = useState<Labels>({ key: "", only: {} });
   const { key, only } = labels;
 
   const usage = useLoad(async () => {
@@ -80,7 +75,7 @@ export function UsagePage() {
       startTime: timestampFromMs(end - days * 86_400_000),
       endTime: timestampFromMs(end),
       allUsers,
-      metadata: only !== null ? { [only[0]]: only[1] } : {},
+      metadata: only,
     };
     const results = await Promise.all(
       views.map((v) =>
@@ -93,17 +88,13 @@ export function UsagePage() {
     );
     // With what was asked: the page shows the last answer while the next loads, and must not
     // describe it with inputs it was not asked with.
-    return { views, results, only: only !== null ? `${only[0]}=${only[1]}` : "" };
+    return { views, results, only: fmtLabels(only) };
   }, [days, allUsers, labels]);
 
   const apply = () => {
-    const parsed = parseFilter(onlyDraft);
-    if ("error" in parsed) {
-      setOnlyError(parsed.error);
-      return;
-    }
-    setOnlyError(undefined);
-    setLabels({ key: keyDraft.trim(), only: parsed.pair });
+    const applied = onlyFilter.apply();
+    if (applied === undefined) return;
+    setLabels({ key: keyDraft.trim(), only: applied });
     usage.reload();
   };
 
@@ -135,26 +126,14 @@ export function UsagePage() {
           <input
             value={keyDraft}
             placeholder="a key, e.g. team"
-            maxLength={MAX_KEY}
+            maxLength={MAX_LABEL_KEY}
             onChange={(e) => setKeyDraft(e.target.value)}
           />
         </label>
-        <label>
-          Only calls labelled
-          <input
-            value={onlyDraft}
-            placeholder="e.g. env=prod"
-            aria-invalid={onlyError !== undefined}
-            onChange={(e) => setOnlyDraft(e.target.value)}
-          />
-        </label>
+        <LabelFilterInput label="Only calls labelled" filter={onlyFilter} />
         <button type="submit">Apply</button>
       </form>
-      {onlyError !== undefined && (
-        <p className="error" role="alert">
-          Only calls labelled: {onlyError}
-        </p>
-      )}
+      <ErrorBox error={onlyFilter.error && `Only calls labelled: ${onlyFilter.error}`} />
       <Guard
         loaded={usage}
         empty={(r) => (r.results[0]?.totalRequests ?? 0n) === 0n}
