@@ -132,11 +132,14 @@ export function adminHandlers(core: AuthCore): AdminHandlers {
         { id: user.id, tenantId: p.tenantId },
         { $set: { disabled: req.disabled, updateTime: now } },
       );
+      loggerOf(ctx).info({ targetUserId: user.id, disabled: req.disabled }, "user disabled set");
+      // Either way the user's cached API key exchanges go; disabling also ends every session
+      // (revokeSessions sends the same `user` notice, with its tokens' cutoff).
       if (req.disabled) {
         await revokeSessions(core, { tenantId: p.tenantId, userId: user.id }, "user disabled");
+      } else {
+        await core.notices.publish("user", p.tenantId, user.id);
       }
-      loggerOf(ctx).info({ targetUserId: user.id, disabled: req.disabled }, "user disabled set");
-      await core.notices.publish("user", p.tenantId, user.id);
       return { user: userMessage({ ...user, disabled: req.disabled, updateTime: now }) };
     },
 

@@ -61,13 +61,12 @@ export function callMetadata(
   run: Readonly<Record<string, string>> = {},
   feature = "workflow",
 ): Record<string, string> {
-  const out: Record<string, string> = {};
-  const room = CALL_METADATA_PAIRS - ("feature" in run ? 0 : 1);
-  for (const [k, v] of Object.entries(run).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (Object.keys(out).length >= room) break;
-    if (v.length <= CALL_METADATA_VALUE_CHARS) out[k] = v;
-  }
-  return { feature, ...out };
+  const fits = Object.entries(run)
+    .filter(([, v]) => v.length <= CALL_METADATA_VALUE_CHARS)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const own = fits.find(([k]) => k === "feature")?.[1];
+  const others = fits.filter(([k]) => k !== "feature").slice(0, CALL_METADATA_PAIRS - 1);
+  return { feature: own ?? feature, ...Object.fromEntries(others) };
 }
 
 export interface StepContext {

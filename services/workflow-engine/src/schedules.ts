@@ -283,10 +283,6 @@ function timing(
   }
 }
 
-function withoutUndefined(o: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
-}
-
 /**
  * A cron expression read in a time zone: five fields, six with seconds first, or a nickname
  * (@daily ...). Throws INVALID_ARGUMENT naming the field at fault.
@@ -548,7 +544,7 @@ export class Scheduler {
     await retryBusy(() =>
       this.#d.models.schedules.collection.updateOne(
         { _id: key as never },
-        { $set: withoutUndefined(fields), ...(unset !== undefined ? { $unset: unset } : {}) },
+        { $set: fields, ...(unset !== undefined ? { $unset: unset } : {}) },
       ),
     );
     this.#log.info(
@@ -607,7 +603,9 @@ export class Scheduler {
       ),
     );
     this.#log.info({ tenantId: doc.tenantId, scheduleId: doc.id }, "schedule resumed");
-    return toSchedule((await byId(this.#d.models.schedules, key))!);
+    const resumed = await byId(this.#d.models.schedules, key);
+    if (resumed === null) throw new NotFoundError(`schedule "${scheduleId}" not found`);
+    return toSchedule(resumed);
   }
 
   /** Marks the schedule paused and tells the webhooks. */
