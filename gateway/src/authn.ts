@@ -14,8 +14,8 @@
 // (AUTH_ACCESS_TOKEN_TTL_MINUTES, 15 by default). `iat` has whole seconds, so a user's cutoff
 // refuses tokens issued in an earlier second than the change: one issued in the same second,
 // just before it, still passes. The cutoffs are remembered for `revocationMemoryMs` (24 h, the
-// longest access token auth issues). A notice is not stored: a replica that was down or
-// disconnected when it was sent misses it, and the token's expiry stays the bound.
+// longest access token auth issues). These notices are stored (kit notices.ts): a replica reads
+// the last day's at start and catches up after a disconnect, so none is missed.
 import { createHash } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -25,6 +25,7 @@ import {
   checkAccess,
   MalformedAuthorizationError,
   PermissionDeniedError,
+  REVOCATION_MEMORY_MS,
   UnauthenticatedError,
   UnavailableError,
   type Principal,
@@ -139,7 +140,7 @@ export class Authenticator {
     this.#now = opts.now ?? Date.now;
     this.#cacheMs = opts.apiKeyCacheMs ?? 30_000;
     this.#maxKeys = opts.maxCachedKeys ?? 10_000;
-    this.#memoryMs = opts.revocationMemoryMs ?? 24 * 3_600_000;
+    this.#memoryMs = opts.revocationMemoryMs ?? REVOCATION_MEMORY_MS;
   }
 
   /** The caller, or undefined when the request carries no credential. */

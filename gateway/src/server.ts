@@ -65,6 +65,9 @@ function noticeTime(n: ChangeNotice): number {
   return n.time !== undefined ? timestampDate(n.time).getTime() : Date.now();
 }
 
+/** Longest `listen` waits for the stored revocations before it serves anyway. */
+const READY_WAIT_MS = 10_000;
+
 export interface GatewayDeps {
   version: string;
   logger: Logger;
@@ -191,15 +194,20 @@ export function build(deps: GatewayDeps): Gateway {
     ...(serviceToken !== undefined ? { serviceToken } : {}),
     ...(deps.apiKeyCacheMs !== undefined ? { apiKeyCacheMs: deps.apiKeyCacheMs } : {}),
   });
+  // Revocations are read from the stored notices, from the last day on: a replica that starts
+  // after a logout (a rolling deploy) or was disconnected when it went out still refuses the
+  // tokens. `listen` waits until they are read.
+  const revocations = deps.notices.replay(["user", "session"], (kind, n) => {
+    if (kind === "session") {
+      authenticator.revokeSession(n.tenantId, n.id, noticeTime(n));
+      return;
+    }
+    authenticator.forgetUser(n.tenantId, n.id);
+    authenticator.revokeUserTokens(n.tenantId, n.id, noticeTime(n));
+  });
   const noticeSubs = [
     deps.notices.subscribe("api-key", (n) => authenticator.forgetApiKey(n.id)),
-    deps.notices.subscribe("user", (n) => {
-      authenticator.forgetUser(n.tenantId, n.id);
-      authenticator.revokeUserTokens(n.tenantId, n.id, noticeTime(n));
-    }),
-    deps.notices.subscribe("session", (n) =>
-      authenticator.revokeSession(n.tenantId, n.id, noticeTime(n)),
-    ),
+    revocations,
   ];
 
   const methodPath = (m: DescMethod): string => `/${m.parent.typeName}/${m.name}`;
@@ -604,6 +612,18 @@ export function build(deps: GatewayDeps): Gateway {
     handler,
     authenticator,
     async listen(port, host = "127.0.0.1") {
+      let waited: NodeJS.Timeout | undefined;
+      const known = await Promise.race([
+        revocations.ready.then(() => true),
+        new Promise<false>((resolve) => (waited = setTimeout(() => resolve(false), READY_WAIT_MS))),
+      ]);
+      clearTimeout(waited);
+      if (!known) {
+        logger.warn(
+          { waitedMs: READY_WAIT_MS },
+          "the stored revocations are not read yet (NATS?): listening anyway; tokens revoked before this replica started are refused once they are",
+        );
+      }
       listener = await listenDual(handler, host, port, {
         onUpgrade: (req, socket, head) => ws.handleUpgrade(req, socket, head),
       });

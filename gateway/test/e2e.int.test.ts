@@ -226,7 +226,7 @@ describe("gateway end to end", () => {
     }
   });
 
-  it("token revocation - every replica refuses at once the access token of a session that logged out, and a user's earlier tokens once their role or state changes", async () => {
+  it("token revocation - every replica refuses at once the access token of a session that logged out, and a user's earlier tokens once their role or state changes; so does a replica started later", async () => {
     const other = await startGateway({
       jwksUrl: auth.jwksUrl,
       serviceToken: await auth.mintServiceToken("gateway"),
@@ -335,6 +335,24 @@ describe("gateway end to end", () => {
       );
       // The admin's own token was never touched.
       expect((await call(other.url, "ListUsers", {}, admin.accessToken)).status).toBe(200);
+
+      // A replica started after all this (a rolling deploy, a scale-out) knows it too: the
+      // revocations are stored, not only sent to the replicas connected at the time.
+      const late = await startGateway({
+        jwksUrl: auth.jwksUrl,
+        serviceToken: await auth.mintServiceToken("gateway"),
+        upstreams: [{ name: "auth", services: [AuthService], address: auth.address }],
+      });
+      try {
+        for (const token of [first.accessToken, second.accessToken, demoted.accessToken]) {
+          const r = await call(late.url, "GetMe", {}, token);
+          expect(r.status).toBe(401);
+          expect(r.body["message"]).toMatch(/revoked/);
+        }
+        expect((await call(late.url, "GetMe", {}, admin.accessToken)).status).toBe(200);
+      } finally {
+        await late.close();
+      }
     } finally {
       await other.close();
     }
