@@ -60,6 +60,8 @@ import { createWsEndpoint } from "./ws/endpoint.js";
 import type { Notices, RateLimiter } from "@ensemble/kit";
 import type { Upstream } from "./services.js";
 
+const idOf = (n: ChangeNotice) => ({ tenantId: n.tenantId, id: n.id });
+
 /** When the notice's change was stored (its receipt time from a publisher without one). */
 function noticeTime(n: ChangeNotice): number {
   return n.time !== undefined ? timestampDate(n.time).getTime() : Date.now();
@@ -197,16 +199,21 @@ export function build(deps: GatewayDeps): Gateway {
   // Revocations are read from the stored notices, from the last day on: a replica that starts
   // after a logout (a rolling deploy) or was disconnected when it went out still refuses the
   // tokens. `listen` waits until they are read.
+  // Open WebSockets with the credential are checked again after each (ws/endpoint.ts).
   const revocations = deps.notices.replay(["user", "session"], (kind, n) => {
     if (kind === "session") {
       authenticator.revokeSession(n.tenantId, n.id, noticeTime(n));
-      return;
+    } else {
+      authenticator.forgetUser(n.tenantId, n.id);
+      authenticator.revokeUserTokens(n.tenantId, n.id, noticeTime(n));
     }
-    authenticator.forgetUser(n.tenantId, n.id);
-    authenticator.revokeUserTokens(n.tenantId, n.id, noticeTime(n));
+    void ws.credentialsChanged({ kind: kind === "session" ? "session" : "user", ...idOf(n) });
   });
   const noticeSubs = [
-    deps.notices.subscribe("api-key", (n) => authenticator.forgetApiKey(n.id)),
+    deps.notices.subscribe("api-key", (n) => {
+      authenticator.forgetApiKey(n.id);
+      void ws.credentialsChanged({ kind: "api-key", ...idOf(n) });
+    }),
     revocations,
   ];
 

@@ -1,8 +1,8 @@
 // The WebSocket endpoint (GET /v1/ws) against the real mesh: auth, registry, model-proxy and
 // the workflow engine as built processes, the simulator as the provider, and the `ws` package
 // as the client. Run events arrive in order and end with the terminal event, live or replayed;
-// chat streams deltas; authentication and tenancy hold; bad frames get error frames on a socket
-// that keeps working.
+// chat streams deltas; authentication and tenancy hold; a revoked credential ends its socket; bad
+// frames get error frames on a socket that keeps working.
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { AuthService, ModelProxyService, RegistryService, RunService } from "@ensemble/proto";
 import { startServices, type MeshProcess, type Services } from "@ensemble/testkit";
@@ -393,6 +393,70 @@ describe("websocket /v1/ws", () => {
     expect(client.closed).toBeUndefined();
     client.close();
   });
+
+  it("revocation - logging out ends that session's socket at once (its subscription gets unauthenticated, close 4401); the user's other session runs on; revoking an API key ends its socket", async () => {
+    const call = async (method: string, body: unknown, token?: string) => {
+      const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
+        },
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as {
+        tokens?: { accessToken: string; refreshToken: string };
+        secret?: string;
+        apiKey?: { id: string };
+      };
+    };
+    const email = `ws-rev-${Date.now()}@example.com`;
+    const password = "correct-Horse-battery-9";
+    const first = (await call("Signup", { email, password })).tokens!;
+    const second = (await call("Login", { email, password })).tokens!;
+    const [ended, kept] = await Promise.all([
+      Client.open({ token: first.accessToken }),
+      Client.open({ token: second.accessToken }),
+    ]);
+    const long = {
+      id: "long",
+      type: "run",
+      request: {
+        spec: {
+          input: "Remote work and city centres",
+          workflow: { templateId: "research_report" },
+        },
+      },
+    };
+    for (const c of [ended, kept]) c.send(long);
+    for (const c of [ended, kept]) {
+      await c.until((f) => f.some((x) => x.id === "long" && x.type === "event"));
+    }
+
+    await call("Logout", { refreshToken: first.refreshToken });
+    const frames = await ended.finished("long", 10_000);
+    expect(frames.at(-1)).toMatchObject({ type: "error", code: "unauthenticated" });
+    expect(String(frames.at(-1)?.["message"])).toMatch(/revoked/);
+    expect((await ended.waitClosed()).code).toBe(4401);
+
+    // The other session's socket: still open, its run streams to the end.
+    expect(kept.closed).toBeUndefined();
+    expect((await kept.finished("long", 60_000)).at(-1)).toMatchObject({ type: "end" });
+    kept.close();
+
+    // A socket opened with an API key ends when the key is revoked.
+    const key = await call("CreateApiKey", { name: "ws" }, second.accessToken);
+    const withKey = await Client.open({ token: key.secret! });
+    withKey.send(long);
+    await withKey.until((f) => f.some((x) => x.id === "long" && x.type === "event"));
+    await call("RevokeApiKey", { id: key.apiKey!.id }, second.accessToken);
+    expect((await withKey.finished("long", 10_000)).at(-1)).toMatchObject({
+      type: "error",
+      code: "unauthenticated",
+    });
+    expect((await withKey.waitClosed()).code).toBe(4401);
+  }, 90_000);
 
   it("close - closing the socket cancels its upstream call", async () => {
     const client = await Client.open({ token: alice });

@@ -8,7 +8,10 @@
 // `ensemble.v1`, never echoes the token). The upgrade is refused with an HTTP status (401, 403,
 // 429) before any WebSocket exists. Each operation authenticates again from the same credential
 // (an expired token or a revoked API key stops new operations), checks the API key's scope
-// (watch_run: read; run, chat: write) and takes from the caller's rate limit.
+// (watch_run: read; run, chat: write) and takes from the caller's rate limit. A socket whose
+// credential is revoked while it is open (its session logged out, its user disabled or given
+// another role, its API key revoked or rolled) ends at once: every open subscription gets an
+// `unauthenticated` error frame and the socket closes with 4401 (`credentialsChanged`).
 //
 // Upstream calls are the ones the other routes make, with the caller's token: RunService.WatchRun
 // and Run on the workflow engine, ModelProxyService.StreamChat (the OpenAI mapping of
@@ -95,11 +98,29 @@ export interface WsEndpoint {
   drain(): void;
   /** Open sockets (for tests and metrics). */
   readonly connections: number;
+  /**
+   * Auth changed a user's, a session's or an API key's standing (after the authenticator has
+   * taken the change in): the sockets opened with that credential are checked again, and those
+   * now refused are ended (error frames, then close 4401). Resolves once they were checked.
+   */
+  credentialsChanged(change: CredentialChange): Promise<void>;
 }
+
+/** Who a change notice is about. */
+export interface CredentialChange {
+  kind: "user" | "session" | "api-key";
+  tenantId: string;
+  id: string;
+}
+
+/** The close code of a socket whose credential was revoked (4000-4999: the application's). */
+export const WS_CLOSE_REVOKED = 4401;
 
 interface Subscription {
   controller: AbortController;
   cancelled: boolean;
+  /** Ended because the socket's credential was revoked: the message its error frame carries. */
+  revoked?: string;
 }
 
 interface Connection {
@@ -107,6 +128,10 @@ interface Connection {
   requestId: string;
   /** The credential, as the authenticator reads it; re-checked for every operation. */
   credential: Headers;
+  /** Whom it authenticated at the upgrade (to find the sockets a change notice is about). */
+  caller: Caller;
+  /** Set when its credential was revoked: it closes (4401) once its subscriptions ended. */
+  revoked?: string;
   clientAddress: string;
   traceHeaders: Record<string, string>;
   subs: Map<string, Subscription>;
@@ -210,6 +235,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
         ws,
         requestId,
         credential,
+        caller,
         clientAddress: deps.clientAddress(req),
         traceHeaders,
         subs: new Map(),
@@ -344,6 +370,10 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
       post(conn, errorFrame(frame.id, Code.Unavailable, "gateway shutting down: reconnect"));
       return;
     }
+    if (conn.revoked !== undefined) {
+      post(conn, errorFrame(frame.id, Code.Unauthenticated, conn.revoked));
+      return;
+    }
     if (conn.subs.has(frame.id)) {
       post(conn, errorFrame(frame.id, Code.AlreadyExists, `id ${frame.id} is already in use`));
       return;
@@ -420,6 +450,9 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
       if (sub.cancelled) {
         code = Code.Canceled;
         post(conn, JSON.stringify({ id, type: "end", cancelled: true }));
+      } else if (sub.revoked !== undefined) {
+        code = Code.Unauthenticated;
+        post(conn, errorFrame(id, Code.Unauthenticated, sub.revoked));
       } else if (conn.closed) {
         code = Code.Canceled;
       } else if (signal.aborted) {
@@ -435,7 +468,11 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
       conn.subs.delete(id);
       ended();
       logCall(method, code, started, requestId, caller);
-      if (draining && conn.subs.size === 0) closeConnection(conn, 1001, "gateway shutting down");
+      if (conn.subs.size === 0 && conn.revoked !== undefined) {
+        conn.ws.close(WS_CLOSE_REVOKED, "credentials revoked");
+      } else if (draining && conn.subs.size === 0) {
+        closeConnection(conn, 1001, "gateway shutting down");
+      }
     }
   }
 
@@ -644,8 +681,55 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     );
   }
 
+  /** Is this socket's caller the one the change is about? */
+  function concerns(conn: Connection, change: CredentialChange): boolean {
+    const { principal, apiKey } = conn.caller;
+    if (principal.tenantId !== change.tenantId) return false;
+    switch (change.kind) {
+      case "user":
+        return principal.subject === change.id;
+      case "session":
+        return principal.sessionId === change.id;
+      case "api-key":
+        return apiKey?.id === change.id;
+    }
+  }
+
+  async function credentialsChanged(change: CredentialChange): Promise<void> {
+    const affected = [...connections].filter((c) => !c.closed && concerns(c, change));
+    await Promise.all(
+      affected.map(async (conn) => {
+        try {
+          await deps.authenticator.authenticate(conn.credential);
+        } catch (err) {
+          const error = toConnectError(err);
+          // Auth unreachable (an API key's exchange): not a revocation; new operations decide.
+          if (error.code !== Code.Unauthenticated && error.code !== Code.PermissionDenied) return;
+          endRevoked(conn, error.rawMessage);
+        }
+      }),
+    );
+  }
+
+  /** Ends every subscription with `message` (unauthenticated), then the socket (4401). */
+  function endRevoked(conn: Connection, message: string): void {
+    if (conn.closed) return;
+    logger.info(
+      { requestId: conn.requestId, subscriptions: conn.subs.size },
+      "websocket credential revoked; closing it",
+    );
+    for (const sub of conn.subs.values()) {
+      sub.revoked = message;
+      sub.controller.abort(new ConnectError(message, Code.Unauthenticated));
+    }
+    conn.revoked = message;
+    // Otherwise after the subscriptions' error frames, as the last of them ends (operate).
+    if (conn.subs.size === 0) conn.ws.close(WS_CLOSE_REVOKED, "credentials revoked");
+  }
+
   return {
     handleUpgrade,
+    credentialsChanged,
     drain() {
       draining = true;
       for (const conn of connections) {
