@@ -155,6 +155,11 @@ export interface ForwardHooks {
   ) => Promise<void>;
   /** Called after a successful unary call (e.g. RevokeApiKey invalidates the key cache). */
   afterUnary?: (method: DescMethod, req: unknown, res: unknown) => void;
+  /**
+   * Tracks a server stream while it runs (live.ts); `end` stops it with UNAUTHENTICATED when
+   * its credential is revoked meanwhile. Returns the function that stops tracking it.
+   */
+  track?: (ctx: HandlerContext, end: (message: string) => void) => () => void;
 }
 
 /** The Connect implementation of `service` that forwards every routed method to `client`. */
@@ -186,12 +191,20 @@ export function forwardingImpl(
       const stream = call as StreamFn;
       impl[method.localName] = async function* (req: unknown, ctx: HandlerContext) {
         let trailers: Headers | undefined;
+        const revoked = new AbortController();
+        const untrack = hooks.track?.(ctx, (message) =>
+          revoked.abort(new ConnectError(message, Code.Unauthenticated)),
+        );
         try {
           const options = upstreamOptions(ctx);
+          options.signal = AbortSignal.any([ctx.signal, revoked.signal]);
           await hooks.prepare?.(method, req, ctx, options);
           yield* stream(req, { ...options, onTrailer: (t) => (trailers = t) });
         } catch (err) {
+          if (revoked.signal.aborted && !ctx.signal.aborted) throw revoked.signal.reason;
           throw upstreamError(err, ctx, trailers, hooks.logger);
+        } finally {
+          untrack?.();
         }
       };
     }

@@ -56,6 +56,7 @@ import {
 } from "./forward.js";
 import { listenDual, type Listener } from "./listen.js";
 import { createOpenAiApi } from "./openai/handler.js";
+import { LiveCalls } from "./live.js";
 import { createWsEndpoint } from "./ws/endpoint.js";
 import type { Notices, RateLimiter } from "@ensemble/kit";
 import type { Upstream } from "./services.js";
@@ -199,7 +200,9 @@ export function build(deps: GatewayDeps): Gateway {
   // Revocations are read from the stored notices, from the last day on: a replica that starts
   // after a logout (a rolling deploy) or was disconnected when it went out still refuses the
   // tokens. `listen` waits until they are read.
-  // Open WebSockets with the credential are checked again after each (ws/endpoint.ts).
+  // Streams open with the credential (WebSockets, forwarded server streams) are checked again
+  // after each (live.ts).
+  const live = new LiveCalls(authenticator);
   const revocations = deps.notices.replay(["user", "session"], (kind, n) => {
     if (kind === "session") {
       authenticator.revokeSession(n.tenantId, n.id, noticeTime(n));
@@ -207,12 +210,12 @@ export function build(deps: GatewayDeps): Gateway {
       authenticator.forgetUser(n.tenantId, n.id);
       authenticator.revokeUserTokens(n.tenantId, n.id, noticeTime(n));
     }
-    void ws.credentialsChanged({ kind: kind === "session" ? "session" : "user", ...idOf(n) });
+    void live.changed({ kind: kind === "session" ? "session" : "user", ...idOf(n) });
   });
   const noticeSubs = [
     deps.notices.subscribe("api-key", (n) => {
       authenticator.forgetApiKey(n.id);
-      void ws.credentialsChanged({ kind: "api-key", ...idOf(n) });
+      void live.changed({ kind: "api-key", ...idOf(n) });
     }),
     revocations,
   ];
@@ -364,6 +367,10 @@ export function build(deps: GatewayDeps): Gateway {
       const impl = forwardingImpl(service, client, {
         logger,
         prepare: routeAutoChat,
+        track: (ctx, end) => {
+          const caller = ctx.values.get(callerKey);
+          return caller === undefined ? () => {} : live.track(caller, ctx.requestHeader, end);
+        },
         afterUnary: (method, req) => {
           // A revoked key, or the old secret of a rolled one, must stop here at once (another
           // replica's cache ends within GATEWAY_API_KEY_CACHE_MS).
@@ -426,6 +433,7 @@ export function build(deps: GatewayDeps): Gateway {
     logger,
     metrics,
     authenticator,
+    live,
     rateLimiter: deps.rateLimiter,
     runs: clientOf(RunService) as GrpcClient<typeof RunService> | undefined,
     modelProxy: clientOf(ModelProxyService) as GrpcClient<typeof ModelProxyService> | undefined,

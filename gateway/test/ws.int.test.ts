@@ -3,8 +3,17 @@
 // as the client. Run events arrive in order and end with the terminal event, live or replayed;
 // chat streams deltas; authentication and tenancy hold; a revoked credential ends its socket; bad
 // frames get error frames on a socket that keeps working.
+import { fromJson } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
-import { AuthService, ModelProxyService, RegistryService, RunService } from "@ensemble/proto";
+import {
+  AuthService,
+  ModelProxyService,
+  RegistryService,
+  RunRequestSchema,
+  RunService,
+} from "@ensemble/proto";
 import { startServices, type MeshProcess, type Services } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
@@ -394,7 +403,7 @@ describe("websocket /v1/ws", () => {
     client.close();
   });
 
-  it("revocation - logging out ends that session's socket at once (its subscription gets unauthenticated, close 4401); the user's other session runs on; revoking an API key ends its socket", async () => {
+  it("revocation - logging out ends that session's socket (its subscription gets unauthenticated, close 4401) and its Connect stream at once; the user's other session runs on; revoking an API key ends its socket", async () => {
     const call = async (method: string, body: unknown, token?: string) => {
       const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
         method: "POST",
@@ -433,12 +442,32 @@ describe("websocket /v1/ws", () => {
     for (const c of [ended, kept]) {
       await c.until((f) => f.some((x) => x.id === "long" && x.type === "event"));
     }
+    // The same session's Connect stream (RunService.Run) through the gateway ends too.
+    const runs = createClient(
+      RunService,
+      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1" }),
+    );
+    let streamed = 0;
+    const connectRun = (async () => {
+      for await (const _ of runs.run(fromJson(RunRequestSchema, long.request), {
+        headers: { authorization: `Bearer ${first.accessToken}` },
+      })) {
+        streamed += 1;
+      }
+    })().then(
+      () => undefined,
+      (err: unknown) => ConnectError.from(err),
+    );
+    await expect.poll(() => streamed, { timeout: 10_000 }).toBeGreaterThan(0);
 
     await call("Logout", { refreshToken: first.refreshToken });
     const frames = await ended.finished("long", 10_000);
     expect(frames.at(-1)).toMatchObject({ type: "error", code: "unauthenticated" });
     expect(String(frames.at(-1)?.["message"])).toMatch(/revoked/);
     expect((await ended.waitClosed()).code).toBe(4401);
+    const streamError = await connectRun;
+    expect(streamError?.code).toBe(Code.Unauthenticated);
+    expect(streamError?.rawMessage).toMatch(/revoked/);
 
     // The other session's socket: still open, its run streams to the end.
     expect(kept.closed).toBeUndefined();

@@ -11,7 +11,7 @@
 // (watch_run: read; run, chat: write) and takes from the caller's rate limit. A socket whose
 // credential is revoked while it is open (its session logged out, its user disabled or given
 // another role, its API key revoked or rolled) ends at once: every open subscription gets an
-// `unauthenticated` error frame and the socket closes with 4401 (`credentialsChanged`).
+// `unauthenticated` error frame and the socket closes with 4401 (../live.ts).
 //
 // Upstream calls are the ones the other routes make, with the caller's token: RunService.WatchRun
 // and Run on the workflow engine, ModelProxyService.StreamChat (the OpenAI mapping of
@@ -45,6 +45,7 @@ import {
 } from "@ensemble/proto";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
 import { admit, type Authenticator, type Caller } from "../authn.js";
+import type { LiveCalls } from "../live.js";
 import { AUTO_MODEL, routeAuto } from "../auto.js";
 import { autoModelError, chatParam, ChunkEncoder, parseChatRequest } from "../openai/chat.js";
 import { toOpenAiError } from "../openai/errors.js";
@@ -64,6 +65,8 @@ export interface WsEndpointDeps {
   logger: Logger;
   metrics: Metrics;
   authenticator: Authenticator;
+  /** Sockets are tracked here: one whose credential is revoked is ended. */
+  live: LiveCalls;
   rateLimiter: RateLimiter;
   /** Absent when WORKFLOW_ADDR is not configured: watch_run and run answer unavailable. */
   runs: GrpcClient<typeof RunService> | undefined;
@@ -98,19 +101,6 @@ export interface WsEndpoint {
   drain(): void;
   /** Open sockets (for tests and metrics). */
   readonly connections: number;
-  /**
-   * Auth changed a user's, a session's or an API key's standing (after the authenticator has
-   * taken the change in): the sockets opened with that credential are checked again, and those
-   * now refused are ended (error frames, then close 4401). Resolves once they were checked.
-   */
-  credentialsChanged(change: CredentialChange): Promise<void>;
-}
-
-/** Who a change notice is about. */
-export interface CredentialChange {
-  kind: "user" | "session" | "api-key";
-  tenantId: string;
-  id: string;
 }
 
 /** The close code of a socket whose credential was revoked (4000-4999: the application's). */
@@ -286,6 +276,9 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
   function open(conn: Connection): void {
     const { ws } = conn;
     connections.add(conn);
+    const untrack = deps.live.track(conn.caller, conn.credential, (message) =>
+      endRevoked(conn, message),
+    );
     const opened = performance.now();
     let operations = 0;
     const timer = setInterval(() => {
@@ -322,6 +315,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     ws.on("error", (err) => logger.debug({ err, requestId: conn.requestId }, "websocket error"));
     ws.once("close", (code: number) => {
       clearInterval(timer);
+      untrack();
       conn.closed = true;
       connections.delete(conn);
       for (const sub of conn.subs.values()) {
@@ -681,36 +675,6 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     );
   }
 
-  /** Is this socket's caller the one the change is about? */
-  function concerns(conn: Connection, change: CredentialChange): boolean {
-    const { principal, apiKey } = conn.caller;
-    if (principal.tenantId !== change.tenantId) return false;
-    switch (change.kind) {
-      case "user":
-        return principal.subject === change.id;
-      case "session":
-        return principal.sessionId === change.id;
-      case "api-key":
-        return apiKey?.id === change.id;
-    }
-  }
-
-  async function credentialsChanged(change: CredentialChange): Promise<void> {
-    const affected = [...connections].filter((c) => !c.closed && concerns(c, change));
-    await Promise.all(
-      affected.map(async (conn) => {
-        try {
-          await deps.authenticator.authenticate(conn.credential);
-        } catch (err) {
-          const error = toConnectError(err);
-          // Auth unreachable (an API key's exchange): not a revocation; new operations decide.
-          if (error.code !== Code.Unauthenticated && error.code !== Code.PermissionDenied) return;
-          endRevoked(conn, error.rawMessage);
-        }
-      }),
-    );
-  }
-
   /** Ends every subscription with `message` (unauthenticated), then the socket (4401). */
   function endRevoked(conn: Connection, message: string): void {
     if (conn.closed) return;
@@ -729,7 +693,6 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
 
   return {
     handleUpgrade,
-    credentialsChanged,
     drain() {
       draining = true;
       for (const conn of connections) {
