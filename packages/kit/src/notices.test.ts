@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { captureLogs, natsUrl, startNats, uniqueName } from "@ensemble/testkit";
 import type { ChangeNotice } from "@ensemble/proto";
 import { describe, expect, it } from "vitest";
@@ -68,6 +71,41 @@ describe("notices", () => {
       await Promise.all([a.close(), b.close()]);
     }
   });
+
+  it("notices - a replay follows the stream across a NATS restart: a revocation stored after it reaches it", async () => {
+    const [logsA, logsB] = [captureLogs(), captureLogs()];
+    const dataDir = await mkdtemp(join(tmpdir(), "notices-restart-"));
+    let server = await startNats({ dataDir });
+    const port = server.port;
+    const [a, b] = await Promise.all([
+      connectNats({ url: server.url, name: "notices-a", logger: logsA.logger }),
+      connectNats({ url: server.url, name: "notices-b", logger: logsB.logger }),
+    ]);
+    const got: string[] = [];
+    const replay = createNotices(b, logsB.logger).replay(["user"], (_k, n) => got.push(n.id));
+    try {
+      await replay.ready;
+      const publisher = createNotices(a, logsA.logger);
+      await publisher.publish("user", "t1", "before");
+      for (let i = 0; i < 100 && got.length < 1; i++) await sleep(20);
+      expect(got).toEqual(["before"]);
+
+      await server.stop();
+      for (let i = 0; i < 250 && logsA.find("NATS disconnected").length === 0; i++) await sleep(20);
+      server = await startNats({ port, dataDir });
+      // Stored once the publisher is back, whether or not the follower is back yet.
+      for (let i = 0; i < 300 && logsA.find("NATS reconnected").length === 0; i++) await sleep(50);
+      await publisher.publish("user", "t1", "after");
+      expect(logsA.find(/could not store/)).toHaveLength(0);
+      for (let i = 0; i < 300 && got.length < 2; i++) await sleep(50);
+      expect(got).toEqual(["before", "after"]);
+    } finally {
+      replay.unsubscribe();
+      await Promise.all([a.close(), b.close()]);
+      await server.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 90_000);
 
   it("notices - with NATS down a change does not wait for it: publish resolves within a second (a revocation within three) and says the notice may be lost", async () => {
     const logs = captureLogs();
