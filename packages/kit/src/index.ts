@@ -16,3 +16,4 @@ export * from "./mongo.js";
 export * from "./lifecycle.js";
 export * from "./paging.js";
 export * from "./notices.js";
+export * from "./usage.js";

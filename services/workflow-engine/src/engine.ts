@@ -21,6 +21,7 @@ import {
 } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  addUsage,
   ensureStream,
   FailedPreconditionError,
   NotFoundError,
@@ -71,7 +72,7 @@ import {
 } from "@ensemble/proto";
 import type { Counter, Histogram } from "prom-client";
 import type { ArtifactStore } from "./artifacts.js";
-import { addUsage, executeStep, runErrorOf, type StepDeps } from "./executor.js";
+import { executeStep, runErrorOf, type StepDeps } from "./executor.js";
 import type { FailureExplainer } from "./explainer.js";
 import type { PluginInvoker } from "./plugins.js";
 import { subjectToken, type EventInit, type RunEventPublisher, type RunRef } from "./events.js";

@@ -10,7 +10,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { JsonObject } from "@bufbuild/protobuf";
-import { toConnectError, type GrpcClient } from "@ensemble/kit";
+import { addUsage, toConnectError, type GrpcClient } from "@ensemble/kit";
 import {
   ChatRole,
   FinishReason,
@@ -158,15 +158,6 @@ export function runErrorOf(err: unknown, stepId: string): RunError {
 
 export function codeName(code: Code): string {
   return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
-}
-
-export function addUsage(a: Usage | undefined, b: Usage | undefined): Usage {
-  return create(UsageSchema, {
-    inputTokens: (a?.inputTokens ?? 0n) + (b?.inputTokens ?? 0n),
-    outputTokens: (a?.outputTokens ?? 0n) + (b?.outputTokens ?? 0n),
-    totalTokens: (a?.totalTokens ?? 0n) + (b?.totalTokens ?? 0n),
-    costUsd: (a?.costUsd ?? 0) + (b?.costUsd ?? 0),
-  });
 }
 
 /** Runs the step to its end; the record's status is COMPLETED or FAILED (CANCELLED if aborted). */
