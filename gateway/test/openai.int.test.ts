@@ -146,6 +146,53 @@ describe("openai client against the gateway", () => {
     expect(ext.served_by).toMatchObject({ model: "sim-fast", provider: "simulator" });
   });
 
+  it("choices - n: 3 answers three choices (each a billed call: usage summed); streamed, every choice's deltas and finish arrive, then the summed usage once", async () => {
+    const openai = client(accessToken);
+    const messages = [{ role: "user" as const, content: "three ideas for a team lunch" }];
+    const one = await openai.chat.completions.create({ model: "sim-fast", messages });
+    const three = await openai.chat.completions.create({ model: "sim-fast", messages, n: 3 });
+    expect(three.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    for (const c of three.choices) {
+      expect(c.message.content).toBe(one.choices[0]?.message.content); // a deterministic model
+      expect(c.finish_reason).toBe("stop");
+    }
+    expect(three.usage?.prompt_tokens).toBe(3 * (one.usage?.prompt_tokens ?? 0));
+    expect(three.usage?.completion_tokens).toBe(3 * (one.usage?.completion_tokens ?? 0));
+    const cost = (r: unknown) => (r as EnsembleFields).ensemble.cost_usd;
+    expect(cost(one)).toBeGreaterThan(0);
+    expect(cost(three)).toBeCloseTo(3 * cost(one), 12);
+
+    // The SDK's stream helper gathers the choices by index.
+    const chunks: OpenAI.Chat.Completions.ChatCompletionChunk[] = [];
+    const stream = openai.chat.completions.stream({
+      model: "sim-fast",
+      messages,
+      n: 2,
+      stream_options: { include_usage: true },
+    });
+    stream.on("chunk", (c) => chunks.push(c));
+    const final = await stream.finalChatCompletion();
+    expect(final.choices.map((c) => [c.index, c.message.content, c.finish_reason])).toEqual([
+      [0, one.choices[0]?.message.content, "stop"],
+      [1, one.choices[0]?.message.content, "stop"],
+    ]);
+    expect(new Set(chunks.map((c) => c.id)).size).toBe(1);
+    const withUsage = chunks.filter((c) => c.usage !== null && c.usage !== undefined);
+    expect(withUsage).toHaveLength(1);
+    expect(withUsage[0]).toBe(chunks.at(-1));
+    expect(withUsage[0]?.usage?.completion_tokens).toBe(2 * (one.usage?.completion_tokens ?? 0));
+
+    // Out of range: OpenAI's 400 naming the parameter.
+    const refused = await openai.chat.completions
+      .create({ model: "sim-fast", messages, n: 9 })
+      .then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+    expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((refused as InstanceType<typeof OpenAI.BadRequestError>).param).toBe("n");
+  });
+
   it("streaming - deltas arrive before the end, add up to the unary answer, and usage comes last when asked", async () => {
     const openai = client(accessToken);
     const messages = [{ role: "user" as const, content: "tell me a slow story" }];

@@ -337,8 +337,13 @@ describe("websocket /v1/ws", () => {
     client.send({ id: "b1", type: "watch_run", run_id: firstRunId, bogus: true });
     client.send({ type: "watch_run", run_id: firstRunId });
     client.send({ id: "n1", type: "chat", request: { model: "fast", messages: "hi" } });
+    client.send({
+      id: "n2",
+      type: "chat",
+      request: { model: "fast", messages: [{ role: "user", content: "hi" }], n: 2 },
+    });
     client.send({ id: "x1", type: "cancel" });
-    await client.until((f) => f.filter((x) => x.type === "error").length >= 6);
+    await client.until((f) => f.filter((x) => x.type === "error").length >= 7);
     const errors = client.frames.filter((f) => f.type === "error");
     expect(errors[0]).toMatchObject({ code: "invalid_argument" });
     expect(errors[0]?.id).toBeUndefined();
@@ -347,6 +352,10 @@ describe("websocket /v1/ws", () => {
     expect(errors.find((e) => e.id === "n1")).toMatchObject({
       code: "invalid_argument",
       param: "messages",
+    });
+    expect(errors.find((e) => e.id === "n2")).toMatchObject({
+      code: "invalid_argument",
+      param: "n",
     });
     expect(errors.find((e) => e.id === "x1")).toMatchObject({ code: "not_found" });
 

@@ -201,7 +201,8 @@ describe("openai chat request", () => {
     expect(refusal({ model: "m", messages: hello, temperature: "hot" }).param).toBe("temperature");
     expect(refusal({ model: "m", messages: hello, seed: 1.5 }).param).toBe("seed");
     expect(refusal({ model: "m", messages: hello, max_tokens: 2 ** 40 }).param).toBe("max_tokens");
-    expect(refusal({ model: "m", messages: hello, n: 2 }).param).toBe("n");
+    expect(refusal({ model: "m", messages: hello, n: 9 }).param).toBe("n");
+    expect(refusal({ model: "m", messages: hello, n: 0 }).param).toBe("n");
     expect(refusal({ model: "m", messages: hello, cache: "always" }).param).toBe("cache");
     expect(refusal({ model: "m", messages: [{ role: "tool", content: "x" }] }).param).toBe(
       "messages[0].tool_call_id",

@@ -49,7 +49,12 @@ export interface ParsedChat {
   request: ChatRequestInit;
   stream: boolean;
   includeUsage: boolean;
+  /** How many choices (`n`): each is its own model call (handler.ts). */
+  n: number;
 }
+
+/** The most choices one chat completion may ask for (each is a model call, billed as one). */
+export const MAX_CHOICES = 8;
 
 /** "auto" on a gateway without the categorizer. */
 export function autoModelError(): ReturnType<typeof invalidRequest> {
@@ -143,10 +148,18 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
   if (effort !== undefined) request.reasoningEffort = effort;
 
   optBoolean(body, "logprobs"); // a boolean in chat completions
-  refuseUnsupported(body);
+  refuseLogprobs(body);
+  const n = optInt32(body, "n") ?? 1;
+  if (n < 1 || n > MAX_CHOICES) {
+    throw invalidRequest(
+      `n must be between 1 and ${MAX_CHOICES} (each choice is a model call of its own).`,
+      "n",
+      "integer_out_of_range",
+    );
+  }
 
   parseShared(body, request);
-  return { request, stream, includeUsage };
+  return { request, stream, includeUsage, n };
 }
 
 /** `stream` and `stream_options` (chat completions and completions). */
@@ -211,6 +224,11 @@ export function refuseUnsupported(body: JsonObject): void {
   if (n !== undefined && n !== 1) {
     throw invalidRequest("Only n=1 is supported.", "n", "unsupported_value");
   }
+  refuseLogprobs(body);
+}
+
+/** `logprobs` is refused: no token probabilities. */
+function refuseLogprobs(body: JsonObject): void {
   const logprobs = body["logprobs"];
   if (logprobs !== undefined && logprobs !== null && logprobs !== false) {
     throw invalidRequest("logprobs are not supported.", "logprobs", "unsupported_value");
@@ -502,6 +520,19 @@ export function seconds(ts: { seconds: bigint } | undefined): number {
 
 /** `chat.completion` for a unary answer. */
 export function chatCompletionJson(res: ChatResponse, requestedModel: string): unknown {
+  return {
+    id: res.id,
+    object: "chat.completion",
+    created: seconds(res.createTime),
+    model: res.servedBy?.model || requestedModel,
+    choices: [choiceJson(res, 0)],
+    usage: usageJson(res.usage),
+    ensemble: ensembleJson(res.servedBy, res.usage),
+  };
+}
+
+/** One answer as a `chat.completion` choice. */
+export function choiceJson(res: ChatResponse, index: number): Record<string, unknown> {
   const message = res.message;
   let text = "";
   for (const part of message?.content ?? []) {
@@ -521,42 +552,56 @@ export function chatCompletionJson(res: ChatResponse, requestedModel: string): u
     }));
   }
   if (res.reasoning !== "") out["reasoning_content"] = res.reasoning;
-  return {
-    id: res.id,
-    object: "chat.completion",
-    created: seconds(res.createTime),
-    model: res.servedBy?.model || requestedModel,
-    choices: [
-      { index: 0, message: out, logprobs: null, finish_reason: finishReason(res.finishReason) },
-    ],
-    usage: usageJson(res.usage),
-    ensemble: ensembleJson(res.servedBy, res.usage),
-  };
+  return { index, message: out, logprobs: null, finish_reason: finishReason(res.finishReason) };
+}
+
+/** The id and time every choice's chunks carry (n > 1: the first choice to start sets them). */
+export interface ChunkIdentity {
+  id?: string;
+  created?: number;
 }
 
 /**
- * Turns a StreamChat stream into SSE `chat.completion.chunk` events. The id/created/model prefix
- * is serialised once per stream; each delta costs one small JSON.stringify.
+ * Turns a StreamChat stream into SSE `chat.completion.chunk` events of choice `index`. The
+ * id/created/model prefix is serialised once per stream; each delta costs one small
+ * JSON.stringify. With n > 1 one encoder per choice shares `identity`, writes its choice's
+ * chunks and `finish`, and the handler writes `usage` (summed) and `[DONE]` once.
  */
 export class ChunkEncoder {
   #prefix = "";
   #suffix: string;
   readonly #includeUsage: boolean;
   readonly #requestedModel: string;
+  readonly #index: number;
+  readonly #identity: ChunkIdentity;
 
-  constructor(includeUsage: boolean, requestedModel: string) {
+  constructor(
+    includeUsage: boolean,
+    requestedModel: string,
+    index = 0,
+    identity: ChunkIdentity = {},
+  ) {
     this.#includeUsage = includeUsage;
     this.#requestedModel = requestedModel;
+    this.#index = index;
+    this.#identity = identity;
     // OpenAI sends "usage": null on every chunk but the last when usage was asked for.
     this.#suffix = includeUsage ? '}],"usage":null}' : "}]}";
+  }
+
+  /** Whether `start` was written. */
+  get started(): boolean {
+    return this.#prefix !== "";
   }
 
   /** The first event: role "assistant" with empty content. */
   start(start: StreamChatStart | undefined): string {
     const model = start?.servedBy?.model || this.#requestedModel;
+    this.#identity.id ??= start?.id ?? "";
+    this.#identity.created ??= seconds(start?.createTime);
     this.#prefix =
-      `{"id":${JSON.stringify(start?.id ?? "")},"object":"chat.completion.chunk",` +
-      `"created":${seconds(start?.createTime)},"model":${JSON.stringify(model)},"choices":[{"index":0,"delta":`;
+      `{"id":${JSON.stringify(this.#identity.id)},"object":"chat.completion.chunk",` +
+      `"created":${this.#identity.created},"model":${JSON.stringify(model)},"choices":[{"index":${this.#index},"delta":`;
     return this.#chunk('{"role":"assistant","content":""}', "null");
   }
 
@@ -587,16 +632,23 @@ export class ChunkEncoder {
 
   /** The finish chunk, the usage chunk when asked for, and `[DONE]`. */
   end(end: StreamChatEnd, startServedBy: ServedBy | undefined): string {
+    return `${this.finish(end, startServedBy)}${this.#includeUsage ? this.usage(end.usage) : ""}data: [DONE]\n\n`;
+  }
+
+  /** This choice's finish chunk (with Ensemble's extension: who answered, what it cost). */
+  finish(end: StreamChatEnd, startServedBy: ServedBy | undefined): string {
     const servedBy = end.servedBy ?? startServedBy;
     const ensemble = JSON.stringify(ensembleJson(servedBy, end.usage));
-    let out =
+    return (
       `data: ${this.#prefix}{},"logprobs":null,"finish_reason":${JSON.stringify(finishReason(end.finishReason))}` +
-      `}]${this.#includeUsage ? ',"usage":null' : ""},"ensemble":${ensemble}}\n\n`;
-    if (this.#includeUsage) {
-      const head = this.#prefix.slice(0, this.#prefix.length - '[{"index":0,"delta":'.length);
-      out += `data: ${head}[],"usage":${JSON.stringify(usageJson(end.usage))}}\n\n`;
-    }
-    return `${out}data: [DONE]\n\n`;
+      `}]${this.#includeUsage ? ',"usage":null' : ""},"ensemble":${ensemble}}\n\n`
+    );
+  }
+
+  /** The usage chunk (no choices), of the whole completion. */
+  usage(usage: Usage | undefined): string {
+    const head = this.#prefix.slice(0, this.#prefix.indexOf('[{"index":'));
+    return `data: ${head}[],"usage":${JSON.stringify(usageJson(usage))}}\n\n`;
   }
 
   /** A failure after the first chunk: its error body, and no `[DONE]`. */

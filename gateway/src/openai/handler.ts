@@ -15,6 +15,7 @@ import type http2 from "node:http2";
 import type { JsonObject as ProtoJsonObject } from "@bufbuild/protobuf";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import {
+  addUsage,
   UnauthenticatedError,
   type GrpcClient,
   type Logger,
@@ -23,6 +24,7 @@ import {
 } from "@ensemble/kit";
 import {
   Access,
+  CacheMode,
   ChatRole,
   type CategorizerService,
   type ChatDelta,
@@ -31,6 +33,7 @@ import {
   type ServedBy,
   type StreamChatEnd,
   type StreamChatStart,
+  type Usage,
 } from "@ensemble/proto";
 import { admit, type Authenticator, type Caller } from "../authn.js";
 import { AUTO_MODEL, routeAuto, type AutoRouting } from "../auto.js";
@@ -39,9 +42,14 @@ import {
   autoModelError,
   chatCompletionJson,
   chatParam,
+  choiceJson,
   ChunkEncoder,
+  ensembleJson,
   parseChatRequest,
+  usageJson,
   type ChatRequestInit,
+  type ChunkIdentity,
+  type ParsedChat,
 } from "./chat.js";
 import { embeddingsJson, embedParam, parseEmbedRequest } from "./embeddings.js";
 import { invalidRequest, OpenAiError, toOpenAiError, type ErrorContext } from "./errors.js";
@@ -181,6 +189,10 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
     errors: { modelRoute: true, param: chatParam },
     async run(call) {
       const parsed = parseChatRequest(call.body);
+      if (parsed.n > 1) {
+        await answerChoices(call, chat, parsed);
+        return;
+      }
       await answerChat(call, chat, parsed.request, {
         stream: parsed.stream,
         json: chatCompletionJson,
@@ -337,6 +349,107 @@ export function createOpenAiApi(deps: OpenAiApiDeps): OpenAiApi {
             if (done !== undefined) await onAnswer(done.json, done.output);
           },
     );
+  }
+
+  /**
+   * Chat completions with `n` > 1 (decision): n model calls of the same request made at once, each
+   * its own call in model-proxy (billed, limited, logged and guarded as one; the first may be
+   * answered by the cache, the others bypass it so that they are fresh samples), gathered into
+   * choices 0..n-1 with the usage and cost summed. A provider's native `n` would bill the prompt
+   * once; this works for every provider alike. The first failure ends the completion and
+   * cancels the calls still running.
+   */
+  async function answerChoices(call: Call, r: Route, parsed: ParsedChat): Promise<void> {
+    const request = parsed.request;
+    const requested = request.model ?? "";
+    let routing: AutoRouting | undefined;
+    if (requested === AUTO_MODEL) {
+      routing = await route(call, request);
+      request.model = routing.model;
+    }
+    const requests = Array.from({ length: parsed.n }, (_, i) =>
+      i === 0 ? request : { ...request, cache: CacheMode.BYPASS },
+    );
+    const abort = new AbortController();
+    const signal =
+      call.options.signal !== undefined
+        ? AbortSignal.any([call.options.signal, abort.signal])
+        : abort.signal;
+    const options = { ...call.options, signal };
+    if (!parsed.stream) {
+      let answers: ChatResponse[];
+      try {
+        answers = await Promise.all(requests.map((q) => proxy().chat(q, options)));
+      } finally {
+        abort.abort(); // the others, after a failure (nothing is left running otherwise)
+      }
+      const json = chatCompletionJson(answers[0]!, requested) as Record<string, unknown>;
+      const usage = answers.reduce<Usage | undefined>(
+        (sum, a) => addUsage(sum, a.usage),
+        undefined,
+      );
+      json["choices"] = answers.map((a, i) => choiceJson(a, i));
+      json["usage"] = usageJson(usage);
+      const ensemble = ensembleJson(answers[0]!.servedBy, usage);
+      if (routing !== undefined) ensemble["routing"] = routing;
+      json["ensemble"] = ensemble;
+      sendJson(call.res, 200, json);
+      return;
+    }
+    const { res } = call;
+    const client = proxy();
+    const ended = metrics.rpcServer.streamStarted(r.name);
+    const identity: ChunkIdentity = {};
+    const usages: Array<Usage | undefined> = [];
+    let started = false;
+    let last: ChunkEncoder | undefined;
+    const begin = (): void => {
+      if (started) return;
+      res.writeHead(200, SSE_HEADERS);
+      started = true;
+    };
+    // After a failure the response has ended while other choices' chunks may still be in hand.
+    const put = (text: string) => (res.writableEnded ? undefined : write(res, text));
+    try {
+      await Promise.all(
+        requests.map(async (q, index) => {
+          const encoder = new ChunkEncoder(parsed.includeUsage, requested, index, identity);
+          let startServedBy: ServedBy | undefined;
+          for await (const message of client.streamChat({ chat: q }, options)) {
+            const event = message.event;
+            if (event.case === undefined) continue;
+            if (!encoder.started) {
+              begin();
+              if (event.case === "start") startServedBy = event.value.servedBy;
+              await put(encoder.start(event.case === "start" ? event.value : undefined));
+            }
+            if (event.case === "delta") {
+              const text = encoder.delta(event.value);
+              if (text !== "") await put(text);
+            } else if (event.case === "end") {
+              usages[index] = event.value.usage;
+              last = encoder;
+              await put(encoder.finish(event.value, startServedBy));
+              return;
+            }
+          }
+          throw new ConnectError("stream ended without its end message", Code.Internal);
+        }),
+      );
+      const usage = usages.reduce<Usage | undefined>((sum, u) => addUsage(sum, u), undefined);
+      res.end(
+        `${parsed.includeUsage && last !== undefined ? last.usage(usage) : ""}data: [DONE]\n\n`,
+      );
+    } catch (err) {
+      abort.abort();
+      if (!started) throw err;
+      const error = toOpenAiError(err, { ...r.errors, trailers: call.trailers }, logger);
+      call.streamError = error;
+      if (!res.destroyed && !res.writableEnded)
+        res.end(`data: ${JSON.stringify(error.body())}\n\n`);
+    } finally {
+      ended();
+    }
   }
 
   /**

@@ -48,7 +48,7 @@ import { admit, type Authenticator, type Caller } from "../authn.js";
 import type { LiveCalls } from "../live.js";
 import { AUTO_MODEL, routeAuto } from "../auto.js";
 import { autoModelError, chatParam, ChunkEncoder, parseChatRequest } from "../openai/chat.js";
-import { toOpenAiError } from "../openai/errors.js";
+import { invalidRequest, toOpenAiError } from "../openai/errors.js";
 import { errorFrame, FrameError, parseFrame, type ClientFrame } from "./protocol.js";
 
 export const WS_PATH = "/v1/ws";
@@ -501,6 +501,13 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     }
     // The socket always streams; `stream` in the body may say anything.
     const parsed = parseChatRequest({ ...body, stream: true });
+    if (parsed.n > 1) {
+      throw invalidRequest(
+        "n > 1 is answered by POST /v1/chat/completions; over the WebSocket a chat streams one choice.",
+        "n",
+        "unsupported_value",
+      );
+    }
     const requested = parsed.request.model ?? "";
     if (requested === AUTO_MODEL) {
       if (deps.categorizer === undefined) throw autoModelError();
