@@ -1,6 +1,7 @@
 import { invalid, SimError } from "./errors.js";
 import { stableHash } from "./hash.js";
 import type { ModelProfile } from "./models.js";
+import { MAX_TOP_LOGPROBS } from "./logprobs.js";
 import { structuredAnswer, type ForcedCall } from "./structured.js";
 import { countTokens, tokenPieces } from "./tokenizer.js";
 
@@ -18,6 +19,8 @@ export interface ChatRequest {
   forcedTool?: ForcedCall;
   /** `response_format` when it asks for JSON (json_object or json_schema). */
   responseFormat?: Record<string, unknown>;
+  /** With `logprobs: true`: how many `top_logprobs` each token carries (0 to 20). */
+  topLogprobs?: number;
 }
 
 export interface ChatAnswer {
@@ -106,6 +109,7 @@ export function parseChatRequest(
   if (stream !== undefined && stream !== null && typeof stream !== "boolean") {
     throw invalid("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type");
   }
+  const topLogprobs = logprobsOf(body);
   const streamOptions = body["stream_options"];
   const maxTokens = positiveInt(body, "max_completion_tokens") ?? positiveInt(body, "max_tokens");
   const req: ChatRequest = {
@@ -119,7 +123,36 @@ export function parseChatRequest(
   if (forced !== undefined) req.forcedTool = forced;
   const format = responseFormat(body["response_format"]);
   if (format !== undefined) req.responseFormat = format;
+  if (topLogprobs !== undefined) req.topLogprobs = topLogprobs;
   return { req, profile };
+}
+
+/**
+ * `logprobs` (a boolean) and `top_logprobs` (an integer 0..20, only with `logprobs: true`),
+ * checked as OpenAI checks them: the number of top entries per token, or undefined for none.
+ */
+function logprobsOf(body: Record<string, unknown>): number | undefined {
+  const logprobs = body["logprobs"];
+  if (logprobs !== undefined && logprobs !== null && typeof logprobs !== "boolean") {
+    throw invalid("Invalid type for 'logprobs': expected a boolean.", "logprobs", "invalid_type");
+  }
+  const top = body["top_logprobs"];
+  if (top === undefined || top === null) return logprobs === true ? 0 : undefined;
+  if (typeof top !== "number" || !Number.isInteger(top) || top < 0 || top > MAX_TOP_LOGPROBS) {
+    throw invalid(
+      `Invalid 'top_logprobs': expected an integer between 0 and ${MAX_TOP_LOGPROBS}.`,
+      "top_logprobs",
+      "invalid_value",
+    );
+  }
+  if (logprobs !== true) {
+    throw invalid(
+      "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+      "top_logprobs",
+      "invalid_value",
+    );
+  }
+  return top;
 }
 
 /** `response_format`, checked as OpenAI checks it; undefined for none or text. */

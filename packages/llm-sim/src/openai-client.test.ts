@@ -49,6 +49,46 @@ describe("llm-sim with the openai client", () => {
     expect(models.data.map((m) => m.id)).toContain("sim-thinking");
   });
 
+  it("openai client - logprobs and top_logprobs parse, unary and streamed; top_logprobs without logprobs is a 400", async () => {
+    const unary = await client.chat.completions.create({
+      model: "sim-medium",
+      messages,
+      logprobs: true,
+      top_logprobs: 2,
+    });
+    const content = unary.choices[0]?.message.content ?? "";
+    const entries = unary.choices[0]?.logprobs?.content ?? [];
+    expect(entries.length).toBe(unary.usage?.completion_tokens);
+    expect(entries.map((e) => e.token).join("")).toBe(content);
+    for (const e of entries) {
+      expect(e.top_logprobs).toHaveLength(2);
+      expect(e.top_logprobs[0]?.token).toBe(e.token);
+      expect(e.top_logprobs[0]?.logprob).toBe(e.logprob);
+      expect(e.top_logprobs[1]!.logprob).toBeLessThan(e.logprob);
+      expect(e.logprob).toBeLessThanOrEqual(0);
+    }
+
+    const stream = await client.chat.completions.create({
+      model: "sim-medium",
+      messages,
+      logprobs: true,
+      top_logprobs: 2,
+      stream: true,
+    });
+    let tokens = "";
+    for await (const chunk of stream) {
+      tokens += (chunk.choices[0]?.logprobs?.content ?? []).map((e) => e.token).join("");
+    }
+    expect(tokens).toBe(content);
+
+    const bad = await client.chat.completions
+      .create({ model: "sim-medium", messages, top_logprobs: 2 })
+      .catch((err: unknown) => err);
+    expect(bad).toBeInstanceOf(APIError);
+    expect((bad as APIError).status).toBe(400);
+    expect((bad as APIError).param).toBe("top_logprobs");
+  });
+
   it("openai client - a cut stream surfaces as an error, 429 as RateLimitError, 400 as APIError", async () => {
     const stream = await client.chat.completions.create(
       { model: "sim-fast", messages, stream: true },

@@ -181,6 +181,104 @@ describe("llm-sim", () => {
     expect(deltas.map((d) => d["reasoning_content"] ?? "").join("")).toBe(thought);
   });
 
+  it("chat - logprobs: one entry per answer token with top_logprobs, deterministic, streamed per chunk; top_logprobs alone is 400", async () => {
+    interface Top {
+      token: string;
+      logprob: number;
+      bytes: number[];
+    }
+    interface Entry extends Top {
+      top_logprobs: Top[];
+    }
+    interface WithLogprobs {
+      choices: Array<{
+        message: { content: string };
+        logprobs: { content: Entry[]; refusal: null } | null;
+      }>;
+      usage: Completion["usage"];
+    }
+    const ask = async (body: Record<string, unknown>): Promise<WithLogprobs> => {
+      const res = await post("/v1/chat/completions", body);
+      expect(res.status).toBe(200);
+      return (await res.json()) as WithLogprobs;
+    };
+    const plain = await ask(hello);
+    expect(plain.choices[0]!.logprobs).toBeNull();
+    const a = await ask({ ...hello, logprobs: true, top_logprobs: 2 });
+    const b = await ask({ ...hello, logprobs: true, top_logprobs: 2 });
+    // Asking for logprobs changes neither the answer nor its usage.
+    const content = a.choices[0]!.message.content;
+    expect(content).toBe(plain.choices[0]!.message.content);
+    expect(a.usage).toEqual(plain.usage);
+    const lp = a.choices[0]!.logprobs!;
+    expect(lp.refusal).toBeNull();
+    expect(lp.content).toHaveLength(a.usage.completion_tokens);
+    expect(lp.content.map((e) => e.token).join("")).toBe(content);
+    for (const e of lp.content) {
+      expect(e.logprob).toBeLessThanOrEqual(0);
+      expect(e.bytes).toEqual([...Buffer.from(e.token, "utf8")]);
+      expect(e.top_logprobs).toHaveLength(2);
+      expect(e.top_logprobs[0]).toEqual({ token: e.token, logprob: e.logprob, bytes: e.bytes });
+      const alt = e.top_logprobs[1]!;
+      expect(alt.token).not.toBe(e.token);
+      expect(alt.logprob).toBeLessThan(e.logprob);
+      expect(alt.bytes).toEqual([...Buffer.from(alt.token, "utf8")]);
+    }
+    expect(b.choices[0]!.logprobs).toEqual(lp);
+    // logprobs alone: the same values, with empty top_logprobs.
+    const bare = await ask({ ...hello, logprobs: true });
+    expect(bare.choices[0]!.logprobs!.content).toEqual(
+      lp.content.map((e) => ({ ...e, top_logprobs: [] })),
+    );
+
+    const streamed = await post("/v1/chat/completions", {
+      ...hello,
+      stream: true,
+      logprobs: true,
+      top_logprobs: 2,
+    });
+    const { events, error } = await readEvents(streamed);
+    expect(error).toBeUndefined();
+    const choices = events.slice(0, -1).map(
+      (e) =>
+        (
+          JSON.parse(e) as {
+            choices: Array<{
+              delta: { content?: string };
+              logprobs: { content: Entry[]; refusal: null } | null;
+            }>;
+          }
+        ).choices[0]!,
+    );
+    // The role chunk and the finish chunk carry none; each content chunk its own tokens'.
+    expect(choices[0]!.logprobs).toBeNull();
+    expect(choices[choices.length - 1]!.logprobs).toBeNull();
+    let text = "";
+    let tokens = "";
+    for (const c of choices) {
+      text += c.delta.content ?? "";
+      tokens += (c.logprobs?.content ?? []).map((e) => e.token).join("");
+      if ((c.delta.content ?? "") !== "") {
+        expect(c.logprobs!.content.map((e) => e.token).join("")).toBe(c.delta.content);
+      }
+    }
+    expect(text).toBe(content);
+    expect(tokens).toBe(content);
+    expect(choices.flatMap((c) => c.logprobs?.content ?? [])).toEqual(lp.content);
+
+    for (const bad of [
+      { top_logprobs: 2 },
+      { logprobs: false, top_logprobs: 2 },
+      { logprobs: true, top_logprobs: 21 },
+    ]) {
+      const res = await post("/v1/chat/completions", { ...hello, ...bad });
+      expect(res.status).toBe(400);
+      const body = (await res.json()) as { error: { type: string; param: string } };
+      expect(body.error.type).toBe("invalid_request_error");
+      expect(body.error.param).toBe("top_logprobs");
+    }
+  });
+
   it("chat - image parts are accepted by sim-vision and refused by other models", async () => {
     const messages = [
       {

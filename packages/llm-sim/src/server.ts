@@ -21,6 +21,7 @@ import {
   type FailMode,
   type ModelProfile,
 } from "./models.js";
+import { tokenLogprobs } from "./logprobs.js";
 import { solidPng } from "./png.js";
 import { countTokens } from "./tokenizer.js";
 
@@ -416,6 +417,11 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       total_tokens: ans.promptTokens + completionTokens,
     };
     const delayPerToken = c.tokensPerSecond > 0 ? 1000 / c.tokensPerSecond : 0;
+    // With `logprobs`, one entry per answer token (none for a tool call, nor for reasoning).
+    const logprobs =
+      chatReq.topLogprobs !== undefined && !call
+        ? tokenLogprobs(ans.pieces, ans.hash, chatReq.topLogprobs)
+        : undefined;
 
     if (!chatReq.stream) {
       if (failure === "cut") {
@@ -449,7 +455,10 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
                     ? { reasoning_content: ans.reasoning.join("") }
                     : {}),
                 },
-            logprobs: null,
+            logprobs:
+              chatReq.topLogprobs !== undefined
+                ? { content: logprobs ?? null, refusal: null }
+                : null,
             finish_reason: call ? "tool_calls" : ans.finishReason,
           },
         ],
@@ -464,14 +473,18 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       connection: "keep-alive",
     });
     res.flushHeaders();
-    const send = (delta: Record<string, unknown>, finish: string | null): void => {
+    const send = (
+      delta: Record<string, unknown>,
+      finish: string | null,
+      chunkLogprobs: unknown = null,
+    ): void => {
       const chunk: Record<string, unknown> = {
         id,
         object: "chat.completion.chunk",
         created,
         model: chatReq.model,
         system_fingerprint: SYSTEM_FINGERPRINT,
-        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+        choices: [{ index: 0, delta, logprobs: chunkLogprobs, finish_reason: finish }],
       };
       if (chatReq.includeUsage) chunk["usage"] = null;
       res.write(`data: ${JSON.stringify(chunk)}\n\n`);
@@ -496,8 +509,19 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     } else {
       send({ role: "assistant", content: "", refusal: null }, null);
       for (const piece of ans.reasoning) send({ reasoning_content: piece }, null);
-      const completed = await streamPieces(ans, c, failure === "cut", res, signal, (text) =>
-        send({ content: text }, null),
+      // A content chunk carries the logprobs of exactly its own tokens.
+      const completed = await streamPieces(
+        ans,
+        c,
+        failure === "cut",
+        res,
+        signal,
+        (text, from, to) =>
+          send(
+            { content: text },
+            null,
+            logprobs ? { content: logprobs.slice(from, to), refusal: null } : null,
+          ),
       );
       if (!completed) return;
       send({}, ans.finishReason);
@@ -1068,7 +1092,8 @@ async function cutStream(res: ServerResponse, signal: AbortSignal): Promise<void
 /**
  * Streams the answer after the time to first token, in chunks of 1 to 3 tokens (sizes fixed by
  * the answer's hash so a stream replays identically) at the token rate. With `cut`, stops after
- * half the tokens and drops the connection. True when every piece was sent.
+ * half the tokens and drops the connection. True when every piece was sent. `emit` gets each
+ * chunk's text and the range of `ans.pieces` it holds.
  */
 async function streamPieces(
   ans: ChatAnswer,
@@ -1076,7 +1101,7 @@ async function streamPieces(
   cut: boolean,
   res: ServerResponse,
   signal: AbortSignal,
-  emit: (text: string) => void,
+  emit: (text: string, from: number, to: number) => void,
 ): Promise<boolean> {
   await sleep(c.ttftMs, signal);
   const sizes = ans.hash.split("").map((ch) => (parseInt(ch, 16) % 3) + 1);
@@ -1088,7 +1113,7 @@ async function streamPieces(
     const size = sizes[k % sizes.length] ?? 1;
     const piece = ans.pieces.slice(i, i + size);
     if (k > 0) await sleep(delayPerToken * piece.length, signal);
-    emit(piece.join(""));
+    emit(piece.join(""), i, i + piece.length);
     i += piece.length;
     if (i >= cutAt) {
       await cutStream(res, signal);
