@@ -40,6 +40,7 @@ import {
   type ModelProxyService,
   type ServedBy,
   type StreamChatResponse,
+  type TokenLogprob,
   type Usage,
 } from "@ensemble/proto";
 import type { Accounting, Caller, KeyRules, LedgerEntry } from "./accounting/index.js";
@@ -63,7 +64,12 @@ import { safeToken } from "./accounting/keys.js";
 import type { StoredResponses } from "./stored-responses.js";
 import { costOf, requireCapability, type Catalog } from "./catalog.js";
 import { coalesceDeltas } from "./providers/coalesce.js";
-import { ProviderError, type ChatChunk, type Deployment } from "./providers/types.js";
+import {
+  ProviderError,
+  type ChatChunk,
+  type Deployment,
+  type ProviderClient,
+} from "./providers/types.js";
 import { toDomainError, type Router, type Routed } from "./router.js";
 import { countChat, countText, estimateChatTokens, estimateTextTokens } from "./tokens.js";
 
@@ -340,6 +346,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
 
   function checkChat(model: Model, req: ChatRequest): number {
     requireCapability(model, Capability.CHAT, "chat");
+    if (req.topLogprobs > 0 && !req.logprobs) {
+      throw new InvalidArgumentError("top_logprobs needs logprobs", { field: "top_logprobs" });
+    }
     const images = req.messages.some((m) => m.content.some((p) => p.part.case === "image"));
     if (images) requireCapability(model, Capability.VISION, "image inputs");
     if (req.tools.length > 0 && !model.capabilities.includes(Capability.TOOLS)) {
@@ -605,6 +614,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       out.message.toolCalls = [];
     }
     out.reasoning = "";
+    out.logprobs = [];
     out.finishReason = FinishReason.CONTENT_FILTER;
     return { response: out, withheld: withheldNote(term) };
   }
@@ -641,8 +651,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           fallbacksOf(model, req.fallbackModels, caller),
           input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE),
           ctx.signal,
-          (client, _d, m) =>
-            client.chat({ model: m.providerModelId, request: req, signal: ctx.signal }),
+          (client, d, m) => {
+            requireLogprobs(client, d, req);
+            return client.chat({ model: m.providerModelId, request: req, signal: ctx.signal });
+          },
         );
         routed.finish();
         const r = routed.value;
@@ -657,6 +669,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             message: r.message,
             reasoning: r.reasoning,
             finishReason: r.finishReason,
+            logprobs: r.logprobs ?? [],
             usage,
             latency: duration(latency),
             timeToFirstToken: duration(latency),
@@ -747,6 +760,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE),
           ctx.signal,
           async (client, _d, m) => {
+            requireLogprobs(client, _d, req);
             const stream = client.streamChat({
               model: m.providerModelId,
               request: req,
@@ -781,6 +795,21 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       const terms = guardrails.blockedOutputTerms;
       const guard = terms === undefined ? undefined : new OutputGuard(terms);
       const thoughtGuard = terms === undefined ? undefined : new OutputGuard(terms);
+      // Log probabilities of text the guard holds back, and how much text they cover so far.
+      const heldLogprobs: TokenLogprob[] = [];
+      let coveredChars = 0;
+      /** The held log probabilities whose tokens lie within the first `sentChars` sent. */
+      const releasedLogprobs = (sentChars: number): TokenLogprob[] => {
+        let n = 0;
+        while (
+          n < heldLogprobs.length &&
+          coveredChars + heldLogprobs[n]!.token.length <= sentChars
+        ) {
+          coveredChars += heldLogprobs[n]!.token.length;
+          n += 1;
+        }
+        return heldLogprobs.splice(0, n);
+      };
       // Tool calls arrive in fragments (by index); the assembled answer carries them whole.
       const calls = new Map<number, { id: string; name: string; arguments: string }>();
       /** What was streamed so far, as one assistant message. */
@@ -845,6 +874,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             let text = chunk.content;
             let thought = chunk.reasoning;
             let toolCalls = chunk.toolCalls;
+            let logprobs = chunk.logprobs ?? [];
             if (guard !== undefined && thoughtGuard !== undefined) {
               const checked = guard.push(chunk.content);
               const thinking = thoughtGuard.push(chunk.reasoning);
@@ -858,12 +888,16 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               text = checked.send;
               thought = thinking.send;
               toolCalls = [];
+              // A token's log probability goes out with the token's text, as the guard lets
+              // the text out.
+              heldLogprobs.push(...logprobs);
+              logprobs = releasedLogprobs(shown.length + text.length);
             }
             shown += text;
-            if (text !== "" || thought !== "" || toolCalls.length > 0) {
+            if (text !== "" || thought !== "" || toolCalls.length > 0 || logprobs.length > 0) {
               yield event({
                 case: "delta",
-                value: { content: text, reasoning: thought, toolCalls },
+                value: { content: text, reasoning: thought, toolCalls, logprobs },
               });
             }
           } else {
@@ -888,7 +922,8 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               }
               const rest = (checked as { send: string }).send;
               const restThought = (thinking as { send: string }).send;
-              if (rest !== "" || restThought !== "" || held.length > 0) {
+              const restLogprobs = heldLogprobs.splice(0);
+              if (rest !== "" || restThought !== "" || held.length > 0 || restLogprobs.length > 0) {
                 shown += rest;
                 yield event({
                   case: "delta",
@@ -896,6 +931,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
                     content: rest,
                     reasoning: restThought,
                     toolCalls: held.map(([index, c]) => ({ index, ...c })),
+                    logprobs: restLogprobs,
                   },
                 });
               }
@@ -1242,4 +1278,14 @@ function cachedUsage(from: Usage | undefined): Usage {
 function duration(ms: number): Duration {
   const nanos = Math.max(0, Math.round(ms * 1e6));
   return create(DurationSchema, { seconds: BigInt(Math.floor(nanos / 1e9)), nanos: nanos % 1e9 });
+}
+
+/** ChatRequest.logprobs on a deployment whose API gives none: the request is wrong for it. */
+function requireLogprobs(client: ProviderClient, d: Deployment, req: ChatRequest): void {
+  if (req.logprobs && !client.logprobs) {
+    throw new ProviderError(
+      "invalid_request",
+      `${d.name} (the ${d.api} API) gives no token log probabilities: ask without logprobs, or a model served by an OpenAI-compatible endpoint`,
+    );
+  }
 }

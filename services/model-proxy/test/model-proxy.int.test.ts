@@ -192,6 +192,8 @@ beforeAll(async () => {
     { name: "duo-good", provider: "duo", baseUrl: `${sim.url}/v1`, apiKey: "k", weight: 1 },
     { name: "flaky", provider: "flaky", baseUrl: `${flakySim.url}/v1`, apiKey: "k" },
     { name: "limited", provider: "limited", baseUrl: `${sim.url}/v1`, apiKey: "k", rpm: 10 },
+    // The simulator's Anthropic Messages API: no token log probabilities there.
+    { name: "anthro", provider: "anthro", api: "anthropic", baseUrl: sim.url, apiKey: "k" },
   ]);
   const env = {
     MODEL_PROXY_DEPLOYMENTS: deployments,
@@ -247,6 +249,53 @@ describe("model-proxy", () => {
       12,
     );
     expect(res.finishReason).toBe(FinishReason.STOP);
+  });
+
+  it("logprobs - the answer's tokens with their log probabilities, unary and streamed, adding up to the text; refused without logprobs or where the API gives none", async () => {
+    const who = await signup("logprobs");
+    const ask = { ...chat("sim-fast", "Name a colour"), logprobs: true, topLogprobs: 2 };
+    const res = await mp.chat(ask, { headers: who.headers });
+    const text = textOf(res.message);
+    expect(res.logprobs.map((t) => t.token).join("")).toBe(text);
+    for (const t of res.logprobs) {
+      expect(t.logprob).toBeLessThanOrEqual(0);
+      expect(new TextDecoder().decode(t.bytes)).toBe(t.token);
+      expect(t.topLogprobs).toHaveLength(2);
+      expect(t.topLogprobs[0]?.token).toBe(t.token);
+    }
+    // Not asked: none (and the same text).
+    const plain = await mp.chat(chat("sim-fast", "Name a colour"), { headers: who.headers });
+    expect(textOf(plain.message)).toBe(text);
+    expect(plain.logprobs).toEqual([]);
+
+    const { events, error } = await collect(mp.streamChat({ chat: ask }, { headers: who.headers }));
+    expect(error).toBeUndefined();
+    let streamed = "";
+    let tokens = "";
+    for (const e of events) {
+      if (e.event.case !== "delta") continue;
+      streamed += e.event.value.content;
+      tokens += e.event.value.logprobs.map((t) => t.token).join("");
+    }
+    expect(streamed).toBe(text);
+    expect(tokens).toBe(text);
+
+    const noLogprobs = await expectCode(
+      mp.chat({ ...chat("sim-fast", "x"), topLogprobs: 2 }, { headers: who.headers }),
+      Code.InvalidArgument,
+    );
+    expect(noLogprobs.rawMessage).toContain("top_logprobs");
+    await addModel(who, "anthro-fast", "anthro", "sim-fast");
+    const anthropic = await expectCode(
+      mp.chat({ ...chat("anthro-fast", "x"), logprobs: true }, { headers: who.headers }),
+      Code.InvalidArgument,
+    );
+    expect(anthropic.rawMessage).toMatch(
+      /anthro \(the anthropic API\) gives no token log probabilities/,
+    );
+    // The same model without logprobs answers (the deployment works).
+    const viaAnthropic = await mp.chat(chat("anthro-fast", "x"), { headers: who.headers });
+    expect(textOf(viaAnthropic.message)).toContain("[simulated sim-fast]");
   });
 
   it("Chat - bad requests: auto, unknown model, an image for a text-only model", async () => {
@@ -866,6 +915,23 @@ describe("model-proxy", () => {
     const whole = await mp.chat(chat("sim-fast", "I like pineapples a lot"), opts);
     expect(all).toBe(textOf(whole.message));
     expect(whole.finishReason).toBe(FinishReason.STOP);
+    // Log probabilities go out with their tokens' text, as the guard lets the text out.
+    const withLogprobs = await collect(
+      mp.streamChat(
+        { chat: { ...chat("sim-fast", "I like pineapples a lot"), logprobs: true } },
+        opts,
+      ),
+    );
+    let shown = "";
+    let tokens = "";
+    for (const e of withLogprobs.events) {
+      if (e.event.case !== "delta") continue;
+      shown += e.event.value.content;
+      tokens += e.event.value.logprobs.map((t) => t.token).join("");
+      expect(shown.startsWith(tokens)).toBe(true);
+    }
+    expect(shown).toBe(all);
+    expect(tokens).toBe(all);
 
     // Embeddings are of the redacted text: the same vector another tenant gets for it.
     const [mine, plain] = await Promise.all([

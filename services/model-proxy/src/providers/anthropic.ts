@@ -57,6 +57,8 @@ export function createAnthropicClient(d: Deployment): ProviderClient {
   });
 
   return {
+    // Not given by this API through our adapter: ChatRequest.logprobs is refused for it.
+    logprobs: false,
     async chat(call: ChatCall): Promise<ChatResult> {
       const deadline = new Deadline(call.signal, d.timeoutMs);
       let msg: Message;

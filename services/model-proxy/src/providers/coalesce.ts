@@ -49,11 +49,13 @@ export async function* coalesceDeltas(
 }
 
 function merge(a: Delta, b: Delta): Delta {
+  const logprobs = [...(a.logprobs ?? []), ...(b.logprobs ?? [])];
   return {
     type: "delta",
     content: a.content + b.content,
     reasoning: a.reasoning + b.reasoning,
     // Tool-call fragments are keyed by their index; consumers append them in order.
     toolCalls: a.toolCalls.length === 0 ? b.toolCalls : [...a.toolCalls, ...b.toolCalls],
+    ...(logprobs.length > 0 ? { logprobs } : {}),
   };
 }

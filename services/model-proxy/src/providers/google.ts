@@ -96,6 +96,8 @@ export function createGoogleClient(d: Deployment): ProviderClient {
   }
 
   return {
+    // Not given by this API through our adapter: ChatRequest.logprobs is refused for it.
+    logprobs: false,
     async chat(call: ChatCall): Promise<ChatResult> {
       const { contents, config } = toGemini(call.request);
       const res = await unary(call.signal, (sdk) =>

@@ -9,10 +9,12 @@ import {
   ImageDetail,
   ImageFormat,
   ResponseFormat_Type,
+  TokenLogprobSchema,
   ToolCallSchema,
   ToolChoice_Mode,
   type ChatMessage,
   type ChatRequest,
+  type TokenLogprob,
   type ToolCallDelta,
 } from "@ensemble/proto";
 import OpenAI from "openai";
@@ -21,6 +23,7 @@ import type {
   ChatCompletionContentPart,
   ChatCompletionCreateParamsBase,
   ChatCompletionMessageParam,
+  ChatCompletionTokenLogprob,
   ChatCompletionToolChoiceOption,
 } from "openai/resources/chat/completions";
 import { Deadline, LinkedSignal, redact } from "./deadline.js";
@@ -56,6 +59,7 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
   const native = d.provider === "openai";
 
   return {
+    logprobs: true,
     async chat(call: ChatCall): Promise<ChatResult> {
       const completion = await guard(d, call.signal, (signal) =>
         client.chat.completions.create(
@@ -91,6 +95,7 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
       return {
         message,
         reasoning: msg.reasoning_content ?? msg.reasoning ?? "",
+        ...(call.request.logprobs ? { logprobs: tokenLogprobs(choice.logprobs?.content) } : {}),
         finishReason: finishReason(choice.finish_reason),
         inputTokens: completion.usage?.prompt_tokens ?? 0,
         outputTokens: completion.usage?.completion_tokens ?? 0,
@@ -133,8 +138,17 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
             name: t.function?.name ?? "",
             arguments: t.function?.arguments ?? "",
           }));
+          const logprobs = call.request.logprobs
+            ? tokenLogprobs(choice.logprobs?.content)
+            : undefined;
           if (content !== "" || reasoning !== "" || toolCalls.length > 0) {
-            yield { type: "delta", content, reasoning, toolCalls };
+            yield {
+              type: "delta",
+              content,
+              reasoning,
+              toolCalls,
+              ...(logprobs ? { logprobs } : {}),
+            };
           }
           if (choice.finish_reason) finish = finishReason(choice.finish_reason);
         }
@@ -304,6 +318,24 @@ function classify(d: Deployment, err: unknown, signal: AbortSignal, streaming: b
   );
 }
 
+/** OpenAI's token log probabilities in the contract's shape. */
+function tokenLogprobs(content: ChatCompletionTokenLogprob[] | null | undefined): TokenLogprob[] {
+  const bytesOf = (token: string, bytes: number[] | null | undefined) =>
+    bytes != null ? Uint8Array.from(bytes) : new TextEncoder().encode(token);
+  return (content ?? []).map((t) =>
+    create(TokenLogprobSchema, {
+      token: t.token,
+      logprob: t.logprob,
+      bytes: bytesOf(t.token, t.bytes),
+      topLogprobs: (t.top_logprobs ?? []).map((a) => ({
+        token: a.token,
+        logprob: a.logprob,
+        bytes: bytesOf(a.token, a.bytes),
+      })),
+    }),
+  );
+}
+
 function finishReason(reason: string | null | undefined): FinishReason {
   switch (reason) {
     case "length":
@@ -337,6 +369,10 @@ function chatParams(
   if (r.presencePenalty !== undefined) params.presence_penalty = r.presencePenalty;
   if (r.frequencyPenalty !== undefined) params.frequency_penalty = r.frequencyPenalty;
   if (r.seed !== undefined) params.seed = Number(r.seed);
+  if (r.logprobs) {
+    params.logprobs = true;
+    if (r.topLogprobs > 0) params.top_logprobs = r.topLogprobs;
+  }
   if (r.reasoningEffort !== "") {
     params.reasoning_effort = r.reasoningEffort as NonNullable<
       ChatCompletionCreateParamsBase["reasoning_effort"]

@@ -7,6 +7,7 @@ import type {
   ChatRequest,
   FinishReason,
   ImageFormat,
+  TokenLogprob,
   ToolCallDelta,
 } from "@ensemble/proto";
 
@@ -57,10 +58,19 @@ export interface ChatResult extends TokenCounts {
   message: ChatMessage;
   reasoning: string;
   finishReason: FinishReason;
+  /** The answer's tokens with their log probabilities, when the request asked (logprobs). */
+  logprobs?: TokenLogprob[];
 }
 
 export type ChatChunk =
-  | { type: "delta"; content: string; reasoning: string; toolCalls: ToolCallDelta[] }
+  | {
+      type: "delta";
+      content: string;
+      reasoning: string;
+      toolCalls: ToolCallDelta[];
+      /** The log probabilities of `content`'s tokens, when the request asked. */
+      logprobs?: TokenLogprob[];
+    }
   | ({ type: "end"; finishReason: FinishReason } & TokenCounts);
 
 export interface EmbedCall {
@@ -93,6 +103,8 @@ export interface ImageResult extends TokenCounts {
 
 /** One deployment's client. Created once per deployment and reused. */
 export interface ProviderClient {
+  /** Whether its API gives token log probabilities (ChatRequest.logprobs). */
+  readonly logprobs: boolean;
   chat(call: ChatCall): Promise<ChatResult>;
   /**
    * Deltas, then exactly one `end`. A provider stream that stops without its end (cut
