@@ -193,6 +193,52 @@ describe("openai client against the gateway", () => {
     expect((refused as InstanceType<typeof OpenAI.BadRequestError>).param).toBe("n");
   });
 
+  it("logprobs - the answer's tokens with their log probabilities and top alternatives, unary and streamed", async () => {
+    const openai = client(accessToken);
+    const messages = [{ role: "user" as const, content: "pick a number" }];
+    const res = await openai.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const content = res.choices[0]?.message.content ?? "";
+    const entries = res.choices[0]?.logprobs?.content ?? [];
+    expect(entries.map((t) => t.token).join("")).toBe(content);
+    for (const t of entries) {
+      expect(t.logprob).toBeLessThanOrEqual(0);
+      expect(Buffer.from(t.bytes ?? []).toString("utf8")).toBe(t.token);
+      expect(t.top_logprobs.map((a) => a.token)[0]).toBe(t.token);
+      expect(t.top_logprobs).toHaveLength(3);
+    }
+    const plain = await openai.chat.completions.create({ model: "sim-fast", messages });
+    expect(plain.choices[0]?.logprobs).toBeNull();
+
+    const stream = await openai.chat.completions.create({
+      model: "sim-fast",
+      messages,
+      logprobs: true,
+      stream: true,
+    });
+    let text = "";
+    let tokens = "";
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      tokens += (chunk.choices[0]?.logprobs?.content ?? []).map((t) => t.token).join("");
+    }
+    expect(text).toBe(content);
+    expect(tokens).toBe(content);
+
+    const refused = await openai.chat.completions
+      .create({ model: "sim-fast", messages, top_logprobs: 2 })
+      .then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+    expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((refused as InstanceType<typeof OpenAI.BadRequestError>).param).toBe("top_logprobs");
+  });
+
   it("streaming - deltas arrive before the end, add up to the unary answer, and usage comes last when asked", async () => {
     const openai = client(accessToken);
     const messages = [{ role: "user" as const, content: "tell me a slow story" }];

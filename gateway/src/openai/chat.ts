@@ -16,6 +16,7 @@ import {
   type ServedBy,
   type StreamChatEnd,
   type StreamChatStart,
+  type TokenLogprob,
   type ToolCallSchema,
   type ToolChoiceSchema,
   type ToolDefinitionSchema,
@@ -86,6 +87,7 @@ const CHAT_KEYS = new Set([
   "user",
   "n",
   "logprobs",
+  "top_logprobs",
   "store",
   "metadata",
   // Ensemble extensions
@@ -147,8 +149,22 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
   const effort = optEnum(body, "reasoning_effort", REASONING_EFFORTS);
   if (effort !== undefined) request.reasoningEffort = effort;
 
-  optBoolean(body, "logprobs"); // a boolean in chat completions
-  refuseLogprobs(body);
+  // A boolean in chat completions: the answer's tokens with their log probabilities.
+  if (optBoolean(body, "logprobs") === true) request.logprobs = true;
+  const top = optInt32(body, "top_logprobs");
+  if (top !== undefined) {
+    if (top < 0 || top > 20) {
+      throw invalidRequest(
+        "top_logprobs must be between 0 and 20.",
+        "top_logprobs",
+        "integer_out_of_range",
+      );
+    }
+    if (top > 0 && request.logprobs !== true) {
+      throw invalidRequest("top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value");
+    }
+    request.topLogprobs = top;
+  }
   const n = optInt32(body, "n") ?? 1;
   if (n < 1 || n > MAX_CHOICES) {
     throw invalidRequest(
@@ -218,17 +234,12 @@ export function parseGeneration(body: JsonObject, request: ChatRequestInit): voi
   }
 }
 
-/** `n` other than 1 and `logprobs` are refused: one answer, no token probabilities. */
+/** `n` other than 1 and `logprobs` are refused (text completions): one answer, no probabilities. */
 export function refuseUnsupported(body: JsonObject): void {
   const n = optInt32(body, "n");
   if (n !== undefined && n !== 1) {
     throw invalidRequest("Only n=1 is supported.", "n", "unsupported_value");
   }
-  refuseLogprobs(body);
-}
-
-/** `logprobs` is refused: no token probabilities. */
-function refuseLogprobs(body: JsonObject): void {
   const logprobs = body["logprobs"];
   if (logprobs !== undefined && logprobs !== null && logprobs !== false) {
     throw invalidRequest("logprobs are not supported.", "logprobs", "unsupported_value");
@@ -552,7 +563,32 @@ export function choiceJson(res: ChatResponse, index: number): Record<string, unk
     }));
   }
   if (res.reasoning !== "") out["reasoning_content"] = res.reasoning;
-  return { index, message: out, logprobs: null, finish_reason: finishReason(res.finishReason) };
+  return {
+    index,
+    message: out,
+    logprobs: logprobsJson(res.logprobs),
+    finish_reason: finishReason(res.finishReason),
+  };
+}
+
+/** A choice's `logprobs` in OpenAI's shape, or null when the answer carries none. */
+export function logprobsJson(
+  logprobs: readonly TokenLogprob[],
+): { content: unknown[]; refusal: null } | null {
+  if (logprobs.length === 0) return null;
+  return {
+    content: logprobs.map((t) => ({
+      token: t.token,
+      logprob: t.logprob,
+      bytes: [...t.bytes],
+      top_logprobs: t.topLogprobs.map((a) => ({
+        token: a.token,
+        logprob: a.logprob,
+        bytes: [...a.bytes],
+      })),
+    })),
+    refusal: null,
+  };
 }
 
 /** The id and time every choice's chunks carry (n > 1: the first choice to start sets them). */
@@ -627,7 +663,13 @@ export class ChunkEncoder {
       });
       any = true;
     }
-    return any ? this.#chunk(JSON.stringify(out), "null") : "";
+    const logprobs = logprobsJson(delta.logprobs);
+    if (!any && logprobs === null) return "";
+    return this.#chunk(
+      JSON.stringify(out),
+      "null",
+      logprobs === null ? "null" : JSON.stringify(logprobs),
+    );
   }
 
   /** The finish chunk, the usage chunk when asked for, and `[DONE]`. */
@@ -656,7 +698,7 @@ export class ChunkEncoder {
     return `data: ${JSON.stringify(error.body())}\n\n`;
   }
 
-  #chunk(delta: string, finish: string): string {
-    return `data: ${this.#prefix}${delta},"logprobs":null,"finish_reason":${finish}${this.#suffix}\n\n`;
+  #chunk(delta: string, finish: string, logprobs = "null"): string {
+    return `data: ${this.#prefix}${delta},"logprobs":${logprobs},"finish_reason":${finish}${this.#suffix}\n\n`;
   }
 }
