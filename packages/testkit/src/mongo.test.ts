@@ -31,6 +31,36 @@ describe("startMongo", () => {
     }
   });
 
+  it("startMongo - updates of one document by several clients at once are each applied (no lost update), as in MongoDB", async () => {
+    const url = server?.url ?? mongoUrl();
+    const [one, two] = await Promise.all([
+      new MongoClient(url).connect(),
+      new MongoClient(url).connect(),
+    ]);
+    try {
+      const name = uniqueName("lostupdate");
+      const docs = (c: MongoClient) =>
+        c.db(name).collection<{ _id: string; a?: number; b?: number; n: number }>("docs");
+      const ids = Array.from({ length: 40 }, (_, i) => `d${i}`);
+      await docs(one).insertMany(ids.map((_id) => ({ _id, n: 0 })));
+      // Each document: one client sets `a`, the other `b`, and both count up `n`, all at once.
+      await Promise.all(
+        ids.flatMap((_id) => [
+          docs(one).updateOne({ _id }, { $set: { a: 1 } }),
+          docs(two).updateOne({ _id }, { $set: { b: 1 } }),
+          ...Array.from({ length: 5 }, (_, k) =>
+            docs(k % 2 === 0 ? one : two).updateOne({ _id }, { $inc: { n: 1 } }),
+          ),
+        ]),
+      );
+      const all = await docs(one).find().sort({ _id: 1 }).toArray();
+      const wrong = all.filter((d) => d.a !== 1 || d.b !== 1 || d.n !== 5);
+      expect(wrong).toEqual([]);
+    } finally {
+      await Promise.all([one.close(), two.close()]);
+    }
+  });
+
   it("startMongo - stop() ends the server", async () => {
     const other = await startMongo();
     await other.stop();
