@@ -1031,7 +1031,13 @@ export class Scheduler {
           continue;
         }
         await this.#start(doc, fire);
-        await this.#refresh(doc);
+        // What the claimer would have done next: move the schedule past the occurrence (unless
+        // it already is), which also refreshes its counts.
+        if (doc.lastFireMs < fire.occurrence.getTime()) {
+          await this.#advance(doc, fire.occurrence.getTime());
+        } else {
+          await this.#refresh(doc);
+        }
       } catch (err) {
         this.#log.warn(
           { err, tenantId: fire.tenantId, scheduleId: fire.scheduleId },
