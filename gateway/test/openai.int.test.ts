@@ -845,6 +845,41 @@ describe("responses API with the openai client", () => {
     expect(final.usage?.total_tokens).toBe(res.usage?.total_tokens);
   });
 
+  it("responses - include message.output_text.logprobs: the output text's tokens with their log probabilities, unary and streamed", async () => {
+    const openai = client(accessToken);
+    const ask = {
+      model: "sim-fast",
+      input: "pick a colour",
+      include: ["message.output_text.logprobs" as const],
+      top_logprobs: 2,
+    };
+    const res = await openai.responses.create(ask);
+    const part = res.output.flatMap((o) => (o.type === "message" ? o.content : []))[0];
+    expect(part?.type).toBe("output_text");
+    const logprobs = part?.type === "output_text" ? (part.logprobs ?? []) : [];
+    expect(logprobs.map((t) => t.token).join("")).toBe(res.output_text);
+    expect(logprobs.every((t) => t.top_logprobs?.length === 2 && t.logprob <= 0)).toBe(true);
+    const plain = await openai.responses.create({ model: "sim-fast", input: "pick a colour" });
+    const plainPart = plain.output.flatMap((o) => (o.type === "message" ? o.content : []))[0];
+    expect(plainPart?.type === "output_text" ? plainPart.logprobs : undefined).toEqual([]);
+
+    const stream = await openai.responses.create({ ...ask, stream: true });
+    let text = "";
+    let tokens = "";
+    let done: string[] = [];
+    for await (const event of stream) {
+      if (event.type === "response.output_text.delta") {
+        text += event.delta;
+        tokens += (event.logprobs ?? []).map((t) => t.token).join("");
+      } else if (event.type === "response.output_text.done") {
+        done = (event.logprobs ?? []).map((t) => t.token);
+      }
+    }
+    expect(text).toBe(res.output_text);
+    expect(tokens).toBe(text);
+    expect(done.join("")).toBe(text);
+  });
+
   it("responses - a function tool: the call is a function_call item (unary and streamed), and its output sent back in input is answered", async () => {
     const openai = client(accessToken);
     const tools: OpenAI.Responses.FunctionTool[] = [

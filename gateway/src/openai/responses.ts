@@ -19,6 +19,7 @@ import {
   type ServedBy,
   type StreamChatEnd,
   type StreamChatStart,
+  type TokenLogprob,
   type ToolChoiceSchema,
   type ToolDefinitionSchema,
   type Usage,
@@ -26,6 +27,7 @@ import {
 import {
   ensembleJson,
   jsonSchemaFormat,
+  logprobsJson,
   parseShared,
   REASONING_EFFORTS,
   type ChatRequestInit,
@@ -66,6 +68,7 @@ const KEYS = new Set([
   "store",
   "previous_response_id",
   "include",
+  "top_logprobs",
   "truncation",
   // Ensemble extensions
   "cache",
@@ -96,6 +99,8 @@ const ROLES: Record<string, ChatRole> = {
 const DETAILS = { auto: ImageDetail.AUTO, low: ImageDetail.LOW, high: ImageDetail.HIGH } as const;
 /** `include` values that change nothing here (no encrypted reasoning is ever produced). */
 const HARMLESS_INCLUDES = new Set(["reasoning.encrypted_content"]);
+/** The `include` value that asks for the output text's token log probabilities. */
+const LOGPROBS_INCLUDE = "message.output_text.logprobs";
 
 export interface ParsedResponses {
   /** The call; `messages` holds the input only (see conversation()). */
@@ -158,6 +163,10 @@ export function parseResponsesRequest(body: JsonObject): ParsedResponses {
   if (body["include"] !== undefined && body["include"] !== null) {
     if (!Array.isArray(body["include"])) throw wrongType("include", "an array", body["include"]);
     body["include"].forEach((v, i) => {
+      if (v === LOGPROBS_INCLUDE) {
+        request.logprobs = true;
+        return;
+      }
       if (typeof v !== "string" || !HARMLESS_INCLUDES.has(v)) {
         throw invalidRequest(
           `include[${i}]: ${JSON.stringify(v)} is not supported here.`,
@@ -166,6 +175,19 @@ export function parseResponsesRequest(body: JsonObject): ParsedResponses {
         );
       }
     });
+  }
+  const top = optInt32(body, "top_logprobs");
+  if (top !== undefined) {
+    if (top < 0 || top > 20) {
+      throw invalidRequest(
+        "top_logprobs must be between 0 and 20.",
+        "top_logprobs",
+        "integer_out_of_range",
+      );
+    }
+    // The alternatives come with the tokens' own log probabilities.
+    if (top > 0) request.logprobs = true;
+    request.topLogprobs = top;
   }
   const truncation = optEnum(body, "truncation", ["auto", "disabled"]) ?? "disabled";
   return {
@@ -425,18 +447,23 @@ function idPart(id: string): string {
   return id.replace(/^chatcmpl-/, "").replace(/[^A-Za-z0-9]/g, "");
 }
 
-function textPart(text: string) {
-  return { type: "output_text", text, annotations: [], logprobs: [] };
+function textPart(text: string, logprobs: unknown[] = []) {
+  return { type: "output_text", text, annotations: [], logprobs };
 }
 
-function messageItem(id: string, text: string, status: string) {
+function messageItem(id: string, text: string, status: string, logprobs: unknown[] = []) {
   return {
     type: "message",
     id,
     status,
     role: "assistant",
-    content: status === "in_progress" ? [] : [textPart(text)],
+    content: status === "in_progress" ? [] : [textPart(text, logprobs)],
   };
+}
+
+/** Token log probabilities as the Responses API lists them (the chat completions entries). */
+function logprobEntries(logprobs: readonly TokenLogprob[]): unknown[] {
+  return logprobsJson(logprobs)?.content ?? [];
 }
 
 function callItem(call: { id: string; name: string; arguments: string }, status: string) {
@@ -492,7 +519,9 @@ export function responseJson(
   const calls = res.message?.toolCalls ?? [];
   const output: unknown[] = [];
   if (res.reasoning !== "") output.push(reasoningItem(`rs_${base}`, res.reasoning));
-  if (text !== "" || calls.length === 0) output.push(messageItem(`msg_${base}`, text, "completed"));
+  if (text !== "" || calls.length === 0) {
+    output.push(messageItem(`msg_${base}`, text, "completed", logprobEntries(res.logprobs)));
+  }
   for (const c of calls) output.push(callItem(c, "completed"));
   return responseObject(
     `resp_${base}`,
@@ -522,7 +551,7 @@ export class ResponseEventEncoder {
   #model: string;
   readonly #echo: Record<string, unknown>;
   #reasoning: { index: number; id: string; text: string } | undefined;
-  #message: { index: number; id: string; text: string } | undefined;
+  #message: { index: number; id: string; text: string; logprobs: unknown[] } | undefined;
   readonly #calls = new Map<
     number,
     { index: number; id: string; name: string; arguments: string }
@@ -588,7 +617,7 @@ export class ResponseEventEncoder {
     }
     if (delta.content !== "") {
       if (this.#message === undefined) {
-        this.#message = { index: this.#items++, id: `msg_${base}`, text: "" };
+        this.#message = { index: this.#items++, id: `msg_${base}`, text: "", logprobs: [] };
         const m = this.#message;
         out += this.#event("response.output_item.added", {
           output_index: m.index,
@@ -603,12 +632,14 @@ export class ResponseEventEncoder {
       }
       const m = this.#message;
       m.text += delta.content;
+      const logprobs = logprobEntries(delta.logprobs);
+      m.logprobs.push(...logprobs);
       out += this.#event("response.output_text.delta", {
         item_id: m.id,
         output_index: m.index,
         content_index: 0,
         delta: delta.content,
-        logprobs: [],
+        logprobs,
       });
     }
     for (const t of delta.toolCalls) {
@@ -660,7 +691,12 @@ export class ResponseEventEncoder {
     }
     // A stream that said nothing and called nothing still answers with an (empty) message.
     if (this.#message === undefined && this.#calls.size === 0) {
-      this.#message = { index: this.#items++, id: `msg_${this.#id.slice(5)}`, text: "" };
+      this.#message = {
+        index: this.#items++,
+        id: `msg_${this.#id.slice(5)}`,
+        text: "",
+        logprobs: [],
+      };
       out += this.#event("response.output_item.added", {
         output_index: this.#message.index,
         item: messageItem(this.#message.id, "", "in_progress"),
@@ -679,15 +715,15 @@ export class ResponseEventEncoder {
         output_index: m.index,
         content_index: 0,
         text: m.text,
-        logprobs: [],
+        logprobs: m.logprobs,
       });
       out += this.#event("response.content_part.done", {
         item_id: m.id,
         output_index: m.index,
         content_index: 0,
-        part: textPart(m.text),
+        part: textPart(m.text, m.logprobs),
       });
-      const item = messageItem(m.id, m.text, "completed");
+      const item = messageItem(m.id, m.text, "completed", m.logprobs);
       out += this.#event("response.output_item.done", { output_index: m.index, item });
       output[m.index] = item;
     }
