@@ -27,6 +27,8 @@ export interface TenantSettingsDoc {
   defaultCache: number;
   /** Guardrails (absent in documents written before they existed = none). */
   guardrails?: GuardrailsDoc;
+  /** The semantic cache's threshold for the tenant (absent or 0 = model-proxy's default). */
+  semanticCacheMinSimilarity?: number;
   updateTime: Date;
   updatedBy: string;
 }
@@ -178,6 +180,7 @@ const tenantSchema = new Schema<TenantDoc>(
         {
           logCalls: { type: Boolean, required: true },
           defaultCache: { type: Number, required: true },
+          semanticCacheMinSimilarity: { type: Number },
           guardrails: {
             type: new Schema<GuardrailsDoc>(
               {

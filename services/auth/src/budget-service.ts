@@ -53,6 +53,7 @@ function settingsMessage(doc: TenantSettingsDoc | undefined) {
   return {
     logCalls: doc?.logCalls ?? false,
     defaultCache: (doc?.defaultCache ?? DefaultCache.UNSPECIFIED) as DefaultCache,
+    semanticCacheMinSimilarity: doc?.semanticCacheMinSimilarity ?? 0,
     guardrails: {
       redactPii: g?.redactPii ?? [],
       blockPii: g?.blockPii ?? [],
@@ -65,7 +66,12 @@ function settingsMessage(doc: TenantSettingsDoc | undefined) {
 }
 
 /** UpdateTenantSettings' update_mask paths. */
-const SETTINGS_PATHS = new Set(["log_calls", "default_cache", "guardrails"]);
+const SETTINGS_PATHS = new Set([
+  "log_calls",
+  "default_cache",
+  "guardrails",
+  "semantic_cache_min_similarity",
+]);
 
 /**
  * Guardrails as stored: terms trimmed with inner whitespace collapsed, duplicates (any case)
@@ -173,12 +179,22 @@ export function budgetHandlers(core: AuthCore): BudgetHandlers {
         }
       }
       const changes = (path: string) => paths.size === 0 || paths.has(path);
+      const threshold = wanted.semanticCacheMinSimilarity;
+      if (changes("semantic_cache_min_similarity") && threshold !== 0 && threshold < 0.5) {
+        throw new InvalidArgumentError(
+          `settings.semantic_cache_min_similarity: ${threshold} would answer questions with other meanings from the cache; use 0.5 to 1, or 0 for the service's default`,
+          { field: "settings.semantic_cache_min_similarity" },
+        );
+      }
       const tenant = await models.tenants.findOne({ id: p.tenantId }).lean();
       if (tenant === null) throw new NotFoundError("tenant not found");
       const current = settingsMessage(tenant.settings);
       const settings: TenantSettingsDoc = {
         logCalls: changes("log_calls") ? wanted.logCalls : current.logCalls,
         defaultCache: changes("default_cache") ? wanted.defaultCache : current.defaultCache,
+        semanticCacheMinSimilarity: changes("semantic_cache_min_similarity")
+          ? threshold
+          : current.semanticCacheMinSimilarity,
         guardrails: changes("guardrails")
           ? guardrailsDoc(wanted.guardrails)
           : (tenant.settings?.guardrails ?? guardrailsDoc(undefined)),
@@ -192,6 +208,7 @@ export function budgetHandlers(core: AuthCore): BudgetHandlers {
         {
           logCalls: settings.logCalls,
           defaultCache: DefaultCache[settings.defaultCache],
+          semanticCacheMinSimilarity: settings.semanticCacheMinSimilarity,
           // Counts only: the terms are the tenant's business.
           guardrails: {
             redactPii: g.redactPii.length,

@@ -93,7 +93,8 @@ export class SemanticCache {
    * The nearest cached request close enough to `req`, or a probe without a hit (to `remember` the
    * answer by). Undefined when `req` cannot be looked up (no text in its last user message, or it
    * has images) or the lookup failed. `embed` embeds a text with `model` for the caller (billed
-   * to them) and rejects on failure.
+   * to them) and rejects on failure. `minSimilarity`: the tenant's threshold (default: the
+   * service's).
    */
   async lookup(
     tenantId: string,
@@ -102,6 +103,7 @@ export class SemanticCache {
     token: string,
     signal: AbortSignal,
     embed: (text: string) => Promise<number[]>,
+    minSimilarity = this.#o.minSimilarity,
   ): Promise<SemanticProbe | undefined> {
     const split = splitLastUserText(req, userId);
     if (split === undefined) return undefined;
@@ -136,7 +138,7 @@ export class SemanticCache {
       const best = res?.hits[0];
       if (best !== undefined) {
         probe.nearest = best.score;
-        if (best.score >= this.#o.minSimilarity) {
+        if (best.score >= minSimilarity) {
           probe.hit = { key: best.documentId, similarity: best.score };
         }
       }

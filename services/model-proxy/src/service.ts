@@ -497,6 +497,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         caller.token,
         ctx.signal,
         (text) => embedForCache(caller, semantic.model, text, ctx.signal),
+        tenant.semanticMinSimilarity,
       );
       if (probe?.hit !== undefined) {
         cached = await fromCache(caller.tenantId, probe.hit.key);

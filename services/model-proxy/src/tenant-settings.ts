@@ -1,6 +1,6 @@
 // A tenant's settings (auth's GetTenantSettings, asked with the caller's own token): whether
-// every chat is logged, which response cache calls use when they do not choose, and the
-// guardrails (compiled once per read). Cached per tenant for BUDGET_CACHE_MS, like the budgets,
+// every chat is logged, which response cache calls use when they do not choose (and the semantic
+// cache's threshold), and the guardrails (compiled once per read). Cached per tenant for BUDGET_CACHE_MS, like the budgets,
 // so a warm call asks nothing. When auth cannot be asked, the last known settings are used and
 // the failure is logged. With none known the call is refused (UNAVAILABLE), as the budget check
 // refuses it: the guardrails are a tenant's safety rule, so calls never run without them by
@@ -20,6 +20,8 @@ export interface TenantDefaults {
   logCalls: boolean;
   cache: DefaultCache;
   guardrails: CompiledGuardrails;
+  /** The semantic cache's threshold for the tenant; undefined = the service's. */
+  semanticMinSimilarity?: number;
 }
 
 const AUTH_TIMEOUT_MS = 5_000;
@@ -52,10 +54,12 @@ export class TenantSettings {
           {},
           { headers: { authorization: `Bearer ${token}` }, timeoutMs: AUTH_TIMEOUT_MS },
         );
-        const settings = {
+        const threshold = res.settings?.semanticCacheMinSimilarity ?? 0;
+        const settings: TenantDefaults = {
           logCalls: res.settings?.logCalls ?? false,
           cache: res.settings?.defaultCache ?? DefaultCache.UNSPECIFIED,
           guardrails: compileGuardrails(res.settings?.guardrails),
+          ...(threshold > 0 ? { semanticMinSimilarity: threshold } : {}),
         };
         if (this.#known.size > 100_000) this.#known.clear();
         this.#known.set(tenantId, settings);

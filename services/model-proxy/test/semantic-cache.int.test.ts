@@ -226,6 +226,45 @@ describe("semantic response cache", () => {
     }
   });
 
+  it("semantic - a tenant's own threshold: looser answers a question close in words from the cache, back to the default it does not; a nonsense threshold is refused", async () => {
+    const bo = await signup("bo");
+    const admin = createClient(AuthService, auth.address);
+    const threshold = (value: number) =>
+      admin.updateTenantSettings(
+        {
+          settings: { semanticCacheMinSimilarity: value },
+          updateMask: { paths: ["semantic_cache_min_similarity"] },
+        },
+        { headers: bo },
+      );
+    const france = await mp.chat(ask("What is the capital of France?", CacheMode.SEMANTIC), {
+      headers: bo,
+    });
+    await stored(bo, 1);
+    const germany = () =>
+      mp.chat(ask("What is the capital of Germany?", CacheMode.SEMANTIC), { headers: bo });
+
+    // 0.8: "Germany" (0.86 to the cached question) is close enough for this tenant.
+    expect((await threshold(0.8)).settings?.semanticCacheMinSimilarity).toBe(0.8);
+    const loose = await germany();
+    expect(loose.servedBy?.cacheHit).toBe(true);
+    expect(loose.servedBy?.cacheSimilarity).toBeLessThan(0.95);
+    expect(answerOf(loose)).toBe(answerOf(france));
+
+    // Back to the service's 0.95: asked again.
+    await threshold(0);
+    const strict = await germany();
+    expect(strict.servedBy?.cacheHit).toBe(false);
+    expect(answerOf(strict)).toContain("Germany");
+
+    const refused = await threshold(0.3).then(
+      () => undefined,
+      (err: unknown) => ConnectError.from(err),
+    );
+    expect(refused?.code).toBe(Code.InvalidArgument);
+    expect(refused?.rawMessage).toContain("settings.semantic_cache_min_similarity");
+  });
+
   it("semantic - with vector-search down a semantic call is still answered (a miss), never failed", async () => {
     const cy = await signup("cy");
     await vectors.stop();
