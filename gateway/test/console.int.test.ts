@@ -817,11 +817,12 @@ describe("console", () => {
     await page.waitForURL(/\/logs$/);
   }, 60_000);
 
-  it("console - an admin turns on the call log and the exact cache for the tenant: saved, shown after a reload, applied to chats", async () => {
+  it("console - an admin turns on the call log and the exact cache and sets the semantic cache threshold for the tenant: a threshold out of range refused, saved, shown after a reload, applied to chats", async () => {
     await nav(page, "Admin");
     const form = page.getByRole("form", { name: "Tenant settings" });
     const logCalls = form.getByLabel("Keep every chat in the call log");
     const cache = form.getByLabel("Default response cache");
+    const threshold = form.getByLabel("Semantic cache threshold");
     const changed = page
       .getByRole("region", { name: "Tenant settings" })
       .getByTestId("settings-changed");
@@ -829,14 +830,25 @@ describe("console", () => {
     // Nothing set yet: the defaults.
     await expect(logCalls.isChecked()).resolves.toBe(false);
     await expect(cache.locator("option:checked").textContent()).resolves.toBe("Deployment default");
+    await expect(threshold.inputValue()).resolves.toBe("");
     await expect(changed.textContent()).resolves.toBe("Never changed: the defaults apply.");
 
     await logCalls.check();
     await cache.selectOption({ label: "Exact" });
     // The explanation follows the choice.
     await form.getByText(/identical to an earlier one/).waitFor();
+    // A threshold out of range: refused in the page, nothing sent.
+    await threshold.fill("0.2");
+    await form.getByRole("button", { name: "Save settings" }).click();
+    await expect(form.getByRole("alert").textContent()).resolves.toMatch(
+      /threshold must be a number from 0\.5 to 1/,
+    );
+    await expect(form.getByRole("status").count()).resolves.toBe(0);
+    await expect(changed.textContent()).resolves.toBe("Never changed: the defaults apply.");
+    await threshold.fill("0.92");
     await form.getByRole("button", { name: "Save settings" }).click();
     await expect(form.getByRole("status").textContent()).resolves.toMatch(/within about 30 s/);
+    await expect(form.getByRole("alert").count()).resolves.toBe(0);
     const lastChanged = new RegExp(
       `^Last changed by ${aliceEmail.replaceAll(".", "\\.")} at .*\\d.*\\.$`,
     );
@@ -848,6 +860,7 @@ describe("console", () => {
     await logCalls.waitFor();
     await expect(logCalls.isChecked()).resolves.toBe(true);
     await expect(cache.locator("option:checked").textContent()).resolves.toBe("Exact");
+    await expect(threshold.inputValue()).resolves.toBe("0.92");
     await expect(changed.textContent()).resolves.toMatch(lastChanged);
     const { accessToken } = await storedSession(page);
     const call = async (method: string, body: unknown) => {
@@ -867,6 +880,7 @@ describe("console", () => {
     expect(settings).toEqual({
       logCalls: true,
       defaultCache: "DEFAULT_CACHE_EXACT",
+      semanticCacheMinSimilarity: 0.92,
       updateTime: settings.updateTime,
       updatedBy: me.user.id,
       // No guardrails yet: the lists are empty (left out of the JSON).
@@ -1470,6 +1484,7 @@ describe("console", () => {
       await expect(
         settings.getByLabel("Keep every chat in the call log").isChecked(),
       ).resolves.toBe(false);
+      await expect(settings.getByLabel("Semantic cache threshold").inputValue()).resolves.toBe("");
       // Nor her guardrails.
       const guardrails = bob.getByRole("form", { name: "Guardrails" });
       await expect(

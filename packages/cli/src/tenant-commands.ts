@@ -1,8 +1,9 @@
 // tenant settings: the defaults a tenant's admins set for everyone in it (auth's
 // GetTenantSettings / UpdateTenantSettings): whether every chat is kept in the call log, the
-// response cache calls use when they do not choose one, and the guardrails every model call of
-// the tenant passes (personal data redacted or refused, terms refused in prompts or withheld in
-// answers). model-proxy applies them within its BUDGET_CACHE_MS.
+// response cache calls use when they do not choose one, how similar a question must be for the
+// semantic cache to answer it, and the guardrails every model call of the tenant passes (personal
+// data redacted or refused, terms refused in prompts or withheld in answers). model-proxy applies
+// them within its BUDGET_CACHE_MS.
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
 import {
@@ -45,6 +46,11 @@ function placeholder(kind: PiiKind): string {
 const LOG_CALLS = "log_calls";
 const DEFAULT_CACHE = "default_cache";
 const GUARDRAILS = "guardrails";
+const SEMANTIC_THRESHOLD = "semantic_cache_min_similarity";
+
+/** The semantic cache threshold's bounds (auth refuses others; 0 is the deployment's default). */
+const MIN_THRESHOLD = 0.5;
+const MAX_THRESHOLD = 1;
 
 /** protovalidate's limits on a guardrail term list (auth refuses more). */
 const MAX_TERMS = 500;
@@ -73,6 +79,22 @@ function cacheValue(raw: string): DefaultCache {
     throw new UsageError(`--cache ${raw}: expected one of ${Object.keys(CACHE_WORDS).join(", ")}`);
   }
   return value;
+}
+
+/** "0.92" -> 0.92; "default" (or 0) -> 0, the deployment's; else a UsageError saying the range. */
+function thresholdValue(raw: string): number {
+  const text = raw.trim().toLowerCase();
+  if (text === "default") return 0;
+  const value = /^\d*\.?\d+$/.test(text) ? Number(text) : NaN;
+  if (value === 0 || (value >= MIN_THRESHOLD && value <= MAX_THRESHOLD)) return value;
+  throw new UsageError(
+    `--semantic-threshold ${raw}: expected a number from ${MIN_THRESHOLD} to ${MAX_THRESHOLD} (how similar a question must be to a cached one), or default`,
+  );
+}
+
+/** A threshold for people: "0.92", or "default (the deployment's)" for 0. */
+function thresholdText(value: number): string {
+  return value === 0 ? "default (the deployment's)" : String(value);
 }
 
 /** A comma-separated list's non-empty pieces, trimmed. */
@@ -140,6 +162,7 @@ function settingsJson(s: TenantSettings | undefined): Record<string, unknown> {
   return {
     logCalls: s?.logCalls ?? false,
     defaultCache: cacheWord(s?.defaultCache ?? DefaultCache.UNSPECIFIED),
+    semanticCacheMinSimilarity: s?.semanticCacheMinSimilarity ?? 0,
     guardrails: guardrailsJson(s?.guardrails),
     updateTime: s?.updateTime !== undefined ? when(s.updateTime) : null,
     updatedBy: s?.updatedBy !== undefined && s.updatedBy !== "" ? s.updatedBy : null,
@@ -165,6 +188,7 @@ function describeSettings(s: TenantSettings | undefined): string {
         ? "default (the deployment's)"
         : cacheWord(cache) + (cache === DefaultCache.SEMANTIC ? " (and similar questions)" : ""),
     ],
+    ["semantic threshold", thresholdText(s?.semanticCacheMinSimilarity ?? 0)],
     [
       "redact pii",
       described(
@@ -202,6 +226,7 @@ function explainDenied(err: unknown): unknown {
 interface SettingsOptions {
   logCalls?: string;
   cache?: string;
+  semanticThreshold?: string;
   redactPii?: string;
   blockPii?: string;
   blockTerms?: string;
@@ -216,7 +241,7 @@ export function registerTenantCommands(program: Command, ctx: Context): void {
   tenant
     .command("settings")
     .description(
-      "print the tenant's settings; with --log-calls, --cache or a guardrail flag, change them (admin)",
+      "print the tenant's settings; with --log-calls, --cache, --semantic-threshold or a guardrail flag, change them (admin)",
     )
     .option(
       "--log-calls <on|off>",
@@ -225,6 +250,10 @@ export function registerTenantCommands(program: Command, ctx: Context): void {
     .option(
       "--cache <mode>",
       "the response cache calls use when they do not choose: default (the deployment's), off, exact (identical requests), semantic (identical and similar ones)",
+    )
+    .option(
+      "--semantic-threshold <value>",
+      "the semantic cache's threshold for the tenant's calls: how similar (0.5 to 1, the cosine of the questions' embeddings) a question must be to a cached one to get its answer (higher: fewer, closer matches); or default (the deployment's, model-proxy's CACHE_SEMANTIC_MIN_SIMILARITY)",
     )
     .option(
       "--redact-pii <kinds>",
@@ -257,6 +286,8 @@ Examples:
   ensemble tenant settings
   ensemble tenant settings --log-calls on
   ensemble tenant settings --cache semantic
+  ensemble tenant settings --cache semantic --semantic-threshold 0.92
+  ensemble tenant settings --semantic-threshold default
   ensemble tenant settings --log-calls off --cache default
   ensemble tenant settings --redact-pii email,phone,credit-card --block-pii secret
   ensemble tenant settings --block-terms "project x,codename" --block-output-terms none
@@ -266,6 +297,8 @@ Examples:
       // Bad values are refused before anything is asked.
       const logCalls = opts.logCalls !== undefined ? onOff(opts.logCalls) : undefined;
       const cache = opts.cache !== undefined ? cacheValue(opts.cache) : undefined;
+      const threshold =
+        opts.semanticThreshold !== undefined ? thresholdValue(opts.semanticThreshold) : undefined;
       const redactPii =
         opts.redactPii !== undefined ? piiKinds("--redact-pii", opts.redactPii) : undefined;
       const blockPii =
@@ -282,7 +315,12 @@ Examples:
       const { gw, out } = ctx.get();
       const auth = gw.client(AuthService);
       const current = (await auth.getTenantSettings({})).settings;
-      if (logCalls === undefined && cache === undefined && !guardrailsGiven) {
+      if (
+        logCalls === undefined &&
+        cache === undefined &&
+        threshold === undefined &&
+        !guardrailsGiven
+      ) {
         out.result(settingsJson(current), () => describeSettings(current));
         return;
       }
@@ -294,6 +332,7 @@ Examples:
       const paths: string[] = [];
       if (logCalls !== undefined) paths.push(LOG_CALLS);
       if (cache !== undefined) paths.push(DEFAULT_CACHE);
+      if (threshold !== undefined) paths.push(SEMANTIC_THRESHOLD);
       if (guardrailsGiven) paths.push(GUARDRAILS);
       const now = current?.guardrails;
       const res = await auth
@@ -301,6 +340,7 @@ Examples:
           settings: {
             logCalls: logCalls ?? current?.logCalls ?? false,
             defaultCache: cache ?? current?.defaultCache ?? DefaultCache.UNSPECIFIED,
+            semanticCacheMinSimilarity: threshold ?? current?.semanticCacheMinSimilarity ?? 0,
             guardrails: {
               redactPii: redactPii ?? now?.redactPii ?? [],
               blockPii: blockPii ?? now?.blockPii ?? [],
@@ -319,6 +359,16 @@ Examples:
           `the guardrails were not saved: the auth service behind ${gw.url} does not support them yet${
             logCalls !== undefined || cache !== undefined ? " (--log-calls / --cache were)" : ""
           }`,
+        );
+      }
+      if (
+        threshold !== undefined &&
+        threshold !== 0 &&
+        (res.settings?.semanticCacheMinSimilarity ?? 0) === 0
+      ) {
+        // Nor does one that knows nothing of the semantic cache threshold.
+        throw new Error(
+          `--semantic-threshold was not saved: the auth service behind ${gw.url} does not support it yet`,
         );
       }
       out.result(settingsJson(res.settings), () => `updated\n${describeSettings(res.settings)}`);

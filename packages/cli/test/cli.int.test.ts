@@ -999,10 +999,11 @@ describe("ensemble CLI against a live mesh", () => {
     expect(bad.stderr).toContain("--since soon: expected a duration");
   }, 60_000);
 
-  it("cli - tenant settings: an admin sets the call log and the cache, the setting not given is kept, bad values exit 2, a non-admin is refused", async () => {
+  it("cli - tenant settings: an admin sets the call log, the cache and the semantic cache threshold, the setting not given is kept, bad values exit 2, a non-admin is refused", async () => {
     type Settings = {
       logCalls: boolean;
       defaultCache: string;
+      semanticCacheMinSimilarity: number;
       guardrails: Record<string, string[]>;
       updateTime: string | null;
       updatedBy: string | null;
@@ -1016,6 +1017,7 @@ describe("ensemble CLI against a live mesh", () => {
     await expect(settings()).resolves.toEqual({
       logCalls: false,
       defaultCache: "default",
+      semanticCacheMinSimilarity: 0,
       guardrails: noGuardrails,
       updateTime: null,
       updatedBy: null,
@@ -1027,6 +1029,7 @@ describe("ensemble CLI against a live mesh", () => {
     expect(set).toEqual({
       logCalls: true,
       defaultCache: "exact",
+      semanticCacheMinSimilarity: 0,
       guardrails: noGuardrails,
       updateTime: set.updateTime,
       updatedBy: me.userId,
@@ -1036,18 +1039,36 @@ describe("ensemble CLI against a live mesh", () => {
     expect(read.code, read.stderr).toBe(0);
     expect(read.stdout).toMatch(/^log calls\s+on \(every chat is kept in the call log\)$/m);
     expect(read.stdout).toMatch(/^cache\s+exact$/m);
+    expect(read.stdout).toMatch(/^semantic threshold\s+default \(the deployment's\)$/m);
     expect(read.stdout).toMatch(
       new RegExp(`^changed\\s+${set.updateTime} by user ${me.userId}$`, "m"),
     );
 
-    // UpdateTenantSettings replaces them as a whole: the one not given is kept.
+    // The semantic cache threshold: set alone, shown as text and JSON, read back as set.
+    const threshold = await cli(["tenant", "settings", "--semantic-threshold", "0.92"]);
+    expect(threshold.code, threshold.stderr).toBe(0);
+    expect(threshold.stdout).toMatch(/^updated\n/);
+    expect(threshold.stdout).toMatch(/^semantic threshold\s+0\.92$/m);
+    await expect(settings()).resolves.toMatchObject({
+      logCalls: true,
+      defaultCache: "exact",
+      semanticCacheMinSimilarity: 0.92,
+    });
+    const readThreshold = await cli(["tenant", "settings"]);
+    expect(readThreshold.code, readThreshold.stderr).toBe(0);
+    expect(readThreshold.stdout).toMatch(/^cache\s+exact\nsemantic threshold\s+0\.92$/m);
+
+    // UpdateTenantSettings changes only what is given: the ones not given are kept.
     await expect(settings(["--log-calls", "off"])).resolves.toMatchObject({
       logCalls: false,
       defaultCache: "exact",
+      semanticCacheMinSimilarity: 0.92,
     });
     const semantic = await cli(["tenant", "settings", "--cache", "semantic"]);
     expect(semantic.code, semantic.stderr).toBe(0);
-    expect(semantic.stdout).toMatch(/^updated\nlog calls\s+off\ncache\s+semantic /);
+    expect(semantic.stdout).toMatch(
+      /^updated\nlog calls\s+off\ncache\s+semantic .*\nsemantic threshold\s+0\.92\n/,
+    );
     expect(semantic.stderr).toContain("BUDGET_CACHE_MS");
 
     // Bad values: refused before anything is asked, exit 2, nothing changed.
@@ -1058,7 +1079,19 @@ describe("ensemble CLI against a live mesh", () => {
     const badLog = await cli(["tenant", "settings", "--log-calls", "yes", "--cache", "off"]);
     expect(badLog.code).toBe(2);
     expect(badLog.stderr).toContain("--log-calls yes: expected on or off");
-    await expect(settings()).resolves.toMatchObject({ logCalls: false, defaultCache: "semantic" });
+    for (const value of ["0.2", "1.5", "high"]) {
+      const badThreshold = await cli(["tenant", "settings", "--semantic-threshold", value]);
+      expect(badThreshold.code, value).toBe(2);
+      expect(badThreshold.stderr).toContain(
+        `--semantic-threshold ${value}: expected a number from 0.5 to 1`,
+      );
+      expect(badThreshold.stdout).toBe("");
+    }
+    await expect(settings()).resolves.toMatchObject({
+      logCalls: false,
+      defaultCache: "semantic",
+      semanticCacheMinSimilarity: 0.92,
+    });
 
     // An API key without the admin scope acts as a plain user: it reads them, cannot change them.
     const key = JSON.parse(
@@ -1074,10 +1107,13 @@ describe("ensemble CLI against a live mesh", () => {
     expect(denied.stdout).toBe("");
     await expect(settings()).resolves.toMatchObject({ logCalls: false });
 
-    // Back to the defaults for the tests after this one.
-    await expect(settings(["--log-calls", "off", "--cache", "default"])).resolves.toMatchObject({
+    // Back to the defaults for the tests after this one ("default": the deployment's threshold).
+    await expect(
+      settings(["--log-calls", "off", "--cache", "default", "--semantic-threshold", "default"]),
+    ).resolves.toMatchObject({
       logCalls: false,
       defaultCache: "default",
+      semanticCacheMinSimilarity: 0,
     });
   }, 60_000);
 
@@ -1178,6 +1214,7 @@ describe("ensemble CLI against a live mesh", () => {
     await expect(settings(["--redact-pii", "EMAIL", "--block-pii", "none"])).resolves.toEqual({
       logCalls: true,
       defaultCache: "off",
+      semanticCacheMinSimilarity: 0,
       guardrails: narrowed,
       updateTime: expect.stringMatching(/^\d{4}-/) as unknown,
       updatedBy: expect.any(String) as unknown,
@@ -1185,7 +1222,7 @@ describe("ensemble CLI against a live mesh", () => {
     const read = await as(["tenant", "settings"]);
     expect(read.code, read.stderr).toBe(0);
     expect(read.stdout).toMatch(
-      /^log calls\s+on .*\ncache\s+off\nredact pii\s+email \(replaced in prompts by \[EMAIL\] before a provider sees them\)\nblock pii\s+none\nblock terms\s+"Project Zephyr", "codename" .*\nblock output terms\s+"pineapple" .*\nchanged\s+\d{4}-/,
+      /^log calls\s+on .*\ncache\s+off\nsemantic threshold\s+default .*\nredact pii\s+email \(replaced in prompts by \[EMAIL\] before a provider sees them\)\nblock pii\s+none\nblock terms\s+"Project Zephyr", "codename" .*\nblock output terms\s+"pineapple" .*\nchanged\s+\d{4}-/,
     );
 
     // model-proxy applies them: the address never reaches the provider (the simulator repeats

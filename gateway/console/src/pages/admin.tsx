@@ -2,7 +2,8 @@
 // creation and when the key is rolled) with their own limits (models, monthly budget, requests
 // and tokens per minute) and what each has spent this month, monthly budgets for the tenant and
 // per user, and the tenant's settings (every chat in the call log, the default response cache,
-// and the guardrails: personal data redacted or refused, terms prompts and answers may not hold),
+// the semantic cache's threshold, and the guardrails: personal data redacted or refused, terms
+// prompts and answers may not hold),
 // and the tenant's webhooks (admin-webhooks.tsx).
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
@@ -830,6 +831,25 @@ const CACHE_CHOICES: Array<{ value: DefaultCache; label: string; hint: string }>
   },
 ];
 
+// The semantic cache threshold's bounds in auth (0: the deployment's default).
+const MIN_THRESHOLD = 0.5;
+const MAX_THRESHOLD = 1;
+
+const BAD_THRESHOLD = `The semantic cache threshold must be a number from ${MIN_THRESHOLD} to ${MAX_THRESHOLD}, or empty (or 0) for the deployment's default.`;
+
+/** "0.92" -> 0.92; "" or "0" -> 0 (the deployment's default); anything else -> null (refused). */
+function parseThreshold(text: string): number | null {
+  const t = text.trim();
+  if (t === "") return 0;
+  const v = Number(t);
+  return Number.isFinite(v) && (v === 0 || (v >= MIN_THRESHOLD && v <= MAX_THRESHOLD)) ? v : null;
+}
+
+/** The threshold as the form holds it: empty for the deployment's default. */
+function thresholdText(v: number | undefined): string {
+  return v === undefined || v === 0 ? "" : String(v);
+}
+
 /** The settings with, when known, the email of the admin who last changed them. */
 interface LoadedSettings {
   settings: TenantSettings | undefined;
@@ -885,7 +905,10 @@ function TenantSettingsForms(props: { loaded: LoadedSettings }) {
   );
 }
 
-/** The defaults a call uses when it does not choose: the call log and the response cache. */
+/**
+ * The defaults a call uses when it does not choose: the call log and the response cache, and the
+ * semantic cache's threshold.
+ */
 function TenantSettingsForm(props: {
   initial: TenantSettings | undefined;
   onSaved: (settings: TenantSettings | undefined) => void;
@@ -893,6 +916,7 @@ function TenantSettingsForm(props: {
   const { initial, onSaved } = props;
   const [logCalls, setLogCalls] = useState(initial?.logCalls ?? false);
   const [cache, setCache] = useState(initial?.defaultCache ?? DefaultCache.UNSPECIFIED);
+  const [threshold, setThreshold] = useState(thresholdText(initial?.semanticCacheMinSimilarity));
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string>();
   const [saved, setSaved] = useState(false);
@@ -902,13 +926,19 @@ function TenantSettingsForm(props: {
     e.preventDefault();
     setError(undefined);
     setSaved(false);
+    const semanticCacheMinSimilarity = parseThreshold(threshold);
+    if (semanticCacheMinSimilarity === null) {
+      setError(BAD_THRESHOLD);
+      return;
+    }
     setBusy(true);
     try {
       const res = await api.auth.updateTenantSettings({
-        settings: { logCalls, defaultCache: cache },
+        settings: { logCalls, defaultCache: cache, semanticCacheMinSimilarity },
         // Only what this form shows: the guardrails stay as they are.
-        updateMask: { paths: ["log_calls", "default_cache"] },
+        updateMask: { paths: ["log_calls", "default_cache", "semantic_cache_min_similarity"] },
       });
+      setThreshold(thresholdText(res.settings?.semanticCacheMinSimilarity));
       onSaved(res.settings);
       setSaved(true);
     } catch (err) {
@@ -919,7 +949,13 @@ function TenantSettingsForm(props: {
   };
 
   return (
-    <form className="settings" onSubmit={(e) => void save(e)} aria-label="Tenant settings">
+    // noValidate: the threshold's bounds are checked by save (0 is allowed, below its min).
+    <form
+      className="settings"
+      onSubmit={(e) => void save(e)}
+      aria-label="Tenant settings"
+      noValidate
+    >
       <label className="check">
         <input
           type="checkbox"
@@ -951,6 +987,25 @@ function TenantSettingsForm(props: {
       </label>
       <p className="hint">
         The cache a call uses when it does not choose one itself. {choice?.hint}
+      </p>
+      <label>
+        Semantic cache threshold
+        <input
+          type="number"
+          name="semanticCacheMinSimilarity"
+          min={MIN_THRESHOLD}
+          max={MAX_THRESHOLD}
+          step={0.01}
+          placeholder="Deployment default"
+          value={threshold}
+          onChange={(e) => setThreshold(e.target.value)}
+        />
+      </label>
+      <p className="hint">
+        How similar a question must be to an earlier one (the cosine of their embeddings) for the
+        semantic cache to answer it with that one&apos;s answer, for every call of the tenant that
+        uses it: from 0.5 to 1, higher is stricter (fewer, closer matches). Empty or 0: the
+        deployment&apos;s default.
       </p>
       <button type="submit" className="primary" disabled={busy}>
         Save settings
