@@ -151,15 +151,8 @@ export function parseChatRequest(body: JsonObject): ParsedChat {
 
   // A boolean in chat completions: the answer's tokens with their log probabilities.
   if (optBoolean(body, "logprobs") === true) request.logprobs = true;
-  const top = optInt32(body, "top_logprobs");
+  const top = topLogprobsOf(body);
   if (top !== undefined) {
-    if (top < 0 || top > 20) {
-      throw invalidRequest(
-        "top_logprobs must be between 0 and 20.",
-        "top_logprobs",
-        "integer_out_of_range",
-      );
-    }
     if (top > 0 && request.logprobs !== true) {
       throw invalidRequest("top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value");
     }
@@ -232,6 +225,19 @@ export function parseGeneration(body: JsonObject, request: ChatRequestInit): voi
     }
     request.seed = BigInt(seed);
   }
+}
+
+/** `top_logprobs` (0-20), shared by chat completions and responses. */
+export function topLogprobsOf(body: JsonObject): number | undefined {
+  const top = optInt32(body, "top_logprobs");
+  if (top !== undefined && (top < 0 || top > 20)) {
+    throw invalidRequest(
+      "top_logprobs must be between 0 and 20.",
+      "top_logprobs",
+      "integer_out_of_range",
+    );
+  }
+  return top;
 }
 
 /** `n` other than 1 and `logprobs` are refused (text completions): one answer, no probabilities. */

@@ -30,6 +30,7 @@ import {
   logprobsJson,
   parseShared,
   REASONING_EFFORTS,
+  topLogprobsOf,
   type ChatRequestInit,
 } from "./chat.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
@@ -176,15 +177,8 @@ export function parseResponsesRequest(body: JsonObject): ParsedResponses {
       }
     });
   }
-  const top = optInt32(body, "top_logprobs");
+  const top = topLogprobsOf(body);
   if (top !== undefined) {
-    if (top < 0 || top > 20) {
-      throw invalidRequest(
-        "top_logprobs must be between 0 and 20.",
-        "top_logprobs",
-        "integer_out_of_range",
-      );
-    }
     // The alternatives come with the tokens' own log probabilities.
     if (top > 0) request.logprobs = true;
     request.topLogprobs = top;

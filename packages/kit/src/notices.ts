@@ -13,7 +13,12 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { ChangeNoticeSchema, type ChangeNotice } from "@ensemble/proto";
-import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
+import {
+  DeliverPolicy,
+  jetstream,
+  type ConsumerMessages,
+  type StreamInfo,
+} from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "./logger.js";
 import { ensureStream, jetstreamManager } from "./nats.js";
@@ -67,7 +72,7 @@ export function createNotices(nc: NatsConnection, logger: Logger, root = NOTICE_
   const js = jetstream(nc, { timeout: FLUSH_TIMEOUT_MS });
   const streamName = storedNoticesStream(root);
   /** The stream, created (or its limits updated) once per process, on first use. */
-  let stream: Promise<unknown> | undefined;
+  let stream: Promise<StreamInfo> | undefined;
   const ensureStored = () => {
     stream ??= jetstreamManager(nc, { timeoutMs: FLUSH_TIMEOUT_MS })
       .then((jsm) =>
@@ -142,9 +147,7 @@ export function createNotices(nc: NatsConnection, logger: Logger, root = NOTICE_
       const follow = async (): Promise<void> => {
         const info = await ensureStored();
         // Everything the stream holds is within REVOCATION_MEMORY_MS (its max age).
-        const { last_seq: lastAtStart, messages: heldAtStart } = (
-          info as { state: { last_seq: number; messages: number } }
-        ).state;
+        const { last_seq: lastAtStart, messages: heldAtStart } = info.state;
         if (heldAtStart === 0) caughtUp();
         const consumer = await js.consumers.get(streamName, {
           filter_subjects: [...kindOf.keys()],
