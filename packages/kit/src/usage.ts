@@ -9,5 +9,8 @@ export function addUsage(a: Usage | undefined, b: Usage | undefined): Usage {
     outputTokens: (a?.outputTokens ?? 0n) + (b?.outputTokens ?? 0n),
     totalTokens: (a?.totalTokens ?? 0n) + (b?.totalTokens ?? 0n),
     costUsd: (a?.costUsd ?? 0) + (b?.costUsd ?? 0),
+    cachedInputTokens: (a?.cachedInputTokens ?? 0n) + (b?.cachedInputTokens ?? 0n),
+    cacheWriteInputTokens: (a?.cacheWriteInputTokens ?? 0n) + (b?.cacheWriteInputTokens ?? 0n),
+    reasoningTokens: (a?.reasoningTokens ?? 0n) + (b?.reasoningTokens ?? 0n),
   });
 }

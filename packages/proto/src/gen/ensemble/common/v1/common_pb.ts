@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ensemble/common/v1/common.proto.
  */
 export const file_ensemble_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("Ch9lbnNlbWJsZS9jb21tb24vdjEvY29tbW9uLnByb3RvEhJlbnNlbWJsZS5jb21tb24udjEiSgoLUGFnZVJlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRj0AygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEIicKDFBhZ2VSZXNwb25zZRIXCg9uZXh0X3BhZ2VfdG9rZW4YASABKAkiXAoFVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgDEhUKDW91dHB1dF90b2tlbnMYAiABKAMSFAoMdG90YWxfdG9rZW5zGAMgASgDEhAKCGNvc3RfdXNkGAQgASgBKqsBCghNb2RhbGl0eRIYChRNT0RBTElUWV9VTlNQRUNJRklFRBAAEhEKDU1PREFMSVRZX1RFWFQQARIYChRNT0RBTElUWV9JTUFHRV9JTlBVVBACEh0KGU1PREFMSVRZX0lNQUdFX0dFTkVSQVRJT04QAxIRCg1NT0RBTElUWV9DT0RFEAQSEgoOTU9EQUxJVFlfVklERU8QBRISCg5NT0RBTElUWV9BVURJTxAGKpICCgpDYXBhYmlsaXR5EhoKFkNBUEFCSUxJVFlfVU5TUEVDSUZJRUQQABITCg9DQVBBQklMSVRZX0NIQVQQARIVChFDQVBBQklMSVRZX1ZJU0lPThACEhkKFUNBUEFCSUxJVFlfRU1CRURESU5HUxADEh8KG0NBUEFCSUxJVFlfSU1BR0VfR0VORVJBVElPThAEEh8KG0NBUEFCSUxJVFlfVklERU9fR0VORVJBVElPThAFEhMKD0NBUEFCSUxJVFlfQ09ERRAGEhgKFENBUEFCSUxJVFlfUkVBU09OSU5HEAcSFAoQQ0FQQUJJTElUWV9UT09MUxAIEhoKFkNBUEFCSUxJVFlfSlNPTl9PVVRQVVQQCSo7CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARIOCgpST0xFX0FETUlOEAJiBnByb3RvMw", [file_buf_validate_validate]);
+  fileDesc("Ch9lbnNlbWJsZS9jb21tb24vdjEvY29tbW9uLnByb3RvEhJlbnNlbWJsZS5jb21tb24udjEiSgoLUGFnZVJlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRj0AygAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEIicKDFBhZ2VSZXNwb25zZRIXCg9uZXh0X3BhZ2VfdG9rZW4YASABKAkitQEKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIQCghjb3N0X3VzZBgEIAEoARIbChNjYWNoZWRfaW5wdXRfdG9rZW5zGAUgASgDEiAKGGNhY2hlX3dyaXRlX2lucHV0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDKqsBCghNb2RhbGl0eRIYChRNT0RBTElUWV9VTlNQRUNJRklFRBAAEhEKDU1PREFMSVRZX1RFWFQQARIYChRNT0RBTElUWV9JTUFHRV9JTlBVVBACEh0KGU1PREFMSVRZX0lNQUdFX0dFTkVSQVRJT04QAxIRCg1NT0RBTElUWV9DT0RFEAQSEgoOTU9EQUxJVFlfVklERU8QBRISCg5NT0RBTElUWV9BVURJTxAGKpICCgpDYXBhYmlsaXR5EhoKFkNBUEFCSUxJVFlfVU5TUEVDSUZJRUQQABITCg9DQVBBQklMSVRZX0NIQVQQARIVChFDQVBBQklMSVRZX1ZJU0lPThACEhkKFUNBUEFCSUxJVFlfRU1CRURESU5HUxADEh8KG0NBUEFCSUxJVFlfSU1BR0VfR0VORVJBVElPThAEEh8KG0NBUEFCSUxJVFlfVklERU9fR0VORVJBVElPThAFEhMKD0NBUEFCSUxJVFlfQ09ERRAGEhgKFENBUEFCSUxJVFlfUkVBU09OSU5HEAcSFAoQQ0FQQUJJTElUWV9UT09MUxAIEhoKFkNBUEFCSUxJVFlfSlNPTl9PVVRQVVQQCSo7CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARIOCgpST0xFX0FETUlOEAJiBnByb3RvMw", [file_buf_validate_validate]);
 
 /**
  * Cursor pagination for every List method. Page tokens are opaque to clients.
@@ -82,11 +82,37 @@ export type Usage = Message<"ensemble.common.v1.Usage"> & {
   totalTokens: bigint;
 
   /**
-   * Cost in US dollars at the catalog's prices when the call was made.
+   * Cost in US dollars at the catalog's prices when the call was made: input tokens at the
+   * model's input price, except the cached and cache-write ones below at their own prices, and
+   * output tokens at its output price.
    *
    * @generated from field: double cost_usd = 4;
    */
   costUsd: number;
+
+  /**
+   * Of input_tokens: read from the provider's prompt cache (OpenAI `cached_tokens`, Anthropic
+   * `cache_read_input_tokens`, Gemini `cachedContentTokenCount`).
+   *
+   * @generated from field: int64 cached_input_tokens = 5;
+   */
+  cachedInputTokens: bigint;
+
+  /**
+   * Of input_tokens: written to the provider's prompt cache (Anthropic
+   * `cache_creation_input_tokens`; the other providers cache without charging for it).
+   *
+   * @generated from field: int64 cache_write_input_tokens = 6;
+   */
+  cacheWriteInputTokens: bigint;
+
+  /**
+   * Of output_tokens: the model's reasoning ("thinking") tokens, as the provider reports them
+   * (OpenAI `reasoning_tokens`, Gemini `thoughtsTokenCount`; Anthropic does not report them).
+   *
+   * @generated from field: int64 reasoning_tokens = 7;
+   */
+  reasoningTokens: bigint;
 };
 
 /**
