@@ -11,6 +11,7 @@ import {
   type GrpcClient,
 } from "@ensemble/kit";
 import { Capability, type Model, type RegistryService } from "@ensemble/proto";
+import type { TokenCounts } from "./providers/types.js";
 
 export interface CatalogOptions {
   ttlMs: number;
@@ -123,7 +124,19 @@ export function requireCapability(model: Model, capability: Capability, what: st
   }
 }
 
-/** USD for these tokens at the catalog's prices (per million tokens). */
-export function costOf(model: Model, inputTokens: number, outputTokens: number): number {
-  return (inputTokens * model.inputPricePerMtok + outputTokens * model.outputPricePerMtok) / 1e6;
+/**
+ * USD for these tokens at the catalog's prices (per million tokens): input read from or written
+ * to the provider's prompt cache at the model's cache prices (the input price when it has none).
+ */
+export function costOf(model: Model, t: TokenCounts): number {
+  const cached = Math.min(t.cachedInputTokens ?? 0, t.inputTokens);
+  const written = Math.min(t.cacheWriteInputTokens ?? 0, t.inputTokens - cached);
+  const input = model.inputPricePerMtok;
+  return (
+    ((t.inputTokens - cached - written) * input +
+      cached * (model.cachedInputPricePerMtok ?? input) +
+      written * (model.cacheWritePricePerMtok ?? input) +
+      t.outputTokens * model.outputPricePerMtok) /
+    1e6
+  );
 }

@@ -69,6 +69,7 @@ import {
   type ChatChunk,
   type Deployment,
   type ProviderClient,
+  type TokenCounts,
 } from "./providers/types.js";
 import { toDomainError, type Router, type Routed } from "./router.js";
 import { countChat, countText, estimateChatTokens, estimateTextTokens } from "./tokens.js";
@@ -259,7 +260,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         ...call,
         model: routed.model,
         served,
-        usage: usageOf(routed.model, routed.value.inputTokens, 0, false),
+        usage: usageOf(routed.model, { inputTokens: routed.value.inputTokens, outputTokens: 0 }),
         latencyMs: performance.now() - started,
         metadata: { purpose: "semantic-cache" },
       });
@@ -367,12 +368,15 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     return input;
   }
 
-  function usageOf(model: Model, input: number, output: number, cached: boolean): Usage {
+  function usageOf(model: Model, t: TokenCounts): Usage {
     return create(UsageSchema, {
-      inputTokens: BigInt(input),
-      outputTokens: BigInt(output),
-      totalTokens: BigInt(input + output),
-      costUsd: cached ? 0 : costOf(model, input, output),
+      inputTokens: BigInt(t.inputTokens),
+      outputTokens: BigInt(t.outputTokens),
+      totalTokens: BigInt(t.inputTokens + t.outputTokens),
+      costUsd: costOf(model, t),
+      cachedInputTokens: BigInt(t.cachedInputTokens ?? 0),
+      cacheWriteInputTokens: BigInt(t.cacheWriteInputTokens ?? 0),
+      reasoningTokens: BigInt(t.reasoningTokens ?? 0),
     });
   }
 
@@ -411,6 +415,9 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       deployment: fields.served?.deployment ?? "",
       inputTokens: Number(fields.usage?.inputTokens ?? 0n),
       outputTokens: Number(fields.usage?.outputTokens ?? 0n),
+      cachedInputTokens: Number(fields.usage?.cachedInputTokens ?? 0n),
+      cacheWriteInputTokens: Number(fields.usage?.cacheWriteInputTokens ?? 0n),
+      reasoningTokens: Number(fields.usage?.reasoningTokens ?? 0n),
       costUsd: fields.usage?.costUsd ?? 0,
       latencyMs: fields.latencyMs,
       ttftMs: fields.ttftMs ?? fields.latencyMs,
@@ -476,7 +483,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
     const req = guardChat(tenant.guardrails, asked, guardStats);
     const guardrails = tenant.guardrails;
     const input = checkChat(model, req);
-    await accounting.checkBudget(caller, costOf(model, input, 0));
+    await accounting.checkBudget(caller, costOf(model, { inputTokens: input, outputTokens: 0 }));
     await admitKey(caller, input + (req.maxTokens ?? DEFAULT_OUTPUT_ESTIMATE));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const cacheMode = cacheFor(caller, req.cache, true, tenant);
@@ -661,7 +668,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         const r = routed.value;
         const latency = performance.now() - started;
         const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
-        const usage = usageOf(routed.model, r.inputTokens, r.outputTokens, false);
+        const usage = usageOf(routed.model, r);
         const { response, withheld } = screened(
           guardrails,
           create(ChatResponseSchema, {
@@ -902,7 +909,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               });
             }
           } else {
-            const usage = usageOf(routed.model, chunk.inputTokens, chunk.outputTokens, false);
+            const usage = usageOf(routed.model, chunk);
             if (guard !== undefined && thoughtGuard !== undefined && terms !== undefined) {
               const checked = guard.end();
               const thinking = thoughtGuard.end();
@@ -952,7 +959,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
           if (endUsage === undefined) await it.return?.();
           const usage =
             endUsage ??
-            usageOf(routed.model, input, estimateTextTokens(content + reasoning), false);
+            usageOf(routed.model, {
+              inputTokens: input,
+              outputTokens: estimateTextTokens(content + reasoning),
+            });
           const { end } = ended(FinishReason.CONTENT_FILTER, usage, withheldNote(withheld));
           yield event({ case: "end", value: end });
         }
@@ -982,7 +992,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             {
               model: routed.model,
               served,
-              usage: usageOf(routed.model, input, output, false),
+              usage: usageOf(routed.model, { inputTokens: input, outputTokens: output }),
               latencyMs: performance.now() - started,
               ttftMs: ttft,
               streaming: true,
@@ -1015,7 +1025,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       if (req !== asked)
         req.inputs = guardTexts(tenant.guardrails, req.inputs, "inputs", guardStats);
       const input = req.inputs.reduce((n, text) => n + estimateTextTokens(text), 0);
-      await accounting.checkBudget(caller, costOf(model, input, 0));
+      await accounting.checkBudget(caller, costOf(model, { inputTokens: input, outputTokens: 0 }));
       await admitKey(caller, input);
       const id = `emb-${randomUUID().replaceAll("-", "")}`;
       const useCache = cacheFor(caller, req.cache, false, tenant) !== "off";
@@ -1064,7 +1074,10 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         routed.finish();
         const latency = performance.now() - started;
         const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
-        const usage = usageOf(routed.model, routed.value.inputTokens, 0, false);
+        const usage = usageOf(routed.model, {
+          inputTokens: routed.value.inputTokens,
+          outputTokens: 0,
+        });
         const vectors = routed.value.vectors;
         const response = create(EmbedResponseSchema, {
           id,
@@ -1111,7 +1124,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
       const tenant = await deps.tenantSettings.get(caller.tenantId, caller.token);
       const [prompt = ""] = guardTexts(tenant.guardrails, [req.prompt], "prompt", guardStats);
       const input = estimateTextTokens(prompt);
-      await accounting.checkBudget(caller, costOf(model, input, 0));
+      await accounting.checkBudget(caller, costOf(model, { inputTokens: input, outputTokens: 0 }));
       await admitKey(caller, input);
       const id = `img-${randomUUID().replaceAll("-", "")}`;
       try {
@@ -1135,7 +1148,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
         const latency = performance.now() - started;
         const served = servedBy(req.model, routed.model, routed.deployment, routed, false);
         const r = routed.value;
-        const usage = usageOf(routed.model, r.inputTokens, r.outputTokens, false);
+        const usage = usageOf(routed.model, r);
         record(caller, UsageOperation.IMAGE, {
           id,
           requested: req.model,

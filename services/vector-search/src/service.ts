@@ -8,6 +8,7 @@ import { create, type JsonObject } from "@bufbuild/protobuf";
 import { DurationSchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
+  addUsage,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
@@ -57,14 +58,6 @@ const MAX_EMBED_INPUT = 65_536;
 
 function bearer(ctx: HandlerContext): string {
   return (ctx.requestHeader.get("authorization") ?? "").replace(/^Bearer\s+/i, "");
-}
-
-function addUsage(into: Usage, u: Usage | undefined): void {
-  if (u === undefined) return;
-  into.inputTokens += u.inputTokens;
-  into.outputTokens += u.outputTokens;
-  into.totalTokens += u.totalTokens;
-  into.costUsd += u.costUsd;
 }
 
 function toVector(
@@ -148,7 +141,8 @@ export function vectorSearchHandlers(deps: VectorSearchDeps): Impl {
           signal: ctx.signal,
         },
       );
-      addUsage(usage, res.usage);
+      // Summed into the caller's usage (the answer reports every embedding call's).
+      Object.assign(usage, addUsage(usage, res.usage));
       const sorted = [...res.embeddings].sort((a, b) => a.index - b.index);
       if (sorted.length !== inputs.length) {
         throw new FailedPreconditionError(

@@ -197,6 +197,9 @@ function usageDoc(u: Usage | undefined): RunDoc["usage"] {
     outputTokens: Number(u?.outputTokens ?? 0n),
     totalTokens: Number(u?.totalTokens ?? 0n),
     costUsd: u?.costUsd ?? 0,
+    cachedInputTokens: Number(u?.cachedInputTokens ?? 0n),
+    cacheWriteInputTokens: Number(u?.cacheWriteInputTokens ?? 0n),
+    reasoningTokens: Number(u?.reasoningTokens ?? 0n),
   };
 }
 
@@ -206,6 +209,10 @@ function usageOf(d: RunDoc["usage"] | undefined): Usage {
     outputTokens: BigInt(d?.outputTokens ?? 0),
     totalTokens: BigInt(d?.totalTokens ?? 0),
     costUsd: d?.costUsd ?? 0,
+    // Absent from runs stored before these were kept.
+    cachedInputTokens: BigInt(d?.cachedInputTokens ?? 0),
+    cacheWriteInputTokens: BigInt(d?.cacheWriteInputTokens ?? 0),
+    reasoningTokens: BigInt(d?.reasoningTokens ?? 0),
   });
 }
 

@@ -54,7 +54,15 @@ export interface RunDoc {
   /** The output step's artifacts (Artifact each, binary), once the run completed. */
   artifacts?: Buffer[] | undefined;
   ranking?: Buffer | undefined;
-  usage: { inputTokens: number; outputTokens: number; totalTokens: number; costUsd: number };
+  usage: {
+    inputTokens: number;
+    outputTokens: number;
+    totalTokens: number;
+    costUsd: number;
+    cachedInputTokens?: number;
+    cacheWriteInputTokens?: number;
+    reasoningTokens?: number;
+  };
   latencyMs: number;
   error?: Buffer | undefined;
   cancelReason: string;
@@ -70,6 +78,9 @@ const usageSchema = {
   outputTokens: { type: Number, default: 0 },
   totalTokens: { type: Number, default: 0 },
   costUsd: { type: Number, default: 0 },
+  cachedInputTokens: { type: Number, default: 0 },
+  cacheWriteInputTokens: { type: Number, default: 0 },
+  reasoningTokens: { type: Number, default: 0 },
 };
 
 const runSchema = new Schema<RunDoc>(

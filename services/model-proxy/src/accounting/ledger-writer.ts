@@ -131,6 +131,9 @@ export class LedgerWriter {
         deployment: entry.deployment,
         inputTokens: entry.inputTokens,
         outputTokens: entry.outputTokens,
+        cachedInputTokens: entry.cachedInputTokens,
+        cacheWriteInputTokens: entry.cacheWriteInputTokens,
+        reasoningTokens: entry.reasoningTokens,
         costUsd: cost,
         latencyMs: entry.latencyMs,
         ttftMs: entry.ttftMs,
@@ -293,10 +296,13 @@ export class LedgerWriter {
       provider: e.provider,
       deployment: e.deployment,
       usage: {
-        inputTokens: BigInt(Math.max(0, Math.round(e.inputTokens))),
-        outputTokens: BigInt(Math.max(0, Math.round(e.outputTokens))),
-        totalTokens: BigInt(Math.max(0, Math.round(e.inputTokens + e.outputTokens))),
+        inputTokens: count(e.inputTokens),
+        outputTokens: count(e.outputTokens),
+        totalTokens: count(e.inputTokens + e.outputTokens),
         costUsd: cleanCost(e.costUsd),
+        cachedInputTokens: count(e.cachedInputTokens),
+        cacheWriteInputTokens: count(e.cacheWriteInputTokens),
+        reasoningTokens: count(e.reasoningTokens),
       },
       latency: durationFromMs(Math.max(0, Math.round(e.latencyMs))),
       timeToFirstToken: durationFromMs(Math.max(0, Math.round(e.ttftMs))),
@@ -383,4 +389,9 @@ export function classifyWriteErrors(
     else return undefined;
   }
   return out;
+}
+
+/** A token count for a usage event: whole and never negative. */
+function count(n: number): bigint {
+  return BigInt(Math.max(0, Math.round(n)));
 }

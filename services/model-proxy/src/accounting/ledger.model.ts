@@ -16,6 +16,11 @@ export interface LedgerDoc {
   deployment: string;
   inputTokens: number;
   outputTokens: number;
+  /** Of inputTokens: read from / written to the provider's prompt cache. */
+  cachedInputTokens: number;
+  cacheWriteInputTokens: number;
+  /** Of outputTokens: reasoning. */
+  reasoningTokens: number;
   costUsd: number;
   latencyMs: number;
   ttftMs: number;
@@ -64,6 +69,9 @@ const ledgerSchema = new Schema<LedgerDoc>(
     deployment: { type: String, default: "" },
     inputTokens: { type: Number, default: 0 },
     outputTokens: { type: Number, default: 0 },
+    cachedInputTokens: { type: Number, default: 0 },
+    cacheWriteInputTokens: { type: Number, default: 0 },
+    reasoningTokens: { type: Number, default: 0 },
     costUsd: { type: Number, default: 0 },
     latencyMs: { type: Number, default: 0 },
     ttftMs: { type: Number, default: 0 },

@@ -28,6 +28,11 @@ export interface LedgerEntry {
   deployment: string;
   inputTokens: number;
   outputTokens: number;
+  /** Of inputTokens: read from / written to the provider's prompt cache. */
+  cachedInputTokens: number;
+  cacheWriteInputTokens: number;
+  /** Of outputTokens: reasoning. */
+  reasoningTokens: number;
   costUsd: number;
   latencyMs: number;
   ttftMs: number;

@@ -43,17 +43,30 @@ const FIELD_OF: Record<number, GroupField> = {
 
 type GroupValue = Date | string | number;
 
+/** The ledger's fields a report sums as they are. */
+const SUMMED = [
+  "inputTokens",
+  "outputTokens",
+  "cachedInputTokens",
+  "cacheWriteInputTokens",
+  "reasoningTokens",
+  "costUsd",
+] as const;
+type Sums = Record<(typeof SUMMED)[number], number>;
+
 /** One group's sums, however they were computed. */
-export interface UsageRow {
+export interface UsageRow extends Sums {
   values: GroupValue[];
   requests: number;
   errors: number;
   cacheHits: number;
-  inputTokens: number;
-  outputTokens: number;
-  costUsd: number;
   okLatencyMs: number;
   okCount: number;
+}
+
+function emptyRow(values: GroupValue[]): UsageRow {
+  const row = { values, requests: 0, errors: 0, cacheHits: 0, okLatencyMs: 0, okCount: 0 };
+  return { ...row, ...(Object.fromEntries(SUMMED.map((f) => [f, 0])) as Sums) };
 }
 
 export interface UsageQuery {
@@ -146,17 +159,7 @@ export async function rowsByPipeline(model: LedgerModel, q: UsageQuery): Promise
   const id =
     q.fields.length === 0 ? null : Object.fromEntries(q.fields.map((f, i) => [`g${i}`, `$${f}`]));
   const out = await model
-    .aggregate<{
-      _id: Record<string, GroupValue> | null;
-      requests: number;
-      errors: number;
-      cacheHits: number;
-      inputTokens: number;
-      outputTokens: number;
-      costUsd: number;
-      okLatencyMs: number;
-      okCount: number;
-    }>([
+    .aggregate<Omit<UsageRow, "values"> & { _id: Record<string, GroupValue> | null }>([
       { $match: q.filter },
       {
         $group: {
@@ -164,9 +167,7 @@ export async function rowsByPipeline(model: LedgerModel, q: UsageQuery): Promise
           requests: { $sum: 1 },
           errors: { $sum: { $cond: [ok, 0, 1] } },
           cacheHits: { $sum: { $cond: ["$cacheHit", 1, 0] } },
-          inputTokens: { $sum: "$inputTokens" },
-          outputTokens: { $sum: "$outputTokens" },
-          costUsd: { $sum: "$costUsd" },
+          ...Object.fromEntries(SUMMED.map((f) => [f, { $sum: `$${f}` }])),
           okLatencyMs: { $sum: { $cond: [ok, "$latencyMs", 0] } },
           okCount: { $sum: { $cond: [ok, 1, 0] } },
         },
@@ -174,16 +175,9 @@ export async function rowsByPipeline(model: LedgerModel, q: UsageQuery): Promise
       { $limit: MAX_BUCKETS + 1 },
     ])
     .exec();
-  return out.map((r) => ({
-    values: q.fields.map((_, i) => r._id?.[`g${i}`] ?? ""),
-    requests: r.requests,
-    errors: r.errors,
-    cacheHits: r.cacheHits,
-    inputTokens: r.inputTokens,
-    outputTokens: r.outputTokens,
-    costUsd: r.costUsd,
-    okLatencyMs: r.okLatencyMs,
-    okCount: r.okCount,
+  return out.map(({ _id, ...sums }) => ({
+    ...sums,
+    values: q.fields.map((_, i) => _id?.[`g${i}`] ?? ""),
   }));
 }
 
@@ -193,10 +187,8 @@ export async function rowsInCode(model: LedgerModel, q: UsageQuery): Promise<Usa
     _id: 0,
     status: 1,
     cacheHit: 1,
-    inputTokens: 1,
-    outputTokens: 1,
-    costUsd: 1,
     latencyMs: 1,
+    ...Object.fromEntries(SUMMED.map((f) => [f, 1 as const])),
   };
   for (const f of q.fields) projection[f] = 1;
   if (readsMetadata(q)) projection["metadata"] = 1;
@@ -231,26 +223,14 @@ export function addToRows(
   const key = JSON.stringify(values);
   let row = rows.get(key);
   if (row === undefined) {
-    row = {
-      values,
-      requests: 0,
-      errors: 0,
-      cacheHits: 0,
-      inputTokens: 0,
-      outputTokens: 0,
-      costUsd: 0,
-      okLatencyMs: 0,
-      okCount: 0,
-    };
+    row = emptyRow(values);
     rows.set(key, row);
   }
   const ok = doc.status === "OK";
   row.requests += 1;
   if (!ok) row.errors += 1;
   if (doc.cacheHit === true) row.cacheHits += 1;
-  row.inputTokens += doc.inputTokens ?? 0;
-  row.outputTokens += doc.outputTokens ?? 0;
-  row.costUsd += doc.costUsd ?? 0;
+  for (const f of SUMMED) row[f] += doc[f] ?? 0;
   if (ok) {
     row.okLatencyMs += doc.latencyMs ?? 0;
     row.okCount += 1;
@@ -280,24 +260,10 @@ export function toResponse(fields: GroupField[], rows: UsageRow[]): GetUsageResp
     return 0;
   });
   // No grouping asks for one total bucket, also when nothing was used.
-  if (fields.length === 0 && sorted.length === 0) {
-    sorted.push({
-      values: [],
-      requests: 0,
-      errors: 0,
-      cacheHits: 0,
-      inputTokens: 0,
-      outputTokens: 0,
-      costUsd: 0,
-      okLatencyMs: 0,
-      okCount: 0,
-    });
-  }
-  const total = { input: 0, output: 0, cost: 0, requests: 0 };
+  if (fields.length === 0 && sorted.length === 0) sorted.push(emptyRow([]));
+  const total = emptyRow([]);
   const buckets = sorted.map((row) => {
-    total.input += row.inputTokens;
-    total.output += row.outputTokens;
-    total.cost += row.costUsd;
+    for (const f of SUMMED) total[f] += row[f];
     total.requests += row.requests;
     const bucket: MessageInitShape<typeof UsageBucketSchema> & {
       [K in "model" | "userId" | "apiKeyId" | "provider" | "metadataValue"]?: string;
@@ -305,7 +271,7 @@ export function toResponse(fields: GroupField[], rows: UsageRow[]): GetUsageResp
       requests: BigInt(row.requests),
       errors: BigInt(row.errors),
       cacheHits: BigInt(row.cacheHits),
-      usage: usage(row.inputTokens, row.outputTokens, row.costUsd),
+      usage: usage(row),
       ...(row.okCount > 0
         ? { meanLatency: durationFromMs(Math.round(row.okLatencyMs / row.okCount)) }
         : {}),
@@ -326,18 +292,21 @@ export function toResponse(fields: GroupField[], rows: UsageRow[]): GetUsageResp
   });
   return create(GetUsageResponseSchema, {
     buckets,
-    total: usage(total.input, total.output, total.cost),
+    total: usage(total),
     totalRequests: BigInt(total.requests),
   });
 }
 
-function usage(input: number, output: number, cost: number) {
-  const i = Math.max(0, Math.round(input));
-  const o = Math.max(0, Math.round(output));
+function usage(sums: Sums) {
+  const count = (n: number) => Math.max(0, Math.round(n));
+  const [i, o] = [count(sums.inputTokens), count(sums.outputTokens)];
   return {
     inputTokens: BigInt(i),
     outputTokens: BigInt(o),
     totalTokens: BigInt(i + o),
-    costUsd: cost,
+    costUsd: sums.costUsd,
+    cachedInputTokens: BigInt(count(sums.cachedInputTokens)),
+    cacheWriteInputTokens: BigInt(count(sums.cacheWriteInputTokens)),
+    reasoningTokens: BigInt(count(sums.reasoningTokens)),
   };
 }

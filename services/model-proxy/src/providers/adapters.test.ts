@@ -15,7 +15,7 @@ import {
 import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { collect, thrown } from "@ensemble/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createAnthropicClient } from "./anthropic.js";
+import { createAnthropicClient, messageParams } from "./anthropic.js";
 import { createGoogleClient } from "./google.js";
 import {
   ProviderError,
@@ -147,12 +147,14 @@ describe.each([ANTHROPIC, GOOGLE])("$api adapter", (adapter) => {
     expect(deltas.length).toBeGreaterThan(3);
     expect(deltas.map((c) => c.content).join("")).toBe(messageText(unary.message));
     expect(chunks.filter((c) => c.type === "end")).toHaveLength(1);
+    // The same token counts as the unary answer (cache and reasoning counts included).
+    const { message: _m, reasoning: _r, finishReason: _f, logprobs: _l, ...counts } = unary;
     expect(chunks[chunks.length - 1]).toEqual({
       type: "end",
       finishReason: FinishReason.STOP,
-      inputTokens: unary.inputTokens,
-      outputTokens: unary.outputTokens,
+      ...counts,
     });
+    expect(counts.inputTokens).toBeGreaterThan(0);
   });
 
   it("an image part (bytes or data URL) reaches a vision model", async () => {
@@ -349,6 +351,73 @@ describe("anthropic adapter only", () => {
       }),
     );
     expect(img.kind).toBe("invalid_request");
+  });
+
+  it("cache breakpoints become cache_control on their blocks and tools; none keeps plain strings", () => {
+    const marked = (value: string) => ({
+      part: { case: "text" as const, value },
+      cacheBreakpoint: true,
+    });
+    const params = messageParams(
+      "claude",
+      request(
+        [
+          { role: ChatRole.SYSTEM, content: [marked("A long policy.")] },
+          {
+            role: ChatRole.USER,
+            content: [marked("A long document."), { part: { case: "text", value: "Question?" } }],
+          },
+          {
+            role: ChatRole.ASSISTANT,
+            toolCalls: [{ id: "call_1", name: "lookup", arguments: "{}" }],
+          },
+          { role: ChatRole.TOOL, toolCallId: "call_1", content: [marked("A long result.")] },
+        ],
+        { tools: [{ name: "lookup" }, { name: "search", cacheBreakpoint: true }] },
+      ),
+    );
+    const ephemeral = { type: "ephemeral" };
+    expect(params.system).toEqual([
+      { type: "text", text: "A long policy.", cache_control: ephemeral },
+    ]);
+    expect(params.messages[0]?.content).toEqual([
+      { type: "text", text: "A long document.", cache_control: ephemeral },
+      { type: "text", text: "Question?" },
+    ]);
+    expect(params.messages[2]?.content).toEqual([
+      {
+        type: "tool_result",
+        tool_use_id: "call_1",
+        content: "A long result.",
+        cache_control: ephemeral,
+      },
+    ]);
+    expect(params.tools?.map((t) => "cache_control" in t && t.cache_control)).toEqual([
+      false,
+      ephemeral,
+    ]);
+
+    const plain = messageParams("claude", ask);
+    expect(plain.system).toBe("Be brief.");
+    expect(plain.messages[0]?.content).toBe("Name three rivers");
+  });
+
+  it("more than four cache breakpoints are invalid_request before any call", () => {
+    const five = request(
+      Array.from({ length: 5 }, (_, i) => ({
+        role: ChatRole.USER,
+        content: [{ part: { case: "text" as const, value: `part ${i}` }, cacheBreakpoint: true }],
+      })),
+    );
+    let refused: unknown;
+    try {
+      messageParams("claude", five);
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).toBeInstanceOf(ProviderError);
+    expect((refused as ProviderError).kind).toBe("invalid_request");
+    expect((refused as ProviderError).message).toContain("at most 4");
   });
 });
 

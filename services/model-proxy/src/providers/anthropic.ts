@@ -26,6 +26,7 @@ import type {
   MessageCreateParamsBase,
   MessageParam,
   RawMessageStreamEvent,
+  TextBlockParam,
   ToolChoice,
 } from "@anthropic-ai/sdk/resources/messages";
 import { Deadline, redact } from "./deadline.js";
@@ -39,6 +40,7 @@ import {
   type Deployment,
   type ProviderClient,
   type ProviderErrorKind,
+  type TokenCounts,
 } from "./types.js";
 
 /** Anthropic requires max_tokens; this is used when the caller sets none. */
@@ -96,7 +98,7 @@ export function createAnthropicClient(d: Deployment): ProviderClient {
         }),
         reasoning,
         finishReason: finishReason(msg.stop_reason),
-        inputTokens: inputTokens(msg.usage),
+        ...inputTokens(msg.usage),
         outputTokens: msg.usage.output_tokens,
       };
     },
@@ -113,7 +115,7 @@ export function createAnthropicClient(d: Deployment): ProviderClient {
         } catch (err) {
           throw classify(d, err, deadline, false);
         }
-        let input = 0;
+        let input = inputTokens({ input_tokens: 0 });
         let output = 0;
         let finish: FinishReason = FinishReason.STOP;
         let stopped = false;
@@ -176,7 +178,7 @@ export function createAnthropicClient(d: Deployment): ProviderClient {
         }
         // The SDK ends an aborted stream quietly, so the abort is checked here.
         if (!stopped) throw classify(d, undefined, deadline, true);
-        yield { type: "end", finishReason: finish, inputTokens: input, outputTokens: output };
+        yield { type: "end", finishReason: finish, ...input, outputTokens: output };
       } finally {
         deadline.dispose();
       }
@@ -203,13 +205,22 @@ function toolCallDelta(index: number, id: string, name: string, args: string): T
   return { $typeName: "ensemble.modelproxy.v1.ToolCallDelta", index, id, name, arguments: args };
 }
 
-/** Cache writes and reads are input too (billed at their own rates, but counted as input). */
+/**
+ * Anthropic's `input_tokens` leaves out the prompt cache's reads and writes; ours counts every
+ * input token and says how many of them were cached or written (billed at their own prices).
+ */
 function inputTokens(u: {
   input_tokens: number;
   cache_creation_input_tokens?: number | null;
   cache_read_input_tokens?: number | null;
-}): number {
-  return u.input_tokens + (u.cache_creation_input_tokens ?? 0) + (u.cache_read_input_tokens ?? 0);
+}): Pick<TokenCounts, "inputTokens" | "cachedInputTokens" | "cacheWriteInputTokens"> {
+  const written = u.cache_creation_input_tokens ?? 0;
+  const cached = u.cache_read_input_tokens ?? 0;
+  return {
+    inputTokens: u.input_tokens + written + cached,
+    cachedInputTokens: cached,
+    cacheWriteInputTokens: written,
+  };
 }
 
 function finishReason(reason: string | null | undefined): FinishReason {
@@ -305,12 +316,23 @@ function imageBlock(img: ImagePart): ImageBlockParam {
   return { type: "image", source: { type: "url", url } };
 }
 
+/** Anthropic caches the prompt only up to blocks marked so (at most 4 per request). */
+const CACHE_HERE = { cache_control: { type: "ephemeral" } } as const;
+const MAX_CACHE_BREAKPOINTS = 4;
+
+/** `cache_control` for a block holding these parts: set when one of them is a breakpoint. */
+function cacheMark(parts: ChatMessage["content"]): typeof CACHE_HERE | object {
+  return parts.some((p) => p.cacheBreakpoint) ? CACHE_HERE : {};
+}
+
 function blocksOf(m: ChatMessage): ContentBlockParam[] {
   const blocks: ContentBlockParam[] = [];
   for (const p of m.content) {
     if (p.part.case === "text" && p.part.value !== "") {
-      blocks.push({ type: "text", text: p.part.value });
-    } else if (p.part.case === "image") blocks.push(imageBlock(p.part.value));
+      blocks.push({ type: "text", text: p.part.value, ...cacheMark([p]) });
+    } else if (p.part.case === "image") {
+      blocks.push({ ...imageBlock(p.part.value), ...cacheMark([p]) });
+    }
   }
   return blocks;
 }
@@ -331,8 +353,8 @@ function parseArgs(text: string): Record<string, unknown> {
  * Anthropic has one top-level `system`, two roles, and tool results inside user turns; turns of
  * the same role are merged (tool results first, as Anthropic requires).
  */
-function toMessages(r: ChatRequest): { system: string; messages: MessageParam[] } {
-  const system: string[] = [];
+function toMessages(r: ChatRequest): { system: TextBlockParam[]; messages: MessageParam[] } {
+  const system: TextBlockParam[] = [];
   const messages: MessageParam[] = [];
   const push = (role: "user" | "assistant", blocks: ContentBlockParam[]): void => {
     if (blocks.length === 0) return;
@@ -347,7 +369,7 @@ function toMessages(r: ChatRequest): { system: string; messages: MessageParam[] 
     switch (m.role) {
       case ChatRole.SYSTEM:
       case ChatRole.DEVELOPER:
-        system.push(textOf(m));
+        system.push({ type: "text", text: textOf(m), ...cacheMark(m.content) });
         break;
       case ChatRole.ASSISTANT:
         push("assistant", [
@@ -361,7 +383,14 @@ function toMessages(r: ChatRequest): { system: string; messages: MessageParam[] 
         ]);
         break;
       case ChatRole.TOOL:
-        push("user", [{ type: "tool_result", tool_use_id: m.toolCallId, content: textOf(m) }]);
+        push("user", [
+          {
+            type: "tool_result",
+            tool_use_id: m.toolCallId,
+            content: textOf(m),
+            ...cacheMark(m.content),
+          },
+        ]);
         break;
       default:
         push("user", blocksOf(m));
@@ -370,11 +399,11 @@ function toMessages(r: ChatRequest): { system: string; messages: MessageParam[] 
   // A user turn that is only text is sent as a plain string, the shape most callers use.
   for (const msg of messages) {
     const c = msg.content;
-    if (Array.isArray(c) && c.every((b) => b.type === "text")) {
+    if (Array.isArray(c) && c.every((b) => b.type === "text" && b.cache_control === undefined)) {
       msg.content = c.map((b) => (b.type === "text" ? b.text : "")).join("");
     }
   }
-  return { system: system.filter((s) => s !== "").join("\n\n"), messages };
+  return { system: system.filter((b) => b.text !== ""), messages };
 }
 
 function toolChoice(r: ChatRequest): ToolChoice | undefined {
@@ -400,17 +429,16 @@ export function messageParams(model: string, r: ChatRequest): MessageCreateParam
     messages,
     max_tokens: r.maxTokens ?? DEFAULT_MAX_TOKENS,
   };
-  let instructions = system;
   const rf = r.responseFormat;
   if (rf?.type === ResponseFormat_Type.JSON_SCHEMA && rf.jsonSchema !== undefined) {
     params.output_config = { format: { type: "json_schema", schema: rf.jsonSchema } };
   } else if (rf?.type === ResponseFormat_Type.JSON_OBJECT) {
     // Anthropic has no "any JSON object" mode; an instruction is the documented way.
-    instructions = [instructions, "Answer with a single JSON object and nothing else."]
-      .filter((s) => s !== "")
-      .join("\n\n");
+    system.push({ type: "text", text: "Answer with a single JSON object and nothing else." });
   }
-  if (instructions !== "") params.system = instructions;
+  // One string, the shape most callers use, unless a block is to be cached.
+  if (system.some((b) => b.cache_control !== undefined)) params.system = system;
+  else if (system.length > 0) params.system = system.map((b) => b.text).join("\n\n");
   // temperature, top_p, seed and the penalties are not sent: the Messages API (as of SDK 1.x)
   // has no sampling parameters.
   if (r.stop.length > 0) params.stop_sequences = [...r.stop];
@@ -423,6 +451,7 @@ export function messageParams(model: string, r: ChatRequest): MessageCreateParam
         [k: string]: unknown;
       },
       ...(t.strict ? { strict: true } : {}),
+      ...(t.cacheBreakpoint ? CACHE_HERE : {}),
     }));
     const choice = toolChoice(r);
     if (choice !== undefined) params.tool_choice = choice;
@@ -436,5 +465,24 @@ export function messageParams(model: string, r: ChatRequest): MessageCreateParam
       params.thinking = { type: "enabled", budget_tokens: budget };
     }
   }
+  const breakpoints = countCacheBreakpoints(params);
+  if (breakpoints > MAX_CACHE_BREAKPOINTS) {
+    throw new ProviderError(
+      "invalid_request",
+      `Anthropic caches at most ${MAX_CACHE_BREAKPOINTS} prompt cache breakpoints per request; this one marks ${breakpoints} (cache_breakpoint on content parts and tools)`,
+    );
+  }
   return params;
+}
+
+function countCacheBreakpoints(params: MessageCreateParamsBase): number {
+  const marked = (blocks: unknown): number =>
+    Array.isArray(blocks)
+      ? blocks.filter((b: { cache_control?: unknown }) => b.cache_control !== undefined).length
+      : 0;
+  return (
+    marked(params.system) +
+    marked(params.tools) +
+    params.messages.reduce((n, m) => n + marked(m.content), 0)
+  );
 }

@@ -43,6 +43,7 @@ import {
   type ImageCall,
   type ImageResult,
   type ProviderClient,
+  type TokenCounts,
 } from "./types.js";
 
 /** Thinking budgets for reasoning_effort (Gemini 2.5's range is up to 24576 for Flash). */
@@ -280,14 +281,14 @@ function functionCall(
   };
 }
 
-function tokens(u: GenerateContentResponseUsageMetadata | undefined): {
-  inputTokens: number;
-  outputTokens: number;
-} {
+function tokens(u: GenerateContentResponseUsageMetadata | undefined): TokenCounts {
   return {
+    // promptTokenCount includes what the (implicit or explicit) context cache supplied.
     inputTokens: u?.promptTokenCount ?? 0,
-    // Thinking tokens are billed as output.
+    cachedInputTokens: u?.cachedContentTokenCount ?? 0,
+    // Thinking tokens are billed as output (candidatesTokenCount leaves them out).
     outputTokens: (u?.candidatesTokenCount ?? 0) + (u?.thoughtsTokenCount ?? 0),
+    reasoningTokens: u?.thoughtsTokenCount ?? 0,
   };
 }
 

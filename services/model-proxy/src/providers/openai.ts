@@ -26,6 +26,7 @@ import type {
   ChatCompletionTokenLogprob,
   ChatCompletionToolChoiceOption,
 } from "openai/resources/chat/completions";
+import type { CompletionUsage } from "openai/resources/completions";
 import { Deadline, LinkedSignal, redact } from "./deadline.js";
 import { pooledFetch } from "./http.js";
 import {
@@ -41,6 +42,7 @@ import {
   type ImageCall,
   type ImageResult,
   type ProviderClient,
+  type TokenCounts,
 } from "./types.js";
 
 export function createOpenAiClient(d: Deployment): ProviderClient {
@@ -97,8 +99,7 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
         reasoning: msg.reasoning_content ?? msg.reasoning ?? "",
         ...(call.request.logprobs ? { logprobs: tokenLogprobs(choice.logprobs?.content) } : {}),
         finishReason: finishReason(choice.finish_reason),
-        inputTokens: completion.usage?.prompt_tokens ?? 0,
-        outputTokens: completion.usage?.completion_tokens ?? 0,
+        ...tokens(completion.usage),
       };
     },
 
@@ -168,8 +169,7 @@ export function createOpenAiClient(d: Deployment): ProviderClient {
       yield {
         type: "end",
         finishReason: finish,
-        inputTokens: usage?.prompt_tokens ?? 0,
-        outputTokens: usage?.completion_tokens ?? 0,
+        ...tokens(usage),
       };
     },
 
@@ -483,4 +483,14 @@ function toMessage(m: ChatMessage, native: boolean): ChatCompletionMessageParam 
       return { role: "user", content: parts, ...name };
     }
   }
+}
+
+/** Token counts from OpenAI's usage: cached prompt tokens and reasoning tokens are parts of it. */
+function tokens(u: CompletionUsage | null | undefined): TokenCounts {
+  return {
+    inputTokens: u?.prompt_tokens ?? 0,
+    outputTokens: u?.completion_tokens ?? 0,
+    cachedInputTokens: u?.prompt_tokens_details?.cached_tokens ?? 0,
+    reasoningTokens: u?.completion_tokens_details?.reasoning_tokens ?? 0,
+  };
 }

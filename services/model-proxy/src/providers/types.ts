@@ -51,6 +51,12 @@ export interface ChatCall {
 export interface TokenCounts {
   inputTokens: number;
   outputTokens: number;
+  /** Of inputTokens: read from the provider's prompt cache. */
+  cachedInputTokens?: number;
+  /** Of inputTokens: written to the provider's prompt cache. */
+  cacheWriteInputTokens?: number;
+  /** Of outputTokens: reasoning ("thinking"). */
+  reasoningTokens?: number;
 }
 
 export interface ChatResult extends TokenCounts {
