@@ -3,7 +3,7 @@ import { stableHash } from "./hash.js";
 import type { ModelProfile } from "./models.js";
 import { MAX_TOP_LOGPROBS } from "./logprobs.js";
 import { structuredAnswer, type ForcedCall } from "./structured.js";
-import { countTokens, tokenPieces } from "./tokenizer.js";
+import { tokenPieces, tokens } from "./tokenizer.js";
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool", "function"]);
 /** Flat token cost of one image part, whatever its size (OpenAI's low-detail figure). */
@@ -28,6 +28,8 @@ export interface ChatAnswer {
   pieces: string[];
   finishReason: "stop" | "length";
   promptTokens: number;
+  /** The prompt's tokens (promptTokens is their number), for prompt caching. */
+  prompt: string[];
   hash: string;
   /**
    * Reasoning pieces, sent before the answer as `reasoning_content` (as vLLM and DeepSeek do),
@@ -311,17 +313,42 @@ function textOf(content: unknown): { text: string; images: number } {
   return { text, images };
 }
 
+/** A message content's tokens in order: its text's tokens, IMAGE_TOKENS for each image. */
+export function contentTokens(content: unknown): string[] {
+  if (typeof content === "string") return tokens(content);
+  if (!Array.isArray(content)) return [];
+  return (content as Array<Record<string, unknown>>).flatMap((part) => {
+    if (part["type"] === "text") return tokens(String(part["text"]));
+    // Named after the image, so that a different image makes a different prompt to cache.
+    const image = `<image ${stableHash(part).slice(0, 16)}>`;
+    return Array.from({ length: IMAGE_TOKENS }, () => image);
+  });
+}
+
 /**
- * Prompt tokens: for each message 3 tokens of framing + the role + its text tokens + 85 per
- * image, then 3 for the reply primer (the same shape as OpenAI's cookbook count).
+ * The prompt as a token sequence: for each message 3 tokens of framing + the role + its
+ * content, then 3 for the reply primer (the same shape as OpenAI's cookbook count). Its length
+ * is the prompt's token count; prompt caching compares its prefixes. `contentStarts[i]` is
+ * where message i's content begins.
  */
-export function promptTokens(messages: readonly unknown[]): number {
-  let total = 3;
+export function promptSequence(messages: readonly unknown[]): {
+  tokens: string[];
+  contentStarts: number[];
+} {
+  const out: string[] = [];
+  const contentStarts: number[] = [];
+  // A loop, not push(...many): a long prompt would overflow the call stack.
+  const add = (more: readonly string[]): void => {
+    for (const t of more) out.push(t);
+  };
   for (const m of messages as Array<Record<string, unknown>>) {
-    const { text, images } = textOf(m["content"]);
-    total += 3 + countTokens(String(m["role"])) + countTokens(text) + images * IMAGE_TOKENS;
+    add(["<|start|>", ...tokens(String(m["role"])), "<|message|>"]);
+    contentStarts.push(out.length);
+    add(contentTokens(m["content"]));
+    out.push("<|end|>");
   }
-  return total;
+  add(["<|start|>", "assistant", "<|message|>"]);
+  return { tokens: out, contentStarts };
 }
 
 /** The answer is a pure function of (model, messages, temperature, top_p, seed), shaped by response_format. */
@@ -350,10 +377,12 @@ export function answer(body: Record<string, unknown>, req: ChatRequest): ChatAns
   const all = tokenPieces(full);
   const truncated = req.maxTokens !== undefined && all.length > req.maxTokens;
   const effort = body["reasoning_effort"];
+  const prompt = promptSequence(req.messages).tokens;
   return {
     pieces: truncated ? all.slice(0, req.maxTokens) : all,
     finishReason: truncated ? "length" : "stop",
-    promptTokens: promptTokens(req.messages),
+    promptTokens: prompt.length,
+    prompt,
     hash,
     reasoning:
       typeof effort === "string" && effort !== ""

@@ -1,8 +1,16 @@
-import { ApiError, FinishReason, GoogleGenAI, Modality, Type } from "@google/genai";
+import {
+  ApiError,
+  FinishReason,
+  GoogleGenAI,
+  Modality,
+  Type,
+  type GenerateContentResponse,
+} from "@google/genai";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cosine } from "./embeddings.js";
 import { startSimulator, type Simulator } from "./server.js";
+import { distinctWords } from "./test-words.js";
 
 // The official client is the judge of "Gemini-compatible": if it parses our shapes, the adapter
 // that uses it will too.
@@ -206,5 +214,32 @@ describe("llm-sim with the @google/genai client", () => {
     await expect(consume()).rejects.toThrow();
     expect(seen.length).toBeGreaterThan(0);
     expect(seen).not.toContain(FinishReason.STOP);
+  });
+
+  it("genai client - implicit caching: a repeated 1100-token prompt reports cachedContentTokenCount 1024", async () => {
+    // Keys of their own, so no other test shares this cache.
+    const genai = (apiKey: string): GoogleGenAI =>
+      new GoogleGenAI({ apiKey, httpOptions: { baseUrl: sim.url, retryOptions: { attempts: 1 } } });
+    const keyA = genai("google-cache-key-a");
+    const contents = distinctWords(1093);
+    const first = await keyA.models.generateContent({ model: "sim-fast", contents });
+    expect(first.usageMetadata?.promptTokenCount).toBe(1100);
+    // Omitted when nothing was cached, as Google does.
+    expect(first.usageMetadata).not.toHaveProperty("cachedContentTokenCount");
+    const second = await keyA.models.generateContent({ model: "sim-fast", contents });
+    expect(second.usageMetadata?.promptTokenCount).toBe(1100);
+    expect(second.usageMetadata?.cachedContentTokenCount).toBe(1024);
+    let last: GenerateContentResponse | undefined;
+    for await (const c of await keyA.models.generateContentStream({
+      model: "sim-fast",
+      contents,
+    })) {
+      last = c;
+    }
+    expect(last?.usageMetadata).toEqual(second.usageMetadata);
+
+    const keyB = genai("google-cache-key-b");
+    const other = await keyB.models.generateContent({ model: "sim-fast", contents });
+    expect(other.usageMetadata?.cachedContentTokenCount).toBeUndefined();
   });
 });

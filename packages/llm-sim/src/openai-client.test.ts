@@ -1,6 +1,8 @@
 import OpenAI, { APIError, RateLimitError } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startSimulator, type Simulator } from "./server.js";
+import { distinctWords } from "./test-words.js";
+import { countTokens } from "./tokenizer.js";
 
 // The official client is the judge of "OpenAI-compatible": if it parses our shapes, so will others.
 let sim: Simulator;
@@ -264,5 +266,110 @@ describe("llm-sim with the openai client", () => {
     expect(nameless).toBeInstanceOf(APIError);
     expect((nameless as APIError).status).toBe(400);
     expect((nameless as APIError).param).toBe("response_format.json_schema.name");
+  });
+
+  it("openai client - prompt caching: a repeated 1100-token prompt reads 1024 cached tokens, unary and streamed", async () => {
+    // Keys of their own, so no other test shares this cache.
+    const keyA = new OpenAI({ baseURL: `${sim.url}/v1`, apiKey: "cache-key-a", maxRetries: 0 });
+    const keyB = new OpenAI({ baseURL: `${sim.url}/v1`, apiKey: "cache-key-b", maxRetries: 0 });
+    // Prompt tokens = 3 (reply primer) + 3 (framing) + 1 (role) + the words.
+    const ask = (text: string): OpenAI.ChatCompletionMessageParam[] => [
+      { role: "user", content: text },
+    ];
+    const unary = async (client: OpenAI, text: string): Promise<OpenAI.CompletionUsage> => {
+      const res = await client.chat.completions.create({ model: "sim-fast", messages: ask(text) });
+      return res.usage!;
+    };
+    const streamed = async (client: OpenAI, text: string): Promise<OpenAI.CompletionUsage> => {
+      const stream = await client.chat.completions.create({
+        model: "sim-fast",
+        messages: ask(text),
+        stream: true,
+        stream_options: { include_usage: true },
+      });
+      let usage: OpenAI.CompletionUsage | undefined;
+      for await (const chunk of stream) usage = chunk.usage ?? usage;
+      return usage!;
+    };
+
+    const prompt = distinctWords(1093);
+    const first = await unary(keyA, prompt);
+    expect(first.prompt_tokens).toBe(1100);
+    expect(first.prompt_tokens_details?.cached_tokens).toBe(0);
+    const second = await unary(keyA, prompt);
+    expect(second.prompt_tokens).toBe(1100);
+    expect(second.prompt_tokens_details?.cached_tokens).toBe(1024);
+    // Streamed, the final usage chunk says the same.
+    expect(await streamed(keyA, prompt)).toEqual(second);
+    const other = distinctWords(1093, 50_000);
+    expect((await streamed(keyA, other)).prompt_tokens_details?.cached_tokens).toBe(0);
+    expect((await streamed(keyA, other)).prompt_tokens_details?.cached_tokens).toBe(1024);
+
+    // Another key has its own cache.
+    expect((await unary(keyB, prompt)).prompt_tokens_details?.cached_tokens).toBe(0);
+    // Sharing the first 500 tokens is not enough: the shortest cached prefix is 1024.
+    const half = `${distinctWords(493)} ${distinctWords(600, 100_000)}`;
+    const shared = await unary(keyA, half);
+    expect(shared.prompt_tokens).toBe(1100);
+    expect(shared.prompt_tokens_details?.cached_tokens).toBe(0);
+    // A longer prompt starting with the cached one reads it, then is cached in 128-token steps.
+    const longer = `${prompt} ${distinctWords(300, 200_000)}`;
+    expect((await unary(keyA, longer)).prompt_tokens_details?.cached_tokens).toBe(1024);
+    expect((await unary(keyA, longer)).prompt_tokens_details?.cached_tokens).toBe(1280);
+    // Under 1024 tokens, never.
+    const short = distinctWords(1000, 300_000);
+    for (let i = 0; i < 3; i++) {
+      const usage = await unary(keyA, short);
+      expect(usage.prompt_tokens).toBe(1007);
+      expect(usage.prompt_tokens_details?.cached_tokens).toBe(0);
+    }
+  });
+
+  it("openai client - prompt caching: a 429 is not processed, so not cached; a cut answer was", async () => {
+    const client = new OpenAI({ baseURL: `${sim.url}/v1`, apiKey: "cache-key-c", maxRetries: 0 });
+    const create = (text: string, fail?: string) =>
+      client.chat.completions.create(
+        { model: "sim-fast", messages: [{ role: "user", content: text }] },
+        fail !== undefined ? { headers: { "x-sim-fail": fail } } : {},
+      );
+    const limited = distinctWords(1093, 400_000);
+    await expect(create(limited, "429")).rejects.toBeInstanceOf(RateLimitError);
+    expect((await create(limited)).usage?.prompt_tokens_details?.cached_tokens).toBe(0);
+    const cut = distinctWords(1093, 500_000);
+    await expect(create(cut, "cut")).rejects.toThrow();
+    expect((await create(cut)).usage?.prompt_tokens_details?.cached_tokens).toBe(1024);
+  });
+
+  it("openai client - reasoning_tokens counts the reasoning in completion_tokens; 0 without reasoning", async () => {
+    const thinking = await client.chat.completions.create({
+      model: "sim-thinking",
+      messages,
+      reasoning_effort: "medium",
+    });
+    const message = thinking.choices[0]!.message as OpenAI.ChatCompletionMessage & {
+      reasoning_content: string;
+    };
+    const usage = thinking.usage!;
+    expect(usage.completion_tokens_details?.reasoning_tokens).toBe(
+      countTokens(message.reasoning_content),
+    );
+    expect(usage.completion_tokens_details?.reasoning_tokens).toBeGreaterThan(0);
+    expect(usage.completion_tokens).toBe(
+      countTokens(message.content ?? "") + countTokens(message.reasoning_content),
+    );
+    const stream = await client.chat.completions.create({
+      model: "sim-thinking",
+      messages,
+      reasoning_effort: "medium",
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let streamed: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) streamed = chunk.usage ?? streamed;
+    expect(streamed?.completion_tokens_details).toEqual(usage.completion_tokens_details);
+
+    const plain = await client.chat.completions.create({ model: "sim-fast", messages });
+    expect(plain.usage?.completion_tokens_details?.reasoning_tokens).toBe(0);
+    expect(plain.usage?.prompt_tokens_details?.cached_tokens).toBe(0);
   });
 });

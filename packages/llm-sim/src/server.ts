@@ -23,6 +23,7 @@ import {
 } from "./models.js";
 import { tokenLogprobs } from "./logprobs.js";
 import { solidPng } from "./png.js";
+import { PromptCache } from "./prompt-cache.js";
 import { countTokens } from "./tokenizer.js";
 
 export const SYSTEM_FINGERPRINT = "ensemble-llm-sim";
@@ -267,6 +268,18 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
   // Failures still owed by failFirst, per model.
   const failFirstLeft = new Map<string, number>();
   for (const [id, p] of models) if (p.failFirst !== undefined) failFirstLeft.set(id, p.failFirst);
+  const promptCache = new PromptCache();
+
+  /**
+   * The scope a prompt is cached in: providers keep caches per organisation (here its key) and
+   * model, and each API its own. Asked once the request is past its simulated failure: a
+   * provider caches a prompt as it processes it, before it answers, so a 429, 5xx, 401 or
+   * timeout (refused before processing) leaves the cache alone, while a cut answer or a client
+   * that leaves has already been processed and counts.
+   */
+  function cacheScope(dialect: Dialect, c: Conditions, model: string): string {
+    return JSON.stringify([dialect, c.apiKey, model]);
+  }
 
   function configure(modelId: string, profile: Partial<ModelProfile>): void {
     const current = models.get(modelId) ?? newModelProfile(opts.defaults);
@@ -394,6 +407,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     await sleep(c.latencyMs, signal);
     const failure = await applyFailure(c, res, signal);
     if (failure === "handled" || signal.aborted) return;
+    const cached = promptCache.automatic(cacheScope("openai", c, chatReq.model), ans.prompt);
     const id = `chatcmpl-sim${ans.hash}`;
     const created = Math.floor(Date.now() / 1000);
     const call =
@@ -411,10 +425,18 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         : undefined;
     const completionTokens =
       (call ? countTokens(JSON.stringify(call)) : ans.pieces.length) + ans.reasoning.length;
+    // The details as OpenAI sends them, zeros included; prompt_tokens includes the cached ones.
     const usage = {
       prompt_tokens: ans.promptTokens,
       completion_tokens: completionTokens,
       total_tokens: ans.promptTokens + completionTokens,
+      prompt_tokens_details: { cached_tokens: cached, audio_tokens: 0 },
+      completion_tokens_details: {
+        reasoning_tokens: ans.reasoning.length,
+        audio_tokens: 0,
+        accepted_prediction_tokens: 0,
+        rejected_prediction_tokens: 0,
+      },
     };
     const delayPerToken = c.tokensPerSecond > 0 ? 1000 / c.tokensPerSecond : 0;
     // With `logprobs`, one entry per answer token (none for a tool call, nor for reasoning).
@@ -574,6 +596,22 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     const p = await prepareChat(req, res, signal, a.openai, a.stream, a.stopSequences);
     if (!p) return;
     const { ans, c } = p;
+    const cache = promptCache.explicit(
+      cacheScope("anthropic", c, p.model),
+      a.prompt,
+      a.breakpoints,
+    );
+    // input_tokens is only what was neither read from nor written to the cache, as Anthropic
+    // bills it; the three add up to the prompt.
+    const inputUsage = {
+      input_tokens: cache.uncached,
+      cache_creation_input_tokens: cache.written["5m"] + cache.written["1h"],
+      cache_read_input_tokens: cache.read,
+    };
+    const cacheCreation = {
+      ephemeral_5m_input_tokens: cache.written["5m"],
+      ephemeral_1h_input_tokens: cache.written["1h"],
+    };
     const id = `msg_sim${ans.hash}`;
     const tool =
       a.forcedTool !== undefined
@@ -610,7 +648,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
           content: tool ? [tool] : [{ type: "text", text: ans.pieces.join("") }],
           stop_reason: stopReason,
           stop_sequence: p.stopSequence,
-          usage: { input_tokens: ans.promptTokens, output_tokens: outputTokens },
+          usage: { ...inputUsage, cache_creation: cacheCreation, output_tokens: outputTokens },
         },
         headers,
       );
@@ -630,7 +668,7 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
         content: [],
         stop_reason: null,
         stop_sequence: null,
-        usage: { input_tokens: ans.promptTokens, output_tokens: 1 },
+        usage: { ...inputUsage, cache_creation: cacheCreation, output_tokens: 1 },
       },
     });
     if (tool) {
@@ -653,7 +691,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     event("content_block_stop", { index: 0 });
     event("message_delta", {
       delta: { stop_reason: stopReason, stop_sequence: p.stopSequence },
-      usage: { output_tokens: outputTokens },
+      // Anthropic now repeats the input counts here; model-proxy reads them when present.
+      usage: { ...inputUsage, output_tokens: outputTokens },
     });
     event("message_stop", {});
     res.end();
@@ -701,6 +740,9 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
     const p = await prepareChat(req, res, signal, g.openai, stream, g.stopSequences);
     if (!p) return;
     const { ans, c } = p;
+    // Gemini 2.5's implicit caching; the simulator uses OpenAI's 128-token steps for the prefix
+    // lengths it recognises (Google does not document its granularity).
+    const cached = promptCache.automatic(cacheScope("google", c, model), ans.prompt);
     const responseId = `sim${ans.hash}`;
     const call =
       g.forcedTool !== undefined
@@ -716,6 +758,8 @@ export function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> 
       promptTokenCount: ans.promptTokens,
       candidatesTokenCount: outputTokens,
       totalTokenCount: ans.promptTokens + outputTokens,
+      // Google omits the field when nothing was cached.
+      ...(cached > 0 ? { cachedContentTokenCount: cached } : {}),
     };
     const finishReason = ans.finishReason === "length" && !call ? "MAX_TOKENS" : "STOP";
     const chunk = (parts: unknown[], last: boolean): Record<string, unknown> => ({

@@ -6,7 +6,12 @@ const TOKEN = /[\p{L}\p{N}_]+|[^\p{L}\p{N}_\s]/gu;
 const PIECE = /\s*(?:[\p{L}\p{N}_]+|[^\p{L}\p{N}_\s])/gu;
 
 export function countTokens(text: string): number {
-  return text.match(TOKEN)?.length ?? 0;
+  return tokens(text).length;
+}
+
+/** The tokens themselves, for prompt caching (which compares prompts token by token). */
+export function tokens(text: string): string[] {
+  return text.match(TOKEN) ?? [];
 }
 
 export function tokenPieces(text: string): string[] {
