@@ -396,8 +396,9 @@ export function withheldFor(
 
 /**
  * A streamed answer's text through the output rules: text is released only once no blocked
- * term can start in it, so none is ever partly sent. `push` returns what may be sent now, or
- * `blocked`; `end` the rest.
+ * term can start in it, so none is ever partly sent. `push` returns what may be sent now and,
+ * once a term is found, `blocked` (what came before the term is still sent, however the answer
+ * was cut into chunks); `end` the rest.
  */
 export class OutputGuard {
   readonly #matcher: TermMatcher;
@@ -408,23 +409,33 @@ export class OutputGuard {
     this.#matcher = matcher;
   }
 
-  push(delta: string): { send: string } | { blocked: string } {
+  push(delta: string): GuardedText {
     this.#text += delta;
-    const from = Math.max(0, this.#sent - this.#matcher.maxLength);
-    const found = this.#matcher.find(this.#text, from, false);
-    if (found !== undefined) return { blocked: found.term };
-    const safe = Math.max(this.#sent, this.#text.length - this.#matcher.maxLength);
-    const send = this.#text.slice(this.#sent, safe);
-    this.#sent = safe;
-    return { send };
+    return this.#release(false);
   }
 
-  end(): { send: string } | { blocked: string } {
-    const from = Math.max(0, this.#sent - this.#matcher.maxLength);
-    const found = this.#matcher.find(this.#text, from, true);
-    if (found !== undefined) return { blocked: found.term };
-    const send = this.#text.slice(this.#sent);
-    this.#sent = this.#text.length;
-    return { send };
+  end(): GuardedText {
+    return this.#release(true);
   }
+
+  #release(complete: boolean): GuardedText {
+    const from = Math.max(0, this.#sent - this.#matcher.maxLength);
+    const found = this.#matcher.find(this.#text, from, complete);
+    const safe =
+      found !== undefined
+        ? found.start
+        : complete
+          ? this.#text.length
+          : this.#text.length - this.#matcher.maxLength;
+    const upTo = Math.max(this.#sent, safe);
+    const send = this.#text.slice(this.#sent, upTo);
+    this.#sent = upTo;
+    return found !== undefined ? { send, blocked: found.term } : { send };
+  }
+}
+
+/** What the output guard lets out now, and the blocked term once one was found. */
+export interface GuardedText {
+  send: string;
+  blocked?: string;
 }

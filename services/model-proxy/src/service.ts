@@ -886,13 +886,8 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
             if (guard !== undefined && thoughtGuard !== undefined) {
               const checked = guard.push(chunk.content);
               const thinking = thoughtGuard.push(chunk.reasoning);
-              if ("blocked" in checked || "blocked" in thinking) {
-                withheld =
-                  "blocked" in checked
-                    ? checked.blocked
-                    : (thinking as { blocked: string }).blocked;
-                break;
-              }
+              // A blocked term: what came before it still goes out, then the answer stops.
+              withheld = checked.blocked ?? thinking.blocked;
               text = checked.send;
               thought = thinking.send;
               toolCalls = [];
@@ -908,6 +903,7 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
                 value: { content: text, reasoning: thought, toolCalls, logprobs },
               });
             }
+            if (withheld !== undefined) break;
           } else {
             const usage = usageOf(routed.model, chunk);
             if (guard !== undefined && thoughtGuard !== undefined && terms !== undefined) {
@@ -917,31 +913,36 @@ export function modelProxyHandlers(deps: ModelProxyDeps): Impl {
               const inCall = held
                 .map(([, c]) => terms.find(`${c.name}${APART}${c.arguments}`)?.term)
                 .find((t) => t !== undefined);
-              const blocked =
-                "blocked" in checked
-                  ? checked.blocked
-                  : "blocked" in thinking
-                    ? thinking.blocked
-                    : inCall;
-              if (blocked !== undefined) {
-                withheld = blocked;
-                endUsage = usage;
-                break;
-              }
-              const rest = (checked as { send: string }).send;
-              const restThought = (thinking as { send: string }).send;
-              const restLogprobs = heldLogprobs.splice(0);
-              if (rest !== "" || restThought !== "" || held.length > 0 || restLogprobs.length > 0) {
+              const blocked = checked.blocked ?? thinking.blocked ?? inCall;
+              // With a blocked term, the text before it still goes out; tool calls never do.
+              const rest = checked.send;
+              const restThought = thinking.send;
+              const restCalls = blocked === undefined ? held : [];
+              const restLogprobs =
+                blocked === undefined
+                  ? heldLogprobs.splice(0)
+                  : releasedLogprobs(shown.length + rest.length);
+              if (
+                rest !== "" ||
+                restThought !== "" ||
+                restCalls.length > 0 ||
+                restLogprobs.length > 0
+              ) {
                 shown += rest;
                 yield event({
                   case: "delta",
                   value: {
                     content: rest,
                     reasoning: restThought,
-                    toolCalls: held.map(([index, c]) => ({ index, ...c })),
+                    toolCalls: restCalls.map(([index, c]) => ({ index, ...c })),
                     logprobs: restLogprobs,
                   },
                 });
+              }
+              if (blocked !== undefined) {
+                withheld = blocked;
+                endUsage = usage;
+                break;
               }
             }
             const { response, end } = ended(chunk.finishReason, usage);
