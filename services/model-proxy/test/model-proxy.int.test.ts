@@ -1088,4 +1088,114 @@ describe("model-proxy", () => {
       [UsageOperation.IMAGE, 1],
     ]);
   });
+  it("prompt caching - cached and cache-written input is billed at the model's cache prices: automatic on the OpenAI API, at breakpoints on Anthropic's; GetUsage sums them", async () => {
+    const pat = await signup("pat");
+    const opts = { headers: pat.headers };
+    const reg = createClient(RegistryService, registry.address);
+    await reg.upsertModel(
+      {
+        model: {
+          id: "anthro-cache",
+          provider: "anthro",
+          providerModelId: "sim-fast",
+          displayName: "anthro-cache",
+          capabilities: [Capability.CHAT],
+          contextWindow: 128_000,
+          inputPricePerMtok: 1,
+          outputPricePerMtok: 2,
+          cachedInputPricePerMtok: 0.1,
+          cacheWritePricePerMtok: 1.25,
+          enabled: true,
+        },
+      },
+      opts,
+    );
+    // Long enough for the providers' 1,024-token minimum; unique so no earlier call warmed it.
+    const long = (tag: string) =>
+      `${uniqueName(tag)} ` + Array.from({ length: 1300 }, (_, i) => `word${i % 97}`).join(" ");
+    const n = (v: bigint | undefined) => Number(v ?? 0n);
+
+    // OpenAI API (sim-fast: 0.1 input, 0.025 cached, 0.4 output): the repeat is cached by
+    // itself, in 128-token steps from 1,024.
+    const question = chat("sim-fast", long("openai"));
+    const first = (await mp.chat(question, opts)).usage!;
+    expect(n(first.cachedInputTokens)).toBe(0);
+    const prompt = n(first.inputTokens);
+    expect(prompt).toBeGreaterThan(1_200);
+    expect(first.costUsd).toBeCloseTo((prompt * 0.1 + n(first.outputTokens) * 0.4) / 1e6, 12);
+    const { events } = await collect(mp.streamChat({ chat: question }, opts));
+    const end = events.at(-1)?.event;
+    const again = (end?.case === "end" ? end.value.usage : undefined)!;
+    const cached = 1_024 + 128 * Math.floor((prompt - 1_024) / 128);
+    expect(n(again.cachedInputTokens)).toBe(cached);
+    expect(n(again.inputTokens)).toBe(prompt);
+    expect(again.costUsd).toBeCloseTo(
+      ((prompt - cached) * 0.1 + cached * 0.025 + n(again.outputTokens) * 0.4) / 1e6,
+      12,
+    );
+
+    // Anthropic API: only a marked prefix is cached, written (1.25) first, then read (0.1).
+    const marked = {
+      model: "anthro-cache",
+      messages: [
+        {
+          role: ChatRole.SYSTEM,
+          content: [
+            { part: { case: "text" as const, value: long("policy") }, cacheBreakpoint: true },
+          ],
+        },
+        {
+          role: ChatRole.USER,
+          content: [{ part: { case: "text" as const, value: "Summarise." } }],
+        },
+      ],
+    };
+    const write = (await mp.chat(marked, opts)).usage!;
+    const prefix = n(write.cacheWriteInputTokens);
+    expect(prefix).toBeGreaterThan(1_200);
+    expect(n(write.cachedInputTokens)).toBe(0);
+    const total = n(write.inputTokens);
+    expect(total).toBeGreaterThan(prefix);
+    expect(write.costUsd).toBeCloseTo(
+      ((total - prefix) * 1 + prefix * 1.25 + n(write.outputTokens) * 2) / 1e6,
+      12,
+    );
+    const read = (await mp.chat(marked, opts)).usage!;
+    expect([n(read.cachedInputTokens), n(read.cacheWriteInputTokens), n(read.inputTokens)]).toEqual(
+      [prefix, 0, total],
+    );
+    expect(read.costUsd).toBeCloseTo(
+      ((total - prefix) * 1 + prefix * 0.1 + n(read.outputTokens) * 2) / 1e6,
+      12,
+    );
+    // Unmarked, Anthropic caches nothing: the same full price twice.
+    const unmarked = chat("anthro-cache", long("unmarked"));
+    for (let i = 0; i < 2; i++) {
+      const u = (await mp.chat(unmarked, opts)).usage!;
+      expect([n(u.cachedInputTokens), n(u.cacheWriteInputTokens)]).toEqual([0, 0]);
+    }
+
+    // The ledger: GetUsage per model sums the counts and the costs as billed.
+    const byModel = () =>
+      mp.getUsage(
+        {
+          startTime: timestampFromMs(Date.now() - 3_600_000),
+          endTime: timestampFromMs(Date.now() + 3_600_000),
+          groupBy: [UsageDimension.MODEL],
+        },
+        opts,
+      );
+    const deadline = Date.now() + 15_000;
+    let report = await byModel();
+    while (Number(report.totalRequests) < 6 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      report = await byModel();
+    }
+    const bucket = (model: string) => report.buckets.find((b) => b.model === model)?.usage;
+    expect(n(bucket("sim-fast")?.cachedInputTokens)).toBe(cached);
+    expect(bucket("sim-fast")?.costUsd).toBeCloseTo(first.costUsd + again.costUsd, 12);
+    expect(n(bucket("anthro-cache")?.cachedInputTokens)).toBe(prefix);
+    expect(n(bucket("anthro-cache")?.cacheWriteInputTokens)).toBe(prefix);
+    expect(n(report.total?.cachedInputTokens)).toBe(cached + prefix);
+  });
 });
