@@ -229,6 +229,129 @@ describe("openai chat request", () => {
     expect(noSchema.code).toBe("missing_required_parameter");
   });
 
+  it("cache_control - LiteLLM's breakpoints on text and image parts and on tools become cache_breakpoint", () => {
+    const marked = { type: "ephemeral" } as const;
+    const req = create(
+      ChatRequestSchema,
+      parseChatRequest({
+        model: "m",
+        messages: [
+          {
+            role: "system",
+            content: [
+              { type: "text", text: "rules", cache_control: marked },
+              { type: "text", text: "today" },
+            ],
+          },
+          {
+            role: "user",
+            content: [
+              { type: "text", text: "look", cache_control: null },
+              {
+                type: "image_url",
+                image_url: { url: "https://x.example/a.png" },
+                cache_control: { type: "ephemeral", ttl: "1h" },
+              },
+            ],
+          },
+          { role: "assistant", content: [{ type: "text", text: "ok", cache_control: marked }] },
+          { role: "user", content: "plain string content has no parts to mark" },
+        ],
+        tools: [
+          { type: "function", function: { name: "a" } },
+          { type: "function", function: { name: "b" }, cache_control: { ...marked, ttl: "5m" } },
+        ],
+      }).request,
+    );
+    expect(req.messages.map((m) => m.content.map((p) => p.cacheBreakpoint))).toEqual([
+      [true, false],
+      [false, true],
+      [true],
+      [false],
+    ]);
+    expect(req.tools.map((t) => [t.name, t.cacheBreakpoint])).toEqual([
+      ["a", false],
+      ["b", true],
+    ]);
+  });
+
+  it("cache_control - checked as Anthropic checks it, and refused anywhere but parts and tools", () => {
+    const part = (cache_control: unknown) => ({
+      model: "m",
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "x" },
+            { type: "text", text: "y", cache_control },
+          ],
+        },
+      ],
+    });
+    const cases: [unknown, string, string][] = [
+      ["ephemeral", "messages[0].content[1].cache_control", "invalid_type"],
+      [{}, "messages[0].content[1].cache_control.type", "missing_required_parameter"],
+      [{ type: "persistent" }, "messages[0].content[1].cache_control.type", "invalid_value"],
+      [
+        { type: "ephemeral", ttl: "24h" },
+        "messages[0].content[1].cache_control.ttl",
+        "invalid_value",
+      ],
+      [
+        { type: "ephemeral", scope: "org" },
+        "messages[0].content[1].cache_control.scope",
+        "unknown_parameter",
+      ],
+    ];
+    for (const [value, param, code] of cases) {
+      const e = refusal(part(value));
+      expect([e.status, e.type, e.param, e.code]).toEqual([
+        400,
+        "invalid_request_error",
+        param,
+        code,
+      ]);
+    }
+    const tool = refusal({
+      model: "m",
+      messages: hello,
+      tools: [{ type: "function", function: { name: "a" }, cache_control: { type: 1 } }],
+    });
+    expect(tool.param).toBe("tools[0].cache_control.type");
+
+    const marked = { type: "ephemeral" };
+    const elsewhere: [Record<string, unknown>, string][] = [
+      [{ model: "m", messages: hello, cache_control: marked }, "cache_control"],
+      [
+        { model: "m", messages: [{ role: "user", content: "x", cache_control: marked }] },
+        "messages[0].cache_control",
+      ],
+      [
+        {
+          model: "m",
+          messages: [
+            {
+              role: "user",
+              content: [{ type: "image_url", image_url: { url: "u", cache_control: marked } }],
+            },
+          ],
+        },
+        "messages[0].content[0].image_url.cache_control",
+      ],
+      [
+        {
+          model: "m",
+          messages: hello,
+          tools: [{ type: "function", function: { name: "a", cache_control: marked } }],
+        },
+        "tools[0].function.cache_control",
+      ],
+    ];
+    for (const [body, param] of elsewhere) {
+      expect([refusal(body).param, refusal(body).code]).toEqual([param, "unknown_parameter"]);
+    }
+  });
+
   it("auto - model auto is parsed; the categorizer is asked about the last user message", () => {
     const parsed = parseChatRequest({
       model: "auto",
@@ -282,7 +405,14 @@ describe("openai chat response", () => {
         ],
       },
       finishReason: FinishReason.LENGTH,
-      usage: { inputTokens: 10n, outputTokens: 5n, totalTokens: 15n, costUsd: 0.002 },
+      usage: {
+        inputTokens: 10n,
+        outputTokens: 5n,
+        totalTokens: 15n,
+        costUsd: 0.002,
+        cachedInputTokens: 4n,
+        reasoningTokens: 3n,
+      },
       createTime: timestampFromMs(1_700_000_000_000),
     });
     expect(chatCompletionJson(res, "fast")).toEqual({
@@ -298,7 +428,13 @@ describe("openai chat response", () => {
           finish_reason: "length",
         },
       ],
-      usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 },
+      usage: {
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        total_tokens: 15,
+        prompt_tokens_details: { cached_tokens: 4 },
+        completion_tokens_details: { reasoning_tokens: 3 },
+      },
       ensemble: {
         served_by: {
           model: "sim-fast",
@@ -399,7 +535,14 @@ describe("openai chat stream", () => {
       created: 1_700_000_001,
       model: "sim-fast",
       choices: [],
-      usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 },
+      // The details as OpenAI sends them, zeros included.
+      usage: {
+        prompt_tokens: 3,
+        completion_tokens: 2,
+        total_tokens: 5,
+        prompt_tokens_details: { cached_tokens: 0 },
+        completion_tokens_details: { reasoning_tokens: 0 },
+      },
     });
     expect(out[4]).toBe("[DONE]");
   });

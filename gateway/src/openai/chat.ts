@@ -25,6 +25,7 @@ import {
 } from "@ensemble/proto";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import {
+  cacheControl,
   callLabels,
   missing,
   objectAt,
@@ -99,10 +100,12 @@ const STREAM_OPTION_KEYS = new Set(["include_usage", "include_obfuscation"]);
 const MESSAGE_KEYS = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"]);
 const TOOL_CALL_KEYS = new Set(["id", "type", "function"]);
 const FUNCTION_CALL_KEYS = new Set(["name", "arguments"]);
-const TOOL_KEYS = new Set(["type", "function"]);
+// `cache_control` on tools and content parts: LiteLLM's convention for Anthropic's prompt-caching
+// breakpoints on OpenAI bodies (cacheControl in fields.ts).
+const TOOL_KEYS = new Set(["type", "function", "cache_control"]);
 const FUNCTION_KEYS = new Set(["name", "description", "parameters", "strict"]);
-const TEXT_PART_KEYS = new Set(["type", "text"]);
-const IMAGE_PART_KEYS = new Set(["type", "image_url"]);
+const TEXT_PART_KEYS = new Set(["type", "text", "cache_control"]);
+const IMAGE_PART_KEYS = new Set(["type", "image_url", "cache_control"]);
 const IMAGE_URL_KEYS = new Set(["url", "detail"]);
 const RESPONSE_FORMAT_KEYS = new Set(["type", "json_schema"]);
 const JSON_SCHEMA_KEYS = new Set(["name", "description", "schema", "strict"]);
@@ -358,6 +361,7 @@ function parseContent(value: unknown, role: ChatRole, path: string): PartInit[] 
       const allowed = role === ChatRole.USER ? ["text", "image_url"] : ["text"];
       throw wrongValue(`${partPath}.type`, type, allowed);
     }
+    if (cacheControl(part, partPath)) out[i]!.cacheBreakpoint = true;
   }
   return out;
 }
@@ -400,6 +404,7 @@ function parseTools(value: unknown): MessageInitShape<typeof ToolDefinitionSchem
     }
     const strict = optBoolean(fn, "strict", `${path}.function`);
     if (strict !== undefined) out.strict = strict;
+    if (cacheControl(tool, path)) out.cacheBreakpoint = true;
     return out;
   });
 }
@@ -493,10 +498,13 @@ export function finishReason(reason: FinishReason): string {
   }
 }
 
+/** OpenAI's usage object; cached prompt and reasoning tokens are parts of the totals there too. */
 export function usageJson(usage: Usage | undefined): {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+  completion_tokens_details: { reasoning_tokens: number };
 } {
   const prompt = Number(usage?.inputTokens ?? 0n);
   const completion = Number(usage?.outputTokens ?? 0n);
@@ -505,6 +513,8 @@ export function usageJson(usage: Usage | undefined): {
     prompt_tokens: prompt,
     completion_tokens: completion,
     total_tokens: total > 0 ? total : prompt + completion,
+    prompt_tokens_details: { cached_tokens: Number(usage?.cachedInputTokens ?? 0n) },
+    completion_tokens_details: { reasoning_tokens: Number(usage?.reasoningTokens ?? 0n) },
   };
 }
 

@@ -169,3 +169,23 @@ export function stringMap(value: unknown, path: string): Record<string, string> 
   }
   return obj as Record<string, string>;
 }
+
+const CACHE_CONTROL_KEYS = new Set(["type", "ttl"]);
+
+/**
+ * A content block's, part's or tool's `cache_control`: Anthropic's prompt-caching breakpoint,
+ * which LiteLLM also takes on OpenAI bodies. Checked as Anthropic checks it: `{"type":
+ * "ephemeral"}` with an optional `ttl` of "5m" or "1h". True when it is there (null is absent).
+ * The TTL is not kept: the contract's breakpoint has none, so "1h" caches as "5m" does.
+ */
+export function cacheControl(obj: JsonObject, prefix: string): boolean {
+  const value = obj["cache_control"];
+  if (value === undefined || value === null) return false;
+  const path = join(prefix, "cache_control");
+  const control = objectAt(value, path);
+  onlyKeys(control, CACHE_CONTROL_KEYS, path);
+  const type = reqString(control, "type", path);
+  if (type !== "ephemeral") throw wrongValue(`${path}.type`, type, ["ephemeral"]);
+  optEnum(control, "ttl", ["5m", "1h"], path);
+  return true;
+}

@@ -21,6 +21,7 @@ import {
 import { ensembleJson, parseShared, type ChatRequestInit } from "./chat.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import {
+  cacheControl,
   missing,
   objectAt,
   onlyKeys,
@@ -56,7 +57,10 @@ const KEYS = new Set([
   "fallback_models",
   "log",
 ]);
-/** Blocks may carry prompt-caching hints and citations; neither changes the answer here. */
+/**
+ * Blocks and tools may carry `cache_control` (a prompt-caching breakpoint: the contract's
+ * `cache_breakpoint`) and text blocks citations (which do not change the answer here).
+ */
 const TEXT_KEYS = new Set(["type", "text", "cache_control", "citations"]);
 const IMAGE_KEYS = new Set(["type", "source", "cache_control"]);
 const TOOL_USE_KEYS = new Set(["type", "id", "name", "input", "cache_control"]);
@@ -68,6 +72,30 @@ export interface ParsedMessages {
   stream: boolean;
 }
 
+/** Anthropic's limit on blocks and tools with `cache_control` in one request. */
+const MAX_BREAKPOINTS = 4;
+
+/** The request's `cache_control` marks: each one checked, all of them counted. */
+class Breakpoints {
+  #count = 0;
+
+  /** Whether the block or tool at `path` carries a `cache_control`. */
+  at(obj: JsonObject, path: string): boolean {
+    const marked = cacheControl(obj, path);
+    if (marked) this.#count += 1;
+    return marked;
+  }
+
+  /** Refuses more marks than Anthropic takes, as Anthropic does (whichever model answers). */
+  check(): void {
+    if (this.#count > MAX_BREAKPOINTS) {
+      throw invalidRequest(
+        `A maximum of ${MAX_BREAKPOINTS} blocks with cache_control may be provided. Found ${this.#count}.`,
+      );
+    }
+  }
+}
+
 /** Checks a Messages body and maps it onto the contract's ChatRequest. */
 export function parseMessagesRequest(body: JsonObject): ParsedMessages {
   onlyKeys(body, KEYS, "");
@@ -76,18 +104,19 @@ export function parseMessagesRequest(body: JsonObject): ParsedMessages {
   if (maxTokens === undefined) throw missing("max_tokens");
   if (maxTokens < 1) throw invalidRequest("max_tokens: must be at least 1.", "max_tokens");
   request.maxTokens = maxTokens;
+  const breakpoints = new Breakpoints();
 
   const system = body["system"];
   if (system !== undefined && system !== null) {
-    const text = typeof system === "string" ? system : textOfBlocks(system, "system");
-    if (text !== "") {
-      request.messages!.push({
-        role: ChatRole.SYSTEM,
-        content: [{ part: { case: "text", value: text } }],
-      });
+    const content: PartInit[] =
+      typeof system === "string"
+        ? [{ part: { case: "text", value: system } }]
+        : systemParts(system, "system", breakpoints);
+    if (content.some((p) => p.part?.case === "text" && p.part.value !== "")) {
+      request.messages!.push({ role: ChatRole.SYSTEM, content });
     }
   }
-  request.messages!.push(...parseMessages(body["messages"]));
+  request.messages!.push(...parseMessages(body["messages"], breakpoints));
 
   // Anthropic's metadata is the end user's id, kept in the ledger's metadata as `user_id`.
   if (body["metadata"] !== undefined && body["metadata"] !== null) {
@@ -99,8 +128,9 @@ export function parseMessagesRequest(body: JsonObject): ParsedMessages {
   }
   if (body["tools"] !== undefined && body["tools"] !== null) {
     if (!Array.isArray(body["tools"])) throw wrongType("tools", "an array", body["tools"]);
-    request.tools = body["tools"].map((t, i) => parseTool(t, `tools.${i}`));
+    request.tools = body["tools"].map((t, i) => parseTool(t, `tools.${i}`, breakpoints));
   }
+  breakpoints.check();
   if (body["tool_choice"] !== undefined && body["tool_choice"] !== null) {
     request.toolChoice = parseToolChoice(body["tool_choice"]);
   }
@@ -145,20 +175,46 @@ export function parseCountTokensRequest(body: JsonObject): {
   return { model: request.model ?? "", messages };
 }
 
-function textOfBlocks(value: unknown, path: string): string {
+/** Text blocks (a system prompt, a tool result's content): each one's text and whether it is marked. */
+function textBlocks(
+  value: unknown,
+  path: string,
+  breakpoints: Breakpoints,
+): { text: string; marked: boolean }[] {
   if (!Array.isArray(value)) throw wrongType(path, "a string or an array of text blocks", value);
-  return value
-    .map((raw, i) => {
-      const block = objectAt(raw, `${path}.${i}`);
-      const type = reqString(block, "type", `${path}.${i}`);
-      if (type !== "text") throw wrongValue(`${path}.${i}.type`, type, ["text"]);
-      onlyKeys(block, TEXT_KEYS, `${path}.${i}`);
-      return reqString(block, "text", `${path}.${i}`);
-    })
-    .join("\n\n");
+  return value.map((raw, i) => {
+    const block = objectAt(raw, `${path}.${i}`);
+    const type = reqString(block, "type", `${path}.${i}`);
+    if (type !== "text") throw wrongValue(`${path}.${i}.type`, type, ["text"]);
+    onlyKeys(block, TEXT_KEYS, `${path}.${i}`);
+    return {
+      text: reqString(block, "text", `${path}.${i}`),
+      marked: breakpoints.at(block, `${path}.${i}`),
+    };
+  });
 }
 
-function parseMessages(value: unknown): MessageInit[] {
+/**
+ * System text blocks as the text parts of one system message, joined by blank lines as before.
+ * A part ends at each block with `cache_control`, so the breakpoint ends where the client put
+ * it (the blank line starts the next part); unmarked blocks share a part, so a system prompt
+ * without marks is still one part, and every provider gets the same text either way.
+ */
+function systemParts(value: unknown, path: string, breakpoints: Breakpoints): PartInit[] {
+  const parts: PartInit[] = [];
+  let text = "";
+  textBlocks(value, path, breakpoints).forEach((block, i) => {
+    text += (i > 0 ? "\n\n" : "") + block.text;
+    if (block.marked) {
+      parts.push({ part: { case: "text", value: text }, cacheBreakpoint: true });
+      text = "";
+    }
+  });
+  if (text !== "" || parts.length === 0) parts.push({ part: { case: "text", value: text } });
+  return parts;
+}
+
+function parseMessages(value: unknown, breakpoints: Breakpoints): MessageInit[] {
   if (value === undefined || value === null) throw missing("messages");
   if (!Array.isArray(value)) throw wrongType("messages", "an array", value);
   if (value.length === 0)
@@ -180,26 +236,33 @@ function parseMessages(value: unknown): MessageInit[] {
     }
     if (!Array.isArray(content))
       throw wrongType(`${path}.content`, "a string or an array of blocks", content);
-    if (role === "assistant") out.push(assistantMessage(content, `${path}.content`));
-    else out.push(...userMessages(content, `${path}.content`));
+    if (role === "assistant") out.push(assistantMessage(content, `${path}.content`, breakpoints));
+    else out.push(...userMessages(content, `${path}.content`, breakpoints));
   });
   return out;
 }
 
 /** Text, and tool_use blocks as tool calls; earlier thinking is not sent again. */
-function assistantMessage(blocks: unknown[], path: string): MessageInit {
+function assistantMessage(blocks: unknown[], path: string, breakpoints: Breakpoints): MessageInit {
   const out: MessageInit = { role: ChatRole.ASSISTANT, content: [] };
+  let toolUseMarked = false;
   blocks.forEach((raw, i) => {
     const blockPath = `${path}.${i}`;
     const block = objectAt(raw, blockPath);
     const type = reqString(block, "type", blockPath);
     switch (type) {
-      case "text":
+      case "text": {
         onlyKeys(block, TEXT_KEYS, blockPath);
-        out.content!.push({ part: { case: "text", value: reqString(block, "text", blockPath) } });
+        const part: PartInit = {
+          part: { case: "text", value: reqString(block, "text", blockPath) },
+        };
+        if (breakpoints.at(block, blockPath)) part.cacheBreakpoint = true;
+        out.content!.push(part);
         break;
+      }
       case "tool_use": {
         onlyKeys(block, TOOL_USE_KEYS, blockPath);
+        if (breakpoints.at(block, blockPath)) toolUseMarked = true;
         const input =
           block["input"] === undefined ? {} : objectAt(block["input"], `${blockPath}.input`);
         out.toolCalls = [
@@ -219,11 +282,17 @@ function assistantMessage(blocks: unknown[], path: string): MessageInit {
         throw wrongValue(`${blockPath}.type`, type, ["text", "tool_use", "thinking"]);
     }
   });
+  // A tool call has no content part to carry a breakpoint, and every provider adapter puts a
+  // message's tool calls after its text, so a marked tool_use marks the message's last text
+  // part: the cached prefix then ends just before the calls. Without any text it is dropped:
+  // an empty text part would reach Anthropic as an empty text block, which it refuses.
+  const last = out.content!.at(-1);
+  if (toolUseMarked && last !== undefined) last.cacheBreakpoint = true;
   return out;
 }
 
 /** tool_result blocks become tool messages (first, as they answer the previous turn), the rest one user message. */
-function userMessages(blocks: unknown[], path: string): MessageInit[] {
+function userMessages(blocks: unknown[], path: string, breakpoints: Breakpoints): MessageInit[] {
   const results: MessageInit[] = [];
   const parts: PartInit[] = [];
   blocks.forEach((raw, i) => {
@@ -231,28 +300,42 @@ function userMessages(blocks: unknown[], path: string): MessageInit[] {
     const block = objectAt(raw, blockPath);
     const type = reqString(block, "type", blockPath);
     switch (type) {
-      case "text":
+      case "text": {
         onlyKeys(block, TEXT_KEYS, blockPath);
-        parts.push({ part: { case: "text", value: reqString(block, "text", blockPath) } });
+        const part: PartInit = {
+          part: { case: "text", value: reqString(block, "text", blockPath) },
+        };
+        if (breakpoints.at(block, blockPath)) part.cacheBreakpoint = true;
+        parts.push(part);
         break;
-      case "image":
+      }
+      case "image": {
         onlyKeys(block, IMAGE_KEYS, blockPath);
-        parts.push(imagePart(block["source"], `${blockPath}.source`));
+        const part = imagePart(block["source"], `${blockPath}.source`);
+        if (breakpoints.at(block, blockPath)) part.cacheBreakpoint = true;
+        parts.push(part);
         break;
+      }
       case "tool_result": {
         onlyKeys(block, TOOL_RESULT_KEYS, blockPath);
         const content = block["content"];
-        let text =
-          content === undefined || content === null
-            ? ""
-            : typeof content === "string"
-              ? content
-              : textOfBlocks(content, `${blockPath}.content`);
+        // The result is one text part: a mark on the block or on any block inside it marks that
+        // part (a mark inside then ends the cached prefix a little later, at the result's end).
+        let marked = breakpoints.at(block, blockPath);
+        let text = "";
+        if (typeof content === "string") text = content;
+        else if (content !== undefined && content !== null) {
+          const inner = textBlocks(content, `${blockPath}.content`, breakpoints);
+          text = inner.map((b) => b.text).join("\n\n");
+          marked ||= inner.some((b) => b.marked);
+        }
         if (optBoolean(block, "is_error", blockPath) === true) text = `Error: ${text}`;
         results.push({
           role: ChatRole.TOOL,
           toolCallId: reqString(block, "tool_use_id", blockPath),
-          content: [{ part: { case: "text", value: text } }],
+          content: [
+            { part: { case: "text", value: text }, ...(marked ? { cacheBreakpoint: true } : {}) },
+          ],
         });
         break;
       }
@@ -293,7 +376,11 @@ function imagePart(value: unknown, path: string): PartInit {
   throw wrongValue(`${path}.type`, type, ["base64", "url"]);
 }
 
-function parseTool(value: unknown, path: string): MessageInitShape<typeof ToolDefinitionSchema> {
+function parseTool(
+  value: unknown,
+  path: string,
+  breakpoints: Breakpoints,
+): MessageInitShape<typeof ToolDefinitionSchema> {
   const tool = objectAt(value, path);
   const type = optString(tool, "type", path);
   if (type !== undefined && type !== "custom") {
@@ -311,6 +398,7 @@ function parseTool(value: unknown, path: string): MessageInitShape<typeof ToolDe
   if (tool["input_schema"] === undefined || tool["input_schema"] === null)
     throw missing(`${path}.input_schema`);
   out.parameters = objectAt(tool["input_schema"], `${path}.input_schema`) as ProtoJsonObject;
+  if (breakpoints.at(tool, path)) out.cacheBreakpoint = true;
   return out;
 }
 
@@ -389,12 +477,15 @@ function stopReason(reason: FinishReason): string {
   }
 }
 
+/** Anthropic's usage: its `input_tokens` leaves out what the prompt cache read or wrote. */
 function usageJson(usage: Usage | undefined) {
+  const written = Number(usage?.cacheWriteInputTokens ?? 0n);
+  const read = Number(usage?.cachedInputTokens ?? 0n);
   return {
-    input_tokens: Number(usage?.inputTokens ?? 0n),
+    input_tokens: Math.max(0, Number(usage?.inputTokens ?? 0n) - written - read),
     output_tokens: Number(usage?.outputTokens ?? 0n),
-    cache_creation_input_tokens: 0,
-    cache_read_input_tokens: 0,
+    cache_creation_input_tokens: written,
+    cache_read_input_tokens: read,
   };
 }
 

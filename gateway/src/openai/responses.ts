@@ -418,9 +418,9 @@ function usageJson(usage: Usage | undefined) {
   const total = Number(usage?.totalTokens ?? 0n);
   return {
     input_tokens: input,
-    input_tokens_details: { cached_tokens: 0 },
+    input_tokens_details: { cached_tokens: Number(usage?.cachedInputTokens ?? 0n) },
     output_tokens: output,
-    output_tokens_details: { reasoning_tokens: 0 },
+    output_tokens_details: { reasoning_tokens: Number(usage?.reasoningTokens ?? 0n) },
     total_tokens: total > 0 ? total : input + output,
   };
 }

@@ -362,7 +362,10 @@ describe("anthropic adapter only", () => {
       "claude",
       request(
         [
-          { role: ChatRole.SYSTEM, content: [marked("A long policy.")] },
+          {
+            role: ChatRole.SYSTEM,
+            content: [marked("A long policy."), { part: { case: "text", value: "\n\nBe brief." } }],
+          },
           {
             role: ChatRole.USER,
             content: [marked("A long document."), { part: { case: "text", value: "Question?" } }],
@@ -379,6 +382,7 @@ describe("anthropic adapter only", () => {
     const ephemeral = { type: "ephemeral" };
     expect(params.system).toEqual([
       { type: "text", text: "A long policy.", cache_control: ephemeral },
+      { type: "text", text: "\n\nBe brief." },
     ]);
     expect(params.messages[0]?.content).toEqual([
       { type: "text", text: "A long document.", cache_control: ephemeral },

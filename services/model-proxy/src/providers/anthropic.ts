@@ -369,7 +369,14 @@ function toMessages(r: ChatRequest): { system: TextBlockParam[]; messages: Messa
     switch (m.role) {
       case ChatRole.SYSTEM:
       case ChatRole.DEVELOPER:
-        system.push({ type: "text", text: textOf(m), ...cacheMark(m.content) });
+        // A marked prompt keeps its parts as blocks, so the cache ends where the mark is.
+        if (m.content.some((p) => p.cacheBreakpoint)) {
+          for (const p of m.content) {
+            if (p.part.case === "text") {
+              system.push({ type: "text", text: p.part.value, ...cacheMark([p]) });
+            }
+          }
+        } else system.push({ type: "text", text: textOf(m) });
         break;
       case ChatRole.ASSISTANT:
         push("assistant", [
