@@ -107,6 +107,23 @@ describe("responses API mapping", () => {
     expect(snapshot?.output_text).toBe("");
   });
 
+  it("responses stream - log probabilities arriving after their text still reach output_text.done and the message", () => {
+    const lp = (token: string) => ({ token, logprob: -0.5, bytes: Buffer.from(token) });
+    const list = stream(
+      [{ content: "Hi there", logprobs: [lp("Hi")] }, { logprobs: [lp(" there")] }],
+      FinishReason.STOP,
+    );
+    const done = list.find((e) => e.type === "response.output_text.done");
+    expect((done as OpenAI.Responses.ResponseTextDoneEvent).logprobs.map((l) => l.token)).toEqual([
+      "Hi",
+      " there",
+    ]);
+    const last = list.at(-1) as OpenAI.Responses.ResponseCompletedEvent;
+    const message = last.response.output[0] as OpenAI.Responses.ResponseOutputMessage;
+    const part = message.content[0] as OpenAI.Responses.ResponseOutputText;
+    expect(part.logprobs?.map((l) => l.token)).toEqual(["Hi", " there"]);
+  });
+
   it("responses request - instructions apart, output items sent back become the assistant's turn, tool output a tool message", () => {
     const { request, echo, instructions, store } = parseResponsesRequest({
       model: "fast",

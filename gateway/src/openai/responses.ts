@@ -635,6 +635,10 @@ export class ResponseEventEncoder {
         delta: delta.content,
         logprobs,
       });
+    } else if (delta.logprobs.length > 0 && this.#message !== undefined) {
+      // Log probabilities of text already sent (the output guard releases them after their
+      // text): kept for output_text.done and the final message, as chat completions keeps them.
+      this.#message.logprobs.push(...logprobEntries(delta.logprobs));
     }
     for (const t of delta.toolCalls) {
       let call = this.#calls.get(t.index);
