@@ -327,6 +327,34 @@ describe("console", () => {
       .filter({ hasText: "no provider configured" })
       .waitFor();
     await page.getByText("fast → sim-fast").waitFor();
+    // Prices per million tokens, the prompt cache's as deploy/config/models.yaml gives them:
+    // "—" where a model has none of its own (the input price applies).
+    const prices = async (model: string) =>
+      Object.fromEntries(
+        await Promise.all(
+          (await page.locator(`tr[data-model="${model}"] td[data-price]`).all()).map(
+            async (td) =>
+              [
+                (await td.getAttribute("data-price")) ?? "",
+                (await td.textContent()) ?? "",
+              ] as const,
+          ),
+        ),
+      );
+    await expect(prices("sim-fast")).resolves.toEqual({
+      input: "0.1",
+      "cached-input": "0.025",
+      "cache-write": "0.125",
+      output: "0.4",
+    });
+    await expect(prices("gpt-4o-mini")).resolves.toMatchObject({
+      "cached-input": "0.075",
+      "cache-write": "—",
+    });
+    await expect(prices("sim-embed")).resolves.toMatchObject({
+      "cached-input": "—",
+      "cache-write": "—",
+    });
     await shot(page, "04-catalog");
     await page.getByRole("tab", { name: "Templates" }).click();
     const card = page.locator('[data-template="research_report"]');
@@ -713,9 +741,32 @@ describe("console", () => {
     await page.locator(".totals", { hasText: "only calls labelled env=prod" }).waitFor();
     await expect(bars()).resolves.toEqual(["beta: 1 req"]);
     await expect(page.locator(".totals").textContent()).resolves.toMatch(/^1 requests · /);
+    // A short prompt, under the 1024 tokens a provider caches from: none of it cached.
+    await expect(page.locator('.totals [data-total="cached"]').textContent()).resolves.toBe(
+      "(0 cached, 0% of input)",
+    );
     const byModel = page.getByRole("img", { name: "Cost by model" });
     await expect(byModel.locator("text.chart-value").allTextContents()).resolves.toEqual([
       expect.stringMatching(/ 1 req$/),
+    ]);
+    const tokensByModel = page.getByRole("region", { name: "Tokens by model" });
+    await expect(tokensByModel.locator("th").allTextContents()).resolves.toEqual([
+      "Model",
+      "Requests",
+      "Input",
+      "Cached input",
+      "Output",
+      "Reasoning",
+      "Cost",
+    ]);
+    await expect(tokensByModel.locator("tbody tr td").allTextContents()).resolves.toEqual([
+      "sim-fast",
+      "1",
+      expect.stringMatching(/^[1-9]\d*$/),
+      "0",
+      expect.stringMatching(/^[1-9]\d*$/),
+      "0",
+      expect.stringMatching(/^\$/),
     ]);
 
     // A filter without "=" is refused in the form; one nothing holds says so.
@@ -729,6 +780,112 @@ describe("console", () => {
     await labels.getByRole("button", { name: "Apply" }).click();
     await byTeam.waitFor();
   }, 60_000);
+
+  it("console - a long system prompt sent again is read from the provider's prompt cache: the Usage page, the logged call and the chat's reply show the cached input", async () => {
+    await asAlice();
+    const { accessToken } = await storedSession(page);
+    // Over the 1024 tokens a provider caches from (one token per word here); unique, so that
+    // nothing sent before shares its start.
+    const nonce = Date.now();
+    const system = `Case ${nonce}. ${Array.from({ length: 1200 }, (_, i) => `rule${i}`).join(" ")}`;
+    type Answer = { id: string; usage: { prompt_tokens: number; completion_tokens: number } };
+    const chat = async (question: string, log: boolean) => {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${accessToken}` },
+        body: JSON.stringify({
+          model: "sim-fast",
+          messages: [
+            { role: "system", content: system },
+            { role: "user", content: question },
+          ],
+          metadata: { case: String(nonce) },
+          ...(log ? { log: true } : {}),
+        }),
+      });
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as Answer & {
+        usage: { prompt_tokens_details: { cached_tokens: number } };
+      };
+      return { ...body, cached: body.usage.prompt_tokens_details.cached_tokens };
+    };
+    const first = await chat("Which rule comes first?", false);
+    const second = await chat("Which rule comes last?", true);
+    expect(first.cached).toBe(0);
+    expect(second.cached).toBeGreaterThanOrEqual(1024);
+    const input = first.usage.prompt_tokens + second.usage.prompt_tokens;
+    const share = `${Math.round((second.cached / input) * 100)}%`;
+
+    // The Usage page, only these two calls: the totals and the per-model table say how much
+    // of their input came from the cache.
+    await nav(page, "Usage");
+    const labels = page.getByRole("form", { name: "Labels" });
+    await labels.getByLabel("Only calls labelled").fill(`case=${nonce}`);
+    // The ledger is written in batches: apply again (which refreshes) until both are in.
+    await expect
+      .poll(
+        async () => {
+          await labels.getByRole("button", { name: "Apply" }).click();
+          return page.locator(".totals").textContent();
+        },
+        { timeout: 20_000 },
+      )
+      .toMatch(/^2 requests · /);
+    await expect(page.locator('.totals [data-total="input"]').textContent()).resolves.toBe(
+      `${input} input`,
+    );
+    await expect(page.locator('.totals [data-total="cached"]').textContent()).resolves.toBe(
+      `(${second.cached} cached, ${share} of input)`,
+    );
+    const row = page.getByRole("region", { name: "Tokens by model" }).locator("tbody tr");
+    await expect(row.locator("td").allTextContents()).resolves.toEqual([
+      "sim-fast",
+      "2",
+      String(input),
+      `${second.cached} (${share})`,
+      String(first.usage.completion_tokens + second.usage.completion_tokens),
+      "0",
+      expect.stringMatching(/^\$/),
+    ]);
+    await shot(page, "08c-usage-cached");
+    await labels.getByLabel("Only calls labelled").fill("");
+    await labels.getByRole("button", { name: "Apply" }).click();
+
+    // The logged call's figures: its cached input next to its input.
+    // The log is written after the answer, off its path: load the call until it is there.
+    const summary = page.locator('dl[aria-label="Summary"]');
+    await expect
+      .poll(
+        async () => {
+          await page.goto(`${gw.url}/logs/${encodeURIComponent(second.id)}`);
+          await page.waitForSelector('dl[aria-label="Summary"], .error');
+          return summary.count();
+        },
+        { timeout: 15_000 },
+      )
+      .toBe(1);
+    await expect(summary.textContent()).resolves.toContain(
+      `tokens${second.usage.prompt_tokens} in (${second.cached} cached), ${second.usage.completion_tokens} outcost`,
+    );
+
+    // The chat: a long first message, then a follow-up whose prompt starts with it. The first
+    // reply says nothing of a cache; the second says how much of its input came from it.
+    await nav(page, "Chat");
+    await page.getByRole("button", { name: "New chat" }).click();
+    await page.getByLabel("Model").selectOption("sim-fast");
+    await page.getByLabel("Message").fill(`Case ${nonce} again. ${system}`);
+    await page.getByRole("button", { name: "Send" }).click();
+    const replies = page.locator('.msg.assistant[data-streaming="false"] .meta');
+    await replies.first().waitFor({ timeout: 60_000 });
+    await expect(replies.first().textContent()).resolves.toMatch(/ tokens · \$/);
+    await page.getByLabel("Message").fill("Which rule comes last?");
+    await page.getByRole("button", { name: "Send" }).click();
+    await replies.nth(1).waitFor({ timeout: 60_000 });
+    const meta = (await replies.nth(1).textContent()) ?? "";
+    expect(meta).toMatch(/ \d+ tokens \((\d+) cached\) · \$/);
+    expect(Number(/\((\d+) cached\)/.exec(meta)?.[1])).toBeGreaterThanOrEqual(1024);
+    await shot(page, "02d-chat-cached");
+  }, 90_000);
 
   it("console - the Logs page lists a chat sent with log: true and opens it with its question and answer", async () => {
     const { accessToken } = await storedSession(page);

@@ -2,6 +2,7 @@
 // links to a run, the admins' switch to the whole tenant.
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Usage } from "@ensemble/proto";
 import { useCallback, useEffect, useState } from "react";
 import type { ReactNode } from "react";
 import { errorText } from "./api";
@@ -92,6 +93,15 @@ export function fmtMs(d: Duration | undefined): string {
 export function fmtUsd(v: number | undefined): string {
   const n = v ?? 0;
   return n === 0 ? "$0" : n < 0.01 ? `$${n.toFixed(6)}` : `$${n.toFixed(4)}`;
+}
+
+/**
+ * " (1200 cached)" after a token count when some of the input came from the provider's prompt
+ * cache, else nothing: most calls have none, and a "0 cached" on each would be noise.
+ */
+export function fmtCached(u: Usage | undefined): string {
+  const n = u?.cachedInputTokens ?? 0n;
+  return n > 0n ? ` (${n} cached)` : "";
 }
 
 export function fmtTime(t: Timestamp | undefined): string {

@@ -15,6 +15,7 @@ import {
   type ApiKey,
   type ApiKeyLimits,
   type ApiKeyLimitsSchema,
+  type Usage,
 } from "@ensemble/proto";
 import type { Context } from "./context.js";
 import {
@@ -343,6 +344,33 @@ function usageGrouping(raw: string): { groupBy: UsageDimension[]; labelKey: stri
   return { groupBy, labelKey: keys[0] ?? "" };
 }
 
+/**
+ * A Usage's figures for `usage`: cached and cache-write input tokens are parts of the input
+ * tokens, reasoning tokens part of the output tokens (not on top of them).
+ */
+function tokenFigures(u: Usage | undefined) {
+  return {
+    inputTokens: Number(u?.inputTokens ?? 0n),
+    cachedInputTokens: Number(u?.cachedInputTokens ?? 0n),
+    cacheWriteInputTokens: Number(u?.cacheWriteInputTokens ?? 0n),
+    outputTokens: Number(u?.outputTokens ?? 0n),
+    reasoningTokens: Number(u?.reasoningTokens ?? 0n),
+    costUsd: u?.costUsd ?? 0,
+  };
+}
+
+/** "1200 of 2000 input tokens cached (60%)", for the usage total line. */
+function cachedShare(t: { inputTokens: number; cachedInputTokens: number }): string {
+  const share = t.inputTokens > 0 ? Math.round((t.cachedInputTokens / t.inputTokens) * 100) : 0;
+  return `${t.cachedInputTokens} of ${t.inputTokens} input tokens cached (${share}%)`;
+}
+
+/** A catalog price for people: 0.10, 2.50, and in full when finer than cents (0.025, 0.275). */
+function perMtok(value: number): string {
+  const cents = value.toFixed(2);
+  return Number(cents) === value ? cents : String(Number(value.toFixed(6)));
+}
+
 export function registerAdminCommands(program: Command, ctx: Context): void {
   const keys = program
     .command("keys")
@@ -654,19 +682,27 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
             contextWindow: m.contextWindow,
             inputPricePerMtok: m.inputPricePerMtok,
             outputPricePerMtok: m.outputPricePerMtok,
+            // Unset means the input price: left out rather than repeated, as the catalog has it.
+            ...(m.cachedInputPricePerMtok !== undefined
+              ? { cachedInputPricePerMtok: m.cachedInputPricePerMtok }
+              : {}),
+            ...(m.cacheWritePricePerMtok !== undefined
+              ? { cacheWritePricePerMtok: m.cacheWritePricePerMtok }
+              : {}),
             enabled: m.enabled,
           })),
         },
         () =>
           table(
-            ["id", "provider", "roles", "context", "$/Mtok in", "$/Mtok out"],
+            ["id", "provider", "roles", "context", "$/Mtok in", "cached in", "$/Mtok out"],
             res.models.map((m) => [
               m.id,
               m.provider,
               m.roles.map((r) => label(ModelRole, r)).join(",") || "-",
               String(m.contextWindow),
-              m.inputPricePerMtok.toFixed(2),
-              m.outputPricePerMtok.toFixed(2),
+              perMtok(m.inputPricePerMtok),
+              m.cachedInputPricePerMtok !== undefined ? perMtok(m.cachedInputPricePerMtok) : "-",
+              perMtok(m.outputPricePerMtok),
             ]),
           ),
       );
@@ -721,16 +757,9 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
         metadataValue: labelKey !== "" ? b.metadataValue : null,
         requests: Number(b.requests),
         errors: Number(b.errors),
-        inputTokens: Number(b.usage?.inputTokens ?? 0n),
-        outputTokens: Number(b.usage?.outputTokens ?? 0n),
-        costUsd: b.usage?.costUsd ?? 0,
+        ...tokenFigures(b.usage),
       }));
-      const total = {
-        requests: Number(res.totalRequests),
-        inputTokens: Number(res.total?.inputTokens ?? 0n),
-        outputTokens: Number(res.total?.outputTokens ?? 0n),
-        costUsd: res.total?.costUsd ?? 0,
-      };
+      const total = { requests: Number(res.totalRequests), ...tokenFigures(res.total) };
       // One column per grouping, in the order asked for, then the figures.
       type Bucket = (typeof buckets)[number];
       const columns: Array<[string, (b: Bucket) => string | null]> = groupBy.map((d) => {
@@ -756,17 +785,27 @@ export function registerAdminCommands(program: Command, ctx: Context): void {
       out.result({ buckets, total }, () =>
         [
           table(
-            [...columns.map(([name]) => name), "requests", "tokens in", "tokens out", "cost"],
+            [
+              ...columns.map(([name]) => name),
+              "requests",
+              "tokens in",
+              "cached in",
+              "tokens out",
+              "reasoning",
+              "cost",
+            ],
             buckets.map((b) => [
               ...columns.map(([, value]) => value(b) ?? "-"),
               String(b.requests),
               String(b.inputTokens),
+              String(b.cachedInputTokens),
               String(b.outputTokens),
+              String(b.reasoningTokens),
               usd(b.costUsd),
             ]),
           ),
           "",
-          `total: ${total.requests} requests, ${total.inputTokens + total.outputTokens} tokens, ${usd(total.costUsd)}`,
+          `total: ${total.requests} requests, ${total.inputTokens + total.outputTokens} tokens, ${cachedShare(total)}, ${usd(total.costUsd)}`,
         ].join("\n"),
       );
     });

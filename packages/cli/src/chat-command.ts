@@ -69,7 +69,9 @@ async function ask(
     model?: string | undefined;
     provider?: string | undefined;
     inputTokens?: number;
+    cachedInputTokens?: number;
     outputTokens?: number;
+    reasoningTokens?: number;
     costUsd?: number;
     latencyMs?: number | undefined;
   } = {};
@@ -89,7 +91,10 @@ async function ask(
         model: event.value.servedBy?.model ?? summary.model,
         provider: event.value.servedBy?.provider,
         inputTokens: Number(usage?.inputTokens ?? 0n),
+        // Parts of the input and of the output, not on top of them.
+        cachedInputTokens: Number(usage?.cachedInputTokens ?? 0n),
         outputTokens: Number(usage?.outputTokens ?? 0n),
+        reasoningTokens: Number(usage?.reasoningTokens ?? 0n),
         costUsd: usage?.costUsd ?? 0,
         latencyMs: event.value.latency !== undefined ? durationMs(event.value.latency) : undefined,
       };

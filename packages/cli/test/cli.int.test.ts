@@ -760,13 +760,46 @@ describe("ensemble CLI against a live mesh", () => {
   it("cli - models lists the catalog and usage counts this user's calls", async () => {
     const models = await cli(["--json", "models", "--provider", "simulator"]);
     expect(models.code).toBe(0);
-    const ids = (JSON.parse(models.stdout) as { models: Array<{ id: string }> }).models.map(
-      (m) => m.id,
+    type Model = { id: string } & Record<string, unknown>;
+    const listed = (JSON.parse(models.stdout) as { models: Model[] }).models;
+    const byId = new Map(listed.map((m) => [m.id, m]));
+    // The prompt cache prices deploy/config/models.yaml gives sim-fast; sim-embed has none, and
+    // so no such fields (unset means the input price).
+    expect(byId.get("sim-fast")).toMatchObject({
+      inputPricePerMtok: 0.1,
+      cachedInputPricePerMtok: 0.025,
+      cacheWritePricePerMtok: 0.125,
+      outputPricePerMtok: 0.4,
+    });
+    expect(byId.get("sim-embed")).toBeDefined();
+    expect(byId.get("sim-embed")).not.toHaveProperty("cachedInputPricePerMtok");
+    expect(byId.get("sim-embed")).not.toHaveProperty("cacheWritePricePerMtok");
+    // As text: the cached input price in full (not rounded to cents), "-" when unset.
+    const modelTable = await cli(["models", "--provider", "simulator"]);
+    expect(modelTable.code, modelTable.stderr).toBe(0);
+    const [modelHead, ...modelRows] = modelTable.stdout.trimEnd().split("\n");
+    expect(modelHead).toMatch(
+      /^id\s+provider\s+roles\s+context\s+\$\/Mtok in\s+cached in\s+\$\/Mtok out$/,
     );
-    expect(ids).toContain("sim-fast");
+    expect(modelRows).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^sim-fast\s+simulator\s+\S+\s+128000\s+0\.10\s+0\.025\s+0\.40$/),
+        expect.stringMatching(/^sim-embed\s+simulator\s+\S+\s+\d+\s+0\.02\s+-\s+0\.00$/),
+      ]),
+    );
 
     // The ledger is written in batches; give it a moment.
-    let total = { requests: 0, costUsd: 0 };
+    type Total = Record<
+      | "requests"
+      | "inputTokens"
+      | "cachedInputTokens"
+      | "cacheWriteInputTokens"
+      | "outputTokens"
+      | "reasoningTokens"
+      | "costUsd",
+      number
+    >;
+    let total = { requests: 0 } as Total;
     for (let i = 0; i < 20 && total.requests === 0; i++) {
       const usage = await cli(["--json", "usage", "--days", "1", "--by", "model"]);
       expect(usage.code).toBe(0);
@@ -774,13 +807,102 @@ describe("ensemble CLI against a live mesh", () => {
       if (total.requests === 0) await new Promise((r) => setTimeout(r, 250));
     }
     expect(total.requests).toBeGreaterThan(0);
+    // The prompt cache's and reasoning's figures are there, as parts of the input and output.
+    expect(Object.keys(total).sort()).toEqual([
+      "cacheWriteInputTokens",
+      "cachedInputTokens",
+      "costUsd",
+      "inputTokens",
+      "outputTokens",
+      "reasoningTokens",
+      "requests",
+    ]);
+    for (const value of Object.values(total)) expect(typeof value).toBe("number");
+    expect(total.cachedInputTokens + total.cacheWriteInputTokens).toBeLessThanOrEqual(
+      total.inputTokens,
+    );
+    expect(total.reasoningTokens).toBeLessThanOrEqual(total.outputTokens);
 
-    // The table has one column per --by dimension, in that order.
+    // The table has one column per --by dimension, in that order, then the figures; the total
+    // line says how much of the input was cached.
     const table = await cli(["usage", "--days", "1", "--by", "user,hour,operation"]);
     expect(table.code).toBe(0);
-    const [head, first] = table.stdout.split("\n");
-    expect(head).toMatch(/^user\s+hour\s+operation\s+requests\s+tokens in\s+tokens out\s+cost$/);
-    expect(first).toMatch(/^usr_\w+\s+\d{4}-\d\d-\d\d \d\d:00\s+chat\s+\d+/);
+    const lines = table.stdout.trimEnd().split("\n");
+    expect(lines[0]).toMatch(
+      /^user\s+hour\s+operation\s+requests\s+tokens in\s+cached in\s+tokens out\s+reasoning\s+cost$/,
+    );
+    expect(lines[1]).toMatch(
+      /^usr_\w+\s+\d{4}-\d\d-\d\d \d\d:00\s+chat\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\$[\d.]+$/,
+    );
+    expect(lines.at(-1)).toMatch(
+      /^total: \d+ requests, \d+ tokens, \d+ of [1-9]\d* input tokens cached \(\d+%\), \$[\d.]+$/,
+    );
+  }, 60_000);
+
+  it("cli - a long system prompt sent again is read from the provider's prompt cache: chat --json and usage count the cached input, the table and the total line show it", async () => {
+    // A user of their own, so that usage counts these two calls alone; a tenant of its own, so
+    // that no exact or semantic cache another test turns on answers the second call itself.
+    const env = { XDG_CONFIG_HOME: join(home, "cached") };
+    const as = (args: string[]) => cli(args, { env });
+    const signup = await cli(
+      ["signup", "-e", `cli-cached-${Date.now()}@example.com`, "--password-stdin"],
+      { stdin: `${PASSWORD}\n`, env },
+    );
+    expect(signup.code, signup.stderr).toBe(0);
+    // Over the 1024 tokens a provider caches from (one token per word here); unique, so that
+    // nothing sent before shares its start.
+    const system = `Case ${Date.now()}. ${Array.from({ length: 1200 }, (_, i) => `rule${i}`).join(" ")}`;
+    type Done = { inputTokens: number; cachedInputTokens: number; reasoningTokens: number };
+    const chat = async (question: string): Promise<Done> => {
+      const res = await as(["--json", "chat", "-m", "sim-fast", "-s", system, question]);
+      expect(res.code, res.stderr).toBe(0);
+      return (JSON.parse(res.stdout.trim().split("\n").at(-1)!) as { done: Done }).done;
+    };
+    const first = await chat("Which rule comes first?");
+    expect(first.inputTokens).toBeGreaterThan(1200);
+    expect(first.cachedInputTokens).toBe(0);
+    expect(first.reasoningTokens).toBe(0);
+    // Another question after the same system prompt: its start comes from the cache.
+    const second = await chat("Which rule comes last?");
+    expect(second.cachedInputTokens).toBeGreaterThanOrEqual(1024);
+    expect(second.cachedInputTokens).toBeLessThan(second.inputTokens);
+
+    type Figures = { requests: number; inputTokens: number; cachedInputTokens: number };
+    let usage: { buckets: Array<Figures & { model: string }>; total: Figures } | undefined;
+    // The ledger is written in batches: ask until both calls are counted.
+    for (let i = 0; i < 40 && usage?.total.requests !== 2; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 250));
+      const res = await as(["--json", "usage", "--days", "1", "--by", "model"]);
+      expect(res.code, res.stderr).toBe(0);
+      usage = JSON.parse(res.stdout) as typeof usage;
+    }
+    expect(usage?.buckets).toEqual([
+      expect.objectContaining({
+        model: "sim-fast",
+        requests: 2,
+        inputTokens: first.inputTokens + second.inputTokens,
+        cachedInputTokens: second.cachedInputTokens,
+      }),
+    ]);
+    expect(usage?.total).toMatchObject({ cachedInputTokens: second.cachedInputTokens });
+
+    const table = await as(["usage", "--days", "1", "--by", "model"]);
+    expect(table.code, table.stderr).toBe(0);
+    const [head, row, , total] = table.stdout.trimEnd().split("\n");
+    expect(head).toMatch(/^model\s+requests\s+tokens in\s+cached in\s+tokens out\s/);
+    expect(row).toMatch(
+      new RegExp(
+        `^sim-fast\\s+2\\s+${first.inputTokens + second.inputTokens}\\s+${second.cachedInputTokens}\\s`,
+      ),
+    );
+    const share = Math.round(
+      (second.cachedInputTokens / (first.inputTokens + second.inputTokens)) * 100,
+    );
+    expect(total).toMatch(
+      new RegExp(
+        `^total: 2 requests, \\d+ tokens, ${second.cachedInputTokens} of ${first.inputTokens + second.inputTokens} input tokens cached \\(${share}%\\), \\$`,
+      ),
+    );
   }, 60_000);
 
   it("cli - usage by label: chat and run --label label calls, usage --by label:team counts them per team and --label filters; bad label flags exit 2", async () => {
@@ -806,7 +928,15 @@ describe("ensemble CLI against a live mesh", () => {
     expect(run.code, run.stderr).toBe(0);
 
     type Usage = {
-      buckets: Array<{ metadataValue: string | null; requests: number; model: string | null }>;
+      buckets: Array<{
+        metadataValue: string | null;
+        requests: number;
+        model: string | null;
+        inputTokens: number;
+        cachedInputTokens: number;
+        cacheWriteInputTokens: number;
+        reasoningTokens: number;
+      }>;
       total: { requests: number };
     };
     const usage = async (args: string[]): Promise<Usage> => {
@@ -832,11 +962,15 @@ describe("ensemble CLI against a live mesh", () => {
     const table = await cli(["usage", "--days", "1", "--by", "label:team,model"]);
     expect(table.code, table.stderr).toBe(0);
     const [head, ...rows] = table.stdout.trimEnd().split("\n");
-    expect(head).toMatch(/^team\s+model\s+requests\s+tokens in\s+tokens out\s+cost$/);
+    expect(head).toMatch(
+      /^team\s+model\s+requests\s+tokens in\s+cached in\s+tokens out\s+reasoning\s+cost$/,
+    );
     expect(rows).toEqual(
       expect.arrayContaining([
         expect.stringMatching(/^alpha\s+sim-fast\s+2\s/),
-        expect.stringMatching(/^beta\s+sim-fast\s+1\s/),
+        // A short prompt, under the 1024 tokens a provider caches from: nothing cached; sim-fast
+        // does not reason.
+        expect.stringMatching(/^beta\s+sim-fast\s+1\s+[1-9]\d*\s+0\s+[1-9]\d*\s+0\s+\$/),
         expect.stringMatching(/^gamma\s+sim-fast\s+1\s/),
         expect.stringMatching(/^-\s+\S+\s+\d+\s/),
       ]),
@@ -850,7 +984,17 @@ describe("ensemble CLI against a live mesh", () => {
     expect(perTeam(prod)).toEqual({ alpha: 1, beta: 1 });
     expect(prod.total.requests).toBe(2);
     const both = await usage(["--by", "model", "--label", "team=beta", "--label", "env=prod"]);
-    expect(both.buckets).toEqual([expect.objectContaining({ model: "sim-fast", requests: 1 })]);
+    expect(both.buckets).toEqual([
+      expect.objectContaining({
+        model: "sim-fast",
+        requests: 1,
+        // A short prompt: nothing read from or written to the prompt cache; no reasoning.
+        cachedInputTokens: 0,
+        cacheWriteInputTokens: 0,
+        reasoningTokens: 0,
+      }),
+    ]);
+    expect(both.buckets[0]!.inputTokens).toBeGreaterThan(0);
     // Not grouped by a label: no value, as for the other dimensions not asked for.
     expect(both.buckets[0]!.metadataValue).toBeNull();
     // The run's calls carry feature=workflow besides its labels.

@@ -1,5 +1,6 @@
-// Catalog: models with capabilities and prices, prompt addons, workflow templates; a template
-// runs from here with its declared variables (StartRun, WORKFLOW mode), then opens its live view.
+// Catalog: models with capabilities and prices (prompt cache prices "—" when unset: the input
+// price applies), prompt addons, workflow templates; a template runs from here with its
+// declared variables (StartRun, WORKFLOW mode), then opens its live view.
 import { AddonGroup, Capability, type WorkflowTemplate } from "@ensemble/proto";
 import { useState } from "react";
 import type { FormEvent } from "react";
@@ -52,13 +53,19 @@ function Models() {
                 <th>Capabilities</th>
                 <th>Context</th>
                 <th>$ / M input</th>
+                <th title="Input read from the provider's prompt cache; — when it costs the input price">
+                  $ / M cached input
+                </th>
+                <th title="Input written to the provider's prompt cache; — when it costs the input price">
+                  $ / M cache write
+                </th>
                 <th>$ / M output</th>
                 <th>Here</th>
               </tr>
             </thead>
             <tbody>
               {list.map((m) => (
-                <tr key={m.id}>
+                <tr key={m.id} data-model={m.id}>
                   <td>
                     <strong>{m.id}</strong>
                     {m.aliases.map((a) => {
@@ -73,8 +80,10 @@ function Models() {
                   <td>{m.provider}</td>
                   <td>{m.capabilities.map((c) => enumLabel(Capability, c)).join(", ")}</td>
                   <td>{m.contextWindow.toLocaleString()}</td>
-                  <td>{m.inputPricePerMtok}</td>
-                  <td>{m.outputPricePerMtok}</td>
+                  <td data-price="input">{m.inputPricePerMtok}</td>
+                  <td data-price="cached-input">{m.cachedInputPricePerMtok ?? "—"}</td>
+                  <td data-price="cache-write">{m.cacheWritePricePerMtok ?? "—"}</td>
+                  <td data-price="output">{m.outputPricePerMtok}</td>
                   <td data-callable={m.id}>
                     {callable === undefined
                       ? ""

@@ -17,7 +17,7 @@ import type { FormEvent, KeyboardEvent } from "react";
 import { api, errorText, isCode } from "../api";
 import { ArtifactView } from "../artifacts";
 import { describeRoute, loadAddons, loadChatModels, modelLabel } from "../models";
-import { ErrorBox, Loading, fmtMs, fmtUsd, useLoad } from "../ui";
+import { ErrorBox, Loading, fmtCached, fmtMs, fmtUsd, useLoad } from "../ui";
 
 interface Turn {
   id: string;
@@ -147,7 +147,7 @@ export function ChatPage() {
         meta:
           m.role === ChatRole.USER
             ? ""
-            : `${fmtMs(m.latency)} · ${m.usage?.totalTokens ?? 0n} tokens · ${fmtUsd(m.usage?.costUsd)}${m.simulated ? " · simulated" : ""}`,
+            : `${fmtMs(m.latency)} · ${m.usage?.totalTokens ?? 0n} tokens${fmtCached(m.usage)} · ${fmtUsd(m.usage?.costUsd)}${m.simulated ? " · simulated" : ""}`,
         siblings: { index: ids.indexOf(m.id), ids },
         message: m,
       };
@@ -230,7 +230,7 @@ export function ChatPage() {
           ...(run.artifacts.length > 0
             ? { artifacts: { runId: run.id, list: run.artifacts } }
             : {}),
-          meta: `${fmtMs(run.latency)} · ${run.usage?.totalTokens ?? 0n} tokens · ${fmtUsd(run.usage?.costUsd)}`,
+          meta: `${fmtMs(run.latency)} · ${run.usage?.totalTokens ?? 0n} tokens${fmtCached(run.usage)} · ${fmtUsd(run.usage?.costUsd)}`,
           ...(run.error !== undefined ? { error: run.error.explanation || run.error.message } : {}),
         };
       }

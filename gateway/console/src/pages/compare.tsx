@@ -6,7 +6,7 @@ import { useState } from "react";
 import type { FormEvent } from "react";
 import { api, errorText } from "../api";
 import { loadChatModels } from "../models";
-import { ErrorBox, Guard, fmtMs, fmtUsd, useLoad } from "../ui";
+import { ErrorBox, Guard, fmtCached, fmtMs, fmtUsd, useLoad } from "../ui";
 import { Link } from "../router";
 
 const CRITERIA: Array<{ value: RankCriterion; label: string }> = [
@@ -179,7 +179,10 @@ export function ComparePage() {
                     <dt>first token</dt>
                     <dd>{fmtMs(a.timeToFirstToken)}</dd>
                     <dt>tokens</dt>
-                    <dd>{String(a.usage?.totalTokens ?? 0n)}</dd>
+                    <dd>
+                      {String(a.usage?.totalTokens ?? 0n)}
+                      {fmtCached(a.usage)}
+                    </dd>
                     <dt>cost</dt>
                     <dd>{fmtUsd(a.usage?.costUsd)}</dd>
                   </dl>

@@ -20,6 +20,7 @@ import {
   ErrorBox,
   Loading,
   enumLabel,
+  fmtCached,
   fmtMs,
   fmtTime,
   fmtUsd,
@@ -267,7 +268,10 @@ export function LogPage({ callId }: { callId: string }) {
         </dd>
         <dt>tokens</dt>
         <dd>
-          {String(s?.inputTokens ?? 0n)} in, {String(s?.outputTokens ?? 0n)} out
+          {String(s?.inputTokens ?? 0n)} in{fmtCached(res?.usage)}, {String(s?.outputTokens ?? 0n)}{" "}
+          out
+          {(res?.usage?.reasoningTokens ?? 0n) > 0n &&
+            ` (${res?.usage?.reasoningTokens} reasoning)`}
         </dd>
         <dt>cost</dt>
         <dd>{fmtUsd(s?.costUsd)}</dd>

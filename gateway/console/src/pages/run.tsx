@@ -16,7 +16,7 @@ import { api, errorText } from "../api";
 import { RouteNote } from "./chat";
 import { ArtifactView } from "../artifacts";
 import { useRouter } from "../router";
-import { ErrorBox, Loading, enumLabel, fmtMs, fmtUsd } from "../ui";
+import { ErrorBox, Loading, enumLabel, fmtCached, fmtMs, fmtUsd } from "../ui";
 
 interface StepView {
   id: string;
@@ -221,8 +221,8 @@ export function RunPage({ runId }: { runId: string }) {
         {live && <span className="muted">live</span>}{" "}
         {done && (
           <span className="muted">
-            {fmtMs(run.latency)} · {String(run.usage?.totalTokens ?? 0n)} tokens ·{" "}
-            {fmtUsd(run.usage?.costUsd)}
+            {fmtMs(run.latency)} · {String(run.usage?.totalTokens ?? 0n)} tokens
+            {fmtCached(run.usage)} · {fmtUsd(run.usage?.costUsd)}
           </span>
         )}{" "}
         {!TERMINAL.has(run.status) && (

@@ -1,8 +1,9 @@
 // Usage and cost from model-proxy's ledger (GetUsage), by day, model, user, API key and the value
 // of a label the calls carry (team, feature, customer: ChatRequest.metadata, the OpenAI API's
-// `metadata`). A user sees their own; an admin can switch to the whole tenant.
+// `metadata`). A user sees their own; an admin can switch to the whole tenant. The totals and
+// the per-model table say how much input the providers' prompt caches served.
 import { timestampDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { UsageDimension, type UsageBucket } from "@ensemble/proto";
+import { UsageDimension, type Usage, type UsageBucket } from "@ensemble/proto";
 import { useState } from "react";
 import { api } from "../api";
 import { BarChart, type Bar } from "../chart";
@@ -145,12 +146,11 @@ export function UsagePage() {
       >
         {({ views, results, only: labelled }) => (
           <>
-            <p className="totals">
-              {String(results[0]?.totalRequests ?? 0n)} requests ·{" "}
-              {String(results[0]?.total?.totalTokens ?? 0n)} tokens ·{" "}
-              {fmtUsd(results[0]?.total?.costUsd)}
-              {labelled !== "" && ` · only calls labelled ${labelled}`}
-            </p>
+            <Totals
+              requests={results[0]?.totalRequests ?? 0n}
+              usage={results[0]?.total}
+              labelled={labelled}
+            />
             <div className="charts">
               {views.map((v, i) => {
                 const bars: Bar[] = (results[i]?.buckets ?? []).map((b) => ({
@@ -162,9 +162,95 @@ export function UsagePage() {
                 return <BarChart key={v.dim} title={v.title} bars={bars} />;
               })}
             </div>
+            <TokensByModel
+              buckets={results[views.findIndex((v) => v.dim === UsageDimension.MODEL)]?.buckets}
+            />
           </>
         )}
       </Guard>
     </div>
+  );
+}
+
+/** The share of the input read from the providers' prompt caches: "0%", "<1%", "42%". */
+function cachedShare(u: Usage | undefined): string {
+  const input = Number(u?.inputTokens ?? 0n);
+  const cached = Number(u?.cachedInputTokens ?? 0n);
+  if (input === 0 || cached === 0) return "0%";
+  const share = (cached / input) * 100;
+  return share < 1 ? "<1%" : `${Math.round(share)}%`;
+}
+
+const CACHED_HINT =
+  "Input tokens read from the provider's prompt cache (part of the input, billed at the model's cached input price)";
+
+/** The period's totals: cached input is part of the input, reasoning part of the output. */
+function Totals(props: { requests: bigint; usage: Usage | undefined; labelled: string }) {
+  const { usage: u } = props;
+  const reasoning = u?.reasoningTokens ?? 0n;
+  return (
+    <p className="totals">
+      {String(props.requests)} requests · {String(u?.totalTokens ?? 0n)} tokens ·{" "}
+      <span data-total="input">{String(u?.inputTokens ?? 0n)} input</span>{" "}
+      <span data-total="cached" title={CACHED_HINT}>
+        ({String(u?.cachedInputTokens ?? 0n)} cached, {cachedShare(u)} of input)
+      </span>{" "}
+      · <span data-total="output">{String(u?.outputTokens ?? 0n)} output</span>
+      {reasoning > 0n && (
+        <span data-total="reasoning"> ({String(reasoning)} reasoning)</span>
+      )} · {fmtUsd(u?.costUsd)}
+      {props.labelled !== "" && ` · only calls labelled ${props.labelled}`}
+    </p>
+  );
+}
+
+/**
+ * Tokens and cost per model, as figures: what the charts cannot show, how much of each model's
+ * input came from the prompt cache. Cache writes (Anthropic bills them above the input price)
+ * get a column only when there were some.
+ */
+function TokensByModel({ buckets }: { buckets: UsageBucket[] | undefined }) {
+  if (buckets === undefined || buckets.length === 0) return null;
+  const rows = [...buckets].sort((a, b) => (b.usage?.costUsd ?? 0) - (a.usage?.costUsd ?? 0));
+  const writes = rows.some((b) => (b.usage?.cacheWriteInputTokens ?? 0n) > 0n);
+  return (
+    <section aria-label="Tokens by model">
+      <h2>Tokens by model</h2>
+      <div className="table-wrap">
+        <table className="usage">
+          <thead>
+            <tr>
+              <th>Model</th>
+              <th>Requests</th>
+              <th>Input</th>
+              <th title={CACHED_HINT}>Cached input</th>
+              {writes && <th>Cache writes</th>}
+              <th>Output</th>
+              <th title="Output tokens the model spent reasoning (part of the output)">
+                Reasoning
+              </th>
+              <th>Cost</th>
+            </tr>
+          </thead>
+          <tbody>
+            {rows.map((b) => (
+              <tr key={b.model} data-model={b.model}>
+                <td>{b.model || "—"}</td>
+                <td>{String(b.requests)}</td>
+                <td>{String(b.usage?.inputTokens ?? 0n)}</td>
+                <td>
+                  {String(b.usage?.cachedInputTokens ?? 0n)}
+                  {(b.usage?.cachedInputTokens ?? 0n) > 0n && ` (${cachedShare(b.usage)})`}
+                </td>
+                {writes && <td>{String(b.usage?.cacheWriteInputTokens ?? 0n)}</td>}
+                <td>{String(b.usage?.outputTokens ?? 0n)}</td>
+                <td>{String(b.usage?.reasoningTokens ?? 0n)}</td>
+                <td>{fmtUsd(b.usage?.costUsd)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </section>
   );
 }
