@@ -75,6 +75,8 @@ export class BenchMesh {
     const flags = this.#profiled.has(name)
       ? ["--cpu-prof", "--cpu-prof-dir", this.profileDir, "--cpu-prof-name", `${name}.cpuprofile`]
       : [];
+    const extra = (process.env["BENCH_NODE_FLAGS"] ?? "").split(" ").filter((f) => f !== "");
+    flags.push(...extra);
     const proc = new ServerProcess(
       name,
       process.execPath,
