@@ -496,6 +496,73 @@ describe("websocket /v1/ws", () => {
     expect((await withKey.waitClosed()).code).toBe(4401);
   }, 90_000);
 
+  it("auth frame - a fresh token of the same user replaces the socket's credential, for new operations and for revocation; another user's or a bad token changes nothing", async () => {
+    const call = async (method: string, body: unknown, token?: string) => {
+      const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
+        },
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as {
+        tokens?: { accessToken: string; refreshToken: string };
+        secret?: string;
+      };
+    };
+    const email = `ws-auth-${Date.now()}@example.com`;
+    const password = "correct-Horse-battery-9";
+    const first = (await call("Signup", { email, password })).tokens!;
+    const second = (await call("Login", { email, password })).tokens!;
+    const [renewed, control] = await Promise.all([
+      Client.open({ token: first.accessToken }),
+      Client.open({ token: first.accessToken }),
+    ]);
+    const chat = (id: string) => ({
+      id,
+      type: "chat",
+      request: { model: "sim-fast", messages: [{ role: "user", content: "hello" }] },
+    });
+
+    renewed.send({ id: "a1", type: "auth", token: second.accessToken });
+    await renewed.until((f) => f.some((x) => x.id === "a1"));
+    expect(renewed.frames.find((x) => x.id === "a1")).toMatchObject({ type: "authenticated" });
+    const expires = Date.parse(String(renewed.frames.find((x) => x.id === "a1")?.["expire_time"]));
+    expect(expires).toBeGreaterThan(Date.now());
+
+    // Refused, and nothing changes: another user's token, a token that is not one.
+    renewed.send({ id: "a2", type: "auth", token: mallory });
+    renewed.send({ id: "a3", type: "auth", token: "not-a-token" });
+    expect((await renewed.finished("a2")).at(-1)).toMatchObject({
+      type: "error",
+      code: "permission_denied",
+    });
+    expect((await renewed.finished("a3")).at(-1)).toMatchObject({
+      type: "error",
+      code: "unauthenticated",
+    });
+
+    // Logging out the first session ends the socket still on its token, not the renewed one.
+    await call("Logout", { refreshToken: first.refreshToken });
+    expect((await control.waitClosed()).code).toBe(4401);
+    expect(renewed.closed).toBeUndefined();
+    renewed.send(chat("c1"));
+    expect((await renewed.finished("c1")).at(-1)).toMatchObject({ type: "end" });
+
+    // An API key of the same user: authenticated, with no end to announce.
+    const key = await call("CreateApiKey", { name: "ws-auth" }, second.accessToken);
+    renewed.send({ id: "a4", type: "auth", token: key.secret! });
+    await renewed.until((f) => f.some((x) => x.id === "a4"));
+    const keyed = renewed.frames.find((x) => x.id === "a4");
+    expect(keyed).toMatchObject({ type: "authenticated" });
+    expect(keyed?.["expire_time"]).toBeUndefined();
+    renewed.send(chat("c2"));
+    expect((await renewed.finished("c2")).at(-1)).toMatchObject({ type: "end" });
+    renewed.close();
+  }, 60_000);
+
   it("close - closing the socket cancels its upstream call", async () => {
     const client = await Client.open({ token: alice });
     client.send({

@@ -11,7 +11,11 @@
 // (watch_run: read; run, chat: write) and takes from the caller's rate limit. A socket whose
 // credential is revoked while it is open (its session logged out, its user disabled or given
 // another role, its API key revoked or rolled) ends at once: every open subscription gets an
-// `unauthenticated` error frame and the socket closes with 4401 (../live.ts).
+// `unauthenticated` error frame and the socket closes with 4401 (../live.ts). A long-lived socket
+// need not reconnect when its access token expires: an `auth` frame with a fresh token (or an
+// API key) of the same user replaces its credential for the operations that follow and for
+// revocation (decision: the user cannot change on a socket; subscriptions already running go
+// on, as a stream outlives its token everywhere else).
 //
 // Upstream calls are the ones the other routes make, with the caller's token: RunService.WatchRun
 // and Run on the workflow engine, ModelProxyService.StreamChat (the OpenAI mapping of
@@ -122,6 +126,8 @@ interface Connection {
   caller: Caller;
   /** Set when its credential was revoked: it closes (4401) once its subscriptions ended. */
   revoked?: string;
+  /** Stops tracking its credential for revocation. */
+  untrack: () => void;
   clientAddress: string;
   traceHeaders: Record<string, string>;
   subs: Map<string, Subscription>;
@@ -226,6 +232,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
         requestId,
         credential,
         caller,
+        untrack: () => undefined,
         clientAddress: deps.clientAddress(req),
         traceHeaders,
         subs: new Map(),
@@ -276,9 +283,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
   function open(conn: Connection): void {
     const { ws } = conn;
     connections.add(conn);
-    const untrack = deps.live.track(conn.caller, conn.credential, (message) =>
-      endRevoked(conn, message),
-    );
+    track(conn);
     const opened = performance.now();
     let operations = 0;
     const timer = setInterval(() => {
@@ -315,7 +320,7 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     ws.on("error", (err) => logger.debug({ err, requestId: conn.requestId }, "websocket error"));
     ws.once("close", (code: number) => {
       clearInterval(timer);
-      untrack();
+      conn.untrack();
       conn.closed = true;
       connections.delete(conn);
       for (const sub of conn.subs.values()) {
@@ -343,6 +348,11 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
             frame.id !== undefined ? { id: frame.id, type: "pong" } : { type: "pong" },
           ),
         );
+        return;
+      case "auth":
+        reauthenticate(conn, frame).catch((err: unknown) => {
+          logger.error({ err, requestId: conn.requestId }, "websocket re-authentication failed");
+        });
         return;
       case "cancel": {
         const sub = conn.subs.get(frame.id);
@@ -388,6 +398,58 @@ export function createWsEndpoint(deps: WsEndpointDeps): WsEndpoint {
     operate(conn, frame, sub).catch((err: unknown) => {
       logger.error({ err, requestId: conn.requestId }, "websocket operation failed");
     });
+  }
+
+  /** Follows the socket's current credential for revocation (see endRevoked). */
+  function track(conn: Connection): void {
+    conn.untrack();
+    conn.untrack = deps.live.track(conn.caller, conn.credential, (message) =>
+      endRevoked(conn, message),
+    );
+  }
+
+  /** An `auth` frame: a fresh credential of the same user for what the socket does next. */
+  async function reauthenticate(
+    conn: Connection,
+    frame: Extract<ClientFrame, { type: "auth" }>,
+  ): Promise<void> {
+    const started = performance.now();
+    const credential = new Headers({ authorization: `Bearer ${frame.token}` });
+    let caller: Caller | undefined;
+    let code: Code | 0 = 0;
+    try {
+      if (conn.revoked !== undefined) throw new UnauthenticatedError(conn.revoked);
+      caller = await authorize(credential, undefined);
+      const before = conn.caller.principal;
+      const now = caller.principal;
+      if (now.tenantId !== before.tenantId || now.subject !== before.subject) {
+        throw new ConnectError(
+          "this credential is another user's: a socket keeps the user it was opened by; open a new socket for another user",
+          Code.PermissionDenied,
+        );
+      }
+      if (conn.closed || conn.revoked !== undefined) return;
+      conn.credential = credential;
+      conn.caller = caller;
+      track(conn);
+      post(
+        conn,
+        JSON.stringify({
+          ...(frame.id !== undefined ? { id: frame.id } : {}),
+          type: "authenticated",
+          // An API key's exchanged token is renewed by the gateway: it has no end to announce.
+          ...(caller.apiKey === undefined
+            ? { expire_time: caller.principal.expiresAt.toISOString() }
+            : {}),
+        }),
+      );
+    } catch (err) {
+      const error = toConnectError(err);
+      code = error.code;
+      post(conn, errorFrame(frame.id, error.code, safeMessage(error)));
+    } finally {
+      logCall("WS auth", code, started, conn.requestId, caller);
+    }
   }
 
   // ---- an operation --------------------------------------------------------------------------

@@ -37,6 +37,12 @@ describe("ws protocol", () => {
     expect(chat).toMatchObject({ type: "chat", id: "c", body: { model: "fast" } });
     expect(parseFrame('{"type":"ping"}')).toEqual({ type: "ping" });
     expect(parseFrame('{"id":"1","type":"cancel"}')).toEqual({ type: "cancel", id: "1" });
+    expect(parseFrame('{"type":"auth","token":"t"}')).toEqual({ type: "auth", token: "t" });
+    expect(parseFrame('{"id":"a","type":"auth","token":"t"}')).toEqual({
+      type: "auth",
+      id: "a",
+      token: "t",
+    });
   });
 
   it("parseFrame - every malformed frame is a FrameError, with the id when there was one", () => {
@@ -53,6 +59,10 @@ describe("ws protocol", () => {
     expect(refused('{"id":"r","type":"run","request":"go"}').message).toContain("RunRequest");
     expect(refused('{"id":"r","type":"run","request":{},"extra":1}').message).toContain("extra");
     expect(refused('{"id":"c","type":"cancel","why":1}').message).toContain("why");
+    expect(refused('{"type":"auth"}').message).toContain("auth needs token");
+    expect(refused('{"type":"auth","token":""}').code).toBe(Code.InvalidArgument);
+    expect(refused('{"id":"a","type":"auth","token":7}').id).toBe("a");
+    expect(refused('{"type":"auth","token":"t","user":"x"}').message).toContain("user");
   });
 
   it("errorFrame - gRPC code names in lower case, optional fields only when set", () => {

@@ -6,12 +6,14 @@
 //   {"id":"2","type":"run","request":<RunRequest in protobuf JSON>}
 //   {"id":"3","type":"chat","request":<OpenAI chat.completions body>}
 //   {"id":"1","type":"cancel"}
+//   {"type":"auth","token":"…"} (optional "id": a fresh access token or API key of the same user)
 //   {"type":"ping"} (optional "id")
 // Server -> client:
 //   {"id":"1","type":"event","event":<RunEvent>}   {"id":"2","type":"run","run":<Run>}
 //   {"id":"3","type":"chunk","chunk":<chat.completion.chunk>}   {"id":"3","type":"routing",…}
 //   {"id":"1","type":"end"} (after a cancel: "cancelled":true)
 //   {"id":"1","type":"error","code":"not_found","message":"…"}   {"type":"pong"}
+//   {"type":"authenticated","expire_time":"…"} (after auth; no expire_time for an API key)
 import { fromJson, type DescMessage, type JsonValue, type MessageShape } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { codeLabel } from "@ensemble/kit";
@@ -30,6 +32,7 @@ export type ClientFrame =
   | { type: "run"; id: string; request: RunRequest }
   | { type: "chat"; id: string; body: Record<string, unknown> }
   | { type: "cancel"; id: string }
+  | { type: "auth"; id?: string; token: string }
   | { type: "ping"; id?: string };
 
 export type FrameType = ClientFrame["type"];
@@ -46,7 +49,9 @@ export class FrameError extends Error {
   }
 }
 
-const TYPES = "watch_run, run, chat, cancel, ping";
+const TYPES = "watch_run, run, chat, cancel, auth, ping";
+/** A credential is a few hundred bytes (the gateway's own token limit is 16 KiB). */
+const MAX_TOKEN_LENGTH = 16 * 1024;
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
@@ -76,6 +81,18 @@ export function parseFrame(text: string): ClientFrame {
     throw new FrameError(Code.InvalidArgument, `type is required: one of ${TYPES}`, id);
   }
   if (type === "ping") return id !== undefined ? { type, id } : { type };
+  if (type === "auth") {
+    onlyKeys(rest, ["token"], type, id);
+    const token = rest["token"];
+    if (typeof token !== "string" || token === "" || token.length > MAX_TOKEN_LENGTH) {
+      throw new FrameError(
+        Code.InvalidArgument,
+        "auth needs token: an access token or API key (a non-empty string)",
+        id,
+      );
+    }
+    return id !== undefined ? { type, id, token } : { type, token };
+  }
   if (type !== "watch_run" && type !== "run" && type !== "chat" && type !== "cancel") {
     throw new FrameError(
       Code.InvalidArgument,
@@ -114,7 +131,7 @@ export function parseFrame(text: string): ClientFrame {
   }
 }
 
-function onlyKeys(obj: Record<string, unknown>, allowed: string[], type: string, id: string) {
+function onlyKeys(obj: Record<string, unknown>, allowed: string[], type: string, id?: string) {
   for (const key of Object.keys(obj)) {
     if (!allowed.includes(key)) {
       throw new FrameError(
