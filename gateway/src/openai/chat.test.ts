@@ -24,6 +24,7 @@ import {
 } from "./chat.js";
 import { classifyInput } from "../auto.js";
 import { OpenAiError } from "./errors.js";
+import { parseResponsesRequest } from "./responses.js";
 
 /** The OpenAiError a body is refused with. */
 function refusal(body: Record<string, unknown>): OpenAiError {
@@ -130,6 +131,34 @@ describe("openai chat request", () => {
     expect(req.metadata).toEqual({ feature: "chat", user: "end-user-7" });
     expect(req.cache).toBe(CacheMode.USE);
     expect(req.fallbackModels).toEqual(["sim-medium"]);
+  });
+
+  it("mapping - prompt_cache_key is passed on; safety_identifier labels the call like user", () => {
+    const hello = [{ role: "user", content: "hi" }];
+    const { request } = parseChatRequest({
+      model: "m",
+      messages: hello,
+      prompt_cache_key: "tenant-42-support",
+      safety_identifier: "end-user-9",
+    });
+    expect(create(ChatRequestSchema, request).promptCacheKey).toBe("tenant-42-support");
+    expect(request.metadata).toEqual({ user: "end-user-9" });
+    // `user` wins when both are given.
+    const both = parseChatRequest({
+      model: "m",
+      messages: hello,
+      user: "u",
+      safety_identifier: "s",
+    });
+    expect(both.request.metadata).toEqual({ user: "u" });
+    const responses = parseResponsesRequest({
+      model: "m",
+      input: "hi",
+      prompt_cache_key: "k",
+      safety_identifier: "s",
+    });
+    expect(responses.request.promptCacheKey).toBe("k");
+    expect(responses.request.metadata).toEqual({ user: "s" });
   });
 
   it("mapping - optional sampling fields stay unset when absent or null", () => {

@@ -86,6 +86,8 @@ const CHAT_KEYS = new Set([
   "parallel_tool_calls",
   "reasoning_effort",
   "user",
+  "safety_identifier",
+  "prompt_cache_key",
   "n",
   "logprobs",
   "top_logprobs",
@@ -270,6 +272,8 @@ export function parseShared(body: JsonObject, request: ChatRequestInit): void {
 
   const metadata = callLabels(body);
   if (metadata !== undefined) request.metadata = metadata;
+  const promptCacheKey = optString(body, "prompt_cache_key");
+  if (promptCacheKey !== undefined) request.promptCacheKey = promptCacheKey;
 
   const cache = optEnum(body, "cache", CACHE_MODES);
   if (cache !== undefined) request.cache = CACHE_MODE_OF[cache];

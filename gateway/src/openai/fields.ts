@@ -154,7 +154,8 @@ export function callLabels(body: JsonObject): Record<string, string> | undefined
   if (body["metadata"] !== undefined && body["metadata"] !== null) {
     metadata = stringMap(body["metadata"], "metadata");
   }
-  const user = optString(body, "user");
+  // `safety_identifier` is OpenAI's newer name for `user`: the end user behind the call.
+  const user = optString(body, "user") || optString(body, "safety_identifier");
   if (user !== undefined && user !== "" && metadata?.["user"] === undefined) {
     metadata = { ...metadata, user };
   }

@@ -66,6 +66,8 @@ const KEYS = new Set([
   "reasoning",
   "metadata",
   "user",
+  "safety_identifier",
+  "prompt_cache_key",
   "store",
   "previous_response_id",
   "include",

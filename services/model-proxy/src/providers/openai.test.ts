@@ -5,7 +5,7 @@ import { startSimulator, type Simulator } from "@ensemble/llm-sim";
 import { collect, thrown } from "@ensemble/testkit";
 import { getEventListeners } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createOpenAiClient } from "./openai.js";
+import { chatParams, createOpenAiClient } from "./openai.js";
 import { ProviderError, type Deployment } from "./types.js";
 
 const KEY = "sk-openai-test-1a2b3c4d5e";
@@ -123,6 +123,19 @@ describe("openai adapter", () => {
     );
     expect(bad.kind).toBe("invalid_request");
     expect(bad.retryable).toBe(false);
+  });
+
+  it("prompt_cache_key goes to OpenAI itself only (other compatible servers may refuse it)", () => {
+    const req = create(ChatRequestSchema, {
+      model: "m",
+      promptCacheKey: "k1",
+      messages: [{ role: ChatRole.USER, content: [{ part: { case: "text", value: "hi" } }] }],
+    });
+    expect(chatParams("gpt-4.1", req, true).prompt_cache_key).toBe("k1");
+    expect(chatParams("llama", req, false).prompt_cache_key).toBeUndefined();
+    expect(
+      chatParams("gpt-4.1", create(ChatRequestSchema, { model: "m" }), true),
+    ).not.toHaveProperty("prompt_cache_key");
   });
 
   it("never puts the key in an error message, even when the provider echoes it", async () => {

@@ -350,7 +350,7 @@ function finishReason(reason: string | null | undefined): FinishReason {
   }
 }
 
-function chatParams(
+export function chatParams(
   model: string,
   r: ChatRequest,
   native: boolean,
@@ -373,6 +373,7 @@ function chatParams(
     params.logprobs = true;
     if (r.topLogprobs > 0) params.top_logprobs = r.topLogprobs;
   }
+  if (native && r.promptCacheKey !== "") params.prompt_cache_key = r.promptCacheKey;
   if (r.reasoningEffort !== "") {
     params.reasoning_effort = r.reasoningEffort as NonNullable<
       ChatCompletionCreateParamsBase["reasoning_effort"]
