@@ -260,11 +260,35 @@ function messagesFor(
   }
   return [
     ...(system !== ""
-      ? [{ role: ChatRole.SYSTEM, content: [{ part: { case: "text" as const, value: system } }] }]
+      ? [
+          {
+            role: ChatRole.SYSTEM,
+            content: [{ part: { case: "text" as const, value: system }, cacheBreakpoint: true }],
+          },
+        ]
       : []),
-    ...(withInput ? (ctx.history ?? []) : []),
+    ...(withInput ? cachedHistory(ctx.history ?? []) : []),
     { role: ChatRole.USER, content: [...content, ...user] },
   ];
+}
+
+/**
+ * Prompt-cache breakpoints, for the providers that cache only where told (Anthropic; OpenAI and
+ * Gemini cache long prompts by themselves and ignore them): after the system prompt (above),
+ * which every call of a step shares, and after a conversation's last message and the one two
+ * before it, so that each turn reads what the previous turn wrote (Anthropic's advice for
+ * conversations; 3 of its 4 breakpoints). Anthropic ignores marks on prefixes too short to cache.
+ */
+function cachedHistory(history: readonly ChatMessage[]): ChatMessage[] {
+  return history.map((m, i) => {
+    const fromEnd = history.length - 1 - i;
+    if ((fromEnd !== 0 && fromEnd !== 2) || m.content.length === 0) return m;
+    const last = m.content.length - 1;
+    return {
+      ...m,
+      content: m.content.map((p, j) => (j === last ? { ...p, cacheBreakpoint: true } : p)),
+    };
+  });
 }
 
 function attemptTimeout(ctx: StepContext): number {

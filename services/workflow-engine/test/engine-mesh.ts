@@ -53,6 +53,8 @@ export interface EngineMeshOptions {
   name: string;
   registryEnv?: Record<string, string>;
   proxyEnv?: Record<string, string>;
+  /** model-proxy's MODEL_PROXY_DEPLOYMENTS, from the simulator's base URL (started here). */
+  proxyDeployments?: (simUrl: string) => unknown[];
   /** Start a categorizer process and give it to the engine (AUTO runs). */
   categorizer?: boolean;
   /** Plugin steps through the registry. */
@@ -128,7 +130,12 @@ async function start(
     authAddress: auth.address,
     registryAddress: registry.address,
     simulatorUrl: `${sim.url}/v1`,
-    ...(opts.proxyEnv !== undefined ? { env: opts.proxyEnv } : {}),
+    env: {
+      ...opts.proxyEnv,
+      ...(opts.proxyDeployments !== undefined
+        ? { MODEL_PROXY_DEPLOYMENTS: JSON.stringify(opts.proxyDeployments(sim.url)) }
+        : {}),
+    },
   });
   undo.push(() => proxy.stop());
   const categorizer = opts.categorizer

@@ -11,6 +11,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { createClient, type GrpcClient } from "@ensemble/kit";
 import {
+  Capability,
   ChatRole,
   ModelProxyService,
   RunEventType,
@@ -117,6 +118,10 @@ beforeAll(async () => {
   mesh = await startEngineMesh({
     name: "sessions",
     proxyEnv: { RETRY_MAX_ATTEMPTS: "1" },
+    // The simulator's Anthropic Messages API, which caches prompts only at breakpoints.
+    proxyDeployments: (url) => [
+      { name: "anthro", provider: "anthro", api: "anthropic", baseUrl: url, apiKey: "k" },
+    ],
     categorizer: true,
     settings: { workerConcurrency: 8, tenantMaxParallel: 8, runTimeoutMs: 60_000 },
   });
@@ -586,6 +591,53 @@ describe("SessionService", () => {
       ]),
     );
     expect(byKey).toHaveLength(2);
+  });
+
+  it("sessions - with a model that caches only at breakpoints (Anthropic's API), each turn reads the conversation the turn before wrote, billed at the cached price", async () => {
+    const owner = (await mesh.signup("cached-chat")).token;
+    await mesh.registryClient.upsertModel(
+      {
+        model: {
+          id: "anthro-chat",
+          provider: "anthro",
+          providerModelId: "sim-fast",
+          displayName: "anthro-chat",
+          capabilities: [Capability.CHAT],
+          contextWindow: 128_000,
+          inputPricePerMtok: 1,
+          outputPricePerMtok: 2,
+          cachedInputPricePerMtok: 0.1,
+          cacheWritePricePerMtok: 1.25,
+          enabled: true,
+        },
+      },
+      as(owner),
+    );
+    const id = await newSession({ model: "anthro-chat" }, owner);
+    const long = Array.from({ length: 1300 }, (_, i) => `word${i % 89}`).join(" ");
+    const turns: Reply[] = [];
+    for (const question of [long, "And briefly?", "Once more."]) {
+      turns.push(await send({ sessionId: id, text: question }, owner));
+    }
+    const [first, second, third] = turns.map((t) => t.assistant.usage!);
+    // Turn 1 has no conversation before its question (and no system prompt) to cache.
+    expect([first!.cachedInputTokens, first!.cacheWriteInputTokens]).toEqual([0n, 0n]);
+    // Turn 2 writes the first exchange; turn 3 reads it and writes the second.
+    const exchange = second!.cacheWriteInputTokens;
+    expect(exchange).toBeGreaterThan(1_200n);
+    expect(second!.cachedInputTokens).toBe(0n);
+    expect(third!.cachedInputTokens).toBe(exchange);
+    const written = third!.cacheWriteInputTokens;
+    expect(written).toBeGreaterThan(0n);
+    const n = Number;
+    expect(third!.costUsd).toBeCloseTo(
+      (n(third!.inputTokens - exchange - written) * 1 +
+        n(exchange) * 0.1 +
+        n(written) * 1.25 +
+        n(third!.outputTokens) * 2) /
+        1e6,
+      12,
+    );
   });
 
   it("sessions - a session's labels go on its replies' runs and their model calls, so usage is reported per team", async () => {
