@@ -6,6 +6,7 @@ import {
   ChatRequestSchema,
   ChatResponseSchema,
   ChatRole,
+  PromptCacheTtl,
   FinishReason,
   ImageDetail,
   ResponseFormat_Type,
@@ -302,6 +303,11 @@ describe("openai chat request", () => {
       ["a", false],
       ["b", true],
     ]);
+    expect(req.messages[1]?.content.map((p) => p.cacheTtl)).toEqual([
+      PromptCacheTtl.PROMPT_CACHE_TTL_UNSPECIFIED,
+      PromptCacheTtl.PROMPT_CACHE_TTL_1H,
+    ]);
+    expect(req.tools[1]?.cacheTtl).toBe(PromptCacheTtl.PROMPT_CACHE_TTL_5M);
   });
 
   it("cache_control - checked as Anthropic checks it, and refused anywhere but parts and tools", () => {

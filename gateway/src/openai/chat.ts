@@ -365,7 +365,8 @@ function parseContent(value: unknown, role: ChatRole, path: string): PartInit[] 
       const allowed = role === ChatRole.USER ? ["text", "image_url"] : ["text"];
       throw wrongValue(`${partPath}.type`, type, allowed);
     }
-    if (cacheControl(part, partPath)) out[i]!.cacheBreakpoint = true;
+    const mark = cacheControl(part, partPath);
+    if (mark !== undefined) Object.assign(out[i]!, mark);
   }
   return out;
 }
@@ -408,7 +409,8 @@ function parseTools(value: unknown): MessageInitShape<typeof ToolDefinitionSchem
     }
     const strict = optBoolean(fn, "strict", `${path}.function`);
     if (strict !== undefined) out.strict = strict;
-    if (cacheControl(tool, path)) out.cacheBreakpoint = true;
+    const mark = cacheControl(tool, path);
+    if (mark !== undefined) Object.assign(out, mark);
     return out;
   });
 }

@@ -1,6 +1,7 @@
 // Checks of OpenAI request bodies, with OpenAI's wording and the parameter path as `param`
 // ("messages[0].content"). Hand-written instead of a schema library: a request is checked in
 // one pass while it is mapped, which keeps the hot path to a few microseconds.
+import { PromptCacheTtl } from "@ensemble/proto";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 
 export type JsonObject = Record<string, unknown>;
@@ -172,21 +173,34 @@ export function stringMap(value: unknown, path: string): Record<string, string> 
 }
 
 const CACHE_CONTROL_KEYS = new Set(["type", "ttl"]);
+const CACHE_TTLS = {
+  "5m": PromptCacheTtl.PROMPT_CACHE_TTL_5M,
+  "1h": PromptCacheTtl.PROMPT_CACHE_TTL_1H,
+};
+
+/** A prompt-cache breakpoint as the contract's parts and tools carry it. */
+export interface CacheMark {
+  cacheBreakpoint: true;
+  cacheTtl: PromptCacheTtl;
+}
 
 /**
  * A content block's, part's or tool's `cache_control`: Anthropic's prompt-caching breakpoint,
  * which LiteLLM also takes on OpenAI bodies. Checked as Anthropic checks it: `{"type":
- * "ephemeral"}` with an optional `ttl` of "5m" or "1h". True when it is there (null is absent).
- * The TTL is not kept: the contract's breakpoint has none, so "1h" caches as "5m" does.
+ * "ephemeral"}` with an optional `ttl` of "5m" or "1h". The mark when it is there (null is
+ * absent).
  */
-export function cacheControl(obj: JsonObject, prefix: string): boolean {
+export function cacheControl(obj: JsonObject, prefix: string): CacheMark | undefined {
   const value = obj["cache_control"];
-  if (value === undefined || value === null) return false;
+  if (value === undefined || value === null) return undefined;
   const path = join(prefix, "cache_control");
   const control = objectAt(value, path);
   onlyKeys(control, CACHE_CONTROL_KEYS, path);
   const type = reqString(control, "type", path);
   if (type !== "ephemeral") throw wrongValue(`${path}.type`, type, ["ephemeral"]);
-  optEnum(control, "ttl", ["5m", "1h"], path);
-  return true;
+  const ttl = optEnum(control, "ttl", ["5m", "1h"], path);
+  return {
+    cacheBreakpoint: true,
+    cacheTtl: ttl === undefined ? PromptCacheTtl.PROMPT_CACHE_TTL_UNSPECIFIED : CACHE_TTLS[ttl],
+  };
 }

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import {
   ChatDeltaSchema,
   ChatRole,
+  PromptCacheTtl,
   FinishReason,
   ServedBySchema,
   StreamChatEndSchema,
@@ -140,6 +141,12 @@ describe("anthropic messages mapping", () => {
       ["A", true],
       ["\n\nB\n\nC", true],
       ["\n\nD", false],
+    ]);
+    // The TTL asked goes with the mark.
+    expect(system?.content?.map((p) => p.cacheTtl)).toEqual([
+      PromptCacheTtl.PROMPT_CACHE_TTL_UNSPECIFIED,
+      PromptCacheTtl.PROMPT_CACHE_TTL_1H,
+      undefined,
     ]);
     expect(request.tools?.map((t) => [t.name, t.cacheBreakpoint ?? false])).toEqual([
       ["a", false],

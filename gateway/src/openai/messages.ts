@@ -22,6 +22,7 @@ import { ensembleJson, parseShared, type ChatRequestInit } from "./chat.js";
 import { invalidRequest, type OpenAiError } from "./errors.js";
 import {
   cacheControl,
+  type CacheMark,
   missing,
   objectAt,
   onlyKeys,
@@ -79,11 +80,11 @@ const MAX_BREAKPOINTS = 4;
 class Breakpoints {
   #count = 0;
 
-  /** Whether the block or tool at `path` carries a `cache_control`. */
-  at(obj: JsonObject, path: string): boolean {
-    const marked = cacheControl(obj, path);
-    if (marked) this.#count += 1;
-    return marked;
+  /** The block's or tool's `cache_control` at `path`, if it has one. */
+  at(obj: JsonObject, path: string): CacheMark | undefined {
+    const mark = cacheControl(obj, path);
+    if (mark !== undefined) this.#count += 1;
+    return mark;
   }
 
   /** Refuses more marks than Anthropic takes, as Anthropic does (whichever model answers). */
@@ -180,7 +181,7 @@ function textBlocks(
   value: unknown,
   path: string,
   breakpoints: Breakpoints,
-): { text: string; marked: boolean }[] {
+): { text: string; mark: CacheMark | undefined }[] {
   if (!Array.isArray(value)) throw wrongType(path, "a string or an array of text blocks", value);
   return value.map((raw, i) => {
     const block = objectAt(raw, `${path}.${i}`);
@@ -189,7 +190,7 @@ function textBlocks(
     onlyKeys(block, TEXT_KEYS, `${path}.${i}`);
     return {
       text: reqString(block, "text", `${path}.${i}`),
-      marked: breakpoints.at(block, `${path}.${i}`),
+      mark: breakpoints.at(block, `${path}.${i}`),
     };
   });
 }
@@ -205,8 +206,8 @@ function systemParts(value: unknown, path: string, breakpoints: Breakpoints): Pa
   let text = "";
   textBlocks(value, path, breakpoints).forEach((block, i) => {
     text += (i > 0 ? "\n\n" : "") + block.text;
-    if (block.marked) {
-      parts.push({ part: { case: "text", value: text }, cacheBreakpoint: true });
+    if (block.mark !== undefined) {
+      parts.push({ part: { case: "text", value: text }, ...block.mark });
       text = "";
     }
   });
@@ -245,7 +246,7 @@ function parseMessages(value: unknown, breakpoints: Breakpoints): MessageInit[] 
 /** Text, and tool_use blocks as tool calls; earlier thinking is not sent again. */
 function assistantMessage(blocks: unknown[], path: string, breakpoints: Breakpoints): MessageInit {
   const out: MessageInit = { role: ChatRole.ASSISTANT, content: [] };
-  let toolUseMarked = false;
+  let toolUseMark: CacheMark | undefined;
   blocks.forEach((raw, i) => {
     const blockPath = `${path}.${i}`;
     const block = objectAt(raw, blockPath);
@@ -256,13 +257,13 @@ function assistantMessage(blocks: unknown[], path: string, breakpoints: Breakpoi
         const part: PartInit = {
           part: { case: "text", value: reqString(block, "text", blockPath) },
         };
-        if (breakpoints.at(block, blockPath)) part.cacheBreakpoint = true;
+        Object.assign(part, breakpoints.at(block, blockPath));
         out.content!.push(part);
         break;
       }
       case "tool_use": {
         onlyKeys(block, TOOL_USE_KEYS, blockPath);
-        if (breakpoints.at(block, blockPath)) toolUseMarked = true;
+        toolUseMark = breakpoints.at(block, blockPath) ?? toolUseMark;
         const input =
           block["input"] === undefined ? {} : objectAt(block["input"], `${blockPath}.input`);
         out.toolCalls = [
@@ -287,7 +288,7 @@ function assistantMessage(blocks: unknown[], path: string, breakpoints: Breakpoi
   // part: the cached prefix then ends just before the calls. Without any text it is dropped:
   // an empty text part would reach Anthropic as an empty text block, which it refuses.
   const last = out.content!.at(-1);
-  if (toolUseMarked && last !== undefined) last.cacheBreakpoint = true;
+  if (toolUseMark !== undefined && last !== undefined) Object.assign(last, toolUseMark);
   return out;
 }
 
@@ -305,14 +306,14 @@ function userMessages(blocks: unknown[], path: string, breakpoints: Breakpoints)
         const part: PartInit = {
           part: { case: "text", value: reqString(block, "text", blockPath) },
         };
-        if (breakpoints.at(block, blockPath)) part.cacheBreakpoint = true;
+        Object.assign(part, breakpoints.at(block, blockPath));
         parts.push(part);
         break;
       }
       case "image": {
         onlyKeys(block, IMAGE_KEYS, blockPath);
         const part = imagePart(block["source"], `${blockPath}.source`);
-        if (breakpoints.at(block, blockPath)) part.cacheBreakpoint = true;
+        Object.assign(part, breakpoints.at(block, blockPath));
         parts.push(part);
         break;
       }
@@ -321,21 +322,19 @@ function userMessages(blocks: unknown[], path: string, breakpoints: Breakpoints)
         const content = block["content"];
         // The result is one text part: a mark on the block or on any block inside it marks that
         // part (a mark inside then ends the cached prefix a little later, at the result's end).
-        let marked = breakpoints.at(block, blockPath);
+        let mark = breakpoints.at(block, blockPath);
         let text = "";
         if (typeof content === "string") text = content;
         else if (content !== undefined && content !== null) {
           const inner = textBlocks(content, `${blockPath}.content`, breakpoints);
           text = inner.map((b) => b.text).join("\n\n");
-          marked ||= inner.some((b) => b.marked);
+          mark ??= inner.find((b) => b.mark !== undefined)?.mark;
         }
         if (optBoolean(block, "is_error", blockPath) === true) text = `Error: ${text}`;
         results.push({
           role: ChatRole.TOOL,
           toolCallId: reqString(block, "tool_use_id", blockPath),
-          content: [
-            { part: { case: "text", value: text }, ...(marked ? { cacheBreakpoint: true } : {}) },
-          ],
+          content: [{ part: { case: "text", value: text }, ...mark }],
         });
         break;
       }
@@ -398,7 +397,7 @@ function parseTool(
   if (tool["input_schema"] === undefined || tool["input_schema"] === null)
     throw missing(`${path}.input_schema`);
   out.parameters = objectAt(tool["input_schema"], `${path}.input_schema`) as ProtoJsonObject;
-  if (breakpoints.at(tool, path)) out.cacheBreakpoint = true;
+  Object.assign(out, breakpoints.at(tool, path));
   return out;
 }
 

@@ -10,6 +10,7 @@ const priced = create(ModelSchema, {
   outputPricePerMtok: 4,
   cachedInputPricePerMtok: 0.1,
   cacheWritePricePerMtok: 1.25,
+  cacheWrite1hPricePerMtok: 2,
 });
 const plain = create(ModelSchema, { id: "p", inputPricePerMtok: 1, outputPricePerMtok: 4 });
 
@@ -27,6 +28,18 @@ describe("costOf", () => {
     });
     // 100k uncached at 1, 600k read at 0.1, 300k written at 1.25.
     expect(cost).toBeCloseTo(0.1 + 0.06 + 0.375, 9);
+  });
+
+  it("one-hour cache writes at their own price; without one, at the write price", () => {
+    const t = {
+      inputTokens: 1_000_000,
+      cacheWriteInputTokens: 1_000_000,
+      cacheWrite1hInputTokens: 400_000,
+      outputTokens: 0,
+    };
+    expect(costOf(priced, t)).toBeCloseTo(0.6 * 1.25 + 0.4 * 2, 9);
+    const noHour = create(ModelSchema, { ...priced, cacheWrite1hPricePerMtok: undefined });
+    expect(costOf(noHour, t)).toBeCloseTo(1.25, 9);
   });
 
   it("without cache prices, cached and written input cost the input price", () => {

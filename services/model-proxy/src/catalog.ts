@@ -126,16 +126,20 @@ export function requireCapability(model: Model, capability: Capability, what: st
 
 /**
  * USD for these tokens at the catalog's prices (per million tokens): input read from or written
- * to the provider's prompt cache at the model's cache prices (the input price when it has none).
+ * to the provider's prompt cache at the model's cache prices (the input price when it has none;
+ * a one-hour write at the write price when it has no one-hour price).
  */
 export function costOf(model: Model, t: TokenCounts): number {
   const cached = Math.min(t.cachedInputTokens ?? 0, t.inputTokens);
   const written = Math.min(t.cacheWriteInputTokens ?? 0, t.inputTokens - cached);
+  const longer = Math.min(t.cacheWrite1hInputTokens ?? 0, written);
   const input = model.inputPricePerMtok;
+  const write = model.cacheWritePricePerMtok ?? input;
   return (
     ((t.inputTokens - cached - written) * input +
       cached * (model.cachedInputPricePerMtok ?? input) +
-      written * (model.cacheWritePricePerMtok ?? input) +
+      (written - longer) * write +
+      longer * (model.cacheWrite1hPricePerMtok ?? write) +
       t.outputTokens * model.outputPricePerMtok) /
     1e6
   );

@@ -17,6 +17,7 @@ import {
   FinishReason,
   ModelProxyService,
   PiiKind,
+  PromptCacheTtl,
   RegistryService,
   UsageDimension,
   UsageOperation,
@@ -1105,6 +1106,7 @@ describe("model-proxy", () => {
           outputPricePerMtok: 2,
           cachedInputPricePerMtok: 0.1,
           cacheWritePricePerMtok: 1.25,
+          cacheWrite1hPricePerMtok: 2,
           enabled: true,
         },
       },
@@ -1168,6 +1170,34 @@ describe("model-proxy", () => {
       ((total - prefix) * 1 + prefix * 0.1 + n(read.outputTokens) * 2) / 1e6,
       12,
     );
+    // Kept for an hour: written at the one-hour price.
+    const hour = (
+      await mp.chat(
+        {
+          ...marked,
+          messages: [
+            {
+              role: ChatRole.SYSTEM,
+              content: [
+                {
+                  part: { case: "text" as const, value: long("hour") },
+                  cacheBreakpoint: true,
+                  cacheTtl: PromptCacheTtl.PROMPT_CACHE_TTL_1H,
+                },
+              ],
+            },
+            marked.messages[1]!,
+          ],
+        },
+        opts,
+      )
+    ).usage!;
+    const hourPrefix = n(hour.cacheWriteInputTokens);
+    expect(hourPrefix).toBeGreaterThan(1_200);
+    expect(hour.costUsd).toBeCloseTo(
+      ((n(hour.inputTokens) - hourPrefix) * 1 + hourPrefix * 2 + n(hour.outputTokens) * 2) / 1e6,
+      12,
+    );
     // Unmarked, Anthropic caches nothing: the same full price twice.
     const unmarked = chat("anthro-cache", long("unmarked"));
     for (let i = 0; i < 2; i++) {
@@ -1187,7 +1217,7 @@ describe("model-proxy", () => {
       );
     const deadline = Date.now() + 15_000;
     let report = await byModel();
-    while (Number(report.totalRequests) < 6 && Date.now() < deadline) {
+    while (Number(report.totalRequests) < 7 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 200));
       report = await byModel();
     }
@@ -1195,7 +1225,7 @@ describe("model-proxy", () => {
     expect(n(bucket("sim-fast")?.cachedInputTokens)).toBe(cached);
     expect(bucket("sim-fast")?.costUsd).toBeCloseTo(first.costUsd + again.costUsd, 12);
     expect(n(bucket("anthro-cache")?.cachedInputTokens)).toBe(prefix);
-    expect(n(bucket("anthro-cache")?.cacheWriteInputTokens)).toBe(prefix);
+    expect(n(bucket("anthro-cache")?.cacheWriteInputTokens)).toBe(prefix + hourPrefix);
     expect(n(report.total?.cachedInputTokens)).toBe(cached + prefix);
   });
 });

@@ -8,6 +8,7 @@ import {
   ChatRole,
   FinishReason,
   ImageFormat,
+  PromptCacheTtl,
   ToolChoice_Mode,
   type ChatMessage,
   type ChatRequest,
@@ -376,7 +377,12 @@ describe("anthropic adapter only", () => {
           },
           { role: ChatRole.TOOL, toolCallId: "call_1", content: [marked("A long result.")] },
         ],
-        { tools: [{ name: "lookup" }, { name: "search", cacheBreakpoint: true }] },
+        {
+          tools: [
+            { name: "lookup" },
+            { name: "search", cacheBreakpoint: true, cacheTtl: PromptCacheTtl.PROMPT_CACHE_TTL_1H },
+          ],
+        },
       ),
     );
     const ephemeral = { type: "ephemeral" };
@@ -398,7 +404,7 @@ describe("anthropic adapter only", () => {
     ]);
     expect(params.tools?.map((t) => "cache_control" in t && t.cache_control)).toEqual([
       false,
-      ephemeral,
+      { type: "ephemeral", ttl: "1h" },
     ]);
 
     const plain = messageParams("claude", ask);

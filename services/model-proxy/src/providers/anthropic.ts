@@ -10,6 +10,7 @@ import {
   ToolCallSchema,
   ToolChoice_Mode,
   type ChatMessage,
+  PromptCacheTtl,
   type ChatRequest,
   type ImagePart,
   type ToolCallDelta,
@@ -20,6 +21,7 @@ import Anthropic, {
   APIError,
 } from "@anthropic-ai/sdk";
 import type {
+  CacheControlEphemeral,
   ContentBlockParam,
   ImageBlockParam,
   Message,
@@ -159,11 +161,15 @@ export function createAnthropicClient(d: Deployment): ProviderClient {
                 finish = finishReason(ev.delta.stop_reason);
                 output = ev.usage.output_tokens;
                 if (ev.usage.input_tokens !== null && ev.usage.input_tokens !== undefined) {
-                  input = inputTokens({
-                    input_tokens: ev.usage.input_tokens,
-                    cache_creation_input_tokens: ev.usage.cache_creation_input_tokens,
-                    cache_read_input_tokens: ev.usage.cache_read_input_tokens,
-                  });
+                  // The split of writes by TTL comes only with message_start.
+                  input = {
+                    ...inputTokens({
+                      input_tokens: ev.usage.input_tokens,
+                      cache_creation_input_tokens: ev.usage.cache_creation_input_tokens,
+                      cache_read_input_tokens: ev.usage.cache_read_input_tokens,
+                    }),
+                    cacheWrite1hInputTokens: input.cacheWrite1hInputTokens ?? 0,
+                  };
                 }
                 break;
               case "message_stop":
@@ -213,13 +219,18 @@ function inputTokens(u: {
   input_tokens: number;
   cache_creation_input_tokens?: number | null;
   cache_read_input_tokens?: number | null;
-}): Pick<TokenCounts, "inputTokens" | "cachedInputTokens" | "cacheWriteInputTokens"> {
+  cache_creation?: { ephemeral_1h_input_tokens?: number } | null;
+}): Pick<
+  TokenCounts,
+  "inputTokens" | "cachedInputTokens" | "cacheWriteInputTokens" | "cacheWrite1hInputTokens"
+> {
   const written = u.cache_creation_input_tokens ?? 0;
   const cached = u.cache_read_input_tokens ?? 0;
   return {
     inputTokens: u.input_tokens + written + cached,
     cachedInputTokens: cached,
     cacheWriteInputTokens: written,
+    cacheWrite1hInputTokens: u.cache_creation?.ephemeral_1h_input_tokens ?? 0,
   };
 }
 
@@ -317,12 +328,23 @@ function imageBlock(img: ImagePart): ImageBlockParam {
 }
 
 /** Anthropic caches the prompt only up to blocks marked so (at most 4 per request). */
-const CACHE_HERE = { cache_control: { type: "ephemeral" } } as const;
 const MAX_CACHE_BREAKPOINTS = 4;
 
-/** `cache_control` for a block holding these parts: set when one of them is a breakpoint. */
-function cacheMark(parts: ChatMessage["content"]): typeof CACHE_HERE | object {
-  return parts.some((p) => p.cacheBreakpoint) ? CACHE_HERE : {};
+/** `cache_control` for a block or tool marked with this TTL. */
+function cacheControl(ttl: PromptCacheTtl): { cache_control: CacheControlEphemeral } {
+  const cache_control: CacheControlEphemeral = { type: "ephemeral" };
+  if (ttl === PromptCacheTtl.PROMPT_CACHE_TTL_1H) cache_control.ttl = "1h";
+  else if (ttl === PromptCacheTtl.PROMPT_CACHE_TTL_5M) cache_control.ttl = "5m";
+  return { cache_control };
+}
+
+/**
+ * `cache_control` for a block holding these parts: set when one of them is a breakpoint (with
+ * the longest TTL asked among them).
+ */
+function cacheMark(parts: ChatMessage["content"]): { cache_control?: CacheControlEphemeral } {
+  const marked = parts.filter((p) => p.cacheBreakpoint);
+  return marked.length === 0 ? {} : cacheControl(Math.max(...marked.map((p) => p.cacheTtl)));
 }
 
 function blocksOf(m: ChatMessage): ContentBlockParam[] {
@@ -458,7 +480,7 @@ export function messageParams(model: string, r: ChatRequest): MessageCreateParam
         [k: string]: unknown;
       },
       ...(t.strict ? { strict: true } : {}),
-      ...(t.cacheBreakpoint ? CACHE_HERE : {}),
+      ...(t.cacheBreakpoint ? cacheControl(t.cacheTtl) : {}),
     }));
     const choice = toolChoice(r);
     if (choice !== undefined) params.tool_choice = choice;

@@ -55,6 +55,8 @@ export interface TokenCounts {
   cachedInputTokens?: number;
   /** Of inputTokens: written to the provider's prompt cache. */
   cacheWriteInputTokens?: number;
+  /** Of cacheWriteInputTokens: written for an hour (Anthropic), at its own price. */
+  cacheWrite1hInputTokens?: number;
   /** Of outputTokens: reasoning ("thinking"). */
   reasoningTokens?: number;
 }
