@@ -72,6 +72,24 @@ async function signup(name: string): Promise<string> {
   return ((await res.json()) as { tokens: { accessToken: string } }).tokens.accessToken;
 }
 
+/** An AuthService method through the gateway's Connect JSON route (200 expected). */
+async function authCall(method: string, body: unknown, token?: string) {
+  const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: JSON.stringify(body),
+  });
+  expect(res.status).toBe(200);
+  return (await res.json()) as {
+    tokens?: { accessToken: string; refreshToken: string };
+    secret?: string;
+    apiKey?: { id: string };
+  };
+}
+
 /** StartRun through the gateway's Connect route; the run id. */
 async function startRun(token: string, spec: Record<string, unknown>): Promise<string> {
   const res = await fetch(`${gw.url}/${RunService.typeName}/StartRun`, {
@@ -413,26 +431,10 @@ describe("websocket /v1/ws", () => {
   });
 
   it("revocation - logging out ends that session's socket (its subscription gets unauthenticated, close 4401) and its Connect stream at once; the user's other session runs on; revoking an API key ends its socket", async () => {
-    const call = async (method: string, body: unknown, token?: string) => {
-      const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
-        },
-        body: JSON.stringify(body),
-      });
-      expect(res.status).toBe(200);
-      return (await res.json()) as {
-        tokens?: { accessToken: string; refreshToken: string };
-        secret?: string;
-        apiKey?: { id: string };
-      };
-    };
     const email = `ws-rev-${Date.now()}@example.com`;
     const password = "correct-Horse-battery-9";
-    const first = (await call("Signup", { email, password })).tokens!;
-    const second = (await call("Login", { email, password })).tokens!;
+    const first = (await authCall("Signup", { email, password })).tokens!;
+    const second = (await authCall("Login", { email, password })).tokens!;
     const [ended, kept] = await Promise.all([
       Client.open({ token: first.accessToken }),
       Client.open({ token: second.accessToken }),
@@ -469,7 +471,7 @@ describe("websocket /v1/ws", () => {
     );
     await expect.poll(() => streamed, { timeout: 10_000 }).toBeGreaterThan(0);
 
-    await call("Logout", { refreshToken: first.refreshToken });
+    await authCall("Logout", { refreshToken: first.refreshToken });
     const frames = await ended.finished("long", 10_000);
     expect(frames.at(-1)).toMatchObject({ type: "error", code: "unauthenticated" });
     expect(String(frames.at(-1)?.["message"])).toMatch(/revoked/);
@@ -484,11 +486,11 @@ describe("websocket /v1/ws", () => {
     kept.close();
 
     // A socket opened with an API key ends when the key is revoked.
-    const key = await call("CreateApiKey", { name: "ws" }, second.accessToken);
+    const key = await authCall("CreateApiKey", { name: "ws" }, second.accessToken);
     const withKey = await Client.open({ token: key.secret! });
     withKey.send(long);
     await withKey.until((f) => f.some((x) => x.id === "long" && x.type === "event"));
-    await call("RevokeApiKey", { id: key.apiKey!.id }, second.accessToken);
+    await authCall("RevokeApiKey", { id: key.apiKey!.id }, second.accessToken);
     expect((await withKey.finished("long", 10_000)).at(-1)).toMatchObject({
       type: "error",
       code: "unauthenticated",
@@ -497,25 +499,10 @@ describe("websocket /v1/ws", () => {
   }, 90_000);
 
   it("auth frame - a fresh token of the same user replaces the socket's credential, for new operations and for revocation; another user's or a bad token changes nothing", async () => {
-    const call = async (method: string, body: unknown, token?: string) => {
-      const res = await fetch(`${gw.url}/${AuthService.typeName}/${method}`, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}),
-        },
-        body: JSON.stringify(body),
-      });
-      expect(res.status).toBe(200);
-      return (await res.json()) as {
-        tokens?: { accessToken: string; refreshToken: string };
-        secret?: string;
-      };
-    };
     const email = `ws-auth-${Date.now()}@example.com`;
     const password = "correct-Horse-battery-9";
-    const first = (await call("Signup", { email, password })).tokens!;
-    const second = (await call("Login", { email, password })).tokens!;
+    const first = (await authCall("Signup", { email, password })).tokens!;
+    const second = (await authCall("Login", { email, password })).tokens!;
     const [renewed, control] = await Promise.all([
       Client.open({ token: first.accessToken }),
       Client.open({ token: first.accessToken }),
@@ -545,14 +532,14 @@ describe("websocket /v1/ws", () => {
     });
 
     // Logging out the first session ends the socket still on its token, not the renewed one.
-    await call("Logout", { refreshToken: first.refreshToken });
+    await authCall("Logout", { refreshToken: first.refreshToken });
     expect((await control.waitClosed()).code).toBe(4401);
     expect(renewed.closed).toBeUndefined();
     renewed.send(chat("c1"));
     expect((await renewed.finished("c1")).at(-1)).toMatchObject({ type: "end" });
 
     // An API key of the same user: authenticated, with no end to announce.
-    const key = await call("CreateApiKey", { name: "ws-auth" }, second.accessToken);
+    const key = await authCall("CreateApiKey", { name: "ws-auth" }, second.accessToken);
     renewed.send({ id: "a4", type: "auth", token: key.secret! });
     await renewed.until((f) => f.some((x) => x.id === "a4"));
     const keyed = renewed.frames.find((x) => x.id === "a4");
