@@ -90,6 +90,15 @@ async function authCall(method: string, body: unknown, token?: string) {
   };
 }
 
+/** A new user signed up and logged in again: the tokens of its two sessions. */
+async function twoSessions(label: string) {
+  const email = `${label}-${Date.now()}@example.com`;
+  const password = "correct-Horse-battery-9";
+  const first = (await authCall("Signup", { email, password })).tokens!;
+  const second = (await authCall("Login", { email, password })).tokens!;
+  return [first, second] as const;
+}
+
 /** StartRun through the gateway's Connect route; the run id. */
 async function startRun(token: string, spec: Record<string, unknown>): Promise<string> {
   const res = await fetch(`${gw.url}/${RunService.typeName}/StartRun`, {
@@ -431,10 +440,7 @@ describe("websocket /v1/ws", () => {
   });
 
   it("revocation - logging out ends that session's socket (its subscription gets unauthenticated, close 4401) and its Connect stream at once; the user's other session runs on; revoking an API key ends its socket", async () => {
-    const email = `ws-rev-${Date.now()}@example.com`;
-    const password = "correct-Horse-battery-9";
-    const first = (await authCall("Signup", { email, password })).tokens!;
-    const second = (await authCall("Login", { email, password })).tokens!;
+    const [first, second] = await twoSessions("ws-rev");
     const [ended, kept] = await Promise.all([
       Client.open({ token: first.accessToken }),
       Client.open({ token: second.accessToken }),
@@ -499,10 +505,7 @@ describe("websocket /v1/ws", () => {
   }, 90_000);
 
   it("auth frame - a fresh token of the same user replaces the socket's credential, for new operations and for revocation; another user's or a bad token changes nothing", async () => {
-    const email = `ws-auth-${Date.now()}@example.com`;
-    const password = "correct-Horse-battery-9";
-    const first = (await authCall("Signup", { email, password })).tokens!;
-    const second = (await authCall("Login", { email, password })).tokens!;
+    const [first, second] = await twoSessions("ws-auth");
     const [renewed, control] = await Promise.all([
       Client.open({ token: first.accessToken }),
       Client.open({ token: first.accessToken }),
